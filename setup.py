@@ -1,0 +1,36 @@
+"""metalite: on-device few-shot learning kit (train -> compress -> export -> adapt on device)."""
+from setuptools import setup
+
+setup(
+    name="metalite",
+    version="0.1.0",
+    description="Meta-train, compress and ship few-shot learners to Raspberry Pi and Coral Edge TPU",
+    long_description=open("README.md", encoding="utf-8").read() if __import__("os").path.exists("README.md") else "",
+    long_description_content_type="text/markdown",
+    python_requires=">=3.9",
+    # One import namespace: the top-level folders install as metalite.<folder>, so nothing
+    # generic ("runtime", "tools") lands in a user's site-packages (DESIGN.md, "Layout").
+    packages=["metalite", "metalite.training", "metalite.export", "metalite.runtime", "metalite.tools"],
+    package_dir={
+        "metalite": "metalite",
+        "metalite.training": "training",
+        "metalite.export": "export",
+        "metalite.runtime": "runtime",
+        "metalite.tools": "tools",
+    },
+    install_requires=["numpy>=1.21", "click>=7"],
+    extras_require={
+        "train": [
+            "tensorflow-cpu==2.21.0",
+            "tf-keras==2.21.0",
+            "tensorflow-model-optimization==0.8.1",
+            "pillow",
+            "matplotlib",
+        ],
+        "images": ["pillow"],
+        "litert": ["ai-edge-litert"],
+        "tflite": ["tflite-runtime", "numpy<2"],
+        "dev": ["pytest", "pytest-timeout"],
+    },
+    entry_points={"console_scripts": ["metalite=metalite.tools.cli:main"]},
+)

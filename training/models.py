@@ -1,0 +1,73 @@
+"""Backbones (Conv4, Edge-TPU-friendly depthwise-separable) and the head, built with tf_keras.
+
+``build_backbone(cfg)`` returns a keras Model image (H, W, 1) float -> embedding (D,);
+``build_head(cfg, embedding_dim)`` returns the hidden Dense layers as a keras Sequential. The
+per-task classifier is not a layer: it is built from prototypes (``metalite.runtime.head``).
+"""
+from __future__ import annotations
+
+from .tfcompat import keras
+
+BACKBONES = ("conv4", "dsconv")
+DEFAULT_BACKBONE = {"kind": "conv4", "filters": 64, "embedding_dim": 64}
+DEFAULT_HEAD = {"hidden": [64], "activation": "linear"}
+
+
+def _conv_block(x, filters, name, pool=True):
+    x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv")(x)
+    x = keras.layers.BatchNormalization(name=f"{name}_bn")(x)
+    x = keras.layers.ReLU(name=f"{name}_relu")(x)
+    if pool:
+        x = keras.layers.MaxPool2D(2, name=f"{name}_pool")(x)
+    return x
+
+
+def _conv4(inp, filters, embedding_dim):
+    """4 x [conv 3x3, BN, ReLU, max-pool 2x2]: the standard few-shot baseline (Vinyals et al. 2016)."""
+    x = inp
+    for i in range(4):
+        x = _conv_block(x, embedding_dim if i == 3 else filters, f"block{i + 1}")
+    return x
+
+
+def _dsconv(inp, filters, embedding_dim):
+    """Stem conv stride 2, then depthwise-separable blocks: every op (CONV_2D, DEPTHWISE_CONV_2D, ReLU6 folded,
+    AVERAGE_POOL_2D, RESHAPE) maps onto the Edge TPU when quantized to int8 with static shapes."""
+    x = keras.layers.Conv2D(filters // 2, 3, strides=2, padding="same", use_bias=False, name="stem_conv")(inp)
+    x = keras.layers.BatchNormalization(name="stem_bn")(x)
+    x = keras.layers.ReLU(6.0, name="stem_relu")(x)
+    plan = [(filters, 1), (filters, 2), (filters, 1), (embedding_dim, 2)]
+    for i, (f, s) in enumerate(plan):
+        n = f"ds{i + 1}"
+        x = keras.layers.DepthwiseConv2D(3, strides=s, padding="same", use_bias=False, name=f"{n}_dw")(x)
+        x = keras.layers.BatchNormalization(name=f"{n}_dwbn")(x)
+        x = keras.layers.ReLU(6.0, name=f"{n}_dwrelu")(x)
+        x = keras.layers.Conv2D(f, 1, use_bias=False, name=f"{n}_pw")(x)
+        x = keras.layers.BatchNormalization(name=f"{n}_pwbn")(x)
+        x = keras.layers.ReLU(6.0, name=f"{n}_pwrelu")(x)
+    return x
+
+
+def build_backbone(cfg: dict, input_shape=(28, 28, 1)) -> "keras.Model":
+    """Backbone from ``cfg`` ({"kind", "filters", "embedding_dim"}); output is a flat embedding."""
+    cfg = {**DEFAULT_BACKBONE, **(cfg or {})}
+    if cfg["kind"] not in BACKBONES:
+        raise ValueError(f"unknown backbone {cfg['kind']!r}; choose one of {', '.join(BACKBONES)}")
+    inp = keras.Input(shape=tuple(input_shape), name="image")
+    x = (_conv4 if cfg["kind"] == "conv4" else _dsconv)(inp, int(cfg["filters"]), int(cfg["embedding_dim"]))
+    h, w = x.shape[1], x.shape[2]
+    if (h, w) != (1, 1):
+        # AVERAGE_POOL_2D with a static window keeps the embedding size fixed for any input size.
+        x = keras.layers.AveragePooling2D((h, w), name="global_pool")(x)
+    x = keras.layers.Flatten(name="embedding")(x)
+    return keras.Model(inp, x, name=f"backbone_{cfg['kind']}")
+
+
+def build_head(cfg: dict, embedding_dim: int) -> "keras.Sequential":
+    """The meta-learned hidden Dense layers of the head (may be empty)."""
+    cfg = {**DEFAULT_HEAD, **(cfg or {})}
+    layers = [keras.layers.Dense(int(u), activation=cfg["activation"], name=f"head_dense{i}")
+              for i, u in enumerate(cfg["hidden"])]
+    head = keras.Sequential(layers, name="head")
+    head.build((None, int(embedding_dim)))
+    return head
