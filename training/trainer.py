@@ -1,0 +1,156 @@
+"""Episodic meta-training with validation, checkpoints, ``--resume`` and a clean Ctrl-C.
+
+``train(out, settings)`` writes the model directory ``out`` whenever held-out validation accuracy
+improves (so it is usable at any moment) and a checkpoint every ``checkpoint_every`` steps under
+``out/checkpoints`` (weights, optimizer, step and the episode sampler's RNG state).
+"""
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import click
+import numpy as np
+
+from .algorithms import DEFAULT_HPARAMS, make_learner
+from .datasets import load_data
+from .episodes import EpisodeSampler, check_episode_fits
+from .evaluate import embed_all, evaluate_embeddings, keras_embed_fn
+from .modeldir import build_from_config, head_spec_from_keras, read_config, save_model_dir, versions
+from .tfcompat import tf
+
+DEFAULTS = {
+    "data": "glyphs", "algorithm": "protonet", "backbone": {"kind": "conv4", "filters": 64, "embedding_dim": 64},
+    "head": {"hidden": [64], "activation": "linear"}, "image_size": 28, "ways": 20, "shots": 1, "queries": 15,
+    "steps": 2000, "seed": 0, "rotations": False, "within_alphabet": False, "hparams": {},
+    "val_every": 250, "val_episodes": 200, "val_ways": 5, "val_shots": 1, "checkpoint_every": 250,
+}
+
+
+class Interrupted(Exception):
+    """Training stopped by Ctrl-C after saving a checkpoint and a usable model directory."""
+
+
+def model_config(s: dict, hparams: dict, adaptation: dict) -> dict:
+    """config.json content for settings ``s`` (everything later steps need, so no flag is repeated)."""
+    return {
+        "algorithm": s["algorithm"], "data": s["data"], "backbone": s["backbone"], "head": s["head"],
+        "input": {"shape": [s["image_size"], s["image_size"], 1], "preprocess":
+                  {"color": "L", "resize": "area", "invert": True, "range": [0.0, 1.0]}},
+        "adaptation": adaptation, "seed": s["seed"], "stage": "float",
+        "train": {k: s[k] for k in ("ways", "shots", "queries", "steps", "rotations", "within_alphabet")}
+        | {"hparams": hparams}, "versions": versions(),
+    }
+
+
+def _checkpoint_state_file(ckdir: Path, step: int) -> Path:
+    return ckdir / f"sampler-{step}.json"
+
+
+def train(out, settings: dict, resume: bool = False, progress: bool = True, log=None) -> dict:
+    """Meta-train per ``settings`` (keys of DEFAULTS); returns the final config dict."""
+    log = log or (lambda msg: click.echo(msg, err=True))
+    out = Path(out)
+    ckdir = out / "checkpoints"
+    if resume:
+        run_file = ckdir / "run.json"
+        if not run_file.exists():
+            raise click.ClickException(f"{out}: nothing to resume (no checkpoints/run.json)")
+        saved = json.loads(run_file.read_text())
+        steps = settings.get("steps") or saved["steps"]
+        settings = {**saved, "steps": max(steps, saved["steps"]) if settings.get("steps") else saved["steps"]}
+    s = {**DEFAULTS, **{k: v for k, v in settings.items() if v is not None}}
+    hparams = {**DEFAULT_HPARAMS[s["algorithm"]], **s["hparams"]} if s["algorithm"] in DEFAULT_HPARAMS else {}
+    tf.keras.utils.set_random_seed(s["seed"])
+
+    train_data = load_data(s["data"], s["image_size"], "train", s["rotations"], progress=progress)
+    val_data = load_data(s["data"], s["image_size"], "val", False, progress=False)
+    check_episode_fits(train_data, s["ways"], s["shots"], s["queries"], s["within_alphabet"])
+    check_episode_fits(val_data, s["val_ways"], s["val_shots"], 1)
+    log(f"data {s['data']}: {train_data.num_classes} training classes ({len(train_data.images)} images), "
+        f"{val_data.num_classes} held-out validation classes")
+
+    cfg = {"backbone": s["backbone"], "head": s["head"], "input": {"shape": [s["image_size"]] * 2 + [1]}}
+    backbone, head = build_from_config(cfg)
+    learner = make_learner(s["algorithm"], backbone, head, hparams)
+    step_var = tf.Variable(0, dtype=tf.int64)
+    best_var = tf.Variable(-1.0, dtype=tf.float64)
+    ckpt = tf.train.Checkpoint(backbone=backbone, head=head, optimizer=learner.optimizer, step=step_var, best=best_var)
+    manager = tf.train.CheckpointManager(ckpt, str(ckdir), max_to_keep=2)
+    sampler = EpisodeSampler(train_data, s["ways"], s["shots"], s["queries"], seed=s["seed"],
+                             within_group=s["within_alphabet"])
+    if resume and manager.latest_checkpoint:
+        ckpt.restore(manager.latest_checkpoint)
+        sampler.set_state(json.loads(_checkpoint_state_file(ckdir, int(step_var.numpy())).read_text()))
+        log(f"resumed from step {int(step_var.numpy())} ({manager.latest_checkpoint})")
+    ckdir.mkdir(parents=True, exist_ok=True)
+    (ckdir / "run.json").write_text(json.dumps(s, indent=2))
+
+    adaptation = learner.device_adaptation()
+    history = []
+
+    def save_checkpoint():
+        step = int(step_var.numpy())
+        _checkpoint_state_file(ckdir, step).write_text(json.dumps(sampler.state()))
+        manager.save(checkpoint_number=step)
+        for f in ckdir.glob("sampler-*.json"):  # keep sampler states of kept checkpoints only
+            if not any(str(p).endswith(f"ckpt-{f.stem.split('-')[1]}") for p in manager.checkpoints):
+                f.unlink()
+
+    def validate():
+        spec = head_spec_from_keras(head, s["head"]["activation"], adaptation)
+        emb = embed_all(keras_embed_fn(backbone), val_data)
+        return evaluate_embeddings(emb, val_data, spec, s["val_ways"], s["val_shots"], 15 if min(
+            val_data.counts()) >= s["val_shots"] + 15 else 1, s["val_episodes"], seed=1234), spec
+
+    def save_model(val):
+        spec = head_spec_from_keras(head, s["head"]["activation"], adaptation)
+        config = model_config(s, hparams, adaptation)
+        config["metrics"] = {"val": val, "step": int(step_var.numpy()), "history": history}
+        save_model_dir(out, config, backbone, spec)
+
+    start = int(step_var.numpy())
+    base_lr = float(hparams["lr"])
+    stats = {"loss": float("nan"), "acc": float("nan"), "val": ""}
+    t0 = time.time()
+    bar = click.progressbar(length=s["steps"], label=f"{s['algorithm']} {s['ways']}-way {s['shots']}-shot",
+                            file=sys.stderr, show_pos=True, show_eta=True,
+                            item_show_func=lambda _: f"loss {stats['loss']:.3f} acc {stats['acc']:.3f}{stats['val']}")
+    bar.update(start)
+    try:
+        with bar:
+            for step in range(start, s["steps"]):
+                # Cosine decay of the outer learning rate (Reptile's epsilon included) to 0 at the last step.
+                learner.optimizer.learning_rate.assign(base_lr * 0.5 * (1 + math.cos(math.pi * step / s["steps"])))
+                m = learner.train_step(sampler.sample())
+                a = 0.1 if step > start else 1.0
+                stats["loss"] = m["loss"] if step == start else (1 - a) * stats["loss"] + a * m["loss"]
+                stats["acc"] = m["acc"] if step == start else (1 - a) * stats["acc"] + a * m["acc"]
+                step_var.assign(step + 1)
+                bar.update(1)
+                done = step + 1 == s["steps"]
+                if (step + 1) % s["val_every"] == 0 or done:
+                    val, _ = validate()
+                    history.append({"step": step + 1, "val_acc": val["mean"], "train_loss": stats["loss"]})
+                    stats["val"] = f" val {100 * val['mean']:.1f}%"
+                    improved = val["mean"] > best_var.numpy()
+                    if improved:
+                        best_var.assign(val["mean"])
+                        save_model(val)
+                    log(f"\nstep {step + 1}: loss {stats['loss']:.3f} train acc {stats['acc']:.3f} | val "
+                        f"{s['val_ways']}-way {s['val_shots']}-shot {100 * val['mean']:.2f}% ± {100 * val['ci95']:.2f}"
+                        f"{' (best, saved)' if improved else ''} | {time.time() - t0:.0f}s")
+                if (step + 1) % s["checkpoint_every"] == 0 or done:
+                    save_checkpoint()
+    except KeyboardInterrupt:
+        save_checkpoint()
+        if not (out / "config.json").exists():
+            save_model(None)
+        raise Interrupted(f"interrupted at step {int(step_var.numpy())}: checkpoint saved in {ckdir}, "
+                          f"model in {out} is usable; continue with --resume") from None
+    if not (out / "config.json").exists():
+        save_model(None)
+    return read_config(out)
