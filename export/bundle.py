@@ -1,0 +1,200 @@
+"""Write a bundle (docs/DESIGN.md, "Bundle"): int8 backbone, head.npz, manifest with checksums, Edge TPU report.
+
+Atomic: everything is built in a hidden ``.<name>.partial-*`` directory next to ``out_dir`` and renamed
+into place at the end, so an interrupted export never leaves a directory that looks like a bundle. An
+existing bundle is replaced only when ``overwrite=True``, and only at that final rename.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from . import edgetpu as _etpu
+from . import tflite as _tfl
+from .errors import ExportError
+
+BUNDLE_FORMAT = "metalite-bundle"
+BUNDLE_FORMAT_VERSION = 1
+PREPROCESS = {"color": "L", "resize": "area", "invert": True, "range": [0.0, 1.0]}
+META_SECTIONS = ("training", "compression", "accuracy")
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _write(path: Path, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _prepare(out_dir, overwrite: bool) -> Path:
+    """Check the destination before any slow work: refuse an existing path unless it is a bundle and overwrite."""
+    out = Path(out_dir).expanduser().absolute()
+    if out.exists():
+        if not overwrite:
+            raise ExportError(f"{out} already exists; choose another --out or pass --force to replace it")
+        if not out.is_dir() or (any(out.iterdir()) and not (out / "manifest.json").exists()):
+            raise ExportError(f"{out} exists and is not a metalite bundle; refusing to replace it")
+    parent = out.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ExportError(f"cannot create {parent}: {e.strerror}") from None
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ExportError(f"cannot write to {parent}: permission denied")
+    return out
+
+
+def _finalize(tmp: Path, out: Path) -> None:
+    """Move the finished bundle into place; an old bundle is set aside first and removed only after."""
+    old = None
+    if out.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+        os.rename(out, old / out.name)
+    try:
+        os.rename(tmp, out)
+    except OSError:
+        if old is not None:
+            os.rename(old / out.name, out)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    try:  # make the rename itself durable
+        fd = os.open(out.parent, os.O_RDONLY)
+        os.fsync(fd)
+        os.close(fd)
+    except OSError:
+        pass
+
+
+def _edgetpu(tmp: Path, backbone_model, representative, cpu_bytes: bytes, compile_it: bool, say) -> dict:
+    """Edge TPU report (of the static batch-1 model if compiling, else of the CPU model with batch 1 assumed)
+    and, if asked, the compiled ``backbone_edgetpu.tflite``; returns the manifest's ``edgetpu`` section."""
+    section = {"report_file": "edgetpu_report.json", "file": None}
+    if compile_it:
+        say("converting the static batch-1 model for the Edge TPU")
+        b1 = _tfl.convert_int8(backbone_model, representative, batch=1)
+        report = _etpu.check_model(b1, "backbone.tflite (static batch 1)")
+        scratch = tmp / ".edgetpu"
+        scratch.mkdir()
+        _write(scratch / "backbone.tflite", b1)
+        say("running edgetpu_compiler")
+        result = _etpu.compile_edgetpu(scratch / "backbone.tflite", scratch)
+        if result["status"] == "compiled":
+            os.rename(result["output"], tmp / "backbone_edgetpu.tflite")
+            section["file"] = "backbone_edgetpu.tflite"
+        shutil.rmtree(scratch)
+        report["compiler"] = {k: v for k, v in result.items() if k != "output"}
+        section["compiler"] = {"status": result["status"], "message": result["message"],
+                               "version": result["stats"].get("version")}
+    else:
+        report = _etpu.check_model(cpu_bytes, "backbone.tflite", static_batch=True)
+        section["compiler"] = {"status": "not_requested", "message": "not compiled (export --edgetpu compiles)",
+                               "version": None}
+    _write(tmp / "edgetpu_report.json", json.dumps(report, indent=2).encode())
+    section.update(ready=report["ready"], summary=_etpu.summarize(report))
+    return section
+
+
+def _manifest(io: dict, head_spec, meta: dict, files: dict, extra: dict) -> dict:
+    from metalite import __version__
+
+    head_cfg = head_spec.config()
+    return {
+        "format": BUNDLE_FORMAT, "format_version": BUNDLE_FORMAT_VERSION, "metalite_version": __version__,
+        "created": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z"),
+        "input": {"shape": io["input"]["shape"], "dtype": io["input"]["dtype"], "layout": "NHWC",
+                  "preprocess": dict(PREPROCESS), "quantization": io["input"]["quantization"]},
+        "output": {"embedding_dim": int(io["output"]["shape"][-1]), "dtype": io["output"]["dtype"],
+                   "quantization": io["output"]["quantization"]},
+        "backbone": extra["backbone"],
+        "head": {"file": "head.npz", "layers": head_cfg["layers"], "adaptation": head_cfg["adaptation"]},
+        **{k: meta.get(k, {}) for k in META_SECTIONS},
+        "quantization_check": extra["check"],
+        "edgetpu": extra["edgetpu"],
+        "files": files,
+    }
+
+
+def _build(tmp: Path, backbone_model, head_spec, rep, meta, edgetpu, float_model, say) -> dict:
+    from metalite.runtime.head import save_head
+
+    from .inspect import weight_stats
+
+    dim = int(backbone_model.outputs[0].shape[-1])
+    if head_spec.weights and int(head_spec.weights[0][0].shape[0]) != dim:
+        raise ExportError(f"head expects {head_spec.weights[0][0].shape[0]}-d embeddings, backbone gives {dim}")
+    say(f"converting the backbone to full-integer int8 ({len(rep)} representative images)")
+    cpu = _tfl.convert_int8(backbone_model, rep, batch=None)
+    io = _tfl.io_details(cpu)
+    if io["input"]["batch"] != -1:
+        raise ExportError("converted backbone has a static batch dimension; expected a dynamic one")
+    _tfl.interpreter(cpu, batch=32)  # the runtime resizes to 32: prove it allocates
+    _write(tmp / "backbone.tflite", cpu)
+    say("checking int8 embeddings against the Keras model")
+    check = _tfl.cosine_agreement(_tfl.run_int8(cpu, rep, batch=min(32, len(rep))),
+                                  np.asarray(backbone_model(rep, training=False)))
+    check = {"cosine_min": check["min"], "cosine_mean": check["mean"], "images": check["n"],
+             "reference": "keras model, representative images"}
+    head_path = tmp / "head.npz"
+    save_head(head_spec, str(head_path))
+    backbone = {"file": "backbone.tflite", "batch": "dynamic", "edgetpu_file": None, "float_file": None,
+                "qat": _tfl.is_quantize_annotated(backbone_model), "weight_sparsity": weight_stats(cpu)["sparsity"]}
+    if float_model:
+        say("converting the float32 comparison model")
+        _write(tmp / "backbone_float.tflite", _tfl.convert_float(backbone_model))
+        backbone["float_file"] = "backbone_float.tflite"
+    section = _edgetpu(tmp, backbone_model, rep, cpu, edgetpu, say)
+    backbone["edgetpu_file"] = section.pop("file")
+    files = {p.name: {"sha256": sha256_bytes(p.read_bytes()), "bytes": p.stat().st_size}
+             for p in sorted(tmp.iterdir()) if p.is_file()}
+    manifest = _manifest(io, head_spec, meta or {}, files, {"backbone": backbone, "check": check, "edgetpu": section})
+    _write(tmp / "manifest.json", json.dumps(manifest, indent=2).encode())  # written last
+    return manifest
+
+
+def write_bundle(out_dir, backbone_model, head_spec, representative, meta: dict | None = None, edgetpu: bool = False,
+                 float_model: bool = False, progress: bool = True, overwrite: bool = False) -> Path:
+    """Export ``backbone_model`` (tf_keras, float or QAT/PQAT-annotated) and ``head_spec`` as a bundle at ``out_dir``.
+
+    ``representative``: float32 (N, H, W, 1) model-input images for calibration and the int8-vs-Keras check.
+    ``meta``: the manifest's ``training``, ``compression`` and ``accuracy`` sections. ``edgetpu``: also convert
+    a batch-1 model and run ``edgetpu_compiler`` if installed. Raises ExportError with a one-line message.
+    """
+    meta = dict(meta or {})
+    unknown = set(meta) - set(META_SECTIONS)
+    if unknown:
+        raise ExportError(f"unknown meta sections {sorted(unknown)}; expected {', '.join(META_SECTIONS)}")
+    say = (lambda msg: print(f"export: {msg}", file=sys.stderr, flush=True)) if progress else (lambda msg: None)
+    out = _prepare(out_dir, overwrite)
+    rep = np.asarray(representative, np.float32)
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it 0700; a bundle is as readable as any new directory
+    except OSError as e:
+        raise ExportError(f"cannot write to {out.parent}: {e.strerror}") from None
+    try:
+        manifest = _build(tmp, backbone_model, head_spec, rep, meta, edgetpu, float_model, say)
+        _finalize(tmp, out)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise ExportError(f"writing the bundle failed: {e.strerror or e} ({e.filename or out})") from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    say(f"wrote {out} ({sum(f['bytes'] for f in manifest['files'].values())} bytes); "
+        f"Edge TPU: {manifest['edgetpu']['compiler']['message'] if edgetpu else manifest['edgetpu']['summary']}")
+    return out

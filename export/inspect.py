@@ -1,0 +1,172 @@
+"""Describe a bundle (directory or .zip): manifest in words, sizes raw and gzipped, stored weight sparsity,
+ops, input/output quantization, Edge TPU readiness and checksum verification.
+
+Reads the .tflite flatbuffers directly (no TensorFlow import, no interpreter), so it is quick.
+"""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import zipfile
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from . import edgetpu as _etpu
+from .errors import ExportError
+from .flatbuf import read_model
+
+_WEIGHT_OPS = {"CONV_2D": 1, "DEPTHWISE_CONV_2D": 1, "FULLY_CONNECTED": 1, "TRANSPOSE_CONV": 1}
+
+
+def read_bundle_files(path) -> dict:
+    """{file name: bytes} of a bundle directory or a .zip of one (files at its root or in one folder)."""
+    p = Path(path)
+    if p.is_dir():
+        if not (p / "manifest.json").is_file():
+            raise ExportError(f"{p}: no manifest.json, not a metalite bundle")
+        return {f.name: f.read_bytes() for f in sorted(p.iterdir()) if f.is_file()}
+    if p.is_file() and zipfile.is_zipfile(p):
+        with zipfile.ZipFile(p) as z:
+            names = [n for n in z.namelist() if not n.endswith("/")]
+            mans = sorted((n for n in names if n.rsplit("/", 1)[-1] == "manifest.json"), key=lambda n: n.count("/"))
+            if not mans:
+                raise ExportError(f"{p}: no manifest.json in the zip, not a metalite bundle")
+            prefix = mans[0][: -len("manifest.json")]
+            return {n[len(prefix):]: z.read(n) for n in names if n.startswith(prefix) and "/" not in n[len(prefix):]}
+    raise ExportError(f"{p}: not a bundle directory or .zip" if p.exists() else f"{p}: no such file or directory")
+
+
+def weight_stats(data: bytes, name: str = "model") -> dict:
+    """Stored sparsity (fraction of exact zeros) of every conv/dense weight tensor, and overall."""
+    m = read_model(data, name)
+    rows, zeros, total = [], 0, 0
+    for op in m.ops:
+        pos = _WEIGHT_OPS.get(op.name)
+        if pos is None or pos >= len(op.inputs) or op.inputs[pos] < 0:
+            continue
+        t = m.tensors[op.inputs[pos]]
+        if t.data is None:
+            continue
+        z = int(np.count_nonzero(t.data == 0))
+        rows.append({"op": op.name, "tensor": t.name, "shape": t.shape, "dtype": t.dtype, "size": int(t.data.size),
+                     "zeros": z, "sparsity": z / max(t.data.size, 1)})
+        zeros, total = zeros + z, total + int(t.data.size)
+    return {"tensors": rows, "sparsity": zeros / total if total else 0.0, "weights": total}
+
+
+def tflite_summary(data: bytes, name: str) -> dict:
+    """Ops with counts, input/output dtype/shape/quantization, weight sparsity of one .tflite."""
+    m = read_model(data, name)
+
+    def io(i):
+        t = m.tensors[i]
+        return {"name": t.name, "dtype": t.dtype.lower(), "shape": t.shape_signature,
+                "quantization": {"scale": t.scale[0], "zero_point": t.zero_point[0]} if t.scale else None}
+
+    return {"ops": dict(Counter(op.name for op in m.ops)), "n_ops": len(m.ops),
+            "input": io(m.inputs[0]) if m.inputs else None, "output": io(m.outputs[0]) if m.outputs else None,
+            "weights": weight_stats(data, name)}
+
+
+def verify_checksums(manifest: dict, files: dict) -> dict:
+    """Compare every file listed in the manifest with its sha256 and size; list missing and unlisted files."""
+    problems, listed = [], manifest.get("files", {})
+    for name, want in listed.items():
+        if name not in files:
+            problems.append(f"{name}: missing")
+        elif hashlib.sha256(files[name]).hexdigest() != want.get("sha256"):
+            problems.append(f"{name}: sha256 mismatch (modified or corrupt)")
+        elif want.get("bytes") is not None and len(files[name]) != want["bytes"]:
+            problems.append(f"{name}: size {len(files[name])} != {want['bytes']} in the manifest")
+    unlisted = sorted(set(files) - set(listed) - {"manifest.json"})
+    return {"ok": not problems, "problems": problems, "unlisted": unlisted}
+
+
+def inspect_bundle(path) -> dict:
+    """Everything known about a bundle, as a JSON-ready dict (``render_text`` turns it into words)."""
+    files = read_bundle_files(path)
+    try:
+        manifest = json.loads(files["manifest.json"])
+    except (KeyError, ValueError) as e:
+        raise ExportError(f"{path}: manifest.json is not valid JSON ({e})") from None
+    sizes = {n: {"bytes": len(b), "gzip_bytes": len(gzip.compress(b, compresslevel=9, mtime=0))}
+             for n, b in files.items()}
+    models = {n: tflite_summary(b, n) for n, b in files.items() if n.endswith(".tflite")}
+    if "edgetpu_report.json" in files:
+        report = json.loads(files["edgetpu_report.json"])
+    elif "backbone.tflite" in files:
+        report = _etpu.check_model(files["backbone.tflite"], "backbone.tflite", static_batch=True)
+    else:
+        report = None
+    edgetpu = None if report is None else {
+        "ready": report["ready"], "summary": _etpu.summarize(report), "first_unsupported": report["first_unsupported"],
+        "compiled_file": "backbone_edgetpu.tflite" if "backbone_edgetpu.tflite" in files else None,
+        "compiler": report.get("compiler", {}).get("message") or manifest.get("edgetpu", {}).get("compiler", {}).get("message")}
+    return {"path": str(path), "manifest": manifest, "sizes": sizes, "models": models, "edgetpu": edgetpu,
+            "checksums": verify_checksums(manifest, files)}
+
+
+def _kb(n: int) -> str:
+    return f"{n / 1024:.1f} KiB" if n >= 1024 else f"{n} B"
+
+
+def _describe(m: dict) -> list:
+    inp, out, head = m.get("input", {}), m.get("output", {}), m.get("head", {})
+    pre = inp.get("preprocess", {})
+    q = lambda d: (f"scale {d['scale']:.6g}, zero point {d['zero_point']}" if d else "not quantized")  # noqa: E731
+    layers = ", ".join(f"{l['units']} {l['activation']}" for l in head.get("layers", [])) or "none"
+    ad = head.get("adaptation", {})
+    lines = [
+        f"format {m.get('format')} v{m.get('format_version')}, metalite {m.get('metalite_version')}, "
+        f"created {m.get('created')}",
+        f"input: {inp.get('dtype')} {inp.get('layout', '')} {inp.get('shape')}; {q(inp.get('quantization'))}; "
+        f"pixels: {'grayscale' if pre.get('color') == 'L' else pre.get('color')}, {pre.get('resize')} resize, "
+        f"{'inverted (ink = 1), ' if pre.get('invert') else ''}range {pre.get('range')}",
+        f"output: {out.get('dtype')} embedding of {out.get('embedding_dim')}; {q(out.get('quantization'))}",
+        f"head: hidden layers [{layers}]; adaptation {ad.get('steps')} steps, lr {ad.get('lr')}, "
+        f"scale {ad.get('scale')}, adapts {ad.get('adapt')}",
+    ]
+    for key in ("training", "compression"):
+        if m.get(key):
+            lines.append(f"{key}: " + ", ".join(f"{k}={v}" for k, v in m[key].items()))
+    for task, acc in (m.get("accuracy") or {}).items():
+        if isinstance(acc, dict) and "mean" in acc:
+            lines.append(f"accuracy {task}: {acc['mean']:.3f} ± {acc.get('ci95', float('nan')):.3f} "
+                         f"({acc.get('episodes')} episodes, {acc.get('data', '')})")
+    qc = m.get("quantization_check")
+    if qc:
+        lines.append(f"int8 vs Keras embeddings: cosine min {qc['cosine_min']:.4f}, mean {qc['cosine_mean']:.4f} "
+                     f"on {qc['images']} images")
+    return lines
+
+
+def render_text(info: dict) -> str:
+    """A human-readable report of ``inspect_bundle``'s result."""
+    out = [f"bundle {info['path']}"] + ["  " + l for l in _describe(info["manifest"])]
+    out.append("files (raw / gzip -9):")
+    for n, s in info["sizes"].items():
+        out.append(f"  {n:28s} {_kb(s['bytes']):>10s} / {_kb(s['gzip_bytes']):>10s}")
+    for n, mdl in info["models"].items():
+        w = mdl["weights"]
+        ops = ", ".join(f"{k} x{v}" for k, v in mdl["ops"].items())
+        out.append(f"{n}: {mdl['n_ops']} ops ({ops})")
+        for side in ("input", "output"):
+            d = mdl[side]
+            qq = d["quantization"]
+            out.append(f"  {side}: {d['dtype']} {d['shape']}" + (f", scale {qq['scale']:.6g} zero point "
+                                                                 f"{qq['zero_point']}" if qq else ""))
+        out.append(f"  weights: {w['weights']} values, {w['sparsity']:.1%} exact zeros")
+        for t in w["tensors"]:
+            out.append(f"    {t['op']:18s} {str(t['shape']):18s} {t['dtype']:6s} sparsity {t['sparsity']:.1%}")
+    e = info["edgetpu"]
+    if e:
+        out.append(f"Edge TPU: {'ready' if e['ready'] else 'not fully mappable'} - {e['summary']}")
+        out.append(f"  compiled: {e['compiled_file'] or 'no'}" + (f" ({e['compiler']})" if e.get("compiler") else ""))
+    c = info["checksums"]
+    out.append("checksums: " + ("all files match the manifest" if c["ok"] else "FAILED: " + "; ".join(c["problems"])))
+    if c["unlisted"]:
+        out.append(f"  files not in the manifest: {', '.join(c['unlisted'])}")
+    return "\n".join(out)
