@@ -1,0 +1,290 @@
+"""``FewShotClassifier``: learn new classes on the device from a few images each.
+
+The int8 backbone embeds images (cached by content); the meta-learned head is adapted to the support
+embeddings with ``metalite.runtime.head.adapt`` (prototype init + the bundle's gradient steps). Every
+method validates its input and computes the new state completely before replacing the old one, so an
+error never leaves the classifier half-changed.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+import numpy as np
+
+from . import head as headlib
+from .bundle import open_bundle
+from .cache import EmbeddingCache
+from .embedder import Embedder
+from .errors import BundleError, InputError, NotFittedError, UnknownClassError
+from .images import as_model_input
+from .interpreter import get_backend, open_backbone
+from .state import State, load_state, save_state
+
+
+def _norm_label(label):
+    """numpy scalars -> Python scalars so labels compare, hash and save as the user expects."""
+    if isinstance(label, np.generic):
+        label = label.item()
+    try:
+        hash(label)
+    except TypeError:
+        raise InputError(f"label {label!r} is not hashable; use str or int labels") from None
+    return label
+
+
+class FewShotClassifier:
+    """Few-shot classifier over a metalite bundle.
+
+    Args:
+      bundle_dir: bundle directory or .zip (str or Path).
+      num_threads: CPU threads for the interpreter, or None for its default.
+      delegate: ``"auto"`` (Edge TPU if the bundle has ``backbone_edgetpu.tflite`` and ``libedgetpu``
+        loads, else CPU with one warning), ``"cpu"`` or ``"edgetpu"`` (error if not possible).
+      batch_size: images per interpreter call for dynamic-batch models (default 32).
+      cache_size: embeddings kept in the content-keyed LRU cache (default 4096; 0 disables it).
+
+    Attributes:
+      bundle: the verified ``Bundle``; head_spec: the bundle's ``HeadSpec``; device: ``"cpu"`` or
+      ``"edgetpu"``; backend: interpreter package name; embedder: the ``Embedder``; cache: the
+      ``EmbeddingCache``; head: the ``AdaptedHead`` (None before ``fit``).
+
+    Raises:
+      BundleError, DelegateError, InterpreterNotFoundError.
+    """
+
+    def __init__(self, bundle_dir, num_threads: int | None = None, delegate: str = "auto",
+                 batch_size: int = 32, cache_size: int = 4096):
+        self.bundle = open_bundle(bundle_dir)
+        try:
+            self.head_spec = headlib.load_head(self.bundle.head_path)
+        except ValueError as e:
+            raise BundleError(f"{self.bundle.head_path.name}: {e} (bundle {self.bundle.source})") from None
+        backend = get_backend()
+        interp, self.device = open_backbone(self.bundle, num_threads, delegate, backend)
+        self.backend = backend.name
+        name = (self.bundle.edgetpu_path if self.device == "edgetpu" else self.bundle.backbone_path).name
+        self.embedder = Embedder(interp, max_batch=batch_size, name=name)
+        self._check_model(name)
+        self.cache = EmbeddingCache(cache_size)
+        self.head: headlib.AdaptedHead | None = None
+        self._classes: list = []
+        self._support: dict = {}  # label -> float32 (k, D)
+
+    def _check_model(self, name: str) -> None:
+        b, e = self.bundle, self.embedder
+        if e.input_shape != b.input_shape:
+            raise BundleError(f"{name}: input shape {list(e.input_shape)} does not match manifest.json {list(b.input_shape)}")
+        if e.embedding_dim != b.embedding_dim:
+            raise BundleError(f"{name}: output size {e.embedding_dim} does not match manifest.json embedding_dim {b.embedding_dim}")
+        for which, mine, theirs in (("input", e.input_quantization, b.input_quantization),
+                                    ("output", e.output_quantization, b.output_quantization)):
+            if mine is not None and (not np.isclose(mine[0], theirs[0], rtol=1e-5, atol=0) or mine[1] != theirs[1]):
+                raise BundleError(f"{name}: {which} quantization (scale {mine[0]:.6g}, zero_point {mine[1]}) does not "
+                                  f"match manifest.json (scale {theirs[0]:.6g}, zero_point {theirs[1]})")
+        layers = self.head_spec.weights
+        if layers and layers[0][0].shape[0] != b.embedding_dim:
+            raise BundleError(f"{b.head_path.name}: first layer takes {layers[0][0].shape[0]} inputs, "
+                              f"the backbone gives {b.embedding_dim}")
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def classes(self) -> list:
+        """Labels in column order of ``predict_proba`` (a copy)."""
+        return list(self._classes)
+
+    @property
+    def embedding_dim(self) -> int:
+        """Size of the backbone's embedding."""
+        return self.bundle.embedding_dim
+
+    # ------------------------------------------------------------------ embedding
+    def _embed_input(self, x: np.ndarray) -> np.ndarray:
+        out = self.cache.embed(x, self.embedder)
+        if not np.all(np.isfinite(out)):
+            raise InputError("the backbone produced NaN or infinite embeddings")
+        return out
+
+    def embed(self, images) -> np.ndarray:
+        """Embed images with the backbone (cached by image content).
+
+        Args:
+          images: a path, a list of paths/arrays, one image (H, W[, C]) or a batch (N, H, W[, C]).
+        Returns:
+          float32 (n, embedding_dim), dequantized.
+        Raises:
+          InputError: bad images.
+        """
+        x = as_model_input(images, self.bundle.input_shape, self.bundle.preprocess)
+        return self._embed_input(x)
+
+    # ------------------------------------------------------------------ adaptation
+    def _adapt(self, classes: list, support: dict) -> headlib.AdaptedHead:
+        emb = np.concatenate([support[c] for c in classes]).astype(np.float32)
+        y = np.concatenate([np.full(len(support[c]), i, np.int64) for i, c in enumerate(classes)])
+        try:
+            return headlib.adapt(self.head_spec, emb, y, len(classes))
+        except ValueError as e:
+            raise InputError(f"adaptation failed: {e}") from None
+
+    def _commit(self, classes: list, support: dict) -> "FewShotClassifier":
+        head = self._adapt(classes, support) if classes else None
+        self._classes, self._support, self.head = classes, support, head
+        return self
+
+    def fit(self, images, labels=None, seed=None) -> "FewShotClassifier":
+        """Learn these classes, replacing any learned before.
+
+        Args:
+          images: the support images (any form ``embed`` takes), one per label; or a mapping
+            ``{label: images}`` with ``labels`` omitted.
+          labels: sequence of labels (str or int, any hashable), same length as the images.
+          seed: accepted for API stability; adaptation is deterministic.
+        Returns:
+          self. Columns are ordered by first appearance of each label.
+        Raises:
+          InputError: empty support set, a class without images, length mismatch, bad images.
+        """
+        del seed
+        if isinstance(images, Mapping) and labels is None:
+            if not images:
+                raise InputError("empty support set: no classes given")
+            classes, support = [], {}
+            for label, imgs in images.items():
+                label = _norm_label(label)
+                try:
+                    support[label] = self.embed(imgs)
+                except InputError as e:
+                    raise InputError(f"class {label!r}: {e}") from None
+                classes.append(label)
+            return self._commit(classes, support)
+        if labels is None:
+            raise InputError("fit needs labels (or a mapping {label: images})")
+        if isinstance(labels, (str, bytes)):
+            labels = [labels]
+        labels = [_norm_label(l) for l in (labels.tolist() if isinstance(labels, np.ndarray) else list(labels))]
+        if not labels:
+            raise InputError("empty support set: no labels given")
+        x = as_model_input(images, self.bundle.input_shape, self.bundle.preprocess)
+        if len(x) != len(labels):
+            raise InputError(f"got {len(x)} images but {len(labels)} labels")
+        emb = self._embed_input(x)
+        classes = list(dict.fromkeys(labels))
+        index = {c: i for i, c in enumerate(classes)}
+        lab = np.array([index[l] for l in labels])
+        support = {c: emb[lab == i] for i, c in enumerate(classes)}
+        return self._commit(classes, support)
+
+    def add_class(self, label, images) -> "FewShotClassifier":
+        """Learn one more class, keeping the others; refits the head on all stored support embeddings.
+
+        If ``label`` is already known, ``images`` are added to its support set.
+
+        Args:
+          label: the new label.
+          images: its support images (any form ``embed`` takes), at least one.
+        Returns:
+          self.
+        Raises:
+          InputError: no images or bad images.
+        """
+        label = _norm_label(label)
+        try:
+            emb = self.embed(images)
+        except InputError as e:
+            raise InputError(f"class {label!r}: {e}") from None
+        support = dict(self._support)
+        classes = list(self._classes)
+        if label in support:
+            support[label] = np.concatenate([support[label], emb])
+        else:
+            support[label] = emb
+            classes.append(label)
+        return self._commit(classes, support)
+
+    def remove_class(self, label) -> "FewShotClassifier":
+        """Forget one class and refit the head on the others (no images needed).
+
+        Returns:
+          self (with no classes left, it is unfitted again).
+        Raises:
+          UnknownClassError: ``label`` is not a learned class.
+        """
+        label = _norm_label(label)
+        if label not in self._support:
+            raise UnknownClassError(f"unknown class {label!r}; known classes: {self._classes!r}")
+        support = {c: v for c, v in self._support.items() if c != label}
+        return self._commit([c for c in self._classes if c != label], support)
+
+    # ------------------------------------------------------------------ prediction
+    def _require_fit(self, what: str) -> headlib.AdaptedHead:
+        if self.head is None:
+            raise NotFittedError(f"{what} before fit: call fit(images, labels) or add_class(label, images) first")
+        return self.head
+
+    def predict_proba(self, images) -> np.ndarray:
+        """Class probabilities.
+
+        Args:
+          images: any form ``embed`` takes.
+        Returns:
+          float32 (n, len(classes)), rows sum to 1, columns in ``classes`` order.
+        Raises:
+          NotFittedError, InputError.
+        """
+        head = self._require_fit("predict_proba")
+        return head.predict_proba(self.embed(images)).astype(np.float32)
+
+    def predict(self, images) -> list:
+        """Most probable label per image.
+
+        Args:
+          images: any form ``embed`` takes.
+        Returns:
+          list of n labels.
+        Raises:
+          NotFittedError, InputError.
+        """
+        head = self._require_fit("predict")
+        logits = head.logits(self.embed(images))
+        return [self._classes[i] for i in np.argmax(logits, axis=1)]
+
+    # ------------------------------------------------------------------ persistence
+    def support_embeddings(self) -> dict:
+        """Return ``{label: float32 (k, D) support embeddings}`` (copies), in column order."""
+        return {c: self._support[c].copy() for c in self._classes}
+
+    def save(self, path) -> None:
+        """Save the adapted state (labels, support embeddings, adapted head) to ``path`` atomically.
+
+        Raises:
+          NotFittedError: nothing learned yet. StateError: a label is not str/int. OSError.
+        """
+        head = self._require_fit("save")
+        sup = np.concatenate([self._support[c] for c in self._classes])
+        lab = np.concatenate([np.full(len(self._support[c]), i, np.int64) for i, c in enumerate(self._classes)])
+        save_state(path, State(self.bundle.manifest_sha256, list(self._classes), sup, lab, head,
+                               dict(self.head_spec.adaptation)))
+
+    @classmethod
+    def load(cls, bundle_dir, path, num_threads: int | None = None, delegate: str = "auto",
+             **kwargs) -> "FewShotClassifier":
+        """Open ``bundle_dir`` and restore a state saved by ``save``.
+
+        Args:
+          bundle_dir: the bundle the state was adapted with.
+          path: the state file.
+          num_threads, delegate, **kwargs: as for the constructor.
+        Returns:
+          A fitted ``FewShotClassifier`` predicting exactly as the one that was saved.
+        Raises:
+          StateError: corrupt state or one made with another bundle; plus the constructor's errors.
+        """
+        clf = cls(bundle_dir, num_threads=num_threads, delegate=delegate, **kwargs)
+        st = load_state(path, clf.bundle.manifest_sha256, clf.embedding_dim)
+        classes = [_norm_label(c) for c in st.classes]
+        support = {c: st.support[st.support_labels == i] for i, c in enumerate(classes)}
+        clf._classes, clf._support, clf.head = classes, support, st.head
+        return clf
+
+    def __repr__(self) -> str:
+        return (f"FewShotClassifier(bundle={self.bundle.source!r}, device={self.device!r}, "
+                f"backend={self.backend!r}, classes={len(self._classes)})")

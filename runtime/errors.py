@@ -1,0 +1,44 @@
+"""The errors ``metalite.runtime`` raises on purpose; each ``str()`` is one line that says what is wrong.
+
+Every class derives from ``MetaliteError`` (catch that to catch them all) and from the builtin that fits,
+so ``except ValueError`` keeps working for bad bundles, bad state files and bad input.
+"""
+from __future__ import annotations
+
+
+class MetaliteError(Exception):
+    """Base class of every error the runtime raises deliberately."""
+
+
+class BundleError(MetaliteError, ValueError):
+    """A bundle is missing, corrupt, of an unknown format, or doesn't match the interpreter; names the file."""
+
+
+class StateError(MetaliteError, ValueError):
+    """A saved adaptation state is truncated, corrupt, of an unknown version or belongs to another bundle."""
+
+
+class InputError(MetaliteError, ValueError):
+    """Images or labels passed to the classifier cannot be used (empty, wrong shape/channels, NaN, unreadable)."""
+
+
+class NotFittedError(MetaliteError, ValueError):
+    """``predict``/``predict_proba``/``save`` called before any class was learned."""
+
+
+class UnknownClassError(MetaliteError, ValueError):
+    """``remove_class`` got a label the classifier doesn't know."""
+
+
+class DelegateError(MetaliteError, RuntimeError):
+    """The Edge TPU was requested (``delegate="edgetpu"``) but the bundle or ``libedgetpu`` lacks it."""
+
+
+class InterpreterNotFoundError(MetaliteError, ImportError):
+    """No TFLite interpreter package (ai-edge-litert, tflite-runtime or tensorflow) is installed."""
+
+
+def one_line(exc: BaseException) -> str:
+    """Return ``exc`` as ``"TypeName: first line of its message"`` (for wrapping errors from deep inside)."""
+    msg = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {msg[0] if msg else ''}".rstrip(": ")
