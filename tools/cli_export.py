@@ -1,0 +1,110 @@
+"""``metalite export`` and ``metalite inspect`` (workstation). TensorFlow is imported inside the commands only."""
+from __future__ import annotations
+
+import json
+
+import click
+
+
+def _pick_representative(data, n: int, seed: int = 0):
+    """``n`` float32 model inputs spread over the classes (round-robin), deterministic."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    pools = [rng.permutation(data.indices_of(c)) for c in rng.permutation(data.num_classes)]
+    picked, depth = [], 0
+    while len(picked) < n and any(depth < len(p) for p in pools):
+        picked += [int(p[depth]) for p in pools if depth < len(p)][: n - len(picked)]
+        depth += 1
+    return data.inputs()[np.array(picked)]
+
+
+def _meta_from_config(cfg: dict) -> dict:
+    """Manifest training/compression/accuracy sections from a model directory's config.json."""
+    training = {"algorithm": cfg.get("algorithm"), "data": cfg.get("data"), **cfg.get("train", {}),
+                "backbone": cfg.get("backbone"), "seed": cfg.get("seed")}
+    compression = {"stage": cfg.get("stage", "float"), "pqat": cfg.get("stage") == "pqat",
+                   **cfg.get("compression", {})}
+    accuracy = {}
+    val = (cfg.get("metrics") or {}).get("val")
+    if isinstance(val, dict) and "mean" in val:
+        key = f"{val.get('ways', '?')}way{val.get('shots', '?')}shot"
+        accuracy[key] = {**val, "data": f"{cfg.get('data')} (validation classes)",
+                         "measured": "Keras model during training"}
+    for k, v in (cfg.get("metrics") or {}).items():
+        if k not in ("val", "step", "history") and isinstance(v, dict) and "mean" in v:
+            accuracy[k] = v
+    return {"training": training, "compression": compression, "accuracy": accuracy}
+
+
+@click.command("export")
+@click.argument("model_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--out", "out", required=True, type=click.Path(), help="bundle directory to create")
+@click.option("--edgetpu", is_flag=True,
+              help="also convert a static batch-1 copy and compile it with edgetpu_compiler if it is on PATH "
+                   "(if not, the CPU bundle is still written and the reason is printed)")
+@click.option("--float", "float_model", is_flag=True, help="also write backbone_float.tflite (float32, for comparison)")
+@click.option("--representative", type=click.IntRange(1, 100000), default=200, show_default=True,
+              help="number of training images used to calibrate int8 activation ranges")
+@click.option("--data", default=None, help="dataset for the representative images (default: the one in config.json)")
+@click.option("--force", is_flag=True, help="replace an existing bundle at --out (only once the new one is complete)")
+@click.option("--quiet", is_flag=True, help="no progress messages")
+def export_cmd(model_dir, out, edgetpu, float_model, representative, data, force, quiet):
+    """Export MODEL_DIR (from `metalite train` or `compress`) as a bundle for the device.
+
+    \b
+    The bundle holds backbone.tflite (full-integer int8, any TFLite interpreter, resizable batch),
+    head.npz (what the device adapts), edgetpu_report.json (which ops map to a Coral Edge TPU) and
+    manifest.json (preprocessing, quantization, training/compression summary, sha256 of each file).
+    Written atomically: an interrupted export leaves no bundle behind. Check it with `metalite inspect`.
+    """
+    from metalite.export.bundle import write_bundle
+    from metalite.export.errors import ExportError
+    from metalite.training.datasets import DataError, load_data
+    from metalite.training.modeldir import ModelDirError, load_model_dir
+
+    try:
+        cfg, backbone, head_spec = load_model_dir(model_dir)
+        spec = data or cfg.get("data", "glyphs")
+        size = int(cfg["input"]["shape"][0])
+        try:
+            reps = _pick_representative(load_data(spec, size, "train", progress=not quiet), representative)
+        except DataError as e:
+            raise click.ClickException(f"representative images: {e} (pass --data to use another dataset)") from None
+        path = write_bundle(out, backbone, head_spec, reps, _meta_from_config(cfg), edgetpu=edgetpu,
+                            float_model=float_model, progress=not quiet, overwrite=force)
+    except (ExportError, ModelDirError, DataError) as e:
+        raise click.ClickException(str(e)) from None
+    manifest = json.loads((path / "manifest.json").read_text())
+    et = manifest["edgetpu"]
+    click.echo(f"wrote {path}")
+    click.echo(f"Edge TPU: {et['summary']}" + (f"; {et['compiler']['message']}" if edgetpu else ""))
+
+
+@click.command("inspect")
+@click.argument("bundle", type=click.Path(exists=True))
+@click.option("--json", "as_json", is_flag=True, help="print everything as JSON instead of text")
+def inspect_cmd(bundle, as_json):
+    """Describe BUNDLE (directory or .zip) and verify it.
+
+    \b
+    Shows the manifest in words, file sizes raw and gzip-compressed, the stored sparsity of every
+    weight tensor, ops with counts, input/output quantization, Edge TPU readiness and whether every
+    file matches its sha256. Exits with status 1 if a checksum fails.
+    """
+    from metalite.export.errors import ExportError
+    from metalite.export.inspect import inspect_bundle, render_text
+
+    try:
+        info = inspect_bundle(bundle)
+    except ExportError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(json.dumps(info, indent=2) if as_json else render_text(info))
+    if not info["checksums"]["ok"]:
+        raise click.ClickException("checksum verification failed: " + "; ".join(info["checksums"]["problems"]))
+
+
+def register(group) -> None:
+    """Add ``export`` and ``inspect`` to the ``metalite`` click group."""
+    group.add_command(export_cmd)
+    group.add_command(inspect_cmd)
