@@ -109,6 +109,16 @@ def _op_problems(model: TFLiteModel, op) -> list:
     return why
 
 
+def _boundary_conversion(model: TFLiteModel, op) -> str:
+    """Reason if ``op`` only converts a float graph input to 8-bit, or an 8-bit result to a float graph output."""
+    ins = [model.tensors[i] for i in op.inputs if i >= 0]
+    if op.name == "QUANTIZE" and len(ins) == 1 and op.inputs[0] in model.inputs and ins[0].dtype.startswith("FLOAT"):
+        return "quantizes the float input on the CPU before the Edge TPU part (int8 input avoids it)"
+    if op.name == "DEQUANTIZE" and all(o in model.outputs for o in op.outputs):
+        return "dequantizes the output to float on the CPU after the Edge TPU part (int8 output avoids it)"
+    return ""
+
+
 def check_model(data: bytes, name: str = "model", static_batch: bool = False) -> dict:
     """Edge TPU compatibility report of a .tflite buffer, as a JSON-ready dict.
 
@@ -119,9 +129,11 @@ def check_model(data: bytes, name: str = "model", static_batch: bool = False) ->
     ops, first = [], None
     for op in model.ops:
         own = _op_problems(model, op) + _tensor_problems(model, op, static_batch)
-        if own and first is None:
-            first = op.index
-        if own:
+        boundary = _boundary_conversion(model, op)
+        if own and boundary:  # float in/out conversion at the graph's edge: CPU, but does not split the graph
+            where, why = "cpu", [boundary]
+        elif own:
+            first = op.index if first is None else first
             where, why = "cpu", own
         elif first is not None:
             where = "cpu"
@@ -145,13 +157,14 @@ def check_model(data: bytes, name: str = "model", static_batch: bool = False) ->
 
 def summarize(report: dict) -> str:
     """One line: ready, or how many ops fall back to the CPU and where it starts."""
-    if report["ready"]:
-        return f"all {report['ops_total']} ops map to the Edge TPU"
     f = report["first_unsupported"]
+    if report["ready"]:
+        extra = f" (the other {report['ops_cpu']} only convert float input/output)" if report["ops_cpu"] else ""
+        return f"{report['ops_edgetpu']}/{report['ops_total']} ops map to the Edge TPU{extra}"
     if f is None:
         return f"{report['subgraphs']} subgraphs: only the main one can map to the Edge TPU"
-    return (f"{report['ops_edgetpu']}/{report['ops_total']} ops map to the Edge TPU; from op #{f['index']} "
-            f"{f['op']} on, {report['ops_cpu']} run on the CPU ({f['reasons'][0]})")
+    return (f"{report['ops_edgetpu']}/{report['ops_total']} ops map to the Edge TPU, {report['ops_cpu']} run on the "
+            f"CPU; the graph is cut at op #{f['index']} {f['op']} ({f['reasons'][0]})")
 
 
 _STATS = {

@@ -227,7 +227,9 @@ def test_edgetpu_report_flags_unsupported_op(rep):
     by_op = {o["op"]: o for o in rep_["ops"]}
     assert by_op["SIN"]["where"] == "cpu" and "not in the Edge TPU's supported operations" in by_op["SIN"]["reasons"][0]
     first = rep_["first_unsupported"]["index"]
-    assert all(o["where"] == "edgetpu" for o in rep_["ops"][:first])
+    assert rep_["ops"][0]["op"] == "QUANTIZE" and "float input" in rep_["ops"][0]["reasons"][0]  # edge, not a cut
+    assert rep_["ops"][1]["op"] == "CONV_2D" and rep_["ops"][1]["where"] == "edgetpu"
+    assert rep_["ops"][first]["op"] in ("DEQUANTIZE", "SIN")
     after = rep_["ops"][first + 1:]
     assert after and all(o["where"] == "cpu" for o in after)
     assert any("after the first unsupported op" in r for o in after for r in o["reasons"])
