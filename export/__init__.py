@@ -1,0 +1,6 @@
+"""metalite.export: tf_keras backbone -> full-int8 TFLite bundle (workstation only; needs TensorFlow).
+
+``bundle.write_bundle`` writes a bundle atomically, ``inspect.inspect_bundle`` describes and verifies one,
+``edgetpu.check_model``/``compile_edgetpu`` predict and run the Edge TPU compilation, ``tflite`` converts.
+Submodules import TensorFlow only when converting; reading bundles needs just the flatbuffers package.
+"""
