@@ -1,0 +1,123 @@
+"""The device-side commands of the ``metalite`` CLI: ``adapt`` and ``predict``.
+
+``register(group)`` adds them to the main click group (``tools/cli.py``). They import only numpy,
+click and ``metalite.runtime`` (never TensorFlow), so they run on a device with just tflite-runtime or
+ai-edge-litert; ``python -m metalite.tools.cli_runtime`` runs them without the rest of the CLI.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import click
+
+DELEGATE_CHOICE = click.Choice(["auto", "cpu", "edgetpu"])
+
+
+def _support_folders(support_dir: Path) -> dict:
+    """``{class name: [image paths]}`` from SUPPORT_DIR/<class>/<image>; raises click errors when unusable."""
+    from metalite.runtime.images import IMAGE_EXTENSIONS
+
+    if not support_dir.is_dir():
+        raise click.BadParameter(f"{support_dir} is not a directory", param_hint="SUPPORT_DIR")
+    classes = {}
+    for d in sorted(p for p in support_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        images = sorted(p for p in d.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+        if not images:
+            raise click.ClickException(f"class folder {d} has no images ({', '.join(IMAGE_EXTENSIONS)})")
+        classes[d.name] = images
+    if not classes:
+        raise click.ClickException(f"{support_dir} has no class folders (expected SUPPORT_DIR/<class>/<images>)")
+    return classes
+
+
+def _classifier(bundle, threads, delegate, state=None):
+    from metalite.runtime import FewShotClassifier
+
+    if state is not None:
+        return FewShotClassifier.load(bundle, state, num_threads=threads, delegate=delegate)
+    return FewShotClassifier(bundle, num_threads=threads, delegate=delegate)
+
+
+def _errors(fn):
+    """Turn the runtime's deliberate errors into one-line click errors (exit code 1)."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from metalite.runtime.errors import MetaliteError
+
+        try:
+            return fn(*args, **kwargs)
+        except MetaliteError as e:
+            raise click.ClickException(str(e)) from None
+        except OSError as e:
+            raise click.ClickException(f"{e.filename or ''}: {e.strerror or e}".lstrip(": ")) from None
+
+    return wrapper
+
+
+@click.command("adapt")
+@click.argument("bundle", type=click.Path(exists=True, path_type=Path))
+@click.argument("support_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--out", "out", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Where to write the adapted state (.npz), atomically.")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="Interpreter CPU threads.")
+@click.option("--delegate", type=DELEGATE_CHOICE, default="auto", show_default=True,
+              help="Edge TPU if available (auto), CPU only, or require the Edge TPU.")
+@_errors
+def adapt_cmd(bundle, support_dir, out, threads, delegate):
+    """Learn the classes in SUPPORT_DIR (one folder of images per class) with BUNDLE; save the state to --out."""
+    classes = _support_folders(support_dir)
+    clf = _classifier(bundle, threads, delegate)
+    t0 = time.perf_counter()
+    clf.fit({name: [str(p) for p in paths] for name, paths in classes.items()})
+    dt = time.perf_counter() - t0
+    if out.parent and not out.parent.exists():
+        out.parent.mkdir(parents=True, exist_ok=True)
+    clf.save(out)
+    n = sum(len(v) for v in classes.values())
+    click.echo(f"adapted {len(classes)} classes from {n} images in {dt:.2f} s on {clf.device} "
+               f"({clf.backend}); state written to {out}")
+
+
+@click.command("predict")
+@click.argument("bundle", type=click.Path(exists=True, path_type=Path))
+@click.argument("images", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--state", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="State file written by 'metalite adapt'.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list instead of text lines.")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="Interpreter CPU threads.")
+@click.option("--delegate", type=DELEGATE_CHOICE, default="auto", show_default=True)
+@_errors
+def predict_cmd(bundle, images, state, as_json, threads, delegate):
+    """Classify IMAGE... with BUNDLE and an adapted --state: label and confidence per image."""
+    clf = _classifier(bundle, threads, delegate, state)
+    proba = clf.predict_proba([str(p) for p in images])
+    best = proba.argmax(axis=1)
+    rows = [{"image": str(p), "label": clf.classes[k], "confidence": round(float(proba[i, k]), 6)}
+            for i, (p, k) in enumerate(zip(images, best))]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+    else:
+        for r in rows:
+            click.echo(f"{r['image']}\t{r['label']}\t{r['confidence']:.4f}")
+
+
+def register(group: click.Group) -> None:
+    """Add the ``adapt`` and ``predict`` commands to ``group`` (the ``metalite`` click group)."""
+    group.add_command(adapt_cmd)
+    group.add_command(predict_cmd)
+
+
+@click.group()
+def main():
+    """metalite device commands (adapt, predict) without the training/export parts of the CLI."""
+
+
+register(main)
+
+if __name__ == "__main__":
+    sys.exit(main())
