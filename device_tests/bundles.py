@@ -1,0 +1,187 @@
+"""Bundles and few-shot tasks for the device tests (runs on the workstation side, like the fixtures).
+
+- :func:`shipped_bundles`: ``models/glyphs`` and ``models/omniglot`` when the repo has them.
+- :func:`build_tiny_bundle`: until then (or in addition), a tiny int8 Conv4 bundle (16 filters,
+  16-d embedding, untrained: the device tests check the *runtime*, not accuracy) written with
+  ``metalite.export.bundle.write_bundle``. It needs TensorFlow, so it runs in a subprocess
+  (``python device_tests/bundles.py tiny OUT``) and the pytest process never imports TF.
+- :func:`make_task`: a 20-way task from Omniglot (``<repo>/../shared/data/omniglot``), written both as
+  ``support/<label>/*.png`` + ``query/<label>/*.png`` (for the CLI and for Pillow) and as one
+  ``task.npz`` of raw uint8 arrays (for the arm64 device, whose rootfs has numpy but no Pillow).
+- :func:`with_edgetpu_model`: a copy of a bundle that also carries ``backbone_edgetpu.tflite``.
+- :func:`resign`: recompute ``files`` checksums in a manifest (to build a bundle whose checksums
+  pass but whose content is broken).
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+SHIPPED = ("omniglot", "glyphs")
+# The project's test data lives beside the repo (DESIGN.md, "Data"): <repo>/../shared/data. The
+# product never needs it; the tests do, for real handwritten characters.
+OMNIGLOT_DIR = Path(os.environ.get("METALITE_OMNIGLOT_DIR") or REPO.parent / "shared" / "data" / "omniglot")
+TINY_RECIPE = {"kind": "conv4", "filters": 16, "embedding_dim": 16, "head": [16], "seed": 0, "rep": 64,
+               "version": 2}
+
+
+def sha256(path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def shipped_bundles() -> dict:
+    """{name: path} of the bundles shipped in ``models/`` that exist now."""
+    return {n: REPO / "models" / n for n in SHIPPED if (REPO / "models" / n / "manifest.json").is_file()}
+
+
+def omniglot_zips() -> list:
+    zips = sorted(OMNIGLOT_DIR.glob("*.zip"))
+    if not zips:
+        raise FileNotFoundError(
+            f"no Omniglot zips in {OMNIGLOT_DIR}: the device tests need the project's test data "
+            "(shared/data/omniglot/images_background_small*.zip beside the repo, or set METALITE_OMNIGLOT_DIR)")
+    return zips
+
+
+def _read_png(data: bytes) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as im:
+        return np.asarray(im.convert("L"), dtype=np.uint8)
+
+
+def omniglot_images(n_classes: int, per_class: int, zip_index: int = 0, offset: int = 0):
+    """Deterministic pick: the first ``n_classes`` characters (after ``offset``) of one zip, sorted.
+
+    Returns ``(labels, images)``: ``labels[i]`` like ``"Balinese.character01"``, ``images[i]`` a list of
+    ``per_class`` uint8 (105, 105) arrays (255 = paper).
+    """
+    z = zipfile.ZipFile(omniglot_zips()[zip_index])
+    chars: dict = {}
+    for name in sorted(z.namelist()):
+        parts = name.split("/")
+        if len(parts) == 4 and parts[3].endswith(".png"):
+            chars.setdefault(f"{parts[1]}.{parts[2]}", []).append(name)
+    keys = sorted(chars)[offset:offset + n_classes]
+    if len(keys) < n_classes:
+        raise ValueError(f"only {len(keys)} characters available in {z.filename}")
+    return keys, [[_read_png(z.read(n)) for n in chars[k][:per_class]] for k in keys]
+
+
+def make_task(out: Path, ways: int = 20, shots: int = 5, queries: int = 10) -> Path:
+    """Write a ``ways``-way task to ``out``: folders of PNGs and ``task.npz``; returns ``out``."""
+    from PIL import Image
+
+    if (out / "task.npz").is_file():
+        return out
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    labels, imgs = omniglot_images(ways, shots + queries)
+    sx, sy, qx, qy, qpaths = [], [], [], [], []
+    for label, ims in zip(labels, imgs):
+        for split, chunk in (("support", ims[:shots]), ("query", ims[shots:])):
+            d = tmp / split / label
+            d.mkdir(parents=True)
+            for i, a in enumerate(chunk):
+                Image.fromarray(a).save(d / f"{i:02d}.png")
+                if split == "support":
+                    sx.append(a), sy.append(label)
+                else:
+                    qx.append(a), qy.append(label), qpaths.append(f"query/{label}/{i:02d}.png")
+    np.savez(tmp / "task.npz", support_images=np.stack(sx), support_labels=np.array(sy),
+             query_images=np.stack(qx), query_labels=np.array(qy), query_paths=np.array(qpaths))
+    shutil.rmtree(out, ignore_errors=True)
+    os.rename(tmp, out)
+    return out
+
+
+def build_tiny_bundle(out: Path) -> Path:
+    """Build the tiny test bundle at ``out`` in a TensorFlow subprocess (cached: skipped if present)."""
+    if (out / "manifest.json").is_file():
+        return out
+    cmd = [sys.executable, str(Path(__file__).resolve()), "tiny", str(out)]
+    p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=900,
+                       env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES=""))
+    if p.returncode != 0 or not (out / "manifest.json").is_file():
+        tail = "\n".join(p.stdout.splitlines()[-30:])
+        raise RuntimeError(
+            "building the tiny test bundle failed; it needs the workstation install "
+            f"(pip install '{REPO}[train]') and export/bundle.py:\n{tail}")
+    return out
+
+
+def _tiny_main(out: Path) -> None:
+    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+    from metalite.training.tfcompat import tf, keras  # noqa: F401  (sets up tf_keras)
+    from metalite.training.models import build_backbone
+    from metalite.export.bundle import write_bundle
+    from metalite.runtime.head import HeadSpec
+    from metalite.runtime.preprocess import to_model_input
+
+    r = TINY_RECIPE
+    tf.random.set_seed(r["seed"])
+    np.random.seed(r["seed"])
+    model = build_backbone({"kind": r["kind"], "filters": r["filters"], "embedding_dim": r["embedding_dim"]})
+    # Representative images: Omniglot characters *not* used by the test tasks (second zip).
+    _, imgs = omniglot_images(r["rep"] // 2, 2, zip_index=-1)
+    rep = to_model_input(np.stack([a for ims in imgs for a in ims]), (28, 28))
+    rng = np.random.default_rng(r["seed"])
+    d, h = r["embedding_dim"], r["head"][0]
+    # Untrained embeddings are small; scale the (linear) hidden layer so that squared distances
+    # between images are a few units and the head's probabilities are far from uniform.
+    e = np.asarray(model(rep, training=False))
+    dist = np.sqrt(((e[:, None] - e[None]) ** 2).sum(-1))
+    gain = 2.0 / float(np.median(dist[np.triu_indices(len(e), 1)]))
+    w0 = (gain * (np.eye(d, h) + 0.1 * rng.standard_normal((d, h)))).astype(np.float32)
+    spec = HeadSpec([(w0, np.zeros(h, np.float32))], ["linear"],
+                    {"steps": 10, "lr": 0.1, "scale": 1.0, "adapt": "head"})
+    meta = {"training": {"algorithm": "none (untrained test bundle)", "data": "omniglot"},
+            "compression": {}, "accuracy": {}}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_bundle(out, model, spec, rep, meta=meta, progress=True, overwrite=True)
+
+
+def resign(bundle: Path) -> None:
+    """Recompute size and sha256 of every file listed in ``bundle``'s manifest."""
+    mpath = bundle / "manifest.json"
+    m = json.loads(mpath.read_text())
+    for name in m["files"]:
+        p = bundle / name
+        m["files"][name] = {"sha256": sha256(p), "bytes": p.stat().st_size}
+    mpath.write_text(json.dumps(m, indent=2))
+
+
+def with_edgetpu_model(src: Path, dst: Path) -> Path:
+    """Copy bundle ``src`` to ``dst`` adding ``backbone_edgetpu.tflite`` (listed with its checksum).
+
+    The "compiled" model is a copy of ``backbone.tflite`` (batch 1 is its default shape): the runtime
+    only gets as far as loading ``libedgetpu``, which is absent here, then falls back to or refuses
+    the CPU. Nothing else is faked.
+    """
+    if dst.exists():
+        shutil.rmtree(dst)
+    shutil.copytree(src, dst)
+    shutil.copy2(dst / "backbone.tflite", dst / "backbone_edgetpu.tflite")
+    m = json.loads((dst / "manifest.json").read_text())
+    m["backbone"]["edgetpu_file"] = "backbone_edgetpu.tflite"
+    m["files"]["backbone_edgetpu.tflite"] = {}
+    (dst / "manifest.json").write_text(json.dumps(m, indent=2))
+    resign(dst)
+    return dst
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "tiny":
+        _tiny_main(Path(sys.argv[2]))
+    else:
+        sys.exit("usage: python device_tests/bundles.py tiny OUT_DIR")

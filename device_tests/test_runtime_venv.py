@@ -1,0 +1,71 @@
+"""The runtime in a device-like environment on x86: a fresh venv with only the project (no extras),
+an interpreter package and Pillow; no TensorFlow anywhere (issue 5, part 1)."""
+import json
+import subprocess
+
+import pytest
+
+from conftest import agreement, assert_agreement, output_scale, record
+
+STACKS = {"tflite": ("tflite_runtime", "1."), "litert": ("ai_edge_litert", "2.")}
+
+
+@pytest.mark.parametrize("kind", sorted(STACKS))
+def test_venv_has_no_tensorflow(venvs, kind):
+    py = venvs(kind)
+    names = subprocess.run([str(py), "-m", "pip", "list", "--format=json"], capture_output=True, text=True,
+                           check=True).stdout
+    installed = {p["name"].lower().replace("_", "-") for p in json.loads(names)}
+    assert "metalite" in installed
+    heavy = sorted(n for n in installed if n.startswith(("tensorflow", "tf-keras", "keras", "jax", "torch")))
+    assert not heavy, f"the device venv must not hold {heavy}"
+    # cwd "/": never the repo, whose metalite/ folder would shadow the installed package
+    p = subprocess.run([str(py), "-c", "import tensorflow"], capture_output=True, text=True, cwd="/")
+    assert p.returncode != 0 and "No module named 'tensorflow'" in p.stderr
+    # installed from a wheel, not editable: the runtime comes from site-packages
+    p = subprocess.run([str(py), "-c", "import metalite.runtime as r; print(r.__file__)"], capture_output=True,
+                       text=True, cwd="/")
+    assert p.returncode == 0, p.stderr
+    assert "site-packages" in p.stdout, p.stdout
+
+
+@pytest.mark.parametrize("kind", sorted(STACKS))
+def test_api_adapt_predict_without_tf(x86_runs, bundles, kind, results_dir):
+    backend, numpy_major = STACKS[kind]
+    for name in bundles:
+        r = x86_runs(kind, name)
+        assert r["backend"] == backend and r["numpy"].startswith(numpy_major), (r["backend"], r["numpy"])
+        assert r["device"] == "cpu" and r["machine"] == "x86_64"
+        assert r["tf"] == {"tensorflow_importable": False, "tf_modules_loaded": []}, r["tf"]
+        assert r["state_roundtrip"] is True
+        assert r["add_remove_pred_same"] >= 0.99
+        assert len(r["pred"]) == 200 and set(r["pred"]) <= set(r["classes"]) and len(r["classes"]) == 20
+        record(results_dir, f"x86-{kind}-{name}", {k: r[k] for k in (
+            "backend", "backend_version", "numpy", "ms_per_image", "fit_seconds", "peak_rss_mb", "accuracy")})
+
+
+@pytest.mark.parametrize("kind", sorted(STACKS))
+def test_cli_adapt_predict(x86_runs, bundles, kind):
+    """`metalite adapt` + `metalite predict --json` in the venv give the API's predictions on the same files."""
+    for name in bundles:
+        r = x86_runs(kind, name)
+        cli = r["cli"]
+        for step in ("adapt", "predict"):
+            assert cli[step]["returncode"] == 0, f"metalite {step} failed: {cli[step]['stderr'][-2000:]}"
+            assert "Traceback" not in cli[step]["stderr"]
+        out = json.loads(cli["predict"]["stdout"])
+        rows = out if isinstance(out, list) else out.get("predictions", out)
+        by_image = {row["image"]: row["label"] for row in rows}
+        cli_pred = [by_image[p] for p in cli["paths"]]
+        assert cli_pred == r["api_pred_from_files"], "CLI and API disagree on the same images and state"
+        # the PNG files hold exactly the arrays of task.npz: same predictions as from arrays
+        same = sum(a == b for a, b in zip(cli_pred, r["pred"])) / len(cli_pred)
+        assert same >= 0.99, same
+
+
+def test_interpreters_agree(x86_runs, bundles, results_dir):
+    """tflite-runtime 2.14 (numpy 1) and ai-edge-litert (numpy 2, XNNPACK) agree within the criterion."""
+    for name, path in bundles.items():
+        a = agreement(x86_runs("tflite", name), x86_runs("litert", name), output_scale(path))
+        record(results_dir, f"agreement-tflite-vs-litert-{name}", a)
+        assert_agreement(a, f"{name}: tflite-runtime vs ai-edge-litert", trained=name != "tiny")
