@@ -30,7 +30,7 @@ setup(
         "images": ["pillow"],
         "litert": ["ai-edge-litert"],
         "tflite": ["tflite-runtime", "numpy<2"],
-        "dev": ["pytest", "pytest-timeout"],
+        "dev": ["pytest", "pytest-timeout", "ai-edge-litert"],
     },
     entry_points={"console_scripts": ["metalite=metalite.tools.cli:main"]},
 )

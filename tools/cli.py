@@ -10,7 +10,7 @@ import importlib
 import click
 
 RESERVED = ("train", "evaluate", "compress", "export", "inspect", "adapt", "predict", "bench")
-MODULES = ("cli_train", "cli_export", "cli_runtime", "cli_bench")
+MODULES = ("cli_train", "cli_compress", "cli_export", "cli_runtime", "cli_bench")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

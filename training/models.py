@@ -11,11 +11,14 @@ from .tfcompat import keras
 BACKBONES = ("conv4", "dsconv")
 DEFAULT_BACKBONE = {"kind": "conv4", "filters": 64, "embedding_dim": 64}
 DEFAULT_HEAD = {"hidden": [64], "activation": "linear"}
+# PyTorch-style BN momentum (0.1 there = 0.9 here): moving statistics catch up within ~50 steps,
+# so short meta-training runs evaluate (inference-mode BN, as on the device) on the right statistics.
+BN_MOMENTUM = 0.9
 
 
 def _conv_block(x, filters, name, pool=True):
     x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv")(x)
-    x = keras.layers.BatchNormalization(name=f"{name}_bn")(x)
+    x = keras.layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_bn")(x)
     x = keras.layers.ReLU(name=f"{name}_relu")(x)
     if pool:
         x = keras.layers.MaxPool2D(2, name=f"{name}_pool")(x)
@@ -34,16 +37,16 @@ def _dsconv(inp, filters, embedding_dim):
     """Stem conv stride 2, then depthwise-separable blocks: every op (CONV_2D, DEPTHWISE_CONV_2D, ReLU6 folded,
     AVERAGE_POOL_2D, RESHAPE) maps onto the Edge TPU when quantized to int8 with static shapes."""
     x = keras.layers.Conv2D(filters // 2, 3, strides=2, padding="same", use_bias=False, name="stem_conv")(inp)
-    x = keras.layers.BatchNormalization(name="stem_bn")(x)
+    x = keras.layers.BatchNormalization(momentum=BN_MOMENTUM, name="stem_bn")(x)
     x = keras.layers.ReLU(6.0, name="stem_relu")(x)
     plan = [(filters, 1), (filters, 2), (filters, 1), (embedding_dim, 2)]
     for i, (f, s) in enumerate(plan):
         n = f"ds{i + 1}"
         x = keras.layers.DepthwiseConv2D(3, strides=s, padding="same", use_bias=False, name=f"{n}_dw")(x)
-        x = keras.layers.BatchNormalization(name=f"{n}_dwbn")(x)
+        x = keras.layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{n}_dwbn")(x)
         x = keras.layers.ReLU(6.0, name=f"{n}_dwrelu")(x)
         x = keras.layers.Conv2D(f, 1, use_bias=False, name=f"{n}_pw")(x)
-        x = keras.layers.BatchNormalization(name=f"{n}_pwbn")(x)
+        x = keras.layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{n}_pwbn")(x)
         x = keras.layers.ReLU(6.0, name=f"{n}_pwrelu")(x)
     return x
 

@@ -69,6 +69,8 @@ def train(out, settings: dict, resume: bool = False, progress: bool = True, log=
     train_data = load_data(s["data"], s["image_size"], "train", s["rotations"], progress=progress)
     val_data = load_data(s["data"], s["image_size"], "val", False, progress=False)
     check_episode_fits(train_data, s["ways"], s["shots"], s["queries"], s["within_alphabet"])
+    # Validation ways shrink to what the held-out split holds (small folder datasets).
+    s["val_ways"] = min(s["val_ways"], int((val_data.counts() >= s["val_shots"] + 1).sum()))
     check_episode_fits(val_data, s["val_ways"], s["val_shots"], 1)
     log(f"data {s['data']}: {train_data.num_classes} training classes ({len(train_data.images)} images), "
         f"{val_data.num_classes} held-out validation classes")

@@ -1,0 +1,327 @@
+"""Data, episodes, meta-learners, trainer and the train/evaluate CLI (workstation, TensorFlow)."""
+import json
+import os
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from metalite.training.datasets import DataError, load_data
+from metalite.training.episodes import EpisodeSampler
+
+OMNIGLOT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "omniglot"  # tests may use ../shared/data
+
+
+def _shape_image(cls, rng, size=28):
+    """A class-specific blob pattern (paper 255, ink 0) with jitter: easy but not trivial classes."""
+    crng = np.random.default_rng(1000 + cls)
+    img = np.full((size, size), 255, np.uint8)
+    for _ in range(3):
+        y, x = crng.integers(4, size - 8, 2) + rng.integers(-1, 2, 2)
+        h, w = crng.integers(3, 8, 2)
+        img[y:y + h, x:x + w] = 0
+    return img
+
+
+def make_folder(root, classes=8, per_class=6, size=28, seed=0):
+    rng = np.random.default_rng(seed)
+    for c in range(classes):
+        d = Path(root) / f"class{c:02d}"
+        d.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            Image.fromarray(_shape_image(c, rng, size)).save(d / f"{i}.png")
+    return Path(root)
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    return make_folder(tmp_path_factory.mktemp("folder"), classes=12, per_class=8)
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("METALITE_CACHE", str(tmp_path / "cache"))
+
+
+# ---- data -----------------------------------------------------------------------------------------
+
+def test_omniglot_zip_is_alphabet_aware_and_splits_are_disjoint():
+    spec = f"omniglot:{OMNIGLOT / 'images_background_small1.zip'}"
+    full = load_data(spec, 28, "all")
+    assert full.num_classes == 136 and len(full.images) == 136 * 20 and len(set(full.groups)) == 5
+    assert full.images.dtype == np.uint8 and full.images.shape[1:] == (28, 28)
+    assert full.images.mean() > 180  # paper stays white, ink dark (Omniglot convention)
+    tr, va = load_data(spec, 28, "train"), load_data(spec, 28, "val")
+    assert set(tr.groups).isdisjoint(va.groups)  # whole alphabets held out
+    assert tr.num_classes + va.num_classes == 136
+    rot = load_data(spec, 28, "val", rotations=True)
+    assert rot.num_classes == 4 * va.num_classes
+    np.testing.assert_array_equal(rot.images[rot.labels == va.num_classes][0], np.rot90(va.images[va.labels == 0][0]))
+
+
+def test_two_zips_combine(tmp_path):
+    spec = ",".join(str(OMNIGLOT / f) for f in ("images_background_small1.zip", "images_background_small2.zip"))
+    assert load_data(f"omniglot:{spec}", 28, "all").num_classes == 136 + 156
+
+
+def test_bad_data_specs_name_the_problem(tmp_path, folder):
+    with pytest.raises(DataError, match="no such file"):
+        load_data(f"folder:{tmp_path / 'nope'}")
+    with pytest.raises(DataError, match="unknown data spec"):
+        load_data("mnist")
+    bad = make_folder(tmp_path / "bad", classes=3, per_class=2)
+    (bad / "class00" / "x.png").write_bytes(b"")
+    with pytest.raises(DataError, match="x.png: empty image"):
+        load_data(f"folder:{bad}")
+    (bad / "class00" / "x.png").write_bytes(b"not a png at all")
+    with pytest.raises(DataError, match="x.png: not a readable image"):
+        load_data(f"folder:{bad}")
+    (bad / "class00" / "x.png").unlink()
+    (bad / "empty").mkdir()
+    with pytest.raises(DataError, match="empty: class folder has no images"):
+        load_data(f"folder:{bad}")
+    z = tmp_path / "broken.zip"
+    z.write_bytes(b"PK\x03\x04garbage")
+    with pytest.raises(DataError, match="not a valid zip"):
+        load_data(f"omniglot:{z}")
+
+
+def test_episode_checks_and_reproducibility(folder):
+    data = load_data(f"folder:{folder}", 28, "all")
+    with pytest.raises(DataError, match="fewer than --ways 20"):
+        EpisodeSampler(data, 20, 1, 1)
+    with pytest.raises(DataError, match=r"at least 9 images \(--shots 4 \+ --queries 5\)"):
+        EpisodeSampler(data, 5, 4, 5)
+    a, b = EpisodeSampler(data, 5, 2, 3, seed=7), EpisodeSampler(data, 5, 2, 3, seed=7)
+    for _ in range(3):
+        ea, eb = a.sample(), b.sample()
+        np.testing.assert_array_equal(ea.support_x, eb.support_x)
+        np.testing.assert_array_equal(ea.classes, eb.classes)
+    assert ea.support_x.shape == (10, 28, 28, 1) and ea.query_x.shape == (15, 28, 28, 1)
+    assert list(ea.support_y) == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4]
+    # support images really belong to the episode's classes, query disjoint from support
+    inputs = data.inputs()
+    for k, c in enumerate(ea.classes):
+        members = inputs[data.indices_of(c)]
+        assert any(np.array_equal(ea.support_x[2 * k], m) for m in members)
+
+
+def test_within_alphabet_episodes():
+    data = load_data(f"omniglot:{OMNIGLOT / 'images_background_small1.zip'}", 28, "all")
+    s = EpisodeSampler(data, 5, 1, 1, seed=0, within_group=True)
+    for _ in range(5):
+        assert len({data.groups[c] for c in s.sample().classes}) == 1
+
+
+# ---- meta-learners ----------------------------------------------------------------------------------
+
+def _tiny(kind="conv4"):
+    from metalite.training.models import build_backbone, build_head
+    bb = build_backbone({"kind": kind, "filters": 8, "embedding_dim": 8})
+    return bb, build_head({"hidden": [8]}, 8)
+
+
+@pytest.mark.parametrize("algorithm", ["protonet", "anil", "fomaml", "reptile"])
+def test_loss_falls_on_a_tiny_problem(folder, algorithm):
+    from metalite.training.algorithms import make_learner
+    from metalite.training.tfcompat import tf
+    tf.keras.utils.set_random_seed(0)
+    data = load_data(f"folder:{folder}", 28, "all")
+    bb, hd = _tiny()
+    hp = {"lr": 3e-3} if algorithm != "reptile" else {"lr": 0.5, "inner_lr": 3e-3}
+    learner = make_learner(algorithm, bb, hd, hp)
+    fixed = EpisodeSampler(data, 4, 2, 3, seed=1)
+    episodes = [fixed.sample() for _ in range(4)]
+
+    def query_loss():  # loss after the device's own adaptation, on fixed episodes
+        from metalite.training.evaluate import embed_all, evaluate_embeddings, keras_embed_fn
+        from metalite.training.modeldir import head_spec_from_keras
+        from metalite.runtime.head import adapt
+        spec = head_spec_from_keras(hd, "linear", learner.device_adaptation())
+        losses = []
+        for ep in episodes:
+            e_s, e_q = bb(ep.support_x, training=False).numpy(), bb(ep.query_x, training=False).numpy()
+            p = adapt(spec, e_s, ep.support_y, ep.ways).predict_proba(e_q)
+            losses.append(-np.log(p[np.arange(len(ep.query_y)), ep.query_y] + 1e-9).mean())
+        return float(np.mean(losses))
+
+    before = query_loss()
+    train = EpisodeSampler(data, 4, 2, 3, seed=2)
+    for _ in range(40):
+        learner.train_step(train.sample())
+    after = query_loss()
+    assert after < 0.8 * before, (before, after)
+
+
+def test_anil_inner_loop_is_the_device_adaptation_and_touches_only_the_head(folder):
+    """TF's differentiable inner loop and the numpy device adaptation give the same head."""
+    from metalite.runtime.head import adapt
+    from metalite.training.algorithms import make_learner
+    from metalite.training.modeldir import head_spec_from_keras
+    from metalite.training.tfcompat import tf
+    bb, hd = _tiny()
+    learner = make_learner("anil", bb, hd, {"inner_steps": 3, "inner_lr": 0.2})
+    ep = EpisodeSampler(load_data(f"folder:{folder}", 28, "all"), 5, 2, 2, seed=3).sample()
+    before = [v.numpy().copy() for v in bb.variables + hd.variables]
+    e_s = bb(ep.support_x, training=False)
+    fast = learner.adapt_head(e_s, tf.constant(ep.support_y, tf.int32), 5, [tf.identity(v) for v in hd.trainable_variables])
+    after = [v.numpy() for v in bb.variables + hd.variables]
+    for x, y in zip(before, after):
+        np.testing.assert_array_equal(x, y)  # inner loop works on copies; nothing in the model moved
+    assert not np.allclose(fast[0].numpy(), hd.trainable_variables[0].numpy())  # the head did adapt
+    dev = adapt(head_spec_from_keras(hd, "linear", learner.device_adaptation()), e_s.numpy(), ep.support_y, 5)
+    np.testing.assert_allclose(dev.weights[0][0], fast[0].numpy(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(dev.classifier[0], fast[-2].numpy(), rtol=1e-4, atol=1e-5)
+    # and ANIL's outer gradient reaches the backbone (second order through the inner loop)
+    with tf.GradientTape() as tape:
+        loss, _ = learner.query_loss(tf.constant(ep.support_x), tf.constant(ep.support_y, tf.int32),
+                                     tf.constant(ep.query_x), tf.constant(ep.query_y, tf.int32), 5)
+    grads = tape.gradient(loss, learner.variables)
+    assert all(g is not None for g in grads)
+
+
+def _linear_learner(algorithm, hp):
+    from metalite.training.algorithms import make_learner
+    from metalite.training.tfcompat import keras
+    inp = keras.Input((2, 2, 1))
+    bb = keras.Model(inp, keras.layers.Dense(2, use_bias=False)(keras.layers.Flatten()(inp)))
+    hd = keras.Sequential([]); hd.build((None, 2))
+    learner = make_learner(algorithm, bb, hd, hp)
+    learner.optimizer = keras.optimizers.SGD(1.0)
+    return learner, bb
+
+
+def _np_loss(W, Wc, bc, x, y):
+    logits = x.reshape(len(x), -1) @ W @ Wc + bc
+    logits = logits - logits.max(1, keepdims=True)
+    return float(-(logits[np.arange(len(y)), y] - np.log(np.exp(logits).sum(1))).mean())
+
+
+def _fd_grad(f, params, i, eps=1e-3):
+    g = np.zeros_like(params[i])
+    for idx in np.ndindex(g.shape):
+        hi = [p.copy() for p in params]; lo = [p.copy() for p in params]
+        hi[i][idx] += eps; lo[i][idx] -= eps
+        g[idx] = (f(*hi) - f(*lo)) / (2 * eps)
+    return g
+
+
+def test_fomaml_outer_gradient_matches_a_hand_computation():
+    """Independent numpy computation with finite differences: inner SGD from the prototype
+    classifier, then the query gradient at the adapted weights is the outer gradient."""
+    from metalite.training.episodes import Episode
+    rng = np.random.default_rng(0)
+    xs, xq = rng.normal(size=(2, 2, 2, 1)).astype("f4"), rng.normal(size=(4, 2, 2, 1)).astype("f4")
+    ys, yq = np.array([0, 1]), np.array([0, 0, 1, 1])
+    lr, steps = 0.1, 2
+    learner, bb = _linear_learner("fomaml", {"inner_steps": steps, "inner_lr": lr, "scale": 1.0})
+    W = bb.trainable_variables[0].numpy().copy()
+    e = xs.reshape(2, -1) @ W
+    Wc, bc = 2 * e.T, -np.sum(e**2, 1)  # prototypes = the single support embedding per class
+    params = [W.copy(), Wc, bc]
+    for _ in range(steps):
+        f = lambda a, b, c: _np_loss(a, b, c, xs, ys)
+        grads = [_fd_grad(f, params, i) for i in range(3)]
+        params = [p - lr * g for p, g in zip(params, grads)]
+    g_outer = _fd_grad(lambda a, b, c: _np_loss(a, b, c, xq, yq), params, 0)
+    learner.train_step(Episode(xs, ys, xq, yq, 2, np.arange(2)))
+    np.testing.assert_allclose(W - bb.trainable_variables[0].numpy(), g_outer, rtol=2e-2, atol=2e-4)
+
+
+def test_reptile_moves_weights_toward_the_adapted_ones():
+    from metalite.training.episodes import Episode
+    rng = np.random.default_rng(1)
+    xs, xq = rng.normal(size=(2, 2, 2, 1)).astype("f4"), rng.normal(size=(4, 2, 2, 1)).astype("f4")
+    ys, yq = np.array([0, 1]), np.array([0, 0, 1, 1])
+    learner, bb = _linear_learner("reptile", {"inner_steps": 3, "inner_lr": 0.1})
+    learner.optimizer.learning_rate.assign(0.25)
+    W = bb.trainable_variables[0].numpy().copy()
+    e = xs.reshape(2, -1) @ W
+    params = [W.copy(), 2 * e.T, -np.sum(e**2, 1)]
+    xa, ya = np.concatenate([xs, xq]), np.concatenate([ys, yq])
+    for _ in range(3):
+        grads = [_fd_grad(lambda a, b, c: _np_loss(a, b, c, xa, ya), params, i) for i in range(3)]
+        params = [p - 0.1 * g for p, g in zip(params, grads)]
+    learner.train_step(Episode(xs, ys, xq, yq, 2, np.arange(2)))
+    np.testing.assert_allclose(bb.trainable_variables[0].numpy(), W + 0.25 * (params[0] - W), rtol=2e-2, atol=2e-4)
+
+
+# ---- trainer and CLI --------------------------------------------------------------------------------
+
+def _settings(folder, **kw):
+    s = {"data": f"folder:{folder}", "algorithm": "protonet", "ways": 3, "shots": 1, "queries": 2, "steps": 6,
+         "val_every": 3, "checkpoint_every": 3, "val_episodes": 10, "val_ways": 2,
+         "backbone": {"kind": "conv4", "filters": 8, "embedding_dim": 8}, "head": {"hidden": [8], "activation": "linear"}}
+    s.update(kw)
+    return s
+
+
+def test_train_writes_a_model_dir_and_resumes(folder, tmp_path):
+    from metalite.training.modeldir import load_model_dir
+    from metalite.training.trainer import train
+    out = tmp_path / "m"
+    cfg = train(out, _settings(folder), progress=False, log=lambda m: None)
+    assert cfg["algorithm"] == "protonet" and cfg["data"] == f"folder:{folder}" and cfg["input"]["shape"] == [28, 28, 1]
+    assert cfg["versions"]["tensorflow"] and cfg["seed"] == 0
+    _, bb, spec = load_model_dir(out)
+    assert bb.output_shape[-1] == 8 and spec.adaptation["steps"] == 0
+    cfg2 = train(out, {"steps": 9}, resume=True, progress=False, log=lambda m: None)
+    assert json.loads((out / "checkpoints" / "run.json").read_text())["steps"] == 9
+    assert (out / "checkpoints" / "ckpt-9.index").exists()
+
+
+def test_ctrl_c_leaves_checkpoint_and_usable_model(folder, tmp_path, monkeypatch):
+    from metalite.training import algorithms
+    from metalite.training.modeldir import load_model_dir
+    from metalite.training.trainer import Interrupted, train
+    calls = {"n": 0}
+    real = algorithms.ProtoNet.train_step
+
+    def flaky(self, ep):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt
+        return real(self, ep)
+    monkeypatch.setattr(algorithms.ProtoNet, "train_step", flaky)
+    out = tmp_path / "m"
+    with pytest.raises(Interrupted, match="interrupted at step 4"):
+        train(out, _settings(folder, steps=20, val_every=100, checkpoint_every=100), progress=False, log=lambda m: None)
+    assert (out / "checkpoints" / "ckpt-4.index").exists()
+    load_model_dir(out)  # usable although no validation had run yet
+    monkeypatch.setattr(algorithms.ProtoNet, "train_step", real)
+    train(out, {}, resume=True, progress=False, log=lambda m: None)
+    assert (out / "checkpoints" / "ckpt-20.index").exists()
+
+
+def test_cli_train_evaluate_and_errors(folder, tmp_path):
+    from metalite.tools.cli import main
+    r = CliRunner()
+    out = tmp_path / "m"
+    res = r.invoke(main, ["train", "--data", f"folder:{folder}", "--steps", "4", "--ways", "3", "--queries", "2",
+                          "--filters", "8", "--embedding-dim", "8", "--head-hidden", "8", "--val-every", "2",
+                          "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    res = r.invoke(main, ["evaluate", str(out), "--data", f"folder:{folder}", "--split", "all", "--ways", "3",
+                          "--queries", "2", "--episodes", "20", "--json"])
+    assert res.exit_code == 0, res.output
+    acc = json.loads(res.output[res.output.index("{"):])
+    assert 0.0 <= acc["mean"] <= 1.0 and acc["episodes"] == 20 and acc["ci95"] >= 0
+    for args, msg in [
+        (["train", "--data", f"folder:{tmp_path / 'missing'}", "--out", str(tmp_path / "x")], "no such file"),
+        (["train", "--data", f"folder:{folder}", "--ways", "50", "--out", str(tmp_path / "x")], "fewer than --ways 50"),
+        (["train", "--algorithm", "maml2", "--out", str(tmp_path / "x")], "Invalid value for '--algorithm'"),
+        (["evaluate", str(tmp_path / "nomodel")], "no such model directory"),
+        (["evaluate", str(folder)], "not a metalite model directory"),
+    ]:
+        res = r.invoke(main, args)
+        assert res.exit_code != 0 and msg in res.output, (args, res.output)
+        assert "Traceback" not in res.output
+    assert not (tmp_path / "x").exists()
+
+
+def test_reserved_commands_say_not_available():
+    from metalite.tools.cli import RESERVED, main
+    assert set(RESERVED) <= set(main.commands)
