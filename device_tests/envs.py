@@ -40,11 +40,17 @@ class EnvError(RuntimeError):
     """A prerequisite of the device tests is missing and could not be installed."""
 
 
-def log(msg: str) -> None:
-    # Progress of long builds: to the real stderr so `pytest` shows it even while capturing (-s not needed
-    # for the terminal of a developer; CI logs it too).
-    sys.__stderr__.write(f"[device_tests {time.strftime('%H:%M:%S')}] {msg}\n")
+def default_log_write(msg: str) -> None:
+    sys.__stderr__.write(msg)
     sys.__stderr__.flush()
+
+
+LOG_WRITE = default_log_write  # conftest.py replaces it with one that bypasses pytest's capture
+
+
+def log(msg: str) -> None:
+    """Progress of long builds, live on stderr (also under pytest, see conftest.pytest_configure)."""
+    LOG_WRITE(f"\n[device_tests {time.strftime('%H:%M:%S')}] {msg}\n")
 
 
 def cache_dir() -> Path:

@@ -6,7 +6,7 @@ import time
 import pytest
 
 import envs
-from conftest import SCRIPTS, agreement, assert_agreement, load_result, output_scale, record
+from devicekit import SCRIPTS, agreement, assert_agreement, load_result, output_scale, record
 
 
 @pytest.fixture(scope="session")

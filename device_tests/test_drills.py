@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-import bundles as bundlelib
+import device_bundles as bundlelib
 import envs
-from conftest import SCRIPTS, run_script
+from devicekit import SCRIPTS, run_script
 
 
 def sha(p):

@@ -4,8 +4,8 @@ import json
 import numpy as np
 import pytest
 
-import bundles as bundlelib
-from conftest import run_script
+import device_bundles as bundlelib
+from devicekit import run_script
 
 
 @pytest.fixture(scope="session")

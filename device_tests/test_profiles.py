@@ -1,12 +1,11 @@
 """Device profiles (profiles.json): the runtime loads, adapts and predicts within each device's thread
 count, address-space cap (RLIMIT_AS, set in the child before exec) and peak-RSS budget (issue 5, part 3)."""
-import json
 import resource
 
 import pytest
 
-import bundles as bundlelib
-from conftest import PROFILES, load_result, record, run_script
+import device_bundles as bundlelib
+from devicekit import PROFILES, load_result, record, run_script
 
 
 def _cap(mb):

@@ -5,7 +5,7 @@ import subprocess
 
 import pytest
 
-from conftest import agreement, assert_agreement, output_scale, record
+from devicekit import agreement, assert_agreement, output_scale, record
 
 STACKS = {"tflite": ("tflite_runtime", "1."), "litert": ("ai_edge_litert", "2.")}
 

@@ -4,7 +4,7 @@
 - :func:`build_tiny_bundle`: until then (or in addition), a tiny int8 Conv4 bundle (16 filters,
   16-d embedding, untrained: the device tests check the *runtime*, not accuracy) written with
   ``metalite.export.bundle.write_bundle``. It needs TensorFlow, so it runs in a subprocess
-  (``python device_tests/bundles.py tiny OUT``) and the pytest process never imports TF.
+  (``python device_tests/device_bundles.py tiny OUT``) and the pytest process never imports TF.
 - :func:`make_task`: a 20-way task from Omniglot (``<repo>/../shared/data/omniglot``), written both as
   ``support/<label>/*.png`` + ``query/<label>/*.png`` (for the CLI and for Pillow) and as one
   ``task.npz`` of raw uint8 arrays (for the arm64 device, whose rootfs has numpy but no Pillow).
@@ -184,4 +184,4 @@ if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "tiny":
         _tiny_main(Path(sys.argv[2]))
     else:
-        sys.exit("usage: python device_tests/bundles.py tiny OUT_DIR")
+        sys.exit("usage: python device_tests/device_bundles.py tiny OUT_DIR")

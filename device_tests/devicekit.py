@@ -1,0 +1,84 @@
+"""Helpers shared by the device tests (a uniquely named module, so `tests/` may have its own conftest)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+import envs
+
+HERE = Path(__file__).resolve().parent
+SCRIPTS = HERE / "scripts"
+PROFILES = json.loads((HERE / "profiles.json").read_text())["profiles"]
+AGREEMENT = json.loads((HERE / "profiles.json").read_text())["agreement"]
+
+
+def record(results_dir: Path, name: str, data: dict) -> None:
+    """Write measured numbers as JSON and print them (visible with -s or in the report)."""
+    text = json.dumps(data, indent=1, sort_keys=True)
+    (results_dir / f"{name}.json").write_text(text)
+    extra = os.environ.get("METALITE_DEVICE_RESULTS")
+    if extra:
+        Path(extra).mkdir(parents=True, exist_ok=True)
+        (Path(extra) / f"{name}.json").write_text(text)
+    envs.log(f"{name}: {json.dumps(data, sort_keys=True)}")
+
+
+def run_script(python, script: str, args: list, *, timeout: float = 600, preexec_fn=None, env=None,
+               check: bool = True) -> subprocess.CompletedProcess:
+    cmd = [str(python), str(SCRIPTS / script), *map(str, args)]
+    p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=timeout,
+                       preexec_fn=preexec_fn, env=env, cwd="/")  # not the repo: its metalite/ would shadow
+    if check and p.returncode != 0:
+        pytest.fail(f"{' '.join(cmd)} failed (exit {p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}",
+                    pytrace=False)
+    return p
+
+
+def load_result(out: Path) -> dict:
+    import numpy as np
+
+    res = json.loads((out / "result.json").read_text())
+    with np.load(out / "result.npz") as z:
+        res["proba_array"], res["embeddings"] = z["proba"], z["embeddings"]
+    return res
+
+
+def output_scale(bundle_dir: Path) -> float:
+    return float(json.loads((bundle_dir / "manifest.json").read_text())["output"]["quantization"]["scale"])
+
+
+def agreement(ref: dict, other: dict, scale: float) -> dict:
+    """How far two runs on the same inputs are apart (see profiles.json "agreement")."""
+    import numpy as np
+
+    pa, pb = ref["proba_array"], other["proba_array"]
+    same = np.array([a == b for a, b in zip(ref["pred"], other["pred"])])
+    top2 = np.sort(pa, axis=1)[:, -2:]
+    gap = top2[:, 1] - top2[:, 0]
+    return {
+        "n": int(len(same)),
+        "labels_agree": float(same.mean()),
+        "flips_gaps": [float(g) for g in gap[~same]],
+        "proba_max_abs": float(np.abs(pa - pb).max()),
+        "embedding_max_lsb": float(np.abs(ref["embeddings"] - other["embeddings"]).max() / scale),
+    }
+
+
+def assert_agreement(a: dict, what: str, trained: bool) -> None:
+    """The criterion of profiles.json "agreement"; the overall label rate applies to trained bundles
+    (the untrained tiny test bundle has many near-ties; there only the near-tie rule holds)."""
+    c = AGREEMENT
+    problems = []
+    if trained and a["labels_agree"] < c["labels_min_agreement"]:
+        problems.append(f"labels agree on {a['labels_agree']:.3f} < {c['labels_min_agreement']}")
+    if any(g > c["flip_max_top2_gap"] for g in a["flips_gaps"]):
+        problems.append(f"a label differs where the reference was not a near-tie (top-2 gaps {a['flips_gaps']})")
+    if a["proba_max_abs"] > c["proba_max_abs"]:
+        problems.append(f"probabilities differ by {a['proba_max_abs']:.4f} > {c['proba_max_abs']}")
+    if a["embedding_max_lsb"] > c["embedding_max_lsb"] + 1e-3:
+        problems.append(f"int8 embeddings differ by {a['embedding_max_lsb']:.2f} steps > {c['embedding_max_lsb']}")
+    assert not problems, f"{what}: " + "; ".join(problems) + f" ({a})"
