@@ -17,6 +17,7 @@ the new one, never half of one.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import tempfile
@@ -133,7 +134,13 @@ def save_state(path, state: State) -> None:
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     arrays["meta"] = np.array(json.dumps(meta))
-    atomic_write(path, lambda f: np.savez(f, **arrays))
+    # Serialise in memory first: a failing disk write then cannot leave numpy's zip writer half-open.
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    try:
+        atomic_write(path, lambda f: f.write(buf.getbuffer()))
+    except OSError as e:
+        raise OSError(e.errno, f"cannot save state to {path}: {e.strerror or e}", str(path)) from None
 
 
 def load_state(path, bundle_manifest_sha256: str | None = None, embedding_dim: int | None = None) -> State:
