@@ -71,24 +71,21 @@ class EpisodeSampler:
             return self.rng.choice(self._by_group[g], self.ways, replace=False)
         return self.rng.choice(self.usable, self.ways, replace=False)
 
-    def sample(self) -> Episode:
+    def _pick(self):
         classes = self._classes()
         s_idx, q_idx = [], []
         for c in classes:
             pick = self.rng.choice(self.data.indices_of(c), self.shots + self.queries, replace=False)
             s_idx.append(pick[:self.shots])
             q_idx.append(pick[self.shots:])
-        s_idx, q_idx = np.concatenate(s_idx), np.concatenate(q_idx)
+        return classes, np.concatenate(s_idx), np.concatenate(q_idx)
+
+    def sample(self) -> Episode:
+        classes, s_idx, q_idx = self._pick()
         labels = np.arange(self.ways)
         return Episode(self._inputs[s_idx], np.repeat(labels, self.shots), self._inputs[q_idx],
                        np.repeat(labels, self.queries), self.ways, classes)
 
     def sample_indices(self):
         """(support image indices, query image indices) of one episode, labels as in ``sample``."""
-        classes = self._classes()
-        s_idx, q_idx = [], []
-        for c in classes:
-            pick = self.rng.choice(self.data.indices_of(c), self.shots + self.queries, replace=False)
-            s_idx.append(pick[:self.shots])
-            q_idx.append(pick[self.shots:])
-        return np.concatenate(s_idx), np.concatenate(q_idx)
+        return self._pick()[1:]
