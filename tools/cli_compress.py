@@ -1,0 +1,64 @@
+"""``metalite compress`` (workstation; TensorFlow imported inside the command)."""
+from __future__ import annotations
+
+import click
+
+
+def _sparsity(ctx, param, value):
+    if not (0.0 <= value < 1.0):
+        raise click.BadParameter(f"must be in [0, 1) (fraction of weights set to zero), got {value}")
+    return value
+
+
+@click.command("compress")
+@click.argument("model", type=click.Path())
+@click.option("--out", required=True, type=click.Path(), help="compressed model directory to write")
+@click.option("--sparsity", type=float, default=0.5, show_default=True, callback=_sparsity,
+              help="fraction of each conv/dense kernel set to exactly zero (magnitude pruning)")
+@click.option("--prune-steps", type=int, default=300, show_default=True,
+              help="episodes of pruning fine-tuning (sparsity ramps up over the first 2/3)")
+@click.option("--qat-steps", type=int, default=150, show_default=True,
+              help="episodes of pruning-preserving quantization-aware training")
+@click.option("--no-qat", is_flag=True, help="prune only: write a pruned float model (stage 'pruned')")
+@click.option("--distill/--no-distill", default=False, show_default=True,
+              help="the float model teaches the compressed one during fine-tuning")
+@click.option("--distill-loss", type=click.Choice(["kl", "mse", "cosine"]), default="kl", show_default=True,
+              help="kl: episode prototype logits at temperature 4; mse/cosine: embedding matching")
+@click.option("--ways", type=int, default=None, help="classes per fine-tuning episode [default: as trained]")
+@click.option("--shots", type=int, default=None, help="support images per class [default: as trained]")
+@click.option("--queries", type=int, default=None, help="query images per class [default: as trained]")
+@click.option("--lr", type=float, default=None, help="fine-tuning learning rate [default: the training lr; PQAT uses 0.3x]")
+@click.option("--episodes", type=int, default=200, show_default=True, help="evaluation episodes per setting")
+@click.option("--seed", type=int, default=0, show_default=True)
+def compress_cmd(model, out, sparsity, prune_steps, qat_steps, no_qat, distill, distill_loss, ways, shots, queries,
+                 lr, episodes, seed):
+    """Prune MODEL (a float model from `metalite train`) and quantization-aware fine-tune it.
+
+    \b
+    1. magnitude pruning of every Conv2D/DepthwiseConv2D/Dense kernel to --sparsity, fine-tuned
+       episodically with the model's own meta-learning algorithm;
+    2. pruning-preserving QAT (int8 fake quantization, zeros kept), fine-tuned the same way.
+    Prints and saves OUT/compression_report.json: sparsity of every weight tensor and held-out
+    few-shot accuracy after each stage (float, pruned, PQAT, and the converted int8 TFLite).
+    Then `metalite export OUT --out BUNDLE`.
+    """
+    from metalite.training.compress import CompressError, compress, format_report
+    from metalite.training.datasets import DataError
+    from metalite.training.modeldir import ModelDirError
+
+    if episodes < 1:
+        raise click.BadParameter("must be >= 1", param_hint="--episodes")
+    try:
+        report = compress(model, out, sparsity=sparsity, prune_steps=prune_steps, qat_steps=qat_steps,
+                          qat=not no_qat, distill=distill, distill_loss=distill_loss, ways=ways, shots=shots,
+                          queries=queries, lr=lr, seed=seed, episodes=episodes)
+    except (CompressError, DataError, ModelDirError) as e:
+        raise click.ClickException(str(e)) from None
+    except OSError as e:
+        raise click.ClickException(f"{e.filename or out}: {e.strerror or e}") from None
+    click.echo(format_report(report))
+    click.echo(f"wrote {out} (stage {report['stage']}) in {report['seconds']:.0f}s")
+
+
+def register(group) -> None:
+    group.add_command(compress_cmd)
