@@ -1,0 +1,290 @@
+"""The ``adaptation`` section of ``metalite bench``: how long learning a new task takes, and how well it works.
+
+Tasks are N-way 5-shot episodes from the held-out classes. For each method the wall time is split into
+embedding the support images and fitting the head, and the accuracy on the episode's queries is reported
+next to it:
+
+- ``metalite``: the runtime (``FewShotClassifier`` on the bundle's int8 backbone, ``runtime.head.adapt``).
+- ``tflite_odt``: a TFLite model with on-device-training signatures (``init``/``train``/``infer``, as in
+  the LiteRT on-device training guide) that trains the same classifier on top of the same (frozen) hidden
+  layers. The ``train`` step is written with explicit gradients (softmax - one-hot, matmuls, resource
+  variables), so it converts with TFLITE_BUILTINS only (no Flex delegate needed).
+- ``keras_finetune``: the same classifier in TF Keras (``model.fit``), prototype init, float Keras embeddings.
+- ``pycoral_sgd``: softmax regression on the raw embeddings from random init, SGD as pycoral's on-device
+  backprop recipe (batch 100 sampled with replacement, 500 iterations, lr 0.01, weights ~ N(0, 0.01^2)).
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from metalite.runtime import head as headlib
+
+PYCORAL = {"batch_size": 100, "iterations": 500, "lr": 0.01, "weight_scale": 0.01, "reg": 0.0}
+DEFAULT_FINETUNE = {"steps": 50}
+
+
+# ----------------------------------------------------------------------------- TFLite on-device training
+def build_odt_model(spec: headlib.HeadSpec, embedding_dim: int, n_classes: int) -> bytes:
+    """TFLite bytes with signatures ``init(x, y)``, ``train(x, y, lr)`` -> loss, ``infer(x)`` -> logits.
+
+    ``x``: (N, embedding_dim) float32 backbone embeddings; ``y``: (N, n_classes) one-hot. The head's
+    hidden layers are frozen constants; the classifier (resource variables ``w``, ``b``) is what trains.
+    ``init`` sets the classifier to the prototype classifier (as ``runtime.head.adapt`` does); ``train`` is
+    one full-batch gradient-descent step on the mean softmax cross-entropy and returns the loss before it.
+    """
+    from metalite.training.tfcompat import tf
+
+    scale = float(spec.adaptation.get("scale", 1.0))
+    hidden = [(tf.constant(w), tf.constant(b), a) for (w, b), a in zip(spec.weights, spec.activations)]
+    d_h = int(spec.weights[-1][0].shape[1]) if spec.weights else int(embedding_dim)
+    C = int(n_classes)
+    x_spec = tf.TensorSpec([None, int(embedding_dim)], tf.float32, name="x")
+    y_spec = tf.TensorSpec([None, C], tf.float32, name="y")
+
+    class ODTHead(tf.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = tf.Variable(tf.zeros([d_h, C]), name="w")
+            self.b = tf.Variable(tf.zeros([C]), name="b")
+
+        def _hidden(self, x):
+            for w, b, a in hidden:
+                x = tf.matmul(x, w) + b
+                if a == "relu":
+                    x = tf.nn.relu(x)
+            return x
+
+        def _loss(self, logits, y):
+            z = logits - tf.reduce_max(logits, axis=1, keepdims=True)
+            logp = z - tf.math.log(tf.reduce_sum(tf.exp(z), axis=1, keepdims=True))
+            return -tf.reduce_mean(tf.reduce_sum(y * logp, axis=1)), tf.exp(logp)
+
+        @tf.function(input_signature=[x_spec, y_spec])
+        def init(self, x, y):
+            h = self._hidden(x)
+            protos = tf.matmul(y, h, transpose_a=True) / tf.reshape(tf.reduce_sum(y, axis=0), [C, 1])
+            self.w.assign(2.0 * scale * tf.transpose(protos))
+            self.b.assign(-scale * tf.reduce_sum(protos * protos, axis=1))
+            loss, _ = self._loss(tf.matmul(h, self.w) + self.b, y)
+            return {"loss": loss}
+
+        @tf.function(input_signature=[x_spec, y_spec, tf.TensorSpec([], tf.float32, name="lr")])
+        def train(self, x, y, lr):
+            h = self._hidden(x)
+            loss, p = self._loss(tf.matmul(h, self.w) + self.b, y)
+            g = (p - y) / tf.cast(tf.shape(x)[0], tf.float32)  # d mean-CE / d logits
+            self.w.assign_sub(lr * tf.matmul(h, g, transpose_a=True))
+            self.b.assign_sub(lr * tf.reduce_sum(g, axis=0))
+            return {"loss": loss}
+
+        @tf.function(input_signature=[x_spec])
+        def infer(self, x):
+            return {"logits": tf.matmul(self._hidden(x), self.w) + self.b}
+
+    m = ODTHead()
+    with tempfile.TemporaryDirectory(prefix="metalite-odt-") as d:
+        sigs = {"init": m.init.get_concrete_function(), "train": m.train.get_concrete_function(),
+                "infer": m.infer.get_concrete_function()}
+        tf.saved_model.save(m, d, signatures=sigs)
+        conv = tf.lite.TFLiteConverter.from_saved_model(d, signature_keys=list(sigs))
+        conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+        conv.experimental_enable_resource_variables = True
+        return conv.convert()
+
+
+class ODTRunner:
+    """The ODT model in a TFLite interpreter: ``init``/``train``/``infer`` signature runners."""
+
+    def __init__(self, model: bytes, backend: str | None = None):
+        from metalite.runtime.interpreter import get_backend
+
+        be = get_backend(backend)
+        self.backend = be.name
+        self.interpreter = be.Interpreter(model_content=model)
+        self._init = self.interpreter.get_signature_runner("init")
+        self._train = self.interpreter.get_signature_runner("train")
+        self._infer = self.interpreter.get_signature_runner("infer")
+
+    def init(self, x, y) -> float:
+        return float(self._init(x=np.asarray(x, np.float32), y=np.asarray(y, np.float32))["loss"])
+
+    def train(self, x, y, lr: float) -> float:
+        return float(self._train(x=np.asarray(x, np.float32), y=np.asarray(y, np.float32),
+                                 lr=np.asarray(lr, np.float32))["loss"])
+
+    def infer(self, x) -> np.ndarray:
+        return np.asarray(self._infer(x=np.asarray(x, np.float32))["logits"])
+
+
+# ----------------------------------------------------------------------------- pycoral-style softmax regression
+def pycoral_softmax_regression(x, y, n_classes, seed=0, **over):
+    """Softmax regression W (d, C), b (C,) trained by SGD like pycoral's ``SoftmaxRegression.train_with_sgd``."""
+    p = {**PYCORAL, **over}
+    rng = np.random.default_rng(seed)
+    x = np.asarray(x, np.float32)
+    w = (rng.standard_normal((x.shape[1], n_classes)) * p["weight_scale"]).astype(np.float32)
+    b = np.zeros(n_classes, np.float32)
+    onehot = np.eye(n_classes, dtype=np.float32)[y]
+    for _ in range(p["iterations"]):
+        idx = rng.choice(len(x), p["batch_size"])  # with replacement, as pycoral
+        xb, yb = x[idx], onehot[idx]
+        g = (headlib.softmax(xb @ w + b) - yb) / len(idx)
+        w -= p["lr"] * (xb.T @ g + p["reg"] * w)
+        b -= p["lr"] * g.sum(axis=0)
+    return w, b
+
+
+# ----------------------------------------------------------------------------- the section
+def _median(v):
+    return float(np.median(v)) if len(v) else None
+
+
+def _summ(times: dict, accs: list) -> dict:
+    out = {k + "_ms": _median(v) for k, v in times.items()}
+    a = np.asarray(accs, np.float64)
+    out["accuracy"] = float(a.mean()) if len(a) else None
+    out["accuracy_ci95"] = float(1.96 * a.std(ddof=1) / np.sqrt(len(a))) if len(a) > 1 else 0.0
+    return out
+
+
+def run_adaptation(bundle_path, data, *, ways_list=(5, 20), shots: int = 5, queries: int = 15, tasks: int = 5,
+                   threads: int = 2, keras_backbone=None, odt_backend: str | None = None, seed: int = 0,
+                   say=print) -> dict:
+    """Time and score every method on the same ``tasks`` episodes per way count; returns the section."""
+    from metalite.runtime import FewShotClassifier
+    from metalite.training.datasets import DataError
+    from metalite.training.episodes import EpisodeSampler
+
+    t0 = time.perf_counter()
+    clf = FewShotClassifier(bundle_path, num_threads=threads, delegate="cpu", cache_size=0)
+    load_ms = (time.perf_counter() - t0) * 1000
+    spec = clf.head_spec
+    steps = int(spec.adaptation.get("steps", 0))
+    ft_steps = steps if steps > 0 else DEFAULT_FINETUNE["steps"]
+    ft_lr = float(spec.adaptation.get("lr", 0.1))
+    section = {
+        "tasks_per_setting": tasks, "warmup_tasks": 1, "shots": shots, "queries": queries, "threads": threads,
+        "runtime_load_ms": load_ms, "interpreter": clf.backend,
+        "methods": {
+            "metalite": f"FewShotClassifier.fit: int8 backbone ({clf.backend}) + runtime.head.adapt "
+                        f"(prototype init + {steps} steps, lr {spec.adaptation.get('lr')}, adapt={spec.adaptation.get('adapt')})",
+            "tflite_odt": f"TFLite model with init/train/infer signatures (TFLITE_BUILTINS only), prototype init + "
+                          f"{ft_steps} full-batch steps of lr {ft_lr} on the classifier (hidden layers frozen), "
+                          "int8 embeddings",
+            "keras_finetune": f"tf_keras model.fit of the classifier (hidden layers frozen), prototype init + {ft_steps} "
+                              f"full-batch SGD epochs of lr {ft_lr}, float Keras embeddings",
+            "pycoral_sgd": "softmax regression on raw int8 embeddings from random init N(0, 0.01^2), SGD batch 100 "
+                           "(with replacement), 500 iterations, lr 0.01 (pycoral's on-device backprop recipe)",
+        },
+        "settings": {},
+    }
+    if keras_backbone is None:
+        section["notes"] = ["keras_finetune skipped: no Keras model (pass --model MODEL_DIR)"]
+    for ways in ways_list:
+        key = f"{ways}way{shots}shot"
+        try:
+            sampler = EpisodeSampler(data, ways, shots, queries, seed=seed + ways)
+        except DataError as e:
+            section["settings"][key] = {"skipped": str(e)}
+            continue
+        say(f"adaptation {key}: {tasks} tasks")
+        odt = None
+        try:
+            t = time.perf_counter()
+            odt_model = build_odt_model(spec, clf.embedding_dim, ways)
+            odt = ODTRunner(odt_model, odt_backend)
+            odt_build_ms = (time.perf_counter() - t) * 1000
+        except Exception as e:  # conversion problems are reported, not fatal
+            odt_err = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+        T = {m: {"embed": [], "head": [], "total": []} for m in section["methods"]}
+        A = {m: [] for m in section["methods"]}
+        losses = []
+        for task in range(tasks + 1):  # task 0 is an untimed warm-up (interpreter resizes, Keras tracing)
+            if task == 1:
+                T = {m: {"embed": [], "head": [], "total": []} for m in section["methods"]}
+                A = {m: [] for m in section["methods"]}
+                losses = []
+            s_idx, q_idx = sampler.sample_indices()
+            ys = np.repeat(np.arange(ways), shots)
+            yq = np.repeat(np.arange(ways), queries)
+            s_img, q_img = data.images[s_idx], data.images[q_idx]
+            q_emb = clf.embed(q_img)
+            # metalite: the runtime path end to end, then its two parts
+            t = time.perf_counter()
+            clf.fit(s_img, ys.tolist())
+            T["metalite"]["total"].append(time.perf_counter() - t)
+            A["metalite"].append(float(np.mean(np.array(clf.predict(q_img)) == yq)))
+            t = time.perf_counter()
+            emb = clf.embed(s_img)
+            T["metalite"]["embed"].append(time.perf_counter() - t)
+            t = time.perf_counter()
+            headlib.adapt(spec, emb, ys, ways)
+            T["metalite"]["head"].append(time.perf_counter() - t)
+            for m in ("tflite_odt", "pycoral_sgd"):
+                T[m]["embed"].append(T["metalite"]["embed"][-1])  # same int8 embedder
+            # (a) TFLite on-device training
+            if odt is not None:
+                onehot = np.eye(ways, dtype=np.float32)[ys]
+                t = time.perf_counter()
+                l0 = odt.init(emb, onehot)
+                ls = [odt.train(emb, onehot, ft_lr) for _ in range(ft_steps)]
+                T["tflite_odt"]["head"].append(time.perf_counter() - t)
+                losses.append((l0, ls[-1] if ls else l0))
+                A["tflite_odt"].append(float(np.mean(odt.infer(q_emb).argmax(1) == yq)))
+            # (c) pycoral softmax regression
+            t = time.perf_counter()
+            w, b = pycoral_softmax_regression(emb, ys, ways, seed=seed)
+            T["pycoral_sgd"]["head"].append(time.perf_counter() - t)
+            A["pycoral_sgd"].append(float(np.mean((q_emb @ w + b).argmax(1) == yq)))
+            # (b) Keras fine-tuning
+            if keras_backbone is not None:
+                _keras_task(keras_backbone, spec, s_img, ys, q_img, yq, ways, ft_steps, ft_lr, T, A)
+        for m in T:
+            if T[m]["embed"] and T[m]["head"]:
+                T[m]["total"] = T[m]["total"] or [e + h for e, h in zip(T[m]["embed"], T[m]["head"])]
+        res = {}
+        for m in section["methods"]:
+            if not A[m]:
+                res[m] = {"skipped": (f"ODT model not available ({odt_err})" if m == "tflite_odt" and odt is None
+                                      else "no Keras model")}
+                continue
+            res[m] = _summ({k: [v * 1000 for v in vals] for k, vals in T[m].items()}, A[m])
+        if odt is not None:
+            res["tflite_odt"].update(build_ms=odt_build_ms, interpreter=odt.backend, model_bytes=len(odt_model),
+                                     loss_first=float(np.mean([l[0] for l in losses])),
+                                     loss_last=float(np.mean([l[1] for l in losses])), steps=ft_steps)
+        section["settings"][key] = res
+    return section
+
+
+def _keras_task(backbone, spec, s_img, ys, q_img, yq, ways, steps, lr, T, A):
+    from metalite.training.tfcompat import keras, tf
+
+    def emb_of(imgs):
+        x = (1.0 - imgs.astype(np.float32) / 255.0)[..., None]
+        return backbone(tf.constant(x), training=False).numpy()
+
+    t = time.perf_counter()
+    e = emb_of(s_img)
+    T["keras_finetune"]["embed"].append(time.perf_counter() - t)
+    t = time.perf_counter()
+    h = headlib.hidden_forward(spec.weights, spec.activations, e)[-1]
+    wc, bc = headlib.prototype_classifier(h, ys, ways, float(spec.adaptation.get("scale", 1.0)))
+    layers = [keras.layers.Dense(w.shape[1], activation=a if a == "relu" else None, trainable=False)
+              for (w, _), a in zip(spec.weights, spec.activations)]
+    layers.append(keras.layers.Dense(ways))
+    model = keras.Sequential(layers)
+    model.build((None, e.shape[1]))
+    for layer, (w, b) in zip(model.layers, spec.weights + [(wc, bc)]):
+        layer.set_weights([w, b])
+    model.compile(optimizer=keras.optimizers.SGD(learning_rate=lr),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(e, ys, batch_size=len(e), epochs=steps, verbose=0, shuffle=False)
+    T["keras_finetune"]["head"].append(time.perf_counter() - t)
+    logits = model(emb_of(q_img), training=False).numpy()
+    A["keras_finetune"].append(float(np.mean(logits.argmax(1) == yq)))

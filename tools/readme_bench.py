@@ -1,0 +1,65 @@
+"""Regenerate the README's benchmark section from a ``metalite bench`` report.json.
+
+    python -m metalite.tools.readme_bench [--report benchmarks/reference/report.json] [--readme README.md]
+        [--plot benchmarks/reference/latency.png] [--check]
+
+Only the text between ``<!-- bench:start -->`` and ``<!-- bench:end -->`` is rewritten; everything else in
+the README is left byte for byte. ``--check`` exits 1 if the section is out of date (writes nothing).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from .bench_report import END, START, readme_section, replace_between_markers
+
+__all__ = ["update_readme", "readme_section", "START", "END"]
+
+
+def update_readme(readme, report_json, plot: str | None = "benchmarks/reference/latency.png",
+                  write: bool = True) -> bool:
+    """Rewrite the README's bench section from ``report_json``; returns True if the text changed.
+
+    ``plot``: path of the plot as the README links it (relative to the README). Raises ValueError if the
+    README lacks the markers, FileNotFoundError if a file is missing.
+    """
+    readme, report_json = Path(readme), Path(report_json)
+    report = json.loads(report_json.read_text())
+    old = readme.read_text(encoding="utf-8")
+    try:
+        source = os.path.relpath(report_json.resolve(), readme.resolve().parent)
+    except ValueError:
+        source = str(report_json)
+    new = replace_between_markers(old, readme_section(report, plot, source))
+    if new != old and write:
+        fd, tmp = tempfile.mkstemp(prefix=".README.", dir=readme.parent)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(new)
+        os.chmod(tmp, readme.stat().st_mode & 0o777)
+        os.replace(tmp, readme)
+    return new != old
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--report", default="benchmarks/reference/report.json")
+    ap.add_argument("--readme", default="README.md")
+    ap.add_argument("--plot", default="benchmarks/reference/latency.png",
+                    help="plot to link, relative to the README ('' for none)")
+    ap.add_argument("--check", action="store_true", help="exit 1 if the section is out of date, write nothing")
+    a = ap.parse_args(argv)
+    try:
+        changed = update_readme(a.readme, a.report, a.plot or None, write=not a.check)
+    except (ValueError, OSError) as e:
+        print(f"readme_bench: {e}", file=sys.stderr)
+        return 2
+    print(f"{a.readme}: {'out of date' if a.check and changed else 'updated' if changed else 'up to date'}")
+    return 1 if a.check and changed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
