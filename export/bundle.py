@@ -127,7 +127,7 @@ def _manifest(io: dict, head_spec, meta: dict, files: dict, extra: dict) -> dict
     }
 
 
-def _build(tmp: Path, backbone_model, head_spec, rep, meta, edgetpu, float_model, say) -> dict:
+def _build(tmp: Path, backbone_model, head_spec, rep, meta, edgetpu, float_model, say, evaluate=None) -> dict:
     from metalite.runtime.head import save_head
 
     from .inspect import weight_stats
@@ -147,6 +147,9 @@ def _build(tmp: Path, backbone_model, head_spec, rep, meta, edgetpu, float_model
                                   np.asarray(backbone_model(rep, training=False)))
     check = {"cosine_min": check["min"], "cosine_mean": check["mean"], "images": check["n"],
              "reference": "keras model, representative images"}
+    if evaluate is not None:
+        say("measuring few-shot accuracy of the int8 backbone (head-only adaptation, held-out classes)")
+        meta = {**meta, "accuracy": {**meta.get("accuracy", {}), **evaluate(cpu)}}
     head_path = tmp / "head.npz"
     save_head(head_spec, str(head_path))
     backbone = {"file": "backbone.tflite", "batch": "dynamic", "edgetpu_file": None, "float_file": None,
@@ -165,12 +168,14 @@ def _build(tmp: Path, backbone_model, head_spec, rep, meta, edgetpu, float_model
 
 
 def write_bundle(out_dir, backbone_model, head_spec, representative, meta: dict | None = None, edgetpu: bool = False,
-                 float_model: bool = False, progress: bool = True, overwrite: bool = False) -> Path:
+                 float_model: bool = False, progress: bool = True, overwrite: bool = False, evaluate=None) -> Path:
     """Export ``backbone_model`` (tf_keras, float or QAT/PQAT-annotated) and ``head_spec`` as a bundle at ``out_dir``.
 
     ``representative``: float32 (N, H, W, 1) model-input images for calibration and the int8-vs-Keras check.
     ``meta``: the manifest's ``training``, ``compression`` and ``accuracy`` sections. ``edgetpu``: also convert
-    a batch-1 model and run ``edgetpu_compiler`` if installed. Raises ExportError with a one-line message.
+    a batch-1 model and run ``edgetpu_compiler`` if installed. ``evaluate(tflite_bytes) -> {name: result}``:
+    accuracy of the converted int8 model, merged into the manifest's ``accuracy`` section.
+    Raises ExportError with a one-line message.
     """
     meta = dict(meta or {})
     unknown = set(meta) - set(META_SECTIONS)
@@ -187,7 +192,7 @@ def write_bundle(out_dir, backbone_model, head_spec, representative, meta: dict 
     except OSError as e:
         raise ExportError(f"cannot write to {out.parent}: {e.strerror}") from None
     try:
-        manifest = _build(tmp, backbone_model, head_spec, rep, meta, edgetpu, float_model, say)
+        manifest = _build(tmp, backbone_model, head_spec, rep, meta, edgetpu, float_model, say, evaluate)
         _finalize(tmp, out)
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -47,9 +47,12 @@ def _meta_from_config(cfg: dict) -> dict:
 @click.option("--representative", type=click.IntRange(1, 100000), default=200, show_default=True,
               help="number of training images used to calibrate int8 activation ranges")
 @click.option("--data", default=None, help="dataset for the representative images (default: the one in config.json)")
+@click.option("--eval-episodes", type=click.IntRange(0, 100000), default=200, show_default=True,
+              help="episodes per setting (5/20-way 1-shot) to measure the int8 model's accuracy on held-out "
+                   "classes, recorded in the manifest; 0 skips")
 @click.option("--force", is_flag=True, help="replace an existing bundle at --out (only once the new one is complete)")
 @click.option("--quiet", is_flag=True, help="no progress messages")
-def export_cmd(model_dir, out, edgetpu, float_model, representative, data, force, quiet):
+def export_cmd(model_dir, out, edgetpu, float_model, representative, data, eval_episodes, force, quiet):
     """Export MODEL_DIR (from `metalite train` or `compress`) as a bundle for the device.
 
     \b
@@ -71,14 +74,34 @@ def export_cmd(model_dir, out, edgetpu, float_model, representative, data, force
             reps = _pick_representative(load_data(spec, size, "train", progress=not quiet), representative)
         except DataError as e:
             raise click.ClickException(f"representative images: {e} (pass --data to use another dataset)") from None
+        evaluate = _int8_accuracy(spec, size, head_spec, eval_episodes) if eval_episodes else None
         path = write_bundle(out, backbone, head_spec, reps, _meta_from_config(cfg), edgetpu=edgetpu,
-                            float_model=float_model, progress=not quiet, overwrite=force)
+                            float_model=float_model, progress=not quiet, overwrite=force, evaluate=evaluate)
     except (ExportError, ModelDirError, DataError) as e:
         raise click.ClickException(str(e)) from None
     manifest = json.loads((path / "manifest.json").read_text())
     et = manifest["edgetpu"]
     click.echo(f"wrote {path}")
     click.echo(f"Edge TPU: {et['summary']}" + (f"; {et['compiler']['message']}" if edgetpu else ""))
+
+
+def _int8_accuracy(spec, size, head_spec, episodes):
+    """evaluate() for write_bundle: N-way 1-shot accuracy of int8 embeddings on the held-out test classes."""
+    def evaluate(tflite_bytes):
+        from metalite.export.tflite import run_int8
+        from metalite.training.datasets import load_data
+        from metalite.training.evaluate import evaluate_embeddings
+
+        held = load_data(spec, size, "test", progress=False)
+        emb = run_int8(tflite_bytes, held.inputs(), batch=64)
+        out = {}
+        for ways in (5, 20):
+            if held.num_classes >= ways:
+                r = evaluate_embeddings(emb, held, head_spec, ways, 1, 15 if min(held.counts()) >= 16 else 1,
+                                        episodes, seed=0)
+                out[f"int8_{ways}way1shot"] = {**r, "data": f"{spec} (held-out test classes)", "model": "backbone.tflite"}
+        return out
+    return evaluate
 
 
 @click.command("inspect")
