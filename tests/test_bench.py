@@ -1,0 +1,220 @@
+"""``metalite bench`` on a tiny real bundle, the TFLite on-device-training baseline, and the README generator.
+
+The bundle (Conv4, 16 filters, random weights) and its model directory are written by the real export /
+model-directory writers; the held-out data is a small synthetic ``folder:`` dataset (40 classes of
+distinct random stroke patterns, 20 images each), so the test needs no download. Only sanity of values
+is asserted, never speed.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from metalite.runtime import head as headlib
+
+SIZE = 28
+N_CLASSES = 40
+PER_CLASS = 20
+
+
+def _class_images(c: int, rng: np.random.Generator) -> np.ndarray:
+    """``PER_CLASS`` uint8 images (paper 255) of class ``c``: a class-specific set of strokes, jittered."""
+    crng = np.random.default_rng(1000 + c)
+    segs = crng.integers(4, SIZE - 4, size=(4, 4))
+    out = []
+    for _ in range(PER_CLASS):
+        img = np.full((SIZE, SIZE), 255, np.uint8)
+        dy, dx = rng.integers(-1, 2, size=2)
+        for y0, x0, y1, x1 in segs:
+            n = 30
+            ys = np.clip(np.linspace(y0, y1, n).round().astype(int) + dy, 0, SIZE - 1)
+            xs = np.clip(np.linspace(x0, x1, n).round().astype(int) + dx, 0, SIZE - 1)
+            img[ys, xs] = 0
+            img[np.clip(ys + 1, 0, SIZE - 1), xs] = 0
+        noise = rng.integers(0, 25, size=img.shape)
+        out.append(np.clip(img.astype(int) + np.where(img == 0, noise, -noise), 0, 255).astype(np.uint8))
+    return np.stack(out)
+
+
+@pytest.fixture(scope="module")
+def folder_data(tmp_path_factory):
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("benchdata") / "strokes"
+    rng = np.random.default_rng(0)
+    for c in range(N_CLASSES):
+        d = root / f"class{c:02d}"
+        d.mkdir(parents=True)
+        for i, img in enumerate(_class_images(c, rng)):
+            Image.fromarray(img).save(d / f"{i:02d}.png")
+    return f"folder:{root}"
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory, folder_data):
+    """(bundle dir, model dir) of a random Conv4-16 backbone with a one-layer linear head."""
+    from metalite.export.bundle import write_bundle
+    from metalite.training.datasets import load_data
+    from metalite.training.modeldir import save_model_dir
+    from metalite.training.models import build_backbone
+    from metalite.training.tfcompat import tf
+
+    tf.random.set_seed(0)
+    bcfg = {"kind": "conv4", "filters": 16, "embedding_dim": 16}
+    model = build_backbone(bcfg, input_shape=(SIZE, SIZE, 1))
+    rng = np.random.default_rng(0)
+    w = (np.eye(16) + 0.1 * rng.standard_normal((16, 16))).astype(np.float32)
+    spec = headlib.HeadSpec([(w, np.zeros(16, np.float32))], ["linear"],
+                            {"steps": 5, "lr": 0.01, "scale": 1.0, "adapt": "head"})
+    rep = load_data(folder_data, SIZE, "train", progress=False).inputs()[::10][:64]
+    base = tmp_path_factory.mktemp("benchmodels")
+    bundle = write_bundle(base / "bundle", model, spec, rep,
+                          {"training": {"algorithm": "test", "data": folder_data}}, progress=False)
+    mdir = save_model_dir(base / "model", {"algorithm": "test", "data": folder_data, "backbone": bcfg,
+                                           "head": {"hidden": [16], "activation": "linear"},
+                                           "input": {"shape": [SIZE, SIZE, 1]}, "stage": "float",
+                                           "adaptation": spec.adaptation}, model, spec)
+    return bundle, mdir
+
+
+@pytest.fixture(scope="module")
+def report(tiny, tmp_path_factory):
+    from click.testing import CliRunner
+
+    from metalite.tools.cli import main
+
+    bundle, mdir = tiny
+    out = tmp_path_factory.mktemp("bench") / "out"
+    res = CliRunner().invoke(main, ["bench", str(bundle), "--quick", "--out", str(out), "--model", str(mdir)])
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    return out, json.loads((out / "report.json").read_text())
+
+
+def test_bench_writes_the_five_sections(report):
+    out, r = report
+    for name in ("machine", "accuracy", "size", "latency", "adaptation", "memory"):
+        assert name in r, name
+    md = (out / "report.md").read_text()
+    for name in ("## accuracy", "## size", "## latency", "## adaptation", "## memory", "## machine", "## Headline"):
+        assert name in md
+    assert list(out.glob("*.png")), "no plots"
+    m = r["machine"]
+    assert m["cores"] >= 1 and m["python"] and "blas" in m and "numpy" in m["libraries"]
+
+
+def test_bench_accuracy_is_sane(report):
+    _, r = report
+    acc = r["accuracy"]
+    assert acc["split"] == "val" and acc["classes"] >= 5
+    assert {"float_keras", "float_tflite", "int8_tflite"} <= set(acc["results"])
+    for variant, res in acc["results"].items():
+        five = res["5way1shot"]
+        assert 0.2 < five["mean"] <= 1.0 and 0 <= five["ci95"] < 0.2, (variant, five)
+    # 20-way does not fit 6 held-out classes: skipped with a reason, not an error
+    assert "20way1shot" in acc["skipped"]
+    # float Keras and float TFLite embed identically (same weights), so they score the same episodes alike
+    assert abs(acc["results"]["float_keras"]["5way1shot"]["mean"]
+               - acc["results"]["float_tflite"]["5way1shot"]["mean"]) < 0.02
+
+
+def test_bench_size_latency_memory_are_sane(report):
+    _, r = report
+    s = r["size"]
+    assert s["int8_tflite"]["bytes"] < s["float_tflite"]["bytes"]
+    assert 0 < s["int8_tflite"]["gzip_bytes"] <= s["int8_tflite"]["bytes"] + 64
+    assert s["int8_tflite"]["parameters"] == s["float_tflite"]["parameters"] > 0
+    assert 0.0 <= s["int8_tflite"]["sparsity"] < 1.0
+    lat = r["latency"]
+    litert = lat["tflite"]["int8_tflite"]["ai_edge_litert"]
+    for cell in ("b1_t1", "b32_t1", "b1_t2", "b32_t2"):
+        assert litert[cell]["median_ms"] > 0 and litert[cell]["iqr_ms"] >= 0
+    assert lat["interpreters"]["tflite_runtime"]["status"]  # subprocess, or why not installed
+    assert lat["keras"]["results"]["direct_b1"]["median_ms"] > 0
+    mem = r["memory"]["runs"]["ai_edge_litert"]
+    assert "error" not in mem, mem
+    assert 10 < mem["peak_rss_mib"] < 2000 and mem["tensorflow_imported"] is False
+    assert r["headline"]["float_tflite_over_int8_size"] > 1
+
+
+def test_bench_adaptation_compares_every_method(report):
+    _, r = report
+    res = r["adaptation"]["settings"]["5way5shot"]
+    for m in ("metalite", "tflite_odt", "keras_finetune", "pycoral_sgd"):
+        assert "skipped" not in res[m], (m, res[m])
+        assert 0.0 <= res[m]["accuracy"] <= 1.0
+        assert res[m]["embed_ms"] > 0 and res[m]["head_ms"] > 0 and res[m]["total_ms"] > 0
+    assert res["tflite_odt"]["loss_last"] < res["tflite_odt"]["loss_first"]
+    assert "skipped" in r["adaptation"]["settings"]["20way5shot"]
+
+
+# ----------------------------------------------------------------------------- ODT model
+def test_odt_train_signature_reduces_loss_and_matches_numpy():
+    from metalite.tools.bench_adapt import ODTRunner, build_odt_model
+
+    rng = np.random.default_rng(0)
+    d, ways, shots = 12, 5, 4
+    spec = headlib.HeadSpec([(rng.standard_normal((d, 8)).astype(np.float32) * 0.5, np.zeros(8, np.float32))],
+                            ["relu"], {"steps": 0, "lr": 0.1, "scale": 0.05, "adapt": "classifier"})
+    centers = rng.standard_normal((ways, d))
+    y = np.repeat(np.arange(ways), shots)
+    x = (centers[y] + rng.standard_normal((len(y), d))).astype(np.float32)
+    onehot = np.eye(ways, dtype=np.float32)[y]
+    odt = ODTRunner(build_odt_model(spec, d, ways))
+    first = odt.init(x, onehot)
+    losses = [odt.train(x, onehot, 0.05) for _ in range(20)]  # each returns the loss before its step
+    assert losses[0] == pytest.approx(first, rel=1e-5)
+    assert all(b < a for a, b in zip(losses, losses[1:])), losses
+    assert losses[-1] < 0.95 * losses[0], losses
+    # 20 train calls = runtime.head.adapt with adapt="classifier", 20 steps, same lr (the numpy device contract)
+    ref = headlib.adapt(spec, x, y, ways, steps=20, lr=0.05)
+    np.testing.assert_allclose(odt.infer(x), ref.logits(x), rtol=1e-3, atol=1e-3)
+
+
+def test_odt_model_needs_no_flex_ops():
+    from metalite.export.flatbuf import read_model
+    from metalite.tools.bench_adapt import build_odt_model
+
+    spec = headlib.HeadSpec([], [], {"steps": 0, "lr": 0.1, "scale": 1.0, "adapt": "head"})
+    ops = {op.name for op in read_model(build_odt_model(spec, 8, 3), "odt").ops}
+    assert not any(o.startswith("Flex") or o == "CUSTOM" for o in ops), ops
+
+
+# ----------------------------------------------------------------------------- README section
+def _fake_report():
+    return {"mode": "full", "machine": {"cpu": "Test CPU", "cores": 2, "python": "3.11"},
+            "variants": {"available": {"int8_tflite": {"source": "bundle backbone.tflite"}}},
+            "latency": {"tflite": {"int8_tflite": {"ai_edge_litert": {"b1_t1": {"median_ms": 0.5},
+                                                                      "b32_t1": {"median_ms": 0.25}}}},
+                        "keras": {"results": {"direct_b1": {"median_ms": 10.0}, "direct_b32": {"median_ms": 1.0}}}},
+            "size": {"int8_tflite": {"bytes": 1000, "gzip_bytes": 900}, "float_tflite": {"bytes": 4000}},
+            "accuracy": {"results": {"int8_tflite": {"5way1shot": {"mean": 0.9, "ci95": 0.01}}}},
+            "adaptation": {"settings": {"20way5shot": {"metalite": {"total_ms": 10.0, "accuracy": 0.8},
+                                                       "pycoral_sgd": {"total_ms": 50.0, "accuracy": 0.7}}}},
+            "memory": {"runs": {"ai_edge_litert": {"peak_rss_mib": 50.0}}}}
+
+
+def test_readme_section_writes_only_between_markers(tmp_path):
+    from metalite.tools.readme_bench import END, START, main, update_readme
+
+    before, after = "# Title\n\nintro ✓ text\n\n", "\n\n## Later\nkeep me\n"
+    readme = tmp_path / "README.md"
+    readme.write_text(f"{before}{START}\nold stuff\n{END}{after}", encoding="utf-8")
+    rep = tmp_path / "report.json"
+    rep.write_text(json.dumps(_fake_report()))
+    assert update_readme(readme, rep, plot="bench/latency.png") is True
+    text = readme.read_text(encoding="utf-8")
+    assert text.startswith(before + START + "\n") and text.endswith(END + after)
+    body = text[len(before) + len(START):text.index(END)]
+    assert "old stuff" not in body
+    assert "20.0×" in body and "4.0× smaller" in body and "5.0× faster" in body and "![latency](bench/latency.png)" in body
+    assert update_readme(readme, rep, plot="bench/latency.png") is False  # idempotent
+    assert main(["--readme", str(readme), "--report", str(rep), "--plot", "bench/latency.png", "--check"]) == 0
+
+    no_markers = tmp_path / "OTHER.md"
+    no_markers.write_text("nothing here\n")
+    with pytest.raises(ValueError):
+        update_readme(no_markers, rep)
+    assert no_markers.read_text() == "nothing here\n"
