@@ -8,7 +8,8 @@ Variants of the backbone, each found or made when possible and otherwise listed 
 
 - ``float_keras``: the float tf_keras model of a model directory (``--model``, stage "float").
 - ``float_tflite``: the bundle's ``backbone_float.tflite``, else converted from ``float_keras``.
-- ``pruned_float_tflite``: float TFLite of a pruned model directory (``--model``, stage "pruned").
+- ``pruned_float_tflite``: a pruned bundle's ``backbone_float.tflite`` (``export --float`` of the compressed
+  model), else the float TFLite of a pruned model directory (``--model``, stage "pruned").
 - ``int8_tflite``: full-integer int8 of the unpruned float model (the bundle's backbone if the bundle is not pruned).
 - ``int8_pruned_tflite``: the bundle's ``backbone.tflite`` when the bundle is pruned (sparsity > 5%).
 
@@ -139,7 +140,11 @@ def find_variants(bundle, model_dirs, vdir: Path, data_spec: str) -> tuple:
         "int8_pruned_tflite" if pruned else "int8_tflite", bundle.backbone_path, source="bundle backbone.tflite")
     ffile = (m.get("backbone") or {}).get("float_file")
     if ffile and (bundle.root / ffile).is_file():
-        found["float_tflite"] = Variant("float_tflite", bundle.root / ffile, source=f"bundle {ffile}")
+        if pruned:  # export --float of a compressed model dir: the pruned (and QAT-trained) weights in float32
+            found["pruned_float_tflite"] = Variant("pruned_float_tflite", bundle.root / ffile,
+                                                   source=f"bundle {ffile} (float export of the compressed model)")
+        else:
+            found["float_tflite"] = Variant("float_tflite", bundle.root / ffile, source=f"bundle {ffile}")
     keras_float, keras_pruned = None, None
     for md in model_dirs or []:
         try:
@@ -154,6 +159,8 @@ def find_variants(bundle, model_dirs, vdir: Path, data_spec: str) -> tuple:
             keras_float = (md, backbone)
         elif stage == "pruned":
             keras_pruned = (md, backbone)
+        elif "pruned_float_tflite" in found:
+            continue
         else:
             missing.setdefault("pruned_float_tflite", f"--model {md} is stage {stage!r}; a float pruned "
                                                       "model needs a stage 'pruned' model directory")
@@ -171,7 +178,7 @@ def find_variants(bundle, model_dirs, vdir: Path, data_spec: str) -> tuple:
             found["float_tflite"] = Variant("float_tflite", p, source=f"converted from {keras_float[0]}")
         else:
             missing["float_tflite"] = "bundle has no backbone_float.tflite and no float model dir (--model) to convert"
-    if keras_pruned:
+    if keras_pruned and "pruned_float_tflite" not in found:
         from metalite.export.tflite import convert_float
 
         model = keras_pruned[1]

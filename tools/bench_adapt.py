@@ -15,10 +15,8 @@ next to it:
 """
 from __future__ import annotations
 
-import os
 import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 
