@@ -271,7 +271,10 @@ def markdown(report, plot_files: dict | None = None) -> str:
     L += ["", "## adaptation", "",
           f"{ad.get('tasks_per_setting')} tasks per setting ({ad.get('shots')}-shot, {ad.get('queries')} queries per "
           f"class), {ad.get('threads')} interpreter threads; medians of wall time in ms, accuracy on the tasks' "
-          f"queries. Runtime load (open + verify bundle, create interpreter): {_f(ad.get('runtime_load_ms'), '{:.1f}')} ms.", ""]
+          f"queries. total = embedding + head fitting per task (median of the sums); metalite's end-to-end "
+          f"FewShotClassifier.fit (with preprocessing) median: "
+          f"{', '.join(k + ' ' + _f(r.get('metalite', {}).get('fit_ms'), '{:.1f}') + ' ms' for k, r in (ad.get('settings') or {}).items() if 'skipped' not in r)}. "
+          f"Runtime load (open + verify bundle, create interpreter): {_f(ad.get('runtime_load_ms'), '{:.1f}')} ms.", ""]
     for mth, how in (ad.get("methods") or {}).items():
         L.append(f"- **{METHODS[mth]}**: {how}")
     for n in ad.get("notes") or []:
