@@ -49,12 +49,15 @@ def _fail_cleanly(fn):
 @click.option("--val-every", type=int, default=250, show_default=True, help="validate on held-out classes every N steps")
 @click.option("--checkpoint-every", type=int, default=250, show_default=True, help="checkpoint every N steps")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--strategy", type=click.Choice(["default", "mirrored", "multiworker"]), default=None,
+              help="default: one device; mirrored: all local devices; multiworker: the machines in TF_CONFIG "
+                   "(protonet/anil; one episode per replica per step; docs/distributed.md) [default: default]")
 @click.option("--resume", is_flag=True, help="continue the run in --out from its last checkpoint")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="model directory to write")
 @_fail_cleanly
 def train_cmd(data, algorithm, backbone, filters, embedding_dim, head_hidden, image_size, ways, shots, queries,
               steps, lr, inner_steps, inner_lr, rotations, within_alphabet, val_every, checkpoint_every, seed,
-              resume, out):
+              strategy, resume, out):
     """Meta-train a few-shot learner episodically and write a model directory.
 
     The directory keeps its config (algorithm, data, shapes, seed, versions) so later steps need no
@@ -73,11 +76,11 @@ def train_cmd(data, algorithm, backbone, filters, embedding_dim, head_hidden, im
     settings = {"data": data, "algorithm": algorithm, "image_size": image_size, "ways": ways, "shots": shots,
                 "queries": queries, "steps": steps, "seed": seed, "rotations": rotations,
                 "within_alphabet": within_alphabet, "hparams": hparams, "val_every": val_every,
-                "checkpoint_every": checkpoint_every,
+                "checkpoint_every": checkpoint_every, "strategy": strategy,
                 "backbone": {"kind": backbone, "filters": filters, "embedding_dim": embedding_dim},
                 "head": {"hidden": hidden, "activation": "linear"}}
     if resume:
-        settings = {"steps": steps}
+        settings = {"steps": steps, "strategy": strategy}
     try:
         cfg = train(out, settings, resume=resume)
     except Interrupted as e:

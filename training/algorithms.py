@@ -108,10 +108,14 @@ class ProtoNet(MetaLearner):
             loss = loss + self.aux_loss(e, tf.concat([xs, xq], 0))
         return loss, _acc(logits, yq)
 
-    def _step(self, xs, ys, xq, yq, ways):
+    def compute_gradients(self, xs, ys, xq, yq, ways):
+        """(gradients of query_loss w.r.t. ``variables``, loss, acc) for one episode (no update)."""
         with tf.GradientTape() as tape:
             loss, acc = self.query_loss(xs, ys, xq, yq, ways)
-        grads = tape.gradient(loss, self.variables)
+        return tape.gradient(loss, self.variables), loss, acc
+
+    def _step(self, xs, ys, xq, yq, ways):
+        grads, loss, acc = self.compute_gradients(xs, ys, xq, yq, ways)
         self.optimizer.apply_gradients(zip(grads, self.variables))
         return loss, acc
 

@@ -17,6 +17,8 @@ import numpy as np
 
 from .algorithms import DEFAULT_HPARAMS, make_learner
 from .datasets import load_data
+from .distribute import DistributedLearner, StrategyError, check_supported, cleanup, describe, make_strategy, \
+    weights_digest, worker_info, write_root
 from .episodes import EpisodeSampler, check_episode_fits
 from .evaluate import embed_all, evaluate_embeddings, keras_embed_fn
 from .modeldir import build_from_config, head_spec_from_keras, read_config, save_model_dir, versions
@@ -27,6 +29,7 @@ DEFAULTS = {
     "head": {"hidden": [64], "activation": "linear"}, "image_size": 28, "ways": 20, "shots": 1, "queries": 15,
     "steps": 2000, "seed": 0, "rotations": False, "within_alphabet": False, "hparams": {},
     "val_every": 250, "val_episodes": 200, "val_ways": 5, "val_shots": 1, "checkpoint_every": 250,
+    "strategy": "default",
 }
 
 
@@ -61,9 +64,20 @@ def train(out, settings: dict, resume: bool = False, progress: bool = True, log=
             raise click.ClickException(f"{out}: nothing to resume (no checkpoints/run.json)")
         saved = json.loads(run_file.read_text())
         steps = settings.get("steps") or saved["steps"]
-        settings = {**saved, "steps": max(steps, saved["steps"]) if settings.get("steps") else saved["steps"]}
+        settings = {**saved, "steps": max(steps, saved["steps"]) if settings.get("steps") else saved["steps"],
+                    **({"strategy": settings["strategy"]} if settings.get("strategy") else {})}
     s = {**DEFAULTS, **{k: v for k, v in settings.items() if v is not None}}
     hparams = {**DEFAULT_HPARAMS[s["algorithm"]], **s["hparams"]} if s["algorithm"] in DEFAULT_HPARAMS else {}
+    try:
+        check_supported(s["strategy"], s["algorithm"])
+    except StrategyError as e:
+        raise click.ClickException(str(e)) from None
+    # Created first: MultiWorkerMirroredStrategy must exist before TensorFlow initializes its devices.
+    strategy = make_strategy(s["strategy"])
+    chief = worker_info(strategy)[2]
+    root = write_root(out, strategy)  # out on the chief; a temp dir (removed at the end) on other workers
+    if s["strategy"] != "default":
+        log(describe(strategy))
     tf.keras.utils.set_random_seed(s["seed"])
 
     train_data = load_data(s["data"], s["image_size"], "train", s["rotations"], progress=progress)
@@ -76,29 +90,33 @@ def train(out, settings: dict, resume: bool = False, progress: bool = True, log=
         f"{val_data.num_classes} held-out validation classes")
 
     cfg = {"backbone": s["backbone"], "head": s["head"], "input": {"shape": [s["image_size"]] * 2 + [1]}}
-    backbone, head = build_from_config(cfg)
-    learner = make_learner(s["algorithm"], backbone, head, hparams)
+    with strategy.scope():  # variables, optimizer and learner of a distributed run live in the strategy
+        backbone, head = build_from_config(cfg)
+        learner = make_learner(s["algorithm"], backbone, head, hparams)
+    stepper = DistributedLearner(learner, strategy) if s["strategy"] != "default" else None
     step_var = tf.Variable(0, dtype=tf.int64)
     best_var = tf.Variable(-1.0, dtype=tf.float64)
     ckpt = tf.train.Checkpoint(backbone=backbone, head=head, optimizer=learner.optimizer, step=step_var, best=best_var)
-    manager = tf.train.CheckpointManager(ckpt, str(ckdir), max_to_keep=2)
+    wckdir = root / "checkpoints"  # = ckdir on the chief
+    manager = tf.train.CheckpointManager(ckpt, str(wckdir), max_to_keep=2)
     sampler = EpisodeSampler(train_data, s["ways"], s["shots"], s["queries"], seed=s["seed"],
                              within_group=s["within_alphabet"])
-    if resume and manager.latest_checkpoint:
-        ckpt.restore(manager.latest_checkpoint)
+    latest = manager.latest_checkpoint if chief else tf.train.latest_checkpoint(str(ckdir))  # all read the chief's
+    if resume and latest:
+        ckpt.restore(latest)
         sampler.set_state(json.loads(_checkpoint_state_file(ckdir, int(step_var.numpy())).read_text()))
-        log(f"resumed from step {int(step_var.numpy())} ({manager.latest_checkpoint})")
-    ckdir.mkdir(parents=True, exist_ok=True)
-    (ckdir / "run.json").write_text(json.dumps(s, indent=2))
+        log(f"resumed from step {int(step_var.numpy())} ({latest})")
+    wckdir.mkdir(parents=True, exist_ok=True)
+    (wckdir / "run.json").write_text(json.dumps(s, indent=2))
 
     adaptation = learner.device_adaptation()
     history = []
 
     def save_checkpoint():
         step = int(step_var.numpy())
-        _checkpoint_state_file(ckdir, step).write_text(json.dumps(sampler.state()))
+        _checkpoint_state_file(wckdir, step).write_text(json.dumps(sampler.state()))
         manager.save(checkpoint_number=step)
-        for f in ckdir.glob("sampler-*.json"):  # keep sampler states of kept checkpoints only
+        for f in wckdir.glob("sampler-*.json"):  # keep sampler states of kept checkpoints only
             if not any(str(p).endswith(f"ckpt-{f.stem.split('-')[1]}") for p in manager.checkpoints):
                 f.unlink()
 
@@ -112,7 +130,7 @@ def train(out, settings: dict, resume: bool = False, progress: bool = True, log=
         spec = head_spec_from_keras(head, s["head"]["activation"], adaptation)
         config = model_config(s, hparams, adaptation)
         config["metrics"] = {"val": val, "step": int(step_var.numpy()), "history": history}
-        save_model_dir(out, config, backbone, spec)
+        save_model_dir(root, config, backbone, spec)
 
     start = int(step_var.numpy())
     base_lr = float(hparams["lr"])
@@ -127,7 +145,7 @@ def train(out, settings: dict, resume: bool = False, progress: bool = True, log=
             for step in range(start, s["steps"]):
                 # Cosine decay of the outer learning rate (Reptile's epsilon included) to 0 at the last step.
                 learner.optimizer.learning_rate.assign(base_lr * 0.5 * (1 + math.cos(math.pi * step / s["steps"])))
-                m = learner.train_step(sampler.sample())
+                m = learner.train_step(sampler.sample()) if stepper is None else stepper.step(sampler)
                 a = 0.1 if step > start else 1.0
                 stats["loss"] = m["loss"] if step == start else (1 - a) * stats["loss"] + a * m["loss"]
                 stats["acc"] = m["acc"] if step == start else (1 - a) * stats["acc"] + a * m["acc"]
@@ -149,10 +167,17 @@ def train(out, settings: dict, resume: bool = False, progress: bool = True, log=
                     save_checkpoint()
     except KeyboardInterrupt:
         save_checkpoint()
-        if not (out / "config.json").exists():
+        if not (root / "config.json").exists():
             save_model(None)
+        cleanup(root, out)
         raise Interrupted(f"interrupted at step {int(step_var.numpy())}: checkpoint saved in {ckdir}, "
                           f"model in {out} is usable; continue with --resume") from None
-    if not (out / "config.json").exists():
+    if not (root / "config.json").exists():
         save_model(None)
-    return read_config(out)
+    if stepper is not None:
+        log(f"final weights digest {weights_digest(learner.variables)} after step {int(step_var.numpy())}"
+            f" ({stepper.replicas} episodes per step)")
+    try:
+        return read_config(root)
+    finally:
+        cleanup(root, out)
