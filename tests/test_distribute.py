@@ -33,7 +33,7 @@ PRELUDE = textwrap.dedent("""
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
-    return make_folder(tmp_path_factory.mktemp("folder"), classes=8, per_class=6)
+    return make_folder(tmp_path_factory.mktemp("folder"), classes=12, per_class=8)
 
 
 def _env(tmp_path, **extra):
@@ -114,29 +114,43 @@ def test_mirrored_step_equals_one_device_step_with_the_mean_gradient(folder, tmp
 
 def test_mirrored_training_checkpoints_and_resumes_like_an_uninterrupted_run(folder, tmp_path):
     out = _run_script(tmp_path, "mirrored_train.py", """
-        from metalite.training.trainer import train
+        from metalite.training import distribute
+        from metalite.training.trainer import Interrupted, train
         folder, tmp = sys.argv[1], sys.argv[2]
-        s = {"data": "folder:" + folder, "algorithm": "anil", "ways": 3, "shots": 1, "queries": 2, "steps": 4,
+        real, calls = distribute.DistributedLearner.step, []
+
+        def ctrl_c_at_step_5(self, sampler):  # as if Ctrl-C were pressed during the 5th step
+            calls.append(1)
+            if len(calls) == 5:
+                raise KeyboardInterrupt
+            return real(self, sampler)
+        s = {"data": "folder:" + folder, "algorithm": "anil", "ways": 3, "shots": 1, "queries": 2, "steps": 6,
              "val_every": 2, "checkpoint_every": 2, "val_episodes": 5, "val_ways": 2, "strategy": "mirrored",
              "backbone": {"kind": "conv4", "filters": 8, "embedding_dim": 8},
              "head": {"hidden": [8], "activation": "linear"}, "hparams": {"inner_steps": 1}}
         logs = []
-        train(tmp + "/a", s, progress=False, log=logs.append)
-        train(tmp + "/a", {"steps": 6}, resume=True, progress=False, log=logs.append)
-        train(tmp + "/b", {**s, "steps": 6}, progress=False, log=logs.append)
+        distribute.DistributedLearner.step = ctrl_c_at_step_5
+        try:
+            train(tmp + "/a", s, progress=False, log=logs.append)
+        except Interrupted as e:
+            logs.append(str(e))
+        distribute.DistributedLearner.step = real
+        train(tmp + "/a", {}, resume=True, progress=False, log=logs.append)
+        train(tmp + "/b", s, progress=False, log=logs.append)
         print("RESULT " + json.dumps(logs))
     """, folder, tmp_path)
     logs = json.loads(out.split("RESULT ", 1)[1])
     assert any("MirroredStrategy: 2 replica(s)" in m for m in logs), logs
+    assert any(m.startswith("interrupted at step 4") for m in logs), logs
     assert any(m.startswith("resumed from step 4") for m in logs), logs
     run = json.loads((tmp_path / "a" / "checkpoints" / "run.json").read_text())
     assert run["strategy"] == "mirrored" and run["steps"] == 6
-    # 4 steps + resume to 6 == 6 steps in one go (weights, optimizer state, sampler state all restored)
+    # 4 steps, Ctrl-C, resume to 6 == 6 steps in one go (weights, optimizer state, sampler state all restored)
     import numpy as np
     from metalite.training.tfcompat import tf
     a = tf.train.load_checkpoint(str(tmp_path / "a" / "checkpoints" / "ckpt-6"))
     b = tf.train.load_checkpoint(str(tmp_path / "b" / "checkpoints" / "ckpt-6"))
-    names = [n for n in a.get_variable_to_shape_map() if "/.ATTRIBUTES/VARIABLE_VALUE" in n]
+    names = [n for n in a.get_variable_to_shape_map() if "/.ATTRIBUTES/VARIABLE_VALUE" in n and not n.startswith("save_counter")]
     assert any("backbone" in n for n in names) and any("optimizer" in n for n in names)
     for n in names:
         np.testing.assert_allclose(a.get_tensor(n), b.get_tensor(n), rtol=1e-4, atol=1e-5, err_msg=n)

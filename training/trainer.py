@@ -126,11 +126,19 @@ def train(out, settings: dict, resume: bool = False, progress: bool = True, log=
         return evaluate_embeddings(emb, val_data, spec, s["val_ways"], s["val_shots"], 15 if min(
             val_data.counts()) >= s["val_shots"] + 15 else 1, s["val_episodes"], seed=1234), spec
 
+    saved = []
+
     def save_model(val):
         spec = head_spec_from_keras(head, s["head"]["activation"], adaptation)
         config = model_config(s, hparams, adaptation)
         config["metrics"] = {"val": val, "step": int(step_var.numpy()), "history": history}
         save_model_dir(root, config, backbone, spec)
+        saved.append(config["metrics"]["step"])
+
+    def need_model():  # a final model dir when none exists yet
+        if s["strategy"] == "multiworker":  # reading BN statistics is a collective: all workers decide alike
+            return best_var.numpy() < 0 and not saved
+        return not (root / "config.json").exists()
 
     start = int(step_var.numpy())
     base_lr = float(hparams["lr"])
@@ -166,18 +174,22 @@ def train(out, settings: dict, resume: bool = False, progress: bool = True, log=
                 if (step + 1) % s["checkpoint_every"] == 0 or done:
                     save_checkpoint()
     except KeyboardInterrupt:
+        if s["strategy"] == "multiworker":  # saving takes every worker in step; Ctrl-C reaches them at any point
+            cleanup(root, out)
+            raise Interrupted(f"interrupted at step {int(step_var.numpy())}: continue with --resume on every worker "
+                              f"from the last checkpoint in {ckdir}") from None
         save_checkpoint()
-        if not (root / "config.json").exists():
+        if need_model():
             save_model(None)
         cleanup(root, out)
         raise Interrupted(f"interrupted at step {int(step_var.numpy())}: checkpoint saved in {ckdir}, "
                           f"model in {out} is usable; continue with --resume") from None
-    if not (root / "config.json").exists():
+    if need_model():
         save_model(None)
     if stepper is not None:
         log(f"final weights digest {weights_digest(learner.variables)} after step {int(step_var.numpy())}"
             f" ({stepper.replicas} episodes per step)")
-    try:
-        return read_config(root)
+    try:  # a non-chief worker that saved no model this run returns the config alone
+        return read_config(root) if (root / "config.json").exists() else model_config(s, hparams, adaptation)
     finally:
         cleanup(root, out)
