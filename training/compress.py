@@ -35,7 +35,7 @@ from .modeldir import ModelDirError
 PRUNABLE = ("Conv2D", "DepthwiseConv2D", "Dense")
 DISTILL_LOSSES = ("kl", "mse", "cosine")
 DEFAULTS = {"sparsity": 0.5, "prune_steps": 300, "qat_steps": 150, "qat": True, "distill": False,
-            "distill_loss": "kl", "distill_weight": 1.0, "temperature": 4.0, "lr": None, "seed": 0,
+            "distill_loss": "mse", "distill_weight": 1.0, "temperature": 4.0, "lr": None, "seed": 0,
             "episodes": 200, "eval_ways": (5, 20), "eval_shots": 1}
 PRUNED_WEIGHTS = "backbone_pruned.weights.h5"
 REPORT = "compression_report.json"
@@ -355,7 +355,7 @@ def _representative(data, n: int = 200, seed: int = 0):
 
 
 def compress(model_dir, out, sparsity=0.5, prune_steps=None, qat_steps=None, qat=True, distill=False,
-             distill_loss="kl", ways=None, shots=None, queries=None, lr=None, seed=0, episodes=200,
+             distill_loss="mse", ways=None, shots=None, queries=None, lr=None, seed=0, episodes=200,
              eval_ways=(5, 20), int8_check=True, progress=True, log=None) -> dict:
     """Prune (+ PQAT) the float model in ``model_dir`` and write the compressed model directory ``out``.
 

@@ -1,0 +1,159 @@
+"""Compression (training/compress.py, `metalite compress`): pruning, PQAT, int8 conversion, reports, errors."""
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from test_training import make_folder
+
+TINY = {"backbone": {"kind": "conv4", "filters": 8, "embedding_dim": 8}, "head": {"hidden": [8], "activation": "linear"}}
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    mp = pytest.MonkeyPatch()
+    root = tmp_path_factory.mktemp("compress")
+    mp.setenv("METALITE_CACHE", str(root / "cache"))
+    folder = make_folder(root / "folder", classes=12, per_class=8)
+    from metalite.training.trainer import train
+
+    settings = {"data": f"folder:{folder}", "steps": 6, "ways": 3, "shots": 1, "queries": 2, "val_every": 100,
+                "val_episodes": 5, "checkpoint_every": 100, **TINY}
+    train(root / "float", settings, progress=False, log=lambda m: None)
+    yield {"root": root, "folder": folder, "float": root / "float"}
+    mp.undo()
+
+
+@pytest.fixture(scope="module")
+def pqat(env):
+    from metalite.training.compress import compress
+
+    out = env["root"] / "pqat"
+    report = compress(env["float"], out, sparsity=0.5, prune_steps=9, qat_steps=3, episodes=10,
+                      eval_ways=(5, 20), progress=False, log=lambda m: None)
+    return out, report
+
+
+def _conv_kernel_sparsity(model):
+    """Exact-zero fraction of each conv kernel, plus one weight's worth: TF-MOT rounds the number of zeros."""
+    return {l.name: float(np.mean(l.kernel.numpy() == 0)) + 1.0 / l.kernel.shape.num_elements()
+            for l in model.layers if type(l).__name__ == "Conv2D"}
+
+
+def test_pruning_reaches_target_and_survives_pqat_and_int8(env, pqat):
+    from metalite.export.flatbuf import read_model
+    from metalite.export.tflite import convert_int8, is_quantize_annotated
+    from metalite.training.compress import load_pruned_float, qat_effective_kernels
+    from metalite.training.datasets import load_data
+    from metalite.training.modeldir import load_model_dir
+
+    out, report = pqat
+    _, pruned, _ = load_pruned_float(out)
+    sp = _conv_kernel_sparsity(pruned)
+    assert len(sp) == 4 and all(s >= 0.5 - 1e-9 for s in sp.values()), sp
+    # BatchNorm is never pruned
+    assert all(r["sparsity"] == 0 for r in report["layers"] if "_bn/" in r["name"] and "moving" not in r["name"]
+               and r["name"].endswith("gamma"))
+    cfg, backbone, _ = load_model_dir(out)
+    assert cfg["stage"] == "pqat" and is_quantize_annotated(backbone)
+    eff = qat_effective_kernels(backbone)
+    assert len(eff) == 4 and all(np.mean(k == 0) >= 0.5 for k in eff.values())
+    reps = load_data(f"folder:{env['folder']}", 28, "train", progress=False).inputs()[:20]
+    m = read_model(convert_int8(backbone, reps))
+    convs = [m.tensors[op.inputs[1]] for op in m.ops if op.name == "CONV_2D"]
+    assert len(convs) == 4
+    for t in convs:
+        assert t.dtype == "INT8" and np.mean(t.data == 0) >= 0.5, (t.name, np.mean(t.data == 0))
+    assert report["tflite"]["sparsity"] >= 0.5
+
+
+def test_report_and_config_structure(pqat):
+    from metalite.training.compress import format_report
+    from metalite.training.modeldir import read_config
+
+    out, report = pqat
+    saved = json.loads((out / "compression_report.json").read_text())
+    assert saved["stage"] == "pqat" and saved["sparsity"] == 0.5
+    assert set(saved["stages"]) == {"float", "pruned", "pqat", "int8_tflite", "float_int8"}
+    # 20-way is clamped to what the held-out folder classes hold; each setting once
+    keys = list(saved["stages"]["float"])
+    assert keys and len(keys) == len(set(keys))
+    for stage in saved["stages"].values():
+        for k, acc in stage.items():
+            assert 0.0 <= acc["mean"] <= 1.0 and acc["episodes"] == 10 and k == f"{acc['ways']}way{acc['shots']}shot"
+    row = saved["layers"][0]
+    assert set(row) >= {"name", "shape", "weights", "sparsity", "pruned"} and row["weights"] == int(np.prod(row["shape"]))
+    cfg = read_config(out)
+    comp = cfg["compression"]
+    assert comp["sparsity"] == 0.5 and comp["pqat"] is True and comp["distill"] is None
+    assert comp["steps"] == {"prune": 9, "qat": 3} and set(comp["stages"]) == set(saved["stages"])
+    assert cfg["algorithm"] == "protonet" and cfg["backbone"] == TINY["backbone"]
+    text = format_report(report)
+    assert "block1_conv/kernel" in text and "int8_tflite" in text
+
+
+def test_load_compressed_round_trip_gives_same_embeddings(env, tmp_path):
+    from metalite.training import compress as C
+    from metalite.training.algorithms import make_learner
+    from metalite.training.datasets import load_data
+    from metalite.training.episodes import EpisodeSampler
+    from metalite.training.modeldir import head_spec_from_keras, load_model_dir, read_config, save_model_dir
+    from metalite.training.models import build_head
+
+    cfg, student, spec = load_model_dir(env["float"])
+    data = load_data(f"folder:{env['folder']}", 28, "train", progress=False)
+    sampler = EpisodeSampler(data, 3, 1, 2, seed=0)
+    head = build_head(cfg["head"], 8)
+    head.set_weights([a for wb in spec.weights for a in wb])
+    wrapped = C.prune_wrap(student, 0.6, 4)
+    learner = make_learner("protonet", wrapped, head)
+    C.finetune(learner, sampler, 4, 1e-3, "p", before_step=lambda s: C.set_pruning_step(wrapped, s), progress=False)
+    C.finish_pruning(wrapped)
+    assert all(s >= 0.6 - 1e-9 for s in _conv_kernel_sparsity(student).values())
+    student.save_weights(str(tmp_path / C.PRUNED_WEIGHTS))
+    q = C.quantize_pqat(student)
+    C.finetune(make_learner("protonet", q, head), sampler, 2, 1e-3, "q", progress=False)
+    x = data.inputs()[:10]
+    before = q(x, training=False).numpy()
+    new_cfg = {**{k: v for k, v in read_config(env["float"]).items() if k not in ("format", "format_version")},
+               "stage": "pqat"}
+    out = tmp_path / "m"
+    save_model_dir(out, new_cfg, q, head_spec_from_keras(head, "linear", cfg["adaptation"]),
+                   extra_files={C.PRUNED_WEIGHTS: tmp_path / C.PRUNED_WEIGHTS})
+    _, loaded, spec2 = load_model_dir(out)
+    np.testing.assert_array_equal(loaded(x, training=False).numpy(), before)
+    np.testing.assert_allclose(spec2.weights[0][0], head.layers[0].kernel.numpy())
+
+
+def test_cli_no_qat_distill_and_errors(env, pqat, tmp_path):
+    from metalite.tools.cli import main
+
+    r = CliRunner()
+    out = tmp_path / "pruned"
+    res = r.invoke(main, ["compress", str(env["float"]), "--out", str(out), "--no-qat", "--distill", "--sparsity",
+                          "0.3", "--prune-steps", "4", "--episodes", "3"])
+    assert res.exit_code == 0, res.output
+    assert "block4_conv/kernel" in res.output and "pruned" in res.output
+    from metalite.training.modeldir import load_model_dir
+
+    cfg, backbone, _ = load_model_dir(out)
+    assert cfg["stage"] == "pruned" and cfg["compression"]["distill"] == "mse" and cfg["compression"]["pqat"] is False
+    assert all(s >= 0.3 - 1e-9 for s in _conv_kernel_sparsity(backbone).values())
+
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    cases = [
+        (["compress", str(tmp_path / "nope"), "--out", str(tmp_path / "o")], "no such model directory"),
+        (["compress", str(env["folder"]), "--out", str(tmp_path / "o")], "not a metalite model directory"),
+        (["compress", str(env["float"]), "--out", str(tmp_path / "o"), "--sparsity", "1.0"], "[0, 1)"),
+        (["compress", str(env["float"]), "--out", str(tmp_path / "o"), "--sparsity", "-0.1"], "[0, 1)"),
+        (["compress", str(env["float"]), "--out", str(blocker / "sub")], "cannot write there"),
+        (["compress", str(env["float"]), "--out", str(env["float"])], "must differ"),
+        (["compress", str(pqat[0]), "--out", str(tmp_path / "o")], "already compressed"),
+    ]
+    for args, msg in cases:
+        res = r.invoke(main, args)
+        assert res.exit_code != 0 and msg in res.output, (args, res.output)
+        assert "Traceback" not in res.output
+        assert not (tmp_path / "o").exists()
