@@ -215,7 +215,7 @@ def _run_workers(tmp_path, folder, out, steps, resume):
 def test_two_workers_on_localhost_train_in_sync_and_resume(folder, tmp_path):
     out = tmp_path / "m"
     logs = _run_workers(tmp_path, folder, out, 3, resume=False)
-    digests = [re.findall(r"final weights digest (\w+) after step 3 \(2 episodes per step\)", o) for o in logs]
+    digests = [re.findall(r"final weights digest (\w+) after step 3 \(episodes per step: 2\)", o) for o in logs]
     assert digests[0] and digests[0] == digests[1], logs  # both workers hold bit-identical weights
     assert "worker 0 (chief)" in logs[0] and "worker 1" in logs[1] and "(chief)" not in logs[1]
     ck = out / "checkpoints"

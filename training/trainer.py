@@ -188,7 +188,7 @@ def train(out, settings: dict, resume: bool = False, progress: bool = True, log=
         save_model(None)
     if stepper is not None:
         log(f"final weights digest {weights_digest(learner.variables)} after step {int(step_var.numpy())}"
-            f" ({stepper.replicas} episodes per step)")
+            f" (episodes per step: {stepper.replicas})")
     try:  # a non-chief worker that saved no model this run returns the config alone
         return read_config(root) if (root / "config.json").exists() else model_config(s, hparams, adaptation)
     finally:
