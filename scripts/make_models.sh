@@ -12,7 +12,7 @@ omniglot() {
   metalite train --data "omniglot:$O/images_background_small1.zip,$O/images_background_small2.zip" \
       --algorithm protonet --backbone conv4 --ways 30 --shots 1 --queries 5 --rotations --steps 1500 \
       --val-every 250 --out "$W/omniglot"
-  metalite compress "$W/omniglot" --sparsity 0.5 --out "$W/omniglot-pqat"
+  metalite compress "$W/omniglot" --sparsity 0.5 --distill --out "$W/omniglot-pqat"
   metalite export "$W/omniglot-pqat" --out models/omniglot --edgetpu --float --force
 }
 
