@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .modeldir import ModelDirError
+from .modeldir import ModelDirError, load_head_checked, load_weights
 
 PRUNABLE = ("Conv2D", "DepthwiseConv2D", "Dense")
 DISTILL_LOSSES = ("kl", "mse", "cosine")
@@ -510,24 +510,6 @@ def compress(model_dir, out, sparsity=0.5, prune_steps=None, qat_steps=None, qat
 
 # ---- loading ------------------------------------------------------------------------------------------------
 
-def _load_weights(model, path: Path) -> None:
-    if not path.exists():
-        raise ModelDirError(f"{path}: missing")
-    try:
-        model.load_weights(str(path))
-    except Exception as e:
-        raise ModelDirError(f"{path}: cannot load weights ({type(e).__name__}: {str(e)[:120]})") from None
-
-
-def _head(path: Path):
-    from metalite.runtime.head import load_head
-
-    try:
-        return load_head(path / "head.npz")
-    except (ValueError, OSError) as e:
-        raise ModelDirError(f"{path / 'head.npz'}: {e}") from None
-
-
 def load_pruned_float(path):
     """(config, pruned float backbone with exact zeros, HeadSpec) of a compressed model directory."""
     from .modeldir import build_from_config, read_config
@@ -537,8 +519,8 @@ def load_pruned_float(path):
     if cfg.get("stage", "float") == "float":
         raise ModelDirError(f"{path}: not a compressed model (stage 'float')")
     backbone, _ = build_from_config(cfg)
-    _load_weights(backbone, path / PRUNED_WEIGHTS)
-    return cfg, backbone, _head(path)
+    load_weights(backbone, path / PRUNED_WEIGHTS)
+    return cfg, backbone, load_head_checked(path)
 
 
 def load_compressed(path, cfg=None):
@@ -552,8 +534,8 @@ def load_compressed(path, cfg=None):
     if stage not in ("pruned", "pqat"):
         raise ModelDirError(f"{path / 'config.json'}: unknown stage {stage!r} (expected float, pruned or pqat)")
     backbone, _ = build_from_config(cfg)
-    _load_weights(backbone, path / PRUNED_WEIGHTS)
+    load_weights(backbone, path / PRUNED_WEIGHTS)
     if stage == "pqat":
         backbone = quantize_pqat(backbone)
-        _load_weights(backbone, path / "backbone.weights.h5")
-    return cfg, backbone, _head(path)
+        load_weights(backbone, path / "backbone.weights.h5")
+    return cfg, backbone, load_head_checked(path)

@@ -116,15 +116,23 @@ def load_model_dir(path):
 
         return compress.load_compressed(path, cfg)
     backbone, _ = build_from_config(cfg)
-    weights = path / "backbone.weights.h5"
-    if not weights.exists():
-        raise ModelDirError(f"{weights}: missing")
+    load_weights(backbone, path / "backbone.weights.h5")
+    return cfg, backbone, load_head_checked(path)
+
+
+def load_weights(model, path: Path) -> None:
+    """Load keras weights from ``path``; ModelDirError naming the file if missing or unloadable."""
+    if not path.exists():
+        raise ModelDirError(f"{path}: missing")
     try:
-        backbone.load_weights(str(weights))
+        model.load_weights(str(path))
     except Exception as e:
-        raise ModelDirError(f"{weights}: cannot load weights ({type(e).__name__}: {str(e)[:120]})") from None
+        raise ModelDirError(f"{path}: cannot load weights ({type(e).__name__}: {str(e)[:120]})") from None
+
+
+def load_head_checked(path: Path) -> HeadSpec:
+    """head.npz of model directory ``path``; ModelDirError naming the file if damaged."""
     try:
-        spec = load_head(path / "head.npz")
+        return load_head(path / "head.npz")
     except (ValueError, OSError) as e:
         raise ModelDirError(f"{path / 'head.npz'}: {e}") from None
-    return cfg, backbone, spec
