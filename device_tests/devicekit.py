@@ -68,13 +68,15 @@ def agreement(ref: dict, other: dict, scale: float) -> dict:
     }
 
 
-def assert_agreement(a: dict, what: str, trained: bool) -> None:
+def assert_agreement(a: dict, what: str, trained: bool, same_kernels: bool = True) -> None:
     """The criterion of profiles.json "agreement"; the overall label rate applies to trained bundles
-    (the untrained tiny test bundle has many near-ties; there only the near-tie rule holds)."""
+    (the untrained tiny test bundle has many near-ties; there only the near-tie rule holds), and is
+    looser between different interpreters (different int8 kernels) than across architectures."""
     c = AGREEMENT
     problems = []
-    if trained and a["labels_agree"] < c["labels_min_agreement"]:
-        problems.append(f"labels agree on {a['labels_agree']:.3f} < {c['labels_min_agreement']}")
+    need = c["labels_min_agreement"] if same_kernels else c["labels_min_agreement_other_kernels"]
+    if trained and a["labels_agree"] < need:
+        problems.append(f"labels agree on {a['labels_agree']:.3f} < {need}")
     if any(g > c["flip_max_top2_gap"] for g in a["flips_gaps"]):
         problems.append(f"a label differs where the reference was not a near-tie (top-2 gaps {a['flips_gaps']})")
     if a["proba_max_abs"] > c["proba_max_abs"]:

@@ -180,9 +180,9 @@ def small_disk(tmp_path):
     """A 64 KiB tmpfs if this machine lets us mount one (root), else None (RLIMIT_FSIZE is used)."""
     mnt = tmp_path / "disk"
     mnt.mkdir()
-    ok = os.geteuid() == 0 and subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)],
+    ok = os.geteuid() == 0 and subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)],
                                               capture_output=True).returncode == 0
-    envs.log(f"full-disk drill: {'64k tmpfs' if ok else 'RLIMIT_FSIZE (tmpfs mount not permitted)'}")
+    envs.log(f"full-disk drill: {'1 MiB tmpfs' if ok else 'RLIMIT_FSIZE (tmpfs mount not permitted)'}")
     yield mnt, ok
     if ok:
         subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
