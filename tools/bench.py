@@ -451,10 +451,13 @@ def _site_for_runtime(tmp: Path) -> Path:
     return site
 
 
-def _child_rss(python, args, env) -> tuple:
-    """(ru_maxrss KiB of the child running ``args``, its JSON report), measured through LAUNCHER."""
+def _child_rss(python, args, env, cwd) -> tuple:
+    """(ru_maxrss KiB of the child running ``args``, its JSON report), measured through LAUNCHER.
+
+    ``cwd`` must not be the repo root: ``python -c`` puts the cwd first on sys.path, and the repo's
+    top-level ``metalite/`` folder (no runtime/ inside) would shadow the runtime under test."""
     p = subprocess.run([python, "-c", LAUNCHER, python, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                       env=env, text=True, timeout=600)
+                       env=env, text=True, timeout=600, cwd=str(cwd))
     if p.returncode != 0:
         raise RuntimeError((p.stderr.strip().splitlines() or ["?"])[-1][:300])
     r = json.loads(p.stdout.strip().splitlines()[-1])
@@ -463,7 +466,7 @@ def _child_rss(python, args, env) -> tuple:
 
 def memory_section(bundle_path, tmp: Path, tflite_python=None, images: int = 200) -> dict:
     """Peak RSS (ru_maxrss) of a runtime-only child process: load the bundle, adapt 20-way 5-shot, predict."""
-    site = _site_for_runtime(tmp)
+    site = _site_for_runtime(Path(tmp).resolve())
     sec = {"what": f"child process importing only metalite.runtime (the repo's runtime/ on PYTHONPATH): load the "
                    f"bundle, fit 100 images (20 classes x 5), predict {images} images, 1 thread",
            "unit": "MiB", "runs": {}}
@@ -473,7 +476,7 @@ def memory_section(bundle_path, tmp: Path, tflite_python=None, images: int = 200
     for backend, py in runs:
         env = dict(os.environ, PYTHONPATH=str(site), METALITE_TFLITE=backend, PYTHONNOUSERSITE="1")
         try:
-            peak, r = _child_rss(py, ["-c", MEMORY_SCRIPT, str(Path(bundle_path).resolve()), str(images)], env)
+            peak, r = _child_rss(py, ["-c", MEMORY_SCRIPT, str(Path(bundle_path).resolve()), str(images)], env, site)
             sec["runs"][backend] = {"peak_rss_mib": peak / 1024, "vmhwm_mib": r["peak_kib"] / 1024,
                                     "python_numpy_baseline_mib": r["baseline_kib"] / 1024,
                                     "after_load_mib": r["after_load_kib"] / 1024, "numpy": r["numpy"],
