@@ -52,14 +52,6 @@ def _run_script(tmp_path, name, body, *args, env=None):
     return res.stdout
 
 
-def _settings(folder, **kw):
-    s = {"data": f"folder:{folder}", "algorithm": "protonet", "ways": 3, "shots": 1, "queries": 2, "steps": 4,
-         "val_every": 2, "checkpoint_every": 2, "val_episodes": 5, "val_ways": 2,
-         "backbone": {"kind": "conv4", "filters": 8, "embedding_dim": 8}, "head": {"hidden": [8], "activation": "linear"}}
-    s.update(kw)
-    return s
-
-
 def test_mirrored_step_equals_one_device_step_with_the_mean_gradient(folder, tmp_path):
     """One step on 2 replicas over episodes (e1, e2) == one single-device SGD step with (g1 + g2) / 2."""
     out = _run_script(tmp_path, "equivalence.py", """

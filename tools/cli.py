@@ -5,12 +5,9 @@ start fast and work on a device with no TensorFlow.
 """
 from __future__ import annotations
 
-import importlib
-
 import click
 
-RESERVED = ("train", "evaluate", "compress", "export", "inspect", "adapt", "predict", "bench")
-MODULES = ("cli_train", "cli_compress", "cli_export", "cli_runtime", "cli_bench")
+from . import cli_bench, cli_compress, cli_export, cli_runtime, cli_train
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -25,26 +22,8 @@ def main():
     """
 
 
-def _placeholder(name):
-    @main.command(name, help="(not available yet)",
-                  context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-    def _cmd():
-        raise click.ClickException(f"'metalite {name}' is not available yet in this version")
-
-
-
-for _mod in MODULES:
-    try:
-        module = importlib.import_module(f"metalite.tools.{_mod}")
-    except ModuleNotFoundError as e:
-        if e.name != f"metalite.tools.{_mod}":
-            raise
-        continue
-    module.register(main)
-
-for _name in RESERVED:
-    if _name not in main.commands:
-        _placeholder(_name)
+for _module in (cli_train, cli_compress, cli_export, cli_runtime, cli_bench):
+    _module.register(main)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import click
-import numpy as np
 
 from .algorithms import DEFAULT_HPARAMS, make_learner
 from .datasets import load_data
@@ -63,8 +62,8 @@ def train(out, settings: dict, resume: bool = False, progress: bool = True, log=
         if not run_file.exists():
             raise click.ClickException(f"{out}: nothing to resume (no checkpoints/run.json)")
         saved = json.loads(run_file.read_text())
-        steps = settings.get("steps") or saved["steps"]
-        settings = {**saved, "steps": max(steps, saved["steps"]) if settings.get("steps") else saved["steps"],
+        # A resumed run keeps its settings; --steps may only extend it, --strategy may change.
+        settings = {**saved, "steps": max(settings.get("steps") or 0, saved["steps"]),
                     **({"strategy": settings["strategy"]} if settings.get("strategy") else {})}
     s = {**DEFAULTS, **{k: v for k, v in settings.items() if v is not None}}
     hparams = {**DEFAULT_HPARAMS[s["algorithm"]], **s["hparams"]} if s["algorithm"] in DEFAULT_HPARAMS else {}
