@@ -45,7 +45,12 @@ def _fail_cleanly(fn):
 @click.option("--inner-steps", type=int, default=None, help="inner-loop / device adaptation steps [per algorithm]")
 @click.option("--inner-lr", type=float, default=None, help="inner-loop / device adaptation learning rate")
 @click.option("--rotations/--no-rotations", default=False, help="add 90/180/270-degree rotations as new classes")
-@click.option("--within-alphabet", is_flag=True, help="all classes of an episode from one alphabet/group")
+@click.option("--within-alphabet", type=click.FloatRange(0, 1), default=None, is_flag=False, flag_value=1.0,
+              help="fraction of episodes whose classes all come from one alphabet/group (hard episodes; the "
+                   "bare flag means 1) [default: 0]")
+@click.option("--augment", default=None, metavar="SPEC",
+              help="distort every training image: 'none', or strengths 'shift=PX,rotate=DEG,scale=F,shear=F,stroke=F' "
+                   "(each drawn per image in [-max, max]) [default: none]")
 @click.option("--val-every", type=int, default=250, show_default=True, help="validate on held-out classes every N steps")
 @click.option("--checkpoint-every", type=int, default=250, show_default=True, help="checkpoint every N steps")
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -56,8 +61,8 @@ def _fail_cleanly(fn):
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="model directory to write")
 @_fail_cleanly
 def train_cmd(data, algorithm, backbone, filters, embedding_dim, head_hidden, image_size, ways, shots, queries,
-              steps, lr, inner_steps, inner_lr, rotations, within_alphabet, val_every, checkpoint_every, seed,
-              strategy, resume, out):
+              steps, lr, inner_steps, inner_lr, rotations, within_alphabet, augment, val_every, checkpoint_every,
+              seed, strategy, resume, out):
     """Meta-train a few-shot learner episodically and write a model directory.
 
     The directory keeps its config (algorithm, data, shapes, seed, versions) so later steps need no
@@ -75,7 +80,7 @@ def train_cmd(data, algorithm, backbone, filters, embedding_dim, head_hidden, im
     hidden = [int(u) for u in head_hidden.split(",") if u.strip()]
     settings = {"data": data, "algorithm": algorithm, "image_size": image_size, "ways": ways, "shots": shots,
                 "queries": queries, "steps": steps, "seed": seed, "rotations": rotations,
-                "within_alphabet": within_alphabet, "hparams": hparams, "val_every": val_every,
+                "within_alphabet": within_alphabet, "augment": _parse_augment(augment), "hparams": hparams, "val_every": val_every,
                 "checkpoint_every": checkpoint_every, "strategy": strategy,
                 "backbone": {"kind": backbone, "filters": filters, "embedding_dim": embedding_dim},
                 "head": {"hidden": hidden, "activation": "linear"}}
@@ -92,46 +97,131 @@ def train_cmd(data, algorithm, backbone, filters, embedding_dim, head_hidden, im
                    f"{100 * val['mean']:.2f}% ± {100 * val['ci95']:.2f} (step {cfg['metrics']['step']})")
 
 
+def _parse_augment(spec):
+    """'none' | 'k=v,...' -> dict of augmentation strengths (None when not given: the default)."""
+    if spec is None:
+        return None
+    if spec.strip().lower() == "none":
+        return {}
+    from metalite.training.augment import NONE
+
+    out = {}
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        key, sep, val = part.partition("=")
+        if not sep or key not in NONE:
+            raise click.BadParameter(f"{part!r}: expected KEY=NUMBER with KEY one of {', '.join(NONE)}",
+                                     param_hint="--augment")
+        try:
+            out[key] = float(val)
+        except ValueError:
+            raise click.BadParameter(f"{part!r}: {val!r} is not a number", param_hint="--augment") from None
+    return out
+
+
 @click.command("evaluate")
 @click.argument("model", type=click.Path())
+@click.option("--protocol", type=click.Choice(["episodes", "lake"]), default="episodes", show_default=True,
+              help="episodes: N-way K-shot accuracy over random episodes; lake: Lake et al.'s 20-way 1-shot runs "
+                   "(20 characters of one held-out alphabet, support and query drawn by different people), error")
 @click.option("--data", default=None, help=DATA_HELP + " [default: the model's training data]")
 @click.option("--split", type=click.Choice(["auto", "train", "val", "test", "all"]), default="auto", show_default=True,
               help="classes to test on; auto = held-out test classes of the training data, or all classes of other data")
-@click.option("--ways", type=int, default=5, show_default=True)
-@click.option("--shots", type=int, default=1, show_default=True)
-@click.option("--queries", type=int, default=15, show_default=True)
-@click.option("--episodes", type=int, default=600, show_default=True)
-@click.option("--within-alphabet", is_flag=True, help="all classes of an episode from one alphabet")
-@click.option("--adapt-steps", type=int, default=None, help="override the head's adaptation steps")
+@click.option("--ways", type=int, default=5, show_default=True, help="episodes: classes per episode")
+@click.option("--shots", type=int, default=1, show_default=True, help="episodes: support images per class")
+@click.option("--queries", type=int, default=15, show_default=True, help="episodes: query images per class")
+@click.option("--episodes", type=int, default=600, show_default=True, help="episodes: how many")
+@click.option("--runs", type=click.IntRange(1, 100000), default=400, show_default=True, help="lake: how many runs")
+@click.option("--within-alphabet", is_flag=True, help="episodes: all classes of an episode from one alphabet")
+@click.option("--adapt-steps", type=int, default=None, help="override the head's adaptation steps (model directory)")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="print the result as JSON")
 @_fail_cleanly
-def evaluate_cmd(model, data, split, ways, shots, queries, episodes, within_alphabet, adapt_steps, seed, as_json):
-    """Few-shot accuracy of MODEL with its 95% confidence interval.
+def evaluate_cmd(model, protocol, data, split, ways, shots, queries, episodes, runs, within_alphabet, adapt_steps,
+                 seed, as_json):
+    """Few-shot accuracy (or Lake-style error) of MODEL with its 95% confidence interval.
 
-    Each episode adapts the way the device does: frozen backbone, head-only adaptation
-    (metalite.runtime.head) on the support set, then classifies the queries.
+    MODEL is a model directory (from train/compress; its Keras backbone runs in TensorFlow) or a bundle
+    (from export; run by the device runtime, int8, exactly as on the device). Either way the head adapts
+    the way the device does: frozen backbone, head-only adaptation on the support set.
+
+    \b
+    Examples:
+      metalite evaluate runs/proto --ways 20 --shots 1
+      metalite evaluate models/omniglot --protocol lake --data omniglot:small1.zip,small2.zip
     """
+    from pathlib import Path
+
     from metalite.training.datasets import load_data
-    from metalite.training.evaluate import embed_all, evaluate_embeddings, keras_embed_fn
+
+    is_bundle = (Path(model) / "manifest.json").exists() or str(model).endswith(".zip")
+    source = _bundle_source(model) if is_bundle else _model_dir_source(model, adapt_steps)
+    data = data or source["data"]
+    if not data:
+        raise click.ClickException(f"{model}: records no training data; pass --data")
+    if split == "auto":
+        split = "test" if data == source["data"] else "all"
+    ds = load_data(data, source["size"], split)
+    if protocol == "lake":
+        res = _lake(source, ds, runs, seed)
+        text = (f"Lake-style 20-way 1-shot on {data} [{split}, alphabets {', '.join(res['alphabets'])}]: error "
+                f"{100 * res['error']:.2f}% ± {100 * res['ci95']:.2f} (95% CI, {runs} runs; {source['what']})")
+    else:
+        from metalite.training.evaluate import evaluate_embeddings
+
+        emb = source["embed_all"](ds)
+        with _bar(episodes, f"{ways}-way {shots}-shot") as bar:
+            res = evaluate_embeddings(emb, ds, source["spec"], ways, shots, queries, episodes, seed, within_alphabet,
+                                      steps=adapt_steps, progress=bar.update)
+        text = (f"{ways}-way {shots}-shot on {data} [{split}, {ds.num_classes} classes"
+                f"{', within alphabet' if within_alphabet else ''}]: {100 * res['mean']:.2f}% "
+                f"± {100 * res['ci95']:.2f} (95% CI, {episodes} episodes; {source['what']})")
+    res.update({"model": str(model), "data": data, "split": split, "classes": ds.num_classes,
+                "measured": source["what"]})
+    click.echo(json.dumps(res, indent=2) if as_json else text)
+
+
+def _bar(n, label):
+    return click.progressbar(length=n, label=label, file=sys.stderr)
+
+
+def _model_dir_source(model, adapt_steps):
+    """How to embed and adapt with a model directory (Keras backbone in TensorFlow)."""
+    from metalite.training.evaluate import embed_all, keras_embed_fn
+    from metalite.training.lake import embedding_classifier
     from metalite.training.modeldir import load_model_dir
 
     cfg, backbone, spec = load_model_dir(model)
-    data = data or cfg["data"]
-    if split == "auto":
-        split = "test" if data == cfg["data"] else "all"
-    ds = load_data(data, cfg["input"]["shape"][0], split)
-    emb = embed_all(keras_embed_fn(backbone), ds)
-    with click.progressbar(length=episodes, label=f"{ways}-way {shots}-shot", file=sys.stderr) as bar:
-        res = evaluate_embeddings(emb, ds, spec, ways, shots, queries, episodes, seed, within_alphabet,
-                                  steps=adapt_steps, progress=bar.update)
-    res.update({"model": str(model), "data": data, "split": split, "classes": ds.num_classes})
-    if as_json:
-        click.echo(json.dumps(res, indent=2))
-    else:
-        click.echo(f"{ways}-way {shots}-shot on {data} [{split}, {ds.num_classes} classes"
-                   f"{', within alphabet' if within_alphabet else ''}]: {100 * res['mean']:.2f}% "
-                   f"± {100 * res['ci95']:.2f} (95% CI, {episodes} episodes)")
+    embed = keras_embed_fn(backbone)
+    return {"data": cfg["data"], "size": int(cfg["input"]["shape"][0]), "spec": spec,
+            "what": f"Keras model, stage {cfg.get('stage', 'float')}",
+            "embed_all": lambda ds: embed_all(embed, ds),
+            "lake_classify": lambda ds: embedding_classifier(embed_all(embed, ds), spec, steps=adapt_steps)}
+
+
+def _bundle_source(model):
+    """How to embed and adapt with a bundle: the device runtime's FewShotClassifier."""
+    from metalite.runtime import FewShotClassifier
+    from metalite.runtime.errors import MetaliteError
+    from metalite.training.lake import runtime_classifier
+
+    try:
+        clf = FewShotClassifier(model, num_threads=1, delegate="cpu", cache_size=100000)
+    except MetaliteError as e:
+        raise click.ClickException(str(e)) from None
+    training = clf.bundle.manifest.get("training", {})
+    return {"data": training.get("data"), "size": int(clf.bundle.input_shape[0]), "spec": clf.head_spec,
+            "what": f"int8 bundle through the runtime ({clf.backend})",
+            "embed_all": lambda ds: clf.embed(ds.images),
+            "lake_classify": lambda ds: runtime_classifier(clf, ds.images)}
+
+
+def _lake(source, ds, runs, seed):
+    from metalite.training.lake import lake_error, lake_runs
+
+    plan = lake_runs(ds, runs, seed=seed)
+    classify = source["lake_classify"](ds)
+    with _bar(runs, "Lake runs") as bar:
+        return lake_error(classify, plan, progress=bar.update)
 
 
 def register(group):

@@ -402,7 +402,7 @@ def compress(model_dir, out, sparsity=0.5, prune_steps=None, qat_steps=None, qat
     eval_data = load_data(cfg["data"], size, split, progress=False)
     settings = eval_settings(eval_data, eval_ways, DEFAULTS["eval_shots"])
     sampler = EpisodeSampler(train_data, ways, shots, queries, seed=int(seed),
-                             within_group=bool(train_cfg.get("within_alphabet")))
+                             within_group=float(train_cfg.get("within_alphabet") or 0))
 
     _, teacher, teacher_spec = load_model_dir(model_dir)
     _, student, spec = load_model_dir(model_dir)

@@ -20,7 +20,9 @@ from metalite.runtime.preprocess import resize_area
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 SPLITS = ("train", "val", "test", "all")
-CACHE_VERSION = 1
+CACHE_VERSION = 2
+# Lake et al.'s one-shot runs take 20 characters from one alphabet: Omniglot test alphabets need as many.
+LAKE_WAYS = 20
 
 
 class DataError(ValueError):
@@ -29,15 +31,19 @@ class DataError(ValueError):
 
 @dataclass
 class FewShotData:
-    """Images grouped into classes. ``images`` (N, H, W) uint8, ``labels`` (N,) class index."""
+    """Images grouped into classes. ``images`` (N, H, W) uint8, ``labels`` (N,) class index,
+    ``drawers`` (N,) who drew each image (Omniglot's ``CCCC_DD.png``: DD), -1 where unknown."""
 
     images: np.ndarray
     labels: np.ndarray
     class_names: list
     groups: list
     spec: str = ""
+    drawers: np.ndarray | None = None
 
     def __post_init__(self):
+        if self.drawers is None:
+            self.drawers = np.full(len(self.labels), -1, np.int16)
         order = np.argsort(self.labels, kind="stable")
         counts = np.bincount(self.labels, minlength=len(self.class_names))
         starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
@@ -64,8 +70,8 @@ class FewShotData:
         idx = np.concatenate([self._index[c] for c in classes]) if classes else np.zeros(0, int)
         remap = np.full(self.num_classes, -1)
         remap[classes] = np.arange(len(classes))
-        return FewShotData(self.images[idx], remap[self.labels[idx]],
-                           [self.class_names[c] for c in classes], [self.groups[c] for c in classes], self.spec)
+        return FewShotData(self.images[idx], remap[self.labels[idx]], [self.class_names[c] for c in classes],
+                           [self.groups[c] for c in classes], self.spec, self.drawers[idx])
 
 
 def _cache_dir() -> Path:
@@ -86,10 +92,24 @@ def _to_size(gray: np.ndarray, size: int) -> np.ndarray:
     return np.clip(np.rint(resize_area(gray, (size, size))), 0, 255).astype(np.uint8)
 
 
-def _collect(items, size: int, where: str):
-    """items: iterable of (group, class_name, path_for_errors, raw bytes) -> FewShotData parts."""
-    names, groups, images, labels, index = [], [], [], [], {}
+def _drawer(file_name: str) -> int:
+    """Omniglot's ``CCCC_DD.png`` -> DD (who drew it); -1 for any other name."""
+    stem = file_name.rsplit("/", 1)[-1].rsplit(".", 1)[0]
+    head, _, dd = stem.rpartition("_")
+    return int(dd) if head and dd.isdigit() else -1
+
+
+def _collect(items, size: int, where: str, seen: set):
+    """items: iterable of (group, class_name, path_for_errors, raw bytes) -> FewShotData parts.
+
+    An image already ``seen`` (same alphabet, character and file name, e.g. Greek and Latin, which both
+    small Omniglot background sets contain) is skipped, so a class never holds one drawing twice."""
+    names, groups, images, labels, drawers, index = [], [], [], [], [], {}
     for group, cname, path, raw in items:
+        file_name = path.rsplit("/", 1)[-1]
+        if (group, cname, file_name) in seen:
+            continue
+        seen.add((group, cname, file_name))
         key = (group, cname)
         if key not in index:
             index[key] = len(names)
@@ -99,9 +119,10 @@ def _collect(items, size: int, where: str):
             raise DataError(f"{path}: empty image file")
         images.append(_to_size(_decode(raw, path), size))
         labels.append(index[key])
-    if not images:
+        drawers.append(_drawer(file_name))
+    if not images and not seen:
         raise DataError(f"{where}: no images found (expected class_name/*.png|jpg folders)")
-    return np.stack(images), np.array(labels), names, groups
+    return images, labels, names, groups, drawers
 
 
 def _omniglot_items(path: Path):
@@ -147,23 +168,25 @@ def _load_cached(kind: str, paths, size: int, items_fn) -> FewShotData:
         try:
             with np.load(cache, allow_pickle=False) as z:
                 meta = json.loads(str(z["meta"]))
-                return FewShotData(z["images"], z["labels"], meta["names"], meta["groups"])
+                return FewShotData(z["images"], z["labels"], meta["names"], meta["groups"], drawers=z["drawers"])
         except Exception:
             pass  # a damaged cache is rebuilt
-    parts = []
+    imgs, labs, names, groups, drawers, seen, pos = [], [], [], [], [], set(), {}
     for p in paths:
-        parts.append(_collect(items_fn(p), size, str(p)))
-    offset, imgs, labs, names, groups = 0, [], [], [], []
-    for im, lab, nm, gr in parts:
-        imgs.append(im)
-        labs.append(lab + offset)
-        names += nm
-        groups += gr
-        offset += len(nm)
-    data = FewShotData(np.concatenate(imgs), np.concatenate(labs), names, groups)
+        im, lab, nm, gr, dr = _collect(items_fn(p), size, str(p), seen)
+        # Classes are keyed by name across paths: a second zip may add drawings to a class.
+        for g, n in zip(gr, nm):
+            if n not in pos:
+                pos[n] = len(names)
+                names.append(n)
+                groups.append(g)
+        labs += [pos[nm[i]] for i in lab]
+        imgs += im
+        drawers += dr
+    data = FewShotData(np.stack(imgs), np.array(labs), names, groups, drawers=np.array(drawers, np.int16))
     cache.parent.mkdir(parents=True, exist_ok=True)
     tmp = cache.with_suffix(f".tmp{os.getpid()}.npz")
-    np.savez(tmp, images=data.images, labels=data.labels,
+    np.savez(tmp, images=data.images, labels=data.labels, drawers=data.drawers,
              meta=np.array(json.dumps({"names": names, "groups": groups})))
     os.replace(tmp, cache)
     return data
@@ -177,14 +200,20 @@ def rotate_classes(data: FewShotData) -> FewShotData:
         labs.append(data.labels + k * data.num_classes)
         names += [f"{n}@rot{90 * k}" for n in data.class_names]
         groups += [f"{g}@rot{90 * k}" for g in data.groups]
-    return FewShotData(np.ascontiguousarray(np.concatenate(imgs)), np.concatenate(labs), names, groups, data.spec)
+    return FewShotData(np.ascontiguousarray(np.concatenate(imgs)), np.concatenate(labs), names, groups, data.spec,
+                       np.tile(data.drawers, 4))
 
 
-def _split_classes(data: FewShotData, split: str, seed: int = 0, with_test: bool = True) -> list:
+def _split_classes(data: FewShotData, split: str, seed: int = 0, kind: str = "glyphs") -> list:
     """Deterministic class split. Grouped data (alphabets) is split by whole groups, so held-out
-    alphabets are never seen in training; ungrouped data by class. With ``with_test`` (the built-in
-    glyphs) 70/15/15 train/val/test; without (Omniglot, folders: the user brings a separate test set)
-    85/15 train/val and ``test`` is the same held-out classes as ``val``."""
+    alphabets are never seen in training; ungrouped data by class.
+
+    - glyphs: 70/15/15 train/val/test.
+    - omniglot: train / val (15% of the alphabets, at least one: the smallest ones, which leaves the most
+      characters to train on) / test (25%, at least one, drawn among the alphabets with at least
+      ``LAKE_WAYS`` characters so Lake's 20-way within-alphabet runs fit, ``metalite.training.lake``).
+    - folder: 85/15 train/val; ``test`` is the same held-out classes as ``val`` (the user brings a test set).
+    """
     if split == "all":
         return list(range(data.num_classes))
     base = [g.split("@rot")[0] for g in data.groups]
@@ -193,12 +222,20 @@ def _split_classes(data: FewShotData, split: str, seed: int = 0, with_test: bool
     units = list(np.random.default_rng(seed).permutation(sorted(set(base))))
     n = len(units)
     n_val = max(1, int(round(0.15 * n)))
-    n_test = max(1, int(round(0.15 * n))) if with_test else 0
+    n_test = {"glyphs": max(1, int(round(0.15 * n))), "omniglot": max(1, int(round(0.25 * n)))}.get(kind, 0)
     if n - n_val - n_test < 1:
         raise DataError(f"{data.spec or 'data'}: too few classes/groups ({n}) to split off held-out classes")
-    if not with_test and split == "test":
-        split = "val"
-    chosen = set({"val": units[:n_val], "test": units[n_val:n_val + n_test], "train": units[n_val + n_test:]}[split])
+    if kind == "omniglot":
+        size = {u: base.count(u) for u in units}
+        lake = [u for u in units if size[u] >= LAKE_WAYS]
+        test = (lake if len(lake) >= n_test else units)[:n_test]
+        rest = sorted((u for u in units if u not in test), key=lambda u: (size[u], u))
+        parts = {"test": test, "val": rest[:n_val], "train": rest[n_val:]}
+    else:
+        parts = {"val": units[:n_val], "test": units[n_val:n_val + n_test], "train": units[n_val + n_test:]}
+        if not n_test:
+            parts["test"] = parts["val"]
+    chosen = set(parts[split])
     return [c for c in range(data.num_classes) if base[c] in chosen]
 
 
@@ -240,7 +277,7 @@ def load_data(spec: str, image_size: int = 28, split: str = "all", rotations: bo
     else:
         data = _load_cached("folder", paths, image_size, _folder_items)
     data.spec = spec
-    data = data.subset(_split_classes(data, split, seed, with_test=(kind == "glyphs")))
+    data = data.subset(_split_classes(data, split, seed, kind))
     if rotations:
         data = rotate_classes(data)
     if data.num_classes == 0:

@@ -2,7 +2,8 @@
 
 An ``Episode`` holds model-input arrays: support (N*K, H, W, 1) with labels 0..N-1 in class order,
 and query (N*Q, H, W, 1). ``EpisodeSampler`` draws them from a ``FewShotData``, optionally with
-all N classes from one group (Omniglot's within-alphabet episodes, the harder setting).
+all N classes from one group (Omniglot's within-alphabet episodes, the harder setting) for a fraction
+of the episodes, and optionally distorting every image (``metalite.training.augment``).
 """
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .augment import Augment
 from .datasets import DataError, FewShotData
 
 
@@ -46,13 +48,20 @@ def check_episode_fits(data: FewShotData, ways: int, shots: int, queries: int, w
 
 
 class EpisodeSampler:
-    """Draws episodes; ``state()``/``set_state()`` let a resumed run continue the same sequence."""
+    """Draws episodes; ``state()``/``set_state()`` let a resumed run continue the same sequence.
+
+    ``within_group``: the fraction of episodes (0..1; True = 1) whose classes all come from one group.
+    ``augment``: distortion applied to every image of ``sample()`` (``sample_indices`` is unaffected).
+    """
 
     def __init__(self, data: FewShotData, ways: int, shots: int, queries: int, seed: int = 0,
-                 within_group: bool = False):
+                 within_group: float = 0.0, augment: Augment | None = None):
         self.data, self.ways, self.shots, self.queries = data, ways, shots, queries
-        self.within_group = within_group
-        self.usable = check_episode_fits(data, ways, shots, queries, within_group)
+        self.within_group = float(within_group)
+        if not 0.0 <= self.within_group <= 1.0:
+            raise DataError(f"within-alphabet fraction must be between 0 and 1, got {within_group}")
+        self.augment = augment
+        self.usable = check_episode_fits(data, ways, shots, queries, self.within_group >= 1)
         self.rng = np.random.default_rng(seed)
         self._inputs = data.inputs()
         groups = np.array(data.groups)[self.usable]
@@ -66,9 +75,15 @@ class EpisodeSampler:
         self.rng.bit_generator.state = state
 
     def _classes(self) -> np.ndarray:
-        if self.within_group:
-            g = self._big_groups[self.rng.integers(len(self._big_groups))]
-            return self.rng.choice(self._by_group[g], self.ways, replace=False)
+        if self.within_group and (self.within_group >= 1 or self.rng.random() < self.within_group):
+            # Hard episode: all classes from one group; from as few groups as possible when none is big enough.
+            groups = self._big_groups or list(self._by_group)
+            pool = []
+            for g in self.rng.permutation(len(groups)):
+                pool.extend(self.rng.permutation(self._by_group[groups[g]]))
+                if len(pool) >= self.ways:
+                    break
+            return np.array(pool[:self.ways])
         return self.rng.choice(self.usable, self.ways, replace=False)
 
     def _pick(self):
@@ -83,8 +98,10 @@ class EpisodeSampler:
     def sample(self) -> Episode:
         classes, s_idx, q_idx = self._pick()
         labels = np.arange(self.ways)
-        return Episode(self._inputs[s_idx], np.repeat(labels, self.shots), self._inputs[q_idx],
-                       np.repeat(labels, self.queries), self.ways, classes)
+        sx, qx = self._inputs[s_idx], self._inputs[q_idx]
+        if self.augment is not None and self.augment.active:
+            sx, qx = self.augment(self.rng, sx), self.augment(self.rng, qx)
+        return Episode(sx, np.repeat(labels, self.shots), qx, np.repeat(labels, self.queries), self.ways, classes)
 
     def sample_indices(self):
         """(support image indices, query image indices) of one episode, labels as in ``sample``."""

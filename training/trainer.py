@@ -15,7 +15,8 @@ from pathlib import Path
 import click
 
 from .algorithms import DEFAULT_HPARAMS, make_learner
-from .datasets import load_data
+from .augment import Augment
+from .datasets import DataError, load_data
 from .distribute import DistributedLearner, StrategyError, check_supported, cleanup, describe, make_strategy, \
     weights_digest, worker_info, write_root
 from .episodes import EpisodeSampler, check_episode_fits
@@ -26,7 +27,7 @@ from .tfcompat import tf
 DEFAULTS = {
     "data": "glyphs", "algorithm": "protonet", "backbone": {"kind": "conv4", "filters": 64, "embedding_dim": 64},
     "head": {"hidden": [64], "activation": "linear"}, "image_size": 28, "ways": 20, "shots": 1, "queries": 15,
-    "steps": 2000, "seed": 0, "rotations": False, "within_alphabet": False, "hparams": {},
+    "steps": 2000, "seed": 0, "rotations": False, "within_alphabet": 0.0, "augment": {}, "hparams": {},
     "val_every": 250, "val_episodes": 200, "val_ways": 5, "val_shots": 1, "checkpoint_every": 250,
     "strategy": "default",
 }
@@ -43,7 +44,7 @@ def model_config(s: dict, hparams: dict, adaptation: dict) -> dict:
         "input": {"shape": [s["image_size"], s["image_size"], 1], "preprocess":
                   {"color": "L", "resize": "area", "invert": True, "range": [0.0, 1.0]}},
         "adaptation": adaptation, "seed": s["seed"], "stage": "float",
-        "train": {k: s[k] for k in ("ways", "shots", "queries", "steps", "rotations", "within_alphabet")}
+        "train": {k: s[k] for k in ("ways", "shots", "queries", "steps", "rotations", "within_alphabet", "augment")}
         | {"hparams": hparams}, "versions": versions(),
     }
 
@@ -81,7 +82,12 @@ def train(out, settings: dict, resume: bool = False, progress: bool = True, log=
 
     train_data = load_data(s["data"], s["image_size"], "train", s["rotations"], progress=progress)
     val_data = load_data(s["data"], s["image_size"], "val", False, progress=False)
-    check_episode_fits(train_data, s["ways"], s["shots"], s["queries"], s["within_alphabet"])
+    s["within_alphabet"] = float(s["within_alphabet"])  # older runs stored a bool
+    try:
+        augment = Augment(**s["augment"])
+    except (TypeError, ValueError) as e:
+        raise DataError(f"augmentation {s['augment']}: {e}") from None
+    check_episode_fits(train_data, s["ways"], s["shots"], s["queries"], s["within_alphabet"] >= 1)
     # Validation ways shrink to what the held-out split holds (small folder datasets).
     s["val_ways"] = min(s["val_ways"], int((val_data.counts() >= s["val_shots"] + 1).sum()))
     check_episode_fits(val_data, s["val_ways"], s["val_shots"], 1)
@@ -99,7 +105,7 @@ def train(out, settings: dict, resume: bool = False, progress: bool = True, log=
     wckdir = root / "checkpoints"  # = ckdir on the chief
     manager = tf.train.CheckpointManager(ckpt, str(wckdir), max_to_keep=2)
     sampler = EpisodeSampler(train_data, s["ways"], s["shots"], s["queries"], seed=s["seed"],
-                             within_group=s["within_alphabet"])
+                             within_group=s["within_alphabet"], augment=augment)
     latest = manager.latest_checkpoint if chief else tf.train.latest_checkpoint(str(ckdir))  # all read the chief's
     if resume and latest:
         ckpt.restore(latest)

@@ -1,0 +1,89 @@
+"""Lake et al.'s one-shot classification runs (Science 2015), on alphabets held out of training.
+
+A run takes ``ways`` (20) characters of one alphabet. For each character one drawing is the support
+(the single training example) and a drawing *by another person* is the query; the run's error is the
+fraction of its ``ways`` queries given the wrong character. People err 4.5% on these runs.
+
+``lake_runs`` draws the runs from a ``FewShotData`` that carries drawer ids (Omniglot's ``CCCC_DD.png``);
+``lake_error`` scores any ``classify(support_idx, labels, query_idx) -> predicted labels`` over them, so
+the same runs grade a Keras model directory and a bundle through the device runtime.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .datasets import LAKE_WAYS, DataError, FewShotData
+from .evaluate import mean_ci95
+
+DEFAULT_RUNS = 400
+
+
+def lake_alphabets(data: FewShotData, ways: int = LAKE_WAYS) -> list:
+    """Alphabets (groups) of ``data`` with at least ``ways`` characters drawn by two or more people."""
+    names = {}
+    for c in range(data.num_classes):
+        if len(set(data.drawers[data.indices_of(c)]) - {-1}) >= 2:
+            names.setdefault(data.groups[c], []).append(c)
+    return sorted(g for g, cs in names.items() if len(cs) >= ways)
+
+
+def lake_runs(data: FewShotData, runs: int = DEFAULT_RUNS, ways: int = LAKE_WAYS, seed: int = 0) -> list:
+    """``runs`` (alphabet, support_idx, query_idx) triples; alphabets taken in turn, characters and the
+    two distinct drawers of each character at random. Raises DataError when no alphabet fits."""
+    alphabets = lake_alphabets(data, ways)
+    if not alphabets:
+        raise DataError(f"{data.spec or 'data'}: no alphabet has {ways} characters drawn by at least two "
+                        f"people (Lake runs need Omniglot-style CCCC_DD.png file names)")
+    rng = np.random.default_rng(seed)
+    by_alphabet = {g: [c for c in range(data.num_classes) if data.groups[c] == g] for g in alphabets}
+    out = []
+    for r in range(runs):
+        g = alphabets[r % len(alphabets)]
+        chars = [by_alphabet[g][i] for i in rng.choice(len(by_alphabet[g]), ways, replace=False)]
+        s_idx, q_idx = [], []
+        for c in chars:
+            idx = data.indices_of(c)
+            drawers = data.drawers[idx]
+            a, b = rng.choice(np.unique(drawers[drawers >= 0]), 2, replace=False)
+            s_idx.append(rng.choice(idx[drawers == a]))
+            q_idx.append(rng.choice(idx[drawers == b]))
+        out.append((g, np.array(s_idx), np.array(q_idx)))
+    return out
+
+
+def lake_error(classify, runs: list, progress=None) -> dict:
+    """Mean error over ``runs`` with its 95% CI, overall and per alphabet.
+
+    ``classify(support_idx, labels, query_idx)`` returns predicted labels (0..ways-1) of the queries.
+    """
+    errors, per = [], {}
+    for g, s_idx, q_idx in runs:
+        labels = np.arange(len(s_idx))
+        pred = np.asarray(classify(s_idx, labels, q_idx))
+        err = float((pred != labels).mean())
+        errors.append(err)
+        per.setdefault(g, []).append(err)
+        if progress is not None:
+            progress(1)
+    mean, ci = mean_ci95(errors)
+    return {"protocol": "lake", "error": mean, "ci95": ci, "runs": len(runs), "ways": len(runs[0][1]),
+            "alphabets": {g: round(float(np.mean(e)), 4) for g, e in sorted(per.items())}}
+
+
+def embedding_classifier(emb: np.ndarray, spec, steps: int | None = None):
+    """classify() for ``lake_error`` from precomputed embeddings of every image (a model directory's
+    Keras backbone), adapting the head exactly as ``metalite.runtime.head.adapt`` does on the device."""
+    from metalite.runtime.head import adapt
+
+    def classify(s_idx, labels, q_idx):
+        return adapt(spec, emb[s_idx], labels, len(labels), steps=steps).logits(emb[q_idx]).argmax(1)
+    return classify
+
+
+def runtime_classifier(clf, images: np.ndarray):
+    """classify() for ``lake_error`` through the device runtime: ``clf.fit`` on the support drawings,
+    ``clf.predict`` on the queries (``clf`` a ``FewShotClassifier``, ``images`` uint8 pixels, paper = 255)."""
+    def classify(s_idx, labels, q_idx):
+        clf.fit(images[s_idx], list(labels))
+        return clf.predict(images[q_idx])
+    return classify
