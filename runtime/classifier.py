@@ -11,10 +11,11 @@ from collections.abc import Mapping
 import numpy as np
 
 from . import head as headlib
+from . import tta as ttalib
 from .bundle import open_bundle
 from .cache import EmbeddingCache
 from .embedder import Embedder
-from .errors import BundleError, InputError, NotFittedError, UnknownClassError
+from .errors import BundleError, InputError, NotFittedError, StateError, UnknownClassError
 from .images import as_model_input
 from .interpreter import get_backend, open_backbone
 from .state import State, load_state, save_state
@@ -41,6 +42,8 @@ class FewShotClassifier:
         loads, else CPU with one warning), ``"cpu"`` or ``"edgetpu"`` (error if not possible).
       batch_size: images per interpreter call for dynamic-batch models (default 32).
       cache_size: embeddings kept in the content-keyed LRU cache (default 4096; 0 disables it).
+      tta: shifted copies averaged into every embedding (0, 4 or 8; ``metalite.runtime.tta``), or None for
+        the bundle's setting (head.npz adaptation ``tta``, 0 when absent).
 
     Attributes:
       bundle: the verified ``Bundle``; head_spec: the bundle's ``HeadSpec``; device: ``"cpu"`` or
@@ -52,10 +55,11 @@ class FewShotClassifier:
     """
 
     def __init__(self, bundle_dir, num_threads: int | None = None, delegate: str = "auto",
-                 batch_size: int = 32, cache_size: int = 4096):
+                 batch_size: int = 32, cache_size: int = 4096, tta: int | None = None):
         self.bundle = open_bundle(bundle_dir)
         try:
             self.head_spec = headlib.load_head(self.bundle.head_path)
+            self.tta = ttalib.check_copies(self.head_spec.adaptation.get("tta", 0) if tta is None else tta)
         except ValueError as e:
             raise BundleError(f"{self.bundle.head_path.name}: {e} (bundle {self.bundle.source})") from None
         backend = get_backend()
@@ -98,10 +102,13 @@ class FewShotClassifier:
 
     # ------------------------------------------------------------------ embedding
     def _embed_input(self, x: np.ndarray) -> np.ndarray:
-        out = self.cache.embed(x, self.embedder)
+        out = self.cache.embed(x, self._embed_uncached)
         if not np.all(np.isfinite(out)):
             raise InputError("the backbone produced NaN or infinite embeddings")
         return out
+
+    def _embed_uncached(self, x: np.ndarray) -> np.ndarray:
+        return ttalib.shift_average(self.embedder, x, self.tta)
 
     def embed(self, images) -> np.ndarray:
         """Embed images with the backbone (cached by image content).
@@ -220,31 +227,42 @@ class FewShotClassifier:
             raise NotFittedError(f"{what} before fit: call fit(images, labels) or add_class(label, images) first")
         return self.head
 
-    def predict_proba(self, images) -> np.ndarray:
+    def _head_for(self, what: str, emb: np.ndarray, transductive: bool) -> headlib.AdaptedHead:
+        head = self._require_fit(what)
+        if not transductive:
+            return head
+        sup = np.concatenate([self._support[c] for c in self._classes])
+        lab = np.concatenate([np.full(len(self._support[c]), i, np.int64) for i, c in enumerate(self._classes)])
+        return headlib.refine(head, sup, lab, emb, float(self.head_spec.adaptation["scale"]))
+
+    def predict_proba(self, images, transductive: bool = False) -> np.ndarray:
         """Class probabilities.
 
         Args:
           images: any form ``embed`` takes.
+          transductive: refine the prototypes over this batch of images first (``head.refine``): more
+            accurate on a batch of queries of the learned classes, but each answer depends on the batch.
         Returns:
           float32 (n, len(classes)), rows sum to 1, columns in ``classes`` order.
         Raises:
           NotFittedError, InputError.
         """
-        head = self._require_fit("predict_proba")
-        return head.predict_proba(self.embed(images)).astype(np.float32)
+        emb = self.embed(images)
+        return self._head_for("predict_proba", emb, transductive).predict_proba(emb).astype(np.float32)
 
-    def predict(self, images) -> list:
+    def predict(self, images, transductive: bool = False) -> list:
         """Most probable label per image.
 
         Args:
           images: any form ``embed`` takes.
+          transductive: as for ``predict_proba``.
         Returns:
           list of n labels.
         Raises:
           NotFittedError, InputError.
         """
-        head = self._require_fit("predict")
-        logits = head.logits(self.embed(images))
+        emb = self.embed(images)
+        logits = self._head_for("predict", emb, transductive).logits(emb)
         return [self._classes[i] for i in np.argmax(logits, axis=1)]
 
     # ------------------------------------------------------------------ persistence
@@ -262,7 +280,7 @@ class FewShotClassifier:
         sup = np.concatenate([self._support[c] for c in self._classes])
         lab = np.concatenate([np.full(len(self._support[c]), i, np.int64) for i, c in enumerate(self._classes)])
         save_state(path, State(self.bundle.manifest_sha256, list(self._classes), sup, lab, head,
-                               dict(self.head_spec.adaptation)))
+                               dict(self.head_spec.adaptation, tta=self.tta)))
 
     @classmethod
     def load(cls, bundle_dir, path, num_threads: int | None = None, delegate: str = "auto",
@@ -280,6 +298,11 @@ class FewShotClassifier:
         """
         clf = cls(bundle_dir, num_threads=num_threads, delegate=delegate, **kwargs)
         st = load_state(path, clf.bundle.manifest_sha256, clf.embedding_dim)
+        if kwargs.get("tta") is None:  # queries are embedded as the stored support embeddings were
+            try:
+                clf.tta = ttalib.check_copies(st.adaptation.get("tta", 0))
+            except ValueError as e:
+                raise StateError(f"{path}: {e}") from None
         classes = [_norm_label(c) for c in st.classes]
         support = {c: st.support[st.support_labels == i] for i, c in enumerate(classes)}
         clf._classes, clf._support, clf.head = classes, support, st.head

@@ -151,3 +151,27 @@ def adapt(spec: HeadSpec, embeddings: np.ndarray, labels: np.ndarray, n_classes:
                 weights[i] = (w - lr * (xs[i].T @ gh), b - lr * gh.sum(axis=0))
                 gh = gprev
     return AdaptedHead(weights, acts, (wc.astype(np.float32), bc.astype(np.float32)))
+
+
+def refine(head: AdaptedHead, support: np.ndarray, labels: np.ndarray, queries: np.ndarray, scale: float,
+           iterations: int = 3) -> AdaptedHead:
+    """Transductive refinement over a batch of queries (soft k-means, Ren et al. 2018): each prototype
+    becomes the mean of its support outputs and the queries weighted by their class probabilities.
+
+    Opt-in: a query's prediction then depends on the other queries of the batch (best when the batch
+    holds many queries of the learned classes). The first assignment uses ``head``'s own logits; the
+    hidden layers are kept. Returns a new ``AdaptedHead`` with a prototype classifier.
+    """
+    y = np.asarray(labels).astype(np.int64)
+    n_classes = head.classifier[1].shape[0]
+    hs = hidden_forward(head.weights, head.activations, np.asarray(support, np.float32))[-1]
+    hq = hidden_forward(head.weights, head.activations, np.asarray(queries, np.float32))[-1]
+    sums = np.zeros((n_classes, hs.shape[1]), np.float64)
+    np.add.at(sums, y, hs)
+    counts = np.bincount(y, minlength=n_classes).astype(np.float64)
+    p = softmax(hq @ head.classifier[0] + head.classifier[1])
+    for _ in range(int(iterations)):
+        protos = (sums + p.T @ hq) / (counts + p.sum(axis=0))[:, None]
+        w, b = (2.0 * scale * protos.T).astype(np.float32), (-scale * np.sum(protos**2, axis=1)).astype(np.float32)
+        p = softmax(hq @ w + b)
+    return AdaptedHead(head.weights, head.activations, (w, b))

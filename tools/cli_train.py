@@ -133,11 +133,16 @@ def _parse_augment(spec):
 @click.option("--runs", type=click.IntRange(1, 100000), default=400, show_default=True, help="lake: how many runs")
 @click.option("--within-alphabet", is_flag=True, help="episodes: all classes of an episode from one alphabet")
 @click.option("--adapt-steps", type=int, default=None, help="override the head's adaptation steps (model directory)")
+@click.option("--tta", type=click.Choice(["0", "4", "8"]), default=None,
+              help="shifted copies averaged into each embedding, as the device does (metalite.runtime.tta) "
+                   "[default: the head's setting]")
+@click.option("--transductive", is_flag=True,
+              help="lake: refine the prototypes over each run's 20 queries (opt-in on the device too)")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="print the result as JSON")
 @_fail_cleanly
 def evaluate_cmd(model, protocol, data, split, ways, shots, queries, episodes, runs, within_alphabet, adapt_steps,
-                 seed, as_json):
+                 tta, transductive, seed, as_json):
     """Few-shot accuracy (or Lake-style error) of MODEL with its 95% confidence interval.
 
     MODEL is a model directory (from train/compress; its Keras backbone runs in TensorFlow) or a bundle
@@ -154,7 +159,8 @@ def evaluate_cmd(model, protocol, data, split, ways, shots, queries, episodes, r
     from metalite.training.datasets import load_data
 
     is_bundle = (Path(model) / "manifest.json").exists() or str(model).endswith(".zip")
-    source = _bundle_source(model) if is_bundle else _model_dir_source(model, adapt_steps)
+    tta = None if tta is None else int(tta)
+    source = _bundle_source(model, tta) if is_bundle else _model_dir_source(model, adapt_steps, tta)
     data = data or source["data"]
     if not data:
         raise click.ClickException(f"{model}: records no training data; pass --data")
@@ -162,9 +168,10 @@ def evaluate_cmd(model, protocol, data, split, ways, shots, queries, episodes, r
         split = "test" if data == source["data"] else "all"
     ds = load_data(data, source["size"], split)
     if protocol == "lake":
-        res = _lake(source, ds, runs, seed)
+        res = _lake(source, ds, runs, seed, transductive)
         text = (f"Lake-style 20-way 1-shot on {data} [{split}, alphabets {', '.join(res['alphabets'])}]: error "
-                f"{100 * res['error']:.2f}% ± {100 * res['ci95']:.2f} (95% CI, {runs} runs; {source['what']})")
+                f"{100 * res['error']:.2f}% ± {100 * res['ci95']:.2f} (95% CI, {runs} runs; {source['what']}"
+                f"{', transductive' if transductive else ''})")
     else:
         from metalite.training.evaluate import evaluate_embeddings
 
@@ -176,7 +183,7 @@ def evaluate_cmd(model, protocol, data, split, ways, shots, queries, episodes, r
                 f"{', within alphabet' if within_alphabet else ''}]: {100 * res['mean']:.2f}% "
                 f"± {100 * res['ci95']:.2f} (95% CI, {episodes} episodes; {source['what']})")
     res.update({"model": str(model), "data": data, "split": split, "classes": ds.num_classes,
-                "measured": source["what"]})
+                "measured": source["what"], "tta": source["tta"], "transductive": transductive and protocol == "lake"})
     click.echo(json.dumps(res, indent=2) if as_json else text)
 
 
@@ -184,42 +191,44 @@ def _bar(n, label):
     return click.progressbar(length=n, label=label, file=sys.stderr)
 
 
-def _model_dir_source(model, adapt_steps):
+def _model_dir_source(model, adapt_steps, tta):
     """How to embed and adapt with a model directory (Keras backbone in TensorFlow)."""
+    from metalite.runtime.tta import shift_average
     from metalite.training.evaluate import embed_all, keras_embed_fn
     from metalite.training.lake import embedding_classifier
     from metalite.training.modeldir import load_model_dir
 
     cfg, backbone, spec = load_model_dir(model)
-    embed = keras_embed_fn(backbone)
-    return {"data": cfg["data"], "size": int(cfg["input"]["shape"][0]), "spec": spec,
-            "what": f"Keras model, stage {cfg.get('stage', 'float')}",
-            "embed_all": lambda ds: embed_all(embed, ds),
-            "lake_classify": lambda ds: embedding_classifier(embed_all(embed, ds), spec, steps=adapt_steps)}
+    tta = int(spec.adaptation.get("tta", 0)) if tta is None else tta
+    keras = keras_embed_fn(backbone)
+    embed = lambda ds: embed_all(lambda x: shift_average(keras, x, tta), ds)  # noqa: E731
+    return {"data": cfg["data"], "size": int(cfg["input"]["shape"][0]), "spec": spec, "tta": tta,
+            "what": f"Keras model, stage {cfg.get('stage', 'float')}", "embed_all": embed,
+            "lake_classify": lambda ds, tr: embedding_classifier(embed(ds), spec, adapt_steps, tr)}
 
 
-def _bundle_source(model):
+def _bundle_source(model, tta):
     """How to embed and adapt with a bundle: the device runtime's FewShotClassifier."""
     from metalite.runtime import FewShotClassifier
     from metalite.runtime.errors import MetaliteError
     from metalite.training.lake import runtime_classifier
 
     try:
-        clf = FewShotClassifier(model, num_threads=1, delegate="cpu", cache_size=100000)
+        clf = FewShotClassifier(model, num_threads=1, delegate="cpu", cache_size=100000, tta=tta)
     except MetaliteError as e:
         raise click.ClickException(str(e)) from None
     training = clf.bundle.manifest.get("training", {})
     return {"data": training.get("data"), "size": int(clf.bundle.input_shape[0]), "spec": clf.head_spec,
-            "what": f"int8 bundle through the runtime ({clf.backend})",
+            "tta": clf.tta, "what": f"int8 bundle through the runtime ({clf.backend})",
             "embed_all": lambda ds: clf.embed(ds.images),
-            "lake_classify": lambda ds: runtime_classifier(clf, ds.images)}
+            "lake_classify": lambda ds, tr: runtime_classifier(clf, ds.images, tr)}
 
 
-def _lake(source, ds, runs, seed):
+def _lake(source, ds, runs, seed, transductive):
     from metalite.training.lake import lake_error, lake_runs
 
     plan = lake_runs(ds, runs, seed=seed)
-    classify = source["lake_classify"](ds)
+    classify = source["lake_classify"](ds, transductive)
     with _bar(runs, "Lake runs") as bar:
         return lake_error(classify, plan, progress=bar.update)
 

@@ -70,20 +70,23 @@ def lake_error(classify, runs: list, progress=None) -> dict:
             "alphabets": {g: round(float(np.mean(e)), 4) for g, e in sorted(per.items())}}
 
 
-def embedding_classifier(emb: np.ndarray, spec, steps: int | None = None):
+def embedding_classifier(emb: np.ndarray, spec, steps: int | None = None, transductive: bool = False):
     """classify() for ``lake_error`` from precomputed embeddings of every image (a model directory's
-    Keras backbone), adapting the head exactly as ``metalite.runtime.head.adapt`` does on the device."""
-    from metalite.runtime.head import adapt
+    Keras backbone), adapting the head exactly as ``metalite.runtime.head`` does on the device."""
+    from metalite.runtime.head import adapt, refine
 
     def classify(s_idx, labels, q_idx):
-        return adapt(spec, emb[s_idx], labels, len(labels), steps=steps).logits(emb[q_idx]).argmax(1)
+        head = adapt(spec, emb[s_idx], labels, len(labels), steps=steps)
+        if transductive:
+            head = refine(head, emb[s_idx], labels, emb[q_idx], float(spec.adaptation["scale"]))
+        return head.logits(emb[q_idx]).argmax(1)
     return classify
 
 
-def runtime_classifier(clf, images: np.ndarray):
+def runtime_classifier(clf, images: np.ndarray, transductive: bool = False):
     """classify() for ``lake_error`` through the device runtime: ``clf.fit`` on the support drawings,
     ``clf.predict`` on the queries (``clf`` a ``FewShotClassifier``, ``images`` uint8 pixels, paper = 255)."""
     def classify(s_idx, labels, q_idx):
         clf.fit(images[s_idx], list(labels))
-        return clf.predict(images[q_idx])
+        return clf.predict(images[q_idx], transductive=transductive)
     return classify
