@@ -50,9 +50,12 @@ def _meta_from_config(cfg: dict) -> dict:
 @click.option("--eval-episodes", type=click.IntRange(0, 100000), default=200, show_default=True,
               help="episodes per setting (5/20-way 1-shot) to measure the int8 model's accuracy on held-out "
                    "classes, recorded in the manifest; 0 skips")
+@click.option("--tta", type=click.Choice(["0", "4", "8"]), default=None,
+              help="shifted copies the device averages into every embedding (head.npz adaptation 'tta'; "
+                   "1 + N backbone runs per image, metalite.runtime.tta) [default: the model's setting, 0 if none]")
 @click.option("--force", is_flag=True, help="replace an existing bundle at --out (only once the new one is complete)")
 @click.option("--quiet", is_flag=True, help="no progress messages")
-def export_cmd(model_dir, out, edgetpu, float_model, representative, data, eval_episodes, force, quiet):
+def export_cmd(model_dir, out, edgetpu, float_model, representative, data, eval_episodes, tta, force, quiet):
     """Export MODEL_DIR (from `metalite train` or `compress`) as a bundle for the device.
 
     \b
@@ -68,6 +71,8 @@ def export_cmd(model_dir, out, edgetpu, float_model, representative, data, eval_
 
     try:
         cfg, backbone, head_spec = load_model_dir(model_dir)
+        if tta is not None:
+            head_spec.adaptation["tta"] = int(tta)
         spec = data or cfg.get("data", "glyphs")
         size = int(cfg["input"]["shape"][0])
         try:
@@ -86,22 +91,40 @@ def export_cmd(model_dir, out, edgetpu, float_model, representative, data, eval_
 
 
 def _int8_accuracy(spec, size, head_spec, episodes):
-    """evaluate() for write_bundle: N-way 1-shot accuracy of int8 embeddings on the held-out test classes."""
+    """evaluate() for write_bundle: N-way 1-shot accuracy of int8 embeddings on the held-out test classes,
+    and Lake-style 20-way 1-shot error where the test alphabets allow it (Omniglot), with the device's
+    shift averaging (head.npz ``tta``)."""
     def evaluate(tflite_bytes):
         from metalite.export.tflite import run_int8
+        from metalite.runtime.tta import shift_average
         from metalite.training.datasets import load_data
         from metalite.training.evaluate import evaluate_embeddings
+        from metalite.training.lake import embedding_classifier, lake_alphabets, lake_error, lake_runs
 
         held = load_data(spec, size, "test", progress=False)
-        emb = run_int8(tflite_bytes, held.inputs(), batch=64)
+        tta = int(head_spec.adaptation.get("tta", 0))
+        emb = shift_average(lambda x: run_int8(tflite_bytes, x, batch=64), held.inputs(), tta)
         out = {}
         for ways in (5, 20):
             if held.num_classes >= ways:
                 r = evaluate_embeddings(emb, held, head_spec, ways, 1, 15 if min(held.counts()) >= 16 else 1,
                                         episodes, seed=0)
-                out[f"int8_{ways}way1shot"] = {**r, "data": f"{spec} (held-out test classes)", "model": "backbone.tflite"}
+                out[f"int8_{ways}way1shot"] = {**r, "data": f"{spec} (held-out test classes)", "model": "backbone.tflite",
+                                               "tta": tta}
+        if lake_alphabets(held):
+            plan = lake_runs(held, max(episodes, 100), seed=0)
+            for key, tr in (("int8_lake", False), ("int8_lake_transductive", True)):
+                out[key] = {**lake_error(embedding_classifier(emb, head_spec, transductive=tr), plan),
+                            "held_out": _held_out_alphabets(spec, size), "model": "backbone.tflite", "tta": tta}
         return out
     return evaluate
+
+
+def _held_out_alphabets(spec, size) -> dict:
+    """The alphabets of each split of ``spec``: how the Lake-style figures were held out."""
+    from metalite.training.datasets import load_data
+
+    return {s: sorted(set(load_data(spec, size, s, progress=False).groups)) for s in ("train", "val", "test")}
 
 
 @click.command("inspect")

@@ -385,6 +385,7 @@ def compress(model_dir, out, sparsity=0.5, prune_steps=None, qat_steps=None, qat
 
     from .algorithms import DEFAULT_HPARAMS, make_learner
     from .datasets import load_data
+    from .augment import Augment
     from .episodes import EpisodeSampler
     from .evaluate import embed_all, keras_embed_fn
     from .models import build_head
@@ -401,8 +402,11 @@ def compress(model_dir, out, sparsity=0.5, prune_steps=None, qat_steps=None, qat
     split = eval_split(cfg)
     eval_data = load_data(cfg["data"], size, split, progress=False)
     settings = eval_settings(eval_data, eval_ways, DEFAULTS["eval_shots"])
+    # Fine-tuning sees the episodes training saw (hard-episode mix, augmentation): without the
+    # augmentation a model trained with it overfits the few training characters within a few hundred steps.
     sampler = EpisodeSampler(train_data, ways, shots, queries, seed=int(seed),
-                             within_group=float(train_cfg.get("within_alphabet") or 0))
+                             within_group=float(train_cfg.get("within_alphabet") or 0),
+                             augment=Augment(**train_cfg.get("augment", {})))
 
     _, teacher, teacher_spec = load_model_dir(model_dir)
     _, student, spec = load_model_dir(model_dir)
