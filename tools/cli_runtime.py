@@ -91,11 +91,14 @@ def adapt_cmd(bundle, support_dir, out, threads, delegate):
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list instead of text lines.")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="Interpreter CPU threads.")
 @click.option("--delegate", type=DELEGATE_CHOICE, default="auto", show_default=True)
+@click.option("--transductive", is_flag=True,
+              help="Refine the class prototypes over all IMAGEs given before classifying them (more accurate on a "
+                   "batch of images of the learned classes; each answer then depends on the others).")
 @_errors
-def predict_cmd(bundle, images, state, as_json, threads, delegate):
+def predict_cmd(bundle, images, state, as_json, threads, delegate, transductive):
     """Classify IMAGE... with BUNDLE and an adapted --state: label and confidence per image."""
     clf = _classifier(bundle, threads, delegate, state)
-    proba = clf.predict_proba([str(p) for p in images])
+    proba = clf.predict_proba([str(p) for p in images], transductive=transductive)
     best = proba.argmax(axis=1)
     rows = [{"image": str(p), "label": clf.classes[k], "confidence": round(float(proba[i, k]), 6)}
             for i, (p, k) in enumerate(zip(images, best))]

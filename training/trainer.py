@@ -15,8 +15,8 @@ from pathlib import Path
 import click
 
 from .algorithms import DEFAULT_HPARAMS, make_learner
-from .augment import Augment
-from .datasets import DataError, load_data
+from .augment import DEFAULT as DEFAULT_AUGMENT, Augment
+from .datasets import DataError, load_data, parse_spec
 from .distribute import DistributedLearner, StrategyError, check_supported, cleanup, describe, make_strategy, \
     weights_digest, worker_info, write_root
 from .episodes import EpisodeSampler, check_episode_fits
@@ -24,11 +24,14 @@ from .evaluate import embed_all, evaluate_embeddings, keras_embed_fn
 from .modeldir import build_from_config, head_spec_from_keras, read_config, save_model_dir, versions
 from .tfcompat import tf
 
+# The measured recipe (docs/accuracy.md): 60-way episodes (or as many classes as the data has), rotations as
+# new classes on Omniglot (None = on for omniglot: data), half the episodes within one alphabet, augmentation.
+MAX_DEFAULT_WAYS = 60
 DEFAULTS = {
     "data": "glyphs", "algorithm": "protonet", "backbone": {"kind": "conv4", "filters": 64, "embedding_dim": 64},
-    "head": {"hidden": [64], "activation": "linear"}, "image_size": 28, "ways": 20, "shots": 1, "queries": 15,
-    "steps": 2000, "seed": 0, "rotations": False, "within_alphabet": 0.0, "augment": {}, "hparams": {},
-    "val_every": 250, "val_episodes": 200, "val_ways": 5, "val_shots": 1, "checkpoint_every": 250,
+    "head": {"hidden": [64], "activation": "linear"}, "image_size": 28, "ways": None, "shots": 1, "queries": 5,
+    "steps": 12000, "seed": 0, "rotations": None, "within_alphabet": 0.5, "augment": DEFAULT_AUGMENT, "hparams": {},
+    "val_every": 1000, "val_episodes": 200, "val_ways": 5, "val_shots": 1, "checkpoint_every": 1000,
     "strategy": "default",
 }
 
@@ -80,7 +83,11 @@ def train(out, settings: dict, resume: bool = False, progress: bool = True, log=
         log(describe(strategy))
     tf.keras.utils.set_random_seed(s["seed"])
 
+    if s["rotations"] is None:
+        s["rotations"] = parse_spec(s["data"])[0] == "omniglot"
     train_data = load_data(s["data"], s["image_size"], "train", s["rotations"], progress=progress)
+    if s["ways"] is None:
+        s["ways"] = max(2, min(MAX_DEFAULT_WAYS, int((train_data.counts() >= s["shots"] + s["queries"]).sum())))
     val_data = load_data(s["data"], s["image_size"], "val", False, progress=False)
     s["within_alphabet"] = float(s["within_alphabet"])  # older runs stored a bool
     try:
