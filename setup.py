@@ -10,13 +10,15 @@ setup(
     python_requires=">=3.9",
     # One import namespace: the top-level folders install as metalite.<folder>, so nothing
     # generic ("runtime", "tools") lands in a user's site-packages (DESIGN.md, "Layout").
-    packages=["metalite", "metalite.training", "metalite.export", "metalite.runtime", "metalite.tools"],
+    packages=["metalite", "metalite.training", "metalite.export", "metalite.runtime", "metalite.runtime.sync",
+              "metalite.tools", "metalite.fleet"],
     package_dir={
         "metalite": "metalite",
         "metalite.training": "training",
         "metalite.export": "export",
         "metalite.runtime": "runtime",
         "metalite.tools": "tools",
+        "metalite.fleet": "fleet",
     },
     install_requires=["numpy>=1.21", "click>=7"],
     extras_require={
@@ -30,7 +32,9 @@ setup(
         "images": ["pillow"],
         "litert": ["ai-edge-litert"],
         "tflite": ["tflite-runtime", "numpy<2"],
-        "dev": ["pytest", "pytest-timeout", "ai-edge-litert"],
+        "serve": ["fastapi>=0.100", "uvicorn>=0.23", "cryptography>=3.4"],
+        "sync": ["cryptography>=3.4"],
+        "dev": ["pytest", "pytest-timeout", "ai-edge-litert", "fastapi>=0.100", "uvicorn>=0.23", "cryptography>=3.4"],
     },
     entry_points={"console_scripts": ["metalite=metalite.tools.cli:main"]},
 )

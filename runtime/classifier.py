@@ -18,6 +18,7 @@ from .embedder import Embedder
 from .errors import BundleError, InputError, NotFittedError, StateError, UnknownClassError
 from .images import as_model_input
 from .interpreter import get_backend, open_backbone
+from .preprocess import to_pixels
 from .state import State, load_state, save_state
 
 
@@ -72,6 +73,7 @@ class FewShotClassifier:
         self.head: headlib.AdaptedHead | None = None
         self._classes: list = []
         self._support: dict = {}  # label -> float32 (k, D)
+        self._images: dict = {}  # label -> uint8 (k, H, W) support pixels, or None if not known (old state)
 
     def _check_model(self, name: str) -> None:
         b, e = self.bundle, self.embedder
@@ -123,6 +125,16 @@ class FewShotClassifier:
         x = as_model_input(images, self.bundle.input_shape, self.bundle.preprocess)
         return self._embed_input(x)
 
+    def _pixels(self, x: np.ndarray) -> np.ndarray:
+        """Model input -> the uint8 pixels kept with the support set (so another backbone can re-embed it)."""
+        pre = self.bundle.preprocess
+        return to_pixels(x, bool(pre.get("invert", True)), pre.get("range", (0.0, 1.0)))
+
+    def _embed_keep(self, images) -> tuple:
+        """(embeddings, kept pixels) of support images."""
+        x = as_model_input(images, self.bundle.input_shape, self.bundle.preprocess)
+        return self._embed_input(x), self._pixels(x)
+
     # ------------------------------------------------------------------ adaptation
     def _adapt(self, classes: list, support: dict) -> headlib.AdaptedHead:
         emb = np.concatenate([support[c] for c in classes]).astype(np.float32)
@@ -132,9 +144,9 @@ class FewShotClassifier:
         except ValueError as e:
             raise InputError(f"adaptation failed: {e}") from None
 
-    def _commit(self, classes: list, support: dict) -> "FewShotClassifier":
+    def _commit(self, classes: list, support: dict, images: dict) -> "FewShotClassifier":
         head = self._adapt(classes, support) if classes else None
-        self._classes, self._support, self.head = classes, support, head
+        self._classes, self._support, self._images, self.head = classes, support, images, head
         return self
 
     def fit(self, images, labels=None, seed=None) -> "FewShotClassifier":
@@ -154,15 +166,15 @@ class FewShotClassifier:
         if isinstance(images, Mapping) and labels is None:
             if not images:
                 raise InputError("empty support set: no classes given")
-            classes, support = [], {}
+            classes, support, kept = [], {}, {}
             for label, imgs in images.items():
                 label = _norm_label(label)
                 try:
-                    support[label] = self.embed(imgs)
+                    support[label], kept[label] = self._embed_keep(imgs)
                 except InputError as e:
                     raise InputError(f"class {label!r}: {e}") from None
                 classes.append(label)
-            return self._commit(classes, support)
+            return self._commit(classes, support, kept)
         if labels is None:
             raise InputError("fit needs labels (or a mapping {label: images})")
         if isinstance(labels, (str, bytes)):
@@ -178,7 +190,8 @@ class FewShotClassifier:
         index = {c: i for i, c in enumerate(classes)}
         lab = np.array([index[l] for l in labels])
         support = {c: emb[lab == i] for i, c in enumerate(classes)}
-        return self._commit(classes, support)
+        pixels = self._pixels(x)
+        return self._commit(classes, support, {c: pixels[lab == i] for i, c in enumerate(classes)})
 
     def add_class(self, label, images) -> "FewShotClassifier":
         """Learn one more class, keeping the others; refits the head on all stored support embeddings.
@@ -195,17 +208,19 @@ class FewShotClassifier:
         """
         label = _norm_label(label)
         try:
-            emb = self.embed(images)
+            emb, pixels = self._embed_keep(images)
         except InputError as e:
             raise InputError(f"class {label!r}: {e}") from None
-        support = dict(self._support)
+        support, kept = dict(self._support), dict(self._images)
         classes = list(self._classes)
         if label in support:
             support[label] = np.concatenate([support[label], emb])
+            old = kept.get(label)
+            kept[label] = None if old is None else np.concatenate([old, pixels])
         else:
-            support[label] = emb
+            support[label], kept[label] = emb, pixels
             classes.append(label)
-        return self._commit(classes, support)
+        return self._commit(classes, support, kept)
 
     def remove_class(self, label) -> "FewShotClassifier":
         """Forget one class and refit the head on the others (no images needed).
@@ -219,7 +234,8 @@ class FewShotClassifier:
         if label not in self._support:
             raise UnknownClassError(f"unknown class {label!r}; known classes: {self._classes!r}")
         support = {c: v for c, v in self._support.items() if c != label}
-        return self._commit([c for c in self._classes if c != label], support)
+        kept = {c: v for c, v in self._images.items() if c != label}
+        return self._commit([c for c in self._classes if c != label], support, kept)
 
     # ------------------------------------------------------------------ prediction
     def _require_fit(self, what: str) -> headlib.AdaptedHead:
@@ -270,8 +286,13 @@ class FewShotClassifier:
         """Return ``{label: float32 (k, D) support embeddings}`` (copies), in column order."""
         return {c: self._support[c].copy() for c in self._classes}
 
+    def support_images(self) -> dict:
+        """Return ``{label: uint8 (k, H, W) support pixels}`` in column order, or None for a class whose
+        images are unknown (restored from a version-1 state); these are what ``save`` keeps."""
+        return {c: None if self._images.get(c) is None else self._images[c].copy() for c in self._classes}
+
     def save(self, path) -> None:
-        """Save the adapted state (labels, support embeddings, adapted head) to ``path`` atomically.
+        """Save the adapted state (labels, support embeddings and images, adapted head) to ``path`` atomically.
 
         Raises:
           NotFittedError: nothing learned yet. StateError: a label is not str/int. OSError.
@@ -279,8 +300,10 @@ class FewShotClassifier:
         head = self._require_fit("save")
         sup = np.concatenate([self._support[c] for c in self._classes])
         lab = np.concatenate([np.full(len(self._support[c]), i, np.int64) for i, c in enumerate(self._classes)])
+        kept = [self._images.get(c) for c in self._classes]
+        images = None if any(k is None for k in kept) else np.concatenate(kept)
         save_state(path, State(self.bundle.manifest_sha256, list(self._classes), sup, lab, head,
-                               dict(self.head_spec.adaptation, tta=self.tta)))
+                               dict(self.head_spec.adaptation, tta=self.tta), images))
 
     @classmethod
     def load(cls, bundle_dir, path, num_threads: int | None = None, delegate: str = "auto",
@@ -305,7 +328,8 @@ class FewShotClassifier:
                 raise StateError(f"{path}: {e}") from None
         classes = [_norm_label(c) for c in st.classes]
         support = {c: st.support[st.support_labels == i] for i, c in enumerate(classes)}
-        clf._classes, clf._support, clf.head = classes, support, st.head
+        images = {c: None if st.images is None else st.images[st.support_labels == i] for i, c in enumerate(classes)}
+        clf._classes, clf._support, clf._images, clf.head = classes, support, images, st.head
         return clf
 
     def __repr__(self) -> str:

@@ -67,3 +67,15 @@ def to_model_input(images: np.ndarray, size: tuple[int, int], invert: bool = Tru
     if invert:
         gray = 1.0 - gray
     return gray[..., None].astype(np.float32)
+
+
+def to_pixels(x: np.ndarray, invert: bool = True, value_range=(0.0, 1.0)) -> np.ndarray:
+    """Model input (N, h, w, 1) -> uint8 gray pixels (N, h, w), 255 = paper: the inverse of ``to_model_input``.
+
+    Kept images go through ``to_model_input`` again (with any bundle's settings) and give back the same
+    int8 input up to rounding, so a state can be re-embedded by another backbone.
+    """
+    lo, hi = (float(v) for v in value_range)
+    x01 = (np.asarray(x, np.float32)[..., 0] - lo) / (hi - lo)
+    gray = 1.0 - x01 if invert else x01
+    return np.clip(np.round(gray * 255.0), 0, 255).astype(np.uint8)

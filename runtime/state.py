@@ -2,12 +2,17 @@
 
 File contents (all arrays; no pickle):
 
-- ``meta``: 0-d unicode JSON ``{"format": "metalite-state", "format_version": 1,
+- ``meta``: 0-d unicode JSON ``{"format": "metalite-state", "format_version": 2,
   "bundle_manifest_sha256", "embedding_dim", "classes": [labels in column order], "activations",
-  "n_layers", "adaptation": {...used settings}, "arrays_sha256", "created"}``
+  "n_layers", "adaptation": {...used settings}, "images": bool, "arrays_sha256", "created"}``
 - ``support``: float32 (n, D) support embeddings, grouped by class in column order;
   ``support_labels``: int64 (n,) column index of each row (so add/remove_class refit without images)
 - ``W{i}``, ``b{i}``: the adapted hidden layers; ``clf_W`` (d, C), ``clf_b`` (C,): the classifier.
+- ``images`` (version 2, when every support image is known): uint8 (n, H, W) gray pixels (255 = paper)
+  of the support images at the bundle's input size, row i belonging to ``support[i]``. They let another
+  backbone re-embed the classes (``metalite.runtime.sync``); 28x28 images cost 784 bytes each.
+
+Version 1 files (no ``images``, no ``meta.images``) still load, with ``images`` None.
 
 ``arrays_sha256`` is the sha256 over every array's name, dtype, shape and bytes, so a corrupt file is
 refused even where the zip CRC would pass. Saving writes a temporary file in the target's directory,
@@ -31,7 +36,8 @@ from .errors import StateError, one_line
 from .head import AdaptedHead
 
 STATE_FORMAT = "metalite-state"
-STATE_FORMAT_VERSION = 1
+STATE_FORMAT_VERSION = 2
+STATE_FORMAT_VERSIONS = (1, 2)  # what load_state reads
 
 
 @dataclass
@@ -44,6 +50,7 @@ class State:
       support: float32 (n, D) support embeddings; support_labels: int64 (n,) column indices.
       head: the ``AdaptedHead``.
       adaptation: the adaptation settings used (for information).
+      images: uint8 (n, H, W) support images in ``support`` row order, or None when not all are known.
     """
 
     bundle_manifest_sha256: str
@@ -52,6 +59,7 @@ class State:
     support_labels: np.ndarray
     head: AdaptedHead
     adaptation: dict
+    images: np.ndarray | None = None
 
 
 def _arrays_digest(arrays: dict) -> str:
@@ -121,6 +129,12 @@ def save_state(path, state: State) -> None:
     for i, (w, b) in enumerate(head.weights):
         arrays[f"W{i}"] = np.asarray(w, np.float32)
         arrays[f"b{i}"] = np.asarray(b, np.float32)
+    if state.images is not None:
+        images = np.asarray(state.images)
+        if images.dtype != np.uint8 or images.ndim != 3 or len(images) != len(arrays["support"]):
+            raise StateError(f"support images must be uint8 (n, H, W) with n = {len(arrays['support'])} "
+                             f"support rows, got {images.dtype} {images.shape}")
+        arrays["images"] = images
     meta = {
         "format": STATE_FORMAT,
         "format_version": STATE_FORMAT_VERSION,
@@ -130,6 +144,7 @@ def save_state(path, state: State) -> None:
         "activations": list(head.activations),
         "n_layers": len(head.weights),
         "adaptation": dict(state.adaptation),
+        "images": state.images is not None,
         "arrays_sha256": _arrays_digest(arrays),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
@@ -171,9 +186,9 @@ def load_state(path, bundle_manifest_sha256: str | None = None, embedding_dim: i
         raise StateError(f"{p}: corrupt metadata ({one_line(e)})") from None
     if not isinstance(meta, dict) or meta.get("format") != STATE_FORMAT:
         raise StateError(f"{p}: not a metalite state file (format {meta.get('format') if isinstance(meta, dict) else None!r})")
-    if meta.get("format_version") != STATE_FORMAT_VERSION:
+    if meta.get("format_version") not in STATE_FORMAT_VERSIONS:
         raise StateError(f"{p}: state format_version {meta.get('format_version')!r} is not supported "
-                         f"(this runtime reads {STATE_FORMAT_VERSION})")
+                         f"(this runtime reads {', '.join(map(str, STATE_FORMAT_VERSIONS))})")
     if _arrays_digest(arrays) != meta.get("arrays_sha256"):
         raise StateError(f"{p}: checksum mismatch; the state file is corrupt")
     want = bundle_manifest_sha256
@@ -195,5 +210,9 @@ def load_state(path, bundle_manifest_sha256: str | None = None, embedding_dim: i
         raise StateError(f"{p}: inconsistent state file (array shapes do not match {len(classes)} classes)")
     if embedding_dim is not None and dim != embedding_dim:
         raise StateError(f"{p}: embeddings have size {dim}, the bundle's backbone gives {embedding_dim}")
+    images = arrays.get("images")
+    if images is not None and (images.dtype != np.uint8 or images.ndim != 3 or len(images) != len(support)):
+        raise StateError(f"{p}: inconsistent state file (support images {images.dtype} {images.shape} "
+                         f"for {len(support)} support rows)")
     return State(have, classes, support.astype(np.float32), labels.astype(np.int64), head,
-                 dict(meta.get("adaptation") or {}))
+                 dict(meta.get("adaptation") or {}), images)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import click
 
-from . import cli_bench, cli_compress, cli_export, cli_runtime, cli_train
+from . import cli_bench, cli_compress, cli_device, cli_export, cli_fleet, cli_runtime, cli_train
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -18,11 +18,12 @@ def main():
     \b
     Workstation:  train -> evaluate -> compress -> export -> inspect -> bench
     Device:       adapt (learn classes from a few images) -> predict
+    Fleet:        serve + fleet enroll/publish/status (server) <-> sync + device ... (devices)
     Run `metalite COMMAND --help` for each step.
     """
 
 
-for _module in (cli_train, cli_compress, cli_export, cli_runtime, cli_bench):
+for _module in (cli_train, cli_compress, cli_export, cli_runtime, cli_bench, cli_fleet, cli_device):
     _module.register(main)
 
 

@@ -1,0 +1,66 @@
+"""A fleet server's directory (``--root``): database, blob store and signing key.
+
+Layout (docs/fleet.md)::
+
+    ROOT/
+      fleet.sqlite (+ -wal, -shm)   devices, releases, examples, uploaded images, events
+      blobs/ab/ab12…                bundle and model files, named by their sha256
+      signing_key.pem               Ed25519 private key (0600); public_key.txt: its public key in hex
+"""
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+from . import db as dblib
+from . import keys
+from .blobs import BlobStore
+from .errors import FleetError
+
+DB_FILE = "fleet.sqlite"
+
+
+class FleetRoot:
+    """Opens a fleet directory.
+
+    Args:
+      path: the directory.
+      create: create it (and the database) if missing; otherwise a missing root is a ``FleetError``.
+    """
+
+    def __init__(self, path, create: bool = False):
+        self.path = Path(path).expanduser().absolute()
+        if not (self.path / DB_FILE).is_file():
+            if not create:
+                raise FleetError(f"{self.path}: not a fleet root (no {DB_FILE}); check --root")
+            try:
+                self.path.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise FleetError(f"cannot create {self.path}: {e.strerror}") from None
+        self.blobs = BlobStore(self.path / "blobs")
+        self._local = threading.local()
+        self._key = None
+        self._key_lock = threading.Lock()
+        self.db()  # creates the schema now, not in the first request
+
+    def db(self):
+        """This thread's connection to the database."""
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = dblib.connect(self.path / DB_FILE)
+        return conn
+
+    def signing_key(self) -> tuple:
+        """(Ed25519 private key, public hex, created now?); creates the key on first use (needs cryptography)."""
+        with self._key_lock:
+            if self._key is None:
+                try:
+                    self._key = keys.load_or_create(self.path)
+                except ImportError:
+                    raise FleetError("signing needs the 'cryptography' package: pip install 'metalite[serve]'") from None
+            return self._key
+
+    def public_key(self) -> str | None:
+        """The public key in hex, or None if no key was created yet (reads ``public_key.txt``)."""
+        p = self.path / keys.PUBLIC_FILE
+        return p.read_text().strip() if p.is_file() else None

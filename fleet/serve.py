@@ -1,0 +1,35 @@
+"""Run the fleet server: open (or create) the root and its signing key, bind, serve with uvicorn.
+
+``--port 0`` binds a free port; the address is printed either way (tests and scripts read that line).
+"""
+from __future__ import annotations
+
+import socket
+
+from .app import create_app
+from .root import FleetRoot
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening-ready TCP socket on (host, port); port 0 picks a free one."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    return sock
+
+
+def serve(root_dir, host: str = "127.0.0.1", port: int = 8765, max_body: int = 4 << 20, say=print) -> None:
+    """Serve the fleet at ``root_dir`` until interrupted (SIGINT/SIGTERM stop it cleanly)."""
+    import uvicorn
+
+    root = FleetRoot(root_dir, create=True)
+    _, public, created = root.signing_key()
+    say(f"{'created' if created else 'using'} signing key {root.path / 'signing_key.pem'}")
+    say(f"public key: {public}")
+    sock = bind(host, port)
+    shown = f"[{host}]" if ":" in host else host
+    say(f"serving {root.path} on http://{shown}:{sock.getsockname()[1]}")
+    config = uvicorn.Config(create_app(root, max_body), log_level="warning", access_log=False,
+                            timeout_keep_alive=5, limit_concurrency=512)
+    uvicorn.Server(config).run(sockets=[sock])

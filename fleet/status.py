@@ -1,0 +1,39 @@
+"""``fleet status``: the fleet at a glance, as a dict (for --json) and as text lines."""
+from __future__ import annotations
+
+import time
+
+from . import devices, examples, releases
+
+
+def status(root) -> dict:
+    """{"root", "public_key", "latest", "releases": [...], "devices": [...], "examples": {kind: n}}."""
+    rels = releases.list_releases(root)
+    return {"root": str(root.path), "public_key": root.public_key(), "latest": rels[-1]["version"] if rels else None,
+            "releases": rels, "devices": devices.list_devices(root), "examples": examples.counts(root)}
+
+
+def _ago(t, now) -> str:
+    if t is None:
+        return "never"
+    s = max(0.0, now - t)
+    return f"{s:.0f} s ago" if s < 120 else f"{s / 60:.0f} min ago" if s < 7200 else f"{s / 3600:.1f} h ago"
+
+
+def status_lines(st: dict) -> list:
+    """Human-readable lines of a ``status`` dict."""
+    now = time.time()
+    ex = st["examples"]
+    lines = [f"fleet {st['root']}", f"public key: {st['public_key'] or '(none yet: start serve or publish)'}",
+             f"latest version: {st['latest'] or '(none published)'}; examples received: "
+             + (", ".join(f"{n} {k}" for k, n in sorted(ex.items())) or "none")]
+    for r in st["releases"][-5:]:
+        lines.append(f"  v{r['version']}  {time.strftime('%Y-%m-%d %H:%M', time.gmtime(r['created']))}  "
+                     f"{r['files']} files {r['bytes'] / 1024:.0f} KiB  {r['note']}".rstrip())
+    lines.append(f"devices: {len(st['devices'])}")
+    for d in st["devices"]:
+        state = "REVOKED" if d["revoked"] else f"v{d['version']}" if d["version"] is not None else "no bundle"
+        last = f"  last update {d['last_event']}: {d['last_reason'] or 'ok'}" if d["last_event"] else ""
+        lines.append(f"  {d['name']:<20} {state:<10} seen {_ago(d['last_seen'], now):<12} "
+                     f"examples {d['examples']:<6} outbox {d['pending'] if d['pending'] is not None else '?'}{last}")
+    return lines

@@ -1,0 +1,119 @@
+"""HTTP client for the fleet server, standard library only (urllib): JSON calls and checked downloads.
+
+Every failure is one of ``ServerUnreachableError`` (no answer, connection cut: try again later),
+``ServerRefusedError`` (an HTTP error, with the server's one-line reason) or, for downloads,
+``UpdateRefusedError`` (truncated, too long or wrong sha256).
+"""
+from __future__ import annotations
+
+import hashlib
+import http.client
+import json
+import os
+import socket
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+from .errors import ServerRefusedError, ServerUnreachableError, SyncError, UpdateRefusedError
+
+_CHUNK = 1 << 16
+_NETWORK_ERRORS = (urllib.error.URLError, http.client.HTTPException, ConnectionError, socket.timeout, TimeoutError)
+
+
+def _detail(err: urllib.error.HTTPError) -> str:
+    try:
+        body = json.loads(err.read(4096).decode("utf-8", "replace"))
+        detail = body.get("detail") if isinstance(body, dict) else None
+    except (ValueError, OSError, http.client.HTTPException):
+        detail = None
+    text = str(detail or err.reason or "").strip()
+    return text.splitlines()[0] if text else ""
+
+
+class FleetClient:
+    """Talks to one fleet server.
+
+    Args:
+      server: base URL, ``http://host:port`` or ``https://...``.
+      token: the device token from ``metalite fleet enroll`` (None: only public endpoints work).
+      timeout: seconds to wait for each connect/read.
+    """
+
+    def __init__(self, server: str, token: str | None, timeout: float = 30.0):
+        url = urllib.parse.urlsplit(str(server))
+        if url.scheme not in ("http", "https") or not url.netloc:
+            raise SyncError(f"server must be an http:// or https:// URL, got {server!r}")
+        self.server = str(server).rstrip("/")
+        self.token = token
+        self.timeout = float(timeout)
+
+    def _open(self, method: str, path: str, body: bytes | None = None):
+        headers = {"Accept": "application/json", "User-Agent": "metalite-sync"}
+        if body is not None:
+            headers["Content-Type"] = "application/json"
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        req = urllib.request.Request(self.server + path, data=body, headers=headers, method=method)
+        try:
+            return urllib.request.urlopen(req, timeout=self.timeout)
+        except urllib.error.HTTPError as e:
+            raise ServerRefusedError(f"{method} {path}: HTTP {e.code} {_detail(e)}".rstrip(), e.code) from None
+        except _NETWORK_ERRORS as e:
+            reason = getattr(e, "reason", None) or e
+            raise ServerUnreachableError(f"cannot reach {self.server} ({reason})") from None
+
+    def call(self, method: str, path: str, payload=None, missing_ok: bool = False):
+        """Send JSON (or nothing), return the decoded JSON answer; None for HTTP 404 if ``missing_ok``."""
+        body = None if payload is None else json.dumps(payload, separators=(",", ":")).encode("utf-8")
+        try:
+            with self._open(method, path, body) as resp:
+                data = resp.read()
+        except ServerRefusedError as e:
+            if missing_ok and e.status == 404:
+                return None
+            raise
+        except _NETWORK_ERRORS as e:
+            raise ServerUnreachableError(f"{method} {path}: connection cut ({e})") from None
+        try:
+            return json.loads(data.decode("utf-8")) if data else None
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise ServerRefusedError(f"{method} {path}: the server's answer is not JSON", 502) from None
+
+    def download(self, path: str, dest, expected_bytes: int, expected_sha256: str) -> None:
+        """Stream ``path`` into the file ``dest``, checking its size and sha256 on the way.
+
+        Raises:
+          UpdateRefusedError: the body is shorter or longer than ``expected_bytes`` or its hash differs
+            (``dest`` is removed).
+          ServerRefusedError, ServerUnreachableError: as for ``call``.
+        """
+        dest = Path(dest)
+        h, n = hashlib.sha256(), 0
+        try:
+            with self._open("GET", path) as resp, open(dest, "wb") as f:
+                while True:
+                    try:
+                        block = resp.read(min(_CHUNK, expected_bytes - n + 1))
+                    except (http.client.IncompleteRead, ConnectionError, socket.timeout, TimeoutError) as e:
+                        raise UpdateRefusedError(f"{dest.name}: download cut after {n} of {expected_bytes} bytes "
+                                                 f"({type(e).__name__}); refused") from None
+                    if not block:
+                        break
+                    n += len(block)
+                    if n > expected_bytes:
+                        raise UpdateRefusedError(f"{dest.name}: server sent more than the signed {expected_bytes} "
+                                                 "bytes; refused")
+                    h.update(block)
+                    f.write(block)
+                f.flush()
+                os.fsync(f.fileno())
+            if n != expected_bytes:
+                raise UpdateRefusedError(f"{dest.name}: truncated download ({n} of {expected_bytes} bytes); refused")
+            if h.hexdigest() != expected_sha256:
+                raise UpdateRefusedError(f"{dest.name}: sha256 {h.hexdigest()[:12]}… does not match the signed "
+                                         f"{expected_sha256[:12]}…; refused")
+        except BaseException:
+            dest.unlink(missing_ok=True)
+            raise

@@ -1,0 +1,84 @@
+"""``ReportingClassifier``: a ``FewShotClassifier`` that keeps what it was unsure of, and corrections, in an outbox.
+
+The design's "should the model be updated?": a prediction whose top probability is below ``threshold``
+goes to the outbox with its image; ``correct(image, label)`` records a user's correction (and, by
+default, learns from it). ``metalite.runtime.sync.sync`` uploads the outbox when the server is reachable.
+"""
+from __future__ import annotations
+
+import sqlite3
+import warnings
+
+import numpy as np
+
+from ..classifier import FewShotClassifier
+from ..images import as_model_input
+
+
+class ReportingClassifier(FewShotClassifier):
+    """A few-shot classifier feeding an ``Outbox``.
+
+    Args:
+      bundle_dir: as for ``FewShotClassifier``.
+      outbox: an ``Outbox``, or None to record nothing.
+      threshold: predictions with top probability below this are recorded (default 0.6).
+      version: the bundle version (recorded with each example; ``DeviceHome`` sets it).
+      **kwargs: as for ``FewShotClassifier``.
+
+    Attributes:
+      outbox_errors: examples that could not be recorded (disk full, ...); predict never fails for them.
+    """
+
+    def __init__(self, bundle_dir, outbox=None, threshold: float = 0.6, version: int | None = None, **kwargs):
+        super().__init__(bundle_dir, **kwargs)
+        self.outbox, self.threshold, self.version = outbox, float(threshold), version
+        self.outbox_errors = 0
+
+    def _record(self, kind: str, x: np.ndarray, rows, labels, predicted, confidences) -> None:
+        try:
+            self.outbox.add(kind, self._pixels(x[rows]), labels, predicted, confidences, self.version)
+        except (sqlite3.Error, OSError) as e:
+            first = self.outbox_errors == 0
+            self.outbox_errors += len(rows)
+            if first:
+                warnings.warn(f"outbox: cannot record examples ({e}); predictions go on", RuntimeWarning)
+
+    def predict_proba(self, images) -> np.ndarray:
+        """As ``FewShotClassifier.predict_proba``; rows below ``threshold`` go to the outbox as ``unsure``."""
+        head = self._require_fit("predict_proba")
+        x = as_model_input(images, self.bundle.input_shape, self.bundle.preprocess)
+        proba = head.predict_proba(self._embed_input(x)).astype(np.float32)
+        if self.outbox is not None:
+            conf = proba.max(axis=1)
+            low = np.flatnonzero(conf < self.threshold)
+            if low.size:
+                best = proba[low].argmax(axis=1)
+                self._record("unsure", x, low, None, [self._classes[k] for k in best], conf[low])
+        return proba
+
+    def predict(self, images) -> list:
+        """As ``FewShotClassifier.predict``; unsure predictions go to the outbox."""
+        proba = self.predict_proba(images)
+        return [self._classes[k] for k in proba.argmax(axis=1)]
+
+    def correct(self, images, label, learn: bool = True) -> "ReportingClassifier":
+        """Record that ``images`` show ``label`` (a user's correction) and, if ``learn``, add them to its class.
+
+        Args:
+          images: one image or several (any form ``embed`` takes).
+          label: the right label (str or int).
+          learn: also ``add_class(label, images)`` so the device stops making this mistake.
+        Returns:
+          self.
+        """
+        x = as_model_input(images, self.bundle.input_shape, self.bundle.preprocess)
+        predicted = confidences = None
+        if self.head is not None:
+            proba = self.head.predict_proba(self._embed_input(x))
+            predicted = [self._classes[k] for k in proba.argmax(axis=1)]
+            confidences = proba.max(axis=1)
+        if self.outbox is not None:
+            self._record("correction", x, np.arange(len(x)), [label] * len(x), predicted, confidences)
+        if learn:
+            self.add_class(label, self._pixels(x))
+        return self

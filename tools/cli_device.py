@@ -1,0 +1,170 @@
+"""The device's fleet commands: ``metalite sync`` and ``metalite device adapt|predict|correct|status``.
+
+They work on a device home (``--home``, layout in docs/fleet.md) and import only ``metalite.runtime``
+(plus ``cryptography`` when a signature is checked), like ``adapt``/``predict``.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from .cli_runtime import DELEGATE_CHOICE, _errors, _support_folders
+
+HOME = click.option("--home", required=True, envvar="METALITE_HOME", type=click.Path(file_okay=False, path_type=Path),
+                    help="The device home (created if missing). Env: METALITE_HOME.")
+
+
+def _home(path: Path):
+    from metalite.runtime.sync import DeviceHome
+
+    return DeviceHome(path)
+
+
+def _say(msg: str) -> None:
+    click.echo(f"sync: {msg}", err=True)
+
+
+@click.command("sync")
+@click.option("--server", required=True, envvar="METALITE_SERVER", help="Fleet server URL. Env: METALITE_SERVER.")
+@click.option("--token", required=True, envvar="METALITE_TOKEN",
+              help="This device's token from 'metalite fleet enroll'. Env: METALITE_TOKEN.")
+@click.option("--pubkey", envvar="METALITE_PUBKEY", default=None,
+              help="The server's public key (hex, or a file holding it). Env: METALITE_PUBKEY.")
+@HOME
+@click.option("--allow-unsigned", is_flag=True, help="Accept releases without checking a signature (unsafe).")
+@click.option("--allow-older", is_flag=True, help="Accept a version older than the running one.")
+@click.option("--max-accuracy-drop", type=click.FloatRange(0, 1), default=None,
+              help="Largest allowed drop of leave-one-out accuracy on the support set [home config, 0.1].")
+@click.option("--no-upload", is_flag=True, help="Do not upload the outbox.")
+@click.option("--no-update", is_flag=True, help="Do not look for a newer bundle.")
+@click.option("--delegate", type=DELEGATE_CHOICE, default="auto", show_default=True)
+@click.option("--timeout", type=click.FloatRange(min=0.1), default=30.0, show_default=True, help="Seconds per HTTP call.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@_errors
+def sync_cmd(server, token, pubkey, home, allow_unsigned, allow_older, max_accuracy_drop, no_upload, no_update,
+             delegate, timeout, as_json):
+    """Upload the outbox, then take a newer signed bundle if the server has one (re-embedding the classes).
+
+    \b
+    Exit status: 0 done (also when the server is unreachable: the outbox is kept),
+    3 an offered update was refused or failed (the old version keeps running), 1 other errors.
+    """
+    from dataclasses import asdict
+
+    from metalite.runtime.sync import parse_public_key, sync
+
+    key = parse_public_key(pubkey) if pubkey else None
+    r = sync(_home(home), server, token, key, allow_unsigned=allow_unsigned, allow_older=allow_older,
+             max_drop=max_accuracy_drop, upload=not no_upload, update=not no_update, delegate=delegate,
+             timeout=timeout, say=_say)
+    if as_json:
+        click.echo(json.dumps(asdict(r), indent=2))
+    elif r.offline:
+        click.echo(f"offline: server not reachable; {r.pending} examples kept in the outbox")
+    else:
+        u = r.update
+        news = ("no release published" if u is None else f"v{u.running} is current" if u.status == "current"
+                else f"switched to v{u.offered}" if u.status == "switched" else f"v{u.offered} {u.status}: {u.reason}")
+        click.echo(f"uploaded {r.uploaded} examples ({r.duplicates} already there), {r.pending} waiting; {news}")
+    if r.update is not None and r.update.status in ("refused", "failed"):
+        sys.exit(3)
+
+
+@click.group("device")
+def device_group():
+    """Use a device home: learn classes, predict (unsure ones go to the outbox), correct, status."""
+
+
+@device_group.command("adapt")
+@click.argument("support_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@HOME
+@click.option("--add", is_flag=True, help="Add these classes to the learned ones instead of replacing them.")
+@click.option("--delegate", type=DELEGATE_CHOICE, default="auto", show_default=True)
+@_errors
+def device_adapt_cmd(support_dir, home, add, delegate):
+    """Learn the classes in SUPPORT_DIR (one folder of images per class) on the running version; save the state."""
+    h = _home(home)
+    classes = {name: [str(p) for p in paths] for name, paths in _support_folders(support_dir).items()}
+    clf = h.classifier(delegate=delegate)
+    if add and clf.head is not None:
+        for name, paths in classes.items():
+            clf.add_class(name, paths)
+    else:
+        clf.fit(classes)
+    h.save(clf)
+    click.echo(f"v{clf.version}: {len(clf.classes)} classes learned; state saved in {h.state_path()}")
+
+
+@device_group.command("predict")
+@click.argument("images", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@HOME
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
+@click.option("--delegate", type=DELEGATE_CHOICE, default="auto", show_default=True)
+@_errors
+def device_predict_cmd(images, home, as_json, delegate):
+    """Classify IMAGE...; those below the home's confidence threshold are kept in the outbox."""
+    h = _home(home)
+    clf = h.classifier(delegate=delegate)
+    before = h.outbox().pending()
+    proba = clf.predict_proba([str(p) for p in images])
+    rows = [{"image": str(p), "label": clf.classes[k], "confidence": round(float(proba[i, k]), 6)}
+            for i, (p, k) in enumerate(zip(images, proba.argmax(axis=1)))]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+    else:
+        for r in rows:
+            click.echo(f"{r['image']}\t{r['label']}\t{r['confidence']:.4f}")
+    click.echo(f"{h.outbox().pending() - before} unsure predictions kept in the outbox "
+               f"(threshold {clf.threshold})", err=True)
+
+
+@device_group.command("correct")
+@click.argument("images", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--label", required=True, help="What IMAGE... really show.")
+@HOME
+@click.option("--no-learn", is_flag=True, help="Only report the correction; do not add the images to the class.")
+@click.option("--delegate", type=DELEGATE_CHOICE, default="auto", show_default=True)
+@_errors
+def device_correct_cmd(images, label, home, no_learn, delegate):
+    """Record that IMAGE... show --label (sent to the server) and learn them, so the mistake is not repeated."""
+    h = _home(home)
+    clf = h.classifier(delegate=delegate)
+    clf.correct([str(p) for p in images], label, learn=not no_learn)
+    if not no_learn:
+        h.save(clf)
+    click.echo(f"{len(images)} corrections to {label!r} kept in the outbox"
+               + ("" if no_learn else f"; class {label!r} now has them"))
+
+
+@device_group.command("status")
+@HOME
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@_errors
+def device_status_cmd(home, as_json):
+    """The running version, its classes and the outbox."""
+    from metalite.runtime.state import load_state
+
+    h = _home(home)
+    cur = h.current()
+    st = {"home": str(h.root), "version": cur and cur["version"], "previous": cur and cur.get("previous"),
+          "switched": cur and cur.get("switched"), "classes": [], "support_images": 0,
+          "outbox": h.outbox().pending(), "dropped": h.outbox().dropped}
+    if cur is not None and h.state_path().is_file():
+        s = load_state(h.state_path())
+        st.update(classes=s.classes, support_images=len(s.support), images_kept=s.images is not None)
+    if as_json:
+        click.echo(json.dumps(st, indent=2))
+        return
+    click.echo(f"{h.root}: " + (f"v{st['version']} (switched {st['switched']})" if cur else "no bundle yet (run 'metalite sync')"))
+    click.echo(f"classes: {len(st['classes'])} ({st['support_images']} support images)"
+               + (f": {', '.join(map(str, st['classes'][:10]))}" if st["classes"] else ""))
+    click.echo(f"outbox: {st['outbox']} waiting, {st['dropped']} dropped when full")
+
+
+def register(group: click.Group) -> None:
+    """Add ``sync`` and the ``device`` group to ``group``."""
+    group.add_command(sync_cmd)
+    group.add_command(device_group)

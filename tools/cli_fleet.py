@@ -1,0 +1,136 @@
+"""The server-side commands: ``metalite serve`` and ``metalite fleet enroll|publish|rollback|status|revoke|pubkey``.
+
+FastAPI, uvicorn and cryptography (extra ``serve``) are imported inside the commands only.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from .cli_runtime import _errors
+
+ROOT = click.option("--root", required=True, type=click.Path(file_okay=False, path_type=Path),
+                    help="The fleet's directory (database, blobs, signing key).")
+
+
+def _open(root: Path, create: bool = False):
+    from metalite.fleet import FleetRoot
+
+    return FleetRoot(root, create=create)
+
+
+def _need(module: str, extra: str = "serve"):
+    try:
+        __import__(module)
+    except ImportError:
+        raise click.ClickException(f"this command needs {module}: pip install 'metalite[{extra}]'") from None
+
+
+@click.command("serve")
+@ROOT
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: all).")
+@click.option("--port", type=click.IntRange(0, 65535), default=8765, show_default=True, help="0 picks a free port.")
+@click.option("--max-request-bytes", type=click.IntRange(min=1024), default=4 << 20, show_default=True,
+              help="Larger request bodies are refused (HTTP 413).")
+@_errors
+def serve_cmd(root, host, port, max_request_bytes):
+    """Run the fleet server devices sync with (HTTP; creates --root and its signing key on first start)."""
+    for module in ("fastapi", "uvicorn", "cryptography"):
+        _need(module)
+    from metalite.fleet.serve import serve
+
+    serve(root, host, port, max_request_bytes, say=lambda m: click.echo(m, err=True))
+
+
+@click.group("fleet")
+def fleet_group():
+    """Administer a fleet on the server machine: devices, signed bundle versions, status."""
+
+
+@fleet_group.command("enroll")
+@click.argument("name")
+@ROOT
+@click.option("--rotate", is_flag=True, help="Give an enrolled (or revoked) device a new token; the old one stops working.")
+@_errors
+def enroll_cmd(name, root, rotate):
+    """Register device NAME and print its token once (stdout; it is stored only as a hash)."""
+    from metalite.fleet import enroll
+
+    token = enroll(_open(root, create=True), name, rotate=rotate)
+    click.echo(f"{'new token for' if rotate else 'enrolled'} device {name!r}; its token (shown only now):", err=True)
+    click.echo(token)
+
+
+@fleet_group.command("publish")
+@click.argument("bundle", type=click.Path(exists=True, path_type=Path))
+@ROOT
+@click.option("--model", "model_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="The float model directory BUNDLE was exported from, kept with the version (for later updates).")
+@click.option("--note", default="", help="Free text shown by 'fleet status'.")
+@_errors
+def publish_cmd(bundle, root, model_dir, note):
+    """Verify BUNDLE, sign it and store it as the next version; devices take it at their next sync."""
+    _need("cryptography")
+    from metalite.fleet import publish
+
+    fleet = _open(root, create=True)
+    if fleet.signing_key()[2]:
+        click.echo(f"created signing key; public key: {fleet.public_key()}", err=True)
+    r = publish(fleet, bundle, model_dir=model_dir, note=note)
+    extra = f", model dir {r['model_files']} files" if model_dir else ""
+    click.echo(f"published v{r['version']}: {r['files']} files, {r['bytes'] / 1024:.0f} KiB, "
+               f"manifest {r['manifest_sha256'][:12]}…{extra}")
+
+
+@fleet_group.command("rollback")
+@ROOT
+@click.option("--to", "to_version", type=click.IntRange(min=1), required=True, help="The version to go back to.")
+@_errors
+def rollback_cmd(root, to_version):
+    """Publish the files of an earlier version again, as the next version (devices only move forward)."""
+    _need("cryptography")
+    from metalite.fleet import rollback
+
+    r = rollback(_open(root), to_version)
+    click.echo(f"published v{r['version']} = the files of v{to_version}")
+
+
+@fleet_group.command("status")
+@ROOT
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@_errors
+def status_cmd(root, as_json):
+    """Devices (version running, last seen, examples received, last update problem) and versions."""
+    from metalite.fleet.status import status, status_lines
+
+    st = status(_open(root))
+    click.echo(json.dumps(st, indent=2) if as_json else "\n".join(status_lines(st)))
+
+
+@fleet_group.command("revoke")
+@click.argument("name")
+@ROOT
+@_errors
+def revoke_cmd(name, root):
+    """Refuse device NAME's token from now on (its uploads stay)."""
+    from metalite.fleet import revoke
+
+    revoke(_open(root), name)
+    click.echo(f"revoked device {name!r}")
+
+
+@fleet_group.command("pubkey")
+@ROOT
+@_errors
+def pubkey_cmd(root):
+    """Print the fleet's public key (what devices get as --pubkey); creates the key if needed."""
+    _need("cryptography")
+    click.echo(_open(root, create=True).signing_key()[1])
+
+
+def register(group: click.Group) -> None:
+    """Add ``serve`` and the ``fleet`` group to ``group``."""
+    group.add_command(serve_cmd)
+    group.add_command(fleet_group)
