@@ -93,6 +93,10 @@ class FleetClient:
         h, n = hashlib.sha256(), 0
         try:
             with self._open("GET", path) as resp, open(dest, "wb") as f:
+                length = resp.headers.get("Content-Length")
+                if length is not None and length.isdigit() and int(length) != expected_bytes:
+                    raise UpdateRefusedError(f"{dest.name}: the server sends {length} bytes, the signed release says "
+                                             f"{expected_bytes}; refused")
                 while True:
                     try:
                         block = resp.read(min(_CHUNK, expected_bytes - n + 1))
@@ -110,7 +114,8 @@ class FleetClient:
                 f.flush()
                 os.fsync(f.fileno())
             if n != expected_bytes:
-                raise UpdateRefusedError(f"{dest.name}: truncated download ({n} of {expected_bytes} bytes); refused")
+                raise UpdateRefusedError(f"{dest.name}: truncated download ({n} of {expected_bytes} bytes, the "
+                                         "connection ended early); refused")
             if h.hexdigest() != expected_sha256:
                 raise UpdateRefusedError(f"{dest.name}: sha256 {h.hexdigest()[:12]}… does not match the signed "
                                          f"{expected_sha256[:12]}…; refused")
