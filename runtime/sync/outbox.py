@@ -2,21 +2,31 @@
 
 What goes in: predictions below the confidence threshold (``kind="unsure"``) and user corrections
 (``kind="correction"``, with the right label), each with its image as uint8 gray pixels at the
-bundle's input size. Every row gets an id made here (uuid4 hex) that the upload carries, so a retried
+bundle's input size. Every row gets an id made here (random per opening + a counter, 32 hex digits) that
+the upload carries, so a retried
 upload never duplicates an example on the server, and a row leaves the outbox only once the server has
 acknowledged its id. When more than ``capacity`` rows wait, the oldest ``unsure`` rows go first, then
 the oldest of any kind; ``dropped`` counts them.
 
-Durability: WAL with ``synchronous=NORMAL`` by default; a crash or kill of the process loses nothing,
-a power cut may lose the last commits. ``durable=True`` (``synchronous=FULL``) fsyncs every commit.
+Two ways in. ``add(..., wait=True)`` commits before it returns (corrections). ``add(..., wait=False)``
+queues the rows for a background thread that commits whatever is queued in one transaction (unsure
+predictions: ~6 us per row instead of ~60 us for a commit each, off the predicting thread). Queued rows
+reach the database within milliseconds, and at the latest with the next ``wait=True`` add, ``flush()``,
+``pending()``/``oldest()``, ``close()`` or interpreter exit; a hard kill in that moment can lose them.
+
+Durability of committed rows: WAL with ``synchronous=NORMAL``; a crash or kill of the process loses
+nothing, a power cut may lose the last commits. ``durable=True`` (``synchronous=FULL``) fsyncs each commit.
 """
 from __future__ import annotations
 
+import atexit
 import json
 import sqlite3
 import threading
 import time
 import uuid
+import warnings
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +52,18 @@ def _json_or_none(v):
     return json.dumps(v)
 
 
+_OPEN: "weakref.WeakSet" = weakref.WeakSet()
+
+
+@atexit.register
+def _flush_open_outboxes() -> None:
+    for ob in list(_OPEN):
+        try:
+            ob.flush()
+        except Exception:  # noqa: BLE001 - best effort at exit
+            pass
+
+
 class Outbox:
     """Examples waiting for upload, in an SQLite file.
 
@@ -49,21 +71,31 @@ class Outbox:
       path: the database file (created with its directory if missing).
       capacity: most rows kept (default 1000; about 1 KB each for 28x28 images).
       durable: fsync every commit (slower; see the module docstring).
+
+    Attributes:
+      write_errors: queued rows the background writer could not store (disk full, ...).
     """
 
     def __init__(self, path, capacity: int = 1000, durable: bool = False):
         self.path = Path(path)
         self.capacity = max(1, int(capacity))
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the connection
+        self._cv = threading.Condition()  # the queue
+        self._queue: list = []
+        self._busy = self._closed = False
+        self._writer: threading.Thread | None = None
+        self.write_errors = 0
+        self._prefix, self._count = uuid.uuid4().hex[:22], 0  # ids: random per opening + a counter (cheap, unique)
         self._db = sqlite3.connect(str(self.path), timeout=30.0, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
         self._db.executescript(_SCHEMA)
+        _OPEN.add(self)
 
     def add(self, kind: str, pixels: np.ndarray, labels=None, predicted=None, confidences=None,
-            version: int | None = None) -> list:
-        """Queue examples in one transaction; returns their ids.
+            version: int | None = None, wait: bool = True) -> list:
+        """Queue examples; with ``wait`` they (and everything queued before) are committed on return.
 
         Args:
           kind: ``"unsure"`` or ``"correction"``.
@@ -71,19 +103,39 @@ class Outbox:
           labels, predicted: per-image true label (corrections) and predicted label, or None.
           confidences: per-image confidence of ``predicted``, or None.
           version: the bundle version that made the prediction.
+          wait: commit now (True) or leave it to the background writer (False).
+        Returns:
+          the new rows' ids.
         """
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
         px = np.ascontiguousarray(pixels, np.uint8)
         if px.ndim != 3:
             raise ValueError(f"pixels must be (n, H, W), got shape {px.shape}")
-        n = len(px)
+        n, now = len(px), time.time()
         labels = [None] * n if labels is None else list(labels)
         predicted = [None] * n if predicted is None else list(predicted)
         confidences = [None] * n if confidences is None else [float(c) for c in confidences]
-        now, ids = time.time(), [uuid.uuid4().hex for _ in range(n)]
+        with self._cv:
+            first, self._count = self._count, self._count + n
+        ids = [f"{self._prefix}{first + i:010x}" for i in range(n)]
         rows = [(ids[i], kind, _json_or_none(labels[i]), _json_or_none(predicted[i]), confidences[i], version, now,
                  px.shape[1], px.shape[2], px[i].tobytes()) for i in range(n)]
+        with self._cv:
+            if self._closed:
+                raise sqlite3.ProgrammingError(f"{self.path}: the outbox is closed")
+            if not wait:
+                self._queue.extend(rows)
+                self._cv.notify()
+                if self._writer is None:
+                    self._writer = threading.Thread(target=self._write_queued, name="metalite-outbox", daemon=True)
+                    self._writer.start()
+                return ids
+            rows, self._queue = self._queue + rows, []  # keep the order: what was queued first goes first
+        self._insert(rows)
+        return ids
+
+    def _insert(self, rows: list) -> None:
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
@@ -94,7 +146,33 @@ class Outbox:
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
-        return ids
+
+    def _write_queued(self) -> None:
+        """The background writer: commit whatever is queued, until closed and drained."""
+        while True:
+            with self._cv:
+                while not self._queue and not self._closed:
+                    self._cv.wait()
+                if not self._queue:
+                    return
+                batch, self._queue, self._busy = self._queue, [], True
+            try:
+                self._insert(batch)
+            except (sqlite3.Error, OSError) as e:
+                first = self.write_errors == 0
+                self.write_errors += len(batch)
+                if first:
+                    warnings.warn(f"outbox {self.path}: cannot store examples ({e})", RuntimeWarning)
+            finally:
+                with self._cv:
+                    self._busy = False
+                    self._cv.notify_all()
+
+    def flush(self) -> None:
+        """Wait until every queued row is committed."""
+        with self._cv:
+            while self._queue or self._busy:
+                self._cv.wait()
 
     def _trim(self) -> None:
         excess = self._db.execute("SELECT count(*) FROM examples").fetchone()[0] - self.capacity
@@ -110,20 +188,23 @@ class Outbox:
                              "DO UPDATE SET value = value + excluded.value", (dropped,))
 
     def pending(self) -> int:
-        """Number of examples waiting for upload."""
+        """Number of examples waiting for upload (queued ones are committed first)."""
+        self.flush()
         with self._lock:
             return self._db.execute("SELECT count(*) FROM examples").fetchone()[0]
 
     @property
     def dropped(self) -> int:
         """Examples discarded because the outbox was full, since it was created."""
+        self.flush()
         with self._lock:
             row = self._db.execute("SELECT value FROM counters WHERE name = 'dropped'").fetchone()
         return int(row[0]) if row else 0
 
     def oldest(self, n: int) -> list:
         """The ``n`` oldest examples as dicts (id, kind, label, predicted, confidence, version, created,
-        height, width, pixels: bytes)."""
+        height, width, pixels: bytes); queued ones are committed first."""
+        self.flush()
         with self._lock:
             cur = self._db.execute("SELECT id, kind, label, predicted, confidence, version, created, height, width, "
                                    "pixels FROM examples ORDER BY seq LIMIT ?", (int(n),))
@@ -151,9 +232,17 @@ class Outbox:
         return n
 
     def close(self) -> None:
-        """Close the database (further calls fail)."""
+        """Commit what is queued, stop the writer, close the database (further adds fail)."""
+        with self._cv:
+            if self._closed:
+                return
+            self._closed = True
+            self._cv.notify_all()
+        if self._writer is not None:
+            self._writer.join()
         with self._lock:
             self._db.close()
+        _OPEN.discard(self)
 
     def __enter__(self):
         return self

@@ -1,8 +1,9 @@
 """``ReportingClassifier``: a ``FewShotClassifier`` that keeps what it was unsure of, and corrections, in an outbox.
 
 The design's "should the model be updated?": a prediction whose top probability is below ``threshold``
-goes to the outbox with its image; ``correct(image, label)`` records a user's correction (and, by
-default, learns from it). ``metalite.runtime.sync.sync`` uploads the outbox when the server is reachable.
+goes to the outbox with its image (queued for the outbox's background writer, so ``predict`` does not
+wait for a commit); ``correct(image, label)`` records a user's correction, committed before it returns
+(and, by default, learns from it). ``metalite.runtime.sync.sync`` uploads the outbox when the server is reachable.
 """
 from __future__ import annotations
 
@@ -34,9 +35,9 @@ class ReportingClassifier(FewShotClassifier):
         self.outbox, self.threshold, self.version = outbox, float(threshold), version
         self.outbox_errors = 0
 
-    def _record(self, kind: str, x: np.ndarray, rows, labels, predicted, confidences) -> None:
+    def _record(self, kind: str, x: np.ndarray, rows, labels, predicted, confidences, wait: bool) -> None:
         try:
-            self.outbox.add(kind, self._pixels(x[rows]), labels, predicted, confidences, self.version)
+            self.outbox.add(kind, self._pixels(x[rows]), labels, predicted, confidences, self.version, wait=wait)
         except (sqlite3.Error, OSError) as e:
             first = self.outbox_errors == 0
             self.outbox_errors += len(rows)
@@ -53,7 +54,7 @@ class ReportingClassifier(FewShotClassifier):
             low = np.flatnonzero(conf < self.threshold)
             if low.size:
                 best = proba[low].argmax(axis=1)
-                self._record("unsure", x, low, None, [self._classes[k] for k in best], conf[low])
+                self._record("unsure", x, low, None, [self._classes[k] for k in best], conf[low], wait=False)
         return proba
 
     def predict(self, images) -> list:
@@ -78,7 +79,7 @@ class ReportingClassifier(FewShotClassifier):
             predicted = [self._classes[k] for k in proba.argmax(axis=1)]
             confidences = proba.max(axis=1)
         if self.outbox is not None:
-            self._record("correction", x, np.arange(len(x)), [label] * len(x), predicted, confidences)
+            self._record("correction", x, np.arange(len(x)), [label] * len(x), predicted, confidences, wait=True)
         if learn:
             self.add_class(label, self._pixels(x))
         return self
