@@ -10,8 +10,8 @@ the oldest of any kind; ``dropped`` counts them.
 
 Two ways in. ``add(..., wait=True)`` commits before it returns (corrections). ``add(..., wait=False)``
 queues the rows for a background thread that commits whatever is queued in one transaction (unsure
-predictions: ~6 us per row instead of ~60 us for a commit each, off the predicting thread). Queued rows
-reach the database within milliseconds, and at the latest with the next ``wait=True`` add, ``flush()``,
+predictions: ~6 us per row instead of ~60 us for a commit each, off the predicting thread; it gathers
+rows for ``BATCH_WAIT`` = 50 ms before each commit). Queued rows reach the database within ~50 ms, and at the latest with the next ``wait=True`` add, ``flush()``,
 ``pending()``/``oldest()``, ``close()`` or interpreter exit; a hard kill in that moment can lose them.
 
 Durability of committed rows: WAL with ``synchronous=NORMAL``; a crash or kill of the process loses
@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 KINDS = ("unsure", "correction")
+BATCH_WAIT = 0.05  # seconds the background writer gathers rows before a commit
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS examples (
   seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -112,18 +113,19 @@ class Outbox:
         px = np.ascontiguousarray(pixels, np.uint8)
         if px.ndim != 3:
             raise ValueError(f"pixels must be (n, H, W), got shape {px.shape}")
-        n, now = len(px), time.time()
+        n, h, w, now = len(px), px.shape[1], px.shape[2], time.time()
         labels = [None] * n if labels is None else list(labels)
         predicted = [None] * n if predicted is None else list(predicted)
         confidences = [None] * n if confidences is None else [float(c) for c in confidences]
-        with self._cv:
-            first, self._count = self._count, self._count + n
-        ids = [f"{self._prefix}{first + i:010x}" for i in range(n)]
-        rows = [(ids[i], kind, _json_or_none(labels[i]), _json_or_none(predicted[i]), confidences[i], version, now,
-                 px.shape[1], px.shape[2], px[i].tobytes()) for i in range(n)]
+        data = [(_json_or_none(labels[i]), _json_or_none(predicted[i]), confidences[i], px[i].tobytes())
+                for i in range(n)]
         with self._cv:
             if self._closed:
                 raise sqlite3.ProgrammingError(f"{self.path}: the outbox is closed")
+            ids = [f"{self._prefix}{self._count + i:010x}" for i in range(n)]
+            self._count += n
+            rows = [(ids[i], kind, lab, pred, conf, version, now, h, w, pix)
+                    for i, (lab, pred, conf, pix) in enumerate(data)]
             if not wait:
                 self._queue.extend(rows)
                 self._cv.notify()
@@ -155,7 +157,10 @@ class Outbox:
                     self._cv.wait()
                 if not self._queue:
                     return
-                batch, self._queue, self._busy = self._queue, [], True
+                self._busy = True
+            time.sleep(BATCH_WAIT)  # let the rows of the next few predictions join this commit
+            with self._cv:
+                batch, self._queue = self._queue, []
             try:
                 self._insert(batch)
             except (sqlite3.Error, OSError) as e:

@@ -44,23 +44,32 @@ class ReportingClassifier(FewShotClassifier):
             if first:
                 warnings.warn(f"outbox: cannot record examples ({e}); predictions go on", RuntimeWarning)
 
+    def _keep_unsure(self, x: np.ndarray, confidence: np.ndarray, best: np.ndarray) -> None:
+        low = np.flatnonzero(confidence < self.threshold)
+        if low.size:
+            self._record("unsure", x, low, None, [self._classes[k] for k in best[low]], confidence[low], wait=False)
+
     def predict_proba(self, images) -> np.ndarray:
         """As ``FewShotClassifier.predict_proba``; rows below ``threshold`` go to the outbox as ``unsure``."""
         head = self._require_fit("predict_proba")
         x = as_model_input(images, self.bundle.input_shape, self.bundle.preprocess)
         proba = head.predict_proba(self._embed_input(x)).astype(np.float32)
         if self.outbox is not None:
-            conf = proba.max(axis=1)
-            low = np.flatnonzero(conf < self.threshold)
-            if low.size:
-                best = proba[low].argmax(axis=1)
-                self._record("unsure", x, low, None, [self._classes[k] for k in best], conf[low], wait=False)
+            self._keep_unsure(x, proba.max(axis=1), proba.argmax(axis=1))
         return proba
 
     def predict(self, images) -> list:
         """As ``FewShotClassifier.predict``; unsure predictions go to the outbox."""
-        proba = self.predict_proba(images)
-        return [self._classes[k] for k in proba.argmax(axis=1)]
+        head = self._require_fit("predict")
+        x = as_model_input(images, self.bundle.input_shape, self.bundle.preprocess)
+        logits = head.logits(self._embed_input(x))
+        best = logits.argmax(axis=1)
+        if self.outbox is not None and self.threshold > 0:
+            # top softmax probability = 1 / sum(exp(logits - max)): below threshold <=> that sum above 1 / threshold
+            total = np.exp(logits - logits.max(axis=1, keepdims=True)).sum(axis=1)
+            if (total > 1.0 / self.threshold).any():
+                self._keep_unsure(x, 1.0 / total, best)
+        return [self._classes[k] for k in best]
 
     def correct(self, images, label, learn: bool = True) -> "ReportingClassifier":
         """Record that ``images`` show ``label`` (a user's correction) and, if ``learn``, add them to its class.
