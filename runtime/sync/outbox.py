@@ -180,6 +180,9 @@ class Outbox:
                 self._cv.wait()
 
     def _trim(self) -> None:
+        span = self._db.execute("SELECT coalesce(max(seq) - min(seq) + 1, 0) FROM examples").fetchone()[0]
+        if span <= self.capacity:  # count(*) <= span: nothing to trim, and no full count needed
+            return
         excess = self._db.execute("SELECT count(*) FROM examples").fetchone()[0] - self.capacity
         dropped = 0
         for where in ("WHERE kind = 'unsure'", ""):
