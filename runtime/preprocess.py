@@ -76,6 +76,8 @@ def to_pixels(x: np.ndarray, invert: bool = True, value_range=(0.0, 1.0)) -> np.
     int8 input up to rounding, so a state can be re-embedded by another backbone.
     """
     lo, hi = (float(v) for v in value_range)
-    x01 = (np.asarray(x, np.float32)[..., 0] - lo) / (hi - lo)
+    x01 = np.asarray(x, np.float32)[..., 0]
+    if (lo, hi) != (0.0, 1.0):
+        x01 = (x01 - np.float32(lo)) / np.float32(hi - lo)
     gray = 1.0 - x01 if invert else x01
-    return np.clip(np.round(gray * 255.0), 0, 255).astype(np.uint8)
+    return np.clip(np.rint(gray * np.float32(255.0)), 0, 255).astype(np.uint8)

@@ -75,6 +75,16 @@ def test_state_keeps_support_images_that_reembed_to_the_same_embeddings(bundles,
         assert np.array_equal(a, b)
 
 
+def test_to_pixels_inverts_to_model_input_for_any_range_and_polarity():
+    from metalite.runtime.preprocess import to_model_input, to_pixels
+
+    img = np.random.default_rng(0).integers(0, 256, (6, 28, 28)).astype(np.uint8)
+    x = to_model_input(img, (28, 28))
+    assert np.array_equal(to_pixels(x), img)
+    assert np.array_equal(to_pixels(0.2 + 0.6 * x, True, (0.2, 0.8)), img)
+    assert np.array_equal(to_pixels(to_model_input(img, (28, 28), invert=False), False), img)
+
+
 def test_version_1_state_still_loads_and_is_saved_without_images(bundles, tmp_path):
     clf = FewShotClassifier(bundles["v1"], delegate="cpu")
     sup, lab = shapes(range(3), 2, seed=1)

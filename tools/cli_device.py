@@ -105,7 +105,7 @@ def device_adapt_cmd(support_dir, home, add, delegate):
 @click.option("--delegate", type=DELEGATE_CHOICE, default="auto", show_default=True)
 @_errors
 def device_predict_cmd(images, home, as_json, delegate):
-    """Classify IMAGE...; those below the home's confidence threshold are kept in the outbox."""
+    """Classify the images; those below the home's confidence threshold are kept in the outbox."""
     h = _home(home)
     clf = h.classifier(delegate=delegate)
     before = h.outbox().pending()
@@ -129,7 +129,7 @@ def device_predict_cmd(images, home, as_json, delegate):
 @click.option("--delegate", type=DELEGATE_CHOICE, default="auto", show_default=True)
 @_errors
 def device_correct_cmd(images, label, home, no_learn, delegate):
-    """Record that IMAGE... show --label (sent to the server) and learn them, so the mistake is not repeated."""
+    """Record that the images show --label (sent to the server) and learn them, so the mistake is not repeated."""
     h = _home(home)
     clf = h.classifier(delegate=delegate)
     clf.correct([str(p) for p in images], label, learn=not no_learn)
