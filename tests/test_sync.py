@@ -141,6 +141,7 @@ def test_reporting_classifier_records_unsure_and_corrections_and_predict_never_f
     base = FewShotClassifier.predict_proba(clf, qry)
     assert np.array_equal(clf.predict_proba(qry), base) and ob.pending() == 0  # nothing below 0
     assert clf.predict(qry) == FewShotClassifier.predict(clf, qry)
+    assert clf.predict(qry, transductive=True) == FewShotClassifier.predict(clf, qry, transductive=True)
     clf.threshold = float(np.median(base.max(axis=1)))
     clf.predict(qry)
     low = np.flatnonzero(base.max(axis=1) < clf.threshold)

@@ -49,20 +49,20 @@ class ReportingClassifier(FewShotClassifier):
         if low.size:
             self._record("unsure", x, low, None, [self._classes[k] for k in best[low]], confidence[low], wait=False)
 
-    def predict_proba(self, images) -> np.ndarray:
+    def predict_proba(self, images, transductive: bool = False) -> np.ndarray:
         """As ``FewShotClassifier.predict_proba``; rows below ``threshold`` go to the outbox as ``unsure``."""
-        head = self._require_fit("predict_proba")
         x = as_model_input(images, self.bundle.input_shape, self.bundle.preprocess)
-        proba = head.predict_proba(self._embed_input(x)).astype(np.float32)
+        emb = self._embed_input(x)
+        proba = self._head_for("predict_proba", emb, transductive).predict_proba(emb).astype(np.float32)
         if self.outbox is not None:
             self._keep_unsure(x, proba.max(axis=1), proba.argmax(axis=1))
         return proba
 
-    def predict(self, images) -> list:
+    def predict(self, images, transductive: bool = False) -> list:
         """As ``FewShotClassifier.predict``; unsure predictions go to the outbox."""
-        head = self._require_fit("predict")
         x = as_model_input(images, self.bundle.input_shape, self.bundle.preprocess)
-        logits = head.logits(self._embed_input(x))
+        emb = self._embed_input(x)
+        logits = self._head_for("predict", emb, transductive).logits(emb)
         best = logits.argmax(axis=1)
         if self.outbox is not None and self.threshold > 0:
             # top softmax probability = 1 / sum(exp(logits - max)): below threshold <=> that sum above 1 / threshold
