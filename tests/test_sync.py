@@ -132,6 +132,27 @@ def test_outbox_is_bounded_persistent_and_forgets_only_what_it_is_told(tmp_path)
     assert first.oldest(1)[0]["label"] == 3 and isinstance(first.oldest(1)[0]["label"], int)
 
 
+def test_queued_rows_are_committed_in_order_by_the_next_waiting_add_and_by_close(tmp_path):
+    import sqlite3
+
+    def on_disk(path):  # what another process would see
+        conn = sqlite3.connect(path)
+        try:
+            return [r[0] for r in conn.execute("SELECT kind FROM examples ORDER BY seq")]
+        finally:
+            conn.close()
+
+    px = np.zeros((1, 28, 28), np.uint8)
+    ob = Outbox(tmp_path / "o.sqlite")
+    for _ in range(3):
+        ob.add("unsure", px, wait=False)
+    ob.add("correction", px, labels=["a"])  # returns once it and the three queued before are committed
+    assert on_disk(tmp_path / "o.sqlite") == ["unsure"] * 3 + ["correction"]
+    ob.add("unsure", px, wait=False)
+    ob.close()
+    assert on_disk(tmp_path / "o.sqlite")[-1] == "unsure" and ob.write_errors == 0
+
+
 def test_reporting_classifier_records_unsure_and_corrections_and_predict_never_fails(bundles, tmp_path):
     ob = Outbox(tmp_path / "o.sqlite")
     clf = ReportingClassifier(bundles["v1"], outbox=ob, threshold=0.0, version=7, delegate="cpu")

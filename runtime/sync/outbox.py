@@ -133,21 +133,23 @@ class Outbox:
                     self._writer = threading.Thread(target=self._write_queued, name="metalite-outbox", daemon=True)
                     self._writer.start()
                 return ids
-            rows, self._queue = self._queue + rows, []  # keep the order: what was queued first goes first
-        self._insert(rows)
+        with self._lock:  # the writer takes and commits its batch under this lock too: the order is kept
+            with self._cv:
+                rows, self._queue = self._queue + rows, []
+            self._insert(rows)
         return ids
 
     def _insert(self, rows: list) -> None:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                self._db.executemany("INSERT INTO examples (id, kind, label, predicted, confidence, version, created, "
-                                     "height, width, pixels) VALUES (?,?,?,?,?,?,?,?,?,?)", rows)
-                self._trim()
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        """Commit ``rows`` in one transaction; call with ``self._lock`` held."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            self._db.executemany("INSERT INTO examples (id, kind, label, predicted, confidence, version, created, "
+                                 "height, width, pixels) VALUES (?,?,?,?,?,?,?,?,?,?)", rows)
+            self._trim()
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
 
     def _write_queued(self) -> None:
         """The background writer: commit whatever is queued, until closed and drained."""
@@ -159,10 +161,13 @@ class Outbox:
                     return
                 self._busy = True
             time.sleep(BATCH_WAIT)  # let the rows of the next few predictions join this commit
-            with self._cv:
-                batch, self._queue = self._queue, []
+            batch = []
             try:
-                self._insert(batch)
+                with self._lock:
+                    with self._cv:
+                        batch, self._queue = self._queue, []
+                    if batch:  # (a wait=True add may have committed them meanwhile)
+                        self._insert(batch)
             except (sqlite3.Error, OSError) as e:
                 first = self.write_errors == 0
                 self.write_errors += len(batch)
