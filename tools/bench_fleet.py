@@ -10,6 +10,7 @@ threads and the server share this machine's cores.
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -59,6 +60,11 @@ class Server:
             time.sleep(0.1)
         raise RuntimeError("metalite serve did not start")
 
+    def cpu_seconds(self) -> float:
+        """CPU time the server process has used so far (Linux /proc)."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def stop(self) -> None:
         self.proc.terminate()
         self.proc.wait(30)
@@ -76,17 +82,19 @@ def bench_uploads(fleet, server: Server, tmp: Path, devices: int, per_device: in
         ob = Outbox(tmp / f"up{i}.sqlite", capacity=per_device)
         ob.add("unsure", rng.integers(0, 256, (per_device, 28, 28), dtype=np.uint8), predicted=["x"] * per_device)
         jobs.append((ob, FleetClient(server.url, enroll(fleet, f"uploader{i}"))))
-    t0 = time.perf_counter()
+    t0, server_cpu, client_cpu = time.perf_counter(), server.cpu_seconds(), time.process_time()
     threads = [threading.Thread(target=upload_outbox, args=job) for job in jobs]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     dt = time.perf_counter() - t0
+    server_cpu, client_cpu = server.cpu_seconds() - server_cpu, time.process_time() - client_cpu
     left = sum(ob.pending() for ob, _ in jobs)
     n = devices * per_device - left
     return {"devices": devices, "examples": n, "seconds": dt, "examples_per_s": n / dt,
-            "requests_per_s": n / 64 / dt, "left_in_outboxes": left}
+            "requests_per_s": n / 64 / dt, "left_in_outboxes": left,
+            "server_cpu_ms_per_example": 1e3 * server_cpu / n, "client_cpu_ms_per_example": 1e3 * client_cpu / n}
 
 
 def bench_switch(fleet, server: Server, tmp: Path, rounds: int, classes: int, shots: int) -> dict:
@@ -221,7 +229,9 @@ def summary(report: dict) -> list:
     if "uploads" in report:
         u = report["uploads"]
         lines.append(f"uploads: {u['examples_per_s']:.0f} examples/s ({u['requests_per_s']:.1f} requests of 64/s), "
-                     f"{u['devices']} devices, {u['examples']} examples in {u['seconds']:.1f} s")
+                     f"{u['devices']} devices, {u['examples']} examples in {u['seconds']:.1f} s; server CPU "
+                     f"{u['server_cpu_ms_per_example']:.3f} ms/example (= {1 / u['server_cpu_ms_per_example']:.0f}k "
+                     f"examples/s per core), client CPU {u['client_cpu_ms_per_example']:.3f} ms/example")
     if "switch" in report:
         s = report["switch"]
         lines.append(f"switch ({s['support_images']} support images), median s: "
