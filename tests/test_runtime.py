@@ -82,6 +82,11 @@ def keras_backbone():
 
     tf.random.set_seed(0)
     model = build_backbone({"kind": "conv4", "filters": 16, "embedding_dim": 16}, input_shape=(SIZE, SIZE, 1))
+    # Kernels drawn from numpy: TensorFlow's initializers depend on what ran before in the process, and
+    # some draws separate the test shapes too poorly for the few-shot assertions (a flaky test).
+    rng = np.random.default_rng(0)
+    model.set_weights([(rng.standard_normal(w.shape) * np.sqrt(2.0 / np.prod(w.shape[:-1]))).astype(np.float32)
+                       if w.ndim == 4 else w for w in model.get_weights()])
     imgs, _ = shapes(range(N_SHAPES), 8, seed=0)
     return model, to_model_input(imgs, (SIZE, SIZE))
 
