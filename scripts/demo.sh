@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The main job end to end on the built-in glyph data: install, meta-train, evaluate, compress,
 # export an int8 bundle, inspect it, then teach it new classes and predict with the device runtime.
-# Usage: bash scripts/demo.sh [WORKDIR]   (default: runs/demo; about 15-25 minutes on 2 cores)
+# Usage: bash scripts/demo.sh [WORKDIR]   (default: runs/demo; about 2 minutes on 2 cores after the install)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 W=${1:-runs/demo}
