@@ -62,13 +62,16 @@ def venvs():
 
 @pytest.fixture(scope="session")
 def arm64():
-    """The arm64 Debian rootfs, a PYTHONPATH inside it with tflite-runtime + metalite.runtime, a runner."""
+    """The arm64 Debian rootfs, a runner, and two Python stacks inside it: ``site`` (a PYTHONPATH with
+    tflite-runtime + metalite.runtime, for Debian's python3 and numpy 1.24) and ``litert`` (a venv with
+    numpy 2 + ai-edge-litert + metalite.runtime: ``{"python", "site"}``)."""
     t = time.time()
     rootfs = _need(envs.arm64_rootfs)
     site = _need(envs.arm64_site, rootfs)
     runner, mode = _need(envs.arm64_runner, rootfs)
+    litert = _need(envs.arm64_litert_venv, rootfs, runner)
     envs.log(f"arm64 device ready ({mode}) in {time.time() - t:.0f} s")
-    return {"rootfs": rootfs, "site": site, "runner": runner, "mode": mode}
+    return {"rootfs": rootfs, "site": site, "litert": litert, "runner": runner, "mode": mode}
 
 
 # ------------------------------------------------------------------------------------ data

@@ -10,8 +10,10 @@ interrupted build is redone, never half-used.
 - :func:`arm64_rootfs`: Debian bookworm arm64 (debootstrap, minbase + python3 + python3-numpy).
 - :func:`arm64_site`: a folder to put on PYTHONPATH inside that rootfs: the aarch64 tflite-runtime
   wheel unzipped plus ``metalite/runtime`` copied from the repo (so the *current* runtime code runs).
+- :func:`arm64_litert_venv`: a venv inside that rootfs (made by its own ``python3 -m venv``) holding
+  the aarch64 ai-edge-litert and numpy 2 wheels (``pip install --target`` on the host) and the runtime.
 - :func:`arm64_runner`: how to run a python command in the rootfs (chroot through binfmt_misc, or
-  ``qemu-aarch64-static -L`` when binfmt is not available).
+  ``qemu-aarch64-static -L`` when binfmt is not available), as a Cortex-A72 (a Raspberry Pi 4's core).
 
 Whatever is missing is installed (apt-get, pip). What cannot be done raises :class:`EnvError` with a
 message that says what to install.
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import json
 import os
@@ -263,6 +266,17 @@ def arm64_wheel() -> Path:
         return found[0]
 
 
+def _copy_runtime(site: Path) -> None:
+    """The runtime as it would be installed: ``metalite/runtime`` with a minimal ``metalite/__init__.py``
+    (the full package's __init__ may pull in click etc.; the device only needs the runtime)."""
+    pkg = site / "metalite"
+    if pkg.exists():
+        shutil.rmtree(pkg)
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text('"""metalite (runtime only, for the arm64 device test)."""\n')
+    shutil.copytree(REPO / "runtime", pkg / "runtime", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+
+
 def arm64_site(rootfs: Path) -> str:
     """A PYTHONPATH folder inside the rootfs with tflite_runtime and the *current* metalite.runtime.
 
@@ -282,16 +296,42 @@ def arm64_site(rootfs: Path) -> str:
             for so in site.rglob("*.so"):
                 so.chmod(0o755)
             marker.write_text(wheel.name)
-        # The runtime as it would be installed: metalite/runtime, with a minimal metalite/__init__.py
-        # (the full package's __init__ may pull in click etc.; the device only needs the runtime).
-        pkg = site / "metalite"
-        if pkg.exists():
-            shutil.rmtree(pkg)
-        (pkg).mkdir()
-        (pkg / "__init__.py").write_text('"""metalite (runtime only, for the arm64 device test)."""\n')
-        shutil.copytree(REPO / "runtime", pkg / "runtime",
-                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        _copy_runtime(site)
     return inside
+
+
+ARM64_LITERT_RECIPE = {"kind": "arm64-litert-venv", "reqs": ["numpy>=2", "ai-edge-litert"], "python": "3.11",
+                       "impl": "cp", "platforms": ["manylinux_2_36_aarch64", "manylinux_2_34_aarch64",
+                                                   "manylinux_2_28_aarch64", "manylinux_2_27_aarch64",
+                                                   "manylinux_2_17_aarch64", "manylinux2014_aarch64"]}
+
+
+def arm64_litert_venv(rootfs: Path, runner) -> dict:
+    """A venv in the rootfs with numpy 2 + ai-edge-litert (aarch64 wheels) and the current runtime.
+
+    The venv is made by the rootfs's own ``python3 -m venv --without-pip`` (bookworm's python3 has no
+    ensurepip); the wheels are installed into its site-packages from the host with ``pip install
+    --target --platform`` (pip would crawl under emulation). Returns ``{"python", "site"}`` as paths
+    inside the rootfs.
+    """
+    r = ARM64_LITERT_RECIPE
+    inside = f"/opt/metalite-litert-{recipe_key(r)}"
+    root = rootfs / inside.lstrip("/")
+    site = root / "lib" / "python3.11" / "site-packages"
+    with _locked(root):
+        if not (root / ".complete").exists():
+            if root.exists():
+                shutil.rmtree(root)
+            log(f"arm64 venv {inside}: {' '.join(r['reqs'])} (aarch64 wheels, about 30 MB)")
+            run(runner(["python3", "-m", "venv", "--without-pip", inside]), what="python3 -m venv (arm64)",
+                timeout=300)
+            plat = [a for p in r["platforms"] for a in ("--platform", p)]
+            run([sys.executable, "-m", "pip", "install", "-q", "--only-binary=:all:", *plat, "--python-version",
+                 r["python"], "--implementation", r["impl"], "--target", str(site), *r["reqs"]],
+                what="pip install --target (aarch64 ai-edge-litert)", timeout=1200)
+            (root / ".complete").write_text(json.dumps(r))
+        _copy_runtime(site)
+    return {"python": f"{inside}/bin/python", "site": f"{inside}/lib/python3.11/site-packages"}
 
 
 def binfmt_aarch64_ok() -> bool:
@@ -311,26 +351,68 @@ def binfmt_aarch64_ok() -> bool:
     return entry.exists() and "enabled" in entry.read_text()
 
 
+EMULATED_CPU = {"qemu": "cortex-a72", "part": "0xd08", "features": "fp asimd evtstrm crc32 cpuid"}
+
+
+def _host_cpus() -> int:
+    """Number of CPUs in the host's /sys/devices/system/cpu/possible (the /sys the device sees)."""
+    try:
+        n = 0
+        for part in Path("/sys/devices/system/cpu/possible").read_text().strip().split(","):
+            lo, _, hi = part.partition("-")
+            n += int(hi or lo) - int(lo) + 1
+        return max(1, n)
+    except (OSError, ValueError):
+        return os.cpu_count() or 1
+
+
+def emulated_cpuinfo(rootfs: Path) -> None:
+    """Write ``ROOTFS/proc/cpuinfo`` describing the emulated cores as a Raspberry Pi 4's Cortex-A72.
+
+    qemu-user passes the host's x86 /proc/cpuinfo through, which the cpuinfo library inside XNNPACK
+    cannot parse (it crashes); without any cpuinfo XNNPACK does not start. The rootfs's /proc is not
+    mounted, so this plain file is what the device reads (chroot, and ``qemu -L``, which looks in the
+    rootfs first)."""
+    entry = ("processor\t: {i}\nBogoMIPS\t: 108.00\nFeatures\t: {f}\nCPU implementer\t: 0x41\n"
+             "CPU architecture: 8\nCPU variant\t: 0x0\nCPU part\t: {p}\nCPU revision\t: 3\n")
+    text = "\n".join(entry.format(i=i, f=EMULATED_CPU["features"], p=EMULATED_CPU["part"]) for i in range(_host_cpus()))
+    target = rootfs / "proc" / "cpuinfo"
+    if not target.parent.is_mount() and (not target.exists() or target.read_text() != text):
+        target.parent.mkdir(exist_ok=True)
+        target.write_text(text)
+
+
 def arm64_runner(rootfs: Path):
     """A function ``(argv, extra_env=None) -> host argv`` that runs arm64 python3 in the rootfs, and its mode name.
 
-    Prefers ``chroot`` through binfmt_misc (the device's own view of /), checked by actually running
-    ``python3 -c`` there; falls back to ``qemu-aarch64-static -L ROOTFS``. Paths given to the command
-    must be paths *inside* the rootfs (bind or copy files there first: see :func:`stage_in_rootfs`).
+    Prefers ``chroot`` through binfmt_misc (the device's own view of /) with the host's /sys bound
+    read-only in a private mount namespace (``unshare``: the mount ends with the process), checked by
+    actually running ``python3 -c`` there; falls back to ``qemu-aarch64-static -L ROOTFS``. The CPU is
+    qemu's Cortex-A72 model (``QEMU_CPU``) with a matching /proc/cpuinfo (:func:`emulated_cpuinfo`).
+    Paths given to the command must be paths *inside* the rootfs (see :func:`stage_in_rootfs`).
     """
-    env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": "/root"}
+    emulated_cpuinfo(rootfs)
+    env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": "/root", "QEMU_CPU": EMULATED_CPU["qemu"]}
     probe = ["python3", "-c", "import platform,numpy;print(platform.machine(),numpy.__version__)"]
     tried = []
     if os.geteuid() == 0 and binfmt_aarch64_ok():
         # qemu-aarch64-static is statically linked and registered with the F (fix binary) flag by
-        # Debian's binfmt-support, so nothing needs copying into the chroot.
-        def chroot_cmd(argv, extra_env=None):
-            return [_exe("chroot"), str(rootfs), "/usr/bin/env", "-i",
-                    *[f"{k}={v}" for k, v in {**env, **(extra_env or {})}.items()], *argv]
-        p = subprocess.run(chroot_cmd(probe), capture_output=True, text=True, timeout=300)
-        if p.returncode == 0 and p.stdout.startswith("aarch64"):
-            return chroot_cmd, "chroot+binfmt"
-        tried.append(f"chroot: {p.stderr.strip()[-300:]}")
+        # Debian's binfmt-support, so nothing needs copying into the chroot. QEMU_CPU is read by each
+        # emulated exec, so it goes both outside (env's own start) and inside (env -i's children).
+        def chroot_cmd(argv, extra_env=None, sys_mount=True):
+            inner = [_exe("chroot"), str(rootfs), "/usr/bin/env", "-i",
+                     *[f"{k}={v}" for k, v in {**env, **(extra_env or {})}.items()], *argv]
+            if not sys_mount:
+                return ["/usr/bin/env", f"QEMU_CPU={env['QEMU_CPU']}", *inner]
+            script = f'mount -o bind,ro /sys "{rootfs}/sys" && exec "$@"'
+            return ["/usr/bin/env", f"QEMU_CPU={env['QEMU_CPU']}", _exe("unshare"), "--mount",
+                    "--propagation", "private", "sh", "-c", script, "sh", *inner]
+        for sys_mount in (True, False):
+            cmd = functools.partial(chroot_cmd, sys_mount=sys_mount)
+            p = subprocess.run(cmd(probe), capture_output=True, text=True, timeout=300)
+            if p.returncode == 0 and p.stdout.startswith("aarch64"):
+                return cmd, "chroot+binfmt" + (" (+ /sys)" if sys_mount else " (no /sys: XNNPACK cannot start)")
+            tried.append(f"chroot{' + /sys' if sys_mount else ''}: {p.stderr.strip()[-300:]}")
 
     qemu = _exe("qemu-aarch64-static")
 
@@ -344,8 +426,7 @@ def arm64_runner(rootfs: Path):
             t = os.readlink(real)
             real = Path(str(rootfs) + t) if t.startswith("/") else real.parent / t
         return ["/usr/bin/env", "-i", *[f"{k}={v}" for k, v in {**env, **(extra_env or {})}.items()],
-                qemu, "-L", str(rootfs),
-                real, *argv[1:]]
+                qemu, "-cpu", env["QEMU_CPU"], "-L", str(rootfs), real, *argv[1:]]
     p = subprocess.run(qemu_cmd(probe), capture_output=True, text=True, timeout=300)
     if p.returncode == 0 and p.stdout.startswith("aarch64"):
         return qemu_cmd, "qemu-aarch64-static -L"
@@ -374,7 +455,8 @@ if __name__ == "__main__":  # build everything ahead of the tests: python device
     t = time.time()
     rf = arm64_rootfs()
     arm64_site(rf)
-    print(arm64_runner(rf)[1])
+    runner, mode = arm64_runner(rf)
+    print(mode, arm64_litert_venv(rf, runner)["python"])
     for k in VENV_RECIPES:
         print(runtime_venv(k))
     print(f"all built in {time.time() - t:.0f} s")

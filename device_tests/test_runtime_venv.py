@@ -8,6 +8,7 @@ import pytest
 from devicekit import agreement, assert_agreement, output_scale, record
 
 STACKS = {"tflite": ("tflite_runtime", "1."), "litert": ("ai_edge_litert", "2.")}
+WHOLE = {"omniglot": "whole graph", "glyphs": "partial"}  # what XNNPACK takes of the shipped bundles' graphs
 
 
 @pytest.mark.parametrize("kind", sorted(STACKS))
@@ -40,8 +41,16 @@ def test_api_adapt_predict_without_tf(x86_runs, bundles, kind, results_dir):
         assert r["state_roundtrip"] is True
         assert r["add_remove_pred_same"] >= 0.99
         assert len(r["pred"]) == 200 and set(r["pred"]) <= set(r["classes"]) and len(r["classes"]) == 20
+        # int8 runs on XNNPACK on both stacks: tflite-runtime 2.14's default delegate is float-only, so the
+        # runtime makes one with int8 switched on; ai-edge-litert's default delegate takes int8 itself.
+        # Conv4 (omniglot) is taken whole; dsconv (glyphs) keeps its int8 AVERAGE_POOL_2D on the built-in kernels.
+        acc = r["acceleration"]
+        assert acc["delegate"] == "xnnpack" and acc["delegated"] == WHOLE.get(name, acc["delegated"]), (name, acc)
+        assert acc["delegated"] in ("whole graph", "partial"), acc
+        assert acc["xnnpack_int8"].startswith("enabled by metalite" if kind == "tflite" else "the interpreter's default"), acc
         record(results_dir, f"x86-{kind}-{name}", {k: r[k] for k in (
-            "backend", "backend_version", "numpy", "ms_per_image", "fit_seconds", "peak_rss_mb", "accuracy")})
+            "backend", "backend_version", "numpy", "ms_per_image", "fit_seconds", "peak_rss_mb", "accuracy",
+            "acceleration")})
 
 
 @pytest.mark.parametrize("kind", sorted(STACKS))
@@ -50,9 +59,15 @@ def test_cli_adapt_predict(x86_runs, bundles, kind):
     for name in bundles:
         r = x86_runs(kind, name)
         cli = r["cli"]
-        for step in ("adapt", "predict"):
+        for step in ("adapt", "predict", "verbose"):
             assert cli[step]["returncode"] == 0, f"metalite {step} failed: {cli[step]['stderr'][-2000:]}"
             assert "Traceback" not in cli[step]["stderr"]
+        # the interpreter library's own lines only with --verbose, which also says what runs the backbone
+        for step in ("adapt", "predict"):
+            assert "XNNPACK" not in cli[step]["stderr"] and "INFO:" not in cli[step]["stderr"], cli[step]["stderr"]
+        said = cli["verbose"]["stderr"]
+        assert f"{STACKS[kind][0]} " in said and f"XNNPACK delegate ({WHOLE[name]}" in said, said
+        assert "interpreter: INFO: Created TensorFlow Lite XNNPACK delegate for CPU." in said, said
         out = json.loads(cli["predict"]["stdout"])
         rows = out if isinstance(out, list) else out.get("predictions", out)
         by_image = {row["image"]: row["label"] for row in rows}

@@ -1,7 +1,8 @@
 """Describe a bundle (directory or .zip): manifest in words, sizes raw and gzipped, stored weight sparsity,
 ops, input/output quantization, Edge TPU readiness and checksum verification.
 
-Reads the .tflite flatbuffers directly (no TensorFlow import, no interpreter), so it is quick.
+``inspect_bundle`` reads the .tflite flatbuffers directly (no TensorFlow import, no interpreter), so it is
+quick; ``runtime_check`` opens the backbone with ``metalite.runtime`` to say how it would run here.
 """
 from __future__ import annotations
 
@@ -109,6 +110,24 @@ def inspect_bundle(path) -> dict:
             "checksums": verify_checksums(manifest, files)}
 
 
+def runtime_check(path) -> dict:
+    """How ``metalite.runtime`` runs this bundle's backbone on this machine (``Acceleration`` as a dict plus
+    ``summary``), or ``{"error": ...}`` when it cannot open it."""
+    import warnings
+
+    from metalite.runtime.bundle import open_bundle
+    from metalite.runtime.errors import MetaliteError
+    from metalite.runtime.interpreter import describe, open_backbone
+
+    try:
+        with warnings.catch_warnings():  # the Edge TPU fallback is reported in the summary instead
+            warnings.simplefilter("ignore")
+            _, _, acc = open_backbone(open_bundle(path), num_threads=1, delegate="auto")
+    except (MetaliteError, OSError) as e:
+        return {"error": str(e)}
+    return {**acc.as_dict(), "summary": describe(acc)}
+
+
 def _kb(n: int) -> str:
     return f"{n / 1024:.1f} KiB" if n >= 1024 else f"{n} B"
 
@@ -165,6 +184,9 @@ def render_text(info: dict) -> str:
     if e:
         out.append(f"Edge TPU: {'ready' if e['ready'] else 'not fully mappable'} - {e['summary']}")
         out.append(f"  compiled: {e['compiled_file'] or 'no'}" + (f" ({e['compiler']})" if e.get("compiler") else ""))
+    rt = info.get("runtime")
+    if rt:
+        out.append("runtime on this machine: " + (rt.get("summary") or f"cannot open the backbone: {rt.get('error')}"))
     c = info["checksums"]
     out.append("checksums: " + ("all files match the manifest" if c["ok"] else "FAILED: " + "; ".join(c["problems"])))
     if c["unlisted"]:

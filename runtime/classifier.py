@@ -48,7 +48,9 @@ class FewShotClassifier:
 
     Attributes:
       bundle: the verified ``Bundle``; head_spec: the bundle's ``HeadSpec``; device: ``"cpu"`` or
-      ``"edgetpu"``; backend: interpreter package name; embedder: the ``Embedder``; cache: the
+      ``"edgetpu"``; backend: interpreter package name; acceleration: how the backbone runs (interpreter,
+      version, delegate and why: ``metalite.runtime.interpreter.Acceleration``; ``describe`` words it);
+      embedder: the ``Embedder``; cache: the
       ``EmbeddingCache``; head: the ``AdaptedHead`` (None before ``fit``).
 
     Raises:
@@ -64,7 +66,7 @@ class FewShotClassifier:
         except ValueError as e:
             raise BundleError(f"{self.bundle.head_path.name}: {e} (bundle {self.bundle.source})") from None
         backend = get_backend()
-        interp, self.device = open_backbone(self.bundle, num_threads, delegate, backend)
+        interp, self.device, self.acceleration = open_backbone(self.bundle, num_threads, delegate, backend)
         self.backend = backend.name
         name = (self.bundle.edgetpu_path if self.device == "edgetpu" else self.bundle.backbone_path).name
         self.embedder = Embedder(interp, max_batch=batch_size, name=name)

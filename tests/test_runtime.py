@@ -568,3 +568,50 @@ def test_cli_adapt_and_predict(bundle_dir, tmp_path):
     assert r.exit_code != 0 and "has no images" in r.output
     r = runner.invoke(group, ["predict", str(bundle_dir), "--state", paths[0], paths[0]])
     assert r.exit_code == 1 and "Error:" in r.output and "Traceback" not in r.output
+
+
+# ----------------------------------------------------------------------------- interpreter, delegate, log
+def test_acceleration_says_what_runs_the_backbone(clf):
+    from metalite.runtime.interpreter import describe
+
+    acc = clf.acceleration
+    assert acc.interpreter == clf.backend and acc.device == "cpu" and acc.model == "backbone.tflite"
+    assert acc.version and acc.why.startswith(("first installed of", "METALITE_TFLITE="))
+    # ai-edge-litert and tf.lite take the int8 graph whole onto their default XNNPACK delegate
+    assert acc.delegate == "xnnpack" and acc.delegated == "whole graph", acc
+    text = describe(acc)
+    assert f"{acc.interpreter} {acc.version} on the CPU, XNNPACK delegate (whole graph" in text, text
+
+
+def test_native_log_lines_go_to_the_logger(capfd, caplog):
+    """Lines written to fd 2 by native code: interpreter chatter to the log, anything else back to stderr."""
+    import logging
+
+    from metalite.runtime.nativelog import native_stderr_to_log
+
+    with caplog.at_level(logging.INFO, logger="metalite.runtime"), native_stderr_to_log():
+        os.write(2, b"INFO: Created TensorFlow Lite XNNPACK delegate for CPU.\nERROR: something real\n")
+    err = capfd.readouterr().err
+    assert "ERROR: something real" in err and "XNNPACK" not in err
+    assert any("interpreter: INFO: Created TensorFlow Lite XNNPACK" in r.getMessage() for r in caplog.records)
+
+
+def test_cli_quiet_unless_verbose(bundle_dir, tmp_path):
+    """`metalite adapt` prints no interpreter-library lines; with --verbose it says what runs and shows them.
+    (A fresh process each: the library prints its line once per process.)"""
+    from PIL import Image
+
+    sup, lab = shapes(range(2), 2, seed=31)
+    for i, (img, l) in enumerate(zip(sup, lab)):
+        (tmp_path / "support" / l).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img).save(tmp_path / "support" / l / f"{i}.png")
+    out = {}
+    for flag in ([], ["--verbose"]):
+        p = subprocess.run([sys.executable, "-m", "metalite.tools.cli_runtime", "adapt", str(bundle_dir),
+                            str(tmp_path / "support"), "--out", str(tmp_path / "s.npz"), "--delegate", "cpu", *flag],
+                           capture_output=True, text=True, timeout=300, cwd=str(tmp_path))
+        assert p.returncode == 0, p.stderr
+        out[bool(flag)] = p.stderr
+    assert "XNNPACK" not in out[False] and "INFO" not in out[False], out[False]
+    assert "interpreter: INFO: Created TensorFlow Lite XNNPACK delegate for CPU." in out[True], out[True]
+    assert "backbone.tflite: " in out[True] and "XNNPACK delegate (whole graph" in out[True], out[True]

@@ -321,17 +321,6 @@ def find_tflite_runtime_python(build: bool, say=_say):
         return None, f"not installed (building its venv failed: {str(e).splitlines()[0][:200]})"
 
 
-def _run_worker(python, model, backend, cfg, threads):
-    cmd = [python, str(HERE / "bench_latency.py"), "--worker", str(model), "--backend", backend,
-           "--batches", "1,32", "--threads", ",".join(map(str, threads)),
-           "--warmup", str(cfg["warmup"]), "--runs", str(cfg["runs"])]
-    env = dict(os.environ, PYTHONPATH="")
-    p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=900, env=env)
-    if p.returncode != 0:
-        raise RuntimeError((p.stderr.strip().splitlines() or ["?"])[-1][:300])
-    return json.loads(p.stdout.strip().splitlines()[-1])
-
-
 def keras_latency(model, cfg, input_shape) -> dict:
     from metalite.training.tfcompat import tf
 
@@ -352,36 +341,63 @@ def keras_latency(model, cfg, input_shape) -> dict:
     return res
 
 
-def latency_section(variants, cfg, threads=(1, 2), say=_say) -> dict:
+def _serve_worker(python, backend, site, stderr_file):
+    """A ``bench_latency.py --serve`` process for ``backend`` importing the repo's runtime from ``site``."""
+    env = dict(os.environ, PYTHONPATH=str(site), PYTHONNOUSERSITE="1", TF_CPP_MIN_LOG_LEVEL="2")
+    with open(stderr_file, "w") as err:
+        return subprocess.Popen([python, str(HERE / "bench_latency.py"), "--serve", "--backend", backend],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True,
+                                env=env, cwd=str(site))
+
+
+def latency_section(variants, cfg, threads=(1, 2), say=_say, tmp=None) -> dict:
+    """Every TFLite variant on ai-edge-litert and tflite-runtime, interleaved round by round (one worker
+    process per interpreter, each opening models as metalite.runtime does), then float Keras."""
+    rounds = int(cfg.get("rounds", 5))
+    calls = max(3, int(cfg["runs"]) // rounds)
     sec = {"unit": "ms per image (median of repeated calls after warm-up; IQR = q3 - q1)",
-           "warmup": cfg["warmup"], "runs": cfg["runs"], "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE"),
-           "interpreters": {}, "tflite": {}, "keras": None}
-    # ai-edge-litert in-process
+           "warmup": cfg["warmup"], "runs": calls * rounds, "rounds": rounds,
+           "order": "interleaved: each round times every variant and cell on each interpreter in turn (order "
+                    "alternating between rounds); ratios are per round", "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE"),
+           "interpreters": {}, "tflite": {}, "ratios": {}, "keras": None}
     try:
         import ai_edge_litert  # noqa: F401
 
-        sec["interpreters"]["ai_edge_litert"] = {"status": "in-process", "version": _version("ai-edge-litert")}
+        sec["interpreters"]["ai_edge_litert"] = {"status": "subprocess", "python": sys.executable,
+                                                 "version": _version("ai-edge-litert")}
     except ImportError:
         sec["interpreters"]["ai_edge_litert"] = {"status": "not installed"}
     py, note = find_tflite_runtime_python(cfg["build_tflite_venv"], say)
     sec["interpreters"]["tflite_runtime"] = ({"status": "subprocess", "python": py, "where": note} if py
                                              else {"status": note})
-    for key, v in variants.items():
-        if v.path is None:
-            continue
+    pythons = {be: info["python"] for be, info in sec["interpreters"].items() if info.get("python")}
+    models = {k: v.path for k, v in variants.items() if v.path is not None}
+    import tempfile
+
+    with tempfile.TemporaryDirectory(dir=tmp) as td:
+        site = _site_for_runtime(Path(td))
+        workers = {be: _serve_worker(p, be, site, Path(td) / f"{be}.err") for be, p in pythons.items()}
+        try:
+            say(f"latency: {len(models)} variants x {', '.join(workers)}, {rounds} interleaved rounds")
+            got = lat.interleaved(workers, models, [(b, t) for t in threads for b in (1, 32)], rounds, calls,
+                                  int(cfg["warmup"]), say)
+        finally:
+            for w in workers.values():
+                w.stdin.close()
+                w.wait(timeout=60)
+        errs = {be: ((Path(td) / f"{be}.err").read_text().strip().splitlines() or [""])[-1][:300] for be in workers}
+    for key, per in got["results"].items():
         sec["tflite"][key] = {}
-        if sec["interpreters"]["ai_edge_litert"]["status"] == "in-process":
-            say(f"latency: {LABELS[key]} on ai-edge-litert")
-            sec["tflite"][key]["ai_edge_litert"] = lat.measure_tflite(v.path, "ai_edge_litert", (1, 32), threads,
-                                                                      cfg["warmup"], cfg["runs"])
-        if py:
-            say(f"latency: {LABELS[key]} on tflite-runtime (subprocess)")
-            try:
-                w = _run_worker(py, v.path, "tflite_runtime", cfg, threads)
-                sec["tflite"][key]["tflite_runtime"] = w["results"]
-                sec["interpreters"]["tflite_runtime"].update(version=w["version"], numpy=w["numpy"])
-            except Exception as e:  # noqa: BLE001
-                sec["tflite"][key]["tflite_runtime"] = {"error": str(e)}
+        for be, cells in per.items():
+            if "error" in cells and errs.get(be):
+                cells["error"] += f" (worker: {errs[be]})"
+            how = cells.pop("how", None) if "error" not in cells else None
+            sec["tflite"][key][be] = cells
+            if how:
+                sec["interpreters"][be].setdefault("how", {})[key] = how
+    sec["ratios"] = got["ratios"]
+    for be, info in got["workers"].items():
+        sec["interpreters"][be].update(info)
     if "float_keras" in variants:
         say("latency: float Keras (desktop reference)")
         from metalite.training.tfcompat import tf
@@ -513,7 +529,7 @@ def run_bench(bundle_path, out, quick: bool = False, model_dirs=(), data_spec: s
     data = load_heldout(data_spec, int(bundle.input_shape[0]))
     report["accuracy"] = accuracy_section(variants, data, spec, cfg, seed, say)
     report["size"] = size_section(variants, bundle)
-    report["latency"] = latency_section(variants, cfg, threads, say)
+    report["latency"] = latency_section(variants, cfg, threads, say, tmp=out / "variants")
     tfl_py = report["latency"]["interpreters"]["tflite_runtime"].get("python")
     say("adaptation")
     report["adaptation"] = bench_adapt.run_adaptation(

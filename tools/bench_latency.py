@@ -1,12 +1,14 @@
 """Latency of a .tflite model under one interpreter package: ms per image, median and IQR of repeated runs.
 
-Self-contained on purpose (stdlib + numpy + the interpreter package only): ``metalite bench`` runs this
-file as a script inside another environment (the tflite-runtime venv, numpy<2) as well as in-process::
+Self-contained on purpose (stdlib + numpy + the interpreter package, and ``metalite.runtime`` when it is
+on the path): ``metalite bench`` runs this file as a worker process per interpreter, also inside another
+environment (the tflite-runtime venv, numpy<2)::
 
-    python bench_latency.py --worker MODEL.tflite --backend tflite_runtime --batches 1,32 --threads 1,2 \
-        --warmup 5 --runs 30
+    python bench_latency.py --serve --backend tflite_runtime   # JSON requests on stdin, one reply per line
 
-prints one JSON object on stdout.
+``interleaved`` drives one ``--serve`` worker per interpreter in alternating rounds, so both interpreters
+see the same machine load; a worker opens models the way the runtime does (``metalite.runtime``'s
+``open_model``: XNNPACK with int8) when it can import it.
 """
 from __future__ import annotations
 
@@ -61,62 +63,120 @@ def backend_version(backend: str) -> str | None:
         return None
 
 
-def measure_tflite(model_path: str, backend: str, batches=(1, 32), threads=(1, 2), warmup: int = 5,
-                   runs: int = 30, seed: int = 0) -> dict:
-    """{"b{B}_t{T}": stats} of set_tensor + invoke + get_tensor on random input, per image."""
-    import warnings
+def _open(model_path: str, backend: str, threads: int):
+    """(interpreter, how it runs): through metalite.runtime when importable (as the device runs it), else raw."""
+    try:
+        from metalite.runtime.interpreter import describe, get_backend, open_model
+    except ImportError:
+        import warnings
 
-    Interpreter = import_interpreter(backend)
-    rng = np.random.default_rng(seed)
-    res = {}
-    for t in threads:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            it = Interpreter(model_path=str(model_path), num_threads=int(t))
-        din = it.get_input_details()[0]
-        dout = it.get_output_details()[0]
-        dyn = int(din.get("shape_signature", din["shape"])[0]) == -1
-        for b in batches:
-            if not dyn and b != int(din["shape"][0]):
-                res[f"b{b}_t{t}"] = {"skipped": f"static batch {int(din['shape'][0])}"}
-                continue
-            it.resize_tensor_input(din["index"], [int(b), *[int(s) for s in din["shape"][1:]]])
+            return import_interpreter(backend)(model_path=str(model_path), num_threads=int(threads)), \
+                f"{backend} Interpreter defaults (metalite.runtime not importable)"
+    interp, acc = open_model(model_path, int(threads), None, get_backend(backend))
+    return interp, describe(acc)
+
+
+def _serve(backend: str) -> int:
+    """Answer ``{"model", "batch", "threads", "warmup", "calls"}`` lines with ``{"times_s", "how"}`` lines."""
+    rng = np.random.default_rng(0)
+    cache = {}
+    for line in sys.stdin:
+        req = json.loads(line)
+        key = (req["model"], int(req["threads"]))
+        if key not in cache:
+            cache[key] = _open(req["model"], backend, int(req["threads"]))
+        it, how = cache[key]
+        din, dout = it.get_input_details()[0], it.get_output_details()[0]
+        b = int(req["batch"])
+        if int(din["shape"][0]) != b:
+            it.resize_tensor_input(din["index"], [b, *[int(s) for s in din["shape"][1:]]])
             it.allocate_tensors()
-            dtype = np.dtype(din["dtype"])
-            shape = [int(b), *[int(s) for s in din["shape"][1:]]]
-            if dtype.kind == "f":
-                x = rng.random(shape, dtype=np.float32)
-            else:
-                x = rng.integers(np.iinfo(dtype).min, np.iinfo(dtype).max, size=shape).astype(dtype)
+            din = it.get_input_details()[0]
+        dtype = np.dtype(din["dtype"])
+        shape = [int(s) for s in din["shape"]]
+        x = (rng.random(shape, dtype=np.float32) if dtype.kind == "f"
+             else rng.integers(np.iinfo(dtype).min, np.iinfo(dtype).max, size=shape).astype(dtype))
 
-            def call():
-                it.set_tensor(din["index"], x)
-                it.invoke()
-                it.get_tensor(dout["index"])
+        def call():
+            it.set_tensor(din["index"], x)
+            it.invoke()
+            it.get_tensor(dout["index"])
 
-            res[f"b{b}_t{t}"] = {**stats(time_calls(call, warmup, runs), per=b), "batch": int(b), "threads": int(t)}
-    return res
+        times = time_calls(call, int(req["warmup"]), int(req["calls"]))
+        sys.stdout.write(json.dumps({"times_s": times, "how": how, "version": backend_version(backend),
+                                     "numpy": np.__version__}) + "\n")
+        sys.stdout.flush()
+    return 0
 
 
-def _worker(argv) -> int:
+def interleaved(workers: dict, models: dict, cells, rounds: int, calls: int, warmup: int, say=None) -> dict:
+    """Time every model on every worker in ``rounds`` alternating rounds.
+
+    Args:
+      workers: {backend: Popen of ``--serve`` with text pipes}; models: {variant: path};
+      cells: [(batch, threads)]; rounds/calls/warmup: per round, ``calls`` timed after ``warmup``.
+    Returns:
+      {"results": {variant: {backend: {"b{B}_t{T}": stats + round medians, "how"}}},
+       "ratios": {variant: {"b{B}_t{T}": {"<b>/<a>": median, q1, q3 of per-round ratios}}}} with a, b
+      the first two backends, "workers": {backend: {"version", "numpy"}}}; a failing worker is reported as
+      {"error": ...} for its cells.
+    """
+    names = list(workers)
+    res = {v: {b: {} for b in names} for v in models}
+    seen = {}
+    per_round = {}
+    for r in range(rounds):
+        for v, path in models.items():
+            for batch, threads in cells:
+                cell = f"b{batch}_t{threads}"
+                for b in (names if r % 2 == 0 else names[::-1]):
+                    if "error" in res[v][b]:
+                        continue
+                    try:
+                        w = workers[b]
+                        w.stdin.write(json.dumps({"model": str(path), "batch": batch, "threads": threads,
+                                                  "warmup": warmup, "calls": calls}) + "\n")
+                        w.stdin.flush()
+                        out = json.loads(w.stdout.readline())
+                    except Exception as e:  # noqa: BLE001 - a dead worker: report it, go on with the rest
+                        res[v][b] = {"error": f"{type(e).__name__}: {str(e)[:200]}"}
+                        continue
+                    res[v][b].setdefault("how", out["how"])
+                    seen[b] = {"version": out.get("version"), "numpy": out.get("numpy")}
+                    per_round.setdefault((v, b, cell), []).append(out["times_s"])
+        if say:
+            say(f"latency: round {r + 1}/{rounds} done")
+    ratios = {}
+    for (v, b, cell), rs in per_round.items():
+        batch, threads = (int(t[1:]) for t in cell.split("_"))
+        res[v][b][cell] = {**stats([t for x in rs for t in x], per=batch), "batch": batch, "threads": threads,
+                           "round_medians_ms": [float(np.median(x)) * 1000 / batch for x in rs]}
+    for v in models:
+        if len(names) < 2 or any("error" in res[v][b] for b in names[:2]):
+            continue
+        a, b = names[:2]
+        ratios[v] = {}
+        for cell, ra in res[v][a].items():
+            rb = res[v][b].get(cell)
+            if isinstance(ra, dict) and rb and "round_medians_ms" in ra:
+                q = np.asarray(rb["round_medians_ms"]) / np.asarray(ra["round_medians_ms"])
+                ratios[v][cell] = {f"{b}/{a}": float(np.median(q)), "q1": float(np.percentile(q, 25)),
+                                   "q3": float(np.percentile(q, 75)), "rounds": int(len(q))}
+    return {"results": res, "ratios": ratios, "workers": seen}
+
+
+def main(argv) -> int:
     import argparse
 
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--worker", required=True, help="model path")
-    ap.add_argument("--backend", required=True)
-    ap.add_argument("--batches", default="1,32")
-    ap.add_argument("--threads", default="1,2")
-    ap.add_argument("--warmup", type=int, default=5)
-    ap.add_argument("--runs", type=int, default=30)
+    ap = argparse.ArgumentParser(description="latency worker of metalite bench")
+    ap.add_argument("--serve", action="store_true", required=True, help="answer timing requests on stdin")
+    ap.add_argument("--backend", required=True, help="ai_edge_litert, tflite_runtime or tensorflow")
     a = ap.parse_args(argv)
-    out = {"backend": a.backend, "version": backend_version(a.backend), "numpy": np.__version__,
-           "python": sys.version.split()[0], "executable": sys.executable,
-           "results": measure_tflite(a.worker, a.backend, [int(v) for v in a.batches.split(",")],
-                                     [int(v) for v in a.threads.split(",")], a.warmup, a.runs)}
-    sys.stdout.write(json.dumps(out) + "\n")
-    return 0
+    return _serve(a.backend)
 
 
 if __name__ == "__main__":
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    sys.exit(_worker(sys.argv[1:]))
+    sys.exit(main(sys.argv[1:]))

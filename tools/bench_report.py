@@ -246,7 +246,16 @@ def markdown(report, plot_files: dict | None = None) -> str:
           f"OPENBLAS_CORETYPE={lat.get('OPENBLAS_CORETYPE') or 'unset'}.", ""]
     for be, info in (lat.get("interpreters") or {}).items():
         L.append(f"- {be}: {info.get('status')}" + (f" {info.get('version')}" if info.get("version") else "")
-                 + (f" (numpy {info['numpy']}, {info.get('where')})" if info.get("numpy") else ""))
+                 + (f" (numpy {info['numpy']}, {info.get('where') or info.get('python')})" if info.get("numpy") else ""))
+        for v, how in (info.get("how") or {}).items():
+            L.append(f"  - {LABELS.get(v, v)}: {how}")
+    if lat.get("ratios"):
+        L += ["", f"{lat.get('order', '')}.", "", "| variant | batch, threads | interpreter ratio (median of rounds) | q1–q3 |",
+              "|---|---|---|---|"]
+        for v, cells in lat["ratios"].items():
+            for cell, r in cells.items():
+                name = next(k for k in r if "/" in k)
+                L.append(f"| {LABELS.get(v, v)} | {cell} | {name} = {r[name]:.2f} | {r['q1']:.2f}–{r['q3']:.2f} |")
     L += ["", "| variant | interpreter | batch | threads | median ms/image | IQR |", "|---|---|---|---|---|---|"]
     for v, per in (lat.get("tflite") or {}).items():
         for be, res in per.items():

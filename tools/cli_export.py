@@ -130,21 +130,26 @@ def _held_out_alphabets(spec, size) -> dict:
 @click.command("inspect")
 @click.argument("bundle", type=click.Path(exists=True))
 @click.option("--json", "as_json", is_flag=True, help="print everything as JSON instead of text")
-def inspect_cmd(bundle, as_json):
+@click.option("--runtime/--no-runtime", default=True, show_default=True,
+              help="also open the backbone with metalite.runtime: which interpreter and delegate run it here, and why")
+def inspect_cmd(bundle, as_json, runtime):
     """Describe BUNDLE (directory or .zip) and verify it.
 
     \b
     Shows the manifest in words, file sizes raw and gzip-compressed, the stored sparsity of every
-    weight tensor, ops with counts, input/output quantization, Edge TPU readiness and whether every
-    file matches its sha256. Exits with status 1 if a checksum fails.
+    weight tensor, ops with counts, input/output quantization, Edge TPU readiness, how the runtime
+    would run the backbone on this machine, and whether every file matches its sha256. Exits with
+    status 1 if a checksum fails.
     """
     from metalite.export.errors import ExportError
-    from metalite.export.inspect import inspect_bundle, render_text
+    from metalite.export.inspect import inspect_bundle, render_text, runtime_check
 
     try:
         info = inspect_bundle(bundle)
     except ExportError as e:
         raise click.ClickException(str(e)) from None
+    if runtime and info["checksums"]["ok"]:
+        info["runtime"] = runtime_check(bundle)
     click.echo(json.dumps(info, indent=2) if as_json else render_text(info))
     if not info["checksums"]["ok"]:
         raise click.ClickException("checksum verification failed: " + "; ".join(info["checksums"]["problems"]))

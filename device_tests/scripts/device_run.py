@@ -95,6 +95,7 @@ def main():
         res["open_seconds"] = time.perf_counter() - t
     res["warnings"] = ["%s: %s" % (w.category.__name__, w.message) for w in caught]
     res["backend"], res["device"] = clf.backend, clf.device
+    res["acceleration"] = clf.acceleration.as_dict()
     try:
         import importlib
 
@@ -154,11 +155,12 @@ def main():
         adapt = run_cli(["adapt", a.bundle, os.path.join(a.cli_task, "support"), "--out", st])
         paths = [os.path.join(a.cli_task, str(p)) for p in task["query_paths"]]
         predict = run_cli(["predict", a.bundle, "--state", st] + paths + ["--json"])
+        verbose = run_cli(["predict", a.bundle, "--state", st, paths[0], "--verbose"])
         # the API on the same files (decoded by Pillow, like the CLI does)
         res["api_pred_from_files"] = FewShotClassifier.load(a.bundle, st, num_threads=a.threads,
                                                             delegate=a.delegate).predict(paths) \
             if adapt["returncode"] == 0 and os.path.exists(st) else None
-        res["cli"] = {"adapt": adapt, "predict": predict, "paths": paths}
+        res["cli"] = {"adapt": adapt, "predict": predict, "verbose": verbose, "paths": paths}
 
     res["total_seconds"] = time.perf_counter() - t_start
     np.savez(os.path.join(a.out, "result.npz"), proba=proba, embeddings=emb)
