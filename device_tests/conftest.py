@@ -116,9 +116,9 @@ def bundle(bundles) -> Path:
 
 @pytest.fixture(scope="session")
 def task(device_cache) -> Path:
-    """A 20-way 5-shot task from Omniglot with 10 queries per class (200): folders + task.npz."""
+    """A 20-way 5-shot task from the Omniglot fixture with 10 queries per class (200): folders + task.npz."""
     try:
-        return bundlelib.make_task(device_cache / "task-omniglot-20w5s10q-v1")
+        return bundlelib.make_task(device_cache / "task-fixture-20w5s10q-v2")
     except FileNotFoundError as e:
         pytest.fail(str(e), pytrace=False)
 

@@ -5,7 +5,7 @@
   16-d embedding, untrained: the device tests check the *runtime*, not accuracy) written with
   ``metalite.export.bundle.write_bundle``. It needs TensorFlow, so it runs in a subprocess
   (``python device_tests/device_bundles.py tiny OUT``) and the pytest process never imports TF.
-- :func:`make_task`: a 20-way task from Omniglot (``<repo>/../shared/data/omniglot``), written both as
+- :func:`make_task`: a 20-way task from the Omniglot fixture (``tests/data/omniglot``), written both as
   ``support/<label>/*.png`` + ``query/<label>/*.png`` (for the CLI and for Pillow) and as one
   ``task.npz`` of raw uint8 arrays (for the arm64 device, whose rootfs has numpy but no Pillow).
 - :func:`with_edgetpu_model`: a copy of a bundle that also carries ``backbone_edgetpu.tflite``.
@@ -28,11 +28,11 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = ("omniglot", "glyphs")
-# The project's test data lives beside the repo (DESIGN.md, "Data"): <repo>/../shared/data. The
-# product never needs it; the tests do, for real handwritten characters.
-OMNIGLOT_DIR = Path(os.environ.get("METALITE_OMNIGLOT_DIR") or REPO.parent / "shared" / "data" / "omniglot")
-TINY_RECIPE = {"kind": "conv4", "filters": 16, "embedding_dim": 16, "head": [16], "seed": 0, "rep": 64,
-               "version": 2}
+# Real handwritten characters for the tasks: the Omniglot fixture shipped with the tests (its README.md).
+OMNIGLOT_DIR = Path(os.environ.get("METALITE_OMNIGLOT_DIR") or REPO / "tests" / "data" / "omniglot")
+TINY_RECIPE = {"kind": "conv4", "filters": 16, "embedding_dim": 16, "head": [16], "seed": 0, "rep": 48,
+               "version": 3}
+TASK_WAYS, TASK_SHOTS, TASK_QUERIES = 20, 5, 10
 
 
 def sha256(path) -> str:
@@ -47,9 +47,8 @@ def shipped_bundles() -> dict:
 def omniglot_zips() -> list:
     zips = sorted(OMNIGLOT_DIR.glob("*.zip"))
     if not zips:
-        raise FileNotFoundError(
-            f"no Omniglot zips in {OMNIGLOT_DIR}: the device tests need the project's test data "
-            "(shared/data/omniglot/images_background_small*.zip beside the repo, or set METALITE_OMNIGLOT_DIR)")
+        raise FileNotFoundError(f"no Omniglot zips in {OMNIGLOT_DIR} (the fixture of tests/data/omniglot; "
+                                "METALITE_OMNIGLOT_DIR overrides it)")
     return zips
 
 
@@ -60,25 +59,27 @@ def _read_png(data: bytes) -> np.ndarray:
         return np.asarray(im.convert("L"), dtype=np.uint8)
 
 
-def omniglot_images(n_classes: int, per_class: int, zip_index: int = 0, offset: int = 0):
-    """Deterministic pick: the first ``n_classes`` characters (after ``offset``) of one zip, sorted.
+def omniglot_images(n_classes: int | None, per_class: int, exclude=()):
+    """Deterministic pick: the first ``n_classes`` (None: all) characters, in name order over every zip,
+    that have at least ``per_class`` drawings and are not in ``exclude``.
 
-    Returns ``(labels, images)``: ``labels[i]`` like ``"Balinese.character01"``, ``images[i]`` a list of
+    Returns ``(labels, images)``: ``labels[i]`` like ``"Greek.character01"``, ``images[i]`` a list of
     ``per_class`` uint8 (105, 105) arrays (255 = paper).
     """
-    z = zipfile.ZipFile(omniglot_zips()[zip_index])
     chars: dict = {}
-    for name in sorted(z.namelist()):
-        parts = name.split("/")
-        if len(parts) == 4 and parts[3].endswith(".png"):
-            chars.setdefault(f"{parts[1]}.{parts[2]}", []).append(name)
-    keys = sorted(chars)[offset:offset + n_classes]
-    if len(keys) < n_classes:
-        raise ValueError(f"only {len(keys)} characters available in {z.filename}")
-    return keys, [[_read_png(z.read(n)) for n in chars[k][:per_class]] for k in keys]
+    for path in omniglot_zips():
+        with zipfile.ZipFile(path) as z:
+            for name in sorted(z.namelist()):
+                parts = name.split("/")
+                if len(parts) == 4 and parts[3].endswith(".png"):
+                    chars.setdefault(f"{parts[1]}.{parts[2]}", {}).setdefault(parts[3], z.read(name))
+    keys = [k for k in sorted(chars) if len(chars[k]) >= per_class and k not in exclude][:n_classes]
+    if n_classes is not None and len(keys) < n_classes:
+        raise ValueError(f"only {len(keys)} characters with {per_class} drawings in {OMNIGLOT_DIR}")
+    return keys, [[_read_png(chars[k][f]) for f in sorted(chars[k])[:per_class]] for k in keys]
 
 
-def make_task(out: Path, ways: int = 20, shots: int = 5, queries: int = 10) -> Path:
+def make_task(out: Path, ways: int = TASK_WAYS, shots: int = TASK_SHOTS, queries: int = TASK_QUERIES) -> Path:
     """Write a ``ways``-way task to ``out``: folders of PNGs and ``task.npz``; returns ``out``."""
     from PIL import Image
 
@@ -132,8 +133,9 @@ def _tiny_main(out: Path) -> None:
     tf.random.set_seed(r["seed"])
     np.random.seed(r["seed"])
     model = build_backbone({"kind": r["kind"], "filters": r["filters"], "embedding_dim": r["embedding_dim"]})
-    # Representative images: Omniglot characters *not* used by the test tasks (second zip).
-    _, imgs = omniglot_images(r["rep"] // 2, 2, zip_index=-1)
+    # Representative images: Omniglot characters *not* used by the test task.
+    task_chars, _ = omniglot_images(TASK_WAYS, TASK_SHOTS + TASK_QUERIES)
+    _, imgs = omniglot_images(r["rep"] // 2, 2, exclude=task_chars)
     rep = to_model_input(np.stack([a for ims in imgs for a in ims]), (28, 28))
     rng = np.random.default_rng(r["seed"])
     d, h = r["embedding_dim"], r["head"][0]

@@ -12,7 +12,7 @@ from PIL import Image
 from metalite.training.datasets import DataError, load_data
 from metalite.training.episodes import EpisodeSampler
 
-OMNIGLOT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "omniglot"  # tests may use ../shared/data
+OMNIGLOT = Path(__file__).resolve().parent / "data" / "omniglot"  # real Omniglot drawings, shipped (README.md there)
 
 
 def _shape_image(cls, rng, size=28):
@@ -49,23 +49,26 @@ def _cache(tmp_path, monkeypatch):
 # ---- data -----------------------------------------------------------------------------------------
 
 def test_omniglot_zip_is_alphabet_aware_and_splits_are_disjoint():
-    spec = f"omniglot:{OMNIGLOT / 'images_background_small1.zip'}"
+    spec = f"omniglot:{OMNIGLOT / 'mini1.zip'},{OMNIGLOT / 'mini2.zip'}"
     full = load_data(spec, 28, "all")
-    assert full.num_classes == 136 and len(full.images) == 136 * 20 and len(set(full.groups)) == 5
+    assert full.num_classes == 44 and len(full.images) == 20 * 20 + 24 * 5 and len(set(full.groups)) == 5
     assert full.images.dtype == np.uint8 and full.images.shape[1:] == (28, 28)
     assert full.images.mean() > 180  # paper stays white, ink dark (Omniglot convention)
     tr, va, te = load_data(spec, 28, "train"), load_data(spec, 28, "val"), load_data(spec, 28, "test")
     assert set(tr.groups).isdisjoint(va.groups) and set(tr.groups).isdisjoint(te.groups)  # whole alphabets held out
-    assert tr.num_classes + va.num_classes + te.num_classes == 136
+    assert tr.num_classes + va.num_classes + te.num_classes == 44
+    assert set(te.groups) == {"Greek"}  # the one alphabet with Lake's 20 characters
     rot = load_data(spec, 28, "val", rotations=True)
     assert rot.num_classes == 4 * va.num_classes
     np.testing.assert_array_equal(rot.images[rot.labels == va.num_classes][0], np.rot90(va.images[va.labels == 0][0]))
 
 
 def test_two_zips_combine(tmp_path):
-    spec = ",".join(str(OMNIGLOT / f) for f in ("images_background_small1.zip", "images_background_small2.zip"))
-    # Greek (24 characters) and Latin (26) are in both zips, drawing for drawing: kept once
-    assert load_data(f"omniglot:{spec}", 28, "all").num_classes == 136 + 156 - 24 - 26
+    one, two = (load_data(f"omniglot:{OMNIGLOT / name}", 28, "all") for name in ("mini1.zip", "mini2.zip"))
+    both = load_data(f"omniglot:{OMNIGLOT / 'mini1.zip'},{OMNIGLOT / 'mini2.zip'}", 28, "all")
+    # mini2 repeats 6 Greek characters of mini1 drawing for drawing (as small2 does small1's Greek): kept once
+    assert (one.num_classes, two.num_classes, both.num_classes) == (32, 18, 32 + 18 - 6)
+    assert len(both.images) == len(one.images) + len(two.images) - 6 * 5
 
 
 def test_bad_data_specs_name_the_problem(tmp_path, folder):
@@ -111,7 +114,7 @@ def test_episode_checks_and_reproducibility(folder):
 
 
 def test_within_alphabet_episodes():
-    data = load_data(f"omniglot:{OMNIGLOT / 'images_background_small1.zip'}", 28, "all")
+    data = load_data(f"omniglot:{OMNIGLOT / 'mini1.zip'}", 28, "all")
     s = EpisodeSampler(data, 5, 1, 1, seed=0, within_group=True)
     for _ in range(5):
         assert len({data.groups[c] for c in s.sample().classes}) == 1
