@@ -1,19 +1,26 @@
 """metalite: on-device few-shot learning kit (train -> compress -> export -> adapt on device)."""
+import re
+from pathlib import Path
+
 from setuptools import setup
+
+HERE = Path(__file__).resolve().parent
+VERSION = re.search(r'__version__ = "([^"]+)"', (HERE / "runtime" / "version.py").read_text()).group(1)
 
 setup(
     name="metalite",
-    version="0.1.0",
+    version=VERSION,
     description="Meta-train, compress and ship few-shot learners to Raspberry Pi and Coral Edge TPU",
-    long_description=open("README.md", encoding="utf-8").read() if __import__("os").path.exists("README.md") else "",
+    long_description=(HERE / "README.md").read_text(encoding="utf-8") if (HERE / "README.md").exists() else "",
     long_description_content_type="text/markdown",
     python_requires=">=3.9",
-    # One import namespace: the top-level folders install as metalite.<folder>, so nothing
-    # generic ("runtime", "tools") lands in a user's site-packages (DESIGN.md, "Layout").
-    packages=["metalite", "metalite.training", "metalite.export", "metalite.runtime", "metalite.runtime.sync",
-              "metalite.tools", "metalite.fleet"],
+    # One import namespace: the top-level folders install as metalite.<folder>, so nothing generic
+    # ("runtime", "tools") lands in a user's site-packages. ``metalite`` itself is a namespace package
+    # with no folder of its own, so nothing in the repository root shadows the installed one
+    # (DESIGN.md, "Layout").
+    packages=["metalite.training", "metalite.export", "metalite.runtime", "metalite.runtime.sync", "metalite.tools",
+              "metalite.fleet"],
     package_dir={
-        "metalite": "metalite",
         "metalite.training": "training",
         "metalite.export": "export",
         "metalite.runtime": "runtime",

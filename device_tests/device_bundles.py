@@ -123,7 +123,7 @@ def build_tiny_bundle(out: Path) -> Path:
 
 def _tiny_main(out: Path) -> None:
     os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-    from metalite.training.tfcompat import tf, keras  # noqa: F401  (sets up tf_keras)
+    from metalite.export.tfcompat import tf, keras  # noqa: F401  (sets up tf_keras)
     from metalite.training.models import build_backbone
     from metalite.export.bundle import write_bundle
     from metalite.runtime.head import HeadSpec

@@ -26,6 +26,7 @@ import functools
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -135,6 +136,11 @@ VENV_RECIPES = {
 }
 
 
+def package_folders() -> list:
+    """The repository folders that install as ``metalite.<name>`` (read from setup.py's ``package_dir``)."""
+    return sorted(set(re.findall(r'"metalite\.[a-z_.]+":\s*"([a-z_]+)"', (REPO / "setup.py").read_text())))
+
+
 def _repo_copy(dst: Path) -> Path:
     """The files `pip install` needs (setup.py and the package folders), without .git or models."""
     if dst.exists():
@@ -144,7 +150,7 @@ def _repo_copy(dst: Path) -> Path:
         if (REPO / name).exists():
             shutil.copy2(REPO / name, dst / name)
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
-    for name in ("metalite", "training", "export", "runtime", "tools"):
+    for name in package_folders():
         if (REPO / name).is_dir():
             shutil.copytree(REPO / name, dst / name, ignore=ignore)
     return dst
@@ -180,8 +186,7 @@ def runtime_venv(kind: str) -> Path:
             run([str(py), "-m", "pip", "install", "-q", *reqs], what=f"pip install into {root.name}",
                 timeout=1200)
             (root / ".complete").write_text(json.dumps(recipe))
-        src = _tree_digest(REPO / "setup.py", REPO / "metalite", REPO / "runtime", REPO / "tools",
-                           REPO / "export", REPO / "training")
+        src = _tree_digest(REPO / "setup.py", *(REPO / name for name in package_folders()))
         stamp = root / ".project"
         if not stamp.exists() or stamp.read_text() != src:
             with_tmp = cache_dir() / f"src-{kind}"
@@ -267,13 +272,11 @@ def arm64_wheel() -> Path:
 
 
 def _copy_runtime(site: Path) -> None:
-    """The runtime as it would be installed: ``metalite/runtime`` with a minimal ``metalite/__init__.py``
-    (the full package's __init__ may pull in click etc.; the device only needs the runtime)."""
+    """The runtime as it is installed: ``metalite/runtime`` inside the ``metalite`` namespace package."""
     pkg = site / "metalite"
     if pkg.exists():
         shutil.rmtree(pkg)
     pkg.mkdir(parents=True)
-    (pkg / "__init__.py").write_text('"""metalite (runtime only, for the arm64 device test)."""\n')
     shutil.copytree(REPO / "runtime", pkg / "runtime", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
 
 

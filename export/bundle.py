@@ -11,11 +11,14 @@ import hashlib
 import json
 import os
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from metalite.runtime.files import atomic_write, atomic_write_bytes, replace_dir
+from metalite.runtime.preprocess import settings as preprocess_settings
+from metalite.runtime.progress import as_progress
 
 from . import edgetpu as _etpu
 from . import tflite as _tfl
@@ -23,19 +26,11 @@ from .errors import ExportError
 
 BUNDLE_FORMAT = "metalite-bundle"
 BUNDLE_FORMAT_VERSION = 1
-PREPROCESS = {"color": "L", "resize": "area", "invert": True, "range": [0.0, 1.0]}
 META_SECTIONS = ("training", "compression", "accuracy")
 
 
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def _write(path: Path, data: bytes) -> None:
-    with open(path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
 
 
 def _prepare(out_dir, overwrite: bool) -> Path:
@@ -56,28 +51,6 @@ def _prepare(out_dir, overwrite: bool) -> Path:
     return out
 
 
-def _finalize(tmp: Path, out: Path) -> None:
-    """Move the finished bundle into place; an old bundle is set aside first and removed only after."""
-    old = None
-    if out.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-        os.rename(out, old / out.name)
-    try:
-        os.rename(tmp, out)
-    except OSError:
-        if old is not None:
-            os.rename(old / out.name, out)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-    try:  # make the rename itself durable
-        fd = os.open(out.parent, os.O_RDONLY)
-        os.fsync(fd)
-        os.close(fd)
-    except OSError:
-        pass
-
-
 def _edgetpu(tmp: Path, backbone_model, representative, cpu_bytes: bytes, compile_it: bool, say) -> dict:
     """Edge TPU report (of the static batch-1 model if compiling, else of the CPU model with batch 1 assumed)
     and, if asked, the compiled ``backbone_edgetpu.tflite``; returns the manifest's ``edgetpu`` section."""
@@ -88,7 +61,7 @@ def _edgetpu(tmp: Path, backbone_model, representative, cpu_bytes: bytes, compil
         report = _etpu.check_model(b1, "backbone.tflite (static batch 1)")
         scratch = tmp / ".edgetpu"
         scratch.mkdir()
-        _write(scratch / "backbone.tflite", b1)
+        atomic_write_bytes(scratch / "backbone.tflite", b1)
         say("running edgetpu_compiler")
         result = _etpu.compile_edgetpu(scratch / "backbone.tflite", scratch)
         if result["status"] == "compiled":
@@ -102,20 +75,20 @@ def _edgetpu(tmp: Path, backbone_model, representative, cpu_bytes: bytes, compil
         report = _etpu.check_model(cpu_bytes, "backbone.tflite", static_batch=True)
         section["compiler"] = {"status": "not_requested", "message": "not compiled (export --edgetpu compiles)",
                                "version": None}
-    _write(tmp / "edgetpu_report.json", json.dumps(report, indent=2).encode())
+    atomic_write_bytes(tmp / "edgetpu_report.json", json.dumps(report, indent=2).encode())
     section.update(ready=report["ready"], summary=_etpu.summarize(report))
     return section
 
 
 def _manifest(io: dict, head_spec, meta: dict, files: dict, extra: dict) -> dict:
-    from metalite import __version__
+    from metalite.runtime.version import __version__
 
     head_cfg = head_spec.config()
     return {
         "format": BUNDLE_FORMAT, "format_version": BUNDLE_FORMAT_VERSION, "metalite_version": __version__,
         "created": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z"),
         "input": {"shape": io["input"]["shape"], "dtype": io["input"]["dtype"], "layout": "NHWC",
-                  "preprocess": dict(PREPROCESS), "quantization": io["input"]["quantization"]},
+                  "preprocess": preprocess_settings(), "quantization": io["input"]["quantization"]},
         "output": {"embedding_dim": int(io["output"]["shape"][-1]), "dtype": io["output"]["dtype"],
                    "quantization": io["output"]["quantization"]},
         "backbone": extra["backbone"],
@@ -125,6 +98,16 @@ def _manifest(io: dict, head_spec, meta: dict, files: dict, extra: dict) -> dict
         "edgetpu": extra["edgetpu"],
         "files": files,
     }
+
+
+def _float_bytes(backbone_model, float_model) -> bytes:
+    """Float32 TFLite of ``float_model`` (a Keras model), or of the backbone itself for ``True``; never of a
+    fake-quantized (QAT) graph, which would be float in name only."""
+    model = backbone_model if float_model is True else float_model
+    if _tfl.is_quantize_annotated(model):
+        raise ExportError("the float comparison model must be a plain float backbone, not a quantization-aware one "
+                          "(pass its float twin: metalite.training.pruning.float_twin)")
+    return _tfl.convert_float(model)
 
 
 def _build(tmp: Path, backbone_model, head_spec, rep, meta, edgetpu, float_model, say, evaluate=None) -> dict:
@@ -141,7 +124,7 @@ def _build(tmp: Path, backbone_model, head_spec, rep, meta, edgetpu, float_model
     if io["input"]["batch"] != -1:
         raise ExportError("converted backbone has a static batch dimension; expected a dynamic one")
     _tfl.interpreter(cpu, batch=32)  # the runtime resizes to 32: prove it allocates
-    _write(tmp / "backbone.tflite", cpu)
+    atomic_write_bytes(tmp / "backbone.tflite", cpu)
     say("checking int8 embeddings against the Keras model")
     check = _tfl.cosine_agreement(_tfl.run_int8(cpu, rep, batch=min(32, len(rep))),
                                   np.asarray(backbone_model(rep, training=False)))
@@ -151,27 +134,30 @@ def _build(tmp: Path, backbone_model, head_spec, rep, meta, edgetpu, float_model
         say("measuring few-shot accuracy of the int8 backbone (head-only adaptation, held-out classes)")
         meta = {**meta, "accuracy": {**meta.get("accuracy", {}), **evaluate(cpu)}}
     head_path = tmp / "head.npz"
-    save_head(head_spec, str(head_path))
+    atomic_write(head_path, lambda f: save_head(head_spec, f))
     backbone = {"file": "backbone.tflite", "batch": "dynamic", "edgetpu_file": None, "float_file": None,
                 "qat": _tfl.is_quantize_annotated(backbone_model), "weight_sparsity": weight_stats(cpu)["sparsity"]}
-    if float_model:
+    if float_model is not None and float_model is not False:
         say("converting the float32 comparison model")
-        _write(tmp / "backbone_float.tflite", _tfl.convert_float(backbone_model))
+        atomic_write_bytes(tmp / "backbone_float.tflite", _float_bytes(backbone_model, float_model))
         backbone["float_file"] = "backbone_float.tflite"
     section = _edgetpu(tmp, backbone_model, rep, cpu, edgetpu, say)
     backbone["edgetpu_file"] = section.pop("file")
     files = {p.name: {"sha256": sha256_bytes(p.read_bytes()), "bytes": p.stat().st_size}
              for p in sorted(tmp.iterdir()) if p.is_file()}
     manifest = _manifest(io, head_spec, meta or {}, files, {"backbone": backbone, "check": check, "edgetpu": section})
-    _write(tmp / "manifest.json", json.dumps(manifest, indent=2).encode())  # written last
+    atomic_write_bytes(tmp / "manifest.json", json.dumps(manifest, indent=2).encode())  # written last
     return manifest
 
 
 def write_bundle(out_dir, backbone_model, head_spec, representative, meta: dict | None = None, edgetpu: bool = False,
-                 float_model: bool = False, progress: bool = True, overwrite: bool = False, evaluate=None) -> Path:
+                 float_model=None, progress=None, overwrite: bool = False, evaluate=None) -> Path:
     """Export ``backbone_model`` (tf_keras, float or QAT/PQAT-annotated) and ``head_spec`` as a bundle at ``out_dir``.
 
     ``representative``: float32 (N, H, W, 1) model-input images for calibration and the int8-vs-Keras check.
+    ``float_model``: also write ``backbone_float.tflite``, float32 with no quantization at all: ``True`` for a
+    float backbone, or the float Keras model with the backbone's weights (for a QAT backbone).
+    ``progress``: a ``metalite.runtime.progress.Progress`` for news lines (None: silent).
     ``meta``: the manifest's ``training``, ``compression`` and ``accuracy`` sections. ``edgetpu``: also convert
     a batch-1 model and run ``edgetpu_compiler`` if installed. ``evaluate(tflite_bytes) -> {name: result}``:
     accuracy of the converted int8 model, merged into the manifest's ``accuracy`` section.
@@ -181,7 +167,8 @@ def write_bundle(out_dir, backbone_model, head_spec, representative, meta: dict 
     unknown = set(meta) - set(META_SECTIONS)
     if unknown:
         raise ExportError(f"unknown meta sections {sorted(unknown)}; expected {', '.join(META_SECTIONS)}")
-    say = (lambda msg: print(f"export: {msg}", file=sys.stderr, flush=True)) if progress else (lambda msg: None)
+    log = as_progress(progress).log
+    say = lambda msg: log(f"export: {msg}")  # noqa: E731
     out = _prepare(out_dir, overwrite)
     rep = np.asarray(representative, np.float32)
     try:
@@ -193,7 +180,7 @@ def write_bundle(out_dir, backbone_model, head_spec, representative, meta: dict 
         raise ExportError(f"cannot write to {out.parent}: {e.strerror}") from None
     try:
         manifest = _build(tmp, backbone_model, head_spec, rep, meta, edgetpu, float_model, say, evaluate)
-        _finalize(tmp, out)
+        replace_dir(tmp, out)  # an old bundle is set aside first and removed only after
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
         raise ExportError(f"writing the bundle failed: {e.strerror or e} ({e.filename or out})") from None

@@ -1,5 +1,6 @@
-"""The one error type of metalite.export: a one-line, user-facing message (the CLI shows it without a traceback)."""
+"""The one error type of metalite.export, in the runtime's ``MetaliteError`` family: a one-line, user-facing message."""
+from metalite.runtime.errors import MetaliteError
 
 
-class ExportError(ValueError):
+class ExportError(MetaliteError, ValueError):
     """Export or inspection failed for a reason the user can act on (bad path, bad model, corrupt bundle)."""

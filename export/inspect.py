@@ -41,14 +41,19 @@ def read_bundle_files(path) -> dict:
 
 
 def weight_stats(data: bytes, name: str = "model") -> dict:
-    """Stored sparsity (fraction of exact zeros) of every conv/dense weight tensor, and overall."""
+    """Stored sparsity (fraction of exact zeros) of every conv/dense weight tensor, and overall.
+
+    A weight fed through QUANTIZE/DEQUANTIZE ops (a fake-quantized graph) is counted as its stored constant."""
     m = read_model(data, name)
+    producer = {out: op for op in m.ops for out in op.outputs}
     rows, zeros, total = [], 0, 0
     for op in m.ops:
         pos = _WEIGHT_OPS.get(op.name)
         if pos is None or pos >= len(op.inputs) or op.inputs[pos] < 0:
             continue
         t = m.tensors[op.inputs[pos]]
+        while t.data is None and getattr(producer.get(t.index), "name", "") in ("QUANTIZE", "DEQUANTIZE"):
+            t = m.tensors[producer[t.index].inputs[0]]
         if t.data is None:
             continue
         z = int(np.count_nonzero(t.data == 0))
@@ -56,6 +61,19 @@ def weight_stats(data: bytes, name: str = "model") -> dict:
                      "zeros": z, "sparsity": z / max(t.data.size, 1)})
         zeros, total = zeros + z, total + int(t.data.size)
     return {"tensors": rows, "sparsity": zeros / total if total else 0.0, "weights": total}
+
+
+def model_kind(summary: dict) -> str:
+    """What a .tflite of a bundle is, from its ops and input/output types (``tflite_summary``)."""
+    ops, dtype = summary["ops"], (summary.get("input") or {}).get("dtype", "")
+    if any(o.startswith("CUSTOM:edgetpu") for o in ops):
+        return "compiled for the Edge TPU"
+    if dtype.startswith("float") and ("QUANTIZE" in ops or "DEQUANTIZE" in ops):
+        return ("float32 in and out but fake-quantized: weights and activations pass QUANTIZE/DEQUANTIZE ops (a "
+                "quantization-aware graph converted as is, not a float model)")
+    if dtype.startswith("float"):
+        return "float32, no quantization (for comparison only)"
+    return f"{dtype} in and out, full-integer quantized (what the device runs)"
 
 
 def tflite_summary(data: bytes, name: str) -> dict:
@@ -132,6 +150,61 @@ def _kb(n: int) -> str:
     return f"{n / 1024:.1f} KiB" if n >= 1024 else f"{n} B"
 
 
+_STAGE_NAMES = {"pqat": "PQAT", "int8_tflite": "int8 TFLite", "float_int8": "(float model in int8)"}
+
+
+def _pct(x) -> str:
+    return f"{100 * x:.1f}%" if isinstance(x, (int, float)) else "?"
+
+
+def _training_line(t: dict) -> str:
+    bb = t.get("backbone") or {}
+    extras = [f"{t.get('steps')} steps"]
+    if t.get("rotations"):
+        extras.append("rotations as classes")
+    if t.get("within_alphabet"):
+        extras.append(f"{_pct(float(t['within_alphabet']))} within-alphabet episodes")
+    if t.get("augment"):
+        extras.append("augmented (" + ", ".join(f"{k} {v:g}" for k, v in t["augment"].items()) + ")")
+    hp = t.get("hparams") or {}
+    return (f"training: {t.get('algorithm')} on {t.get('data')}, {t.get('ways')}-way {t.get('shots')}-shot episodes "
+            f"with {t.get('queries')} queries, {', '.join(extras)}; backbone {bb.get('kind')} ({bb.get('filters')} "
+            f"filters, {bb.get('embedding_dim')}-d embedding); lr {hp.get('lr')}, seed {t.get('seed')}")
+
+
+def _compression_lines(c: dict) -> list:
+    if not c or c.get("stage", "float") == "float":
+        return ["compression: none (float model, quantized to int8 after training)"]
+    steps = c.get("steps") or {}
+    what = [f"magnitude pruning to {_pct(c.get('sparsity'))} per conv/dense kernel ({_pct(c.get('kernel_sparsity'))} "
+            "of their weights are zero)"]
+    if c.get("pqat"):
+        what.append("pruning-preserving quantization-aware training")
+    if c.get("distill"):
+        what.append(f"distilled from the float model ({c['distill']} loss)")
+    lines = [f"compression: {', '.join(what)}; fine-tuned {steps.get('prune', '?')} + {steps.get('qat', 0)} steps"]
+    stages = c.get("stages") or {}
+    for task in sorted({k for r in stages.values() for k in r}):
+        cells = [f"{_STAGE_NAMES.get(name, name)} {_pct(r[task]['mean'])}" for name, r in stages.items() if task in r]
+        lines.append(f"  {task} after each stage: " + ", ".join(cells))
+    return lines
+
+
+def _accuracy_lines(accuracy: dict) -> list:
+    lines = []
+    for task, acc in (accuracy or {}).items():
+        if not isinstance(acc, dict):
+            continue
+        source = acc.get("data") or (f"alphabets {', '.join(acc['held_out']['test'])}" if acc.get("held_out") else "")
+        if "mean" in acc:
+            lines.append(f"accuracy {task}: {_pct(acc['mean'])} ± {100 * acc.get('ci95', float('nan')):.1f} "
+                         f"({acc.get('episodes')} episodes; {source})")
+        elif "error" in acc:
+            lines.append(f"Lake-style error {task}: {_pct(acc['error'])} ± {100 * acc.get('ci95', float('nan')):.1f} "
+                         f"({acc.get('runs')} runs of {acc.get('ways')}-way 1-shot; {source})")
+    return lines
+
+
 def _describe(m: dict) -> list:
     inp, out, head = m.get("input", {}), m.get("output", {}), m.get("head", {})
     pre = inp.get("preprocess", {})
@@ -148,13 +221,9 @@ def _describe(m: dict) -> list:
         f"head: hidden layers [{layers}]; adaptation {ad.get('steps')} steps, lr {ad.get('lr')}, "
         f"scale {ad.get('scale')}, adapts {ad.get('adapt')}",
     ]
-    for key in ("training", "compression"):
-        if m.get(key):
-            lines.append(f"{key}: " + ", ".join(f"{k}={v}" for k, v in m[key].items()))
-    for task, acc in (m.get("accuracy") or {}).items():
-        if isinstance(acc, dict) and "mean" in acc:
-            lines.append(f"accuracy {task}: {acc['mean']:.3f} ± {acc.get('ci95', float('nan')):.3f} "
-                         f"({acc.get('episodes')} episodes, {acc.get('data', '')})")
+    if m.get("training"):
+        lines.append(_training_line(m["training"]))
+    lines += _compression_lines(m.get("compression") or {}) + _accuracy_lines(m.get("accuracy"))
     qc = m.get("quantization_check")
     if qc:
         lines.append(f"int8 vs Keras embeddings: cosine min {qc['cosine_min']:.4f}, mean {qc['cosine_mean']:.4f} "
@@ -171,7 +240,8 @@ def render_text(info: dict) -> str:
     for n, mdl in info["models"].items():
         w = mdl["weights"]
         ops = ", ".join(f"{k} x{v}" for k, v in mdl["ops"].items())
-        out.append(f"{n}: {mdl['n_ops']} ops ({ops})")
+        out.append(f"{n}: {model_kind(mdl)}")
+        out.append(f"  {mdl['n_ops']} ops ({ops})")
         for side in ("input", "output"):
             d = mdl[side]
             qq = d["quantization"]

@@ -6,6 +6,7 @@ so the runtime can ``resize_tensor_input`` to any batch; the Edge TPU variant ha
 """
 from __future__ import annotations
 
+import contextlib
 import warnings
 
 import numpy as np
@@ -36,8 +37,15 @@ def _check_representative(model, images) -> np.ndarray:
     return x
 
 
+def _quiet():
+    """The converter prints its settings from native code; hidden unless ``--verbose``."""
+    from .tfcompat import VERBOSE, native_stderr_captured
+
+    return contextlib.nullcontext() if VERBOSE else native_stderr_captured()
+
+
 def _converter(model, batch):
-    from metalite.training.tfcompat import tf
+    from .tfcompat import tf
 
     if batch is None:
         return tf.lite.TFLiteConverter.from_keras_model(model)
@@ -53,7 +61,7 @@ def convert_int8(model, representative, batch: int | None = None) -> bytes:
     ``representative``: float32 (N, H, W, C) model-input images used to calibrate activation ranges
     (for a QAT/PQAT model the ranges were learned, and the images only calibrate what is left).
     """
-    from metalite.training.tfcompat import tf
+    from .tfcompat import tf
 
     x = _check_representative(model, representative)
     conv = _converter(model, batch)
@@ -63,7 +71,7 @@ def convert_int8(model, representative, batch: int | None = None) -> bytes:
     conv.inference_input_type = tf.int8
     conv.inference_output_type = tf.int8
     try:
-        with warnings.catch_warnings():  # "Statistics for quantized inputs were expected" for QAT models: harmless
+        with warnings.catch_warnings(), _quiet():  # "Statistics for quantized inputs were expected" for QAT models
             warnings.simplefilter("ignore", UserWarning)
             data = conv.convert()
     except Exception as e:  # converter errors are long MLIR dumps; keep the first line
@@ -75,14 +83,15 @@ def convert_int8(model, representative, batch: int | None = None) -> bytes:
 
 def convert_float(model) -> bytes:
     """Float32 TFLite (dynamic batch), for comparing against the int8 model only."""
-    from metalite.training.tfcompat import tf
+    from .tfcompat import tf
 
-    return tf.lite.TFLiteConverter.from_keras_model(model).convert()
+    with _quiet():
+        return tf.lite.TFLiteConverter.from_keras_model(model).convert()
 
 
 def interpreter(data: bytes, batch: int | None = None):
     """A TensorFlow ``tf.lite.Interpreter`` on ``data``, resized to ``batch`` if given, tensors allocated."""
-    from metalite.training.tfcompat import tf
+    from .tfcompat import tf
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the deprecation notice pointing at ai-edge-litert
@@ -119,29 +128,13 @@ def check_int8_io(data: bytes) -> None:
                               "expected quantized int8")
 
 
-def quantize(x: np.ndarray, q: dict) -> np.ndarray:
-    """float -> int8 with ``real = scale * (q - zero_point)``, rounded and clipped."""
-    return np.clip(np.round(x / q["scale"] + q["zero_point"]), -128, 127).astype(np.int8)
-
-
 def run_int8(data: bytes, images: np.ndarray, batch: int | None = None) -> np.ndarray:
-    """Float embeddings of float32 ``images`` through the int8 model (quantize in, dequantize out)."""
+    """Float embeddings of float32 model-input ``images`` through the int8 model, quantized in and dequantized
+    out exactly as the device does it (``metalite.runtime.embedder.Embedder``), ``batch`` images per call."""
+    from metalite.runtime.embedder import Embedder
+
     x = np.asarray(images, np.float32)
-    batch = len(x) if batch is None else batch
-    it = interpreter(data, batch=batch)
-    din, dout = it.get_input_details()[0], it.get_output_details()[0]
-    qin = {"scale": din["quantization"][0], "zero_point": din["quantization"][1]}
-    s, zp = dout["quantization"]
-    out = []
-    for i in range(0, len(x), batch):
-        chunk = x[i:i + batch]
-        pad = batch - len(chunk)
-        if pad:
-            chunk = np.concatenate([chunk, np.zeros((pad,) + chunk.shape[1:], np.float32)])
-        it.set_tensor(din["index"], quantize(chunk, qin))
-        it.invoke()
-        out.append(it.get_tensor(dout["index"])[: batch - pad].astype(np.float32))
-    return (np.concatenate(out) - zp) * s
+    return Embedder(interpreter(data), max_batch=batch or max(len(x), 1))(x)
 
 
 def cosine_agreement(a: np.ndarray, b: np.ndarray) -> dict:

@@ -13,9 +13,10 @@ from .classifier import FewShotClassifier
 from .errors import (BundleError, DelegateError, InputError, InterpreterNotFoundError, MetaliteError,
                      NotFittedError, StateError, UnknownClassError)
 from .interpreter import EdgeTPUFallbackWarning
+from .version import __version__
 
 __all__ = [
     "FewShotClassifier", "Bundle", "open_bundle", "EmbeddingCache", "EdgeTPUFallbackWarning",
     "MetaliteError", "BundleError", "StateError", "InputError", "NotFittedError", "UnknownClassError",
-    "DelegateError", "InterpreterNotFoundError",
+    "DelegateError", "InterpreterNotFoundError", "__version__",
 ]

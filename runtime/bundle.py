@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import BundleError, one_line
+from .files import cache_root
+from .preprocess import settings as preprocess_settings
 
 BUNDLE_FORMAT = "metalite-bundle"
 BUNDLE_FORMAT_VERSIONS = (1,)
@@ -85,13 +87,6 @@ def _quant(manifest: dict, which: str) -> tuple:
     return scale, zp
 
 
-def _cache_root() -> Path:
-    if os.environ.get("METALITE_CACHE"):
-        return Path(os.environ["METALITE_CACHE"]) / "bundles"
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "metalite" / "bundles"
-
-
 def _safe_members(zf: zipfile.ZipFile, zpath: str) -> list:
     names = [n for n in zf.namelist() if not n.endswith("/")]
     for n in names:
@@ -114,7 +109,7 @@ def _extract_zip(zpath: Path) -> Path:
         if len(manifests) != 1 or len(Path(manifests[0]).parts) > 2:
             raise BundleError(f"{zpath}: expected exactly one {MANIFEST} at the top of the zip (or in one folder)")
         inner = Path(manifests[0]).parent
-        for root in (_cache_root(), Path(tempfile.gettempdir()) / "metalite-bundles"):
+        for root in (cache_root("bundles"), Path(tempfile.gettempdir()) / "metalite-bundles"):
             target = root / digest[:32]
             if (target / inner / MANIFEST).is_file():
                 return target / inner
@@ -223,7 +218,7 @@ def _parse(src: Path, root: Path, manifest: dict, manifest_sha: str, verify: boo
         raise BundleError(f"{MANIFEST}: input.shape must be [H, W, C] of positive ints, got {shape}")
     if shape[2] != 1:
         raise BundleError(f"{MANIFEST}: input.shape {shape} has {shape[2]} channels; this runtime supports 1 (gray)")
-    pre = {"color": "L", "resize": "area", "invert": True, "range": [0.0, 1.0]}
+    pre = preprocess_settings()
     pre.update(manifest.get("input", {}).get("preprocess") or {})
     if pre["color"] != "L" or pre["resize"] != "area":
         raise BundleError(f"{MANIFEST}: input.preprocess color={pre['color']!r} resize={pre['resize']!r} "

@@ -81,3 +81,12 @@ def to_pixels(x: np.ndarray, invert: bool = True, value_range=(0.0, 1.0)) -> np.
         x01 = (x01 - np.float32(lo)) / np.float32(hi - lo)
     gray = 1.0 - x01 if invert else x01
     return np.clip(np.rint(gray * np.float32(255.0)), 0, 255).astype(np.uint8)
+
+
+# What ``to_model_input`` does, as recorded in a model's config.json and a bundle's manifest ("preprocess").
+SETTINGS = {"color": "L", "resize": "area", "invert": True, "range": [0.0, 1.0]}
+
+
+def settings() -> dict:
+    """A fresh copy of ``SETTINGS`` (callers may change theirs)."""
+    return {k: list(v) if isinstance(v, list) else v for k, v in SETTINGS.items()}

@@ -44,9 +44,9 @@ def _conv_kernel_sparsity(model):
 def test_pruning_reaches_target_and_survives_pqat_and_int8(env, pqat):
     from metalite.export.flatbuf import read_model
     from metalite.export.tflite import convert_int8, is_quantize_annotated
-    from metalite.training.compress import load_pruned_float, qat_effective_kernels
     from metalite.training.datasets import load_data
-    from metalite.training.modeldir import load_model_dir
+    from metalite.training.modeldir import load_model_dir, load_pruned_float
+    from metalite.training.pruning import qat_effective_kernels
 
     out, report = pqat
     _, pruned, _ = load_pruned_float(out)
@@ -94,11 +94,13 @@ def test_report_and_config_structure(pqat):
 
 
 def test_load_compressed_round_trip_gives_same_embeddings(env, tmp_path):
-    from metalite.training import compress as C
+    from metalite.training import pruning as C
     from metalite.training.algorithms import make_learner
     from metalite.training.datasets import load_data
     from metalite.training.episodes import EpisodeSampler
-    from metalite.training.modeldir import head_spec_from_keras, load_model_dir, read_config, save_model_dir
+    from metalite.training.loop import run_episodes
+    from metalite.training.modeldir import PRUNED_WEIGHTS, head_spec_from_keras, load_model_dir, read_config, \
+        save_model_dir
     from metalite.training.models import build_head
 
     cfg, student, spec = load_model_dir(env["float"])
@@ -108,19 +110,19 @@ def test_load_compressed_round_trip_gives_same_embeddings(env, tmp_path):
     head.set_weights([a for wb in spec.weights for a in wb])
     wrapped = C.prune_wrap(student, 0.6, 4)
     learner = make_learner("protonet", wrapped, head)
-    C.finetune(learner, sampler, 4, 1e-3, "p", before_step=lambda s: C.set_pruning_step(wrapped, s), progress=False)
+    run_episodes(learner, sampler, 4, 1e-3, hooks=C.PruningSchedule(wrapped))
     C.finish_pruning(wrapped)
     assert all(s >= 0.6 - 1e-9 for s in _conv_kernel_sparsity(student).values())
-    student.save_weights(str(tmp_path / C.PRUNED_WEIGHTS))
+    student.save_weights(str(tmp_path / PRUNED_WEIGHTS))
     q = C.quantize_pqat(student)
-    C.finetune(make_learner("protonet", q, head), sampler, 2, 1e-3, "q", progress=False)
+    run_episodes(make_learner("protonet", q, head), sampler, 2, 1e-3)
     x = data.inputs()[:10]
     before = q(x, training=False).numpy()
     new_cfg = {**{k: v for k, v in read_config(env["float"]).items() if k not in ("format", "format_version")},
                "stage": "pqat"}
     out = tmp_path / "m"
     save_model_dir(out, new_cfg, q, head_spec_from_keras(head, "linear", cfg["adaptation"]),
-                   extra_files={C.PRUNED_WEIGHTS: tmp_path / C.PRUNED_WEIGHTS})
+                   extra_files={PRUNED_WEIGHTS: tmp_path / PRUNED_WEIGHTS})
     _, loaded, spec2 = load_model_dir(out)
     np.testing.assert_array_equal(loaded(x, training=False).numpy(), before)
     np.testing.assert_allclose(spec2.weights[0][0], head.layers[0].kernel.numpy())
@@ -157,3 +159,39 @@ def test_cli_no_qat_distill_and_errors(env, pqat, tmp_path):
         assert res.exit_code != 0 and msg in res.output, (args, res.output)
         assert "Traceback" not in res.output
         assert not (tmp_path / "o").exists()
+
+
+def test_export_float_of_a_pqat_model_is_a_real_float_model_and_inspect_says_what_each_file_is(env, pqat, tmp_path):
+    """--float writes the PQAT weights in float32 (masks applied, no fake quantization), which agrees with the
+    int8 backbone; inspect names it for what it is and calls the held-out classes the same everywhere."""
+    from metalite.export.flatbuf import read_model
+    from metalite.export.inspect import inspect_bundle, render_text
+    from metalite.export.tflite import interpreter, run_int8
+    from metalite.tools.cli import main
+    from metalite.training.datasets import load_data
+
+    out, _ = pqat
+    res = CliRunner().invoke(main, ["export", str(out), "--out", str(tmp_path / "b"), "--float", "--quiet",
+                                    "--eval-episodes", "5"])
+    assert res.exit_code == 0, res.output
+    raw = (tmp_path / "b" / "backbone_float.tflite").read_bytes()
+    ops = {op.name for op in read_model(raw).ops}
+    assert not ops & {"QUANTIZE", "DEQUANTIZE"} and "CONV_2D" in ops
+    x = load_data(f"folder:{env['folder']}", 28, "test").inputs()[:16]
+    it = interpreter(raw, batch=len(x))
+    it.set_tensor(it.get_input_details()[0]["index"], x)
+    it.invoke()
+    f = it.get_tensor(it.get_output_details()[0]["index"])
+    q = run_int8((tmp_path / "b" / "backbone.tflite").read_bytes(), x)
+    cos = (f * q).sum(1) / (np.linalg.norm(f, axis=1) * np.linalg.norm(q, axis=1))
+    assert cos.min() > 0.95, cos
+    info = inspect_bundle(tmp_path / "b")
+    assert info["models"]["backbone_float.tflite"]["weights"]["sparsity"] >= 0.45  # its kernels keep the zeros
+    text = render_text(info)
+    assert "backbone_float.tflite: float32, no quantization" in text
+    assert "{" not in text and "(val classes)" not in text and "(test classes)" not in text
+    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    assert manifest["training"]["data"] == "folder:folder"  # file names only, no path of this machine
+    labels = [a["data"] for a in manifest["accuracy"].values() if "data" in a]
+    assert labels and all(d in ("folder:folder (held-out test classes)", "folder:folder (validation classes)")
+                          for d in labels), labels

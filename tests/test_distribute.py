@@ -24,7 +24,7 @@ TIMEOUT = 300  # seconds per subprocess (2 shared cores: TF import alone takes ~
 PRELUDE = textwrap.dedent("""
     import json, os, sys
     sys.path.insert(0, {tests!r})
-    from metalite.training.tfcompat import tf, keras
+    from metalite.export.tfcompat import tf, keras
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     import numpy as np
@@ -139,7 +139,7 @@ def test_mirrored_training_checkpoints_and_resumes_like_an_uninterrupted_run(fol
     assert run["strategy"] == "mirrored" and run["steps"] == 6
     # 4 steps, Ctrl-C, resume to 6 == 6 steps in one go (weights, optimizer state, sampler state all restored)
     import numpy as np
-    from metalite.training.tfcompat import tf
+    from metalite.export.tfcompat import tf
     a = tf.train.load_checkpoint(str(tmp_path / "a" / "checkpoints" / "ckpt-6"))
     b = tf.train.load_checkpoint(str(tmp_path / "b" / "checkpoints" / "ckpt-6"))
     names = [n for n in a.get_variable_to_shape_map() if "/.ATTRIBUTES/VARIABLE_VALUE" in n and not n.startswith("save_counter")]

@@ -20,7 +20,7 @@ from metalite.export.flatbuf import read_model  # noqa: E402
 from metalite.export.inspect import inspect_bundle, render_text  # noqa: E402
 from metalite.runtime.head import HeadSpec  # noqa: E402
 from metalite.training.models import build_backbone  # noqa: E402
-from metalite.training.tfcompat import keras, tf  # noqa: E402
+from metalite.export.tfcompat import keras, tf  # noqa: E402
 
 EMB = 16
 

@@ -194,8 +194,11 @@ def test_evaluate_lake_on_model_dir_and_bundle(tmp_path):
     r = run(main, ["export", str(tmp_path / "m"), "--out", str(tmp_path / "b"), "--eval-episodes", "0", "--quiet"])
     assert r.exit_code == 0, r.output
     r = run(main, ["evaluate", str(tmp_path / "b"), "--protocol", "lake", "--runs", "20", "--json"])
+    assert r.exit_code != 0 and "trained on omniglot:o.zip; pass --data" in r.output  # manifests hold no paths
+    r = run(main, ["evaluate", str(tmp_path / "b"), "--protocol", "lake", "--runs", "20", "--json", "--data", spec])
     assert r.exit_code == 0, r.output
     int8 = json.loads(r.output[r.output.index("{"):])
     assert "bundle through the runtime" in int8["measured"] and 0 <= int8["error"] <= 1
+    assert int8["split"] == "test" and set(int8["alphabets"]) == set(res["alphabets"])
     r = run(main, ["train", "--data", spec, "--augment", "spin=3", "--out", str(tmp_path / "x")])
     assert r.exit_code != 0 and "spin=3" in r.output and not (tmp_path / "x").exists()

@@ -78,7 +78,7 @@ def keras_backbone():
     """(tf_keras Conv4 backbone with random weights, float32 (64, 28, 28, 1) representative model input)."""
     from metalite.runtime.preprocess import to_model_input
     from metalite.training.models import build_backbone
-    from metalite.training.tfcompat import tf
+    from metalite.export.tfcompat import tf
 
     tf.random.set_seed(0)
     model = build_backbone({"kind": "conv4", "filters": 16, "embedding_dim": 16}, input_shape=(SIZE, SIZE, 1))

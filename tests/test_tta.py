@@ -79,7 +79,7 @@ def test_refine_pulls_prototypes_toward_their_query_clusters():
 def bundle(tmp_path_factory):
     from metalite.export.bundle import write_bundle
     from metalite.training.models import build_backbone
-    from metalite.training.tfcompat import tf
+    from metalite.export.tfcompat import tf
 
     tf.random.set_seed(0)
     model = build_backbone({"kind": "conv4", "filters": 8, "embedding_dim": 8}, input_shape=(SIZE, SIZE, 1))

@@ -21,7 +21,6 @@ import gzip
 import json
 import os
 import platform
-import shutil
 import subprocess
 import sys
 import time
@@ -29,10 +28,11 @@ from pathlib import Path
 
 import numpy as np
 
+from metalite.training.datasets import HELDOUT_SPLIT
+
 from . import bench_latency as lat
 
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
 VARIANTS = ("float_keras", "float_tflite", "pruned_float_tflite", "int8_tflite", "int8_pruned_tflite")
 LABELS = {"float_keras": "float Keras", "float_tflite": "float TFLite", "pruned_float_tflite": "pruned float TFLite",
           "int8_tflite": "int8 TFLite", "int8_pruned_tflite": "int8 + pruned TFLite"}
@@ -105,15 +105,25 @@ def machine_info() -> dict:
 
 
 # ----------------------------------------------------------------------------- data
-def heldout_split(spec: str) -> str:
-    """The held-out split benchmarked: "test" for the built-in glyphs, "val" otherwise (Omniglot, folders)."""
-    return "test" if spec.strip() == "glyphs" else "val"
-
-
 def load_heldout(spec: str, size: int):
+    """The held-out test classes of ``spec`` (``datasets.HELDOUT_SPLIT``), as every measurement uses."""
     from metalite.training.datasets import load_data
 
-    return load_data(spec, size, heldout_split(spec), progress=False)
+    return load_data(spec, size, HELDOUT_SPLIT)
+
+
+def bench_data(manifest: dict, data_spec: str | None) -> str:
+    """The data to benchmark on: ``data_spec``, else the bundle's training data if it is the built-in glyphs
+    (a manifest records file names only, never where they are: ``datasets.portable_spec``)."""
+    from metalite.training.datasets import DataError, parse_spec
+
+    if data_spec:
+        parse_spec(data_spec)
+        return data_spec
+    recorded = (manifest.get("training") or {}).get("data") or "glyphs"
+    if recorded.strip() != "glyphs":
+        raise DataError(f"the bundle was trained on {recorded}; pass --data with where those files are on this machine")
+    return recorded
 
 
 # ----------------------------------------------------------------------------- variants
@@ -197,11 +207,10 @@ def find_variants(bundle, model_dirs, vdir: Path, data_spec: str) -> tuple:
     if pruned and "int8_tflite" not in found:
         if keras_float:
             from metalite.export.tflite import convert_int8
-            from metalite.tools.cli_export import _pick_representative
-            from metalite.training.datasets import load_data
+            from metalite.training.datasets import load_data, representative_inputs
 
             size = int(bundle.input_shape[0])
-            rep = _pick_representative(load_data(data_spec, size, "train", progress=False), 200)
+            rep = representative_inputs(load_data(data_spec, size, "train"), 200)
             p = vdir / "int8.tflite"
             p.write_bytes(convert_int8(keras_float[1], rep, batch=None))
             found["int8_tflite"] = Variant("int8_tflite", p, source=f"post-training int8 of {keras_float[0]} "
@@ -237,7 +246,7 @@ def accuracy_section(variants, data, spec, cfg, seed=0, say=_say) -> dict:
         else:
             notes.append(f"all held-out classes are from one alphabet ({groups[0]}): the unstructured episodes "
                          "are within-alphabet episodes, so no separate within-alphabet rows")
-    sec = {"notes": notes, "groups": len(groups),"data": data.spec, "split": heldout_split(data.spec), "classes": data.num_classes,
+    sec = {"notes": notes, "groups": len(groups),"data": data.spec, "split": HELDOUT_SPLIT, "classes": data.num_classes,
            "images": int(len(data.images)), "episodes": cfg["episodes"], "queries": 15, "seed": seed,
            "adaptation": "runtime.head.adapt with the bundle's head and settings (embeddings computed once per variant)",
            "results": {}, "skipped": {}}
@@ -293,36 +302,14 @@ def size_section(variants, bundle) -> dict:
 
 # ----------------------------------------------------------------------------- latency
 def find_tflite_runtime_python(build: bool, say=_say):
-    """(python of a venv with tflite-runtime, note): an existing device_tests venv, or one built if ``build``."""
-    try:
-        import tflite_runtime  # noqa: F401 - installed right here
+    """(python of a venv with tflite-runtime, note): ``runtime_env.tflite_runtime_python``."""
+    from .runtime_env import tflite_runtime_python
 
-        return sys.executable, "tflite-runtime installed in this environment"
-    except ImportError:
-        pass
-    envs_py = REPO / "device_tests" / "envs.py"
-    if not envs_py.is_file():
-        return None, "not installed (and device_tests/envs.py, which builds a venv for it, is not available)"
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("metalite_device_envs", envs_py)
-    envs = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(envs)
-    for root in sorted(envs.cache_dir().glob("venv-tflite-*")):
-        py = root / "bin" / "python"
-        if (root / ".complete").exists() and py.exists():
-            return str(py), f"venv {root}"
-    if not build:
-        return None, "not installed (no tflite-runtime venv built yet; the full run builds one)"
-    try:
-        say("building a tflite-runtime venv (numpy<2) with device_tests/envs.py")
-        return str(envs.runtime_venv("tflite")), "venv built by device_tests/envs.py"
-    except Exception as e:  # noqa: BLE001
-        return None, f"not installed (building its venv failed: {str(e).splitlines()[0][:200]})"
+    return tflite_runtime_python(build, say)
 
 
 def keras_latency(model, cfg, input_shape) -> dict:
-    from metalite.training.tfcompat import tf
+    from metalite.export.tfcompat import tf
 
     rng = np.random.default_rng(0)
     res = {}
@@ -400,7 +387,7 @@ def latency_section(variants, cfg, threads=(1, 2), say=_say, tmp=None) -> dict:
         sec["interpreters"][be].update(info)
     if "float_keras" in variants:
         say("latency: float Keras (desktop reference)")
-        from metalite.training.tfcompat import tf
+        from metalite.export.tfcompat import tf
 
         sec["keras"] = {"threads": "TensorFlow default (intra-op = all cores)", "tensorflow": tf.__version__,
                         "results": keras_latency(variants["float_keras"].keras, cfg,
@@ -456,22 +443,8 @@ print(json.dumps({"ru_maxrss_kib": resource.getrusage(resource.RUSAGE_CHILDREN).
 """
 
 
-def _site_for_runtime(tmp: Path) -> Path:
-    """A PYTHONPATH folder holding ``metalite`` with only ``metalite.runtime`` (the repo's current code)."""
-    site = tmp / "runtime_site"
-    if not site.exists():
-        (site / "metalite").mkdir(parents=True)
-        shutil.copy(REPO / "metalite" / "__init__.py", site / "metalite" / "__init__.py")
-        shutil.copytree(REPO / "runtime", site / "metalite" / "runtime",
-                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    return site
-
-
 def _child_rss(python, args, env, cwd) -> tuple:
-    """(ru_maxrss KiB of the child running ``args``, its JSON report), measured through LAUNCHER.
-
-    ``cwd`` must not be the repo root: ``python -c`` puts the cwd first on sys.path, and the repo's
-    top-level ``metalite/`` folder (no runtime/ inside) would shadow the runtime under test."""
+    """(ru_maxrss KiB of the child running ``args``, its JSON report), measured through LAUNCHER."""
     p = subprocess.run([python, "-c", LAUNCHER, python, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                        env=env, text=True, timeout=600, cwd=str(cwd))
     if p.returncode != 0:
@@ -482,8 +455,10 @@ def _child_rss(python, args, env, cwd) -> tuple:
 
 def memory_section(bundle_path, tmp: Path, tflite_python=None, images: int = 200) -> dict:
     """Peak RSS (ru_maxrss) of a runtime-only child process: load the bundle, adapt 20-way 5-shot, predict."""
-    site = _site_for_runtime(Path(tmp).resolve())
-    sec = {"what": f"child process importing only metalite.runtime (the repo's runtime/ on PYTHONPATH): load the "
+    from .runtime_env import runtime_site
+
+    site = runtime_site(Path(tmp).resolve())
+    sec = {"what": f"child process importing only metalite.runtime (a copy of this one on PYTHONPATH): load the "
                    f"bundle, fit 100 images (20 classes x 5), predict {images} images, 1 thread",
            "unit": "MiB", "runs": {}}
     runs = [("ai_edge_litert", sys.executable)]
@@ -517,7 +492,7 @@ def run_bench(bundle_path, out, quick: bool = False, model_dirs=(), data_spec: s
     out.mkdir(parents=True, exist_ok=True)
     bundle = open_bundle(bundle_path)
     spec = headlib.load_head(bundle.head_path)
-    data_spec = data_spec or (bundle.manifest.get("training") or {}).get("data") or "glyphs"
+    data_spec = bench_data(bundle.manifest, data_spec)
     report = {"format": "metalite-bench", "format_version": 1, "mode": "quick" if quick else "full",
               "bundle": {"path": str(bundle_path), "manifest_sha256": bundle.manifest_sha256,
                          "training": bundle.manifest.get("training"), "compression": bundle.manifest.get("compression")},
@@ -525,7 +500,7 @@ def run_bench(bundle_path, out, quick: bool = False, model_dirs=(), data_spec: s
     say(f"variants ({'quick' if quick else 'full'} run)")
     variants, missing = find_variants(bundle, list(model_dirs), out / "variants", data_spec)
     report["variants"] = {"available": {k: v.as_dict() for k, v in variants.items()}, "missing": missing}
-    say(f"held-out data {data_spec} ({heldout_split(data_spec)})")
+    say(f"held-out data {data_spec} ({HELDOUT_SPLIT})")
     data = load_heldout(data_spec, int(bundle.input_shape[0]))
     report["accuracy"] = accuracy_section(variants, data, spec, cfg, seed, say)
     report["size"] = size_section(variants, bundle)

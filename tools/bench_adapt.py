@@ -35,7 +35,7 @@ def build_odt_model(spec: headlib.HeadSpec, embedding_dim: int, n_classes: int) 
     ``init`` sets the classifier to the prototype classifier (as ``runtime.head.adapt`` does); ``train`` is
     one full-batch gradient-descent step on the mean softmax cross-entropy and returns the loss before it.
     """
-    from metalite.training.tfcompat import tf
+    from metalite.export.tfcompat import tf
 
     scale = float(spec.adaptation.get("scale", 1.0))
     hidden = [(tf.constant(w), tf.constant(b), a) for (w, b), a in zip(spec.weights, spec.activations)]
@@ -143,10 +143,10 @@ def _median(v):
 
 
 def _summ(times: dict, accs: list) -> dict:
+    from metalite.training.evaluate import mean_ci95
+
     out = {k + "_ms": _median(v) for k, v in times.items()}
-    a = np.asarray(accs, np.float64)
-    out["accuracy"] = float(a.mean()) if len(a) else None
-    out["accuracy_ci95"] = float(1.96 * a.std(ddof=1) / np.sqrt(len(a))) if len(a) > 1 else 0.0
+    out["accuracy"], out["accuracy_ci95"] = mean_ci95(accs) if len(accs) else (None, 0.0)
     return out
 
 
@@ -263,7 +263,7 @@ def run_adaptation(bundle_path, data, *, ways_list=(5, 20), shots: int = 5, quer
 
 
 def _keras_task(backbone, spec, s_img, ys, q_img, yq, ways, steps, lr, T, A):
-    from metalite.training.tfcompat import keras, tf
+    from metalite.export.tfcompat import keras, tf
 
     def emb_of(imgs):
         x = (1.0 - imgs.astype(np.float32) / 255.0)[..., None]

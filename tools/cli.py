@@ -8,10 +8,12 @@ from __future__ import annotations
 import click
 
 from . import cli_bench, cli_compress, cli_device, cli_export, cli_fleet, cli_runtime, cli_train
+from .clikit import verbose_option
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="metalite")
+@verbose_option
 def main():
     """metalite: meta-train a few-shot learner, compress it, ship it, teach it new classes on the device.
 

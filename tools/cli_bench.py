@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import click
 
+from .clikit import fail_cleanly, verbose_option
+
 
 @click.command("bench")
 @click.argument("bundle", type=click.Path(exists=True))
@@ -11,10 +13,13 @@ import click
 @click.option("--model", "models", multiple=True, type=click.Path(exists=True, file_okay=False),
               help="model directory of the bundle (float stage: float Keras/TFLite and unpruned int8 variants; "
                    "pruned stage: pruned float); repeatable. Without it those variants are skipped with a note")
-@click.option("--data", default=None, help="dataset spec to evaluate on (default: the bundle's manifest training.data)")
+@click.option("--data", default=None, help="dataset spec to evaluate on (its held-out test classes; default: the "
+              "built-in glyphs when the bundle was trained on them, else required)")
 @click.option("--readme-section", "readme", type=click.Path(exists=True, dir_okay=False), default=None,
               help="instead of benchmarking, rewrite the bench section of this README from BUNDLE/report.json "
                    "(BUNDLE is then a bench output directory or report.json)")
+@verbose_option
+@fail_cleanly
 def bench_cmd(bundle, out, quick, models, data, readme):
     """Benchmark BUNDLE on this machine: accuracy, size, latency, adaptation, memory.
 
@@ -26,7 +31,7 @@ def bench_cmd(bundle, out, quick, models, data, readme):
     a runtime-only process).
     \b
     Example:
-      metalite bench models/omniglot --model runs/omni --out benchmarks/reference
+      metalite bench models/omniglot --data omniglot:small1.zip,small2.zip --out benchmarks/reference
     """
     from pathlib import Path
 
@@ -42,15 +47,9 @@ def bench_cmd(bundle, out, quick, models, data, readme):
         click.echo(f"{readme}: {'updated' if changed else 'up to date'}")
         return
 
-    from metalite.runtime.errors import MetaliteError
-    from metalite.training.datasets import DataError
-
     from .bench import run_bench
 
-    try:
-        report = run_bench(bundle, out, quick=quick, model_dirs=models, data_spec=data)
-    except (MetaliteError, DataError) as e:
-        raise click.ClickException(str(e)) from None
+    report = run_bench(bundle, out, quick=quick, model_dirs=models, data_spec=data)
     h = report["headline"]
     click.echo(f"wrote {Path(out) / 'report.md'}")
     if h.get("keras_over_int8_latency_b1"):

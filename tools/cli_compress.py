@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import click
 
+from .clikit import console_progress, fail_cleanly, verbose_option
+
 
 def _sparsity(ctx, param, value):
     if not (0.0 <= value < 1.0):
@@ -30,6 +32,8 @@ def _sparsity(ctx, param, value):
 @click.option("--lr", type=float, default=None, help="fine-tuning learning rate [default: the training lr; PQAT uses 0.3x]")
 @click.option("--episodes", type=int, default=200, show_default=True, help="evaluation episodes per setting")
 @click.option("--seed", type=int, default=0, show_default=True)
+@verbose_option
+@fail_cleanly
 def compress_cmd(model, out, sparsity, prune_steps, qat_steps, no_qat, distill, distill_loss, ways, shots, queries,
                  lr, episodes, seed):
     """Prune MODEL (a float model from `metalite train`) and quantization-aware fine-tune it.
@@ -42,20 +46,15 @@ def compress_cmd(model, out, sparsity, prune_steps, qat_steps, no_qat, distill, 
     few-shot accuracy after each stage (float, pruned, PQAT, and the converted int8 TFLite).
     Then `metalite export OUT --out BUNDLE`.
     """
-    from metalite.training.compress import CompressError, compress, format_report
-    from metalite.training.datasets import DataError
-    from metalite.training.modeldir import ModelDirError
+    from metalite.training.compress import compress, format_report, plan
 
     if episodes < 1:
         raise click.BadParameter("must be >= 1", param_hint="--episodes")
-    try:
-        report = compress(model, out, sparsity=sparsity, prune_steps=prune_steps, qat_steps=qat_steps,
-                          qat=not no_qat, distill=distill, distill_loss=distill_loss, ways=ways, shots=shots,
-                          queries=queries, lr=lr, seed=seed, episodes=episodes)
-    except (CompressError, DataError, ModelDirError) as e:
-        raise click.ClickException(str(e)) from None
-    except OSError as e:
-        raise click.ClickException(f"{e.filename or out}: {e.strerror or e}") from None
+    args = dict(sparsity=sparsity, prune_steps=prune_steps, qat_steps=qat_steps, qat=not no_qat, distill=distill,
+                distill_loss=distill_loss, ways=ways, shots=shots, queries=queries, lr=lr, seed=seed,
+                episodes=episodes)
+    plan(model, out, **args)  # bad input fails here, before TensorFlow is imported
+    report = compress(model, out, progress=console_progress(), **args)
     click.echo(format_report(report))
     click.echo(f"wrote {out} (stage {report['stage']}) in {report['seconds']:.0f}s")
 

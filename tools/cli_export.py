@@ -5,23 +5,14 @@ import json
 
 import click
 
-
-def _pick_representative(data, n: int, seed: int = 0):
-    """``n`` float32 model inputs spread over the classes (round-robin), deterministic."""
-    import numpy as np
-
-    rng = np.random.default_rng(seed)
-    pools = [rng.permutation(data.indices_of(c)) for c in rng.permutation(data.num_classes)]
-    picked, depth = [], 0
-    while len(picked) < n and any(depth < len(p) for p in pools):
-        picked += [int(p[depth]) for p in pools if depth < len(p)][: n - len(picked)]
-        depth += 1
-    return data.inputs()[np.array(picked)]
+from .clikit import console_progress, fail_cleanly, verbose_option
 
 
 def _meta_from_config(cfg: dict) -> dict:
     """Manifest training/compression/accuracy sections from a model directory's config.json."""
-    training = {"algorithm": cfg.get("algorithm"), "data": cfg.get("data"), **cfg.get("train", {}),
+    from metalite.training.datasets import describe_split, portable_spec
+
+    training = {"algorithm": cfg.get("algorithm"), "data": portable_spec(cfg.get("data")), **cfg.get("train", {}),
                 "backbone": cfg.get("backbone"), "seed": cfg.get("seed")}
     compression = {"stage": cfg.get("stage", "float"), "pqat": cfg.get("stage") == "pqat",
                    **cfg.get("compression", {})}
@@ -29,7 +20,7 @@ def _meta_from_config(cfg: dict) -> dict:
     val = (cfg.get("metrics") or {}).get("val")
     if isinstance(val, dict) and "mean" in val:
         key = f"{val.get('ways', '?')}way{val.get('shots', '?')}shot"
-        accuracy[key] = {**val, "data": f"{cfg.get('data')} (validation classes)",
+        accuracy[key] = {**val, "data": describe_split(cfg.get("data"), "val"),
                          "measured": "Keras model during training"}
     for k, v in (cfg.get("metrics") or {}).items():
         if k not in ("val", "step", "history") and isinstance(v, dict) and "mean" in v:
@@ -43,7 +34,8 @@ def _meta_from_config(cfg: dict) -> dict:
 @click.option("--edgetpu", is_flag=True,
               help="also convert a static batch-1 copy and compile it with edgetpu_compiler if it is on PATH "
                    "(if not, the CPU bundle is still written and the reason is printed)")
-@click.option("--float", "float_model", is_flag=True, help="also write backbone_float.tflite (float32, for comparison)")
+@click.option("--float", "float_model", is_flag=True,
+              help="also write backbone_float.tflite: the same weights in float32, no quantization (for comparison)")
 @click.option("--representative", type=click.IntRange(1, 100000), default=200, show_default=True,
               help="number of training images used to calibrate int8 activation ranges")
 @click.option("--data", default=None, help="dataset for the representative images (default: the one in config.json)")
@@ -55,6 +47,8 @@ def _meta_from_config(cfg: dict) -> dict:
                    "1 + N backbone runs per image, metalite.runtime.tta) [default: the model's setting, 0 if none]")
 @click.option("--force", is_flag=True, help="replace an existing bundle at --out (only once the new one is complete)")
 @click.option("--quiet", is_flag=True, help="no progress messages")
+@verbose_option
+@fail_cleanly
 def export_cmd(model_dir, out, edgetpu, float_model, representative, data, eval_episodes, tta, force, quiet):
     """Export MODEL_DIR (from `metalite train` or `compress`) as a bundle for the device.
 
@@ -64,26 +58,27 @@ def export_cmd(model_dir, out, edgetpu, float_model, representative, data, eval_
     manifest.json (preprocessing, quantization, training/compression summary, sha256 of each file).
     Written atomically: an interrupted export leaves no bundle behind. Check it with `metalite inspect`.
     """
-    from metalite.export.bundle import write_bundle
-    from metalite.export.errors import ExportError
-    from metalite.training.datasets import DataError, load_data
-    from metalite.training.modeldir import ModelDirError, load_model_dir
+    from metalite.training.datasets import DataError, load_data, parse_spec, representative_inputs
+    from metalite.training.modeldir import read_config
 
+    spec = data or read_config(model_dir).get("data", "glyphs")
+    parse_spec(spec)  # bad input fails here, before TensorFlow is imported
+    from metalite.export.bundle import write_bundle
+    from metalite.training.modeldir import float_backbone, load_model_dir
+
+    progress = console_progress(quiet)
+    cfg, backbone, head_spec = load_model_dir(model_dir)
+    if tta is not None:
+        head_spec.adaptation["tta"] = int(tta)
+    size = int(cfg["input"]["shape"][0])
     try:
-        cfg, backbone, head_spec = load_model_dir(model_dir)
-        if tta is not None:
-            head_spec.adaptation["tta"] = int(tta)
-        spec = data or cfg.get("data", "glyphs")
-        size = int(cfg["input"]["shape"][0])
-        try:
-            reps = _pick_representative(load_data(spec, size, "train", progress=not quiet), representative)
-        except DataError as e:
-            raise click.ClickException(f"representative images: {e} (pass --data to use another dataset)") from None
-        evaluate = _int8_accuracy(spec, size, head_spec, eval_episodes) if eval_episodes else None
-        path = write_bundle(out, backbone, head_spec, reps, _meta_from_config(cfg), edgetpu=edgetpu,
-                            float_model=float_model, progress=not quiet, overwrite=force, evaluate=evaluate)
-    except (ExportError, ModelDirError, DataError) as e:
-        raise click.ClickException(str(e)) from None
+        reps = representative_inputs(load_data(spec, size, "train", progress=progress), representative)
+    except DataError as e:
+        raise click.ClickException(f"representative images: {e} (pass --data to use another dataset)") from None
+    evaluate = _int8_accuracy(spec, size, head_spec, eval_episodes) if eval_episodes else None
+    path = write_bundle(out, backbone, head_spec, reps, _meta_from_config(cfg), edgetpu=edgetpu,
+                        float_model=float_backbone(cfg, backbone) if float_model else None, progress=progress,
+                        overwrite=force, evaluate=evaluate)
     manifest = json.loads((path / "manifest.json").read_text())
     et = manifest["edgetpu"]
     click.echo(f"wrote {path}")
@@ -97,20 +92,18 @@ def _int8_accuracy(spec, size, head_spec, episodes):
     def evaluate(tflite_bytes):
         from metalite.export.tflite import run_int8
         from metalite.runtime.tta import shift_average
-        from metalite.training.datasets import load_data
-        from metalite.training.evaluate import evaluate_embeddings
+        from metalite.training.datasets import HELDOUT_SPLIT, describe_split, load_data
+        from metalite.training.evaluate import episode_settings, evaluate_embeddings
         from metalite.training.lake import embedding_classifier, lake_alphabets, lake_error, lake_runs
 
-        held = load_data(spec, size, "test", progress=False)
+        held = load_data(spec, size, HELDOUT_SPLIT)
         tta = int(head_spec.adaptation.get("tta", 0))
         emb = shift_average(lambda x: run_int8(tflite_bytes, x, batch=64), held.inputs(), tta)
         out = {}
-        for ways in (5, 20):
-            if held.num_classes >= ways:
-                r = evaluate_embeddings(emb, held, head_spec, ways, 1, 15 if min(held.counts()) >= 16 else 1,
-                                        episodes, seed=0)
-                out[f"int8_{ways}way1shot"] = {**r, "data": f"{spec} (held-out test classes)", "model": "backbone.tflite",
-                                               "tta": tta}
+        for ways, shots, queries in episode_settings(held, (5, 20), 1):
+            r = evaluate_embeddings(emb, held, head_spec, ways, shots, queries, episodes, seed=0)
+            out[f"int8_{ways}way1shot"] = {**r, "data": describe_split(spec, HELDOUT_SPLIT),
+                                           "model": "backbone.tflite", "tta": tta}
         if lake_alphabets(held):
             plan = lake_runs(held, max(episodes, 100), seed=0)
             for key, tr in (("int8_lake", False), ("int8_lake_transductive", True)):
@@ -124,7 +117,7 @@ def _held_out_alphabets(spec, size) -> dict:
     """The alphabets of each split of ``spec``: how the Lake-style figures were held out."""
     from metalite.training.datasets import load_data
 
-    return {s: sorted(set(load_data(spec, size, s, progress=False).groups)) for s in ("train", "val", "test")}
+    return {s: sorted(set(load_data(spec, size, s).groups)) for s in ("train", "val", "test")}
 
 
 @click.command("inspect")
@@ -132,6 +125,7 @@ def _held_out_alphabets(spec, size) -> dict:
 @click.option("--json", "as_json", is_flag=True, help="print everything as JSON instead of text")
 @click.option("--runtime/--no-runtime", default=True, show_default=True,
               help="also open the backbone with metalite.runtime: which interpreter and delegate run it here, and why")
+@fail_cleanly
 def inspect_cmd(bundle, as_json, runtime):
     """Describe BUNDLE (directory or .zip) and verify it.
 
@@ -141,13 +135,9 @@ def inspect_cmd(bundle, as_json, runtime):
     would run the backbone on this machine, and whether every file matches its sha256. Exits with
     status 1 if a checksum fails.
     """
-    from metalite.export.errors import ExportError
     from metalite.export.inspect import inspect_bundle, render_text, runtime_check
 
-    try:
-        info = inspect_bundle(bundle)
-    except ExportError as e:
-        raise click.ClickException(str(e)) from None
+    info = inspect_bundle(bundle)
     if runtime and info["checksums"]["ok"]:
         info["runtime"] = runtime_check(bundle)
     click.echo(json.dumps(info, indent=2) if as_json else render_text(info))

@@ -7,31 +7,15 @@ ai-edge-litert; ``python -m metalite.tools.cli_runtime`` runs them without the r
 from __future__ import annotations
 
 import json
-import logging
-import os
 import sys
 import time
 from pathlib import Path
 
 import click
 
+from .clikit import fail_cleanly, verbose_option
+
 DELEGATE_CHOICE = click.Choice(["auto", "cpu", "edgetpu"])
-VERBOSE_OPTION = click.option("--verbose", "-v", is_flag=True,
-                              help="Say which interpreter and delegate run the backbone and why, and show the "
-                                   "interpreter library's own log lines.")
-
-
-def _setup_logging(verbose: bool) -> None:
-    """The runtime's log (interpreter choice, the interpreter libraries' own lines) on stderr only if verbose."""
-    if not verbose:
-        # trims a TensorFlow import's own absl lines (the tf.lite fallback); TFLite's lines are captured anyway
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    logger = logging.getLogger("metalite.runtime")
-    if verbose and not logger.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("metalite: %(message)s"))
-        logger.addHandler(handler)
-    logger.setLevel(logging.INFO if verbose else logging.WARNING)
 
 
 def _support_folders(support_dir: Path) -> dict:
@@ -59,24 +43,6 @@ def _classifier(bundle, threads, delegate, state=None):
     return FewShotClassifier(bundle, num_threads=threads, delegate=delegate)
 
 
-def _errors(fn):
-    """Turn the runtime's deliberate errors into one-line click errors (exit code 1)."""
-    import functools
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        from metalite.runtime.errors import MetaliteError
-
-        try:
-            return fn(*args, **kwargs)
-        except MetaliteError as e:
-            raise click.ClickException(str(e)) from None
-        except OSError as e:
-            raise click.ClickException(f"{e.filename or ''}: {e.strerror or e}".lstrip(": ")) from None
-
-    return wrapper
-
-
 @click.command("adapt")
 @click.argument("bundle", type=click.Path(exists=True, path_type=Path))
 @click.argument("support_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
@@ -85,11 +51,10 @@ def _errors(fn):
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="Interpreter CPU threads.")
 @click.option("--delegate", type=DELEGATE_CHOICE, default="auto", show_default=True,
               help="Edge TPU if available (auto), CPU only, or require the Edge TPU.")
-@VERBOSE_OPTION
-@_errors
-def adapt_cmd(bundle, support_dir, out, threads, delegate, verbose):
+@verbose_option
+@fail_cleanly
+def adapt_cmd(bundle, support_dir, out, threads, delegate):
     """Learn the classes in SUPPORT_DIR (one folder of images per class) with BUNDLE; save the state to --out."""
-    _setup_logging(verbose)
     classes = _support_folders(support_dir)
     clf = _classifier(bundle, threads, delegate)
     t0 = time.perf_counter()
@@ -114,11 +79,10 @@ def adapt_cmd(bundle, support_dir, out, threads, delegate, verbose):
 @click.option("--transductive", is_flag=True,
               help="Refine the class prototypes over all IMAGEs given before classifying them (more accurate on a "
                    "batch of images of the learned classes; each answer then depends on the others).")
-@VERBOSE_OPTION
-@_errors
-def predict_cmd(bundle, images, state, as_json, threads, delegate, transductive, verbose):
+@verbose_option
+@fail_cleanly
+def predict_cmd(bundle, images, state, as_json, threads, delegate, transductive):
     """Classify IMAGE... with BUNDLE and an adapted --state: label and confidence per image."""
-    _setup_logging(verbose)
     clf = _classifier(bundle, threads, delegate, state)
     proba = clf.predict_proba([str(p) for p in images], transductive=transductive)
     best = proba.argmax(axis=1)

@@ -2,28 +2,13 @@
 from __future__ import annotations
 
 import json
-import sys
 
 import click
 
+from .clikit import console_progress, fail_cleanly, verbose_option
+
 DATA_HELP = ("dataset: 'glyphs' (built in, no download), 'omniglot:PATH[,PATH]' (Omniglot folders or "
              "zips: alphabet/character/*.png) or 'folder:PATH' (class_name/*.png|jpg)")
-
-
-def _fail_cleanly(fn):
-    """Turn the data/model errors of training into one-line click errors."""
-    import functools
-
-    @functools.wraps(fn)
-    def wrapper(*a, **k):
-        from metalite.training.datasets import DataError
-        from metalite.training.modeldir import ModelDirError
-
-        try:
-            return fn(*a, **k)
-        except (DataError, ModelDirError) as e:
-            raise click.ClickException(str(e)) from None
-    return wrapper
 
 
 @click.command("train")
@@ -62,7 +47,8 @@ def _fail_cleanly(fn):
                    "(protonet/anil; one episode per replica per step; docs/distributed.md) [default: default]")
 @click.option("--resume", is_flag=True, help="continue the run in --out from its last checkpoint")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="model directory to write")
-@_fail_cleanly
+@verbose_option
+@fail_cleanly
 def train_cmd(data, algorithm, backbone, filters, embedding_dim, head_hidden, image_size, ways, shots, queries,
               steps, lr, inner_steps, inner_lr, rotations, within_alphabet, augment, val_every, checkpoint_every,
               seed, strategy, resume, out):
@@ -77,7 +63,7 @@ def train_cmd(data, algorithm, backbone, filters, embedding_dim, head_hidden, im
       metalite train --data omniglot:images_background_small1.zip --algorithm protonet \\
           --steps 300 --ways 20 --shots 1 --out runs/proto
     """
-    from metalite.training.trainer import Interrupted, train
+    from metalite.training import settings as run_settings
 
     hparams = {k: v for k, v in {"lr": lr, "inner_steps": inner_steps, "inner_lr": inner_lr}.items() if v is not None}
     hidden = [int(u) for u in head_hidden.split(",") if u.strip()]
@@ -89,14 +75,14 @@ def train_cmd(data, algorithm, backbone, filters, embedding_dim, head_hidden, im
                 "head": {"hidden": hidden, "activation": "linear"}}
     if resume:
         settings = {"steps": steps, "strategy": strategy}
-    try:
-        cfg = train(out, settings, resume=resume)
-    except Interrupted as e:
-        click.echo(f"\n{e}", err=True)
-        sys.exit(130)
+    run_settings.check_out(out)  # bad input fails here, before TensorFlow is imported
+    run_settings.check(run_settings.resolve(out, settings, resume))
+    from metalite.training.trainer import train
+
+    cfg = train(out, settings, resume=resume, progress=console_progress())
     val = (cfg.get("metrics") or {}).get("val") or {}
     if val:
-        click.echo(f"saved {out}: best held-out validation {val['ways']}-way {val['shots']}-shot "
+        click.echo(f"saved {out}: best validation {val['ways']}-way {val['shots']}-shot "
                    f"{100 * val['mean']:.2f}% ± {100 * val['ci95']:.2f} (step {cfg['metrics']['step']})")
 
 
@@ -143,7 +129,8 @@ def _parse_augment(spec):
               help="lake: refine the prototypes over each run's 20 queries (opt-in on the device too)")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="print the result as JSON")
-@_fail_cleanly
+@verbose_option
+@fail_cleanly
 def evaluate_cmd(model, protocol, data, split, ways, shots, queries, episodes, runs, within_alphabet, adapt_steps,
                  tta, transductive, seed, as_json):
     """Few-shot accuracy (or Lake-style error) of MODEL with its 95% confidence interval.
@@ -159,19 +146,20 @@ def evaluate_cmd(model, protocol, data, split, ways, shots, queries, episodes, r
     """
     from pathlib import Path
 
-    from metalite.training.datasets import load_data
+    from metalite.training.datasets import HELDOUT_SPLIT, load_data, parse_spec, portable_spec
 
+    if data:
+        parse_spec(data)  # a bad --data fails before any model is loaded
     is_bundle = (Path(model) / "manifest.json").exists() or str(model).endswith(".zip")
     tta = None if tta is None else int(tta)
     source = _bundle_source(model, tta) if is_bundle else _model_dir_source(model, adapt_steps, tta)
-    data = data or source["data"]
-    if not data:
-        raise click.ClickException(f"{model}: records no training data; pass --data")
-    if split == "auto":
-        split = "test" if data == source["data"] else "all"
-    ds = load_data(data, source["size"], split)
+    data = data or default_data(model, source["data"], is_bundle)
+    if split == "auto":  # the held-out classes of the training data, every class of other data
+        split = HELDOUT_SPLIT if portable_spec(data) == portable_spec(source["data"]) else "all"
+    progress = console_progress()
+    ds = load_data(data, source["size"], split, progress=progress)
     if protocol == "lake":
-        res = _lake(source, ds, runs, seed, transductive)
+        res = _lake(source, ds, runs, seed, transductive, progress)
         text = (f"Lake-style 20-way 1-shot on {data} [{split}, alphabets {', '.join(res['alphabets'])}]: error "
                 f"{100 * res['error']:.2f}% ± {100 * res['ci95']:.2f} (95% CI, {runs} runs; {source['what']}"
                 f"{', transductive' if transductive else ''})")
@@ -179,9 +167,9 @@ def evaluate_cmd(model, protocol, data, split, ways, shots, queries, episodes, r
         from metalite.training.evaluate import evaluate_embeddings
 
         emb = source["embed_all"](ds)
-        with _bar(episodes, f"{ways}-way {shots}-shot") as bar:
+        with progress.task(f"{ways}-way {shots}-shot", episodes) as task:
             res = evaluate_embeddings(emb, ds, source["spec"], ways, shots, queries, episodes, seed, within_alphabet,
-                                      steps=adapt_steps, progress=bar.update)
+                                      steps=adapt_steps, progress=task.advance)
         text = (f"{ways}-way {shots}-shot on {data} [{split}, {ds.num_classes} classes"
                 f"{', within alphabet' if within_alphabet else ''}]: {100 * res['mean']:.2f}% "
                 f"± {100 * res['ci95']:.2f} (95% CI, {episodes} episodes; {source['what']})")
@@ -190,8 +178,15 @@ def evaluate_cmd(model, protocol, data, split, ways, shots, queries, episodes, r
     click.echo(json.dumps(res, indent=2) if as_json else text)
 
 
-def _bar(n, label):
-    return click.progressbar(length=n, label=label, file=sys.stderr)
+def default_data(model, recorded, is_bundle: bool) -> str:
+    """The data to evaluate ``model`` on without --data: a model directory's own training data; for a bundle
+    only the built-in glyphs (its manifest records file names, not paths: ``datasets.portable_spec``)."""
+    if not recorded:
+        raise click.ClickException(f"{model}: records no training data; pass --data")
+    if is_bundle and recorded.strip() != "glyphs":
+        raise click.ClickException(f"{model} was trained on {recorded}; pass --data with where those files "
+                                   "are on this machine")
+    return recorded
 
 
 def _model_dir_source(model, adapt_steps, tta):
@@ -213,13 +208,9 @@ def _model_dir_source(model, adapt_steps, tta):
 def _bundle_source(model, tta):
     """How to embed and adapt with a bundle: the device runtime's FewShotClassifier."""
     from metalite.runtime import FewShotClassifier
-    from metalite.runtime.errors import MetaliteError
     from metalite.training.lake import runtime_classifier
 
-    try:
-        clf = FewShotClassifier(model, num_threads=1, delegate="cpu", cache_size=100000, tta=tta)
-    except MetaliteError as e:
-        raise click.ClickException(str(e)) from None
+    clf = FewShotClassifier(model, num_threads=1, delegate="cpu", cache_size=100000, tta=tta)
     training = clf.bundle.manifest.get("training", {})
     return {"data": training.get("data"), "size": int(clf.bundle.input_shape[0]), "spec": clf.head_spec,
             "tta": clf.tta, "what": f"int8 bundle through the runtime ({clf.backend})",
@@ -227,13 +218,13 @@ def _bundle_source(model, tta):
             "lake_classify": lambda ds, tr: runtime_classifier(clf, ds.images, tr)}
 
 
-def _lake(source, ds, runs, seed, transductive):
+def _lake(source, ds, runs, seed, transductive, progress):
     from metalite.training.lake import lake_error, lake_runs
 
     plan = lake_runs(ds, runs, seed=seed)
     classify = source["lake_classify"](ds, transductive)
-    with _bar(runs, "Lake runs") as bar:
-        return lake_error(classify, plan, progress=bar.update)
+    with progress.task("Lake runs", runs) as task:
+        return lake_error(classify, plan, progress=task.advance)
 
 
 def register(group):

@@ -12,8 +12,9 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 from pathlib import Path
+
+from metalite.runtime.files import atomic_write_text
 
 from .bench_report import END, START, readme_section, replace_between_markers
 
@@ -36,11 +37,7 @@ def update_readme(readme, report_json, plot: str | None = "benchmarks/reference/
         source = str(report_json)
     new = replace_between_markers(old, readme_section(report, plot, source))
     if new != old and write:
-        fd, tmp = tempfile.mkstemp(prefix=".README.", dir=readme.parent)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(new)
-        os.chmod(tmp, readme.stat().st_mode & 0o777)
-        os.replace(tmp, readme)
+        atomic_write_text(readme, new)
     return new != old
 
 

@@ -13,9 +13,9 @@ touches and how the outer update is formed:
 """
 from __future__ import annotations
 
-from .tfcompat import keras, tf
+from metalite.export.tfcompat import keras, tf
 
-ALGORITHMS = ("protonet", "anil", "fomaml", "reptile")
+from .settings import ALGORITHMS, DEFAULT_HPARAMS
 
 # What the device does after training with each algorithm (head.npz "adaptation").
 DEVICE_ADAPTATION = {
@@ -23,12 +23,6 @@ DEVICE_ADAPTATION = {
     "anil": lambda hp: {"steps": hp["inner_steps"], "lr": hp["inner_lr"], "scale": hp["scale"], "adapt": "head"},
     "fomaml": lambda hp: {"steps": hp["inner_steps"], "lr": hp["inner_lr"], "scale": hp["scale"], "adapt": "head"},
     "reptile": lambda hp: {"steps": hp["inner_steps"], "lr": hp["inner_lr"], "scale": hp["scale"], "adapt": "head"},
-}
-DEFAULT_HPARAMS = {
-    "protonet": {"lr": 1e-3, "scale": 1.0, "inner_steps": 0, "inner_lr": 0.1},
-    "anil": {"lr": 1e-3, "scale": 1.0, "inner_steps": 5, "inner_lr": 0.1, "first_order": False},
-    "fomaml": {"lr": 1e-3, "scale": 1.0, "inner_steps": 5, "inner_lr": 0.01},
-    "reptile": {"lr": 1.0, "scale": 1.0, "inner_steps": 5, "inner_lr": 1e-3, "inner_batch": 0},
 }
 
 

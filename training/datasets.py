@@ -9,24 +9,27 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from metalite.runtime.files import atomic_write, cache_root
 from metalite.runtime.preprocess import resize_area
+
+from .errors import DataError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 SPLITS = ("train", "val", "test", "all")
+# Every measurement after training (evaluate, compress, export, bench) reports on these classes; training
+# validates on "val". For folder data they are the same classes (the user brings a separate test set).
+HELDOUT_SPLIT = "test"
+SPLIT_NAMES = {"train": "training classes", "val": "validation classes", "test": "held-out test classes",
+               "all": "all classes"}
 CACHE_VERSION = 2
 # Lake et al.'s one-shot runs take 20 characters from one alphabet: Omniglot test alphabets need as many.
 LAKE_WAYS = 20
-
-
-class DataError(ValueError):
-    """Bad data spec or unusable images; the message names the path and the problem."""
 
 
 @dataclass
@@ -72,10 +75,6 @@ class FewShotData:
         remap[classes] = np.arange(len(classes))
         return FewShotData(self.images[idx], remap[self.labels[idx]], [self.class_names[c] for c in classes],
                            [self.groups[c] for c in classes], self.spec, self.drawers[idx])
-
-
-def _cache_dir() -> Path:
-    return Path(os.environ.get("METALITE_CACHE", Path.home() / ".cache" / "metalite")) / "data"
 
 
 def _decode(raw: bytes, where: str) -> np.ndarray:
@@ -163,7 +162,7 @@ def _fingerprint(paths) -> str:
 
 def _load_cached(kind: str, paths, size: int, items_fn) -> FewShotData:
     key = f"{kind}-{_fingerprint(paths)}-{size}-v{CACHE_VERSION}"
-    cache = _cache_dir() / f"{key}.npz"
+    cache = cache_root("data") / f"{key}.npz"
     if cache.exists():
         try:
             with np.load(cache, allow_pickle=False) as z:
@@ -185,10 +184,8 @@ def _load_cached(kind: str, paths, size: int, items_fn) -> FewShotData:
         drawers += dr
     data = FewShotData(np.stack(imgs), np.array(labs), names, groups, drawers=np.array(drawers, np.int16))
     cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_suffix(f".tmp{os.getpid()}.npz")
-    np.savez(tmp, images=data.images, labels=data.labels, drawers=data.drawers,
-             meta=np.array(json.dumps({"names": names, "groups": groups})))
-    os.replace(tmp, cache)
+    atomic_write(cache, lambda f: np.savez(f, images=data.images, labels=data.labels, drawers=data.drawers,
+                                           meta=np.array(json.dumps({"names": names, "groups": groups}))))
     return data
 
 
@@ -239,6 +236,32 @@ def _split_classes(data: FewShotData, split: str, seed: int = 0, kind: str = "gl
     return [c for c in range(data.num_classes) if base[c] in chosen]
 
 
+def portable_spec(spec: str) -> str:
+    """``spec`` with file names instead of paths (``omniglot:small1.zip,small2.zip``): what a bundle's
+    manifest records, since paths on the training machine mean nothing elsewhere."""
+    kind, sep, rest = (spec or "").strip().partition(":")
+    if not sep:
+        return kind
+    return f"{kind}:" + ",".join(Path(p).name for p in rest.split(",") if p)
+
+
+def describe_split(spec: str, split: str) -> str:
+    """``"omniglot:small1.zip,small2.zip (held-out test classes)"``: which data a measurement used."""
+    return f"{portable_spec(spec)} ({SPLIT_NAMES.get(split, split + ' classes')})"
+
+
+def representative_inputs(data: FewShotData, n: int, seed: int = 0) -> np.ndarray:
+    """``n`` float32 model inputs spread over the classes (one per class in turn, deterministic): the images
+    that calibrate int8 activation ranges."""
+    rng = np.random.default_rng(seed)
+    pools = [rng.permutation(data.indices_of(c)) for c in rng.permutation(data.num_classes)]
+    picked, depth = [], 0
+    while len(picked) < n and any(depth < len(p) for p in pools):
+        picked += [int(p[depth]) for p in pools if depth < len(p)][: n - len(picked)]
+        depth += 1
+    return data.inputs()[np.array(picked)]
+
+
 def parse_spec(spec: str):
     """'glyphs' | 'omniglot:P1[,P2]' | 'folder:P' -> (kind, [Path, ...]); raises DataError."""
     spec = (spec or "").strip()
@@ -257,7 +280,7 @@ def parse_spec(spec: str):
 
 
 def load_data(spec: str, image_size: int = 28, split: str = "all", rotations: bool = False,
-              seed: int = 0, progress: bool = True) -> FewShotData:
+              seed: int = 0, progress=None) -> FewShotData:
     """Load a dataset spec at ``image_size`` and keep the classes of ``split`` (train/val/test/all).
 
     Rotations (omniglot) are added after splitting, so a rotated copy never crosses a split.

@@ -25,23 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .tfcompat import tf
+from metalite.export.tfcompat import tf
 
-STRATEGIES = ("default", "mirrored", "multiworker")
-SUPPORTED_ALGORITHMS = ("protonet", "anil")
-
-
-class StrategyError(ValueError):
-    """A strategy that cannot run this configuration (one line, shown as a CLI error)."""
-
-
-def check_supported(strategy: str, algorithm: str) -> None:
-    """Raise StrategyError unless ``algorithm`` can be trained under ``strategy``."""
-    if strategy not in STRATEGIES:
-        raise StrategyError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
-    if strategy != "default" and algorithm not in SUPPORTED_ALGORITHMS:
-        raise StrategyError(f"--strategy {strategy} supports {' and '.join(SUPPORTED_ALGORITHMS)} only: {algorithm} "
-                            f"runs an eager inner loop that moves the shared weights; use --strategy default")
+from .errors import StrategyError
+from .settings import STRATEGIES, check_supported
 
 
 def make_strategy(name: str):

@@ -12,6 +12,7 @@ import numpy as np
 from metalite.runtime.head import HeadSpec, adapt
 
 from .datasets import FewShotData
+from .errors import DataError
 from .episodes import EpisodeSampler
 
 
@@ -23,7 +24,7 @@ def embed_all(embed_fn, data: FewShotData, batch: int = 256) -> np.ndarray:
 
 def keras_embed_fn(backbone):
     """embed_fn for a keras backbone in inference mode."""
-    import tensorflow as tf
+    from metalite.export.tfcompat import tf
 
     fn = tf.function(lambda x: backbone(x, training=False), reduce_retracing=True)
     return lambda x: fn(tf.constant(x)).numpy()
@@ -51,3 +52,30 @@ def evaluate_embeddings(emb: np.ndarray, data: FewShotData, spec: HeadSpec, ways
     mean, ci = mean_ci95(accs)
     return {"mean": mean, "ci95": ci, "episodes": episodes, "ways": ways, "shots": shots, "queries": queries,
             "within_alphabet": within_group, "seed": seed}
+
+
+def episode_settings(data: FewShotData, ways_list=(5, 20), shots: int = 1, max_queries: int = 15) -> list:
+    """[(ways, shots, queries)] that ``data`` can supply: ways clamped to the classes with more than ``shots``
+    images, queries as many as the ways-th largest class allows (at most ``max_queries``), duplicates dropped.
+    DataError when not even 2-way episodes fit."""
+    counts = data.counts()
+    usable = counts >= shots + 1
+    out = []
+    for ways in ways_list:
+        w = min(int(ways), int(usable.sum()))
+        if w < 2:
+            continue
+        q = int(min(max_queries, np.sort(counts[usable])[::-1][w - 1] - shots))
+        if (w, shots, q) not in out:
+            out.append((w, shots, q))
+    if not out:
+        raise DataError(f"{data.spec or 'data'}: the classes cannot supply even 2-way {shots}-shot episodes")
+    return out
+
+
+def accuracy_by_setting(emb: np.ndarray, data: FewShotData, spec: HeadSpec, settings, episodes: int,
+                        seed: int = 1234) -> dict:
+    """{"5way1shot": evaluate_embeddings(...), ...} for ``settings`` from ``episode_settings``; the same seed
+    gives the same episodes to every model compared."""
+    return {f"{w}way{s}shot": evaluate_embeddings(emb, data, spec, w, s, q, episodes, seed=seed)
+            for w, s, q in settings}

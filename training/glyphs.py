@@ -14,16 +14,15 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import os
-import sys
-import tempfile
-import time
 import unicodedata
+import warnings
 from pathlib import Path
 
 import numpy as np
 
+from metalite.runtime.files import atomic_write, cache_root
 from metalite.runtime.preprocess import resize_area
+from metalite.runtime.progress import as_progress
 
 RECIPE_VERSION = 1  # bump whenever rendering changes: it is part of the cache key
 
@@ -353,37 +352,18 @@ def _to_pixels(ink: np.ndarray, image_size: int) -> np.ndarray:
 
 
 def _render(classes, image_size: int = 28, samples_per_class: int = 20, seed: int = 0,
-            progress: bool = False) -> np.ndarray:
+            progress=None) -> np.ndarray:
     """Render ``classes`` (items of ``glyph_classes()``) -> uint8 (C, S, size, size); no caching.
 
-    A progress bar (stderr) appears once rendering has taken more than ~1.5 s.
+    ``progress``: a ``metalite.runtime.progress.Progress`` told about every class rendered.
     """
     canvas = max(CANVAS, image_size)
     images = np.empty((len(classes), samples_per_class, image_size, image_size), np.uint8)
-    start, bar = time.monotonic(), None
-    try:
+    with as_progress(progress).task("rendering glyphs", len(classes)) as task:
         for k, (cp, _group_, fonts) in enumerate(classes):
             images[k] = _to_pixels(_render_class(cp, fonts, samples_per_class, seed, canvas), image_size)
-            if bar is None and progress and time.monotonic() - start > 1.5 and k + 1 < len(classes):
-                import click
-
-                bar = click.progressbar(length=len(classes), label="rendering glyphs", file=sys.stderr)
-                bar.__enter__()
-                bar.update(k)
-            if bar is not None:
-                bar.update(1)
-    finally:
-        if bar is not None:
-            bar.__exit__(None, None, None)
+            task.advance(1)
     return images
-
-
-def _cache_root(cache_dir) -> Path:
-    if cache_dir is not None:
-        return Path(cache_dir)
-    if os.environ.get("METALITE_CACHE"):
-        return Path(os.environ["METALITE_CACHE"]) / "glyphs"
-    return Path.home() / ".cache" / "metalite" / "glyphs"
 
 
 def _cache_key(image_size: int, samples_per_class: int, seed: int) -> str:
@@ -400,15 +380,15 @@ def _cache_key(image_size: int, samples_per_class: int, seed: int) -> str:
 
 
 def load_glyphs(image_size: int = 28, samples_per_class: int = 20, seed: int = 0, cache_dir=None,
-                progress: bool = True):
+                progress=None):
     """-> (images uint8 (C, S, H, W), class_names list[str] (e.g. "U+0041 LATIN CAPITAL LETTER A"), groups list[str])
 
     Renders every class of ``glyph_classes()`` once and caches the result as npz under ``cache_dir``
-    (default ``$METALITE_CACHE/glyphs`` or ``~/.cache/metalite/glyphs``), written atomically.
+    (default ``metalite.runtime.files.cache_root("glyphs")``), written atomically.
     """
     if image_size < 1 or samples_per_class < 1:
         raise ValueError(f"image_size and samples_per_class must be >= 1, got {image_size}, {samples_per_class}")
-    root = _cache_root(cache_dir)
+    root = Path(cache_dir) if cache_dir is not None else cache_root("glyphs")
     path = root / _cache_key(image_size, samples_per_class, seed)
     if path.exists():
         try:
@@ -416,21 +396,14 @@ def load_glyphs(image_size: int = 28, samples_per_class: int = 20, seed: int = 0
                 return z["images"], [str(s) for s in z["class_names"]], [str(s) for s in z["groups"]]
         except (OSError, ValueError, KeyError):
             pass  # corrupt or foreign file: render again and overwrite it
+    as_progress(progress).log(f"rendering the glyph dataset once (cached in {root})")
     classes = glyph_classes()
     images = _render(classes, image_size, samples_per_class, seed, progress)
     names = [class_name(cp) for cp, _, _ in classes]
     groups = [g for _, g, _ in classes]
     try:
         root.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=root)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, images=images, class_names=np.array(names), groups=np.array(groups))
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        atomic_write(path, lambda f: np.savez(f, images=images, class_names=np.array(names), groups=np.array(groups)))
     except OSError as e:  # a read-only cache must not stop training
-        print(f"warning: could not cache glyphs in {root}: {e}", file=sys.stderr)
+        warnings.warn(f"could not cache glyphs in {root}: {e}", RuntimeWarning, stacklevel=2)
     return images, names, groups

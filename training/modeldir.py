@@ -1,32 +1,38 @@
 """The model directory (docs/DESIGN.md): config.json + backbone.weights.h5 + head.npz.
 
 ``save_model_dir`` writes it atomically (temp dir + rename); ``load_model_dir`` rebuilds the
-backbone from the config and returns (config, backbone, head_spec), with one-line errors.
+backbone from the config and returns (config, backbone, head_spec), with one-line errors, for every
+stage: "float" (from ``train``), "pruned" and "pqat" (from ``compress``).
+
+A compressed directory also holds ``backbone_pruned.weights.h5``: the pruned float backbone (exact
+zeros). For "pqat", ``backbone.weights.h5`` holds the weights of the ``quantize_apply``'d model, which
+is rebuilt deterministically: float backbone from the config, pruned weights (PQAT derives its sparsity
+masks from their exact zeros when ``quantize_apply`` builds the model), ``quantize_pqat``, QAT weights.
 """
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from metalite.runtime.files import atomic_write, atomic_write_text, replace_dir
 from metalite.runtime.head import HeadSpec, load_head, save_head
+
+from .errors import ModelDirError
 
 MODEL_FORMAT = "metalite-model"
 MODEL_FORMAT_VERSION = 1
-
-
-class ModelDirError(ValueError):
-    """Not a metalite model directory, or a damaged one."""
+PRUNED_WEIGHTS = "backbone_pruned.weights.h5"
+STAGES = ("float", "pruned", "pqat")
 
 
 def versions() -> dict:
     import platform
 
-    from .tfcompat import tf
+    from metalite.export.tfcompat import tf
 
     out = {"python": platform.python_version(), "numpy": np.__version__, "tensorflow": tf.__version__}
     try:
@@ -57,21 +63,14 @@ def save_model_dir(out: Path, config: dict, backbone, head_spec: HeadSpec, extra
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         cfg = {"format": MODEL_FORMAT, "format_version": MODEL_FORMAT_VERSION, **config}
-        (tmp / "config.json").write_text(json.dumps(cfg, indent=2, default=float))
+        atomic_write_text(tmp / "config.json", json.dumps(cfg, indent=2, default=float))
         backbone.save_weights(str(tmp / "backbone.weights.h5"))
-        with open(tmp / "head.npz", "wb") as f:
-            save_head(head_spec, f)
+        atomic_write(tmp / "head.npz", lambda f: save_head(head_spec, f))
         for name, src in (extra_files or {}).items():
             shutil.copy(src, tmp / name)
         if (out / "checkpoints").is_dir():
             shutil.move(str(out / "checkpoints"), str(tmp / "checkpoints"))
-        if out.exists():
-            old = out.with_name(f".{out.name}.old{os.getpid()}")
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
+        replace_dir(tmp, out)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -107,17 +106,43 @@ def build_from_config(cfg: dict):
 
 
 def load_model_dir(path):
-    """(config, backbone keras Model with weights, HeadSpec). Compressed stages are rebuilt by
-    ``metalite.training.compress.load_compressed`` when config["stage"] is not "float"."""
+    """(config, backbone keras Model with weights, HeadSpec) of a model directory of any stage; for "pqat"
+    the backbone is the ``quantize_apply``'d model that ``metalite export`` converts to int8."""
     path = Path(path)
     cfg = read_config(path)
-    if cfg.get("stage", "float") != "float":
-        from . import compress
-
-        return compress.load_compressed(path, cfg)
+    stage = cfg.get("stage", "float")
+    if stage not in STAGES:
+        raise ModelDirError(f"{path / 'config.json'}: unknown stage {stage!r} (expected float, pruned or pqat)")
     backbone, _ = build_from_config(cfg)
-    load_weights(backbone, path / "backbone.weights.h5")
+    load_weights(backbone, path / ("backbone.weights.h5" if stage == "float" else PRUNED_WEIGHTS))
+    if stage == "pqat":
+        from .pruning import quantize_pqat
+
+        backbone = quantize_pqat(backbone)
+        load_weights(backbone, path / "backbone.weights.h5")
     return cfg, backbone, load_head_checked(path)
+
+
+def load_pruned_float(path):
+    """(config, pruned float backbone with exact zeros, HeadSpec) of a compressed model directory."""
+    path = Path(path)
+    cfg = read_config(path)
+    if cfg.get("stage", "float") == "float":
+        raise ModelDirError(f"{path}: not a compressed model (stage 'float')")
+    backbone, _ = build_from_config(cfg)
+    load_weights(backbone, path / PRUNED_WEIGHTS)
+    return cfg, backbone, load_head_checked(path)
+
+
+def float_backbone(cfg: dict, backbone):
+    """A plain float backbone with the final weights of ``backbone`` (as ``load_model_dir`` returned it):
+    ``backbone`` itself for "float" and "pruned", for "pqat" the PQAT weights without fake quantization
+    (``pruning.float_twin``)."""
+    if cfg.get("stage", "float") != "pqat":
+        return backbone
+    from .pruning import float_twin
+
+    return float_twin(backbone, build_from_config(cfg)[0])
 
 
 def load_weights(model, path: Path) -> None:

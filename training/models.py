@@ -6,7 +6,7 @@ per-task classifier is not a layer: it is built from prototypes (``metalite.runt
 """
 from __future__ import annotations
 
-from .tfcompat import keras
+from metalite.export.tfcompat import keras
 
 BACKBONES = ("conv4", "dsconv")
 DEFAULT_BACKBONE = {"kind": "conv4", "filters": 64, "embedding_dim": 64}

@@ -1,207 +1,208 @@
 """Episodic meta-training with validation, checkpoints, ``--resume`` and a clean Ctrl-C.
 
-``train(out, settings)`` writes the model directory ``out`` whenever held-out validation accuracy
-improves (so it is usable at any moment) and a checkpoint every ``checkpoint_every`` steps under
-``out/checkpoints`` (weights, optimizer, step and the episode sampler's RNG state).
+``train(out, settings)`` (keys of ``settings.DEFAULTS``) runs ``loop.run_episodes`` with a ``TrainingRun``
+as its hooks. The run writes the model directory ``out`` whenever validation accuracy improves (so it is
+usable at any moment) and a checkpoint every ``checkpoint_every`` steps under ``out/checkpoints``
+(weights, optimizer, step, best validation and the episode sampler's RNG state, ``sampler-STEP.json``).
 """
 from __future__ import annotations
 
 import json
-import math
-import sys
 import time
 from pathlib import Path
 
-import click
+from metalite.export.tfcompat import tf
+from metalite.runtime.files import atomic_write_text
+from metalite.runtime.preprocess import settings as preprocess_settings
+from metalite.runtime.progress import as_progress
 
-from .algorithms import DEFAULT_HPARAMS, make_learner
-from .augment import DEFAULT as DEFAULT_AUGMENT, Augment
-from .datasets import DataError, load_data, parse_spec
-from .distribute import DistributedLearner, StrategyError, check_supported, cleanup, describe, make_strategy, \
-    weights_digest, worker_info, write_root
+from . import settings as run_settings
+from .algorithms import make_learner
+from .augment import Augment
+from .datasets import load_data
+from .distribute import DistributedLearner, cleanup, describe, make_strategy, weights_digest, worker_info, write_root
 from .episodes import EpisodeSampler, check_episode_fits
-from .evaluate import embed_all, evaluate_embeddings, keras_embed_fn
+from .errors import Interrupted
+from .evaluate import embed_all, episode_settings, evaluate_embeddings, keras_embed_fn
+from .loop import Averages, Hooks, run_episodes
 from .modeldir import build_from_config, head_spec_from_keras, read_config, save_model_dir, versions
-from .tfcompat import tf
 
-# The measured recipe (docs/accuracy.md): 60-way episodes (or as many classes as the data has), rotations as
-# new classes on Omniglot (None = on for omniglot: data), half the episodes within one alphabet, augmentation.
-MAX_DEFAULT_WAYS = 60
-DEFAULTS = {
-    "data": "glyphs", "algorithm": "protonet", "backbone": {"kind": "conv4", "filters": 64, "embedding_dim": 64},
-    "head": {"hidden": [64], "activation": "linear"}, "image_size": 28, "ways": None, "shots": 1, "queries": 5,
-    "steps": 12000, "seed": 0, "rotations": None, "within_alphabet": 0.5, "augment": DEFAULT_AUGMENT, "hparams": {},
-    "val_every": 1000, "val_episodes": 200, "val_ways": 5, "val_shots": 1, "checkpoint_every": 1000,
-    "strategy": "default",
-}
-
-
-class Interrupted(Exception):
-    """Training stopped by Ctrl-C after saving a checkpoint and a usable model directory."""
+DEFAULTS = run_settings.DEFAULTS
+VAL_SEED = 1234  # the same validation episodes at every validation
 
 
 def model_config(s: dict, hparams: dict, adaptation: dict) -> dict:
     """config.json content for settings ``s`` (everything later steps need, so no flag is repeated)."""
     return {
         "algorithm": s["algorithm"], "data": s["data"], "backbone": s["backbone"], "head": s["head"],
-        "input": {"shape": [s["image_size"], s["image_size"], 1], "preprocess":
-                  {"color": "L", "resize": "area", "invert": True, "range": [0.0, 1.0]}},
+        "input": {"shape": [s["image_size"], s["image_size"], 1], "preprocess": preprocess_settings()},
         "adaptation": adaptation, "seed": s["seed"], "stage": "float",
         "train": {k: s[k] for k in ("ways", "shots", "queries", "steps", "rotations", "within_alphabet", "augment")}
         | {"hparams": hparams}, "versions": versions(),
     }
 
 
-def _checkpoint_state_file(ckdir: Path, step: int) -> Path:
-    return ckdir / f"sampler-{step}.json"
+class TrainingRun(Hooks):
+    """One run: strategy, data, model, checkpoints; as the loop's hooks it validates, saves and checkpoints."""
 
+    def __init__(self, out, s: dict, resume: bool, log, progress):
+        self.out, self.s, self.log, self.progress = Path(out), s, log, progress
+        self.ckdir = self.out / "checkpoints"
+        self.hparams = run_settings.hparams_of(s)
+        # Created first: MultiWorkerMirroredStrategy must exist before TensorFlow initializes its devices.
+        self.strategy = make_strategy(s["strategy"])
+        self.chief = worker_info(self.strategy)[2]
+        self.root = write_root(self.out, self.strategy)  # out on the chief; a removed temp dir on other workers
+        if s["strategy"] != "default":
+            log(describe(self.strategy))
+        tf.keras.utils.set_random_seed(s["seed"])
+        self._load_data()
+        self._build()
+        self._restore(resume)
+        self.history, self.saved, self.val_text, self.t0 = [], [], "", time.time()
 
-def train(out, settings: dict, resume: bool = False, progress: bool = True, log=None) -> dict:
-    """Meta-train per ``settings`` (keys of DEFAULTS); returns the final config dict."""
-    log = log or (lambda msg: click.echo(msg, err=True))
-    out = Path(out)
-    ckdir = out / "checkpoints"
-    if resume:
-        run_file = ckdir / "run.json"
-        if not run_file.exists():
-            raise click.ClickException(f"{out}: nothing to resume (no checkpoints/run.json)")
-        saved = json.loads(run_file.read_text())
-        # A resumed run keeps its settings; --steps may only extend it, --strategy may change.
-        settings = {**saved, "steps": max(settings.get("steps") or 0, saved["steps"]),
-                    **({"strategy": settings["strategy"]} if settings.get("strategy") else {})}
-    s = {**DEFAULTS, **{k: v for k, v in settings.items() if v is not None}}
-    hparams = {**DEFAULT_HPARAMS[s["algorithm"]], **s["hparams"]} if s["algorithm"] in DEFAULT_HPARAMS else {}
-    try:
-        check_supported(s["strategy"], s["algorithm"])
-    except StrategyError as e:
-        raise click.ClickException(str(e)) from None
-    # Created first: MultiWorkerMirroredStrategy must exist before TensorFlow initializes its devices.
-    strategy = make_strategy(s["strategy"])
-    chief = worker_info(strategy)[2]
-    root = write_root(out, strategy)  # out on the chief; a temp dir (removed at the end) on other workers
-    if s["strategy"] != "default":
-        log(describe(strategy))
-    tf.keras.utils.set_random_seed(s["seed"])
+    def _load_data(self) -> None:
+        s = self.s
+        self.train_data = load_data(s["data"], s["image_size"], "train", s["rotations"], progress=self.progress)
+        s["ways"] = run_settings.default_ways(s, self.train_data)
+        self.val_data = load_data(s["data"], s["image_size"], "val", False)
+        check_episode_fits(self.train_data, s["ways"], s["shots"], s["queries"], s["within_alphabet"] >= 1)
+        # Validation ways shrink to what the validation split holds (small folder datasets).
+        s["val_ways"], _, self.val_queries = episode_settings(self.val_data, [s["val_ways"]], s["val_shots"])[0]
+        self.log(f"data {s['data']}: {self.train_data.num_classes} training classes "
+                 f"({len(self.train_data.images)} images), {self.val_data.num_classes} validation classes")
 
-    if s["rotations"] is None:
-        s["rotations"] = parse_spec(s["data"])[0] == "omniglot"
-    train_data = load_data(s["data"], s["image_size"], "train", s["rotations"], progress=progress)
-    if s["ways"] is None:
-        s["ways"] = max(2, min(MAX_DEFAULT_WAYS, int((train_data.counts() >= s["shots"] + s["queries"]).sum())))
-    val_data = load_data(s["data"], s["image_size"], "val", False, progress=False)
-    s["within_alphabet"] = float(s["within_alphabet"])  # older runs stored a bool
-    try:
-        augment = Augment(**s["augment"])
-    except (TypeError, ValueError) as e:
-        raise DataError(f"augmentation {s['augment']}: {e}") from None
-    check_episode_fits(train_data, s["ways"], s["shots"], s["queries"], s["within_alphabet"] >= 1)
-    # Validation ways shrink to what the held-out split holds (small folder datasets).
-    s["val_ways"] = min(s["val_ways"], int((val_data.counts() >= s["val_shots"] + 1).sum()))
-    check_episode_fits(val_data, s["val_ways"], s["val_shots"], 1)
-    log(f"data {s['data']}: {train_data.num_classes} training classes ({len(train_data.images)} images), "
-        f"{val_data.num_classes} held-out validation classes")
+    def _build(self) -> None:
+        s = self.s
+        cfg = {"backbone": s["backbone"], "head": s["head"], "input": {"shape": [s["image_size"]] * 2 + [1]}}
+        with self.strategy.scope():  # variables, optimizer and learner of a distributed run live in the strategy
+            self.backbone, self.head = build_from_config(cfg)
+            self.learner = make_learner(s["algorithm"], self.backbone, self.head, self.hparams)
+        self.stepper = DistributedLearner(self.learner, self.strategy) if s["strategy"] != "default" else None
+        self.step_var = tf.Variable(0, dtype=tf.int64)
+        self.best_var = tf.Variable(-1.0, dtype=tf.float64)
+        ckpt = tf.train.Checkpoint(backbone=self.backbone, head=self.head, optimizer=self.learner.optimizer,
+                                   step=self.step_var, best=self.best_var)
+        self.wckdir = self.root / "checkpoints"  # = ckdir on the chief
+        self.ckpt, self.manager = ckpt, tf.train.CheckpointManager(ckpt, str(self.wckdir), max_to_keep=2)
+        self.sampler = EpisodeSampler(self.train_data, s["ways"], s["shots"], s["queries"], seed=s["seed"],
+                                      within_group=s["within_alphabet"], augment=Augment(**s["augment"]))
+        self.adaptation = self.learner.device_adaptation()
 
-    cfg = {"backbone": s["backbone"], "head": s["head"], "input": {"shape": [s["image_size"]] * 2 + [1]}}
-    with strategy.scope():  # variables, optimizer and learner of a distributed run live in the strategy
-        backbone, head = build_from_config(cfg)
-        learner = make_learner(s["algorithm"], backbone, head, hparams)
-    stepper = DistributedLearner(learner, strategy) if s["strategy"] != "default" else None
-    step_var = tf.Variable(0, dtype=tf.int64)
-    best_var = tf.Variable(-1.0, dtype=tf.float64)
-    ckpt = tf.train.Checkpoint(backbone=backbone, head=head, optimizer=learner.optimizer, step=step_var, best=best_var)
-    wckdir = root / "checkpoints"  # = ckdir on the chief
-    manager = tf.train.CheckpointManager(ckpt, str(wckdir), max_to_keep=2)
-    sampler = EpisodeSampler(train_data, s["ways"], s["shots"], s["queries"], seed=s["seed"],
-                             within_group=s["within_alphabet"], augment=augment)
-    latest = manager.latest_checkpoint if chief else tf.train.latest_checkpoint(str(ckdir))  # all read the chief's
-    if resume and latest:
-        ckpt.restore(latest)
-        sampler.set_state(json.loads(_checkpoint_state_file(ckdir, int(step_var.numpy())).read_text()))
-        log(f"resumed from step {int(step_var.numpy())} ({latest})")
-    wckdir.mkdir(parents=True, exist_ok=True)
-    (wckdir / "run.json").write_text(json.dumps(s, indent=2))
+    def _restore(self, resume: bool) -> None:
+        # Every worker reads the chief's checkpoints.
+        latest = self.manager.latest_checkpoint if self.chief else tf.train.latest_checkpoint(str(self.ckdir))
+        if resume and latest:
+            self.ckpt.restore(latest)
+            self.sampler.set_state(json.loads((self.ckdir / f"sampler-{self.step}.json").read_text()))
+            self.log(f"resumed from step {self.step} ({latest})")
+        self.wckdir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.wckdir / run_settings.RUN_FILE, json.dumps(self.s, indent=2))
 
-    adaptation = learner.device_adaptation()
-    history = []
+    @property
+    def step(self) -> int:
+        return int(self.step_var.numpy())
 
-    def save_checkpoint():
-        step = int(step_var.numpy())
-        _checkpoint_state_file(wckdir, step).write_text(json.dumps(sampler.state()))
-        manager.save(checkpoint_number=step)
-        for f in wckdir.glob("sampler-*.json"):  # keep sampler states of kept checkpoints only
-            if not any(str(p).endswith(f"ckpt-{f.stem.split('-')[1]}") for p in manager.checkpoints):
+    def update(self, sampler) -> dict:
+        """One outer update: a single episode, or one per replica under a distributed strategy."""
+        return self.learner.train_step(sampler.sample()) if self.stepper is None else self.stepper.step(sampler)
+
+    # ---- hooks of loop.run_episodes
+    def after_step(self, done: int, metrics: dict, averages: Averages) -> None:
+        self.step_var.assign(done)
+        last = done == self.s["steps"]
+        if done % self.s["val_every"] == 0 or last:
+            self.validate(done, averages)
+        if done % self.s["checkpoint_every"] == 0 or last:
+            self.save_checkpoint()
+
+    def status(self, averages: Averages) -> str:
+        return averages.status() + self.val_text
+
+    # ---- validation, model directory, checkpoints
+    def head_spec(self):
+        return head_spec_from_keras(self.head, self.s["head"]["activation"], self.adaptation)
+
+    def validate(self, done: int, averages: Averages) -> None:
+        s = self.s
+        emb = embed_all(keras_embed_fn(self.backbone), self.val_data)
+        val = evaluate_embeddings(emb, self.val_data, self.head_spec(), s["val_ways"], s["val_shots"],
+                                  self.val_queries, s["val_episodes"], seed=VAL_SEED)
+        self.history.append({"step": done, "val_acc": val["mean"], "train_loss": averages.loss})
+        self.val_text = f" val {100 * val['mean']:.1f}%"
+        improved = val["mean"] > self.best_var.numpy()
+        if improved:
+            self.best_var.assign(val["mean"])
+            self.save_model(val)
+        self.log(f"step {done}: loss {averages.loss:.3f} train acc {averages.acc:.3f} | validation "
+                 f"{s['val_ways']}-way {s['val_shots']}-shot {100 * val['mean']:.2f}% ± {100 * val['ci95']:.2f}"
+                 f"{' (best, saved)' if improved else ''} | {time.time() - self.t0:.0f} s")
+
+    def save_model(self, val) -> None:
+        config = model_config(self.s, self.hparams, self.adaptation)
+        config["metrics"] = {"val": val, "step": self.step, "history": self.history}
+        save_model_dir(self.root, config, self.backbone, self.head_spec())
+        self.saved.append(self.step)
+
+    def need_model(self) -> bool:
+        """True when no model directory exists yet (a final one is then written)."""
+        if self.s["strategy"] == "multiworker":  # reading BN statistics is a collective: all workers decide alike
+            return self.best_var.numpy() < 0 and not self.saved
+        return not (self.root / "config.json").exists()
+
+    def save_checkpoint(self) -> None:
+        step = self.step
+        atomic_write_text(self.wckdir / f"sampler-{step}.json", json.dumps(self.sampler.state()))
+        self.manager.save(checkpoint_number=step)
+        for f in self.wckdir.glob("sampler-*.json"):  # keep sampler states of kept checkpoints only
+            if not any(str(p).endswith(f"ckpt-{f.stem.split('-')[1]}") for p in self.manager.checkpoints):
                 f.unlink()
 
-    def validate():
-        spec = head_spec_from_keras(head, s["head"]["activation"], adaptation)
-        emb = embed_all(keras_embed_fn(backbone), val_data)
-        return evaluate_embeddings(emb, val_data, spec, s["val_ways"], s["val_shots"], 15 if min(
-            val_data.counts()) >= s["val_shots"] + 15 else 1, s["val_episodes"], seed=1234), spec
+    # ---- endings
+    def interrupted(self) -> Interrupted:
+        """Save what Ctrl-C allows; the error to raise."""
+        if self.s["strategy"] == "multiworker":  # saving takes every worker in step; Ctrl-C reaches them at any point
+            cleanup(self.root, self.out)
+            return Interrupted(f"interrupted at step {self.step}: continue with --resume on every worker "
+                               f"from the last checkpoint in {self.ckdir}")
+        self.save_checkpoint()
+        if self.need_model():
+            self.save_model(None)
+        cleanup(self.root, self.out)
+        return Interrupted(f"interrupted at step {self.step}: checkpoint saved in {self.ckdir}, "
+                           f"model in {self.out} is usable; continue with --resume")
 
-    saved = []
+    def finish(self) -> dict:
+        """The final model directory's config (a non-chief worker that saved none: the config alone)."""
+        if self.need_model():
+            self.save_model(None)
+        if self.stepper is not None:
+            self.log(f"final weights digest {weights_digest(self.learner.variables)} after step {self.step}"
+                     f" (episodes per step: {self.stepper.replicas})")
+        try:
+            if (self.root / "config.json").exists():
+                return read_config(self.root)
+            return model_config(self.s, self.hparams, self.adaptation)
+        finally:
+            cleanup(self.root, self.out)
 
-    def save_model(val):
-        spec = head_spec_from_keras(head, s["head"]["activation"], adaptation)
-        config = model_config(s, hparams, adaptation)
-        config["metrics"] = {"val": val, "step": int(step_var.numpy()), "history": history}
-        save_model_dir(root, config, backbone, spec)
-        saved.append(config["metrics"]["step"])
 
-    def need_model():  # a final model dir when none exists yet
-        if s["strategy"] == "multiworker":  # reading BN statistics is a collective: all workers decide alike
-            return best_var.numpy() < 0 and not saved
-        return not (root / "config.json").exists()
+def train(out, settings: dict, resume: bool = False, progress=None, log=None) -> dict:
+    """Meta-train per ``settings`` (keys of DEFAULTS; None values mean the default) into model directory ``out``.
 
-    start = int(step_var.numpy())
-    base_lr = float(hparams["lr"])
-    stats = {"loss": float("nan"), "acc": float("nan"), "val": ""}
-    t0 = time.time()
-    bar = click.progressbar(length=s["steps"], label=f"{s['algorithm']} {s['ways']}-way {s['shots']}-shot",
-                            file=sys.stderr, show_pos=True, show_eta=True,
-                            item_show_func=lambda _: f"loss {stats['loss']:.3f} acc {stats['acc']:.3f}{stats['val']}")
-    bar.update(start)
+    ``resume``: continue the run in ``out`` (its saved settings; ``steps`` may grow). ``progress``: a
+    ``metalite.runtime.progress.Progress`` (None: silent); ``log`` overrides its news lines. Returns the
+    final config dict; Ctrl-C raises ``Interrupted`` after saving.
+    """
+    progress = as_progress(progress)
+    log = log or progress.log
+    run_settings.check_out(out)
+    s = run_settings.check(run_settings.resolve(out, settings, resume))
+    run = TrainingRun(out, s, resume, log, progress)
+    label = f"{s['algorithm']} {s['ways']}-way {s['shots']}-shot"
     try:
-        with bar:
-            for step in range(start, s["steps"]):
-                # Cosine decay of the outer learning rate (Reptile's epsilon included) to 0 at the last step.
-                learner.optimizer.learning_rate.assign(base_lr * 0.5 * (1 + math.cos(math.pi * step / s["steps"])))
-                m = learner.train_step(sampler.sample()) if stepper is None else stepper.step(sampler)
-                a = 0.1 if step > start else 1.0
-                stats["loss"] = m["loss"] if step == start else (1 - a) * stats["loss"] + a * m["loss"]
-                stats["acc"] = m["acc"] if step == start else (1 - a) * stats["acc"] + a * m["acc"]
-                step_var.assign(step + 1)
-                bar.update(1)
-                done = step + 1 == s["steps"]
-                if (step + 1) % s["val_every"] == 0 or done:
-                    val, _ = validate()
-                    history.append({"step": step + 1, "val_acc": val["mean"], "train_loss": stats["loss"]})
-                    stats["val"] = f" val {100 * val['mean']:.1f}%"
-                    improved = val["mean"] > best_var.numpy()
-                    if improved:
-                        best_var.assign(val["mean"])
-                        save_model(val)
-                    log(f"\nstep {step + 1}: loss {stats['loss']:.3f} train acc {stats['acc']:.3f} | val "
-                        f"{s['val_ways']}-way {s['val_shots']}-shot {100 * val['mean']:.2f}% ± {100 * val['ci95']:.2f}"
-                        f"{' (best, saved)' if improved else ''} | {time.time() - t0:.0f}s")
-                if (step + 1) % s["checkpoint_every"] == 0 or done:
-                    save_checkpoint()
+        run_episodes(run.learner, run.sampler, s["steps"], float(run.hparams["lr"]), start=run.step, hooks=run,
+                     update=run.update, progress=progress, label=label)
     except KeyboardInterrupt:
-        if s["strategy"] == "multiworker":  # saving takes every worker in step; Ctrl-C reaches them at any point
-            cleanup(root, out)
-            raise Interrupted(f"interrupted at step {int(step_var.numpy())}: continue with --resume on every worker "
-                              f"from the last checkpoint in {ckdir}") from None
-        save_checkpoint()
-        if need_model():
-            save_model(None)
-        cleanup(root, out)
-        raise Interrupted(f"interrupted at step {int(step_var.numpy())}: checkpoint saved in {ckdir}, "
-                          f"model in {out} is usable; continue with --resume") from None
-    if need_model():
-        save_model(None)
-    if stepper is not None:
-        log(f"final weights digest {weights_digest(learner.variables)} after step {int(step_var.numpy())}"
-            f" (episodes per step: {stepper.replicas})")
-    try:  # a non-chief worker that saved no model this run returns the config alone
-        return read_config(root) if (root / "config.json").exists() else model_config(s, hparams, adaptation)
-    finally:
-        cleanup(root, out)
+        raise run.interrupted() from None
+    return run.finish()

@@ -1,0 +1,67 @@
+"""Where metalite keeps files and how it replaces them, for every part of the project.
+
+- ``atomic_write(path, write)``: one file, written to a temporary next to it, fsynced, renamed over the
+  target, directory fsynced (implemented with the state file format in ``state.py``).
+- ``atomic_write_bytes`` / ``atomic_write_text``: the same for content already in memory.
+- ``replace_dir(tmp, out)``: a finished directory (bundle, model directory, cache entry) renamed into
+  place; an old ``out`` is set aside first and removed only after the rename, so a crash leaves the old
+  directory or the new one.
+- ``cache_root(kind)``: ``$METALITE_CACHE/<kind>``, else ``$XDG_CACHE_HOME/metalite/<kind>``, else
+  ``~/.cache/metalite/<kind>`` (kinds: ``data``, ``glyphs``, ``bundles``, ``venvs``).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from .state import _fsync_dir as fsync_dir
+from .state import atomic_write
+
+__all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_text", "replace_dir", "cache_root", "fsync_dir"]
+
+
+def atomic_write_bytes(path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (its directory must exist); an existing file keeps its mode,
+    a new one gets 0666 minus the umask like any new file."""
+    try:
+        mode = os.stat(path).st_mode & 0o7777
+    except OSError:
+        umask = os.umask(0)
+        os.umask(umask)
+        mode = 0o666 & ~umask
+    atomic_write(path, lambda f: f.write(data))
+    os.chmod(path, mode)
+
+
+def atomic_write_text(path, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically (its directory must exist)."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def replace_dir(tmp, out) -> Path:
+    """Rename the finished directory ``tmp`` to ``out`` (same file system), replacing an existing ``out``."""
+    tmp, out = Path(tmp), Path(out)
+    old = None
+    if out.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+        os.rename(out, old / out.name)
+    try:
+        os.rename(tmp, out)
+    except OSError:
+        if old is not None:
+            os.rename(old / out.name, out)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    fsync_dir(out.parent)
+    return out
+
+
+def cache_root(kind: str) -> Path:
+    """The cache folder for ``kind`` (not created); see the module docstring for the order of choices."""
+    if os.environ.get("METALITE_CACHE"):
+        return Path(os.environ["METALITE_CACHE"]) / kind
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "metalite" / kind
