@@ -5,8 +5,8 @@
 The PNGs are copied byte for byte, in Omniglot's layout ``root/alphabet/characterNN/CCCC_DD.png``
 (CCCC: Omniglot's character id, DD: the drawer), with fixed zip timestamps so a rebuild is identical.
 What is picked (README.md): Greek, 20 characters x 20 drawers (the one alphabet big enough for Lake's
-20-way runs, so it becomes the held-out test alphabet), and 6 characters x 5 drawers of four more
-alphabets; mini2 repeats Greek's first 6 x 5 drawings, as small2 repeats small1's Greek and Latin.
+20-way runs, so it becomes the held-out test alphabet), and 6 characters x 6 drawers of four more
+alphabets; mini2 repeats Greek's first 6 x 6 drawings, as small2 repeats small1's Greek and Latin.
 """
 import sys
 import zipfile
@@ -14,11 +14,11 @@ from pathlib import Path
 
 PICK = {  # zip -> [(source zip, alphabet, characters, drawers)]
     "mini1": [("images_background_small1.zip", "Greek", 20, 20),
-              ("images_background_small1.zip", "Balinese", 6, 5),
-              ("images_background_small1.zip", "Korean", 6, 5)],
-    "mini2": [("images_background_small1.zip", "Greek", 6, 5),
-              ("images_background_small2.zip", "Sanskrit", 6, 5),
-              ("images_background_small2.zip", "Tagalog", 6, 5)],
+              ("images_background_small1.zip", "Balinese", 6, 6),
+              ("images_background_small1.zip", "Korean", 6, 6)],
+    "mini2": [("images_background_small1.zip", "Greek", 6, 6),
+              ("images_background_small2.zip", "Sanskrit", 6, 6),
+              ("images_background_small2.zip", "Tagalog", 6, 6)],
 }
 
 
