@@ -2,5 +2,6 @@
 
 ``bundle.write_bundle`` writes a bundle atomically, ``inspect.inspect_bundle`` describes and verifies one,
 ``edgetpu.check_model``/``compile_edgetpu`` predict and run the Edge TPU compilation, ``tflite`` converts.
-Submodules import TensorFlow only when converting; reading bundles needs just the flatbuffers package.
+Submodules import TensorFlow only when converting, always through ``tfcompat`` (tf_keras, quiet), which
+``metalite.training`` uses too; reading bundles needs just the flatbuffers package.
 """

@@ -1,7 +1,5 @@
 """Data, episodes, meta-learners, trainer and the train/evaluate CLI (workstation, TensorFlow)."""
 import json
-import os
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -141,7 +139,6 @@ def test_loss_falls_on_a_tiny_problem(folder, algorithm):
     episodes = [fixed.sample() for _ in range(4)]
 
     def query_loss():  # loss after the device's own adaptation, on fixed episodes
-        from metalite.training.evaluate import embed_all, evaluate_embeddings, keras_embed_fn
         from metalite.training.modeldir import head_spec_from_keras
         from metalite.runtime.head import adapt
         spec = head_spec_from_keras(hd, "linear", learner.device_adaptation())
