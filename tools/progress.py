@@ -43,7 +43,8 @@ class _BarTask(Task):
 class _LogTask(Task):
     def __init__(self, owner, label, total, done):
         self.owner, self.label, self.total, self.done = owner, label, total, done
-        self.start_done, self.t0 = done, time.monotonic()
+        self.t0 = time.monotonic()
+        self.first = None  # (time, done) after the first unit: warm-up (tracing, caches) is not the pace
         self.last, self.status, self.closed = self.t0, "", False
         owner.log(f"{label}: {done}/{total}" + (" (resumed)" if done else ""))
 
@@ -51,13 +52,16 @@ class _LogTask(Task):
         self.done += n
         self.status = status
         now = time.monotonic()
+        if self.first is None:
+            self.first = (now, self.done)
         if now - self.last >= self.owner.interval and self.done < self.total:
             self.last = now
             self.owner.log(self._line(now))
 
     def _line(self, now) -> str:
         elapsed, pct = now - self.t0, 100.0 * self.done / max(self.total, 1)
-        rate = (self.done - self.start_done) / elapsed if elapsed > 0 else 0.0
+        t1, d1 = self.first or (now, self.done)
+        rate = (self.done - d1) / (now - t1) if now > t1 else 0.0
         left = f", about {_seconds((self.total - self.done) / rate)} left" if rate > 0 and self.done < self.total else ""
         status = f" {self.status}" if self.status else ""
         return f"{self.label}: {self.done}/{self.total} ({pct:.0f}%){status} | {_seconds(elapsed)}{left}"
