@@ -126,6 +126,7 @@ def _tiny_main(out: Path) -> None:
     from metalite.export.tfcompat import tf, keras  # noqa: F401  (sets up tf_keras)
     from metalite.training.models import build_backbone
     from metalite.export.bundle import write_bundle
+    from metalite.tools.progress import ConsoleProgress
     from metalite.runtime.head import HeadSpec
     from metalite.runtime.preprocess import to_model_input
 
@@ -150,7 +151,7 @@ def _tiny_main(out: Path) -> None:
     meta = {"training": {"algorithm": "none (untrained test bundle)", "data": "omniglot"},
             "compression": {}, "accuracy": {}}
     out.parent.mkdir(parents=True, exist_ok=True)
-    write_bundle(out, model, spec, rep, meta=meta, progress=True, overwrite=True)
+    write_bundle(out, model, spec, rep, meta=meta, progress=ConsoleProgress(), overwrite=True)
 
 
 def resign(bundle: Path) -> None:

@@ -10,7 +10,7 @@ from typing import Optional
 from fastapi import Depends, FastAPI, Header, HTTPException, Request
 from fastapi.responses import FileResponse
 
-from metalite import __version__
+from metalite.runtime.version import __version__
 from metalite.runtime.sync.release import is_sha256
 
 from . import devices, examples, releases

@@ -44,7 +44,7 @@ def build_bundles(d: Path) -> dict:
     shapes exactly as well as v1 and an update must re-embed the images. bad: v2 with a useless head.
     """
     from metalite.training.models import build_backbone
-    from metalite.training.tfcompat import keras
+    from metalite.export.tfcompat import keras
 
     base = build_backbone({"kind": "conv4", "filters": 16, "embedding_dim": 16}, input_shape=(SIZE, SIZE, 1))
     rng = np.random.default_rng(1)  # Glorot-uniform kernels from numpy: the same bundle whatever ran before

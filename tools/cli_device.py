@@ -11,7 +11,8 @@ from pathlib import Path
 
 import click
 
-from .cli_runtime import DELEGATE_CHOICE, _errors, _support_folders
+from .cli_runtime import DELEGATE_CHOICE, _support_folders
+from .clikit import fail_cleanly
 
 HOME = click.option("--home", required=True, envvar="METALITE_HOME", type=click.Path(file_okay=False, path_type=Path),
                     help="The device home (created if missing). Env: METALITE_HOME.")
@@ -43,7 +44,7 @@ def _say(msg: str) -> None:
 @click.option("--delegate", type=DELEGATE_CHOICE, default="auto", show_default=True)
 @click.option("--timeout", type=click.FloatRange(min=0.1), default=30.0, show_default=True, help="Seconds per HTTP call.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-@_errors
+@fail_cleanly
 def sync_cmd(server, token, pubkey, home, allow_unsigned, allow_older, max_accuracy_drop, no_upload, no_update,
              delegate, timeout, as_json):
     """Upload the outbox, then take a newer signed bundle if the server has one (re-embedding the classes).
@@ -83,7 +84,7 @@ def device_group():
 @HOME
 @click.option("--add", is_flag=True, help="Add these classes to the learned ones instead of replacing them.")
 @click.option("--delegate", type=DELEGATE_CHOICE, default="auto", show_default=True)
-@_errors
+@fail_cleanly
 def device_adapt_cmd(support_dir, home, add, delegate):
     """Learn the classes in SUPPORT_DIR (one folder of images per class) on the running version; save the state."""
     h = _home(home)
@@ -103,7 +104,7 @@ def device_adapt_cmd(support_dir, home, add, delegate):
 @HOME
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
 @click.option("--delegate", type=DELEGATE_CHOICE, default="auto", show_default=True)
-@_errors
+@fail_cleanly
 def device_predict_cmd(images, home, as_json, delegate):
     """Classify the images; those below the home's confidence threshold are kept in the outbox."""
     h = _home(home)
@@ -127,7 +128,7 @@ def device_predict_cmd(images, home, as_json, delegate):
 @HOME
 @click.option("--no-learn", is_flag=True, help="Only report the correction; do not add the images to the class.")
 @click.option("--delegate", type=DELEGATE_CHOICE, default="auto", show_default=True)
-@_errors
+@fail_cleanly
 def device_correct_cmd(images, label, home, no_learn, delegate):
     """Record that the images show --label (sent to the server) and learn them, so the mistake is not repeated."""
     h = _home(home)
@@ -142,7 +143,7 @@ def device_correct_cmd(images, label, home, no_learn, delegate):
 @device_group.command("status")
 @HOME
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-@_errors
+@fail_cleanly
 def device_status_cmd(home, as_json):
     """The running version, its classes and the outbox."""
     from metalite.runtime.state import load_state

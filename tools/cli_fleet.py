@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from .cli_runtime import _errors
+from .clikit import fail_cleanly
 
 ROOT = click.option("--root", required=True, type=click.Path(file_okay=False, path_type=Path),
                     help="The fleet's directory (database, blobs, signing key).")
@@ -34,7 +34,7 @@ def _need(module: str, extra: str = "serve"):
 @click.option("--port", type=click.IntRange(0, 65535), default=8765, show_default=True, help="0 picks a free port.")
 @click.option("--max-request-bytes", type=click.IntRange(min=1024), default=4 << 20, show_default=True,
               help="Larger request bodies are refused (HTTP 413).")
-@_errors
+@fail_cleanly
 def serve_cmd(root, host, port, max_request_bytes):
     """Run the fleet server devices sync with (HTTP; creates --root and its signing key on first start)."""
     for module in ("fastapi", "uvicorn", "cryptography"):
@@ -53,7 +53,7 @@ def fleet_group():
 @click.argument("name")
 @ROOT
 @click.option("--rotate", is_flag=True, help="Give an enrolled (or revoked) device a new token; the old one stops working.")
-@_errors
+@fail_cleanly
 def enroll_cmd(name, root, rotate):
     """Register device NAME and print its token once (stdout; it is stored only as a hash)."""
     from metalite.fleet import enroll
@@ -69,7 +69,7 @@ def enroll_cmd(name, root, rotate):
 @click.option("--model", "model_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="The float model directory BUNDLE was exported from, kept with the version (for later updates).")
 @click.option("--note", default="", help="Free text shown by 'fleet status'.")
-@_errors
+@fail_cleanly
 def publish_cmd(bundle, root, model_dir, note):
     """Verify BUNDLE, sign it and store it as the next version; devices take it at their next sync."""
     _need("cryptography")
@@ -87,7 +87,7 @@ def publish_cmd(bundle, root, model_dir, note):
 @fleet_group.command("rollback")
 @ROOT
 @click.option("--to", "to_version", type=click.IntRange(min=1), required=True, help="The version to go back to.")
-@_errors
+@fail_cleanly
 def rollback_cmd(root, to_version):
     """Publish the files of an earlier version again, as the next version (devices only move forward)."""
     _need("cryptography")
@@ -100,7 +100,7 @@ def rollback_cmd(root, to_version):
 @fleet_group.command("status")
 @ROOT
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-@_errors
+@fail_cleanly
 def status_cmd(root, as_json):
     """Devices (version running, last seen, examples received, last update problem) and versions."""
     from metalite.fleet.status import status, status_lines
@@ -112,7 +112,7 @@ def status_cmd(root, as_json):
 @fleet_group.command("revoke")
 @click.argument("name")
 @ROOT
-@_errors
+@fail_cleanly
 def revoke_cmd(name, root):
     """Refuse device NAME's token from now on (its uploads stay)."""
     from metalite.fleet import revoke
@@ -123,7 +123,7 @@ def revoke_cmd(name, root):
 
 @fleet_group.command("pubkey")
 @ROOT
-@_errors
+@fail_cleanly
 def pubkey_cmd(root):
     """Print the fleet's public key (what devices get as --pubkey); creates the key if needed."""
     _need("cryptography")

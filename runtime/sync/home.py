@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from ..state import atomic_write
+from ..files import atomic_write, fsync_dir
 from .errors import SyncError
 from .outbox import Outbox
 
@@ -47,19 +47,6 @@ def _flock(path: Path, blocking: bool = True):
             yield
         finally:
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(str(path), os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 class DeviceHome:
@@ -181,7 +168,7 @@ class DeviceHome:
         if target.exists():
             shutil.rmtree(target)
         os.rename(staging, target)
-        _fsync_dir(self.versions)
+        fsync_dir(self.versions)
         pointer = {"version": int(version), "manifest_sha256": manifest_sha256, "previous": previous,
                    "switched": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         atomic_write(self.root / "current.json", lambda f: f.write(json.dumps(pointer, indent=2).encode()))
