@@ -2,7 +2,7 @@
 
 Nothing here skips: a prerequisite that cannot be built fails the test that needs it with a message
 saying what to install (see envs.py). Caches live in ``$METALITE_DEVICE_CACHE`` (default
-``~/.cache/metalite/device``); ``METALITE_REQUIRE_SHIPPED_BUNDLES=1`` makes the missing
+``cache_root("device")``, ``~/.cache/metalite/device``); ``METALITE_REQUIRE_SHIPPED_BUNDLES=1`` makes the missing
 ``models/omniglot`` / ``models/glyphs`` an error instead of falling back to the tiny test bundle.
 """
 from __future__ import annotations

@@ -58,7 +58,9 @@ def log(msg: str) -> None:
 
 
 def cache_dir() -> Path:
-    d = Path(os.environ.get("METALITE_DEVICE_CACHE") or Path.home() / ".cache" / "metalite" / "device")
+    from metalite.runtime.files import cache_root
+
+    d = Path(os.environ.get("METALITE_DEVICE_CACHE") or cache_root("device"))
     d.mkdir(parents=True, exist_ok=True)
     return d
 

@@ -1,4 +1,4 @@
-"""Import TensorFlow with legacy Keras (tf_keras, which TF-MOT needs) and quietly; every TensorFlow user imports it from here.
+"""Import TensorFlow with legacy Keras (tf_keras, which TF-MOT needs), quietly: every TensorFlow user imports it here.
 
 ``export`` is the lowest layer that needs TensorFlow, so the module lives here and ``training`` imports it
 downstream. Quiet unless ``METALITE_VERBOSE`` is set (``metalite --verbose``): TensorFlow's C++ start-up

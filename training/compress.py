@@ -129,7 +129,8 @@ class _Stages:
 
         emb = embed_all(embed_fn or keras_embed_fn(backbone), self.data)
         res = self.results[key] = accuracy_by_setting(emb, self.data, spec, self.settings, self.episodes, EVAL_SEED)
-        self.log(f"{name:<12} " + "  ".join(f"{k} {100 * v['mean']:.2f}% ± {100 * v['ci95']:.2f}" for k, v in res.items()))
+        self.log(f"{name:<12} " + "  ".join(f"{k} {100 * v['mean']:.2f}% ± {100 * v['ci95']:.2f}"
+                                            for k, v in res.items()))
         return res
 
 

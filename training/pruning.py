@@ -1,8 +1,8 @@
 """TF-MOT on a backbone: magnitude pruning, pruning-preserving QAT (PQAT), and the float twin of a QAT model.
 
 - ``prune_wrap`` wraps every Conv2D/DepthwiseConv2D/Dense kernel in ``prune_low_magnitude`` (the caller
-  drives the schedule with ``set_pruning_step``, or passes ``PruningSchedule`` hooks to the loop); ``finish_pruning`` applies the masks, so the kernels
-  hold exact zeros, and strips the wrappers.
+  drives the schedule with ``set_pruning_step``, or passes ``PruningSchedule`` hooks to the loop);
+  ``finish_pruning`` applies the masks, so the kernels hold exact zeros, and strips the wrappers.
 - ``quantize_pqat``: ``quantize_annotate_model`` + ``quantize_apply`` with
   ``Default8BitPrunePreserveQuantizeScheme``; the sparsity masks come from the kernels' exact zeros.
 - ``float_twin``: a plain float backbone with a QAT model's trained weights (masks applied, no fake
