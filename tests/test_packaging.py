@@ -1,6 +1,7 @@
 """One ``metalite.*`` namespace with nothing in the repository root shadowing it: a wheel of the repository,
 installed into a fresh virtualenv, imports from there even when Python starts in the repository root."""
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -22,7 +23,7 @@ def _source_copy(dst: Path) -> Path:
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
     for name in ("setup.py", "pyproject.toml", "README.md"):
         shutil.copy2(ROOT / name, dst / name)
-    for folder in ("training", "export", "runtime", "tools"):
+    for folder in set(re.findall(r'"metalite\.[a-z_.]+":\s*"([a-z_]+)"', (ROOT / "setup.py").read_text())):
         shutil.copytree(ROOT / folder, dst / folder, ignore=ignore)
     return dst
 

@@ -329,7 +329,7 @@ def keras_latency(model, cfg, input_shape) -> dict:
 
 
 def _serve_worker(python, backend, site, stderr_file):
-    """A ``bench_latency.py --serve`` process for ``backend`` importing the repo's runtime from ``site``."""
+    """A ``bench_latency.py --serve`` process for ``backend`` importing this metalite.runtime from ``site``."""
     env = dict(os.environ, PYTHONPATH=str(site), PYTHONNOUSERSITE="1", TF_CPP_MIN_LOG_LEVEL="2")
     with open(stderr_file, "w") as err:
         return subprocess.Popen([python, str(HERE / "bench_latency.py"), "--serve", "--backend", backend],
@@ -361,8 +361,10 @@ def latency_section(variants, cfg, threads=(1, 2), say=_say, tmp=None) -> dict:
     models = {k: v.path for k, v in variants.items() if v.path is not None}
     import tempfile
 
+    from .runtime_env import runtime_site
+
     with tempfile.TemporaryDirectory(dir=tmp) as td:
-        site = _site_for_runtime(Path(td))
+        site = runtime_site(Path(td))
         workers = {be: _serve_worker(p, be, site, Path(td) / f"{be}.err") for be, p in pythons.items()}
         try:
             say(f"latency: {len(models)} variants x {', '.join(workers)}, {rounds} interleaved rounds")
