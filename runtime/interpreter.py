@@ -203,10 +203,14 @@ def open_model(model_path, num_threads: int | None = None, delegates: list | Non
             int8 = "not used (an accelerator delegate is given)"
         else:
             extra, xnn, int8 = _cpu_plan(backend, num_threads)
-            kwargs.update(extra)
             if xnn is not None:
-                kwargs["experimental_delegates"] = [xnn]
-        interp = _create(backend, model_path, kwargs)
+                try:
+                    interp = _create(backend, model_path, {**kwargs, **extra, "experimental_delegates": [xnn]})
+                except BundleError as e:  # the model is checked again below, with the interpreter's defaults
+                    int8 = f"the interpreter's default (the int8 XNNPACK delegate failed: {e})"
+                    xnn = None
+        if delegates or xnn is None:
+            interp = _create(backend, model_path, kwargs)
     delegated = _delegated(interp)
     kind = "edgetpu" if device == "edgetpu" else ("xnnpack" if delegated not in ("no", "unknown") else
                                                   "none" if delegated == "no" else "unknown")
