@@ -75,11 +75,14 @@ class Bundle:
 
 
 def _get(manifest: dict, dotted: str, kind=None):
-    cur = manifest
+    cur, seen = manifest, []
     for part in dotted.split("."):
-        if not isinstance(cur, dict) or part not in cur:
+        if not isinstance(cur, dict):
+            raise BundleError(f"{MANIFEST}: field {'.'.join(seen)!r} must be an object, got {type(cur).__name__}")
+        if part not in cur:
             raise BundleError(f"{MANIFEST}: missing field {dotted!r}")
         cur = cur[part]
+        seen.append(part)
     if kind is not None and (not isinstance(cur, kind) or isinstance(cur, bool)):
         raise BundleError(f"{MANIFEST}: field {dotted!r} has the wrong type ({type(cur).__name__})")
     return cur

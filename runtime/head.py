@@ -198,12 +198,22 @@ class AdaptedHead:
             return softmax(self.logits(e)).astype(np.float32)
 
 
+def _softmax_rows(h, wc, bc):
+    """softmax(h @ wc + bc) computed in place in one (rows, C) buffer (same numbers as ``softmax``)."""
+    p = h @ wc
+    p += bc
+    p -= p.max(axis=1, keepdims=True)
+    np.exp(p, out=p)
+    p /= p.sum(axis=1, keepdims=True)
+    return p
+
+
 def _classifier_grads(h, y, wc, bc):
     """Gradients of the mean cross-entropy w.r.t. (wc, bc, h), computing the (n, C) softmax in row blocks."""
     n = len(h)
     rows = max(1, ROW_BLOCK_ELEMENTS // max(1, wc.shape[1]))
     if rows >= n:  # one block: the plain full-batch formula
-        g = softmax(h @ wc + bc)
+        g = _softmax_rows(h, wc, bc)
         g[np.arange(n), y] -= 1.0
         g /= n
         return h.T @ g, g.sum(axis=0), g @ wc.T
@@ -211,7 +221,7 @@ def _classifier_grads(h, y, wc, bc):
     gh = np.empty((n, wc.shape[0]), np.float32)
     for s in range(0, n, rows):
         hb = h[s:s + rows]
-        g = softmax(hb @ wc + bc)
+        g = _softmax_rows(hb, wc, bc)
         g[np.arange(len(hb)), y[s:s + rows]] -= 1.0
         g /= n
         gw += hb.T @ g

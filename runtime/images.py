@@ -9,8 +9,9 @@ float [0, 1] or [0, 255]) and alpha compositing are ``metalite.runtime.preproces
 Decoding is bounded: a file whose decoded size exceeds ``max_image_pixels()`` (``MAX_IMAGE_PIXELS``
 = 4096 × 4096, or ``$METALITE_MAX_IMAGE_PIXELS``) is refused in one line from its header, before any
 pixel is decoded; JPEGs are decoded at a reduced DCT scale (down to ``DRAFT_FACTOR`` times the model's
-input size) first, so large photos stay cheap. Decoding an image at the budget peaks at about two copies
-of it (Pillow's and numpy's: 4 bytes per pixel each for color, 1 for gray, 2 for 16-bit).
+input size) first, so large photos stay cheap. Decoding peaks at two copies of the image (Pillow's and
+numpy's: 4 bytes per pixel each for color, 1 for gray, 2 or 4 for 16-bit), plus a conversion copy for
+palette/CMYK/alpha modes; resizing then adds a few MiB (``preprocess`` works tile by tile).
 """
 from __future__ import annotations
 
@@ -41,6 +42,20 @@ def max_image_pixels() -> int:
     return value if value > 0 else MAX_IMAGE_PIXELS
 
 
+def _as_array(im, dtype=None) -> np.ndarray:
+    """The decoded image as a numpy array, copied band by band (``np.asarray`` on the whole image would
+    hold two more full copies while Pillow serialises it)."""
+    w, h = im.size
+    rows = max(1, (1 << 22) // max(1, w))
+    out = None
+    for y in range(0, h, rows):
+        band = np.asarray(im.crop((0, y, w, min(h, y + rows))), dtype=dtype)
+        if out is None:
+            out = np.empty((h, *band.shape[1:]), band.dtype)
+        out[y:y + len(band)] = band
+    return out if out is not None else np.asarray(im, dtype=dtype)
+
+
 def _decode(im, p: Path, min_size) -> np.ndarray:
     if min_size is not None and im.format == "JPEG":
         im.draft(None, (int(min_size[1]), int(min_size[0])))  # DCT-domain downscale, never below min_size
@@ -52,9 +67,9 @@ def _decode(im, p: Path, min_size) -> np.ndarray:
     im.load()
     mode = im.mode
     if mode.startswith("I;16"):
-        return np.asarray(im).astype(np.uint16)  # 16-bit gray, native byte order
+        return _as_array(im).astype(np.uint16)  # 16-bit gray, native byte order
     if mode in ("I", "F"):
-        a = np.asarray(im)
+        a = _as_array(im)
         if mode == "F":
             return a.astype(np.float32)
         if a.size and (a.min() < 0 or a.max() > 65535):
@@ -66,7 +81,7 @@ def _decode(im, p: Path, min_size) -> np.ndarray:
         im = im.convert("RGB")
     elif mode != "L":
         im = im.convert("L")
-    return np.asarray(im, dtype=np.uint8)
+    return _as_array(im, np.uint8)
 
 
 def read_image(path, min_size=None) -> np.ndarray:
