@@ -26,7 +26,7 @@ ADAPT_MODES = ("head", "classifier")
 MAX_STEPS = 1000
 MAX_ABS_WEIGHT = 1e12
 MAX_LR_SCALE = 1e6
-ROW_BLOCK_ELEMENTS = 1 << 20  # logits per block of support rows during adaptation (4 MiB of float32)
+ROW_BLOCK_ELEMENTS = 1 << 22  # logits per block of support rows during adaptation (16 MiB of float32)
 
 
 @dataclass

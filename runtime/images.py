@@ -46,7 +46,7 @@ def _as_array(im, dtype=None) -> np.ndarray:
     """The decoded image as a numpy array, copied band by band (``np.asarray`` on the whole image would
     hold two more full copies while Pillow serialises it)."""
     w, h = im.size
-    rows = max(1, (1 << 22) // max(1, w))
+    rows = max(1, (1 << 20) // max(1, w))
     out = None
     for y in range(0, h, rows):
         band = np.asarray(im.crop((0, y, w, min(h, y + rows))), dtype=dtype)
@@ -76,11 +76,11 @@ def _decode(im, p: Path, min_size) -> np.ndarray:
             raise InputError(f"{p}: 32-bit integer image with values outside 0..65535")
         return a.astype(np.uint16)
     if mode in _ALPHA_MODES or (mode == "P" and "transparency" in im.info):
-        im = im.convert("RGBA")
-    elif mode in _COLOR_MODES:
-        im = im.convert("RGB")
-    elif mode != "L":
-        im = im.convert("L")
+        target = "RGBA"
+    else:
+        target = "RGB" if mode in _COLOR_MODES else "L"
+    if mode != target:  # convert() to the same mode would still copy the whole image
+        im = im.convert(target)
     return _as_array(im, np.uint8)
 
 

@@ -90,7 +90,8 @@ def any_array(max_dims=5, max_side=6):
 
 def float_array(max_side=70):
     """Float images of any size up to ``max_side``, values anywhere (pixel ranges, huge, NaN, infinite)."""
-    values = st.floats(allow_nan=True, allow_infinity=True, width=32) | st.sampled_from([0.0, 0.5, 1.0, 255.0, 1e30])
+    special = [0.0, 0.5, 1.0, 255.0, float(np.float32(1e30))]  # exactly representable in float32
+    values = st.floats(allow_nan=True, allow_infinity=True, width=32) | st.sampled_from(special)
     return hnp.arrays(st.sampled_from([np.float32, np.float64]),
                       hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=max_side), elements=values)
 
