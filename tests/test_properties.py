@@ -244,7 +244,7 @@ def state_contents(draw, pristine):
     if choice in ("meta", "both"):
         meta = draw(mutated({k: v for k, v in meta.items() if k != "arrays_sha256"}))
     if choice in ("array", "both"):
-        name = draw(st.sampled_from(["support", "support_labels", "clf_W", "clf_b", "W0", "b0", "W1"]))
+        name = draw(st.sampled_from(["support", "support_labels", "clf_W", "clf_b", "W0", "b0", "W1", "images"]))
         arrays[name] = draw(st.one_of(any_array(), float_array(), near_miss(arrays.get(name, arrays["clf_b"]))))
     if choice == "drop":
         arrays.pop(draw(st.sampled_from(sorted(arrays))))
