@@ -26,7 +26,7 @@ from .labels import normalize_label as _norm_label, preview, short_repr
 from .preprocess import to_pixels
 from .state import State, load_state, save_state
 
-_QUERY_BLOCK = 256  # queries scored at a time: (block, C) logits, not (n, C)
+_QUERY_BLOCK = 256  # images embedded / queries scored at a time: memory O(block), not O(n) or O(n * C)
 
 
 def _group(rows: np.ndarray, lab: np.ndarray, classes: list) -> dict:
@@ -120,7 +120,11 @@ class FewShotClassifier:
         return out
 
     def _embed_uncached(self, x: np.ndarray) -> np.ndarray:
-        return ttalib.shift_average(self.embedder, x, self.tta)
+        if len(x) <= _QUERY_BLOCK:
+            return ttalib.shift_average(self.embedder, x, self.tta)
+        # in blocks: shift averaging holds 1 + tta copies of what it embeds (9 x 31 MB for 10,000 images)
+        return np.concatenate([ttalib.shift_average(self.embedder, x[s:s + _QUERY_BLOCK], self.tta)
+                               for s in range(0, len(x), _QUERY_BLOCK)])
 
     def embed(self, images) -> np.ndarray:
         """Embed images with the backbone (cached by image content).

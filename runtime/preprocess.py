@@ -144,10 +144,10 @@ def to_model_input(images: np.ndarray, size: tuple[int, int], invert: bool = Tru
         elif scale != 1.0:
             x = x.astype(np.float32) * np.float32(scale)
         gray = resize_area(to_gray(x), size) / 255.0
-    gray = np.clip(gray, 0.0, 1.0)
+    gray = np.clip(gray, 0.0, 1.0, out=gray.astype(np.float32, copy=False))  # in place: one batch-sized array
     if invert:
-        gray = 1.0 - gray
-    return gray[..., None].astype(np.float32)
+        np.subtract(np.float32(1.0), gray, out=gray)
+    return gray[..., None]
 
 
 def to_pixels(x: np.ndarray, invert: bool = True, value_range=(0.0, 1.0)) -> np.ndarray:

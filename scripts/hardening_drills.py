@@ -405,7 +405,7 @@ DRILLS = [
     ("huge-png", "metalite predict on a 13000x13000 PNG", "refused in one line, peak RSS <= 300 MiB", d_huge_png),
     ("huge-png-allowed", "the same with METALITE_MAX_IMAGE_PIXELS=2e8", "decoded; cost ~2 bytes/pixel", d_huge_png_allowed),
     ("at-budget", "4096x4096 RGBA PNG (at the budget); 8000x6000 JPEG", "decoded, bounded RSS; JPEG drafted", d_at_budget),
-    ("bad-file-in-batch", "predict good, corrupt, missing, good", "2 labels, 2 errors, exit 1; --json too", d_batch_with_bad_file),
+    ("bad-file-in-batch", "predict good, corrupt, missing, good", "2 labels, 2 error lines + a count, exit 1; --json too", d_batch_with_bad_file),
     ("zip-extra", "zip bundle with an unlisted 200 MiB member", "only listed files unpacked", d_zip_extra),
     ("manifests", "16 malformed manifests", "16 one-line BundleError", d_manifests),
     ("head-numbers", "NaN/huge weights, bad steps, NaN lr in head.npz", "BundleError at open (lr 1e6: InputError at fit)", d_head_numbers),

@@ -221,6 +221,36 @@ def test_predict_reports_each_image(bundle, state, tmp_path):
     assert all(0 < row["confidence"] <= 1 for row in rows if row["error"] is None)
 
 
+def test_device_predict_reports_each_image(bundle, tmp_path):
+    """``metalite device predict`` (fleet device home) too: per-image errors, the others classified."""
+    import shutil
+
+    from click.testing import CliRunner
+
+    from metalite.runtime.sync import DeviceHome
+    from metalite.tools.cli_device import device_group
+
+    home = DeviceHome(tmp_path / "home")
+    staging = home.staging(1)
+    shutil.copytree(bundle, staging, dirs_exist_ok=True)
+    home.install(staging, 1, "test")
+    sup, lab = bars(3)
+    clf = home.classifier(delegate="cpu").fit(sup, lab)
+    home.save(clf)
+    home.close()
+    good = tmp_path / "q1.png"
+    Image.fromarray(bar_image(1)).save(good)
+    (tmp_path / "bad.png").write_bytes(b"GIF89a nope")
+    args = ["predict", str(good), str(tmp_path / "bad.png"), str(tmp_path / "missing.png"), "--home",
+            str(tmp_path / "home"), "--delegate", "cpu"]
+    r = CliRunner().invoke(device_group, args + ["--json"])
+    assert r.exit_code == 1, r.output
+    rows = json.loads(r.stdout)
+    assert [row["label"] for row in rows] == ["bar1", None, None]
+    assert "cannot decode image" in rows[1]["error"] and "no such image file" in rows[2]["error"]
+    assert "2 of 3 images could not be classified" in r.stderr
+
+
 # ----------------------------------------------------------------------------- bundles
 def _zip(bdir: Path, zpath: Path, extra: dict | None = None, replace: dict | None = None) -> Path:
     with zipfile.ZipFile(zpath, "w", zipfile.ZIP_DEFLATED) as z:

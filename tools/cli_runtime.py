@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import click
+import numpy as np
 
 DELEGATE_CHOICE = click.Choice(["auto", "cpu", "edgetpu"])
 
@@ -83,18 +84,37 @@ def adapt_cmd(bundle, support_dir, out, threads, delegate):
                f"({clf.backend}); state written to {out}")
 
 
-def _prediction_rows(clf, images, transductive: bool = False) -> list:
-    """One row per image: ``{"image", "label", "confidence", "error"}``; a failed image has an error, no label."""
+def prediction_rows(images, results, classes) -> list:
+    """One row per image, ``{"image", "label", "confidence", "error"}``, from per-image results (a
+    probability row or the error that image raised); a row that is not finite becomes an error too."""
     rows = []
-    for path, res in zip(images, clf.predict_proba_each([str(p) for p in images], transductive=transductive)):
+    for path, res in zip(images, results):
+        if not isinstance(res, Exception) and not np.all(np.isfinite(res)):
+            res = ValueError("the head gave non-finite scores for this image")
         if isinstance(res, Exception):
             msg = str(res) if str(path) in str(res) else f"{path}: {res}"
             rows.append({"image": str(path), "label": None, "confidence": None, "error": msg})
         else:
-            k = int(res.argmax())
-            rows.append({"image": str(path), "label": clf.classes[k], "confidence": round(float(res[k]), 6),
-                         "error": None})
+            k = int(np.argmax(res))
+            rows.append({"image": str(path), "label": classes[k], "confidence": round(float(res[k]), 6), "error": None})
     return rows
+
+
+def emit_rows(rows: list, as_json: bool) -> int:
+    """Print prediction rows (a JSON list, or ``image<TAB>label<TAB>confidence`` lines and one stderr line
+    per failed image); return how many failed."""
+    if as_json:
+        click.echo(json.dumps(rows, indent=2, allow_nan=False))
+    else:
+        for r in rows:
+            if r["error"] is None:
+                click.echo(f"{r['image']}\t{r['label']}\t{r['confidence']:.4f}")
+            else:
+                click.echo(f"Error: {r['error']}", err=True)
+    failed = sum(r["error"] is not None for r in rows)
+    if failed:
+        click.echo(f"Error: {failed} of {len(rows)} images could not be classified", err=True)
+    return failed
 
 
 @click.command("predict")
@@ -117,18 +137,8 @@ def predict_cmd(bundle, images, state, as_json, threads, delegate, transductive)
     with --json); the others are still classified, and the exit code is 1.
     """
     clf = _classifier(bundle, threads, delegate, state)
-    rows = _prediction_rows(clf, images, transductive)
-    if as_json:
-        click.echo(json.dumps(rows, indent=2, allow_nan=False))
-    else:
-        for r in rows:
-            if r["error"] is None:
-                click.echo(f"{r['image']}\t{r['label']}\t{r['confidence']:.4f}")
-            else:
-                click.echo(f"Error: {r['error']}", err=True)
-    failed = sum(r["error"] is not None for r in rows)
-    if failed:
-        click.echo(f"Error: {failed} of {len(rows)} images could not be classified", err=True)
+    results = clf.predict_proba_each([str(p) for p in images], transductive=transductive)
+    if emit_rows(prediction_rows(images, results, clf.classes), as_json):
         sys.exit(1)
 
 
