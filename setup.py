@@ -41,7 +41,8 @@ setup(
         "tflite": ["tflite-runtime", "numpy<2"],
         "serve": ["fastapi>=0.100", "uvicorn>=0.23", "cryptography>=3.4"],
         "sync": ["cryptography>=3.4"],
-        "dev": ["pytest", "pytest-timeout", "ai-edge-litert", "fastapi>=0.100", "uvicorn>=0.23", "cryptography>=3.4"],
+        "dev": ["pytest", "pytest-timeout", "ai-edge-litert", "fastapi>=0.100", "uvicorn>=0.23", "cryptography>=3.4",
+                "hypothesis"],
     },
     entry_points={"console_scripts": ["metalite=metalite.tools.cli:main"]},
 )

@@ -4,6 +4,10 @@ The int8 backbone embeds images (cached by content); the meta-learned head is ad
 embeddings with ``metalite.runtime.head.adapt`` (prototype init + the bundle's gradient steps). Every
 method validates its input and computes the new state completely before replacing the old one, so an
 error never leaves the classifier half-changed.
+
+Labels are ``str`` or ``int`` (``metalite.runtime.labels``): ``bool`` is refused (``True`` would be the
+same class as ``1``), numpy integers and strings become plain ``int``/``str``, anything else (float,
+None, tuple, bytes) is an ``InputError`` at ``fit``/``add_class``.
 """
 from __future__ import annotations
 
@@ -16,21 +20,27 @@ from .bundle import open_bundle
 from .cache import EmbeddingCache
 from .embedder import Embedder
 from .errors import BundleError, InputError, NotFittedError, StateError, UnknownClassError
-from .images import as_model_input
+from .images import as_model_input, is_path
 from .interpreter import get_backend, open_backbone
+from .labels import normalize_label as _norm_label, preview, short_repr
 from .preprocess import to_pixels
 from .state import State, load_state, save_state
 
+_QUERY_BLOCK = 256  # images embedded / queries scored at a time: memory O(block), not O(n) or O(n * C)
 
-def _norm_label(label):
-    """numpy scalars -> Python scalars so labels compare, hash and save as the user expects."""
-    if isinstance(label, np.generic):
-        label = label.item()
-    try:
-        hash(label)
-    except TypeError:
-        raise InputError(f"label {label!r} is not hashable; use str or int labels") from None
-    return label
+
+def _group(rows: np.ndarray, lab: np.ndarray, classes: list) -> dict:
+    """``{label: rows whose column index is its position}``, keeping row order (O(n log n), not O(n*C))."""
+    order = np.argsort(lab, kind="stable")
+    bounds = np.cumsum(np.bincount(lab, minlength=len(classes)))[:-1]
+    return dict(zip(classes, np.split(rows[order], bounds)))
+
+
+def _finite_rows(logits: np.ndarray) -> None:
+    bad = np.flatnonzero(~np.isfinite(logits).all(axis=1))
+    if len(bad):
+        raise InputError(f"the adapted head gives non-finite scores for image {bad[0]}"
+                         f"{f' and {len(bad) - 1} more' if len(bad) > 1 else ''}; its weights overflow on this input")
 
 
 class FewShotClassifier:
@@ -112,7 +122,11 @@ class FewShotClassifier:
         return out
 
     def _embed_uncached(self, x: np.ndarray) -> np.ndarray:
-        return ttalib.shift_average(self.embedder, x, self.tta)
+        if len(x) <= _QUERY_BLOCK:
+            return ttalib.shift_average(self.embedder, x, self.tta)
+        # in blocks: shift averaging holds 1 + tta copies of what it embeds (9 x 31 MB for 10,000 images)
+        return np.concatenate([ttalib.shift_average(self.embedder, x[s:s + _QUERY_BLOCK], self.tta)
+                               for s in range(0, len(x), _QUERY_BLOCK)])
 
     def embed(self, images) -> np.ndarray:
         """Embed images with the backbone (cached by image content).
@@ -157,12 +171,13 @@ class FewShotClassifier:
         Args:
           images: the support images (any form ``embed`` takes), one per label; or a mapping
             ``{label: images}`` with ``labels`` omitted.
-          labels: sequence of labels (str or int, any hashable), same length as the images.
+          labels: sequence of labels (str or int; see the module docstring), same length as the images.
           seed: accepted for API stability; adaptation is deterministic.
         Returns:
           self. Columns are ordered by first appearance of each label.
         Raises:
-          InputError: empty support set, a class without images, length mismatch, bad images.
+          InputError: empty support set, a class without images, length mismatch, bad images, a label
+            that is not a str or int.
         """
         del seed
         if isinstance(images, Mapping) and labels is None:
@@ -174,7 +189,7 @@ class FewShotClassifier:
                 try:
                     support[label], kept[label] = self._embed_keep(imgs)
                 except InputError as e:
-                    raise InputError(f"class {label!r}: {e}") from None
+                    raise InputError(f"class {short_repr(label)}: {e}") from None
                 classes.append(label)
             return self._commit(classes, support, kept)
         if labels is None:
@@ -191,9 +206,7 @@ class FewShotClassifier:
         classes = list(dict.fromkeys(labels))
         index = {c: i for i, c in enumerate(classes)}
         lab = np.array([index[l] for l in labels])
-        support = {c: emb[lab == i] for i, c in enumerate(classes)}
-        pixels = self._pixels(x)
-        return self._commit(classes, support, {c: pixels[lab == i] for i, c in enumerate(classes)})
+        return self._commit(classes, _group(emb, lab, classes), _group(self._pixels(x), lab, classes))
 
     def add_class(self, label, images) -> "FewShotClassifier":
         """Learn one more class, keeping the others; refits the head on all stored support embeddings.
@@ -201,18 +214,18 @@ class FewShotClassifier:
         If ``label`` is already known, ``images`` are added to its support set.
 
         Args:
-          label: the new label.
+          label: the new label (str or int).
           images: its support images (any form ``embed`` takes), at least one.
         Returns:
           self.
         Raises:
-          InputError: no images or bad images.
+          InputError: no images or bad images, a label that is not a str or int.
         """
         label = _norm_label(label)
         try:
             emb, pixels = self._embed_keep(images)
         except InputError as e:
-            raise InputError(f"class {label!r}: {e}") from None
+            raise InputError(f"class {short_repr(label)}: {e}") from None
         support, kept = dict(self._support), dict(self._images)
         classes = list(self._classes)
         if label in support:
@@ -230,11 +243,11 @@ class FewShotClassifier:
         Returns:
           self (with no classes left, it is unfitted again).
         Raises:
-          UnknownClassError: ``label`` is not a learned class.
+          UnknownClassError: ``label`` is not a learned class. InputError: ``label`` is not a str or int.
         """
         label = _norm_label(label)
         if label not in self._support:
-            raise UnknownClassError(f"unknown class {label!r}; known classes: {self._classes!r}")
+            raise UnknownClassError(f"unknown class {short_repr(label)}; known classes: {preview(self._classes)}")
         support = {c: v for c, v in self._support.items() if c != label}
         kept = {c: v for c, v in self._images.items() if c != label}
         return self._commit([c for c in self._classes if c != label], support, kept)
@@ -253,6 +266,12 @@ class FewShotClassifier:
         lab = np.concatenate([np.full(len(self._support[c]), i, np.int64) for i, c in enumerate(self._classes)])
         return headlib.refine(head, sup, lab, emb, float(self.head_spec.adaptation["scale"]))
 
+    def _logits(self, head: headlib.AdaptedHead, emb: np.ndarray) -> np.ndarray:
+        """Scores (n, C), computed ``_QUERY_BLOCK`` queries at a time; InputError for non-finite ones."""
+        logits = np.concatenate([head.logits(emb[s:s + _QUERY_BLOCK]) for s in range(0, len(emb), _QUERY_BLOCK)])
+        _finite_rows(logits)
+        return logits
+
     def predict_proba(self, images, transductive: bool = False) -> np.ndarray:
         """Class probabilities.
 
@@ -263,10 +282,12 @@ class FewShotClassifier:
         Returns:
           float32 (n, len(classes)), rows sum to 1, columns in ``classes`` order.
         Raises:
-          NotFittedError, InputError.
+          NotFittedError, InputError (also for scores that overflow: never NaN probabilities).
         """
+        self._require_fit("predict_proba")
         emb = self.embed(images)
-        return self._head_for("predict_proba", emb, transductive).predict_proba(emb).astype(np.float32)
+        head = self._head_for("predict_proba", emb, transductive)
+        return headlib.softmax(self._logits(head, emb)).astype(np.float32)
 
     def predict(self, images, transductive: bool = False) -> list:
         """Most probable label per image.
@@ -279,9 +300,52 @@ class FewShotClassifier:
         Raises:
           NotFittedError, InputError.
         """
+        self._require_fit("predict")
         emb = self.embed(images)
-        logits = self._head_for("predict", emb, transductive).logits(emb)
-        return [self._classes[i] for i in np.argmax(logits, axis=1)]
+        head = self._head_for("predict", emb, transductive)
+        best = []
+        for s in range(0, len(emb), _QUERY_BLOCK):  # argmax per block: memory O(block * C)
+            logits = head.logits(emb[s:s + _QUERY_BLOCK])
+            _finite_rows(logits)
+            best.extend(np.argmax(logits, axis=1).tolist())
+        return [self._classes[i] for i in best]
+
+    def predict_proba_each(self, images, transductive: bool = False) -> list:
+        """``predict_proba`` image by image: an unusable image does not fail the others.
+
+        Args:
+          images: a path or a list of paths/single images.
+          transductive: as for ``predict_proba``, over the usable images.
+        Returns:
+          one entry per image: float32 (len(classes),) probabilities, or the ``InputError`` that image raised.
+        Raises:
+          NotFittedError.
+        """
+        self._require_fit("predict_proba_each")
+        items = [images] if is_path(images) else list(images)
+        out: list = [None] * len(items)
+        good, xs = [], []
+        for i, item in enumerate(items):
+            try:
+                xs.append(as_model_input([item], self.bundle.input_shape, self.bundle.preprocess))
+                good.append(i)
+            except InputError as e:
+                out[i] = e
+        if not good:
+            return out
+        try:
+            emb = self._embed_input(np.concatenate(xs))
+            head = self._head_for("predict_proba_each", emb, transductive)
+        except InputError as e:  # the whole batch (e.g. the backbone gave NaN): every usable image fails with it
+            return [e if r is None else r for r in out]
+        for s in range(0, len(good), _QUERY_BLOCK):
+            logits = head.logits(emb[s:s + _QUERY_BLOCK])
+            for i, row in zip(good[s:s + _QUERY_BLOCK], logits):
+                if np.all(np.isfinite(row)):
+                    out[i] = headlib.softmax(row[None])[0].astype(np.float32)
+                else:
+                    out[i] = InputError("the adapted head gives non-finite scores for this image; its weights overflow on it")
+        return out
 
     # ------------------------------------------------------------------ persistence
     def support_embeddings(self) -> dict:
@@ -328,9 +392,13 @@ class FewShotClassifier:
                 clf.tta = ttalib.check_copies(st.adaptation.get("tta", 0))
             except ValueError as e:
                 raise StateError(f"{path}: {e}") from None
-        classes = [_norm_label(c) for c in st.classes]
-        support = {c: st.support[st.support_labels == i] for i, c in enumerate(classes)}
-        images = {c: None if st.images is None else st.images[st.support_labels == i] for i, c in enumerate(classes)}
+        spec = clf.head_spec
+        if ([w.shape for w, _ in st.head.weights] != [w.shape for w, _ in spec.weights]
+                or list(st.head.activations) != list(spec.activations)):
+            raise StateError(f"{path}: its head layers do not match the bundle's {clf.bundle.head_path.name}")
+        classes = list(st.classes)
+        support = _group(st.support, st.support_labels, classes)
+        images = (dict.fromkeys(classes) if st.images is None else _group(st.images, st.support_labels, classes))
         clf._classes, clf._support, clf._images, clf.head = classes, support, images, st.head
         return clf
 

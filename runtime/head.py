@@ -3,10 +3,17 @@
 Pure numpy; this is the device contract (docs/DESIGN.md, "Head"). Training's ANIL inner loop and
 ``metalite evaluate`` compute the same thing, so accuracy measured on the workstation is what the
 device gets. ``adapt`` takes support embeddings and integer labels and returns an ``AdaptedHead``.
+
+Numbers read from files are checked before use (``check_adaptation``, ``check_layers``,
+``check_classifier``): weights finite with ``|w| <= MAX_ABS_WEIGHT``, shapes chaining from the
+embedding to the classes, ``steps`` an int in [0, ``MAX_STEPS``], ``lr`` in [0, 1e6], ``scale`` in
+(0, 1e6]. Adaptation holds O(n*d + C*d) memory for n support rows, C classes and width d: the
+softmax over classes is computed in blocks of rows (``ROW_BLOCK_ELEMENTS`` logits at a time).
 """
 from __future__ import annotations
 
 import json
+import numbers
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -15,6 +22,11 @@ HEAD_FORMAT = "metalite-head"
 HEAD_FORMAT_VERSION = 1
 ACTIVATIONS = ("linear", "relu")
 DEFAULT_ADAPTATION = {"steps": 0, "lr": 0.5, "scale": 1.0, "adapt": "head"}
+ADAPT_MODES = ("head", "classifier")
+MAX_STEPS = 1000
+MAX_ABS_WEIGHT = 1e12
+MAX_LR_SCALE = 1e6
+ROW_BLOCK_ELEMENTS = 1 << 22  # logits per block of support rows during adaptation (16 MiB of float32)
 
 
 @dataclass
@@ -44,26 +56,103 @@ def save_head(spec: HeadSpec, path) -> None:
     np.savez(path, **arrays)
 
 
+def _number(ad: dict, key: str, lo: float, hi: float, lo_open: bool) -> float:
+    v = ad.get(key)
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real) or not np.isfinite(v) or not (
+            (lo < v if lo_open else lo <= v) and v <= hi):
+        side = "(" if lo_open else "["
+        raise ValueError(f"adaptation.{key} must be a number in {side}{lo:g}, {hi:g}], got {v!r}"[:200])
+    return float(v)
+
+
+def check_adaptation(ad) -> dict:
+    """Return the adaptation settings with defaults filled in, or raise ValueError (one line) naming the bad one."""
+    if not isinstance(ad, dict):
+        raise ValueError(f"adaptation must be an object, got {type(ad).__name__}")
+    out = dict(DEFAULT_ADAPTATION)
+    out.update(ad)
+    steps = out["steps"]
+    if isinstance(steps, (bool, np.bool_)) or not isinstance(steps, numbers.Integral) or not 0 <= steps <= MAX_STEPS:
+        raise ValueError(f"adaptation.steps must be an integer in [0, {MAX_STEPS}], got {steps!r}"[:200])
+    out["steps"] = int(steps)
+    out["lr"] = _number(out, "lr", 0.0, MAX_LR_SCALE, lo_open=False)
+    out["scale"] = _number(out, "scale", 0.0, MAX_LR_SCALE, lo_open=True)
+    if out["adapt"] not in ADAPT_MODES:
+        raise ValueError(f"adaptation.adapt must be one of {', '.join(ADAPT_MODES)}, got {out['adapt']!r}"[:200])
+    return out
+
+
+def check_float_array(a, name: str, ndim: int) -> np.ndarray:
+    """``a`` as float32 if it is an ``ndim``-d float array, finite and within ``MAX_ABS_WEIGHT``; else ValueError."""
+    if not isinstance(a, np.ndarray) or a.dtype.kind != "f" or a.ndim != ndim:
+        kind = f"{a.dtype} array of shape {a.shape}" if isinstance(a, np.ndarray) else type(a).__name__
+        raise ValueError(f"{name} must be a {ndim}-d float array, got a {kind}")
+    with np.errstate(over="ignore", invalid="ignore"):
+        a = a.astype(np.float32)
+        bad = not np.all(np.isfinite(a)) or (a.size and float(np.abs(a).max()) > MAX_ABS_WEIGHT)
+    if bad:
+        raise ValueError(f"{name} has NaN, infinite or huge values (|w| > {MAX_ABS_WEIGHT:g})")
+    return a
+
+
+def check_layers(weights, activations, in_dim: int | None = None) -> list:
+    """Check hidden layers: float, finite, bounded, (W (in, out), b (out,)) chaining from ``in_dim``.
+
+    Returns:
+      the layers as float32 ``[(W, b), ...]``. Raises ValueError (one line) naming the bad array.
+    """
+    if len(weights) != len(activations):
+        raise ValueError(f"{len(weights)} layers but {len(activations)} activations")
+    out = []
+    for i, ((w, b), act) in enumerate(zip(weights, activations)):
+        if act not in ACTIVATIONS:
+            raise ValueError(f"layer {i}: unknown activation {str(act)[:40]!r}")
+        w, b = check_float_array(w, f"W{i}", 2), check_float_array(b, f"b{i}", 1)
+        if in_dim is not None and w.shape[0] != in_dim:
+            raise ValueError(f"W{i} takes {w.shape[0]} inputs but receives {in_dim}")
+        if b.shape != (w.shape[1],):
+            raise ValueError(f"b{i} has shape {b.shape}, W{i} gives {w.shape[1]} outputs")
+        in_dim = w.shape[1]
+        out.append((w, b))
+    return out
+
+
+def check_classifier(w, b, in_dim: int, n_classes: int) -> tuple:
+    """Check the classifier: float, finite, bounded, W (in_dim, n_classes) and b (n_classes,); float32 pair."""
+    w, b = check_float_array(w, "clf_W", 2), check_float_array(b, "clf_b", 1)
+    if w.shape != (in_dim, n_classes) or b.shape != (n_classes,):
+        raise ValueError(f"classifier shapes {w.shape} and {b.shape} do not fit {in_dim} inputs and {n_classes} classes")
+    return w, b
+
+
 def load_head(path) -> HeadSpec:
-    """Read head.npz; raises ValueError naming what is wrong (never needs pickle)."""
+    """Read and check head.npz; raises ValueError (one line) naming what is wrong (never needs pickle)."""
+    from .npz import read_npz
+
+    arrays = read_npz(path)
+    raw = arrays.get("config")
+    if raw is None or raw.dtype.kind != "U" or raw.ndim != 0:
+        raise ValueError("no JSON 'config' entry")
     try:
-        with np.load(path, allow_pickle=False) as z:
-            cfg = json.loads(str(z["config"]))
-            if cfg.get("format") != HEAD_FORMAT or cfg.get("format_version") != HEAD_FORMAT_VERSION:
-                raise ValueError(f"unknown head format {cfg.get('format')!r} v{cfg.get('format_version')!r}")
-            layers = cfg["layers"]
-            weights = [(z[f"W{i}"].astype(np.float32), z[f"b{i}"].astype(np.float32)) for i in range(len(layers))]
-    except ValueError:
-        raise
-    except Exception as e:  # zipfile/KeyError/json errors all mean a corrupt head
-        raise ValueError(f"{path}: not a valid head.npz ({type(e).__name__}: {e})") from None
-    acts = [l["activation"] for l in layers]
-    for a in acts:
-        if a not in ACTIVATIONS:
-            raise ValueError(f"{path}: unknown activation {a!r}")
-    adaptation = dict(DEFAULT_ADAPTATION)
-    adaptation.update(cfg.get("adaptation", {}))
-    return HeadSpec(weights, acts, adaptation)
+        cfg = json.loads(str(raw))
+    except (ValueError, RecursionError) as e:
+        raise ValueError(f"config is not valid JSON ({type(e).__name__})") from None
+    if not isinstance(cfg, dict) or cfg.get("format") != HEAD_FORMAT or cfg.get("format_version") != HEAD_FORMAT_VERSION:
+        got = (cfg.get("format"), cfg.get("format_version")) if isinstance(cfg, dict) else (None, None)
+        raise ValueError(f"unknown head format {str(got[0])[:40]!r} v{str(got[1])[:20]}")
+    layers = cfg.get("layers")
+    if not isinstance(layers, list) or not all(isinstance(l, dict) for l in layers):
+        raise ValueError("config.layers must be a list of objects")
+    missing = [k for i in range(len(layers)) for k in (f"W{i}", f"b{i}") if k not in arrays]
+    if missing:
+        raise ValueError(f"config lists {len(layers)} layers but {missing[0]} is missing")
+    weights = check_layers([(arrays[f"W{i}"], arrays[f"b{i}"]) for i in range(len(layers))],
+                           [l.get("activation") for l in layers])
+    for i, (l, (w, _)) in enumerate(zip(layers, weights)):
+        if l.get("units") != w.shape[1]:
+            raise ValueError(f"config.layers[{i}].units is {str(l.get('units'))[:20]}, W{i} has {w.shape[1]}")
+    adaptation = check_adaptation(cfg.get("adaptation", {}))
+    return HeadSpec(weights, [l["activation"] for l in layers], adaptation)
 
 
 def _act(x, name):
@@ -99,11 +188,46 @@ class AdaptedHead:
     classifier: tuple  # (W (d, n_classes), b (n_classes,))
 
     def logits(self, e: np.ndarray) -> np.ndarray:
-        h = hidden_forward(self.weights, self.activations, np.asarray(e, np.float32))[-1]
-        return h @ self.classifier[0] + self.classifier[1]
+        """Class scores (n, C); may hold inf/NaN if the weights overflow (callers check, numpy stays quiet)."""
+        with np.errstate(over="ignore", invalid="ignore"):
+            h = hidden_forward(self.weights, self.activations, np.asarray(e, np.float32))[-1]
+            return h @ self.classifier[0] + self.classifier[1]
 
     def predict_proba(self, e: np.ndarray) -> np.ndarray:
-        return softmax(self.logits(e)).astype(np.float32)
+        with np.errstate(over="ignore", invalid="ignore"):
+            return softmax(self.logits(e)).astype(np.float32)
+
+
+def _softmax_rows(h, wc, bc):
+    """softmax(h @ wc + bc) computed in place in one (rows, C) buffer (same numbers as ``softmax``)."""
+    p = h @ wc
+    p += bc
+    p -= p.max(axis=1, keepdims=True)
+    np.exp(p, out=p)
+    p /= p.sum(axis=1, keepdims=True)
+    return p
+
+
+def _classifier_grads(h, y, wc, bc):
+    """Gradients of the mean cross-entropy w.r.t. (wc, bc, h), computing the (n, C) softmax in row blocks."""
+    n = len(h)
+    rows = max(1, ROW_BLOCK_ELEMENTS // max(1, wc.shape[1]))
+    if rows >= n:  # one block: the plain full-batch formula
+        g = _softmax_rows(h, wc, bc)
+        g[np.arange(n), y] -= 1.0
+        g /= n
+        return h.T @ g, g.sum(axis=0), g @ wc.T
+    gw, gb = np.zeros_like(wc), np.zeros_like(bc)
+    gh = np.empty((n, wc.shape[0]), np.float32)
+    for s in range(0, n, rows):
+        hb = h[s:s + rows]
+        g = _softmax_rows(hb, wc, bc)
+        g[np.arange(len(hb)), y[s:s + rows]] -= 1.0
+        g /= n
+        gw += hb.T @ g
+        gb += g.sum(axis=0)
+        gh[s:s + rows] = g @ wc.T
+    return gw, gb, gh
 
 
 def adapt(spec: HeadSpec, embeddings: np.ndarray, labels: np.ndarray, n_classes: int | None = None,
@@ -112,6 +236,7 @@ def adapt(spec: HeadSpec, embeddings: np.ndarray, labels: np.ndarray, n_classes:
 
     ``embeddings``: (n, d) float; ``labels``: (n,) ints in [0, n_classes). Deterministic (no sampling).
     ``steps``/``lr`` override the meta-learned settings. Every class must have at least one example.
+    Memory is O(n*d + C*d). Raises ValueError (one line) for bad input, bad settings or divergence.
     """
     e = np.asarray(embeddings, dtype=np.float32)
     y = np.asarray(labels).astype(np.int64)
@@ -119,38 +244,42 @@ def adapt(spec: HeadSpec, embeddings: np.ndarray, labels: np.ndarray, n_classes:
         raise ValueError(f"support embeddings must be a non-empty (n, d) array, got shape {e.shape}")
     if not np.all(np.isfinite(e)):
         raise ValueError("support embeddings contain NaN or infinite values")
-    n_classes = int(y.max()) + 1 if n_classes is None else n_classes
-    missing = sorted(set(range(n_classes)) - set(y.tolist()))
-    if missing:
-        raise ValueError(f"classes {missing} have no support examples")
-    ad = spec.adaptation
-    steps = int(ad["steps"] if steps is None else steps)
-    lr = float(ad["lr"] if lr is None else lr)
-    scale = float(ad["scale"])
-    adapt_hidden = ad.get("adapt", "head") == "head"
+    if y.shape != (len(e),):
+        raise ValueError(f"got {len(e)} support embeddings but labels of shape {y.shape}")
+    n_classes = int(y.max()) + 1 if n_classes is None else int(n_classes)
+    if y.min() < 0 or y.max() >= n_classes:
+        raise ValueError(f"labels must lie in [0, {n_classes})")
+    counts = np.bincount(y, minlength=n_classes)
+    if not counts.all():
+        missing = np.flatnonzero(counts == 0)
+        raise ValueError(f"{len(missing)} classes have no support examples (first: {missing[:5].tolist()})")
+    ad = check_adaptation({**spec.adaptation, **{k: v for k, v in (("steps", steps), ("lr", lr)) if v is not None}})
+    steps, lr, scale = ad["steps"], ad["lr"], ad["scale"]
+    adapt_hidden = ad["adapt"] == "head"
 
     weights = [(w.copy(), b.copy()) for w, b in spec.weights]
     acts = list(spec.activations)
-    xs = hidden_forward(weights, acts, e)
-    wc, bc = prototype_classifier(xs[-1], y, n_classes, scale)
-    onehot = np.eye(n_classes, dtype=np.float32)[y]
-    n = len(e)
-    for _ in range(steps):
+    with np.errstate(over="ignore", invalid="ignore"):
         xs = hidden_forward(weights, acts, e)
-        p = softmax(xs[-1] @ wc + bc)
-        g = (p - onehot) / n  # d loss / d logits, loss = mean cross-entropy
-        gh = g @ wc.T
-        wc = wc - lr * (xs[-1].T @ g)
-        bc = bc - lr * g.sum(axis=0)
-        if adapt_hidden:
-            for i in range(len(weights) - 1, -1, -1):
-                if acts[i] == "relu":
-                    gh = gh * (xs[i + 1] > 0)
-                w, b = weights[i]
-                gprev = gh @ w.T
-                weights[i] = (w - lr * (xs[i].T @ gh), b - lr * gh.sum(axis=0))
-                gh = gprev
-    return AdaptedHead(weights, acts, (wc.astype(np.float32), bc.astype(np.float32)))
+        wc, bc = prototype_classifier(xs[-1], y, n_classes, scale)
+        for _ in range(steps):
+            xs = hidden_forward(weights, acts, e)
+            gw, gb, gh = _classifier_grads(xs[-1], y, wc, bc)
+            wc = wc - lr * gw
+            bc = bc - lr * gb
+            if adapt_hidden:
+                for i in range(len(weights) - 1, -1, -1):
+                    if acts[i] == "relu":
+                        gh = gh * (xs[i + 1] > 0)
+                    w, b = weights[i]
+                    gprev = gh @ w.T
+                    weights[i] = (w - lr * (xs[i].T @ gh), b - lr * gh.sum(axis=0))
+                    gh = gprev
+    head = AdaptedHead(weights, acts, (wc.astype(np.float32), bc.astype(np.float32)))
+    if not all(np.all(np.isfinite(a)) for pair in [*weights, head.classifier] for a in pair):
+        raise ValueError(f"the head diverged (non-finite weights after {steps} steps at lr {lr:g}); "
+                         "the adaptation settings do not suit these embeddings")
+    return head
 
 
 def refine(head: AdaptedHead, support: np.ndarray, labels: np.ndarray, queries: np.ndarray, scale: float,

@@ -3,12 +3,20 @@
 Accepted: a file path (str or Path) or a list of them (decoded with Pillow, imported only then); one
 numpy image (H, W) or (H, W, C) with C in {1, 3, 4}; a batch (N, H, W) or (N, H, W, C); or a list mixing
 paths and single images of any sizes. An array (H, W, C) whose last axis is 1–4 is one image with C
-channels; with a larger last axis it is a batch (N, H, W) of gray images. uint8 arrays are pixels
-(255 = paper); float arrays are pixels too unless their maximum is <= 1.0 (then [0, 1], 1 = paper).
+channels; with a larger last axis it is a batch (N, H, W) of gray images. Pixel scales (uint8, uint16,
+float [0, 1] or [0, 255]) and alpha compositing are ``metalite.runtime.preprocess``'s.
+
+Decoding is bounded: a file whose decoded size exceeds ``max_image_pixels()`` (``MAX_IMAGE_PIXELS``
+= 4096 × 4096, or ``$METALITE_MAX_IMAGE_PIXELS``) is refused in one line from its header, before any
+pixel is decoded; JPEGs are decoded at a reduced DCT scale (down to ``DRAFT_FACTOR`` times the model's
+input size) first, so large photos stay cheap. Decoding peaks at two copies of the image (Pillow's and
+numpy's: 4 bytes per pixel each for color, 1 for gray, 2 or 4 for 16-bit), plus a conversion copy for
+palette/CMYK/alpha modes; resizing then adds a few MiB (``preprocess`` works tile by tile).
 """
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -17,18 +25,77 @@ from .errors import InputError, one_line
 from .preprocess import to_model_input
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm", ".pnm")
+MAX_IMAGE_PIXELS = 4096 * 4096
+DRAFT_FACTOR = 4
 _CHANNELS = (1, 3, 4)
+_ALPHA_MODES = ("LA", "La", "PA", "RGBA", "RGBa")
+_COLOR_MODES = ("RGB", "RGBX", "CMYK", "YCbCr", "LAB", "HSV")
 
 
-def read_image(path) -> np.ndarray:
-    """Decode an image file with Pillow.
+def max_image_pixels() -> int:
+    """The decoding budget in pixels: ``$METALITE_MAX_IMAGE_PIXELS`` if set to a positive int, else ``MAX_IMAGE_PIXELS``."""
+    raw = os.environ.get("METALITE_MAX_IMAGE_PIXELS", "")
+    try:
+        value = int(raw)
+    except ValueError:
+        return MAX_IMAGE_PIXELS
+    return value if value > 0 else MAX_IMAGE_PIXELS
+
+
+def _as_array(im, dtype=None) -> np.ndarray:
+    """The decoded image as a numpy array, copied band by band (``np.asarray`` on the whole image would
+    hold two more full copies while Pillow serialises it)."""
+    w, h = im.size
+    rows = max(1, (1 << 20) // max(1, w))
+    out = None
+    for y in range(0, h, rows):
+        band = np.asarray(im.crop((0, y, w, min(h, y + rows))), dtype=dtype)
+        if out is None:
+            out = np.empty((h, *band.shape[1:]), band.dtype)
+        out[y:y + len(band)] = band
+    return out if out is not None else np.asarray(im, dtype=dtype)
+
+
+def _decode(im, p: Path, min_size) -> np.ndarray:
+    if min_size is not None and im.format == "JPEG":
+        im.draft(None, (int(min_size[1]), int(min_size[0])))  # DCT-domain downscale, never below min_size
+    w, h = im.size
+    budget = max_image_pixels()
+    if w * h > budget:
+        raise InputError(f"{p}: {w}x{h} image ({w * h:,} pixels) exceeds the decoding budget of {budget:,} pixels "
+                         "(set METALITE_MAX_IMAGE_PIXELS to raise it)")
+    im.load()
+    mode = im.mode
+    if mode.startswith("I;16"):
+        return _as_array(im).astype(np.uint16)  # 16-bit gray, native byte order
+    if mode in ("I", "F"):
+        a = _as_array(im)
+        if mode == "F":
+            return a.astype(np.float32)
+        if a.size and (a.min() < 0 or a.max() > 65535):
+            raise InputError(f"{p}: 32-bit integer image with values outside 0..65535")
+        return a.astype(np.uint16)
+    if mode in _ALPHA_MODES or (mode == "P" and "transparency" in im.info):
+        target = "RGBA"
+    else:
+        target = "RGB" if mode in _COLOR_MODES else "L"
+    if mode != target:  # convert() to the same mode would still copy the whole image
+        im = im.convert(target)
+    return _as_array(im, np.uint8)
+
+
+def read_image(path, min_size=None) -> np.ndarray:
+    """Decode an image file with Pillow, within the pixel budget.
 
     Args:
       path: str or Path.
+      min_size: (h, w) the image will be resized to, or None; JPEGs are then decoded at the smallest DCT
+        scale that keeps at least this size.
     Returns:
-      uint8 array (H, W) for gray/bilevel/palette images or (H, W, 3|4) for color.
+      uint8 (H, W) for gray/bilevel/palette images, (H, W, 3|4) for color/alpha; uint16 (H, W) for
+      16-bit gray; float32 (H, W) for floating-point images.
     Raises:
-      InputError: Pillow missing, file missing or not decodable.
+      InputError: Pillow missing, file missing, above the pixel budget, or not decodable.
     """
     try:
         from PIL import Image
@@ -36,32 +103,29 @@ def read_image(path) -> np.ndarray:
         raise InputError("reading image files needs Pillow (pip install pillow), or pass numpy arrays") from None
     p = Path(path)
     if not p.is_file():
-        raise InputError(f"{p}: no such image file")
+        raise InputError(f"{p}: {'not a regular file' if p.exists() else 'no such image file'}")
     try:
-        with Image.open(p) as im:
-            im.load()
-            if im.mode in ("LA", "PA", "RGBA") or (im.mode == "P" and "transparency" in im.info):
-                im = im.convert("RGBA")
-            elif im.mode in ("RGB", "CMYK", "YCbCr", "LAB", "HSV"):
-                im = im.convert("RGB")
-            elif im.mode != "L":
-                im = im.convert("L")
-            return np.asarray(im, dtype=np.uint8)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # DecompressionBombWarning and friends: we apply our own budget
+            with Image.open(p) as im:
+                return _decode(im, p, min_size)
+    except InputError:
+        raise
+    except Image.DecompressionBombError:
+        raise InputError(f"{p}: image exceeds the decoding budget of {max_image_pixels():,} pixels "
+                         "(set METALITE_MAX_IMAGE_PIXELS to raise it)") from None
     except Exception as e:
-        raise InputError(f"{p}: cannot decode image ({one_line(e)})") from None
+        raise InputError(f"{p}: cannot decode image ({one_line(e)[:200]})") from None
 
 
-def _is_path(x) -> bool:
+def is_path(x) -> bool:
+    """True for a str or os.PathLike (an image file), False for arrays and lists."""
     return isinstance(x, (str, os.PathLike))
 
 
 def _check_array(a: np.ndarray, what: str) -> np.ndarray:
     if a.dtype == object or a.dtype.kind not in "biuf":
-        raise InputError(f"{what}: unsupported dtype {a.dtype}; pass uint8 pixels or floats")
-    if a.dtype.kind == "f" and not np.all(np.isfinite(a)):
-        raise InputError(f"{what} contains NaN or infinite values")
-    if a.dtype.kind == "b":
-        a = a.astype(np.uint8) * 255
+        raise InputError(f"{what}: unsupported dtype {a.dtype}; pass uint8 or uint16 pixels, or floats")
     return a
 
 
@@ -81,8 +145,8 @@ def _to_input(batch: np.ndarray, size, invert: bool, lo: float, hi: float, what:
         raise InputError(f"{what} is empty (shape {batch.shape})")
     try:
         x = to_model_input(batch, size, invert=invert)
-    except ValueError as e:
-        raise InputError(f"{what}: {e}") from None
+    except (ValueError, MemoryError) as e:
+        raise InputError(f"{what}: {str(e)[:200] or type(e).__name__}") from None
     if (lo, hi) != (0.0, 1.0):
         x = (np.float32(lo) + np.float32(hi - lo) * x).astype(np.float32)
     return x
@@ -98,14 +162,16 @@ def as_model_input(images, input_shape, preprocess: dict | None = None) -> np.nd
     Returns:
       float32 (N, H, W, 1), N >= 1.
     Raises:
-      InputError: no images, wrong shape or channel count, NaN/inf, unreadable file, unsupported dtype.
+      InputError: no images, wrong shape or channel count, NaN/inf or out-of-range values, unreadable
+        file or one above the pixel budget, unsupported dtype.
     """
     pre = preprocess or {}
     invert = bool(pre.get("invert", True))
     lo, hi = (float(v) for v in pre.get("range", (0.0, 1.0)))
     size = (int(input_shape[0]), int(input_shape[1]))
+    draft = (DRAFT_FACTOR * size[0], DRAFT_FACTOR * size[1])
 
-    if _is_path(images):
+    if is_path(images):
         images = [images]
     if isinstance(images, np.ndarray):
         a = _check_array(images, "image array")
@@ -126,15 +192,15 @@ def as_model_input(images, input_shape, preprocess: dict | None = None) -> np.nd
         raise InputError("no images given (empty list)")
     parts = []
     for i, item in enumerate(images):
-        if _is_path(item):
+        if is_path(item):
             what = str(item)
-            a = _check_array(read_image(item), what)
+            a = _check_array(read_image(item, draft), what)
         else:
             what = f"image {i}"
             try:
                 a = np.asarray(item)
             except Exception as e:
-                raise InputError(f"{what}: not an image ({one_line(e)})") from None
+                raise InputError(f"{what}: not an image ({one_line(e)[:200]})") from None
             a = _check_array(a, what)
         parts.append(_to_input(_single(a, what), size, invert, lo, hi, what))
     return np.concatenate(parts).astype(np.float32)

@@ -1,13 +1,26 @@
 """Raw pixels -> model input, in numpy only: the one preprocessing used by datasets, evaluation and device.
 
-Images are uint8 gray with 255 = paper, 0 = ink (Omniglot's convention). ``to_model_input`` turns
-any accepted image array into float32 ``1 - pixel/255`` of shape (N, H, W, 1) at the model's size.
+Images are gray with 255 = paper, 0 = ink (Omniglot's convention). ``to_model_input`` turns any
+accepted image array into float32 ``1 - pixel/255`` of shape (N, H, W, 1) at the model's size:
+
+- pixel scale: uint8, bool and other integer arrays are pixels 0..255; uint16 is 16-bit data
+  (0..65535, divided by 257); float arrays are pixels 0..255, or [0, 1] (1 = paper) when no value
+  exceeds 1.0. Values outside the range (beyond half a gray level) are refused, not clipped.
+- channels: gray, RGB (luma 0.299/0.587/0.114) or RGBA, whose alpha is composited onto the paper
+  (white): transparent pixels are paper, whatever their color.
+- resize: area resampling. Images larger than ``TILE`` pixels on a side are resampled tile by tile,
+  so the extra memory stays a few MiB whatever the image size.
 """
 from __future__ import annotations
 
 import functools
 
 import numpy as np
+
+PAPER = 255.0
+TILE = 1024  # sides up to this are resampled in one piece (bit-identical to the plain formula)
+_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+_SLACK = 0.5  # half a gray level of tolerance on the pixel range
 
 
 @functools.lru_cache(maxsize=64)
@@ -23,19 +36,44 @@ def _area_matrix(n_in: int, n_out: int) -> np.ndarray:
     return m.astype(np.float32)
 
 
+def _area_columns(n_in: int, n_out: int, j0: int, j1: int) -> np.ndarray:
+    """Columns j0..j1 of the area matrix (n_out, j1 - j0), computed directly (for inputs too big to cache)."""
+    edges = np.linspace(0.0, n_in, n_out + 1)
+    j = np.arange(j0, j1, dtype=np.float64)
+    overlap = np.minimum(edges[1:, None], j[None] + 1) - np.maximum(edges[:-1, None], j[None])
+    return (np.maximum(overlap, 0.0) / np.diff(edges)[:, None]).astype(np.float32)
+
+
 def resize_area(images: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Area-resample float images (N, H, W) or (H, W) to ``size`` = (h, w); returns float32."""
-    images = np.asarray(images, dtype=np.float32)
+    images = np.asarray(images)
     h, w = size
     if images.shape[-2:] == (h, w):
-        return images
+        return images.astype(np.float32, copy=False)
+    if max(images.shape[-2:]) > TILE:
+        flat = images.reshape(-1, *images.shape[-2:])
+        out = np.stack([_resize_tiled(img, size, lambda t: t.astype(np.float32)) for img in flat])
+        return out.reshape(*images.shape[:-2], h, w)
+    images = images.astype(np.float32, copy=False)
     rh = _area_matrix(images.shape[-2], h)
     rw = _area_matrix(images.shape[-1], w)
     return np.einsum("ij,...jk,lk->...il", rh, images, rw, optimize=True).astype(np.float32)
 
 
+def _resize_tiled(img: np.ndarray, size: tuple[int, int], to_gray_pixels) -> np.ndarray:
+    """Area-resample one image (H, W[, C]) tile by tile; ``to_gray_pixels`` maps a tile to float32 gray (rows, cols)."""
+    n_h, n_w = img.shape[:2]
+    out = np.zeros(size, np.float64)
+    for r0 in range(0, n_h, TILE):
+        rh = _area_columns(n_h, size[0], r0, min(n_h, r0 + TILE))
+        for c0 in range(0, n_w, TILE):
+            rw = _area_columns(n_w, size[1], c0, min(n_w, c0 + TILE))
+            out += rh @ to_gray_pixels(img[r0:r0 + TILE, c0:c0 + TILE]) @ rw.T
+    return out.astype(np.float32)
+
+
 def to_gray(images: np.ndarray) -> np.ndarray:
-    """(N, H, W[, C]) with C in {1, 3, 4} -> (N, H, W) float32 in pixel units (0..255)."""
+    """(N, H, W[, C]) with C in {1, 3, 4} in pixel units -> (N, H, W) float32; alpha composited onto paper."""
     x = np.asarray(images)
     if x.ndim == 3:
         return x.astype(np.float32)
@@ -45,28 +83,71 @@ def to_gray(images: np.ndarray) -> np.ndarray:
     if c == 1:
         return x[..., 0].astype(np.float32)
     if c in (3, 4):
-        rgb = x[..., :3].astype(np.float32)
-        return rgb @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+        gray = x[..., :3].astype(np.float32) @ _LUMA
+        if c == 4:
+            alpha = np.clip(x[..., 3].astype(np.float32) / np.float32(PAPER), 0.0, 1.0)
+            gray = gray * alpha + np.float32(PAPER) * (1.0 - alpha)
+        return gray
     raise ValueError(f"images have {c} channels; expected 1 (gray), 3 (RGB) or 4 (RGBA)")
 
 
-def to_model_input(images: np.ndarray, size: tuple[int, int], invert: bool = True) -> np.ndarray:
-    """uint8-scale images (N, H, W[, C]) -> float32 (N, h, w, 1) in [0, 1], ink = 1 when ``invert``.
+def pixel_scale(x: np.ndarray) -> float:
+    """The factor taking ``x`` to pixel units 0..255 (module docstring); ValueError if out of range or NaN."""
+    if x.dtype.kind == "b" or x.dtype == np.uint8 or x.size == 0:
+        return 1.0
+    if x.dtype.kind not in "iuf":
+        raise ValueError(f"unsupported dtype {x.dtype}; pass uint8 or uint16 pixels, or floats")
+    lo, hi = np.min(x), np.max(x)
+    if x.dtype.kind == "f":
+        if not (np.isfinite(lo) and np.isfinite(hi)):
+            raise ValueError("images contain NaN or infinite values")
+        scale = PAPER if hi <= 1.0 else 1.0
+        if lo * scale < -_SLACK or hi * scale > PAPER + _SLACK:
+            raise ValueError(f"float pixel values span [{float(lo):.4g}, {float(hi):.4g}]; expected [0, 1] "
+                             "(1 = paper) or [0, 255]")
+        return scale
+    if x.dtype == np.uint16:
+        return 1.0 / 257.0
+    if lo < 0 or hi > 255:
+        raise ValueError(f"{x.dtype} pixel values span [{int(lo)}, {int(hi)}]; expected 0..255 "
+                         "(use uint16 for 16-bit data)")
+    return 1.0
 
-    Float arrays with max <= 1.0 are taken as already scaled to [0, 1] (paper = 1).
+
+def _gray_tile(scale: float):
+    def convert(tile: np.ndarray) -> np.ndarray:
+        t = tile.astype(np.float32) if tile.dtype.kind == "b" else tile
+        if scale != 1.0:
+            t = t.astype(np.float32) * np.float32(scale)
+        return to_gray(t[None])[0]
+    return convert
+
+
+def to_model_input(images: np.ndarray, size: tuple[int, int], invert: bool = True) -> np.ndarray:
+    """Image arrays (N, H, W[, C]) -> float32 (N, h, w, 1) in [0, 1], ink = 1 when ``invert``.
+
+    Pixel scale and channels as in the module docstring; raises ValueError for values out of range.
     """
     x = np.asarray(images)
-    if x.dtype.kind == "f":
-        if not np.all(np.isfinite(x)):
-            raise ValueError("images contain NaN or infinite values")
-        if x.size and float(x.max()) <= 1.0:
+    if x.dtype.kind == "b":
+        x = x.astype(np.uint8) * np.uint8(255)
+    scale = pixel_scale(x)
+    if x.ndim not in (3, 4):
+        raise ValueError(f"expected images of shape (N, H, W) or (N, H, W, C), got {x.shape}")
+    if x.ndim == 4 and x.shape[-1] not in (1, 3, 4):
+        raise ValueError(f"images have {x.shape[-1]} channels; expected 1 (gray), 3 (RGB) or 4 (RGBA)")
+    if max(x.shape[1:3]) > TILE:
+        gray = np.stack([_resize_tiled(img, size, _gray_tile(scale)) for img in x]) / 255.0
+    else:
+        if x.dtype.kind == "f" and scale != 1.0:
             x = x * 255.0
-    gray = to_gray(x)
-    gray = resize_area(gray, size) / 255.0
-    gray = np.clip(gray, 0.0, 1.0)
+        elif scale != 1.0:
+            x = x.astype(np.float32) * np.float32(scale)
+        gray = resize_area(to_gray(x), size) / 255.0
+    gray = np.clip(gray, 0.0, 1.0, out=gray.astype(np.float32, copy=False))  # in place: one batch-sized array
     if invert:
-        gray = 1.0 - gray
-    return gray[..., None].astype(np.float32)
+        np.subtract(np.float32(1.0), gray, out=gray)
+    return gray[..., None]
 
 
 def to_pixels(x: np.ndarray, invert: bool = True, value_range=(0.0, 1.0)) -> np.ndarray:

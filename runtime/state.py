@@ -15,29 +15,46 @@ File contents (all arrays; no pickle):
 Version 1 files (no ``images``, no ``meta.images``) still load, with ``images`` None.
 
 ``arrays_sha256`` is the sha256 over every array's name, dtype, shape and bytes, so a corrupt file is
-refused even where the zip CRC would pass. Saving writes a temporary file in the target's directory,
-fsyncs it, ``os.replace``s it over the target and fsyncs the directory: a crash leaves the old file or
-the new one, never half of one.
+refused even where the zip CRC would pass; every number is then checked (``load_state``): labels str or
+int and unique, support rows finite and each class with at least one, head shapes chaining from the
+embedding to the classes, weights finite and bounded.
+
+Saving (``atomic_write``) behaves like a careful database: it follows symlinks and replaces the file
+they point to (the link stays a link), refuses to replace anything but a regular file (device node,
+FIFO, directory), keeps the replaced file's mode (and owner, as root) and refuses a read-only one; a new
+file gets 0666 minus the umask, like any file. It writes ``.<name>.<random>.tmp`` next to the target,
+holding an ``flock`` on it, fsyncs it, ``os.replace``s it over the target and fsyncs the directory: a
+crash leaves the old file or the new one, never half of one. Temporaries that a crashed save left
+behind (ours by name, unlocked, older than ``STALE_TEMP_AGE`` seconds) are deleted by the next save
+to the same name.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
 import os
-import tempfile
+import re
+import secrets
+import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .errors import StateError, one_line
-from .head import AdaptedHead
+from .errors import InputError, StateError, one_line
+from .head import AdaptedHead, check_classifier, check_float_array, check_layers
+from .labels import normalize_label, short_repr
+from .npz import read_npz
 
 STATE_FORMAT = "metalite-state"
 STATE_FORMAT_VERSION = 2
 STATE_FORMAT_VERSIONS = (1, 2)  # what load_state reads
+STALE_TEMP_AGE = 60.0  # seconds; a live save holds its temporary's lock, this only covers its first instant
+_TEMP_TOKEN = re.compile(r"[A-Za-z0-9_]{8,32}")
+_O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
 
 @dataclass
@@ -84,22 +101,100 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def _lock(fd: int) -> bool:
+    """Take an exclusive non-blocking flock on ``fd``; False if another process holds it."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no flock; stale temporaries are then recognised by age alone
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except OSError:
+        return False
+
+
+def remove_stale_temps(directory, name: str, min_age: float = STALE_TEMP_AGE) -> list:
+    """Delete the temporaries of crashed saves to ``directory/name``; return the names removed.
+
+    Only files named like ours (``.<name>.<token>.tmp``), regular, older than ``min_age`` seconds and
+    not locked (a save in progress holds an flock on its temporary until it is renamed) are removed.
+    """
+    prefix, removed, now = f".{name}.", [], time.time()
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return removed
+    for ent in entries:
+        n = ent.name
+        if not (n.startswith(prefix) and n.endswith(".tmp") and _TEMP_TOKEN.fullmatch(n[len(prefix):-4])):
+            continue
+        try:
+            st = ent.stat(follow_symlinks=False)
+            if not stat.S_ISREG(st.st_mode) or now - st.st_mtime < min_age:
+                continue
+            fd = os.open(ent.path, os.O_RDONLY | _O_NOFOLLOW)
+        except OSError:
+            continue
+        try:
+            if _lock(fd):
+                os.unlink(ent.path)
+                removed.append(n)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+    return removed
+
+
+_KINDS = ((stat.S_ISDIR, "directory"), (stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"),
+          (stat.S_ISFIFO, "FIFO"), (stat.S_ISSOCK, "socket"))
+
+
+def _save_target(path: Path):
+    """``(file to replace, its stat or None)``: symlinks followed; anything but a regular file refused."""
+    target = Path(os.path.realpath(path))
+    try:
+        st = os.stat(target)
+    except FileNotFoundError:
+        return target, None
+    if not stat.S_ISREG(st.st_mode):
+        kind = next((k for test, k in _KINDS if test(st.st_mode)), "special file")
+        raise StateError(f"{path}: is a {kind}, not a regular file; refusing to replace it")
+    if not os.access(target, os.W_OK):
+        raise PermissionError(errno.EACCES, "the file is read-only; refusing to replace it", str(path))
+    return target, st
+
+
 def atomic_write(path, write) -> None:
-    """Write a file atomically.
+    """Write a file atomically, through symlinks, keeping the replaced file's mode (module docstring).
 
     Args:
       path: target path (its directory must exist).
       write: function taking an open binary file object and writing the content.
+    Raises:
+      StateError: ``path`` is (or links to) a directory, device, FIFO or socket.
+      OSError: the directory is missing or not writable, the disk is full, the target is read-only.
     """
-    path = Path(path)
-    directory = path.parent if str(path.parent) else Path(".")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    target, old = _save_target(Path(path))
+    directory = target.parent
+    remove_stale_temps(directory, target.name)
+    tmp = directory / f".{target.name}.{secrets.token_hex(8)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_NOFOLLOW, 0o666 if old is None else 0o600)
     try:
         with os.fdopen(fd, "wb") as f:
+            _lock(f.fileno())  # held until the rename: a concurrent save's cleanup leaves this file alone
+            if old is not None:
+                os.chmod(tmp, stat.S_IMODE(old.st_mode))
+                if getattr(os, "geteuid", lambda: -1)() == 0:
+                    try:
+                        os.chown(tmp, old.st_uid, old.st_gid)
+                    except OSError:  # e.g. a filesystem without owners
+                        pass
             write(f)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+            os.replace(tmp, target)
     except BaseException:
         try:
             os.unlink(tmp)
@@ -113,12 +208,12 @@ def save_state(path, state: State) -> None:
     """Write ``state`` to ``path`` (exact name; no suffix is added) atomically.
 
     Raises:
-      StateError: a label is not a str or int.
-      OSError: the directory does not exist or is not writable.
+      StateError: a label is not a str or int; ``path`` is not a regular file (see ``atomic_write``).
+      OSError: the directory does not exist or is not writable, the target is read-only, the disk is full.
     """
     for c in state.classes:
-        if not isinstance(c, (str, int)) or isinstance(c, bool):
-            raise StateError(f"cannot save label {c!r} ({type(c).__name__}): labels must be str or int")
+        if type(c) not in (str, int):
+            raise StateError(f"cannot save label {short_repr(c)} ({type(c).__name__}): labels must be str or int")
     head = state.head
     arrays = {
         "support": np.asarray(state.support, np.float32),
@@ -158,8 +253,66 @@ def save_state(path, state: State) -> None:
         raise OSError(e.errno, f"cannot save state to {path}: {e.strerror or e}", str(path)) from None
 
 
+def _read_meta(p: Path, arrays: dict) -> dict:
+    raw = arrays.pop("meta", None)
+    if raw is None:
+        raise StateError(f"{p}: not a metalite state file (no 'meta' entry)")
+    try:
+        if raw.dtype.kind != "U" or raw.ndim != 0:
+            raise ValueError(f"a {raw.dtype} array of shape {raw.shape}, not a JSON string")
+        meta = json.loads(str(raw))
+    except (ValueError, RecursionError) as e:
+        raise StateError(f"{p}: corrupt metadata ({one_line(e)[:120]})") from None
+    if not isinstance(meta, dict) or meta.get("format") != STATE_FORMAT:
+        fmt = meta.get("format") if isinstance(meta, dict) else None
+        raise StateError(f"{p}: not a metalite state file (format {short_repr(fmt, 40)})")
+    if meta.get("format_version") not in STATE_FORMAT_VERSIONS or isinstance(meta.get("format_version"), bool):
+        raise StateError(f"{p}: state format_version {short_repr(meta.get('format_version'), 20)} is not supported "
+                         f"(this runtime reads {', '.join(map(str, STATE_FORMAT_VERSIONS))})")
+    return meta
+
+
+def _check_classes(classes) -> list:
+    """Labels from the file: a non-empty list of unique str/int labels; ValueError otherwise."""
+    if not isinstance(classes, list) or not classes:
+        raise ValueError("'classes' must be a non-empty list of labels")
+    for c in classes:
+        if type(c) not in (str, int):
+            raise ValueError(f"label {short_repr(c, 40)} is a {type(c).__name__}; labels are str or int")
+    if len(set(classes)) != len(classes):
+        raise ValueError("'classes' has duplicate labels")
+    return [normalize_label(c) for c in classes]
+
+
+def _check_support(arrays: dict, n_classes: int):
+    """(support float32 (n, D), support_labels int64 (n,)) with every class present; ValueError otherwise."""
+    support = check_float_array(arrays.get("support"), "support", 2)
+    labels = arrays.get("support_labels")
+    if not isinstance(labels, np.ndarray) or labels.dtype.kind not in "iu" or labels.shape != (len(support),):
+        raise ValueError(f"support_labels must be {len(support)} integers")
+    labels = labels.astype(np.int64)
+    if len(labels) and (labels.min() < 0 or labels.max() >= n_classes):
+        raise ValueError(f"support_labels must lie in [0, {n_classes})")
+    if np.bincount(labels, minlength=n_classes).min() == 0:
+        raise ValueError("a class has no support embeddings")
+    return support, labels
+
+
+def _check_head(meta: dict, arrays: dict, in_dim: int, n_classes: int) -> AdaptedHead:
+    n_layers, acts = meta.get("n_layers"), meta.get("activations")
+    if type(n_layers) is not int or not isinstance(acts, list) or len(acts) != n_layers:
+        raise ValueError("'n_layers' and 'activations' do not describe the same layers")
+    missing = [k for i in range(n_layers) for k in (f"W{i}", f"b{i}")] + ["clf_W", "clf_b"]
+    missing = [k for k in missing if k not in arrays]
+    if missing:
+        raise ValueError(f"array {missing[0]} is missing")
+    weights = check_layers([(arrays[f"W{i}"], arrays[f"b{i}"]) for i in range(n_layers)], acts, in_dim)
+    last = weights[-1][0].shape[1] if weights else in_dim
+    return AdaptedHead(weights, list(acts), check_classifier(arrays["clf_W"], arrays["clf_b"], last, n_classes))
+
+
 def load_state(path, bundle_manifest_sha256: str | None = None, embedding_dim: int | None = None) -> State:
-    """Read a state file written by ``save_state`` and check it.
+    """Read a state file written by ``save_state`` and check every part of it.
 
     Args:
       path: the state file.
@@ -168,27 +321,17 @@ def load_state(path, bundle_manifest_sha256: str | None = None, embedding_dim: i
     Returns:
       A ``State``.
     Raises:
-      StateError: missing, truncated/corrupt, unknown format/version, or made for another bundle.
+      StateError: one line; missing, truncated/corrupt, unknown format/version, made for another bundle,
+        or contents that do not fit together (labels, shapes, NaN or huge numbers).
     """
     p = Path(path)
     if not p.is_file():
         raise StateError(f"{p}: no such state file")
     try:
-        with np.load(p, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-    except Exception as e:
-        raise StateError(f"{p}: not a readable metalite state file, truncated or corrupt ({one_line(e)})") from None
-    try:
-        meta = json.loads(str(arrays.pop("meta")))
-    except KeyError:
-        raise StateError(f"{p}: not a metalite state file (no 'meta' entry)") from None
-    except (json.JSONDecodeError, ValueError) as e:
-        raise StateError(f"{p}: corrupt metadata ({one_line(e)})") from None
-    if not isinstance(meta, dict) or meta.get("format") != STATE_FORMAT:
-        raise StateError(f"{p}: not a metalite state file (format {meta.get('format') if isinstance(meta, dict) else None!r})")
-    if meta.get("format_version") not in STATE_FORMAT_VERSIONS:
-        raise StateError(f"{p}: state format_version {meta.get('format_version')!r} is not supported "
-                         f"(this runtime reads {', '.join(map(str, STATE_FORMAT_VERSIONS))})")
+        arrays = read_npz(p)
+    except (ValueError, OSError) as e:
+        raise StateError(f"{p}: not a readable metalite state file, truncated or corrupt ({one_line(e)[:160]})") from None
+    meta = _read_meta(p, arrays)
     if _arrays_digest(arrays) != meta.get("arrays_sha256"):
         raise StateError(f"{p}: checksum mismatch; the state file is corrupt")
     want = bundle_manifest_sha256
@@ -197,22 +340,17 @@ def load_state(path, bundle_manifest_sha256: str | None = None, embedding_dim: i
         raise StateError(f"{p}: adapted with a different bundle (manifest sha256 {str(have)[:12]}…, "
                          f"this bundle {want[:12]}…); adapt again with this bundle")
     try:
-        n_layers = int(meta["n_layers"])
-        classes = list(meta["classes"])
-        weights = [(arrays[f"W{i}"], arrays[f"b{i}"]) for i in range(n_layers)]
-        head = AdaptedHead(weights, list(meta["activations"]), (arrays["clf_W"], arrays["clf_b"]))
-        support, labels = arrays["support"], arrays["support_labels"]
-    except (KeyError, TypeError, ValueError) as e:
-        raise StateError(f"{p}: incomplete state file ({one_line(e)})") from None
-    dim = support.shape[1] if support.ndim == 2 else None
-    if (support.ndim != 2 or labels.shape != (len(support),) or head.classifier[0].shape[1:] != (len(classes),)
-            or (len(labels) and (labels.min() < 0 or labels.max() >= len(classes)))):
-        raise StateError(f"{p}: inconsistent state file (array shapes do not match {len(classes)} classes)")
-    if embedding_dim is not None and dim != embedding_dim:
-        raise StateError(f"{p}: embeddings have size {dim}, the bundle's backbone gives {embedding_dim}")
-    images = arrays.get("images")
-    if images is not None and (images.dtype != np.uint8 or images.ndim != 3 or len(images) != len(support)):
-        raise StateError(f"{p}: inconsistent state file (support images {images.dtype} {images.shape} "
-                         f"for {len(support)} support rows)")
-    return State(have, classes, support.astype(np.float32), labels.astype(np.int64), head,
-                 dict(meta.get("adaptation") or {}), images)
+        classes = _check_classes(meta.get("classes"))
+        support, labels = _check_support(arrays, len(classes))
+        head = _check_head(meta, arrays, support.shape[1], len(classes))
+        adaptation = meta.get("adaptation") or {}
+        if not isinstance(adaptation, dict):
+            raise ValueError("'adaptation' must be an object")
+        images = arrays.get("images")
+        if images is not None and (images.dtype != np.uint8 or images.ndim != 3 or len(images) != len(support)):
+            raise ValueError(f"support images {images.dtype} {images.shape} for {len(support)} support rows")
+    except (ValueError, InputError) as e:
+        raise StateError(f"{p}: inconsistent state file ({e})") from None
+    if embedding_dim is not None and support.shape[1] != embedding_dim:
+        raise StateError(f"{p}: embeddings have size {support.shape[1]}, the bundle's backbone gives {embedding_dim}")
+    return State(str(have), classes, support, labels, head, dict(adaptation), images)

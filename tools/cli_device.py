@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from .cli_runtime import DELEGATE_CHOICE, _support_folders
+from .cli_runtime import DELEGATE_CHOICE, _support_folders, emit_rows, prediction_rows
 from .clikit import fail_cleanly
 
 HOME = click.option("--home", required=True, envvar="METALITE_HOME", type=click.Path(file_okay=False, path_type=Path),
@@ -100,26 +100,37 @@ def device_adapt_cmd(support_dir, home, add, delegate):
 
 
 @device_group.command("predict")
-@click.argument("images", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
 @HOME
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list of {image, label, confidence, error}.")
 @click.option("--delegate", type=DELEGATE_CHOICE, default="auto", show_default=True)
 @fail_cleanly
 def device_predict_cmd(images, home, as_json, delegate):
-    """Classify the images; those below the home's confidence threshold are kept in the outbox."""
+    """Classify the images; those below the home's confidence threshold are kept in the outbox.
+
+    An image that cannot be read is reported on its own; the others are still classified (exit code 1).
+    """
+    from metalite.runtime.errors import InputError
+    from metalite.runtime.images import as_model_input
+
     h = _home(home)
     clf = h.classifier(delegate=delegate)
     before = h.outbox().pending()
-    proba = clf.predict_proba([str(p) for p in images])
-    rows = [{"image": str(p), "label": clf.classes[k], "confidence": round(float(proba[i, k]), 6)}
-            for i, (p, k) in enumerate(zip(images, proba.argmax(axis=1)))]
-    if as_json:
-        click.echo(json.dumps(rows, indent=2))
-    else:
-        for r in rows:
-            click.echo(f"{r['image']}\t{r['label']}\t{r['confidence']:.4f}")
+    results, good = [None] * len(images), []
+    for i, p in enumerate(images):  # find unreadable images first: the outbox keeps only real predictions
+        try:
+            as_model_input([str(p)], clf.bundle.input_shape, clf.bundle.preprocess)
+            good.append(i)
+        except InputError as e:
+            results[i] = e
+    if good:
+        for i, row in zip(good, clf.predict_proba([str(images[i]) for i in good])):
+            results[i] = row
+    failed = emit_rows(prediction_rows(images, results, clf.classes), as_json)
     click.echo(f"{h.outbox().pending() - before} unsure predictions kept in the outbox "
                f"(threshold {clf.threshold})", err=True)
+    if failed:
+        sys.exit(1)
 
 
 @device_group.command("correct")

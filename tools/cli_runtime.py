@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import click
+import numpy as np
 
 from .clikit import fail_cleanly, verbose_option
 
@@ -68,12 +69,46 @@ def adapt_cmd(bundle, support_dir, out, threads, delegate):
                f"({clf.backend}, delegate {clf.acceleration.delegate}); state written to {out}")
 
 
+def prediction_rows(images, results, classes) -> list:
+    """One row per image, ``{"image", "label", "confidence", "error"}``, from per-image results (a
+    probability row or the error that image raised); a row that is not finite becomes an error too."""
+    rows = []
+    for path, res in zip(images, results):
+        if not isinstance(res, Exception) and not np.all(np.isfinite(res)):
+            res = ValueError("the head gave non-finite scores for this image")
+        if isinstance(res, Exception):
+            msg = str(res) if str(path) in str(res) else f"{path}: {res}"
+            rows.append({"image": str(path), "label": None, "confidence": None, "error": msg})
+        else:
+            k = int(np.argmax(res))
+            rows.append({"image": str(path), "label": classes[k], "confidence": round(float(res[k]), 6), "error": None})
+    return rows
+
+
+def emit_rows(rows: list, as_json: bool) -> int:
+    """Print prediction rows (a JSON list, or ``image<TAB>label<TAB>confidence`` lines and one stderr line
+    per failed image); return how many failed."""
+    if as_json:
+        click.echo(json.dumps(rows, indent=2, allow_nan=False))
+    else:
+        for r in rows:
+            if r["error"] is None:
+                click.echo(f"{r['image']}\t{r['label']}\t{r['confidence']:.4f}")
+            else:
+                click.echo(f"Error: {r['error']}", err=True)
+    failed = sum(r["error"] is not None for r in rows)
+    if failed:
+        click.echo(f"Error: {failed} of {len(rows)} images could not be classified", err=True)
+    return failed
+
+
 @click.command("predict")
 @click.argument("bundle", type=click.Path(exists=True, path_type=Path))
-@click.argument("images", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--state", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="State file written by 'metalite adapt'.")
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON list instead of text lines.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print a JSON list of {image, label, confidence, error} instead of text lines.")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="Interpreter CPU threads.")
 @click.option("--delegate", type=DELEGATE_CHOICE, default="auto", show_default=True)
 @click.option("--transductive", is_flag=True,
@@ -82,17 +117,15 @@ def adapt_cmd(bundle, support_dir, out, threads, delegate):
 @verbose_option
 @fail_cleanly
 def predict_cmd(bundle, images, state, as_json, threads, delegate, transductive):
-    """Classify IMAGE... with BUNDLE and an adapted --state: label and confidence per image."""
+    """Classify IMAGE... with BUNDLE and an adapted --state: label and confidence per image.
+
+    An image that cannot be read or classified is reported on its own (stderr, or its "error" field
+    with --json); the others are still classified, and the exit code is 1.
+    """
     clf = _classifier(bundle, threads, delegate, state)
-    proba = clf.predict_proba([str(p) for p in images], transductive=transductive)
-    best = proba.argmax(axis=1)
-    rows = [{"image": str(p), "label": clf.classes[k], "confidence": round(float(proba[i, k]), 6)}
-            for i, (p, k) in enumerate(zip(images, best))]
-    if as_json:
-        click.echo(json.dumps(rows, indent=2))
-    else:
-        for r in rows:
-            click.echo(f"{r['image']}\t{r['label']}\t{r['confidence']:.4f}")
+    results = clf.predict_proba_each([str(p) for p in images], transductive=transductive)
+    if emit_rows(prediction_rows(images, results, clf.classes), as_json):
+        sys.exit(1)
 
 
 def register(group: click.Group) -> None:
