@@ -42,7 +42,7 @@ def _model_files(root, model_dir) -> dict:
     return out
 
 
-def _insert(root, files: dict, model: dict, manifest_sha256: str, note: str, source: str) -> int:
+def _insert(root, files: dict, model: dict, manifest_sha256: str, note: str, source: str, metrics=None) -> int:
     """Sign and store the next version in one transaction; returns its number."""
     key = root.signing_key()[0]
     conn, now = root.db(), time.time()
@@ -50,9 +50,10 @@ def _insert(root, files: dict, model: dict, manifest_sha256: str, note: str, sou
         version = conn.execute("SELECT coalesce(max(version), 0) + 1 FROM releases").fetchone()[0]
         doc = make_release(version, manifest_sha256, {n: {"sha256": s, "bytes": b} for n, (s, b) in files.items()},
                            _iso(now), note)
-        conn.execute("INSERT INTO releases (version, release, signature, manifest_sha256, created, note, source) "
-                     "VALUES (?,?,?,?,?,?,?)", (version, doc.decode("utf-8"), keys.sign(key, doc), manifest_sha256,
-                                                now, note, source))
+        conn.execute("INSERT INTO releases (version, release, signature, manifest_sha256, created, note, source, "
+                     "metrics) VALUES (?,?,?,?,?,?,?,?)", (version, doc.decode("utf-8"), keys.sign(key, doc),
+                                                          manifest_sha256, now, note, source,
+                                                          None if metrics is None else json.dumps(metrics)))
         conn.executemany("INSERT INTO release_files VALUES (?,?,?,?)",
                          [(version, n, s, b) for n, (s, b) in files.items()])
         conn.executemany("INSERT INTO model_files VALUES (?,?,?,?)",
@@ -60,7 +61,7 @@ def _insert(root, files: dict, model: dict, manifest_sha256: str, note: str, sou
     return version
 
 
-def publish(root, bundle, model_dir=None, note: str = "") -> dict:
+def publish(root, bundle, model_dir=None, note: str = "", metrics: dict | None = None) -> dict:
     """Verify ``bundle`` (directory or .zip), store it and sign it as the next version.
 
     Args:
@@ -80,7 +81,7 @@ def publish(root, bundle, model_dir=None, note: str = "") -> dict:
     if files[MANIFEST][0] != b.manifest_sha256:
         raise FleetError(f"{bundle}: manifest.json changed while publishing; try again")
     model = _model_files(root, model_dir) if model_dir is not None else {}
-    version = _insert(root, files, model, b.manifest_sha256, note, str(Path(bundle).resolve()))
+    version = _insert(root, files, model, b.manifest_sha256, note, str(Path(bundle).resolve()), metrics)
     return {"version": version, "manifest_sha256": b.manifest_sha256, "files": len(files),
             "bytes": sum(s for _, s in files.values()), "model_files": len(model)}
 

@@ -1,16 +1,35 @@
 """``fleet status``: the fleet at a glance, as a dict (for --json) and as text lines."""
 from __future__ import annotations
 
+import json
 import time
 
 from . import devices, examples, releases
 
+UPDATE_LOG = "updates/last.json"  # written by ``metalite fleet update``: its last decision and figures
+
 
 def status(root) -> dict:
-    """{"root", "public_key", "latest", "releases": [...], "devices": [...], "examples": {kind: n}}."""
+    """{"root", "public_key", "latest", "releases": [...], "devices": [...], "examples": {kind: n},
+    "last_update": the last ``fleet update`` decision or None}."""
     rels = releases.list_releases(root)
+    try:
+        last = json.loads((root.path / UPDATE_LOG).read_text())
+    except (OSError, ValueError):
+        last = None
     return {"root": str(root.path), "public_key": root.public_key(), "latest": rels[-1]["version"] if rels else None,
-            "releases": rels, "devices": devices.list_devices(root), "examples": examples.counts(root)}
+            "releases": rels, "devices": devices.list_devices(root), "examples": examples.counts(root),
+            "last_update": last}
+
+
+def gate_text(m: dict) -> str:
+    """One line of an update's figures: held-out fleet data and original validation, current -> candidate."""
+    def pair(k):
+        v = m.get(k) or {}
+        if v.get("current") is None:
+            return f"{k.replace('_', ' ')} n/a"
+        return f"{k.replace('_', ' ')} {100 * v['current']:.1f}% -> {100 * v['candidate']:.1f}%"
+    return f"{pair('fleet_holdout')}, {pair('original_val')}"
 
 
 def _ago(t, now) -> str:
@@ -30,6 +49,11 @@ def status_lines(st: dict) -> list:
     for r in st["releases"][-5:]:
         lines.append(f"  v{r['version']}  {time.strftime('%Y-%m-%d %H:%M', time.gmtime(r['created']))}  "
                      f"{r['files']} files {r['bytes'] / 1024:.0f} KiB  {r['note']}".rstrip())
+        if r.get("metrics") and "fleet_holdout" in r["metrics"]:
+            lines.append(f"       update of v{r['metrics'].get('base')}: {gate_text(r['metrics'])}")
+    if st.get("last_update"):
+        u = st["last_update"]
+        lines.append(f"last update: {u.get('decision')} ({u.get('reason', '')}); {gate_text(u)}")
     lines.append(f"devices: {len(st['devices'])}")
     for d in st["devices"]:
         state = "REVOKED" if d["revoked"] else f"v{d['version']}" if d["version"] is not None else "no bundle"

@@ -41,12 +41,15 @@ def _say(msg: str) -> None:
               help="Largest allowed drop of leave-one-out accuracy on the support set [home config, 0.1].")
 @click.option("--no-upload", is_flag=True, help="Do not upload the outbox.")
 @click.option("--no-update", is_flag=True, help="Do not look for a newer bundle.")
+@click.option("--share-support/--no-share-support", default=None,
+              help="Upload the support images of the device's classes (once each) so the back end can fine-tune "
+                   "on them [home config share_support, on].")
 @click.option("--delegate", type=DELEGATE_CHOICE, default="auto", show_default=True)
 @click.option("--timeout", type=click.FloatRange(min=0.1), default=30.0, show_default=True, help="Seconds per HTTP call.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @fail_cleanly
 def sync_cmd(server, token, pubkey, home, allow_unsigned, allow_older, max_accuracy_drop, no_upload, no_update,
-             delegate, timeout, as_json):
+             share_support, delegate, timeout, as_json):
     """Upload the outbox, then take a newer signed bundle if the server has one (re-embedding the classes).
 
     \b
@@ -59,7 +62,8 @@ def sync_cmd(server, token, pubkey, home, allow_unsigned, allow_older, max_accur
 
     key = parse_public_key(pubkey) if pubkey else None
     r = sync(_home(home), server, token, key, allow_unsigned=allow_unsigned, allow_older=allow_older,
-             max_drop=max_accuracy_drop, upload=not no_upload, update=not no_update, delegate=delegate,
+             max_drop=max_accuracy_drop, upload=not no_upload, update=not no_update, share_support=share_support,
+             delegate=delegate,
              timeout=timeout, say=_say)
     if as_json:
         click.echo(json.dumps(asdict(r), indent=2))

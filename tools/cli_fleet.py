@@ -84,6 +84,54 @@ def publish_cmd(bundle, root, model_dir, note):
                f"manifest {r['manifest_sha256'][:12]}…{extra}")
 
 
+@fleet_group.command("update")
+@ROOT
+@click.option("--model", "model_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="Float model directory to start from [the one kept with the current release].")
+@click.option("--candidate", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="Gate this bundle instead of training one (evaluation and publish decision only).")
+@click.option("--steps", type=click.IntRange(min=1), default=300, show_default=True, help="Fine-tuning episodes.")
+@click.option("--strategy", type=click.Choice(["default", "mirrored", "multiworker"]), default=None,
+              help="Distribution strategy of the fine-tuning run (as for 'metalite train').")
+@click.option("--replay", type=click.IntRange(min=0), default=300, show_default=True,
+              help="Original training classes trained on alongside the fleet's (against forgetting).")
+@click.option("--lr-scale", type=click.FloatRange(min=0, min_open=True), default=0.3, show_default=True,
+              help="Fine-tuning learning rate as a fraction of the model's.")
+@click.option("--prune-steps", type=click.IntRange(min=1), default=30, show_default=True)
+@click.option("--qat-steps", type=click.IntRange(min=0), default=30, show_default=True)
+@click.option("--episodes", type=click.IntRange(min=10), default=300, show_default=True,
+              help="5-way 1-shot episodes of the original validation classes in the evaluation.")
+@click.option("--max-drop", type=click.FloatRange(0, 1), default=0.0, show_default=True,
+              help="Allowed accuracy drop on either measure (0: the candidate must not be worse at all).")
+@click.option("--json", "as_json", is_flag=True, help="Print the decision and figures as JSON.")
+@_errors
+def update_cmd(root, model_dir, candidate, steps, strategy, replay, lr_scale, prune_steps, qat_steps, episodes,
+               max_drop, as_json):
+    """Fine-tune the current version on the fleet's labelled examples, gate it and publish it if not worse.
+
+    \b
+    Starts from the float model kept with the current release (fleet publish --model), trains on the
+    corrections and shared support sets (one in five held out) plus --replay original classes, compresses
+    (PQAT) and exports; then compares candidate and current through the device runtime on the held-out
+    fleet examples and the original validation classes. Interrupted? Run it again: it resumes.
+    """
+    _need("cryptography")
+    from metalite.fleet.status import gate_text
+
+    from .fleet_update import update
+
+    say = lambda m: click.echo(f"update: {m}", err=True)  # noqa: E731
+    r = update(_open(root), model_dir=model_dir, candidate=candidate, steps=steps, strategy=strategy, replay=replay,
+               lr_scale=lr_scale, prune_steps=prune_steps, qat_steps=qat_steps, episodes=episodes, max_drop=max_drop,
+               say=say)
+    if as_json:
+        click.echo(json.dumps(r, indent=2))
+    elif r["decision"] == "published":
+        click.echo(f"published v{r['version']} ({gate_text(r)}) in {r['seconds']:.0f} s")
+    else:
+        click.echo(f"kept v{r['version']}: {r['reason']}")
+
+
 @fleet_group.command("rollback")
 @ROOT
 @click.option("--to", "to_version", type=click.IntRange(min=1), required=True, help="The version to go back to.")

@@ -210,6 +210,8 @@ def _split_classes(data: FewShotData, split: str, seed: int = 0, kind: str = "gl
       characters to train on) / test (25%, at least one, drawn among the alphabets with at least
       ``LAKE_WAYS`` characters so Lake's 20-way within-alphabet runs fit, ``metalite.training.lake``).
     - folder: 85/15 train/val; ``test`` is the same held-out classes as ``val`` (the user brings a test set).
+      A folder holding ``train/`` and ``val/`` (optionally ``test/``) folders of classes is split by them
+      instead (``load_data``).
     """
     if split == "all":
         return list(range(data.num_classes))
@@ -262,6 +264,11 @@ def representative_inputs(data: FewShotData, n: int, seed: int = 0) -> np.ndarra
     return data.inputs()[np.array(picked)]
 
 
+def _presplit(paths) -> bool:
+    """A single folder holding ``train/`` and ``val/`` class folders: its split is given, not drawn."""
+    return len(paths) == 1 and all((paths[0] / s).is_dir() for s in ("train", "val"))
+
+
 def parse_spec(spec: str):
     """'glyphs' | 'omniglot:P1[,P2]' | 'folder:P' -> (kind, [Path, ...]); raises DataError."""
     spec = (spec or "").strip()
@@ -295,6 +302,11 @@ def load_data(spec: str, image_size: int = 28, split: str = "all", rotations: bo
         c, s = imgs.shape[:2]
         data = FewShotData(imgs.reshape(c * s, image_size, image_size), np.repeat(np.arange(c), s),
                            list(names), list(groups))
+    elif kind == "folder" and split != "all" and _presplit(paths):
+        sub = split if (paths[0] / split).is_dir() else "val"  # test: the val folder unless a test folder exists
+        data = _load_cached("folder", [paths[0] / sub], image_size, _folder_items)
+        data.spec = spec
+        return rotate_classes(data) if rotations else data
     elif kind == "omniglot":
         data = _load_cached("omniglot", paths, image_size, _omniglot_items)
     else:

@@ -22,7 +22,7 @@ from .augment import Augment
 from .datasets import load_data
 from .distribute import DistributedLearner, cleanup, describe, make_strategy, weights_digest, worker_info, write_root
 from .episodes import EpisodeSampler, check_episode_fits
-from .errors import Interrupted
+from .errors import Interrupted, ModelDirError
 from .evaluate import embed_all, episode_settings, evaluate_embeddings, keras_embed_fn
 from .loop import Averages, Hooks, run_episodes
 from .modeldir import build_from_config, head_spec_from_keras, read_config, save_model_dir, versions
@@ -92,12 +92,24 @@ class TrainingRun(Hooks):
     def _restore(self, resume: bool) -> None:
         # Every worker reads the chief's checkpoints.
         latest = self.manager.latest_checkpoint if self.chief else tf.train.latest_checkpoint(str(self.ckdir))
+        if self.s.get("init") and not (resume and latest):  # fine-tuning: start from a trained model's weights
+            self._load_init(Path(self.s["init"]))
         if resume and latest:
             self.ckpt.restore(latest)
             self.sampler.set_state(json.loads((self.ckdir / f"sampler-{self.step}.json").read_text()))
             self.log(f"resumed from step {self.step} ({latest})")
         self.wckdir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.wckdir / run_settings.RUN_FILE, json.dumps(self.s, indent=2))
+
+    def _load_init(self, path: Path) -> None:
+        """Copy a float model directory's backbone and head weights into the freshly built ones."""
+        from .modeldir import load_head_checked, load_weights
+
+        if read_config(path).get("stage", "float") != "float":
+            raise ModelDirError(f"{path}: init needs a float model directory (not a compressed one)")
+        load_weights(self.backbone, path / "backbone.weights.h5")
+        self.head.set_weights([a for wb in load_head_checked(path).weights for a in wb])
+        self.log(f"starting from the weights of {path}")
 
     @property
     def step(self) -> int:

@@ -26,6 +26,7 @@ class SyncResult:
     Attributes:
       offline: the server could not be reached (everything else is then zero/None).
       uploaded: examples the server stored now; duplicates: examples it already had (retries).
+      shared: support images newly queued for upload this sync (``share_support``).
       pending: examples still in the outbox; update: the ``UpdateResult`` or None (no release / not asked).
       running: the version running afterwards; seconds: wall time of the sync.
     """
@@ -33,6 +34,7 @@ class SyncResult:
     offline: bool = False
     uploaded: int = 0
     duplicates: int = 0
+    shared: int = 0
     pending: int = 0
     update: UpdateResult | None = None
     running: int | None = None
@@ -67,6 +69,22 @@ def upload_outbox(outbox: Outbox, client: FleetClient, batch: int = UPLOAD_BATCH
             return stored, dup
 
 
+def share_support(home: DeviceHome, outbox: Outbox) -> int:
+    """Queue the running state's support images (label + pixels) not sent before; returns how many.
+
+    The back end fine-tunes on them (``metalite fleet update``). A state without images (format 1)
+    has nothing to share.
+    """
+    if home.version is None or not home.state_path().is_file():
+        return 0
+    from ..state import load_state
+
+    st = load_state(home.state_path())
+    if st.images is None or not len(st.images):
+        return 0
+    return outbox.add_support(st.images, [st.classes[i] for i in st.support_labels], home.version)
+
+
 def _report(client: FleetClient, home: DeviceHome, result: UpdateResult | None, pending: int) -> None:
     cur_state = home.state_path() if home.version is not None else None
     body = {"version": home.version, "pending": pending, "has_state": bool(cur_state and cur_state.is_file()),
@@ -79,7 +97,7 @@ def _report(client: FleetClient, home: DeviceHome, result: UpdateResult | None, 
 
 def sync(home, server: str, token: str, public_key: bytes | None = None, allow_unsigned: bool = False,
          allow_older: bool = False, max_drop: float | None = None, upload: bool = True, update: bool = True,
-         delegate: str = "auto", timeout: float = 30.0, say=None) -> SyncResult:
+         share_support: bool | None = None, delegate: str = "auto", timeout: float = 30.0, say=None) -> SyncResult:
     """Sync one device home with the server.
 
     Args:
@@ -89,6 +107,8 @@ def sync(home, server: str, token: str, public_key: bytes | None = None, allow_u
       allow_unsigned, allow_older: accept unsigned releases / versions older than the running one.
       max_drop: allowed drop of the support-set accuracy (default: the home's config, 0.1).
       upload, update: do these steps.
+      share_support: also upload the running state's support images, once each (default: the home's
+        config ``share_support``, True).
       delegate: for re-embedding after an update; timeout: seconds per HTTP call; say: progress callback.
     Returns:
       A ``SyncResult``.
@@ -101,12 +121,16 @@ def sync(home, server: str, token: str, public_key: bytes | None = None, allow_u
     t0 = time.perf_counter()
     client = FleetClient(server, token, timeout)
     result = SyncResult()
-    drop = float(home.config()["max_accuracy_drop"] if max_drop is None else max_drop)
+    cfg = home.config()
+    drop = float(cfg["max_accuracy_drop"] if max_drop is None else max_drop)
+    share = bool(cfg["share_support"] if share_support is None else share_support)
     with home.sync_lock():
         home.clean_tmp()
         outbox = home.outbox()
         try:
             if upload:
+                if share:
+                    result.shared = share_support(home, outbox)
                 result.uploaded, result.duplicates = upload_outbox(outbox, client, say=say)
             if update:
                 offer = client.call("GET", "/v1/releases/latest", missing_ok=True)

@@ -8,7 +8,7 @@ Layout (docs/fleet.md)::
       versions/3/           bundle files + release.json + release.sig + state.npz (the adapted classes)
       versions/2/           the previous version, kept until the next switch
       outbox.sqlite         examples waiting for upload (``Outbox``)
-      config.json           optional settings (threshold, outbox_capacity, max_accuracy_drop)
+      config.json           optional settings (threshold, outbox_capacity, max_accuracy_drop, share_support)
       tmp/                  downloads and re-embedding in progress; emptied by each sync
       .lock, .sync.lock     flock files: state writes vs. switches; one sync at a time
 """
@@ -26,7 +26,7 @@ from ..files import atomic_write, fsync_dir
 from .errors import SyncError
 from .outbox import Outbox
 
-DEFAULTS = {"threshold": 0.6, "outbox_capacity": 1000, "max_accuracy_drop": 0.1}
+DEFAULTS = {"threshold": 0.6, "outbox_capacity": 1000, "max_accuracy_drop": 0.1, "share_support": True}
 STATE_FILE = "state.npz"
 
 

@@ -1,7 +1,8 @@
 """The device's outbox: a bounded, persisted queue of examples for the fleet server (SQLite, WAL).
 
-What goes in: predictions below the confidence threshold (``kind="unsure"``) and user corrections
-(``kind="correction"``, with the right label), each with its image as uint8 gray pixels at the
+What goes in: predictions below the confidence threshold (``kind="unsure"``), user corrections
+(``kind="correction"``, with the right label) and the device's support images (``kind="support"``,
+``add_support``: what the back end fine-tunes on), each with its image as uint8 gray pixels at the
 bundle's input size. Every row gets an id made here (random per opening + a counter, 32 hex digits) that
 the upload carries, so a retried
 upload never duplicates an example on the server, and a row leaves the outbox only once the server has
@@ -20,6 +21,7 @@ nothing, a power cut may lose the last commits. ``durable=True`` (``synchronous=
 from __future__ import annotations
 
 import atexit
+import hashlib
 import json
 import sqlite3
 import threading
@@ -31,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-KINDS = ("unsure", "correction")
+KINDS = ("unsure", "correction", "support")
 BATCH_WAIT = 0.05  # seconds the background writer gathers rows before a commit
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS examples (
@@ -42,6 +44,7 @@ CREATE TABLE IF NOT EXISTS examples (
   created REAL NOT NULL,
   height INTEGER NOT NULL, width INTEGER NOT NULL, pixels BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS shared (id TEXT PRIMARY KEY);
 """
 
 
@@ -138,6 +141,35 @@ class Outbox:
                 rows, self._queue = self._queue + rows, []
             self._insert(rows)
         return ids
+
+    def add_support(self, pixels: np.ndarray, labels: list, version: int | None = None) -> int:
+        """Queue support images not queued before (committed on return); returns how many were new.
+
+        Their ids come from the content (label + pixels), and the ``shared`` table remembers every id
+        queued: a support set is sent once however often the device syncs, and re-sent images are
+        duplicates the server ignores.
+        """
+        px = np.ascontiguousarray(pixels, np.uint8)
+        if px.ndim != 3 or len(px) != len(labels):
+            raise ValueError(f"pixels must be (n, H, W) with one label each, got {px.shape} and {len(labels)} labels")
+        now, rows = time.time(), []
+        for img, lab in zip(px, labels):
+            label = _json_or_none(lab)
+            rid = "s" + hashlib.sha256(label.encode() + b"\0" + img.tobytes()).hexdigest()[:40]
+            rows.append((rid, "support", label, None, None, version, now, img.shape[0], img.shape[1], img.tobytes()))
+        self.flush()
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                new = [r for r in rows if self._db.execute("INSERT OR IGNORE INTO shared VALUES (?)", (r[0],)).rowcount]
+                self._db.executemany("INSERT OR IGNORE INTO examples (id, kind, label, predicted, confidence, version, "
+                                     "created, height, width, pixels) VALUES (?,?,?,?,?,?,?,?,?,?)", new)
+                self._trim()
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return len(new)
 
     def _insert(self, rows: list) -> None:
         """Commit ``rows`` in one transaction; call with ``self._lock`` held."""

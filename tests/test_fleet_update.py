@@ -1,0 +1,154 @@
+"""The back end learning from the fleet: ``metalite fleet update`` (fine-tune, PQAT, export, gate, publish).
+
+A tiny real model is meta-trained on the built-in glyphs' training classes; devices then meet glyph
+classes of the held-out test split (never trained on), share their support sets and send unsure and
+corrected examples to a real ``metalite serve`` on 127.0.0.1. Everything is real: TensorFlow training,
+TF-MOT PQAT, TFLite int8 conversion, the runtime's interpreter, SQLite and HTTP.
+"""
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from fleetkit import Server, broken_head_bundle
+
+from metalite.fleet import FleetRoot, enroll, latest_offer, list_releases, publish
+from metalite.runtime import FewShotClassifier
+from metalite.runtime.sync import DeviceHome, parse_public_key, sync
+from metalite.tools.cli import main
+
+TINY = {"data": "glyphs", "backbone": {"kind": "conv4", "filters": 8, "embedding_dim": 16},
+        "head": {"hidden": [16], "activation": "linear"}, "ways": 10, "queries": 3, "steps": 150, "val_every": 150,
+        "val_episodes": 20, "checkpoint_every": 150}
+N_CLASSES = 8
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    """(float model dir, its int8 bundle): a Conv4 with 8 filters, 150 episodes on the glyphs' training classes."""
+    from metalite.export.bundle import write_bundle
+    from metalite.tools.cli_export import _meta_from_config
+    from metalite.training.datasets import load_data, representative_inputs
+    from metalite.training.modeldir import load_model_dir
+    from metalite.training.trainer import train
+
+    d = tmp_path_factory.mktemp("fleet_update_base")
+    train(d / "model", TINY, log=lambda m: None)
+    cfg, backbone, spec = load_model_dir(d / "model")
+    reps = representative_inputs(load_data("glyphs", 28, "train"), 100)
+    bundle = write_bundle(d / "bundle", backbone, spec, reps, _meta_from_config(cfg))
+    return d / "model", bundle
+
+
+def _new_classes():
+    """Images (N_CLASSES, 20, 28, 28) and names of held-out glyph classes (the test split: never trained on)."""
+    from metalite.training.datasets import load_data
+
+    test = load_data("glyphs", 28, "test")
+    classes = list(range(0, 8 * N_CLASSES, 8))  # spread over the split
+    return np.stack([test.images[test.indices_of(c)] for c in classes]), [test.class_names[c] for c in classes]
+
+
+def _accuracy(clf, imgs, names, rows) -> float:
+    x = imgs[:, rows].reshape(-1, 28, 28)
+    y = [n for n in names for _ in rows]
+    return float(np.mean([p == t for p, t in zip(FewShotClassifier.predict(clf, x), y)]))
+
+
+def test_update_fine_tunes_on_what_devices_sent_and_devices_get_better(base, tmp_path):
+    model, bundle = base
+    srv = Server(tmp_path / "root", tmp_path / "serve.log").start()
+    try:
+        fleet = FleetRoot(srv.root)
+        publish(fleet, bundle, model_dir=model, note="tiny glyphs")
+        key = parse_public_key(srv.public_key())
+        imgs, names = _new_classes()
+        held = list(range(14, 20))  # each device's held-out images of the new classes
+        homes = []
+        for k, (sup, cor) in enumerate([(range(0, 2), range(2, 7)), (range(7, 9), range(9, 14))]):
+            token = enroll(fleet, f"pi-{k}")
+            home = DeviceHome(tmp_path / f"pi-{k}")
+            assert sync(home, srv.url, token, key, delegate="cpu").update.status == "switched"
+            clf = home.classifier(delegate="cpu")
+            clf.fit({n: imgs[i, list(sup)] for i, n in enumerate(names)})
+            for i, n in enumerate(names):  # the user checks some predictions and corrects the wrong ones
+                x = imgs[i, list(cor)]
+                wrong = [j for j, p in enumerate(clf.predict(x)) if p != n]
+                if wrong:
+                    clf.correct(x[wrong], n)
+            home.save(clf)
+            homes.append((home, token, _accuracy(home.classifier(delegate="cpu"), imgs, names, held)))
+            r = sync(home, srv.url, token, key, delegate="cpu")
+            assert r.uploaded > 0 and r.shared >= 2 * N_CLASSES and r.pending == 0
+        kinds = fleet.db().execute("SELECT kind, count(*) FROM examples GROUP BY kind").fetchall()
+        assert {k for k, _ in kinds} >= {"support", "correction"}, kinds
+
+        t0 = time.time()
+        r = CliRunner().invoke(main, ["fleet", "update", "--root", str(srv.root), "--steps", "120", "--replay", "60",
+                                      "--episodes", "200", "--prune-steps", "10", "--qat-steps", "10",
+                                      "--max-drop", "0.005", "--json"])
+        wall = time.time() - t0
+        assert r.exit_code == 0, r.output
+        m = json.loads(r.stdout)
+        print(f"\nupdate wall {wall:.1f} s; figures {json.dumps({k: m[k] for k in ('fleet_holdout', 'original_val')})}")
+        assert m["decision"] == "published" and m["version"] == 2, m
+        ov = m["original_val"]
+        assert ov["candidate"] >= ov["current"] - 0.005
+        rel = list_releases(fleet)[-1]
+        assert rel["metrics"]["fleet_holdout"] == m["fleet_holdout"] and rel["model_files"] >= 3
+
+        before, after = [], []
+        for home, token, acc in homes:
+            assert sync(home, srv.url, token, key, delegate="cpu").update.status == "switched"
+            before.append(acc)
+            after.append(_accuracy(home.classifier(delegate="cpu"), imgs, names, held))
+        print(f"device accuracy on the new classes: before {before} after {after}")
+        assert np.mean(after) > np.mean(before), (before, after)
+        st = CliRunner().invoke(main, ["fleet", "status", "--root", str(srv.root)])
+        assert "original val" in st.stdout and "fleet holdout" in st.stdout, st.stdout
+    finally:
+        srv.stop()
+
+
+def _upload(fleet, device: str, imgs, names, kind: str, rows) -> None:
+    import base64
+
+    from metalite.fleet.examples import ingest
+
+    token = enroll(fleet, device)
+    dev = fleet.db().execute("SELECT id FROM devices WHERE name = ?", (device,)).fetchone()["id"]
+    batch = [{"id": f"{device}-{kind}-{i:02d}-{j:02d}", "kind": kind, "label": n, "height": 28, "width": 28,
+              "pixels": base64.b64encode(imgs[i, j].tobytes()).decode()} for i, n in enumerate(names) for j in rows]
+    assert ingest(fleet, dev, batch)["stored"] == len(batch)
+    return token
+
+
+def test_a_candidate_made_worse_is_not_published(base, tmp_path):
+    model, bundle = base
+    fleet = FleetRoot(tmp_path / "root", create=True)
+    publish(fleet, bundle, model_dir=model)
+    imgs, names = _new_classes()
+    _upload(fleet, "pi-a", imgs, names, "support", range(0, 10))
+    _upload(fleet, "pi-b", imgs, names, "correction", range(10, 20))
+    worse = broken_head_bundle(bundle, tmp_path / "worse")
+    cli = CliRunner()
+    args = ["fleet", "update", "--root", str(fleet.path), "--replay", "5", "--episodes", "50"]
+    r = cli.invoke(main, [*args, "--candidate", str(worse)])
+    assert r.exit_code == 0 and r.stdout.startswith("kept v1: candidate is worse on the held-out fleet examples"), \
+        r.output
+    assert latest_offer(fleet)["version"] == 1 and len(list_releases(fleet)) == 1
+    last = json.loads((fleet.path / "updates" / "last.json").read_text())
+    assert last["decision"] == "kept" and last["fleet_holdout"]["candidate"] < last["fleet_holdout"]["current"]
+    st = cli.invoke(main, ["fleet", "status", "--root", str(fleet.path)])
+    assert "last update: kept" in st.stdout, st.stdout
+    # the gate passes a candidate that is as good (the same bundle again): it is published with its figures
+    r = cli.invoke(main, [*args, "--candidate", str(bundle), "--json"])
+    m = json.loads(r.stdout)
+    assert m["decision"] == "published" and m["version"] == 2
+    assert m["original_val"]["candidate"] == m["original_val"]["current"]
+    r = cli.invoke(main, ["fleet", "update", "--root", str(tmp_path / "nowhere")])
+    assert r.exit_code == 1 and "not a fleet root" in r.output
