@@ -88,7 +88,7 @@ def test_update_fine_tunes_on_what_devices_sent_and_devices_get_better(base, tmp
         assert {k for k, _ in kinds} >= {"support", "correction"}, kinds
 
         t0 = time.time()
-        r = CliRunner().invoke(main, ["fleet", "update", "--root", str(srv.root), "--steps", "120", "--replay", "60",
+        r = CliRunner().invoke(main, ["fleet", "update", "--root", str(srv.root), "--steps", "200", "--replay", "20", "--lr-scale", "1",
                                       "--episodes", "200", "--prune-steps", "10", "--qat-steps", "10",
                                       "--max-drop", "0.005", "--json"])
         wall = time.time() - t0

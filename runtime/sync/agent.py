@@ -69,7 +69,7 @@ def upload_outbox(outbox: Outbox, client: FleetClient, batch: int = UPLOAD_BATCH
             return stored, dup
 
 
-def share_support(home: DeviceHome, outbox: Outbox) -> int:
+def queue_support(home: DeviceHome, outbox: Outbox) -> int:
     """Queue the running state's support images (label + pixels) not sent before; returns how many.
 
     The back end fine-tunes on them (``metalite fleet update``). A state without images (format 1)
@@ -130,7 +130,7 @@ def sync(home, server: str, token: str, public_key: bytes | None = None, allow_u
         try:
             if upload:
                 if share:
-                    result.shared = share_support(home, outbox)
+                    result.shared = queue_support(home, outbox)
                 result.uploaded, result.duplicates = upload_outbox(outbox, client, say=say)
             if update:
                 offer = client.call("GET", "/v1/releases/latest", missing_ok=True)
