@@ -55,7 +55,9 @@ def server(tmp_path):
 
 
 def _sync(home, srv, token, key="server", **kw):
+    """One sync; the outbox tests count examples, so support sets are not shared unless asked."""
     key = parse_public_key(srv.public_key()) if key == "server" else key
+    kw.setdefault("share_support", False)
     return sync(home, kw.pop("url", srv.url), token, key, delegate="cpu", timeout=30, **kw)
 
 
@@ -89,7 +91,7 @@ def test_enroll_publish_sync_adapt_outbox_upload_then_switch_keeping_classes(bun
 
     home_dir = tmp_path / "pi-1"
     sync_args = ["sync", "--server", server.url, "--token", token, "--pubkey", str(server.root / "public_key.txt"),
-                 "--home", str(home_dir), "--delegate", "cpu"]
+                 "--home", str(home_dir), "--delegate", "cpu", "--no-share-support"]
     r = cli.invoke(main, sync_args)
     assert r.exit_code == 0 and "switched to v1" in r.stdout, r.output
     sup, lab = shapes(range(5), 5, seed=1)
@@ -145,6 +147,14 @@ def test_enroll_publish_sync_adapt_outbox_upload_then_switch_keeping_classes(bun
     assert (dev["name"], dev["version"], dev["examples"], dev["last_event"]) == ("pi-1", 2, len(sent), "switched")
     r = cli.invoke(main, ["fleet", "status", "--root", root])
     assert r.exit_code == 0 and "pi-1" in r.stdout and "v2" in r.stdout
+
+    # sharing the support set (the default): each image once, with its label, however often the device syncs
+    for expected in (26, 0):
+        r = cli.invoke(main, sync_args[:-1])
+        assert r.exit_code == 0 and f"uploaded {expected} examples" in r.stdout, r.output
+    shared = list(iter_examples(FleetRoot(server.root), kinds=["support"]))
+    assert len(shared) == 26 and sorted({e["label"] for e in shared}) == CLASSES
+    assert sum(np.array_equal(e["image"], qry[0]) and e["label"] == "shape0" for e in shared) == 1
 
 
 # ----------------------------------------------------------------------------- refusals
