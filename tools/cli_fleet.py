@@ -104,7 +104,7 @@ def publish_cmd(bundle, root, model_dir, note):
 @click.option("--max-drop", type=click.FloatRange(0, 1), default=0.0, show_default=True,
               help="Allowed accuracy drop on either measure (0: the candidate must not be worse at all).")
 @click.option("--json", "as_json", is_flag=True, help="Print the decision and figures as JSON.")
-@_errors
+@fail_cleanly
 def update_cmd(root, model_dir, candidate, steps, strategy, replay, lr_scale, prune_steps, qat_steps, episodes,
                max_drop, as_json):
     """Fine-tune the current version on the fleet's labelled examples, gate it and publish it if not worse.
