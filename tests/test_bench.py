@@ -81,7 +81,23 @@ def tiny(tmp_path_factory, folder_data):
 
 
 @pytest.fixture(scope="module")
-def report(tiny, tmp_path_factory, folder_data):
+def thin_bundle(tiny, tmp_path_factory, folder_data):
+    """The tiny model with half its filters removed (structured pruning), exported as a second bundle."""
+    from metalite.export.bundle import write_bundle
+    from metalite.training.datasets import load_data
+    from metalite.training.modeldir import load_model_dir
+    from metalite.training.structured import thin_backbone
+
+    cfg, backbone, spec = load_model_dir(tiny[1])
+    thin, _, summary = thin_backbone(backbone, cfg["backbone"], (SIZE, SIZE, 1), 0.5, "l1", "layer")
+    rep = load_data(folder_data, SIZE, "train", progress=False).inputs()[::10][:64]
+    return write_bundle(tmp_path_factory.mktemp("thin") / "bundle", thin, spec, rep,
+                        {"training": {"algorithm": "test", "data": folder_data},
+                         "compression": {"stage": "pruned", "sparsity": 0.0, "structured": summary}}, progress=False)
+
+
+@pytest.fixture(scope="module")
+def report(tiny, thin_bundle, tmp_path_factory, folder_data):
     from click.testing import CliRunner
 
     from metalite.tools.cli import main
@@ -89,19 +105,21 @@ def report(tiny, tmp_path_factory, folder_data):
     bundle, mdir = tiny
     out = tmp_path_factory.mktemp("bench") / "out"
     res = CliRunner().invoke(main, ["bench", str(bundle), "--quick", "--out", str(out), "--model", str(mdir),
-                                    "--data", folder_data])
+                                    "--pareto", str(thin_bundle), "--data", folder_data])
     assert res.exit_code == 0, res.output + repr(res.exception)
     return out, json.loads((out / "report.json").read_text())
 
 
 def test_bench_writes_the_five_sections(report):
     out, r = report
-    for name in ("machine", "accuracy", "size", "latency", "adaptation", "memory"):
+    for name in ("machine", "accuracy", "size", "latency", "pareto", "adaptation", "memory"):
         assert name in r, name
     md = (out / "report.md").read_text()
-    for name in ("## accuracy", "## size", "## latency", "## adaptation", "## memory", "## machine", "## Headline"):
+    for name in ("## accuracy", "## size", "## latency", "## pareto", "## adaptation", "## memory", "## machine",
+                 "## Headline"):
         assert name in md
-    assert list(out.glob("*.png")), "no plots"
+    assert {p.name for p in out.glob("*.png")} == {"accuracy.png", "latency.png", "adaptation.png", "size.png",
+                                                   "pareto.png"}
     m = r["machine"]
     assert m["cores"] >= 1 and m["python"] and "blas" in m and "numpy" in m["libraries"]
 
@@ -128,10 +146,19 @@ def test_bench_size_latency_memory_are_sane(report):
     assert 0 < s["int8_tflite"]["gzip_bytes"] <= s["int8_tflite"]["bytes"] + 64
     assert s["int8_tflite"]["parameters"] == s["float_tflite"]["parameters"] > 0
     assert 0.0 <= s["int8_tflite"]["sparsity"] < 1.0
+    # MACs: the same network in float and int8; conv/dense only, so below the tiny model's 16-filter bound
+    assert s["int8_tflite"]["macs"] == s["float_tflite"]["macs"] == s["float_keras"]["macs"] > 0
     lat = r["latency"]
     litert = lat["tflite"]["int8_tflite"]["ai_edge_litert"]
     for cell in ("b1_t1", "b32_t1", "b1_t2", "b32_t2"):
-        assert litert[cell]["median_ms"] > 0 and litert[cell]["iqr_ms"] >= 0
+        c = litert[cell]
+        assert c["median_ms"] > 0 and c["q1_ms"] <= c["median_ms"] <= c["q3_ms"] and c["rounds"] == 5
+        assert len(c["round_medians_ms"]) == 5 and c["gmacs_per_s"] > 0
+        # interleaved with float TFLite in the same rounds: the ratio within each round is reported
+        sp = c["speedup_vs"]["float_tflite"]
+        assert sp["rounds"] == 5 and sp["q1"] <= sp["median"] <= sp["q3"]
+    load = lat["load"]
+    assert set(load) >= {"loadavg_before", "loadavg_after", "busy", "warning"} and load["seconds"] > 0
     assert lat["interpreters"]["tflite_runtime"]["status"]  # subprocess, or why not installed
     assert lat["keras"]["results"]["direct_b1"]["median_ms"] > 0
     mem = r["memory"]["runs"]["ai_edge_litert"]
@@ -139,6 +166,30 @@ def test_bench_size_latency_memory_are_sane(report):
     assert 10 < mem["peak_rss_mib"] < 2000 and mem["tensorflow_imported"] is False
     assert r["headline"]["float_tflite_over_int8_size"] > 1
 
+
+def test_bench_pareto_compares_the_thinner_bundle(report):
+    _, r = report
+    par = r["pareto"]
+    # the synthetic folder data has no drawers: N-way 1-shot held-out episodes stand in for Lake runs
+    assert par["protocol"].endswith("way1shot") and par["runs"] == 100
+    ref, thin = par["points"]
+    assert ref["label"] == "not pruned" and thin["label"] == "50% of filters removed"
+    assert thin["widths"] == [8, 8, 8, 16] and thin["macs"] < ref["macs"] / 2 and thin["bytes"] < ref["bytes"]
+    assert ref["error_diff"] == 0 and ref["b1_t1"]["speedup"]["median"] == 1.0
+    assert 0 <= thin["error"] <= 1 and thin["b1_t1"]["speedup"]["rounds"] == 5
+    assert set(par["front"]) == {"optimal", "meets_goal"} and par["front"]["optimal"]
+
+
+def test_bench_report_has_no_blanks_or_contradictions(report):
+    out, r = report
+    md = (out / "report.md").read_text()
+    assert "—×" not in md and "n/a×" not in md and "None" not in md
+    head = md.split("## machine")[0]
+    # every variant is either measured or listed once as not measured, never both
+    avail, missing = r["variants"]["available"], r["variants"]["missing"]
+    assert not set(avail) & set(missing)
+    assert set(missing) == {"pruned_float_tflite", "int8_pruned_tflite"}
+    assert "Not measured" in head and head.count("×") >= 3
 
 def test_bench_adaptation_compares_every_method(report):
     _, r = report
@@ -185,12 +236,17 @@ def test_odt_model_needs_no_flex_ops():
 
 # ----------------------------------------------------------------------------- README section
 def _fake_report():
+    cell = {"median_ms": 0.5, "gmacs_per_s": 2.0, "speedup_vs": {"float_tflite": {"median": 4.0, "q1": 3.9, "q3": 4.1}}}
     return {"mode": "full", "machine": {"cpu": "Test CPU", "cores": 2, "python": "3.11"},
-            "variants": {"available": {"int8_tflite": {"source": "bundle backbone.tflite"}}},
-            "latency": {"tflite": {"int8_tflite": {"ai_edge_litert": {"b1_t1": {"median_ms": 0.5},
-                                                                      "b32_t1": {"median_ms": 0.25}}}},
-                        "keras": {"results": {"direct_b1": {"median_ms": 10.0}, "direct_b32": {"median_ms": 1.0}}}},
-            "size": {"int8_tflite": {"bytes": 1000, "gzip_bytes": 900}, "float_tflite": {"bytes": 4000}},
+            "variants": {"available": {"int8_tflite": {"source": "bundle backbone.tflite", "label": "int8 TFLite"},
+                                       "float_tflite": {"source": "converted", "label": "float TFLite"}}},
+            "latency": {"tflite": {"int8_tflite": {"ai_edge_litert": {"b1_t1": cell, "b32_t1": {"median_ms": 0.25}}},
+                                   "float_tflite": {"ai_edge_litert": {"b1_t1": {"median_ms": 2.0}}}},
+                        "keras": {"results": {"tffunction_b1": {"median_ms": 10.0}, "direct_b32": {"median_ms": 1.0}}},
+                        "load": {"loadavg_before": [0.1, 0.2, 0.3], "other_processes_cores": 0.05, "busy": False,
+                                 "warning": None}},
+            "size": {"int8_tflite": {"bytes": 1000, "gzip_bytes": 900, "macs": 1000000},
+                     "float_tflite": {"bytes": 4000, "macs": 1000000}},
             "accuracy": {"results": {"int8_tflite": {"5way1shot": {"mean": 0.9, "ci95": 0.01}}}},
             "adaptation": {"settings": {"20way5shot": {"metalite": {"total_ms": 10.0, "accuracy": 0.8},
                                                        "pycoral_sgd": {"total_ms": 50.0, "accuracy": 0.7}}}},
@@ -210,7 +266,8 @@ def test_readme_section_writes_only_between_markers(tmp_path):
     assert text.startswith(before + START + "\n") and text.endswith(END + after)
     body = text[len(before) + len(START):text.index(END)]
     assert "old stuff" not in body
-    assert "20.0×" in body and "4.0× smaller" in body and "5.0× faster" in body and "![latency](bench/latency.png)" in body
+    assert "4.00× faster" in body and "20.0× faster" in body and "4.0× smaller" in body and "5.0× faster" in body
+    assert "load average 0.10/0.20/0.30" in body and "Warning" not in body and "![latency](bench/latency.png)" in body
     assert update_readme(readme, rep, plot="bench/latency.png") is False  # idempotent
     assert main(["--readme", str(readme), "--report", str(rep), "--plot", "bench/latency.png", "--check"]) == 0
 
@@ -238,3 +295,70 @@ def test_bench_quick_on_the_shipped_omniglot_bundle(tmp_path):
     for section in ("accuracy", "size", "latency", "adaptation", "memory"):
         assert rep[section], section
     assert (tmp_path / "report.md").exists()
+
+
+# ----------------------------------------------------------------------------- timing machinery
+def test_interleave_rotates_the_order_and_ratios_are_within_rounds():
+    from metalite.tools.bench_latency import interleave_calls, summarize_rounds
+    from metalite.tools.bench_latency_section import ratio_stats
+
+    order = []
+    fns = {n: (lambda n=n: order.append(n)) for n in "ABC"}
+    res = interleave_calls(fns, rounds=3, calls=2, warmup=1, per=4)
+    assert set(res) == set("ABC") and all(len(v) == 3 and min(v) >= 0 for v in res.values())
+    timed = order[3:]  # after one warm-up call each
+    firsts = [timed[i * 6] for i in range(3)]  # each round: 3 models x 2 calls
+    assert firsts == ["A", "B", "C"]
+    s = summarize_rounds([1.0, 2.0, 3.0, 4.0])
+    assert s["median_ms"] == 2.5 and s["q1_ms"] == 1.75 and s["rounds"] == 4
+    # a slow round slows both models alike: the within-round ratio does not move
+    r = ratio_stats([2.0, 20.0, 2.0], [1.0, 10.0, 1.0])
+    assert r["median"] == r["q1"] == r["q3"] == 2.0
+
+
+def test_load_report_warns_only_when_others_use_the_cpu():
+    from metalite.tools.bench_machine import LoadWatch, load_report
+
+    busy = load_report([3.0, 2.5, 2.0], [3.2, 2.6, 2.0], 1.5, 10.0)
+    assert busy["busy"] and "1.5 of" in busy["warning"] and "3.00/2.50/2.00" in busy["warning"]
+    idle = load_report([0.1, 0.1, 0.1], [0.9, 0.3, 0.1], 0.02, 10.0)
+    assert not idle["busy"] and idle["warning"] is None
+    assert load_report([2.0, 1.0, 1.0], None, None, 1.0)["busy"]  # no /proc/stat: the load average decides
+    with LoadWatch() as w:
+        sum(range(10000))
+    assert set(w.result) >= {"loadavg_before", "loadavg_after", "other_processes_cores", "busy", "warning"}
+
+
+def test_macs_of_a_tflite_model_match_the_keras_count():
+    from metalite.export.tflite import convert_float
+    from metalite.tools.bench_cost import gmacs_per_s, keras_macs, tflite_macs
+    from metalite.training.models import build_backbone
+
+    m = build_backbone({"kind": "conv4", "filters": 8, "embedding_dim": 4}, (28, 28, 1))
+    expected = 28 * 28 * 8 * 9 + 14 * 14 * 8 * 72 + 7 * 7 * 8 * 72 + 3 * 3 * 4 * 72
+    assert keras_macs(m) == tflite_macs(convert_float(m)) == expected
+    assert gmacs_per_s(2_000_000, 1.0) == pytest.approx(2.0) and gmacs_per_s(None, 1.0) is None
+
+
+def test_variants_are_named_for_what_they_are(tmp_path):
+    from metalite.export.tfcompat import tf
+    from metalite.export.tflite import convert_float
+    from metalite.tools.bench_variants import compression_of, describe, fake_quant_ops, is_compressed
+    from metalite.training.models import build_backbone
+
+    # a graph with QUANTIZE/DEQUANTIZE ops in it is not a float model, whatever its file name says
+    m = build_backbone({"kind": "conv4", "filters": 4, "embedding_dim": 4}, (28, 28, 1))
+    conv = tf.lite.TFLiteConverter.from_keras_model(m)
+    conv.optimizations = [tf.lite.Optimize.DEFAULT]
+    conv.representative_dataset = lambda: ([np.random.default_rng(0).random((1, 28, 28, 1), np.float32)]
+                                           for _ in range(4))
+    (tmp_path / "q.tflite").write_bytes(conv.convert())  # int8 inside, float in and out: QUANTIZE + DEQUANTIZE
+    (tmp_path / "f.tflite").write_bytes(convert_float(m))
+    assert fake_quant_ops(tmp_path / "q.tflite") >= 2 and fake_quant_ops(tmp_path / "f.tflite") == 0
+    thin = {"compression": {"stage": "pqat", "pqat": True, "sparsity": 0.5,
+                            "structured": {"fraction": 0.5, "widths": [32, 32, 32, 64]}}}
+    c = compression_of(thin)
+    assert c["structured"] == 0.5 and c["widths"] == [32, 32, 32, 64] and is_compressed(thin)
+    assert describe(c) == "50% of filters removed + 50% sparse"
+    plain = {"compression": {"stage": "float"}, "backbone": {"weight_sparsity": 0.01}}
+    assert describe(compression_of(plain)) == "not pruned" and not is_compressed(plain)

@@ -87,7 +87,8 @@ def test_report_and_config_structure(pqat):
     cfg = read_config(out)
     comp = cfg["compression"]
     assert comp["sparsity"] == 0.5 and comp["pqat"] is True and comp["distill"] is None
-    assert comp["steps"] == {"prune": 9, "qat": 3} and set(comp["stages"]) == set(saved["stages"])
+    assert comp["steps"] == {"structured": 0, "prune": 9, "qat": 3} and set(comp["stages"]) == set(saved["stages"])
+    assert comp["structured"] is None
     assert cfg["algorithm"] == "protonet" and cfg["backbone"] == TINY["backbone"]
     text = format_report(report)
     assert "block1_conv/kernel" in text and "int8_tflite" in text
@@ -153,6 +154,10 @@ def test_cli_no_qat_distill_and_errors(env, pqat, tmp_path):
         (["compress", str(env["float"]), "--out", str(blocker / "sub")], "cannot write there"),
         (["compress", str(env["float"]), "--out", str(env["float"])], "must differ"),
         (["compress", str(pqat[0]), "--out", str(tmp_path / "o")], "already compressed"),
+        (["compress", str(env["float"]), "--out", str(tmp_path / "o"), "--structured", "1.5"], "[0, 1)"),
+        (["compress", str(env["float"]), "--out", str(tmp_path / "o"), "--structured", "0.5,0.5",
+          "--structured-scope", "global"], "per-layer"),
+        (["compress", str(env["float"]), "--out", str(tmp_path / "o"), "--sparsity", "0", "--no-qat"], "nothing to do"),
     ]
     for args, msg in cases:
         res = r.invoke(main, args)
@@ -195,3 +200,42 @@ def test_export_float_of_a_pqat_model_is_a_real_float_model_and_inspect_says_wha
     labels = [a["data"] for a in manifest["accuracy"].values() if "data" in a]
     assert labels and all(d in ("folder:folder (held-out test classes)", "folder:folder (validation classes)")
                           for d in labels), labels
+
+
+def test_structured_pruning_composes_with_sparsity_pqat_and_int8(env, tmp_path):
+    """--structured 0.5 then 50% sparsity then PQAT: a thinner backbone (widths in the config), rebuilt by
+    load_model_dir, still sparse after int8 conversion, with fewer MACs than the float model; export --float
+    writes the thin float twin."""
+    from metalite.export.flatbuf import read_model
+    from metalite.export.tflite import convert_int8
+    from metalite.tools.bench_cost import keras_macs, tflite_macs
+    from metalite.tools.cli import main
+    from metalite.training.compress import compress
+    from metalite.training.datasets import load_data
+    from metalite.training.modeldir import load_model_dir, load_pruned_float
+
+    out = env["root"] / "thin"
+    report = compress(env["float"], out, sparsity=0.5, structured=0.5, structured_steps=3, prune_steps=6,
+                      qat_steps=2, episodes=5, progress=False, log=lambda m: None)
+    assert {"thinned", "structured", "pruned", "pqat", "int8_tflite"} <= set(report["stages"])
+    cfg, backbone, spec = load_model_dir(out)
+    assert cfg["stage"] == "pqat" and cfg["backbone"]["widths"] == [4, 4, 4, 8]
+    st = cfg["compression"]["structured"]
+    assert st["fraction"] == 0.5 and st["widths_before"] == [8, 8, 8, 8] and st["filters_removed"] == 12
+    _, pruned, _ = load_pruned_float(out)
+    kernels = [l.kernel.numpy() for l in pruned.layers if type(l).__name__ == "Conv2D"]
+    assert [k.shape[-1] for k in kernels] == [4, 4, 4, 8] and [k.shape[2] for k in kernels] == [1, 4, 4, 4]
+    assert all(np.mean(k == 0) >= 0.5 - 1.0 / k.size for k in kernels)
+    reps = load_data(f"folder:{env['folder']}", 28, "train").inputs()[:20]
+    data = convert_int8(backbone, reps)
+    assert len([op for op in read_model(data).ops if op.name == "CONV_2D"]) == 4
+    _, float_backbone, _ = load_model_dir(env["float"])
+    assert tflite_macs(data) == keras_macs(pruned) < keras_macs(float_backbone) / 2
+    assert spec.weights[0][0].shape[0] == 8  # the embedding keeps its width: the head is unchanged
+    res = CliRunner().invoke(main, ["export", str(out), "--out", str(tmp_path / "b"), "--float", "--quiet",
+                                    "--eval-episodes", "0"])
+    assert res.exit_code == 0, res.output
+    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    assert manifest["compression"]["structured"]["widths"] == [4, 4, 4, 8]
+    assert manifest["edgetpu"]["ready"], manifest["edgetpu"]
+    assert tflite_macs((tmp_path / "b" / "backbone_float.tflite").read_bytes()) == keras_macs(pruned)

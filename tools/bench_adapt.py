@@ -27,14 +27,8 @@ DEFAULT_FINETUNE = {"steps": 50}
 
 
 # ----------------------------------------------------------------------------- TFLite on-device training
-def build_odt_model(spec: headlib.HeadSpec, embedding_dim: int, n_classes: int) -> bytes:
-    """TFLite bytes with signatures ``init(x, y)``, ``train(x, y, lr)`` -> loss, ``infer(x)`` -> logits.
-
-    ``x``: (N, embedding_dim) float32 backbone embeddings; ``y``: (N, n_classes) one-hot. The head's
-    hidden layers are frozen constants; the classifier (resource variables ``w``, ``b``) is what trains.
-    ``init`` sets the classifier to the prototype classifier (as ``runtime.head.adapt`` does); ``train`` is
-    one full-batch gradient-descent step on the mean softmax cross-entropy and returns the loss before it.
-    """
+def _odt_module(spec: headlib.HeadSpec, embedding_dim: int, n_classes: int):
+    """The tf.Module behind ``build_odt_model``: frozen hidden layers, a trainable classifier ``w``, ``b``."""
     from metalite.export.tfcompat import tf
 
     scale = float(spec.adaptation.get("scale", 1.0))
@@ -84,7 +78,20 @@ def build_odt_model(spec: headlib.HeadSpec, embedding_dim: int, n_classes: int) 
         def infer(self, x):
             return {"logits": tf.matmul(self._hidden(x), self.w) + self.b}
 
-    m = ODTHead()
+    return ODTHead()
+
+
+def build_odt_model(spec: headlib.HeadSpec, embedding_dim: int, n_classes: int) -> bytes:
+    """TFLite bytes with signatures ``init(x, y)``, ``train(x, y, lr)`` -> loss, ``infer(x)`` -> logits.
+
+    ``x``: (N, embedding_dim) float32 backbone embeddings; ``y``: (N, n_classes) one-hot. The head's
+    hidden layers are frozen constants; the classifier (resource variables ``w``, ``b``) is what trains.
+    ``init`` sets the classifier to the prototype classifier (as ``runtime.head.adapt`` does); ``train`` is
+    one full-batch gradient-descent step on the mean softmax cross-entropy and returns the loss before it.
+    """
+    from metalite.export.tfcompat import tf
+
+    m = _odt_module(spec, embedding_dim, n_classes)
     with tempfile.TemporaryDirectory(prefix="metalite-odt-") as d:
         sigs = {"init": m.init.get_concrete_function(), "train": m.train.get_concrete_function(),
                 "infer": m.infer.get_concrete_function()}
@@ -150,6 +157,96 @@ def _summ(times: dict, accs: list) -> dict:
     return out
 
 
+def _methods(clf, spec, steps, ft_steps, ft_lr) -> dict:
+    a = spec.adaptation
+    return {
+        "metalite": f"FewShotClassifier.fit: int8 backbone ({clf.backend}) + runtime.head.adapt "
+                    f"(prototype init + {steps} steps, lr {a.get('lr')}, adapt={a.get('adapt')})",
+        "tflite_odt": f"TFLite model with init/train/infer signatures (TFLITE_BUILTINS only), prototype init + "
+                      f"{ft_steps} full-batch steps of lr {ft_lr} on the classifier (hidden layers frozen), "
+                      "int8 embeddings",
+        "keras_finetune": f"tf_keras model.fit of the classifier (hidden layers frozen), prototype init + {ft_steps} "
+                          f"full-batch SGD epochs of lr {ft_lr}, float Keras embeddings",
+        "pycoral_sgd": "softmax regression on raw int8 embeddings from random init N(0, 0.01^2), SGD batch 100 "
+                       "(with replacement), 500 iterations, lr 0.01 (pycoral's on-device backprop recipe)",
+    }
+
+
+def _odt(spec, dim, ways, backend) -> dict:
+    """{"runner", "build_ms", "bytes"} of the ODT model for ``ways`` classes, or {"error": why}."""
+    try:
+        t = time.perf_counter()
+        model = build_odt_model(spec, dim, ways)
+        return {"runner": ODTRunner(model, backend), "build_ms": (time.perf_counter() - t) * 1000, "bytes": len(model)}
+    except Exception as e:  # conversion problems are reported, not fatal
+        return {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"}
+
+
+class _Tally:
+    """Wall times (seconds) and query accuracies of every method over the timed tasks."""
+
+    def __init__(self, methods):
+        self.T = {m: {"embed": [], "head": [], "total": [], "fit": []} for m in methods}
+        self.A = {m: [] for m in methods}
+        self.losses = []
+
+
+def _metalite_task(clf, spec, s_img, ys, q_img, yq, ways, tally) -> np.ndarray:
+    """The runtime end to end (fit + predict), then its two parts timed apart; returns support embeddings."""
+    T, A = tally.T, tally.A
+    t = time.perf_counter()
+    clf.fit(s_img, ys.tolist())
+    T["metalite"]["fit"].append(time.perf_counter() - t)
+    A["metalite"].append(float(np.mean(np.array(clf.predict(q_img)) == yq)))
+    t = time.perf_counter()
+    emb = clf.embed(s_img)
+    T["metalite"]["embed"].append(time.perf_counter() - t)
+    t = time.perf_counter()
+    headlib.adapt(spec, emb, ys, ways)
+    T["metalite"]["head"].append(time.perf_counter() - t)
+    for m in ("tflite_odt", "pycoral_sgd"):
+        T[m]["embed"].append(T["metalite"]["embed"][-1])  # same int8 embedder
+    return emb
+
+
+def _odt_task(runner, emb, q_emb, ys, yq, ways, steps, lr, tally) -> None:
+    onehot = np.eye(ways, dtype=np.float32)[ys]
+    t = time.perf_counter()
+    l0 = runner.init(emb, onehot)
+    ls = [runner.train(emb, onehot, lr) for _ in range(steps)]
+    tally.T["tflite_odt"]["head"].append(time.perf_counter() - t)
+    tally.losses.append((l0, ls[-1] if ls else l0))
+    tally.A["tflite_odt"].append(float(np.mean(runner.infer(q_emb).argmax(1) == yq)))
+
+
+def _pycoral_task(emb, q_emb, ys, yq, ways, seed, tally) -> None:
+    t = time.perf_counter()
+    w, b = pycoral_softmax_regression(emb, ys, ways, seed=seed)
+    tally.T["pycoral_sgd"]["head"].append(time.perf_counter() - t)
+    tally.A["pycoral_sgd"].append(float(np.mean((q_emb @ w + b).argmax(1) == yq)))
+
+
+def _setting_results(tally, methods, odt, ft_steps) -> dict:
+    T = tally.T
+    for m in T:
+        if T[m]["embed"] and T[m]["head"]:
+            T[m]["total"] = [e + h for e, h in zip(T[m]["embed"], T[m]["head"])]
+        if not T[m]["fit"]:
+            del T[m]["fit"]
+    res = {}
+    for m in methods:
+        if not tally.A[m]:
+            res[m] = {"skipped": (f"ODT model not available ({odt['error']})" if m == "tflite_odt" and "error" in odt
+                                  else "no Keras model")}
+        else:
+            res[m] = _summ({k: [v * 1000 for v in vals] for k, vals in T[m].items()}, tally.A[m])
+    if "runner" in odt:
+        res["tflite_odt"].update(build_ms=odt["build_ms"], interpreter=odt["runner"].backend, model_bytes=odt["bytes"],
+                                 loss_first=float(np.mean([l[0] for l in tally.losses])),
+                                 loss_last=float(np.mean([l[1] for l in tally.losses])), steps=ft_steps)
+    return res
+
+
 def run_adaptation(bundle_path, data, *, ways_list=(5, 20), shots: int = 5, queries: int = 15, tasks: int = 5,
                    threads: int = 2, keras_backbone=None, odt_backend: str | None = None, seed: int = 0,
                    say=print) -> dict:
@@ -165,22 +262,9 @@ def run_adaptation(bundle_path, data, *, ways_list=(5, 20), shots: int = 5, quer
     steps = int(spec.adaptation.get("steps", 0))
     ft_steps = steps if steps > 0 else DEFAULT_FINETUNE["steps"]
     ft_lr = float(spec.adaptation.get("lr", 0.1))
-    section = {
-        "tasks_per_setting": tasks, "warmup_tasks": 1, "shots": shots, "queries": queries, "threads": threads,
-        "runtime_load_ms": load_ms, "interpreter": clf.backend,
-        "methods": {
-            "metalite": f"FewShotClassifier.fit: int8 backbone ({clf.backend}) + runtime.head.adapt "
-                        f"(prototype init + {steps} steps, lr {spec.adaptation.get('lr')}, adapt={spec.adaptation.get('adapt')})",
-            "tflite_odt": f"TFLite model with init/train/infer signatures (TFLITE_BUILTINS only), prototype init + "
-                          f"{ft_steps} full-batch steps of lr {ft_lr} on the classifier (hidden layers frozen), "
-                          "int8 embeddings",
-            "keras_finetune": f"tf_keras model.fit of the classifier (hidden layers frozen), prototype init + {ft_steps} "
-                              f"full-batch SGD epochs of lr {ft_lr}, float Keras embeddings",
-            "pycoral_sgd": "softmax regression on raw int8 embeddings from random init N(0, 0.01^2), SGD batch 100 "
-                           "(with replacement), 500 iterations, lr 0.01 (pycoral's on-device backprop recipe)",
-        },
-        "settings": {},
-    }
+    methods = _methods(clf, spec, steps, ft_steps, ft_lr)
+    section = {"tasks_per_setting": tasks, "warmup_tasks": 1, "shots": shots, "queries": queries, "threads": threads,
+               "runtime_load_ms": load_ms, "interpreter": clf.backend, "methods": methods, "settings": {}}
     if keras_backbone is None:
         section["notes"] = ["keras_finetune skipped: no Keras model (pass --model MODEL_DIR)"]
     for ways in ways_list:
@@ -191,74 +275,21 @@ def run_adaptation(bundle_path, data, *, ways_list=(5, 20), shots: int = 5, quer
             section["settings"][key] = {"skipped": str(e)}
             continue
         say(f"adaptation {key}: {tasks} tasks")
-        odt = None
-        try:
-            t = time.perf_counter()
-            odt_model = build_odt_model(spec, clf.embedding_dim, ways)
-            odt = ODTRunner(odt_model, odt_backend)
-            odt_build_ms = (time.perf_counter() - t) * 1000
-        except Exception as e:  # conversion problems are reported, not fatal
-            odt_err = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
-        T = {m: {"embed": [], "head": [], "total": [], "fit": []} for m in section["methods"]}
-        A = {m: [] for m in section["methods"]}
-        losses = []
+        odt = _odt(spec, clf.embedding_dim, ways, odt_backend)
         for task in range(tasks + 1):  # task 0 is an untimed warm-up (interpreter resizes, Keras tracing)
-            if task == 1:
-                T = {m: {"embed": [], "head": [], "total": [], "fit": []} for m in section["methods"]}
-                A = {m: [] for m in section["methods"]}
-                losses = []
+            if task <= 1:
+                tally = _Tally(methods)
             s_idx, q_idx = sampler.sample_indices()
-            ys = np.repeat(np.arange(ways), shots)
-            yq = np.repeat(np.arange(ways), queries)
+            ys, yq = np.repeat(np.arange(ways), shots), np.repeat(np.arange(ways), queries)
             s_img, q_img = data.images[s_idx], data.images[q_idx]
             q_emb = clf.embed(q_img)
-            # metalite: the runtime path end to end, then its two parts
-            t = time.perf_counter()
-            clf.fit(s_img, ys.tolist())
-            T["metalite"]["fit"].append(time.perf_counter() - t)  # end to end, reported as fit_ms
-            A["metalite"].append(float(np.mean(np.array(clf.predict(q_img)) == yq)))
-            t = time.perf_counter()
-            emb = clf.embed(s_img)
-            T["metalite"]["embed"].append(time.perf_counter() - t)
-            t = time.perf_counter()
-            headlib.adapt(spec, emb, ys, ways)
-            T["metalite"]["head"].append(time.perf_counter() - t)
-            for m in ("tflite_odt", "pycoral_sgd"):
-                T[m]["embed"].append(T["metalite"]["embed"][-1])  # same int8 embedder
-            # (a) TFLite on-device training
-            if odt is not None:
-                onehot = np.eye(ways, dtype=np.float32)[ys]
-                t = time.perf_counter()
-                l0 = odt.init(emb, onehot)
-                ls = [odt.train(emb, onehot, ft_lr) for _ in range(ft_steps)]
-                T["tflite_odt"]["head"].append(time.perf_counter() - t)
-                losses.append((l0, ls[-1] if ls else l0))
-                A["tflite_odt"].append(float(np.mean(odt.infer(q_emb).argmax(1) == yq)))
-            # (c) pycoral softmax regression
-            t = time.perf_counter()
-            w, b = pycoral_softmax_regression(emb, ys, ways, seed=seed)
-            T["pycoral_sgd"]["head"].append(time.perf_counter() - t)
-            A["pycoral_sgd"].append(float(np.mean((q_emb @ w + b).argmax(1) == yq)))
-            # (b) Keras fine-tuning
+            emb = _metalite_task(clf, spec, s_img, ys, q_img, yq, ways, tally)
+            if "runner" in odt:
+                _odt_task(odt["runner"], emb, q_emb, ys, yq, ways, ft_steps, ft_lr, tally)
+            _pycoral_task(emb, q_emb, ys, yq, ways, seed, tally)
             if keras_backbone is not None:
-                _keras_task(keras_backbone, spec, s_img, ys, q_img, yq, ways, ft_steps, ft_lr, T, A)
-        for m in T:
-            if T[m]["embed"] and T[m]["head"]:
-                T[m]["total"] = [e + h for e, h in zip(T[m]["embed"], T[m]["head"])]
-            if not T[m]["fit"]:
-                del T[m]["fit"]
-        res = {}
-        for m in section["methods"]:
-            if not A[m]:
-                res[m] = {"skipped": (f"ODT model not available ({odt_err})" if m == "tflite_odt" and odt is None
-                                      else "no Keras model")}
-                continue
-            res[m] = _summ({k: [v * 1000 for v in vals] for k, vals in T[m].items()}, A[m])
-        if odt is not None:
-            res["tflite_odt"].update(build_ms=odt_build_ms, interpreter=odt.backend, model_bytes=len(odt_model),
-                                     loss_first=float(np.mean([l[0] for l in losses])),
-                                     loss_last=float(np.mean([l[1] for l in losses])), steps=ft_steps)
-        section["settings"][key] = res
+                _keras_task(keras_backbone, spec, s_img, ys, q_img, yq, ways, ft_steps, ft_lr, tally.T, tally.A)
+        section["settings"][key] = _setting_results(tally, methods, odt, ft_steps)
     return section
 
 

@@ -7,8 +7,10 @@ environment (the tflite-runtime venv, numpy<2)::
     python bench_latency.py --serve --backend tflite_runtime   # JSON requests on stdin, one reply per line
 
 ``interleaved`` drives one ``--serve`` worker per interpreter in alternating rounds, so both interpreters
-see the same machine load; a worker opens models the way the runtime does (``metalite.runtime``'s
-``open_model``: XNNPACK with int8) when it can import it.
+and every model see the same machine load (the models' order rotates from round to round, the
+interpreters' order alternates); a worker opens models the way the runtime does (``metalite.runtime``'s
+``open_model``: XNNPACK with int8) when it can import it. ``interleave_calls`` does the same for
+callables in this process (the float Keras model).
 """
 from __future__ import annotations
 
@@ -37,6 +39,27 @@ def time_calls(fn, warmup: int, runs: int) -> list:
         t0 = time.perf_counter()
         fn()
         out.append(time.perf_counter() - t0)
+    return out
+
+
+def summarize_rounds(round_ms) -> dict:
+    """Median, quartiles, IQR, min and max over per-round medians (ms per image)."""
+    v = np.asarray(round_ms, np.float64)
+    q1, med, q3 = np.percentile(v, [25, 50, 75])
+    return {"median_ms": float(med), "q1_ms": float(q1), "q3_ms": float(q3), "iqr_ms": float(q3 - q1),
+            "min_ms": float(v.min()), "max_ms": float(v.max()), "rounds": int(len(v))}
+
+
+def interleave_calls(fns: dict, rounds: int, calls: int, warmup: int, per: int = 1) -> dict:
+    """{name: [median ms per image of each round]} of in-process callables, round by round, order rotated."""
+    names = list(fns)
+    for n in names:
+        time_calls(fns[n], warmup, 0)
+    out = {n: [] for n in names}
+    for r in range(rounds):
+        k = r % len(names)
+        for n in names[k:] + names[:k]:
+            out[n].append(float(np.median(time_calls(fns[n], 0, calls))) * 1000.0 / max(1, per))
     return out
 
 
@@ -127,8 +150,11 @@ def interleaved(workers: dict, models: dict, cells, rounds: int, calls: int, war
     res = {v: {b: {} for b in names} for v in models}
     seen = {}
     per_round = {}
+    order = list(models)
     for r in range(rounds):
-        for v, path in models.items():
+        k = r % len(order)
+        for v in order[k:] + order[:k]:
+            path = models[v]
             for batch, threads in cells:
                 cell = f"b{batch}_t{threads}"
                 for b in (names if r % 2 == 0 else names[::-1]):

@@ -1,6 +1,7 @@
-"""Compression of a meta-trained model: magnitude pruning, then pruning-preserving QAT (PQAT), optionally
-distilled from the float model, each stage fine-tuned with the model's own episodic meta-objective
-(``metalite.training.loop``) and measured on the held-out test classes with the same episodes.
+"""Compression of a meta-trained model: structured pruning (whole filters removed, ``training.structured``),
+magnitude pruning, then pruning-preserving QAT (PQAT), each optional but one, optionally distilled from the
+float model, each stage fine-tuned with the model's own episodic meta-objective (``metalite.training.loop``)
+and measured on the held-out test classes with the same episodes.
 
 ``compress(model_dir, out, ...)`` writes a model directory with ``"stage": "pqat"`` (or ``"pruned"``) that
 ``metalite export`` converts to a sparse full-integer int8 TFLite backbone; what it holds and how it
@@ -28,9 +29,12 @@ from .loop import run_episodes
 from .modeldir import PRUNED_WEIGHTS, head_spec_from_keras, load_model_dir, read_config, save_model_dir
 from .pruning import PruningSchedule, finish_pruning, prune_wrap, quantize_pqat, weight_report
 from .settings import hparams_of
+from .structured import parse_fractions, thin_backbone
 
 DEFAULTS = {"sparsity": 0.5, "prune_steps": 300, "qat_steps": 150, "qat": True, "distill": False,
-            "distill_loss": "mse", "lr": None, "seed": 0, "episodes": 200, "eval_ways": (5, 20), "eval_shots": 1}
+            "distill_loss": "mse", "lr": None, "seed": 0, "episodes": 200, "eval_ways": (5, 20), "eval_shots": 1,
+            "structured": 0.0, "structured_score": "l1", "structured_scope": "layer", "structured_steps": 600,
+            "structured_multiple": 16}
 QAT_LR = 0.3  # PQAT fine-tunes at this fraction of the pruning learning rate
 REPORT = "compression_report.json"
 EVAL_SEED = 1234  # the same episodes for every stage
@@ -82,17 +86,34 @@ class Plan:
     seed: int
     episodes: int
     eval_ways: tuple
+    structured: float | list = 0.0  # fraction of filters removed (or one per conv layer but the last)
+    structured_score: str = "l1"
+    structured_scope: str = "layer"
+    structured_steps: int = 600
+    structured_multiple: int = 16
 
     @property
     def stage(self) -> str:
         return "pqat" if self.qat else "pruned"
 
+    @property
+    def thinning(self) -> bool:
+        return _removes_filters(self.structured)
+
+
+def _removes_filters(fraction) -> bool:
+    return any(f > 0 for f in (fraction if isinstance(fraction, list) else [fraction]))
+
 
 def plan(model_dir, out, sparsity=0.5, prune_steps=None, qat_steps=None, qat=True, distill=False,
          distill_loss="mse", ways=None, shots=None, queries=None, lr=None, seed=0, episodes=200,
-         eval_ways=(5, 20)) -> Plan:
+         eval_ways=(5, 20), structured=0.0, structured_score="l1", structured_scope="layer", structured_steps=None,
+         structured_multiple=16) -> Plan:
     """Check the arguments and the input model; CompressError/ModelDirError naming the problem."""
     sparsity = check_sparsity(sparsity)
+    thin = _check_structured(structured, structured_score, structured_scope, structured_steps, structured_multiple)
+    if sparsity == 0 and not qat and not _removes_filters(thin[0]):
+        raise CompressError("nothing to do: --sparsity 0, no --structured and --no-qat")
     model_dir, out = Path(model_dir), Path(out)
     cfg = read_config(model_dir)
     if cfg.get("stage", "float") != "float":
@@ -110,7 +131,23 @@ def plan(model_dir, out, sparsity=0.5, prune_steps=None, qat_steps=None, qat=Tru
     return Plan(model_dir, out, cfg, sparsity, prune_steps, qat_steps, bool(qat), distill_loss if distill else None,
                 int(ways or train.get("ways", 20)), int(shots or train.get("shots", 1)),
                 int(train.get("queries", 15) if queries is None else queries), None if lr is None else float(lr),
-                int(seed), int(episodes), tuple(eval_ways))
+                int(seed), int(episodes), tuple(eval_ways), *thin)
+
+
+def _check_structured(fraction, score, scope, steps, multiple) -> tuple:
+    """(fraction(s), score, scope, steps, multiple) of the structured stage, checked."""
+    from .structured import SCOPES, SCORES
+
+    fraction = parse_fractions(fraction)
+    steps = DEFAULTS["structured_steps"] if steps is None else int(steps)
+    if score not in SCORES or scope not in SCOPES:
+        raise CompressError(f"--structured-score must be one of {', '.join(SCORES)} and --structured-scope one of "
+                            f"{', '.join(SCOPES)} (got {score!r}, {scope!r})")
+    if steps < 0 or int(multiple) < 1:
+        raise CompressError(f"--structured-steps must be >= 0 and --structured-multiple >= 1 (got {steps}, {multiple})")
+    if isinstance(fraction, list) and scope != "layer":
+        raise CompressError("per-layer --structured fractions need --structured-scope layer")
+    return fraction, score, scope, steps, int(multiple)
 
 
 class _Stages:
@@ -181,6 +218,21 @@ def _finetune(p: Plan, backbone, head, sampler, steps, lr, label, aux, progress,
     return {"loss": fit["loss"], "acc": fit["acc"]}
 
 
+def _thin(p: Plan, student, student_head, head_spec, train_data, sampler, lr, aux, stages, progress) -> tuple:
+    """Structured pruning: (thinner backbone, fine-tuned episodically, its summary with the new widths).
+
+    The head keeps its weights: the embedding layer keeps its width."""
+    thin, bcfg, summary = thin_backbone(student, p.cfg["backbone"], p.cfg["input"]["shape"], p.structured,
+                                        p.structured_score, p.structured_scope, calibration=train_data.inputs(),
+                                        multiple=p.structured_multiple)
+    stages.measure("thinned", "thinned", head_spec(), thin)
+    summary["finetune"] = _finetune(p, thin, student_head, sampler, p.structured_steps, lr,
+                                    f"thin to widths {bcfg['widths']}", aux, progress)
+    summary["steps"] = p.structured_steps
+    stages.measure("structured", "structured", head_spec(), thin)
+    return thin, summary
+
+
 def _int8_check(final, teacher, train_data, final_spec, teacher_spec, stages: _Stages) -> dict:
     """Convert the compressed and the float model to int8 TFLite; their size, stored sparsity and accuracy."""
     from metalite.export.inspect import weight_stats
@@ -205,8 +257,9 @@ def _totals(layers: list) -> dict:
     return t
 
 
-def _report(p: Plan, layers, tflite, stages: _Stages, fits: dict, lr: float, seconds: float) -> dict:
-    return {"model": str(p.model_dir), "stage": p.stage, "sparsity": p.sparsity, "layers": layers,
+def _report(p: Plan, layers, tflite, stages: _Stages, fits: dict, lr: float, seconds: float, thinned=None) -> dict:
+    return {"model": str(p.model_dir), "stage": p.stage, "sparsity": p.sparsity, "structured": thinned,
+            "layers": layers,
             "totals": _totals(layers), "tflite": tflite, "stages": stages.results,
             "eval": {"data": portable_spec(p.cfg["data"]), "split": HELDOUT_SPLIT, "classes": stages.data.num_classes,
                      "episodes": p.episodes, "settings": [list(s) for s in stages.settings], "seed": EVAL_SEED},
@@ -220,12 +273,16 @@ def _config(p: Plan, report: dict) -> dict:
     cfg = {k: v for k, v in p.cfg.items() if k not in ("format", "format_version")}
     stages = report["stages"]
     cfg["stage"] = p.stage
+    if report.get("structured"):
+        cfg["backbone"] = {**cfg["backbone"], "widths": report["structured"]["widths"]}
     cfg["compression"] = {"sparsity": p.sparsity, "pqat": p.qat, "distill": p.distill,
-                          "steps": {"prune": p.prune_steps, "qat": p.qat_steps if p.qat else 0},
+                          "structured": report.get("structured"),
+                          "steps": {"structured": p.structured_steps if p.thinning else 0,
+                                    "prune": p.prune_steps if p.sparsity else 0, "qat": p.qat_steps if p.qat else 0},
                           "finetune": {k: report["finetune"][k] for k in ("ways", "shots", "queries", "lr", "seed")},
                           "kernel_sparsity": report["totals"]["pruned_sparsity"], "stages": stages,
                           "source": p.model_dir.name}
-    final = "int8_tflite" if "int8_tflite" in stages else p.stage
+    final = next(k for k in ("int8_tflite", "pqat", "pruned", "structured") if k in stages)
     metrics = dict(cfg.get("metrics") or {})
     for k, v in stages[final].items():
         metrics[k] = {**v, "data": describe_split(p.cfg["data"], HELDOUT_SPLIT),
@@ -236,14 +293,17 @@ def _config(p: Plan, report: dict) -> dict:
 
 def compress(model_dir, out, sparsity=0.5, prune_steps=None, qat_steps=None, qat=True, distill=False,
              distill_loss="mse", ways=None, shots=None, queries=None, lr=None, seed=0, episodes=200,
-             eval_ways=(5, 20), int8_check=True, progress=None, log=None) -> dict:
-    """Prune (+ PQAT) the float model in ``model_dir`` and write the compressed model directory ``out``.
+             eval_ways=(5, 20), int8_check=True, progress=None, log=None, structured=0.0, structured_score="l1",
+             structured_scope="layer", structured_steps=None, structured_multiple=16) -> dict:
+    """Thin (``structured``), prune (``sparsity``) and PQAT the float model in ``model_dir``; write the
+    compressed model directory ``out``.
 
     ``progress``: a ``metalite.runtime.progress.Progress`` (None: silent); ``log`` overrides its news lines.
     Returns the report (also saved as ``out/compression_report.json``)."""
     t0 = time.time()
     p = plan(model_dir, out, sparsity, prune_steps, qat_steps, qat, distill, distill_loss, ways, shots, queries,
-             lr, seed, episodes, eval_ways)
+             lr, seed, episodes, eval_ways, structured, structured_score, structured_scope, structured_steps,
+             structured_multiple)
     progress = as_progress(progress)
     log = log or progress.log
     from metalite.export.tfcompat import tf
@@ -260,13 +320,17 @@ def compress(model_dir, out, sparsity=0.5, prune_steps=None, qat_steps=None, qat
         p.distill, teacher, teacher_head, student_head, p.ways * p.shots, p.ways, p.shots,
         float(_hparams(p)["scale"]))
 
-    wrapped = prune_wrap(student, p.sparsity, p.prune_steps)
-    fits = {"prune": _finetune(p, wrapped, student_head, sampler, p.prune_steps, lr,
-                               f"prune to {100 * p.sparsity:.0f}%", aux, progress, PruningSchedule(wrapped)),
-            "qat": None}
-    stripped = finish_pruning(wrapped)  # ``student`` shares its layers: it now holds the pruned weights
+    thinned = None
+    if p.thinning:
+        student, thinned = _thin(p, student, student_head, head_spec, train_data, sampler, lr, aux, stages, progress)
+    fits = {"prune": None, "qat": None}
+    if p.sparsity > 0:
+        wrapped = prune_wrap(student, p.sparsity, p.prune_steps)
+        fits["prune"] = _finetune(p, wrapped, student_head, sampler, p.prune_steps, lr,
+                                  f"prune to {100 * p.sparsity:.0f}%", aux, progress, PruningSchedule(wrapped))
+        stripped = finish_pruning(wrapped)  # ``student`` shares its layers: it now holds the pruned weights
+        stages.measure("pruned", "pruned", head_spec(), stripped)
     layers, final, final_spec = weight_report(student), student, head_spec()
-    stages.measure("pruned", "pruned", final_spec, stripped)
     tmp = Path(tempfile.mkdtemp(prefix=".compress."))
     try:
         student.save_weights(str(tmp / PRUNED_WEIGHTS))
@@ -276,7 +340,7 @@ def compress(model_dir, out, sparsity=0.5, prune_steps=None, qat_steps=None, qat
             final_spec = head_spec()
             stages.measure("pqat (keras)", "pqat", final_spec, final)
         tflite = _int8_check(final, teacher, train_data, final_spec, teacher_spec, stages) if int8_check else None
-        report = _report(p, layers, tflite, stages, fits, lr, time.time() - t0)
+        report = _report(p, layers, tflite, stages, fits, lr, time.time() - t0, thinned)
         atomic_write_text(tmp / REPORT, json.dumps(report, indent=2, default=float))
         save_model_dir(p.out, _config(p, report), final, final_spec,
                        extra_files={PRUNED_WEIGHTS: tmp / PRUNED_WEIGHTS, REPORT: tmp / REPORT})
@@ -292,6 +356,10 @@ def format_report(report: dict) -> str:
         lines.append(f"{r['name']:<34} {str(tuple(r['shape'])):<18} {r['weights']:>9} {100 * r['sparsity']:>8.1f}%"
                      + ("  pruned" if r["pruned"] else ""))
     t = report["totals"]
+    st = report.get("structured")
+    if st:
+        lines.append(f"filters removed: {st['filters_removed']}/{st['filters_prunable']} ({100 * st['fraction']:.0f}%, "
+                     f"score {st['score']}, scope {st['scope']}); conv widths {st['widths_before']} -> {st['widths']}")
     lines.append(f"pruned kernels: {t['pruned_zeros']}/{t['pruned_weights']} zero "
                  f"({100 * t['pruned_sparsity']:.1f}%); all weights {100 * t['sparsity']:.1f}%")
     if report.get("tflite"):

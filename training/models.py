@@ -25,21 +25,39 @@ def _conv_block(x, filters, name, pool=True):
     return x
 
 
-def _conv4(inp, filters, embedding_dim):
+def conv_widths(cfg: dict) -> list:
+    """Output channels of every Conv2D of the backbone, in order (4 for conv4, 5 for dsconv).
+
+    ``cfg["widths"]`` (written by structured pruning) overrides the uniform ``filters`` plan; the last
+    width is always the embedding size."""
+    cfg = {**DEFAULT_BACKBONE, **(cfg or {})}
+    f, d = int(cfg["filters"]), int(cfg["embedding_dim"])
+    plan = [f, f, f, d] if cfg["kind"] == "conv4" else [f // 2, f, f, f, d]
+    widths = cfg.get("widths")
+    if widths is None:
+        return plan
+    widths = [int(w) for w in widths]
+    if len(widths) != len(plan) or min(widths) < 1 or widths[-1] != d:
+        raise ValueError(f"backbone widths {widths} do not fit a {cfg['kind']} with embedding_dim {d} "
+                         f"(expected {len(plan)} positive widths ending in {d})")
+    return widths
+
+
+def _conv4(inp, widths):
     """4 x [conv 3x3, BN, ReLU, max-pool 2x2]: the standard few-shot baseline (Vinyals et al. 2016)."""
     x = inp
-    for i in range(4):
-        x = _conv_block(x, embedding_dim if i == 3 else filters, f"block{i + 1}")
+    for i, w in enumerate(widths):
+        x = _conv_block(x, w, f"block{i + 1}")
     return x
 
 
-def _dsconv(inp, filters, embedding_dim):
+def _dsconv(inp, widths):
     """Stem conv stride 2, then depthwise-separable blocks: every op (CONV_2D, DEPTHWISE_CONV_2D, ReLU6 folded,
     AVERAGE_POOL_2D, RESHAPE) maps onto the Edge TPU when quantized to int8 with static shapes."""
-    x = keras.layers.Conv2D(filters // 2, 3, strides=2, padding="same", use_bias=False, name="stem_conv")(inp)
+    x = keras.layers.Conv2D(widths[0], 3, strides=2, padding="same", use_bias=False, name="stem_conv")(inp)
     x = keras.layers.BatchNormalization(momentum=BN_MOMENTUM, name="stem_bn")(x)
     x = keras.layers.ReLU(6.0, name="stem_relu")(x)
-    plan = [(filters, 1), (filters, 2), (filters, 1), (embedding_dim, 2)]
+    plan = list(zip(widths[1:], (1, 2, 1, 2)))
     for i, (f, s) in enumerate(plan):
         n = f"ds{i + 1}"
         x = keras.layers.DepthwiseConv2D(3, strides=s, padding="same", use_bias=False, name=f"{n}_dw")(x)
@@ -52,12 +70,12 @@ def _dsconv(inp, filters, embedding_dim):
 
 
 def build_backbone(cfg: dict, input_shape=(28, 28, 1)) -> "keras.Model":
-    """Backbone from ``cfg`` ({"kind", "filters", "embedding_dim"}); output is a flat embedding."""
+    """Backbone from ``cfg`` ({"kind", "filters", "embedding_dim"}, optional "widths"); output is a flat embedding."""
     cfg = {**DEFAULT_BACKBONE, **(cfg or {})}
     if cfg["kind"] not in BACKBONES:
         raise ValueError(f"unknown backbone {cfg['kind']!r}; choose one of {', '.join(BACKBONES)}")
     inp = keras.Input(shape=tuple(input_shape), name="image")
-    x = (_conv4 if cfg["kind"] == "conv4" else _dsconv)(inp, int(cfg["filters"]), int(cfg["embedding_dim"]))
+    x = (_conv4 if cfg["kind"] == "conv4" else _dsconv)(inp, conv_widths(cfg))
     h, w = x.shape[1], x.shape[2]
     if (h, w) != (1, 1):
         # AVERAGE_POOL_2D with a static window keeps the embedding size fixed for any input size.

@@ -1,0 +1,77 @@
+"""The ``accuracy`` section of ``metalite bench``: N-way K-shot accuracy of every variant on held-out classes.
+
+Embeddings are computed once per variant; every episode adapts the bundle's head with
+``metalite.runtime.head.adapt`` (as the device does), the same episodes for every variant.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from metalite.training.datasets import HELDOUT_SPLIT  # the classes (alphabets) no training stage saw
+
+
+def data_name(spec: str) -> str:
+    """Short name of a data spec for titles: 'omniglot (images_background_small1, ...small2)'."""
+    kind, _, rest = (spec or "").partition(":")
+    files = [Path(p).name.rsplit(".", 1)[0] for p in rest.split(",") if p]
+    return f"{kind} ({', '.join(files)})" if files else kind
+
+
+def load_heldout(spec: str, size: int):
+    """The held-out test classes of ``spec`` (``datasets.HELDOUT_SPLIT``), as every measurement uses."""
+    from metalite.training.datasets import load_data
+
+    return load_data(spec, size, HELDOUT_SPLIT)
+
+
+def _settings(data, cfg) -> tuple:
+    """([(ways, shots, within alphabet)], notes) for the held-out data."""
+    settings = [(w, s, False) for w, s in cfg["configs"]]
+    groups = sorted(set(data.groups))
+    notes = []
+    if data.spec.startswith("omniglot") and cfg["within"]:
+        if len(groups) > 1:
+            settings += [(w, s, True) for w, s in cfg["configs"]]
+        else:
+            notes.append(f"all held-out classes are from one alphabet ({groups[0]}): the episodes are "
+                         "within-alphabet episodes, so no separate within-alphabet rows")
+    return settings, notes
+
+
+def embed_fn(variant, threads: int = 2):
+    """Batch embedding function of a variant (Keras model or .tflite through the runtime's embedder)."""
+    if variant.keras is not None:
+        from metalite.training.evaluate import keras_embed_fn
+
+        return keras_embed_fn(variant.keras)
+    from metalite.runtime.embedder import Embedder
+    from metalite.runtime.interpreter import get_backend, make_interpreter
+
+    return Embedder(make_interpreter(variant.path, threads, None, get_backend()), max_batch=64,
+                    name=Path(variant.path).name)
+
+
+def accuracy_section(variants, data, spec, cfg, seed=0, say=print) -> dict:
+    from metalite.training.datasets import DataError
+    from metalite.training.evaluate import embed_all, evaluate_embeddings
+
+    settings, notes = _settings(data, cfg)
+    sec = {"notes": notes, "groups": len(set(data.groups)), "data": data.spec, "data_name": data_name(data.spec),
+           "split": HELDOUT_SPLIT, "classes": data.num_classes, "images": int(len(data.images)),
+           "episodes": cfg["episodes"], "queries": 15, "seed": seed,
+           "adaptation": "runtime.head.adapt with the bundle's head and settings (embeddings computed once per variant)",
+           "results": {}, "skipped": {}}
+    for key, v in variants.items():
+        say(f"accuracy: embedding {len(data.images)} images with {v.label}")
+        emb = embed_all(embed_fn(v), data, batch=64)
+        res = {}
+        for ways, shots, within in settings:
+            name = f"{ways}way{shots}shot" + ("_within" if within else "")
+            queries = min(15, int(data.counts().max()) - shots)
+            try:
+                res[name] = evaluate_embeddings(emb, data, spec, ways, shots, queries=queries,
+                                                episodes=cfg["episodes"], seed=seed, within_group=within)
+            except DataError as e:
+                sec["skipped"][name] = str(e)
+        sec["results"][key] = res
+    return sec

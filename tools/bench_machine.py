@@ -1,0 +1,135 @@
+"""The ``machine`` section of ``metalite bench``, and how busy the machine was while it timed things.
+
+Speed figures taken on a shared machine are inflated by whatever else runs. ``LoadWatch`` records the
+load average before and after a timed stretch and, on Linux, how many cores *other* processes used
+meanwhile (all CPU time in /proc/stat minus this process's and its children's); the report shows both
+and warns when the machine was busy.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+
+# Other processes using more than this many cores on average (or, without /proc/stat, a 1-minute load
+# average above it before timing) marks the machine busy.
+BUSY_CORES = 0.25
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith(("model name", "hardware", "cpu model")):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def version(dist):
+    """Installed version of distribution ``dist``, or None."""
+    try:
+        from importlib.metadata import version as _v
+
+        return _v(dist)
+    except Exception:
+        return None
+
+
+def blas_info() -> dict:
+    """BLAS library and kernel numpy uses (threadpoolctl if installed, else numpy's build config)."""
+    info = {"OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE"), "threadpoolctl": version("threadpoolctl")}
+    try:
+        from threadpoolctl import threadpool_info
+
+        info["libraries"] = [{k: d.get(k) for k in ("internal_api", "version", "architecture", "num_threads",
+                                                    "threading_layer")} for d in threadpool_info()]
+    except ImportError:
+        info["libraries"] = None
+        info["note"] = "threadpoolctl not installed: kernel not detected (pip install threadpoolctl)"
+        try:
+            cfg = np.show_config(mode="dicts")
+            blas = cfg.get("Build Dependencies", {}).get("blas", {})
+            info["numpy_build_blas"] = {k: blas.get(k) for k in ("name", "version", "openblas configuration")}
+        except Exception:
+            pass
+    return info
+
+
+def machine_info() -> dict:
+    return {
+        "cpu": _cpu_model(), "machine": platform.machine(), "cores": os.cpu_count(),
+        "cores_available": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "os": platform.platform(), "python": platform.python_version(),
+        "libraries": {d: version(d) for d in ("numpy", "ai-edge-litert", "tflite-runtime", "tensorflow",
+                                              "tensorflow-cpu", "tf-keras", "tensorflow-model-optimization",
+                                              "matplotlib", "metalite")},
+        "interpreter": os.environ.get("METALITE_TFLITE") or "auto",
+        "blas": blas_info(),
+        "env": {k: os.environ.get(k) for k in ("OPENBLAS_CORETYPE", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+                                               "METALITE_TFLITE", "TF_ENABLE_ONEDNN_OPTS") if os.environ.get(k)},
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def _loadavg():
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except (OSError, AttributeError):
+        return None
+
+
+def _busy_cpu_seconds():
+    """CPU seconds all processes spent busy since boot (/proc/stat), or None off Linux."""
+    try:
+        fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    except (OSError, ValueError, IndexError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def _own_cpu_seconds() -> float:
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+class LoadWatch:
+    """Context manager: ``with LoadWatch() as w: ...`` then ``w.result`` (see ``load_report``)."""
+
+    def __enter__(self):
+        self.before = _loadavg()
+        self._t, self._busy, self._own = time.perf_counter(), _busy_cpu_seconds(), _own_cpu_seconds()
+        return self
+
+    def __exit__(self, *exc):
+        wall = time.perf_counter() - self._t
+        busy = _busy_cpu_seconds()
+        others = None
+        if busy is not None and self._busy is not None and wall > 0:
+            others = max(0.0, (busy - self._busy) - (_own_cpu_seconds() - self._own)) / wall
+        self.result = load_report(self.before, _loadavg(), others, wall)
+        return False
+
+
+def load_report(before, after, others_cores, seconds) -> dict:
+    """The load record of one timed stretch, with a one-line warning when the machine was busy."""
+    cores = os.cpu_count() or 1
+    busy = (others_cores > BUSY_CORES) if others_cores is not None else bool(before and before[0] > BUSY_CORES * 2)
+    rec = {"loadavg_before": before, "loadavg_after": after, "seconds": round(seconds, 1),
+           "other_processes_cores": None if others_cores is None else round(others_cores, 2), "cores": cores,
+           "busy": busy, "warning": None}
+    if busy:
+        used = (f"other processes used {others_cores:.1f} of {cores} cores on average"
+                if others_cores is not None else f"1-minute load average {before[0]:.1f} before timing")
+        rec["warning"] = (f"the machine was busy while timing ({used}; load average {_fmt(before)} before, "
+                          f"{_fmt(after)} after): absolute times are inflated, ratios within a round are the "
+                          f"figures to trust")
+    return rec
+
+
+def _fmt(la) -> str:
+    return "/".join(f"{v:.2f}" for v in la) if la else "n/a"

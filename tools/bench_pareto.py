@@ -1,0 +1,123 @@
+"""The ``pareto`` section of ``metalite bench``: held-out error against time and bytes, one point per bundle.
+
+The bundles are compressions of one float model (e.g. 0/25/50/75% of filters removed). For each:
+Lake-style one-shot error through the device runtime (``training.lake``: 20 characters of one held-out
+alphabet, support and query by different drawers; on data without drawers or alphabets, 20-way 1-shot
+episodes of held-out classes instead), the *paired* error difference to the least compressed bundle (same
+runs, so the difference is much tighter than either error), and the int8 backbone's ms per image with
+every bundle interleaved in the same rounds (speed-ups are ratios within a round).
+"""
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import numpy as np
+
+from .bench_cost import tflite_macs
+from .bench_latency import summarize_rounds
+from .bench_latency_section import ratio_stats, run_interleaved
+from .bench_machine import LoadWatch
+from .bench_variants import compression_of, describe
+
+SPEEDUP_GOAL, ERROR_BUDGET = 2.0, 0.01  # issue 13: >= 2x faster at <= 1 pt more error
+BACKEND = "ai_edge_litert"
+
+
+def _runs(data, n: int, seed: int = 0) -> tuple:
+    """(protocol name, [(group, support_idx, query_idx)]): Lake runs if the data allows, else episodes."""
+    from metalite.training.lake import lake_alphabets, lake_runs
+
+    if lake_alphabets(data):
+        return "lake", lake_runs(data, n, seed=seed)
+    ways = min(20, data.num_classes)
+    rng = np.random.default_rng(seed)
+    runs = []
+    for _ in range(n):
+        classes = rng.choice(data.num_classes, ways, replace=False)
+        pairs = [rng.choice(data.indices_of(c), 2, replace=False) for c in classes]
+        runs.append(("all", np.array([p[0] for p in pairs]), np.array([p[1] for p in pairs])))
+    return f"{ways}way1shot", runs
+
+
+def _error(bundle_path, data, runs) -> tuple:
+    """(lake_error result, per-run errors) of a bundle through the runtime (fit on supports, predict)."""
+    from metalite.runtime import FewShotClassifier
+    from metalite.training.lake import lake_error, runtime_classifier
+
+    clf = FewShotClassifier(str(bundle_path), num_threads=1, delegate="cpu", cache_size=0)
+    classify, per_run = runtime_classifier(clf, data.images), []
+
+    def recorded(s_idx, labels, q_idx):
+        pred = np.asarray(classify(s_idx, labels, q_idx))
+        per_run.append(float((pred != labels).mean()))
+        return pred
+    return lake_error(recorded, runs), per_run
+
+
+def _point(bundle) -> dict:
+    raw = Path(bundle.backbone_path).read_bytes()
+    c = compression_of(bundle.manifest)
+    return {"bundle": str(bundle.root), "label": describe(c), "structured": c["structured"],
+            "sparsity": c["sparsity"], "widths": c["widths"], "bytes": len(raw),
+            "gzip_bytes": len(gzip.compress(raw, 9, mtime=0)), "macs": tflite_macs(raw, str(bundle.backbone_path))}
+
+
+def _timing(points, cfg, tmp, say) -> dict:
+    """Interleaved ms/image of every bundle's backbone.tflite (ai-edge-litert, 1 thread, batch 1 and 32)."""
+    import sys
+
+    models = {str(i): p["_path"] for i, p in enumerate(points)}
+    say(f"pareto: {len(models)} backbones interleaved ({cfg['rounds']} rounds)")
+    with LoadWatch() as watch:
+        got, errs = run_interleaved({BACKEND: sys.executable}, models, [(1, 1), (32, 1)], cfg, tmp, say)
+    per = got["results"]
+    for i, p in enumerate(points):
+        if "error" in per[str(i)][BACKEND]:
+            raise RuntimeError(f"timing {p['bundle']}: {per[str(i)][BACKEND]['error']} ({errs.get(BACKEND)})")
+        for cell in ("b1_t1", "b32_t1"):
+            vals = per[str(i)][BACKEND][cell]["round_medians_ms"]
+            p[cell] = {**summarize_rounds(vals), "speedup": ratio_stats(per["0"][BACKEND][cell]["round_medians_ms"], vals)}
+    return watch.result
+
+
+def pareto_section(bundle_paths, data, cfg, say=print, tmp=None) -> dict:
+    """Error, paired error difference, bytes and interleaved latency of each bundle (least compressed first)."""
+    from metalite.runtime.bundle import open_bundle
+    from metalite.training.evaluate import mean_ci95
+
+    bundles = sorted((open_bundle(p) for p in bundle_paths),
+                     key=lambda b: (compression_of(b.manifest)["structured"], compression_of(b.manifest)["sparsity"]))
+    protocol, runs = _runs(data, cfg["pareto_runs"])
+    points, base = [], None
+    for b in bundles:
+        say(f"pareto: {protocol} error of {b.root.name} through the runtime ({len(runs)} runs)")
+        res, per_run = _error(b.root, data, runs)
+        p = {**_point(b), "_path": b.backbone_path, "error": res["error"], "ci95": res["ci95"],
+             "alphabets": res.get("alphabets")}
+        base = base if base is not None else per_run
+        d, dci = mean_ci95(np.asarray(per_run) - np.asarray(base))
+        p["error_diff"], p["error_diff_ci95"] = d, dci
+        points.append(p)
+    labels = [p["label"] for p in points]
+    for p in points:  # two bundles of the same compression (e.g. longer fine-tuning): tell them apart
+        if labels.count(p["label"]) > 1:
+            p["label"] += f" ({Path(p['bundle']).name})"
+    load = _timing(points, cfg, tmp, say)
+    for p in points:
+        p.pop("_path")
+        s = p["b1_t1"]["speedup"]["median"]
+        p["meets_goal"] = bool(s >= SPEEDUP_GOAL and p["error_diff"] <= ERROR_BUDGET)
+    return {"protocol": protocol, "runs": len(runs), "data": data.spec, "split": "test", "reference": points[0]["label"],
+            "goal": f">= {SPEEDUP_GOAL:.0f}x faster per image (batch 1, 1 thread, within-round ratio) at "
+                    f"<= {100 * ERROR_BUDGET:.0f} pt more error than the reference (paired runs)",
+            "interpreter": BACKEND, "points": points, "front": _front(points), "load": load}
+
+
+def _front(points) -> dict:
+    """Which points are Pareto-optimal in (error, ms at batch 1) and which meet the goal."""
+    def dominated(p):
+        return any(q is not p and q["error"] <= p["error"] and q["b1_t1"]["median_ms"] <= p["b1_t1"]["median_ms"]
+                   and (q["error"] < p["error"] or q["b1_t1"]["median_ms"] < p["b1_t1"]["median_ms"]) for q in points)
+    return {"optimal": [p["label"] for p in points if not dominated(p)],
+            "meets_goal": [p["label"] for p in points if p["meets_goal"]]}
