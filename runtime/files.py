@@ -16,7 +16,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from .state import _fsync_dir as fsync_dir
+from .state import fsync_dir
 from .state import atomic_write
 
 __all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_text", "replace_dir", "cache_root", "fsync_dir"]

@@ -88,7 +88,7 @@ def _arrays_digest(arrays: dict) -> str:
     return h.hexdigest()
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: Path) -> None:
     try:
         fd = os.open(str(directory), os.O_RDONLY)
     except OSError:  # e.g. Windows: directories cannot be opened
@@ -201,7 +201,7 @@ def atomic_write(path, write) -> None:
         except OSError:
             pass
         raise
-    _fsync_dir(directory)
+    fsync_dir(directory)
 
 
 def save_state(path, state: State) -> None:

@@ -31,7 +31,7 @@ N_CLASSES = 8
 def base(tmp_path_factory):
     """(float model dir, its int8 bundle): a Conv4 with 8 filters, 150 episodes on the glyphs' training classes."""
     from metalite.export.bundle import write_bundle
-    from metalite.tools.cli_export import _meta_from_config
+    from metalite.tools.cli_export import meta_from_config
     from metalite.training.datasets import load_data, representative_inputs
     from metalite.training.modeldir import load_model_dir
     from metalite.training.trainer import train
@@ -40,7 +40,7 @@ def base(tmp_path_factory):
     train(d / "model", TINY, log=lambda m: None)
     cfg, backbone, spec = load_model_dir(d / "model")
     reps = representative_inputs(load_data("glyphs", 28, "train"), 100)
-    bundle = write_bundle(d / "bundle", backbone, spec, reps, _meta_from_config(cfg))
+    bundle = write_bundle(d / "bundle", backbone, spec, reps, meta_from_config(cfg))
     return d / "model", bundle
 
 

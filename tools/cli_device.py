@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from .cli_runtime import DELEGATE_CHOICE, _support_folders, emit_rows, prediction_rows
+from .cli_runtime import DELEGATE_CHOICE, support_folders, emit_rows, prediction_rows
 from .clikit import fail_cleanly
 
 HOME = click.option("--home", required=True, envvar="METALITE_HOME", type=click.Path(file_okay=False, path_type=Path),
@@ -92,7 +92,7 @@ def device_group():
 def device_adapt_cmd(support_dir, home, add, delegate):
     """Learn the classes in SUPPORT_DIR (one folder of images per class) on the running version; save the state."""
     h = _home(home)
-    classes = {name: [str(p) for p in paths] for name, paths in _support_folders(support_dir).items()}
+    classes = {name: [str(p) for p in paths] for name, paths in support_folders(support_dir).items()}
     clf = h.classifier(delegate=delegate)
     if add and clf.head is not None:
         for name, paths in classes.items():

@@ -8,7 +8,7 @@ import click
 from .clikit import console_progress, fail_cleanly, verbose_option
 
 
-def _meta_from_config(cfg: dict) -> dict:
+def meta_from_config(cfg: dict) -> dict:
     """Manifest training/compression/accuracy sections from a model directory's config.json."""
     from metalite.training.datasets import describe_split, portable_spec
 
@@ -76,7 +76,7 @@ def export_cmd(model_dir, out, edgetpu, float_model, representative, data, eval_
     except DataError as e:
         raise click.ClickException(f"representative images: {e} (pass --data to use another dataset)") from None
     evaluate = _int8_accuracy(spec, size, head_spec, eval_episodes) if eval_episodes else None
-    path = write_bundle(out, backbone, head_spec, reps, _meta_from_config(cfg), edgetpu=edgetpu,
+    path = write_bundle(out, backbone, head_spec, reps, meta_from_config(cfg), edgetpu=edgetpu,
                         float_model=float_backbone(cfg, backbone) if float_model else None, progress=progress,
                         overwrite=force, evaluate=evaluate)
     manifest = json.loads((path / "manifest.json").read_text())

@@ -19,7 +19,7 @@ from .clikit import fail_cleanly, verbose_option
 DELEGATE_CHOICE = click.Choice(["auto", "cpu", "edgetpu"])
 
 
-def _support_folders(support_dir: Path) -> dict:
+def support_folders(support_dir: Path) -> dict:
     """``{class name: [image paths]}`` from SUPPORT_DIR/<class>/<image>; raises click errors when unusable."""
     from metalite.runtime.images import IMAGE_EXTENSIONS
 
@@ -56,7 +56,7 @@ def _classifier(bundle, threads, delegate, state=None):
 @fail_cleanly
 def adapt_cmd(bundle, support_dir, out, threads, delegate):
     """Learn the classes in SUPPORT_DIR (one folder of images per class) with BUNDLE; save the state to --out."""
-    classes = _support_folders(support_dir)
+    classes = support_folders(support_dir)
     clf = _classifier(bundle, threads, delegate)
     t0 = time.perf_counter()
     clf.fit({name: [str(p) for p in paths] for name, paths in classes.items()})

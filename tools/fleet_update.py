@@ -118,7 +118,7 @@ def _compress_export(work: Path, prune_steps: int, qat_steps: int, say) -> Path:
 
     from metalite.training.datasets import representative_inputs
 
-    from .cli_export import _meta_from_config
+    from .cli_export import meta_from_config
 
     if (work / "pqat").exists() and not (work / "pqat" / "config.json").is_file():
         shutil.rmtree(work / "pqat")
@@ -128,7 +128,7 @@ def _compress_export(work: Path, prune_steps: int, qat_steps: int, say) -> Path:
                  eval_ways=(5,), int8_check=False, progress=ConsoleProgress(), log=say)
     cfg, backbone, spec = load_model_dir(work / "pqat")
     reps = representative_inputs(load_data(cfg["data"], int(cfg["input"]["shape"][0]), "train"), 200)
-    return write_bundle(work / "bundle", backbone, spec, reps, _meta_from_config(cfg), progress=ConsoleProgress(),
+    return write_bundle(work / "bundle", backbone, spec, reps, meta_from_config(cfg), progress=ConsoleProgress(),
                         overwrite=True)
 
 
