@@ -362,3 +362,21 @@ def test_variants_are_named_for_what_they_are(tmp_path):
     assert describe(c) == "50% of filters removed + 50% sparse"
     plain = {"compression": {"stage": "float"}, "backbone": {"weight_sparsity": 0.01}}
     assert describe(compression_of(plain)) == "not pruned" and not is_compressed(plain)
+
+
+def test_workers_time_relative_paths_and_report_a_model_they_cannot_open(tmp_path, monkeypatch):
+    """A bundle named relative to the caller's directory is timed (workers run elsewhere), and a file the
+    interpreter cannot open is reported for that model alone instead of killing the run."""
+    import sys
+
+    from metalite.tools.bench_latency_section import run_interleaved
+
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    bad = tmp_path / "not_a_model.tflite"
+    bad.write_bytes(b"not a flatbuffer")
+    models = {"rel": "models/glyphs/backbone.tflite", "bad": str(bad)}
+    got, _ = run_interleaved({"ai_edge_litert": sys.executable}, models, [(1, 1)],
+                             {"rounds": 2, "calls": 2, "warmup": 1}, tmp_path, None)
+    res = got["results"]
+    assert len(res["rel"]["ai_edge_litert"]["b1_t1"]["round_medians_ms"]) == 2
+    assert "error" in res["bad"]["ai_edge_litert"]

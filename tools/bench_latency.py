@@ -108,8 +108,13 @@ def _serve(backend: str) -> int:
     for line in sys.stdin:
         req = json.loads(line)
         key = (req["model"], int(req["threads"]))
-        if key not in cache:
-            cache[key] = _open(req["model"], backend, int(req["threads"]))
+        try:
+            if key not in cache:
+                cache[key] = _open(req["model"], backend, int(req["threads"]))
+        except Exception as e:  # noqa: BLE001 - the parent reports it for this model; other models still run
+            sys.stdout.write(json.dumps({"error": f"{type(e).__name__}: {str(e)[:300]}"}) + "\n")
+            sys.stdout.flush()
+            continue
         it, how = cache[key]
         din, dout = it.get_input_details()[0], it.get_output_details()[0]
         b = int(req["batch"])
@@ -166,7 +171,9 @@ def interleaved(workers: dict, models: dict, cells, rounds: int, calls: int, war
                                                   "warmup": warmup, "calls": calls}) + "\n")
                         w.stdin.flush()
                         out = json.loads(w.stdout.readline())
-                    except Exception as e:  # noqa: BLE001 - a dead worker: report it, go on with the rest
+                        if "error" in out:
+                            raise RuntimeError(out["error"])
+                    except Exception as e:  # noqa: BLE001 - a dead worker or a model it cannot run: report it, go on
                         res[v][b] = {"error": f"{type(e).__name__}: {str(e)[:200]}"}
                         continue
                     res[v][b].setdefault("how", out["how"])

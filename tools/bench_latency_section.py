@@ -60,10 +60,14 @@ def run_interleaved(pythons: dict, models: dict, cells, cfg, tmp, say) -> tuple:
         site = runtime_site(Path(td))
         workers = {be: serve_worker(p, be, site, Path(td) / f"{be}.err") for be, p in pythons.items()}
         try:
+            models = {v: str(Path(m).resolve()) for v, m in models.items()}  # workers run in another directory
             got = lat.interleaved(workers, models, cells, cfg["rounds"], cfg["calls"], int(cfg["warmup"]), say)
         finally:
             for w in workers.values():
-                w.stdin.close()
+                try:
+                    w.stdin.close()
+                except BrokenPipeError:  # the worker died; its stderr says why (reported below)
+                    pass
                 w.wait(timeout=60)
         errs = {be: ((Path(td) / f"{be}.err").read_text().strip().splitlines() or [""])[-1][:300] for be in workers}
     return got, errs
