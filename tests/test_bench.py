@@ -178,6 +178,9 @@ def test_bench_pareto_compares_the_thinner_bundle(report):
     assert ref["error_diff"] == 0 and ref["b1_t1"]["speedup"]["median"] == 1.0
     assert 0 <= thin["error"] <= 1 and thin["b1_t1"]["speedup"]["rounds"] == 5
     assert set(par["front"]) == {"optimal", "meets_goal"} and par["front"]["optimal"]
+    best = r["headline"]["pareto_best"]  # the one thinner bundle is the headline's, met goal or not
+    assert best["label"] == thin["label"] and best["meets_goal"] == thin["meets_goal"]
+    assert best["speedup_b1"] == thin["b1_t1"]["speedup"]["median"] and best["reference"] == "not pruned"
 
 
 def test_bench_report_has_no_blanks_or_contradictions(report):
@@ -190,6 +193,7 @@ def test_bench_report_has_no_blanks_or_contradictions(report):
     assert not set(avail) & set(missing)
     assert set(missing) == {"pruned_float_tflite", "int8_pruned_tflite"}
     assert "Not measured" in head and head.count("×") >= 3
+    assert "- Structured pruning (" in head and "faster per image than not pruned" in head
 
 def test_bench_adaptation_compares_every_method(report):
     _, r = report

@@ -90,4 +90,20 @@ def headline(report) -> dict:
     _adaptation(h, report)
     front = get(report, "pareto", "front") or {}
     h["pareto"] = front or None
+    h["pareto_best"] = pareto_best(report)
     return h
+
+
+def pareto_best(report) -> dict | None:
+    """The fastest Pareto bundle that meets the goal (else the one with the largest speed-up at the least
+    error cost, flagged ``meets_goal`` False): label, speed-up, paired error difference and its CI."""
+    points = (get(report, "pareto", "points") or [])[1:]  # the first is the reference itself
+    if not points:
+        return None
+    ok = [p for p in points if p.get("meets_goal")]
+    p = (max(ok, key=lambda q: q["b1_t1"]["speedup"]["median"]) if ok
+         else min(points, key=lambda q: q["error_diff"] / max(q["b1_t1"]["speedup"]["median"] - 1, 1e-3)))
+    return {"label": p["label"], "speedup_b1": p["b1_t1"]["speedup"]["median"], "error": p["error"],
+            "error_diff": p["error_diff"], "error_diff_ci95": p["error_diff_ci95"], "meets_goal": bool(p.get("meets_goal")),
+            "reference": get(report, "pareto", "reference"), "protocol": get(report, "pareto", "protocol"),
+            "runs": get(report, "pareto", "runs"), "kib": p["bytes"] / 1024}

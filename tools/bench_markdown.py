@@ -68,6 +68,13 @@ def headline_lines(report, h) -> list:
         if parts:
             L.append(f"- Learning a {key} task: metalite {h[f'adapt_{key}_metalite_ms']:.1f} ms; " + ", ".join(parts)
                      + " (accuracies in the adaptation table).")
+    best = h.get("pareto_best")
+    if best:
+        L.append(f"- Structured pruning ({best['protocol']} error through the runtime, {best['runs']} paired runs): "
+                 f"{best['label']} is {best['speedup_b1']:.2f}× faster per image than {best['reference']} "
+                 f"(batch 1, within rounds) at {100 * best['error_diff']:+.2f} ± {100 * best['error_diff_ci95']:.2f} pt "
+                 f"error ({100 * best['error']:.2f}%, {best['kib']:.1f} KiB); "
+                 + ("meets" if best["meets_goal"] else "no bundle meets") + " the goal (pareto section).")
     missing = get(report, "variants", "missing") or {}
     if missing:
         L.append("- Not measured: " + "; ".join(f"{VARIANT_NAMES.get(k, k)} ({why})" for k, why in missing.items()) + ".")

@@ -66,6 +66,11 @@ def bench_cmd(bundle, out, quick, models, pareto, data, readme):
                        f"{h[f'speedup_vs_{ref}_b1']:.2f}x faster")
     if h.get("float_tflite_over_int8_size"):
         click.echo(f"{h['shipped_label']} vs float TFLite size: {h['float_tflite_over_int8_size']:.1f}x smaller")
+    best = h.get("pareto_best")
+    if best:
+        click.echo(f"pareto: {best['label']} vs {best['reference']}: {best['speedup_b1']:.2f}x faster at "
+                   f"{100 * best['error_diff']:+.2f} pt {best['protocol']} error"
+                   + ("" if best["meets_goal"] else " (no bundle meets the goal)"))
 
 
 def register(group) -> None:
