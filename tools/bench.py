@@ -76,7 +76,8 @@ def _measure(report, bundle, data, spec, variants, cfg, threads, seed, pareto, o
     macs = {k: s.get("macs") for k, s in report["size"].items()}
     report["latency"] = latency_section(variants, cfg, macs, threads, say=say, tmp=out / "variants")
     if pareto:
-        report["pareto"] = pareto_section([bundle.root, *pareto], data, cfg, say, tmp=out / "variants")
+        paths = list(dict.fromkeys(Path(p).resolve() for p in [bundle.root, *pareto]))  # BUNDLE may be listed too
+        report["pareto"] = pareto_section(paths, data, cfg, say, tmp=out / "variants")
     else:
         report["pareto"] = {"skipped": "pass --pareto BUNDLE (repeatable) with other compressions of the same "
                                        "model to plot held-out error against time and size"}

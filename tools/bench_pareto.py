@@ -10,6 +10,7 @@ every bundle interleaved in the same rounds (speed-ups are ratios within a round
 from __future__ import annotations
 
 import gzip
+import os
 from pathlib import Path
 
 import numpy as np
@@ -55,10 +56,16 @@ def _error(bundle_path, data, runs) -> tuple:
     return lake_error(recorded, runs), per_run
 
 
+def shown_path(path) -> str:
+    """``path`` relative to the working directory when it lies below it (a report names no home directories)."""
+    rel = os.path.relpath(path)
+    return str(path) if rel.startswith("..") else rel
+
+
 def _point(bundle) -> dict:
     raw = Path(bundle.backbone_path).read_bytes()
     c = compression_of(bundle.manifest)
-    return {"bundle": str(bundle.root), "label": describe(c), "structured": c["structured"],
+    return {"bundle": shown_path(bundle.root), "label": describe(c), "structured": c["structured"],
             "sparsity": c["sparsity"], "widths": c["widths"], "bytes": len(raw),
             "gzip_bytes": len(gzip.compress(raw, 9, mtime=0)), "macs": tflite_macs(raw, str(bundle.backbone_path))}
 
