@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-SHIPPED = ("omniglot", "glyphs")
+SHIPPED = ("omniglot", "omniglot-fast", "glyphs")
 # Real handwritten characters for the tasks: the Omniglot fixture shipped with the tests (its README.md).
 OMNIGLOT_DIR = Path(os.environ.get("METALITE_OMNIGLOT_DIR") or REPO / "tests" / "data" / "omniglot")
 TINY_RECIPE = {"kind": "conv4", "filters": 16, "embedding_dim": 16, "head": [16], "seed": 0, "rep": 48,

@@ -9,7 +9,7 @@ import pytest
 from devicekit import agreement, assert_agreement, output_scale, record
 
 STACKS = {"tflite": ("tflite_runtime", "1."), "litert": ("ai_edge_litert", "2.")}
-WHOLE = {"omniglot": "whole graph", "glyphs": "partial"}  # what XNNPACK takes of the shipped bundles' graphs
+WHOLE = {"omniglot": "whole graph", "omniglot-fast": "whole graph", "glyphs": "partial"}  # what XNNPACK takes of the shipped bundles' graphs
 
 
 @pytest.mark.parametrize("kind", sorted(STACKS))

@@ -167,22 +167,33 @@ def _training_line(t: dict) -> str:
     if t.get("augment"):
         extras.append("augmented (" + ", ".join(f"{k} {v:g}" for k, v in t["augment"].items()) + ")")
     hp = t.get("hparams") or {}
+    filters = f"widths {bb['widths']}" if bb.get("widths") else f"{bb.get('filters')} filters"
     return (f"training: {t.get('algorithm')} on {t.get('data')}, {t.get('ways')}-way {t.get('shots')}-shot episodes "
-            f"with {t.get('queries')} queries, {', '.join(extras)}; backbone {bb.get('kind')} ({bb.get('filters')} "
-            f"filters, {bb.get('embedding_dim')}-d embedding); lr {hp.get('lr')}, seed {t.get('seed')}")
+            f"with {t.get('queries')} queries, {', '.join(extras)}; backbone {bb.get('kind')} ({filters}, "
+            f"{bb.get('embedding_dim')}-d embedding); lr {hp.get('lr')}, seed {t.get('seed')}")
 
 
 def _compression_lines(c: dict) -> list:
     if not c or c.get("stage", "float") == "float":
         return ["compression: none (float model, quantized to int8 after training)"]
     steps = c.get("steps") or {}
-    what = [f"magnitude pruning to {_pct(c.get('sparsity'))} per conv/dense kernel ({_pct(c.get('kernel_sparsity'))} "
-            "of their weights are zero)"]
+    what, done = [], []
+    st = c.get("structured") or {}
+    if st:
+        what.append(f"structured pruning: {st.get('filters_removed')} of {st.get('filters_prunable')} filters removed "
+                    f"({st.get('score')} scores, per {st.get('scope')}), widths {st.get('widths_before')} -> {st.get('widths')}")
+        done.append(f"{steps.get('structured', '?')} (structured)")
+    if c.get("sparsity"):
+        what.append(f"magnitude pruning to {_pct(c.get('sparsity'))} per conv/dense kernel "
+                    f"({_pct(c.get('kernel_sparsity'))} of their weights are zero)")
+        done.append(f"{steps.get('prune', '?')} (pruning)")
     if c.get("pqat"):
-        what.append("pruning-preserving quantization-aware training")
+        what.append(("pruning-preserving " if c.get("sparsity") else "") + "quantization-aware training")
     if c.get("distill"):
         what.append(f"distilled from the float model ({c['distill']} loss)")
-    lines = [f"compression: {', '.join(what)}; fine-tuned {steps.get('prune', '?')} + {steps.get('qat', 0)} steps"]
+    if c.get("pqat"):
+        done.append(f"{steps.get('qat', 0)} (QAT)")
+    lines = [f"compression: {', '.join(what)}; fine-tuned {' + '.join(done) or 0} steps"]
     stages = c.get("stages") or {}
     for task in sorted({k for r in stages.values() for k in r}):
         cells = [f"{_STAGE_NAMES.get(name, name)} {_pct(r[task]['mean'])}" for name, r in stages.items() if task in r]

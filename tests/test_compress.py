@@ -239,3 +239,7 @@ def test_structured_pruning_composes_with_sparsity_pqat_and_int8(env, tmp_path):
     assert manifest["compression"]["structured"]["widths"] == [4, 4, 4, 8]
     assert manifest["edgetpu"]["ready"], manifest["edgetpu"]
     assert tflite_macs((tmp_path / "b" / "backbone_float.tflite").read_bytes()) == keras_macs(pruned)
+    res = CliRunner().invoke(main, ["inspect", str(tmp_path / "b")])
+    assert res.exit_code == 0, res.output
+    assert "12 of 24 filters removed" in res.output and "[8, 8, 8, 8] -> [4, 4, 4, 8]" in res.output
+    assert "widths [4, 4, 4, 8]" in res.output and "fine-tuned 3 (structured) + 6 (pruning) + 2 (QAT) steps" in res.output
