@@ -159,15 +159,18 @@ def _summ(times: dict, accs: list) -> dict:
 
 def _methods(clf, spec, steps, ft_steps, ft_lr) -> dict:
     a = spec.adaptation
+    copies = int(a.get("tta", 0) or 0)
+    int8 = (f"int8 embeddings averaged over the image and {copies} shifted copies ({1 + copies} backbone runs per "
+            "image, the bundle's tta)" if copies else "int8 embeddings")
     return {
         "metalite": f"FewShotClassifier.fit: int8 backbone ({clf.backend}) + runtime.head.adapt "
-                    f"(prototype init + {steps} steps, lr {a.get('lr')}, adapt={a.get('adapt')})",
+                    f"(prototype init + {steps} steps, lr {a.get('lr')}, adapt={a.get('adapt')}), {int8}",
         "tflite_odt": f"TFLite model with init/train/infer signatures (TFLITE_BUILTINS only), prototype init + "
                       f"{ft_steps} full-batch steps of lr {ft_lr} on the classifier (hidden layers frozen), "
-                      "int8 embeddings",
+                      f"metalite's {int8}",
         "keras_finetune": f"tf_keras model.fit of the classifier (hidden layers frozen), prototype init + {ft_steps} "
-                          f"full-batch SGD epochs of lr {ft_lr}, float Keras embeddings",
-        "pycoral_sgd": "softmax regression on raw int8 embeddings from random init N(0, 0.01^2), SGD batch 100 "
+                          f"full-batch SGD epochs of lr {ft_lr}, float Keras embeddings (one backbone run per image)",
+        "pycoral_sgd": f"softmax regression on metalite's {int8} from random init N(0, 0.01^2), SGD batch 100 "
                        "(with replacement), 500 iterations, lr 0.01 (pycoral's on-device backprop recipe)",
     }
 
