@@ -178,6 +178,10 @@ def test_bench_pareto_compares_the_thinner_bundle(report):
     assert ref["error_diff"] == 0 and ref["b1_t1"]["speedup"]["median"] == 1.0
     assert 0 <= thin["error"] <= 1 and thin["b1_t1"]["speedup"]["rounds"] == 5
     assert set(par["front"]) == {"optimal", "meets_goal"} and par["front"]["optimal"]
+    others = {b for b, i in r["latency"]["interpreters"].items() if i.get("python") and b != par["interpreter"]}
+    assert set(thin["other_interpreters"]) == others  # every interpreter the latency section found times the bundles too
+    for b in others:
+        assert thin["other_interpreters"][b]["b1_t1"]["median_ms"] > 0
     best = r["headline"]["pareto_best"]  # the one thinner bundle is the headline's, met goal or not
     assert best["label"] == thin["label"] and best["meets_goal"] == thin["meets_goal"]
     assert best["speedup_b1"] == thin["b1_t1"]["speedup"]["median"] and best["reference"] == "not pruned"

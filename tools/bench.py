@@ -77,7 +77,8 @@ def _measure(report, bundle, data, spec, variants, cfg, threads, seed, pareto, o
     report["latency"] = latency_section(variants, cfg, macs, threads, say=say, tmp=out / "variants")
     if pareto:
         paths = list(dict.fromkeys(Path(p).resolve() for p in [bundle.root, *pareto]))  # BUNDLE may be listed too
-        report["pareto"] = pareto_section(paths, data, cfg, say, tmp=out / "variants")
+        pythons = {b: i["python"] for b, i in report["latency"]["interpreters"].items() if i.get("python")}
+        report["pareto"] = pareto_section(paths, data, cfg, say, tmp=out / "variants", pythons=pythons)
     else:
         report["pareto"] = {"skipped": "pass --pareto BUNDLE (repeatable) with other compressions of the same "
                                        "model to plot held-out error against time and size"}

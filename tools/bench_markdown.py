@@ -240,6 +240,12 @@ def pareto_lines(report, plot_files) -> list:
                  f"{100 * p['error_diff']:+.2f} ± {100 * p['error_diff_ci95']:.2f} pt | {p['b1_t1']['median_ms']:.4f} | "
                  f"{s['median']:.2f}× [{s['q1']:.2f}–{s['q3']:.2f}] | {p['b32_t1']['median_ms']:.4f} | "
                  f"{p['bytes'] / 1024:.1f} | {p['macs'] / 1e6:.2f} | {'yes' if p['meets_goal'] else 'no'} |")
+    others = sorted({b for p in par["points"] for b in p.get("other_interpreters") or {}})
+    for b in others:
+        L += ["", f"The same backbones on {b} (1 thread, batch 1, interleaved in the same rounds): "
+              + "; ".join(f"{p['label']} {p['other_interpreters'][b]['b1_t1']['median_ms']:.4f} ms "
+                          f"({p['other_interpreters'][b]['b1_t1']['speedup']['median']:.2f}×)"
+                          for p in par["points"] if b in (p.get("other_interpreters") or {})) + "."]
     return L + ([f"\n![pareto]({plot_files['pareto']})"] if "pareto" in plot_files else [])
 
 

@@ -70,14 +70,17 @@ def _point(bundle) -> dict:
             "gzip_bytes": len(gzip.compress(raw, 9, mtime=0)), "macs": tflite_macs(raw, str(bundle.backbone_path))}
 
 
-def _timing(points, cfg, tmp, say) -> dict:
-    """Interleaved ms/image of every bundle's backbone.tflite (ai-edge-litert, 1 thread, batch 1 and 32)."""
+def _timing(points, cfg, tmp, say, pythons=None) -> dict:
+    """Interleaved ms/image of every bundle's backbone.tflite, 1 thread, batch 1 and 32: on ai-edge-litert (the
+    goal's interpreter) and on every other interpreter in ``pythons`` ({backend: python}, e.g. tflite-runtime:
+    ``other_interpreters`` of each point, batch 1)."""
     import sys
 
+    pythons = {BACKEND: sys.executable, **{b: py for b, py in (pythons or {}).items() if b != BACKEND}}
     models = {str(i): p["_path"] for i, p in enumerate(points)}
-    say(f"pareto: {len(models)} backbones interleaved ({cfg['rounds']} rounds)")
+    say(f"pareto: {len(models)} backbones x {', '.join(pythons)} interleaved ({cfg['rounds']} rounds)")
     with LoadWatch() as watch:
-        got, errs = run_interleaved({BACKEND: sys.executable}, models, [(1, 1), (32, 1)], cfg, tmp, say)
+        got, errs = run_interleaved(pythons, models, [(1, 1), (32, 1)], cfg, tmp, say)
     per = got["results"]
     for i, p in enumerate(points):
         if "error" in per[str(i)][BACKEND]:
@@ -85,10 +88,16 @@ def _timing(points, cfg, tmp, say) -> dict:
         for cell in ("b1_t1", "b32_t1"):
             vals = per[str(i)][BACKEND][cell]["round_medians_ms"]
             p[cell] = {**summarize_rounds(vals), "speedup": ratio_stats(per["0"][BACKEND][cell]["round_medians_ms"], vals)}
+        p["other_interpreters"] = {}
+        for b in pythons:
+            if b != BACKEND and "b1_t1" in per[str(i)][b] and "b1_t1" in per["0"][b]:
+                vals = per[str(i)][b]["b1_t1"]["round_medians_ms"]
+                p["other_interpreters"][b] = {"b1_t1": {**summarize_rounds(vals), "speedup": ratio_stats(
+                    per["0"][b]["b1_t1"]["round_medians_ms"], vals)}}
     return watch.result
 
 
-def pareto_section(bundle_paths, data, cfg, say=print, tmp=None) -> dict:
+def pareto_section(bundle_paths, data, cfg, say=print, tmp=None, pythons=None) -> dict:
     """Error, paired error difference, bytes and interleaved latency of each bundle (least compressed first)."""
     from metalite.runtime.bundle import open_bundle
     from metalite.training.evaluate import mean_ci95
@@ -110,7 +119,7 @@ def pareto_section(bundle_paths, data, cfg, say=print, tmp=None) -> dict:
     for p in points:  # two bundles of the same compression (e.g. longer fine-tuning): tell them apart
         if labels.count(p["label"]) > 1:
             p["label"] += f" ({Path(p['bundle']).name})"
-    load = _timing(points, cfg, tmp, say)
+    load = _timing(points, cfg, tmp, say, pythons)
     for p in points:
         p.pop("_path")
         s = p["b1_t1"]["speedup"]["median"]
