@@ -197,6 +197,7 @@ class _Tally:
 def _metalite_task(clf, spec, s_img, ys, q_img, yq, ways, tally) -> np.ndarray:
     """The runtime end to end (fit + predict), then its two parts timed apart; returns support embeddings."""
     T, A = tally.T, tally.A
+    clf.embed(s_img)  # untimed: the first call after the 300-query batch pays for refilled caches, whichever it is
     t = time.perf_counter()
     clf.fit(s_img, ys.tolist())
     T["metalite"]["fit"].append(time.perf_counter() - t)

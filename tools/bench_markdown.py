@@ -182,7 +182,8 @@ def adaptation_lines(report, plot_files) -> list:
     L = ["## adaptation", "",
          f"{ad.get('tasks_per_setting')} tasks per setting ({ad.get('shots')}-shot, {ad.get('queries')} queries per "
          f"class), {ad.get('threads')} interpreter threads; medians of wall time in ms, accuracy on the tasks' "
-         f"queries. total = embedding + head fitting per task (median of the sums); metalite's end-to-end "
+         f"queries; every part timed warm (after one untimed embedding of the task's support set). total = "
+         f"embedding + head fitting per task (median of the sums); metalite's end-to-end "
          f"FewShotClassifier.fit (with preprocessing) median: {fits}. Runtime load (open + verify bundle, create "
          f"interpreter): {f(ad.get('runtime_load_ms'), '{:.1f}')} ms.", ""]
     L += [f"- **{METHODS[m]}**: {how}" for m, how in (ad.get("methods") or {}).items()]
