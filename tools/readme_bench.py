@@ -75,9 +75,11 @@ def _pareto_table(report) -> list:
         return []
     L = ["", f"Speed against accuracy ({par['protocol']} error through the runtime, {par['runs']} runs; speed-ups "
              f"within interleaved rounds vs {par['reference']}):", "",
-         "| int8 bundle | error | Δ error | ms/image (batch 1) | speed-up | KiB |", "|---|---|---|---|---|---|"]
+         "| int8 bundle | conv widths | error | Δ error | ms/image (batch 1) | speed-up | KiB |",
+         "|---|---|---|---|---|---|---|"]
     for p in par["points"]:
-        L.append(f"| {p['label']} | {100 * p['error']:.2f}% | {100 * p['error_diff']:+.2f} pt | "
+        widths = "-".join(str(w) for w in p["widths"]) if p.get("widths") else "as trained"
+        L.append(f"| {p['label']} | {widths} | {100 * p['error']:.2f}% | {100 * p['error_diff']:+.2f} pt | "
                  f"{p['b1_t1']['median_ms']:.4f} | {p['b1_t1']['speedup']['median']:.2f}× | {p['bytes'] / 1024:.1f} |")
     return L
 
