@@ -388,3 +388,22 @@ def test_workers_time_relative_paths_and_report_a_model_they_cannot_open(tmp_pat
     res = got["results"]
     assert len(res["rel"]["ai_edge_litert"]["b1_t1"]["round_medians_ms"]) == 2
     assert "error" in res["bad"]["ai_edge_litert"]
+
+
+def test_workers_get_an_absolute_runtime_site_from_a_relative_work_dir(tmp_path, monkeypatch):
+    """``bench --out`` relative (as in the README): the workers' PYTHONPATH and stderr files must still resolve
+    from the directory they run in (a relative one made tflite-runtime import the wrong code and fail)."""
+    import sys
+
+    from metalite.tools import bench_latency_section as sec
+
+    seen = []
+    real = sec.serve_worker
+    monkeypatch.setattr(sec, "serve_worker", lambda py, be, site, err: seen.append((site, err)) or real(py, be, site, err))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "out").mkdir()
+    model = str(Path(__file__).resolve().parents[1] / "models" / "glyphs" / "backbone.tflite")
+    got, _ = sec.run_interleaved({"ai_edge_litert": sys.executable}, {"m": model}, [(1, 1)],
+                                 {"rounds": 1, "calls": 1, "warmup": 0}, "out", None)
+    assert "b1_t1" in got["results"]["m"]["ai_edge_litert"]
+    assert seen and all(Path(site).is_absolute() and Path(err).is_absolute() for site, err in seen)

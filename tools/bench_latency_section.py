@@ -57,7 +57,8 @@ def run_interleaved(pythons: dict, models: dict, cells, cfg, tmp, say) -> tuple:
     from .runtime_env import runtime_site
 
     with tempfile.TemporaryDirectory(dir=tmp) as td:
-        site = runtime_site(Path(td))
+        td = Path(td).resolve()  # the workers run in ``site`` with it on PYTHONPATH: a relative path breaks both
+        site = runtime_site(td)
         workers = {be: serve_worker(p, be, site, Path(td) / f"{be}.err") for be, p in pythons.items()}
         try:
             models = {v: str(Path(m).resolve()) for v, m in models.items()}  # workers run in another directory
