@@ -13,7 +13,7 @@ from fastapi.responses import FileResponse
 from metalite.runtime.version import __version__
 from metalite.runtime.sync.release import is_sha256
 
-from . import devices, examples, releases
+from . import classes, devices, examples, releases
 
 
 def create_app(root, max_body: int = 4 << 20):
@@ -82,4 +82,31 @@ def create_app(root, max_body: int = 4 << 20):
         devices.record_report(root, dev["id"], body)
         return {"ok": True}
 
+    _class_routes(app, root, device, json_body)
     return app
+
+
+def _class_routes(app, root, device, json_body) -> None:
+    """The class library: share a class, list the shared ones, fetch one (``fleet.classes``)."""
+
+    def refused(e: classes.ClassRefused):
+        return HTTPException(e.status, str(e))
+
+    @app.post("/v1/classes", status_code=201)
+    def share_class(dev=Depends(device), body=Depends(json_body)):
+        try:
+            return classes.share(root, dev["id"], body.get("name"), body.get("images"), body.get("version"),
+                                 bool(body.get("replace", False)))
+        except classes.ClassRefused as e:
+            raise refused(e) from None
+
+    @app.get("/v1/classes")
+    def list_classes(dev=Depends(device)):
+        return {"classes": classes.listing(root)}
+
+    @app.get("/v1/classes/{name:path}")  # a label may hold "/"
+    def get_class(name: str, dev=Depends(device)):
+        try:
+            return classes.fetch(root, name)
+        except classes.ClassRefused as e:
+            raise refused(e) from None
