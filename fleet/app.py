@@ -13,13 +13,11 @@ from fastapi.responses import FileResponse
 from metalite.runtime.version import __version__
 from metalite.runtime.sync.release import is_sha256
 
-from . import devices, examples, releases
+from . import classes, devices, examples, releases
 
 
-def create_app(root, max_body: int = 4 << 20):
-    """The ASGI app serving the fleet at ``root`` (a ``FleetRoot``)."""
-    app = FastAPI(title="metalite fleet", version=__version__, docs_url=None, redoc_url=None)
-
+def _device_auth(root):
+    """The dependency that turns ``Authorization: Bearer <token>`` into the device row (401/403 otherwise)."""
     def device(authorization: Optional[str] = Header(None)):
         if not authorization or not authorization.startswith("Bearer "):
             raise HTTPException(401, "missing bearer token", headers={"WWW-Authenticate": "Bearer"})
@@ -29,7 +27,11 @@ def create_app(root, max_body: int = 4 << 20):
         if dev["revoked"] is not None:
             raise HTTPException(403, f"the token of device {dev['name']!r} was revoked")
         return dev
+    return device
 
+
+def _json_body(max_body: int):
+    """The dependency that reads a JSON object body of at most ``max_body`` bytes (413/400/422 otherwise)."""
     async def json_body(request: Request):
         length = request.headers.get("content-length")
         if length is not None and (not length.isdigit() or int(length) > max_body):
@@ -46,6 +48,13 @@ def create_app(root, max_body: int = 4 << 20):
         if not isinstance(body, dict):
             raise HTTPException(422, "request body must be a JSON object")
         return body
+    return json_body
+
+
+def create_app(root, max_body: int = 4 << 20):
+    """The ASGI app serving the fleet at ``root`` (a ``FleetRoot``)."""
+    app = FastAPI(title="metalite fleet", version=__version__, docs_url=None, redoc_url=None)
+    device, json_body = _device_auth(root), _json_body(max_body)
 
     @app.get("/v1/health")
     def health():
@@ -82,4 +91,31 @@ def create_app(root, max_body: int = 4 << 20):
         devices.record_report(root, dev["id"], body)
         return {"ok": True}
 
+    _class_routes(app, root, device, json_body)
     return app
+
+
+def _class_routes(app, root, device, json_body) -> None:
+    """The class library: share a class, list the shared ones, fetch one (``fleet.classes``)."""
+
+    def refused(e: classes.ClassRefused):
+        return HTTPException(e.status, str(e))
+
+    @app.post("/v1/classes", status_code=201)
+    def share_class(dev=Depends(device), body=Depends(json_body)):
+        try:
+            return classes.share(root, dev["id"], body.get("name"), body.get("images"), body.get("version"),
+                                 bool(body.get("replace", False)))
+        except classes.ClassRefused as e:
+            raise refused(e) from None
+
+    @app.get("/v1/classes")
+    def list_classes(dev=Depends(device)):
+        return {"classes": classes.listing(root)}
+
+    @app.get("/v1/classes/{name:path}")  # a label may hold "/"
+    def get_class(name: str, dev=Depends(device)):
+        try:
+            return classes.fetch(root, name)
+        except classes.ClassRefused as e:
+            raise refused(e) from None

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the class library (classes, class_images)
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS devices (
   id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, token_sha256 TEXT NOT NULL UNIQUE,
@@ -33,6 +33,12 @@ CREATE TABLE IF NOT EXISTS examples (
   height INTEGER NOT NULL, width INTEGER NOT NULL, image_sha256 TEXT NOT NULL,
   UNIQUE (device_id, example_id));
 CREATE TABLE IF NOT EXISTS images (sha256 TEXT PRIMARY KEY, data BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS classes (
+  id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, device_id INTEGER NOT NULL REFERENCES devices(id),
+  version INTEGER, created REAL NOT NULL, n_images INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS class_images (
+  class_id INTEGER NOT NULL REFERENCES classes(id), idx INTEGER NOT NULL, image_sha256 TEXT NOT NULL,
+  PRIMARY KEY (class_id, idx));
 CREATE TABLE IF NOT EXISTS events (
   seq INTEGER PRIMARY KEY AUTOINCREMENT, device_id INTEGER NOT NULL REFERENCES devices(id), at REAL NOT NULL,
   event TEXT NOT NULL, version INTEGER, offered INTEGER, reason TEXT, detail TEXT);

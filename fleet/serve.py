@@ -19,8 +19,10 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def serve(root_dir, host: str = "127.0.0.1", port: int = 8765, max_body: int = 4 << 20, say=print) -> None:
-    """Serve the fleet at ``root_dir`` until interrupted (SIGINT/SIGTERM stop it cleanly)."""
+def serve(root_dir, host: str = "127.0.0.1", port: int = 8765, max_body: int = 4 << 20, say=print,
+          on_start=None) -> None:
+    """Serve the fleet at ``root_dir`` until interrupted (SIGINT/SIGTERM stop it cleanly); ``on_start()`` is
+    called once the root exists and the socket is bound (e.g. to start scheduled updates)."""
     import uvicorn
 
     root = FleetRoot(root_dir, create=True)
@@ -30,6 +32,8 @@ def serve(root_dir, host: str = "127.0.0.1", port: int = 8765, max_body: int = 4
     sock = bind(host, port)
     shown = f"[{host}]" if ":" in host else host
     say(f"serving {root.path} on http://{shown}:{sock.getsockname()[1]}")
+    if on_start is not None:
+        on_start()
     config = uvicorn.Config(create_app(root, max_body), log_level="warning", access_log=False,
                             timeout_keep_alive=5, limit_concurrency=512)
     uvicorn.Server(config).run(sockets=[sock])

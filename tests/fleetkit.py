@@ -98,8 +98,8 @@ def write_pngs(folder: Path, images: np.ndarray, labels: list) -> list:
 class Server:
     """``metalite serve --root ROOT`` in a subprocess on 127.0.0.1 (a free port, kept across restarts)."""
 
-    def __init__(self, root: Path, log: Path):
-        self.root, self.log, self.port, self.proc = Path(root), Path(log), 0, None
+    def __init__(self, root: Path, log: Path, args=()):
+        self.root, self.log, self.port, self.proc, self.args = Path(root), Path(log), 0, None, list(args)
 
     @property
     def url(self) -> str:
@@ -110,7 +110,7 @@ class Server:
         with open(self.log, "ab") as err:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "metalite.tools.cli", "serve", "--root", str(self.root),
-                 "--port", str(self.port)], stdout=subprocess.DEVNULL, stderr=err,
+                 "--port", str(self.port), *self.args], stdout=subprocess.DEVNULL, stderr=err,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"})
         deadline = time.monotonic() + SERVER_START_TIMEOUT
         while time.monotonic() < deadline:

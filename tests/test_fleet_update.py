@@ -8,6 +8,7 @@ TF-MOT PQAT, TFLite int8 conversion, the runtime's interpreter, SQLite and HTTP.
 from __future__ import annotations
 
 import json
+import re
 import time
 
 import numpy as np
@@ -152,3 +153,74 @@ def test_a_candidate_made_worse_is_not_published(base, tmp_path):
     assert m["original_val"]["candidate"] == m["original_val"]["current"]
     r = cli.invoke(main, ["fleet", "update", "--root", str(tmp_path / "nowhere")])
     assert r.exit_code == 1 and "not a fleet root" in r.output
+
+
+def test_update_killed_mid_fine_tuning_resumes_from_its_checkpoint(base, tmp_path):
+    """SIGKILL during fine-tuning (after its first checkpoint), then the same command again: it continues
+    the plan (data not re-streamed) from the checkpoint, not from step 0, and reaches a gate decision."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    model, bundle = base
+    fleet = FleetRoot(tmp_path / "root", create=True)
+    publish(fleet, bundle, model_dir=model)
+    imgs, names = _new_classes()
+    _upload(fleet, "pi-a", imgs, names, "support", range(0, 10))
+    _upload(fleet, "pi-b", imgs, names, "correction", range(10, 20))
+    args = ["fleet", "update", "--root", str(fleet.path), "--steps", "1200", "--replay", "5", "--episodes", "50",
+            "--prune-steps", "5", "--qat-steps", "5", "--max-drop", "1"]
+    ck = fleet.path / "updates" / "v1" / "float" / "checkpoints"
+    with open(tmp_path / "first.log", "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "metalite.tools.cli", *args], stdout=log, stderr=log,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        try:
+            deadline = time.monotonic() + 300
+            while not (ck / "checkpoint").is_file() and proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert proc.poll() is None, (tmp_path / "first.log").read_text()[-2000:]
+            proc.send_signal(signal.SIGKILL)
+        finally:
+            proc.kill()
+            proc.wait(60)
+    plan = json.loads((fleet.path / "updates" / "v1" / "plan.json").read_text())
+    assert plan["done"] == ["base", "data"]  # killed inside the fine-tuning
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 0, r.output
+    m = re.search(r"resumed from step (\d+)", r.output)
+    assert m and 0 < int(m.group(1)) < 1200, r.output
+    assert "streaming the fleet's labelled examples" not in r.output  # the plan's data step was not redone
+    assert re.search(r"^(published v2|kept v1)", r.stdout, re.M), r.stdout
+    assert (fleet.path / "updates" / "last.json").is_file()
+
+
+def test_serve_runs_scheduled_updates_in_a_child_and_keeps_serving(base, tmp_path):
+    """``serve --update-every``: the update runs on its own (here every 2 s), says its decision in one log
+    line, publishes when the gate passes, and the server answers throughout."""
+    import urllib.request
+
+    model, bundle = base
+    fleet = FleetRoot(tmp_path / "root", create=True)
+    publish(fleet, bundle, model_dir=model)
+    imgs, names = _new_classes()
+    _upload(fleet, "pi-a", imgs, names, "support", range(0, 10))
+    _upload(fleet, "pi-b", imgs, names, "correction", range(10, 20))
+    args = ["--update-every", str(2 / 3600), "--update-args",
+            f"--candidate {bundle} --replay 5 --episodes 50"]  # the same bundle again: passes the gate
+    srv = Server(fleet.path, tmp_path / "serve.log", args).start()
+    try:
+        deadline = time.monotonic() + 240
+        while "scheduled update: " not in srv.log.read_text() and time.monotonic() < deadline:
+            with urllib.request.urlopen(srv.url + "/v1/health", timeout=10) as r:  # served while updating
+                assert json.loads(r.read())["ok"] is True
+            time.sleep(0.5)
+        log = srv.log.read_text()
+        assert re.search(r"scheduled updates: every [0-9.e-]+ h \(--candidate", log), log
+        line = next(l for l in log.splitlines() if l.startswith("scheduled update: "))
+        assert line.startswith("scheduled update: published v2"), log
+        assert latest_offer(fleet)["version"] >= 2
+    finally:
+        srv.stop()
+    r = CliRunner().invoke(main, ["serve", "--root", str(tmp_path / "r2"), "--update-args", "--steps 3"])
+    assert r.exit_code == 2 and "only with --update-every" in r.output, r.output

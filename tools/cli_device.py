@@ -46,15 +46,29 @@ def _say(msg: str) -> None:
                    "on them [home config share_support, on].")
 @click.option("--delegate", type=DELEGATE_CHOICE, default="auto", show_default=True)
 @click.option("--timeout", type=click.FloatRange(min=0.1), default=30.0, show_default=True, help="Seconds per HTTP call.")
+@click.option("--share-class", "share_classes", multiple=True, metavar="NAME",
+              help="After syncing, put this learned class (label + its support images) in the fleet's class "
+                   "library. Repeatable.")
+@click.option("--pull-class", "pull_classes", multiple=True, metavar="NAME",
+              help="After syncing, add this shared class from the library, embedded by this device's backbone "
+                   "(no retraining); the state is saved. Repeatable.")
+@click.option("--replace-class", is_flag=True,
+              help="With --pull-class: replace a class of the same name here; with --share-class: renew a class "
+                   "this device shared before.")
+@click.option("--list-classes", is_flag=True, help="After syncing, list the classes in the fleet's library.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @fail_cleanly
 def sync_cmd(server, token, pubkey, home, allow_unsigned, allow_older, max_accuracy_drop, no_upload, no_update,
-             share_support, delegate, timeout, as_json):
+             share_support, delegate, timeout, share_classes, pull_classes, replace_class, list_classes, as_json):
     """Upload the outbox, then take a newer signed bundle if the server has one (re-embedding the classes).
+
+    Then, if asked, share classes with the fleet's class library, pull shared ones or list them: images
+    travel, not embeddings, so a class shared from any bundle version works here.
 
     \b
     Exit status: 0 done (also when the server is unreachable: the outbox is kept),
-    3 an offered update was refused or failed (the old version keeps running), 1 other errors.
+    3 an offered update was refused or failed (the old version keeps running), 1 other errors
+    (including a class that cannot be shared or pulled, or class commands while offline).
     """
     from dataclasses import asdict
 
@@ -74,8 +88,34 @@ def sync_cmd(server, token, pubkey, home, allow_unsigned, allow_older, max_accur
         news = ("no release published" if u is None else f"v{u.running} is current" if u.status == "current"
                 else f"switched to v{u.offered}" if u.status == "switched" else f"v{u.offered} {u.status}: {u.reason}")
         click.echo(f"uploaded {r.uploaded} examples ({r.duplicates} already there), {r.pending} waiting; {news}")
+    if share_classes or pull_classes or list_classes:
+        _class_library(home, server, token, timeout, r.offline, share_classes, pull_classes, replace_class,
+                       list_classes, delegate, as_json)
     if r.update is not None and r.update.status in ("refused", "failed"):
         sys.exit(3)
+
+
+def _class_library(home, server, token, timeout, offline, shares, pulls, replace, listing, delegate, as_json):
+    """The class-library steps of ``metalite sync`` (``metalite.runtime.sync.classes``)."""
+    from metalite.runtime.sync import FleetClient, SyncError, pull_class, share_class, shared_classes
+
+    if offline:
+        raise SyncError("class library: the server is not reachable; nothing shared or pulled")
+    client, h = FleetClient(server, token, timeout), _home(home)
+    for name in shares:
+        got = share_class(h, client, name, replace=replace)
+        click.echo(f"shared class {name!r} ({got['images']} images)" + (" (replaced)" if got["replaced"] else ""))
+    for name in pulls:
+        got = pull_class(h, client, name, replace=replace, delegate=delegate)
+        click.echo(f"pulled class {name!r} ({got['images']} images); {got['classes']} classes learned, state saved")
+    if listing:
+        rows = shared_classes(client)
+        if as_json:
+            click.echo(json.dumps(rows, indent=2))
+        else:
+            click.echo(f"{len(rows)} shared classes" + (":" if rows else ""))
+            for c in rows:
+                click.echo(f"  {c['name']}  {c['images']} images, from {c['device']} (v{c['version']})")
 
 
 @click.group("device")

@@ -34,14 +34,37 @@ def _need(module: str, extra: str = "serve"):
 @click.option("--port", type=click.IntRange(0, 65535), default=8765, show_default=True, help="0 picks a free port.")
 @click.option("--max-request-bytes", type=click.IntRange(min=1024), default=4 << 20, show_default=True,
               help="Larger request bodies are refused (HTTP 413).")
+@click.option("--update-every", type=click.FloatRange(min=0, min_open=True), default=None, metavar="HOURS",
+              help="Also run 'metalite fleet update' on this root every HOURS (in a child process, never two at "
+                   "once; one log line per decision). Off by default.")
+@click.option("--update-args", default="", metavar="OPTIONS",
+              help="Options for the scheduled updates, as on the command line, e.g. '--steps 300 --max-drop 0.005'.")
 @fail_cleanly
-def serve_cmd(root, host, port, max_request_bytes):
+def serve_cmd(root, host, port, max_request_bytes, update_every, update_args):
     """Run the fleet server devices sync with (HTTP; creates --root and its signing key on first start)."""
+    import shlex
+
     for module in ("fastapi", "uvicorn", "cryptography"):
         _need(module)
     from metalite.fleet.serve import serve
 
-    serve(root, host, port, max_request_bytes, say=lambda m: click.echo(m, err=True))
+    say = lambda m: click.echo(m, err=True)  # noqa: E731
+    try:
+        extra = shlex.split(update_args)
+    except ValueError as e:
+        raise click.BadParameter(f"cannot split {update_args!r}: {e}", param_hint="--update-args") from None
+    if extra and update_every is None:
+        raise click.BadParameter("only with --update-every", param_hint="--update-args")
+    scheduler = None
+    if update_every is not None:
+        from .fleet_schedule import UpdateScheduler
+
+        scheduler = UpdateScheduler(root, update_every * 3600, extra, say)
+    try:
+        serve(root, host, port, max_request_bytes, say=say, on_start=scheduler and scheduler.start)
+    finally:
+        if scheduler is not None:
+            scheduler.stop()
 
 
 @click.group("fleet")

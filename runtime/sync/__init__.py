@@ -7,11 +7,13 @@
     clf.fit(images, labels); home.save(clf)
     clf.predict(query); clf.correct(image, "right label"); home.save(clf)
     sync(home, ...)                          # upload the outbox, switch to a newer signed bundle
+    share_class(home, FleetClient(server, token), "cat")   # the class library (classes.py)
 
 Signatures are checked with ``cryptography`` (extra ``sync``), imported only then. docs/fleet.md has the
 flow, the home layout, the HTTP API and the security model.
 """
 from .agent import SyncResult, sync, upload_outbox
+from .classes import fetch_class, pull_class, share_class, shared_classes
 from .client import FleetClient
 from .errors import ServerRefusedError, ServerUnreachableError, SyncError, UpdateRefusedError
 from .health import support_accuracy
@@ -22,7 +24,7 @@ from .reporting import ReportingClassifier
 from .update import UpdateResult, apply_offer
 
 __all__ = [
-    "sync", "SyncResult", "upload_outbox", "FleetClient", "DeviceHome", "Outbox", "ReportingClassifier",
+    "sync", "SyncResult", "upload_outbox", "share_class", "shared_classes", "fetch_class", "pull_class", "FleetClient", "DeviceHome", "Outbox", "ReportingClassifier",
     "apply_offer", "UpdateResult", "support_accuracy", "parse_public_key", "verify_release",
     "SyncError", "ServerUnreachableError", "ServerRefusedError", "UpdateRefusedError",
 ]

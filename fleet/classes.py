@@ -1,0 +1,110 @@
+"""The class library: classes a device shares (label + support images) for other devices to add.
+
+Images, not embeddings, are shared: every device embeds them with its own backbone, so a class shared
+from one bundle version works on any other. Each image is stored once per content as a PGM in the
+``images`` table (like uploaded examples); a class and its images commit in one transaction. A name
+belongs to the device that shared it first: only that device may replace it (``replace``).
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import time
+
+from .db import transaction
+from .examples import MAX_SIDE, from_pgm, to_pgm
+
+MAX_IMAGES = 64  # per class: a support set is 1-5 images, a few dozen at most
+MAX_NAME = 200
+
+
+class ClassRefused(ValueError):
+    """A share or lookup the library refuses; ``status`` is the HTTP status that fits."""
+
+    def __init__(self, message: str, status: int):
+        super().__init__(message)
+        self.status = status
+
+
+def check_name(name) -> str:
+    """``name`` if it can name a shared class (a non-empty string of at most MAX_NAME characters)."""
+    if not isinstance(name, str) or not name.strip() or len(name) > MAX_NAME:
+        raise ClassRefused(f"class name must be a non-empty string of at most {MAX_NAME} characters", 422)
+    return name
+
+
+def _pgm_of(img, i: int) -> bytes:
+    if not isinstance(img, dict):
+        raise ClassRefused(f"image {i}: not an object", 422)
+    h, w = img.get("height"), img.get("width")
+    if not all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= MAX_SIDE for v in (h, w)):
+        raise ClassRefused(f"image {i}: height and width must be integers in 1..{MAX_SIDE}", 422)
+    try:
+        px = base64.b64decode(img.get("pixels") or "", validate=True)
+    except (binascii.Error, ValueError, TypeError):
+        raise ClassRefused(f"image {i}: pixels must be base64", 422) from None
+    if len(px) != h * w:
+        raise ClassRefused(f"image {i}: pixels hold {len(px)} bytes, expected height*width = {h * w}", 422)
+    return to_pgm(px, h, w)
+
+
+def share(root, device_id: int, name, images, version=None, replace: bool = False) -> dict:
+    """Store class ``name`` with ``images`` ([{"height", "width", "pixels": base64 uint8}]) from a device.
+
+    Returns {"name", "images", "replaced"}. Raises ``ClassRefused`` (422 bad input, 413 too many images,
+    409 the name is taken by another device or exists and ``replace`` is false).
+    """
+    name = check_name(name)
+    if not isinstance(images, list) or not images:
+        raise ClassRefused("images must be a non-empty list", 422)
+    if len(images) > MAX_IMAGES:
+        raise ClassRefused(f"at most {MAX_IMAGES} images per class, got {len(images)}", 413)
+    pgms = [_pgm_of(img, i) for i, img in enumerate(images)]
+    conn = root.db()
+    with transaction(conn):
+        old = conn.execute("SELECT id, device_id FROM classes WHERE name = ?", (name,)).fetchone()
+        if old is not None and old["device_id"] != device_id:
+            raise ClassRefused(f"class {name!r} is already shared by another device; pick another name", 409)
+        if old is not None and not replace:
+            raise ClassRefused(f"class {name!r} is already shared by this device; pass replace to update it", 409)
+        if old is not None:
+            conn.execute("DELETE FROM class_images WHERE class_id = ?", (old["id"],))
+            conn.execute("DELETE FROM classes WHERE id = ?", (old["id"],))
+        cid = conn.execute("INSERT INTO classes (name, device_id, version, created, n_images) VALUES (?,?,?,?,?)",
+                           (name, device_id, version if isinstance(version, int) else None, time.time(),
+                            len(pgms))).lastrowid
+        for i, pgm in enumerate(pgms):
+            sha = hashlib.sha256(pgm).hexdigest()
+            conn.execute("INSERT OR IGNORE INTO images (sha256, data) VALUES (?, ?)", (sha, pgm))
+            conn.execute("INSERT INTO class_images (class_id, idx, image_sha256) VALUES (?,?,?)", (cid, i, sha))
+    return {"name": name, "images": len(pgms), "replaced": old is not None}
+
+
+def listing(root) -> list:
+    """Every shared class, newest first: [{"name", "images", "device", "version", "created"}]."""
+    rows = root.db().execute(
+        "SELECT c.name, c.n_images AS images, d.name AS device, c.version, c.created FROM classes c "
+        "JOIN devices d ON d.id = c.device_id ORDER BY c.created DESC, c.id DESC").fetchall()
+    return [dict(r) for r in rows]
+
+
+def fetch(root, name) -> dict:
+    """Class ``name`` with its images: {"name", "device", "version", "images": [{"height", "width", "pixels"}]}.
+
+    Raises ``ClassRefused`` (404) for an unknown name.
+    """
+    name = check_name(name)
+    conn = root.db()
+    row = conn.execute("SELECT c.id, c.name, c.version, d.name AS device FROM classes c "
+                       "JOIN devices d ON d.id = c.device_id WHERE c.name = ?", (name,)).fetchone()
+    if row is None:
+        raise ClassRefused(f"no shared class named {json.dumps(name)[:80]}", 404)
+    images = []
+    for r in conn.execute("SELECT i.data FROM class_images ci JOIN images i ON i.sha256 = ci.image_sha256 "
+                          "WHERE ci.class_id = ? ORDER BY ci.idx", (row["id"],)):
+        px = from_pgm(r["data"])
+        images.append({"height": int(px.shape[0]), "width": int(px.shape[1]),
+                       "pixels": base64.b64encode(px.tobytes()).decode("ascii")})
+    return {"name": row["name"], "device": row["device"], "version": row["version"], "images": images}

@@ -1,0 +1,101 @@
+"""The device side of the class library: share one of this device's classes, list and pull shared ones.
+
+    from metalite.runtime.sync import FleetClient, DeviceHome, share_class, shared_classes, pull_class
+    client = FleetClient(server, token)
+    share_class(DeviceHome(home_a), client, "cat")      # label + the support images kept with the state
+    shared_classes(client)                              # [{"name", "images", "device", "version", "created"}]
+    pull_class(DeviceHome(home_b), client, "cat")       # embedded by B's own backbone, head refit, state saved
+
+Images travel, not embeddings, so a class shared from one bundle version works on any other: the puller
+embeds them with its running backbone and adds the class through ``add_class`` (the same path as a class
+taught on the device). No TensorFlow, no retraining.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import urllib.parse
+
+import numpy as np
+
+from ..labels import short_repr
+from .errors import SyncError
+from .home import DeviceHome
+
+
+def _home(home) -> DeviceHome:
+    return home if isinstance(home, DeviceHome) else DeviceHome(home)
+
+
+def class_images(home, name: str) -> np.ndarray:
+    """uint8 (N, H, W) support images of class ``name`` in the running state; SyncError if there are none."""
+    from ..state import load_state
+
+    home = _home(home)
+    if home.version is None or not home.state_path().is_file():
+        raise SyncError("this device has no learned classes yet (no saved state)")
+    st = load_state(home.state_path())
+    if name not in st.classes:
+        raise SyncError(f"this device has no class {short_repr(name)} (it has {len(st.classes)} classes)")
+    if st.images is None:
+        raise SyncError("the state keeps no support images (state format 1); teach the class again to share it")
+    return st.images[np.asarray(st.support_labels) == st.classes.index(name)]
+
+
+def share_class(home, client, name: str, replace: bool = False) -> dict:
+    """Send class ``name`` (label + its support images) to the library; returns the server's answer.
+
+    Raises:
+      SyncError: no such class here, or its images are not kept. ServerRefusedError: the name is taken
+      (HTTP 409; ``replace`` renews a class this device shared), too many images (413).
+    """
+    if not isinstance(name, str):
+        raise SyncError(f"only classes with str labels can be shared, got {short_repr(name)}")
+    imgs = class_images(home, name)
+    wire = [{"height": int(i.shape[0]), "width": int(i.shape[1]),
+             "pixels": base64.b64encode(np.ascontiguousarray(i, np.uint8).tobytes()).decode("ascii")} for i in imgs]
+    return client.call("POST", "/v1/classes", {"name": name, "images": wire, "version": _home(home).version,
+                                               "replace": bool(replace)})
+
+
+def shared_classes(client) -> list:
+    """The library's classes, newest first: [{"name", "images", "device", "version", "created"}]."""
+    return client.call("GET", "/v1/classes")["classes"]
+
+
+def fetch_class(client, name: str) -> np.ndarray:
+    """uint8 (N, H, W) images of shared class ``name`` (ServerRefusedError 404 if unknown)."""
+    got = client.call("GET", "/v1/classes/" + urllib.parse.quote(name, safe=""))
+    imgs = []
+    for i, img in enumerate(got.get("images") or []):
+        try:
+            h, w = int(img["height"]), int(img["width"])
+            px = np.frombuffer(base64.b64decode(img["pixels"], validate=True), np.uint8)
+            imgs.append(px.reshape(h, w))
+        except (KeyError, TypeError, ValueError, binascii.Error):
+            raise SyncError(f"shared class {short_repr(name)}: image {i} is malformed") from None
+    if not imgs:
+        raise SyncError(f"shared class {short_repr(name)} has no images")
+    if len({im.shape for im in imgs}) > 1:
+        return np.array(imgs, dtype=object)
+    return np.stack(imgs)
+
+
+def pull_class(home, client, name: str, replace: bool = False, delegate: str = "auto") -> dict:
+    """Add shared class ``name`` to this device's classes, embedded by its own backbone; saves the state.
+
+    Returns {"name", "images", "classes"}. Raises SyncError if the device has no bundle yet or already has
+    a class of that name (``replace`` swaps its support images for the shared ones).
+    """
+    home = _home(home)
+    if home.version is None:
+        raise SyncError("this device has no bundle yet; run a sync first")
+    imgs = fetch_class(client, name)
+    clf = home.classifier(delegate=delegate)
+    if name in clf.classes:
+        if not replace:
+            raise SyncError(f"this device already has a class {short_repr(name)}; pass replace to use the shared one")
+        clf.remove_class(name)  # in memory only: the state on disk changes once, below, or not at all
+    clf.add_class(name, list(imgs))
+    home.save(clf)
+    return {"name": name, "images": len(imgs), "classes": len(clf.classes)}
