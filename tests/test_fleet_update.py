@@ -224,3 +224,16 @@ def test_serve_runs_scheduled_updates_in_a_child_and_keeps_serving(base, tmp_pat
         srv.stop()
     r = CliRunner().invoke(main, ["serve", "--root", str(tmp_path / "r2"), "--update-args", "--steps 3"])
     assert r.exit_code == 2 and "only with --update-every" in r.output, r.output
+
+
+def test_a_second_update_on_the_same_root_stops_at_once(base, tmp_path):
+    """A manual update while another (say, a scheduled one) holds the root: one line, nothing touched."""
+    from metalite.tools.fleet_update import update_lock
+
+    model, bundle = base
+    fleet = FleetRoot(tmp_path / "root", create=True)
+    publish(fleet, bundle, model_dir=model)
+    with update_lock(fleet):
+        r = CliRunner().invoke(main, ["fleet", "update", "--root", str(fleet.path), "--candidate", str(bundle)])
+    assert r.exit_code == 1 and "another fleet update is running" in r.output, r.output
+    assert not (fleet.path / "updates" / "v1").exists() and latest_offer(fleet)["version"] == 1

@@ -16,6 +16,7 @@ Work directory (resumable; a rerun for the same base version and examples picks 
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import re
@@ -275,13 +276,35 @@ def update(root, model_dir=None, candidate=None, steps: int = 300, strategy: str
     offer = latest_offer(root)
     if offer is None:
         raise FleetError("nothing to update: no release published yet")
-    try:
-        return _run(root, offer["version"], model_dir, candidate, steps, strategy, replay, val_classes, lr_scale,
-                    prune_steps, qat_steps, episodes, max_drop, say, t0)
-    except FleetError:
-        raise
-    except ValueError as e:  # the training side's one-line errors (data, model directory, compression, export)
-        raise FleetError(f"update failed: {one_line(e)}") from None
+    with update_lock(root):
+        try:
+            return _run(root, offer["version"], model_dir, candidate, steps, strategy, replay, val_classes, lr_scale,
+                        prune_steps, qat_steps, episodes, max_drop, say, t0)
+        except FleetError:
+            raise
+        except ValueError as e:  # the training side's one-line errors (data, model directory, compression, export)
+            raise FleetError(f"update failed: {one_line(e)}") from None
+
+
+@contextlib.contextmanager
+def update_lock(root):
+    """Held for a whole update: a second one on the same root (say, a manual run during a scheduled one)
+    stops at once instead of sharing the work directory."""
+    import fcntl
+
+    from metalite.fleet import FleetError
+
+    path = root.path / "updates" / ".lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+b") as f:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise FleetError(f"another fleet update is running on {root.path}; try again when it ends") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
 def _run(root, base, model_dir, candidate, steps, strategy, replay, val_classes, lr_scale, prune_steps, qat_steps,
