@@ -11,6 +11,8 @@ import json
 import re
 import time
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -219,8 +221,29 @@ def test_serve_runs_scheduled_updates_in_a_child_and_keeps_serving(base, tmp_pat
         assert re.search(r"scheduled updates: every [0-9.e-]+ h \(--candidate", log), log
         line = next(l for l in log.splitlines() if l.startswith("scheduled update: "))
         assert line.startswith("scheduled update: published v2"), log
-        assert latest_offer(fleet)["version"] >= 2
+        # the next runs find nothing new: skipped, not the same data trained and published again
+        while "scheduled update: skipped" not in srv.log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        lines = [l for l in srv.log.read_text().splitlines() if l.startswith("scheduled update: ")]
+        assert lines[1:] and all(l.startswith("scheduled update: skipped: no labelled examples arrived since the "
+                                              "last update (up to #160)") for l in lines[1:]), lines
+        assert latest_offer(fleet)["version"] == 2
     finally:
         srv.stop()
     r = CliRunner().invoke(main, ["serve", "--root", str(tmp_path / "r2"), "--update-args", "--steps 3"])
     assert r.exit_code == 2 and "only with --update-every" in r.output, r.output
+
+
+def test_bad_scheduled_update_options_and_a_second_update_are_refused_at_once(tmp_path):
+    import fcntl
+
+    fleet = FleetRoot(tmp_path / "root", create=True)
+    r = CliRunner().invoke(main, ["serve", "--root", str(fleet.path), "--port", "0", "--update-every", "24",
+                                  "--update-args", "--steps lots"])
+    assert r.exit_code == 2 and "--update-args" in r.output and "'lots' is not a valid integer" in r.output, r.output
+    publish(fleet, Path(__file__).resolve().parents[1] / "models" / "glyphs")
+    (fleet.path / "updates").mkdir()
+    with open(fleet.path / "updates" / ".lock", "a+b") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)  # as a running update holds it
+        r = CliRunner().invoke(main, ["fleet", "update", "--root", str(fleet.path)])
+    assert r.exit_code == 1 and "another fleet update of" in r.output and "is running" in r.output, r.output
