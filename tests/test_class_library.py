@@ -179,3 +179,49 @@ def test_sync_cli_shares_lists_and_pulls_classes(fleet):
     assert r.exit_code == 1 and r.output.count("\n") <= 2 and "already has a class" in r.output, r.output
     r = run("pi-b", "--pull-class", "no such class")
     assert r.exit_code == 1 and "HTTP 404" in r.output, r.output
+
+
+def test_a_class_shared_from_another_bundle_is_the_class_taught_here(tmp_path):
+    """A runs v1 (``models/glyphs``), B runs v2 (``models/omniglot``: another backbone, so only images can
+    travel). B pulls two glyph classes of the held-out test split that A shared: B's classifier is then the
+    one B gets by teaching those images itself, it classifies A's held-out images of them, and B's next
+    sync does not send them back as its own support images."""
+    from metalite.training.datasets import load_data
+
+    glyphs = load_data("glyphs", 28, "test")
+    shots, a_classes, b_classes = 5, [100, 200], [150, 250, 350, 450]  # spread over the 731 test classes
+    srv = Server(tmp_path / "root", tmp_path / "serve.log").start()
+    try:
+        root, key = FleetRoot(srv.root), parse_public_key(srv.public_key())
+        homes = {}
+        for name, bundle in (("pi-a", REPO / "models" / "glyphs"), ("pi-b", SHIPPED)):
+            publish(root, bundle)
+            token = enroll(root, name)
+            homes[name] = (DeviceHome(tmp_path / name), FleetClient(srv.url, token), token)
+            assert sync(homes[name][0], srv.url, token, key, delegate="cpu").update.status == "switched"
+        (a, ca, _), (b, cb, tb) = homes["pi-a"], homes["pi-b"]
+        assert (a.version, b.version) == (1, 2)
+        support = {glyphs.class_names[c]: glyphs.images[glyphs.indices_of(c)[:shots]] for c in a_classes + b_classes}
+        for home, classes in ((a, a_classes), (b, b_classes)):
+            clf = home.classifier(delegate="cpu")
+            clf.fit({glyphs.class_names[c]: support[glyphs.class_names[c]] for c in classes})
+            home.save(clf)
+        shared = [glyphs.class_names[c] for c in a_classes]
+        for name in shared:
+            share_class(a, ca, name)
+            pull_class(b, cb, name, delegate="cpu")
+
+        clf = b.classifier(delegate="cpu")
+        taught = FewShotClassifier(b.bundle_dir(), delegate="cpu").fit({n: support[n] for n in clf.classes})
+        held = {glyphs.class_names[c]: glyphs.images[glyphs.indices_of(c)[shots:]] for c in b_classes + a_classes}
+        x = np.concatenate(list(held.values()))
+        np.testing.assert_allclose(FewShotClassifier.predict_proba(clf, x), taught.predict_proba(x), atol=1e-5)
+        right = np.array([p == t for p, t in zip(FewShotClassifier.predict(clf, x), [n for n, v in held.items()
+                                                                                    for _ in v])])
+        pulled = np.arange(len(x)) >= len(x) - sum(len(held[n]) for n in shared)
+        print(f"\nB (v2) on the pulled classes' {pulled.sum()} held-out images: {right[pulled].mean():.3f}; "
+              f"on all {len(x)}: {right.mean():.3f} (6 classes, chance 0.167)")
+        assert right[pulled].mean() >= 0.7 and right.mean() >= 0.7
+        assert sync(b, srv.url, tb, key, delegate="cpu").shared == shots * len(b_classes)
+    finally:
+        srv.stop()

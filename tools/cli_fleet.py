@@ -55,6 +55,14 @@ def serve_cmd(root, host, port, max_request_bytes, update_every, update_args):
         raise click.BadParameter(f"cannot split {update_args!r}: {e}", param_hint="--update-args") from None
     if extra and update_every is None:
         raise click.BadParameter("only with --update-every", param_hint="--update-args")
+    if update_every is not None:  # bad options are found now, not when the first update runs hours later
+        bad = next((a for a in extra if a.split("=")[0] in ("--root", "--json")), None)
+        if bad:
+            raise click.BadParameter(f"{bad} is set by serve itself", param_hint="--update-args")
+        try:
+            update_cmd.make_context("update", ["--root", str(root), *extra])
+        except click.ClickException as e:
+            raise click.BadParameter(e.format_message(), param_hint="--update-args") from None
     scheduler = None
     if update_every is not None:
         from .fleet_schedule import UpdateScheduler

@@ -3,16 +3,36 @@
 Each run is a child process (``python -m metalite.tools.cli fleet update --root ROOT ...``), so TensorFlow
 never loads into the server and a crashed update cannot take the server down; runs never overlap (the
 next one waits for the previous to end), and an update that is still running when the server stops is
-terminated (it resumes from its plan and checkpoints next time). One log line per decision; the whole
+terminated (it resumes from its plan and checkpoints next time). A run is skipped when no labelled example
+arrived since the last decided update (its ``last_seq`` in ``updates/last.json``): retraining on the same
+data would only spend hours of CPU. One log line per decision; the whole
 output of the last run is in ``ROOT/updates/scheduled.log``.
 """
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
+
+from .fleet_update import LABELLED
+
+
+def new_examples(root) -> tuple:
+    """(labelled examples newer than those the last decided update used, seq of the newest example)."""
+    from metalite.fleet import FleetRoot
+
+    try:
+        used = int(json.loads((Path(root) / "updates" / "last.json").read_text()).get("last_seq") or 0)
+    except (OSError, ValueError, TypeError):
+        used = 0
+    db = FleetRoot(root).db()
+    marks = ",".join("?" * len(LABELLED))
+    new = db.execute(f"SELECT count(*) FROM examples WHERE seq > ? AND kind IN ({marks})", (used, *LABELLED))
+    newest = db.execute("SELECT coalesce(max(seq), 0) FROM examples").fetchone()[0]
+    return int(new.fetchone()[0]), int(newest)
 
 
 class UpdateScheduler:
@@ -54,7 +74,10 @@ class UpdateScheduler:
             self.say(f"scheduled update: {self.run_once()}")
 
     def run_once(self) -> str:
-        """Run one update to its end; returns its outcome in one line."""
+        """Run one update to its end (or skip it: nothing new to learn from); returns its outcome in one line."""
+        new, newest = new_examples(self.root)
+        if new == 0:
+            return f"skipped: no labelled examples arrived since the last update (up to #{newest})"
         log = self.root / "updates" / "scheduled.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         cmd = [sys.executable, "-m", "metalite.tools.cli", "fleet", "update", "--root", str(self.root), *self.args]

@@ -232,7 +232,8 @@ def _evaluate(root, work: Path, plan: dict, candidate: Path, cfg: dict, episodes
     shutil.rmtree(work / "current", ignore_errors=True)
     current = export_bundle(root, plan["base"], work / "current")
     size = int(cfg["input"]["shape"][0])
-    m = {"base": plan["base"], "examples": plan.get("examples"), "replay": plan.get("replay")}
+    m = {"base": plan["base"], "last_seq": plan["last_seq"], "examples": plan.get("examples"),
+         "replay": plan.get("replay")}
     say("evaluating current and candidate on the held-out fleet examples")
     fa = [fleet_holdout_accuracy(b, work / "data") for b in (current, candidate)]
     m["fleet_holdout"] = {"current": fa[0][0], "candidate": fa[1][0], "images": fa[1][1], "classes": fa[1][2]}
@@ -252,6 +253,28 @@ def gate(metrics: dict, max_drop: float = 0.0) -> str | None:
             return (f"candidate is worse on the {what}: {100 * v['candidate']:.2f}% < {100 * v['current']:.2f}% "
                     f"(allowed drop {100 * max_drop:.2f} pt)")
     return None
+
+
+@contextlib.contextmanager
+def _exclusive(updates: Path):
+    """Hold ``updates/.lock``: a scheduled and a manual update of one fleet never share a work directory."""
+    from metalite.fleet import FleetError
+
+    updates.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # not POSIX
+        yield
+        return
+    with open(updates / ".lock", "a+b") as f:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise FleetError(f"another fleet update of {updates.parent} is running") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
 def update(root, model_dir=None, candidate=None, steps: int = 300, strategy: str | None = None, replay: int = 300,
@@ -276,35 +299,14 @@ def update(root, model_dir=None, candidate=None, steps: int = 300, strategy: str
     offer = latest_offer(root)
     if offer is None:
         raise FleetError("nothing to update: no release published yet")
-    with update_lock(root):
-        try:
-            return _run(root, offer["version"], model_dir, candidate, steps, strategy, replay, val_classes, lr_scale,
-                        prune_steps, qat_steps, episodes, max_drop, say, t0)
-        except FleetError:
-            raise
-        except ValueError as e:  # the training side's one-line errors (data, model directory, compression, export)
-            raise FleetError(f"update failed: {one_line(e)}") from None
-
-
-@contextlib.contextmanager
-def update_lock(root):
-    """Held for a whole update: a second one on the same root (say, a manual run during a scheduled one)
-    stops at once instead of sharing the work directory."""
-    import fcntl
-
-    from metalite.fleet import FleetError
-
-    path = root.path / "updates" / ".lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+b") as f:
-        try:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise FleetError(f"another fleet update is running on {root.path}; try again when it ends") from None
-        try:
-            yield
-        finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+    try:
+        with _exclusive(root.path / "updates"):
+            return _run(root, offer["version"], model_dir, candidate, steps, strategy, replay, val_classes,
+                        lr_scale, prune_steps, qat_steps, episodes, max_drop, say, t0)
+    except FleetError:
+        raise
+    except ValueError as e:  # the training side's one-line errors (data, model directory, compression, export)
+        raise FleetError(f"update failed: {one_line(e)}") from None
 
 
 def _run(root, base, model_dir, candidate, steps, strategy, replay, val_classes, lr_scale, prune_steps, qat_steps,

@@ -97,5 +97,8 @@ def pull_class(home, client, name: str, replace: bool = False, delegate: str = "
             raise SyncError(f"this device already has a class {short_repr(name)}; pass replace to use the shared one")
         clf.remove_class(name)  # in memory only: the state on disk changes once, below, or not at all
     clf.add_class(name, list(imgs))
+    kept = clf.support_images()[name]  # the pixels the state keeps (resized if the bundles differ)
+    if kept is not None:  # on the server already: not to be sent again as this device's support images
+        home.outbox().mark_shared(kept, [name] * len(kept))
     home.save(clf)
     return {"name": name, "images": len(imgs), "classes": len(clf.classes)}

@@ -56,6 +56,11 @@ def _json_or_none(v):
     return json.dumps(v)
 
 
+def _support_id(label, img: np.ndarray) -> str:
+    """A support image's outbox id, from its label and pixels: the same image is queued once."""
+    return "s" + hashlib.sha256(_json_or_none(label).encode() + b"\0" + img.tobytes()).hexdigest()[:40]
+
+
 _OPEN: "weakref.WeakSet" = weakref.WeakSet()
 
 
@@ -154,8 +159,7 @@ class Outbox:
             raise ValueError(f"pixels must be (n, H, W) with one label each, got {px.shape} and {len(labels)} labels")
         now, rows = time.time(), []
         for img, lab in zip(px, labels):
-            label = _json_or_none(lab)
-            rid = "s" + hashlib.sha256(label.encode() + b"\0" + img.tobytes()).hexdigest()[:40]
+            label, rid = _json_or_none(lab), _support_id(lab, img)
             rows.append((rid, "support", label, None, None, version, now, img.shape[0], img.shape[1], img.tobytes()))
         self.flush()
         with self._lock:
@@ -170,6 +174,20 @@ class Outbox:
                 self._db.execute("ROLLBACK")
                 raise
         return len(new)
+
+    def mark_shared(self, pixels: np.ndarray, labels: list) -> None:
+        """Remember support images as sent, so ``add_support`` never queues them: a class pulled from the
+        fleet's library is on the server already, sent by the device that taught it."""
+        ids = [(_support_id(lab, img),) for img, lab in zip(np.ascontiguousarray(pixels, np.uint8), labels)]
+        self.flush()
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.executemany("INSERT OR IGNORE INTO shared VALUES (?)", ids)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
 
     def _insert(self, rows: list) -> None:
         """Commit ``rows`` in one transaction; call with ``self._lock`` held."""
