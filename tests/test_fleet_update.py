@@ -148,13 +148,20 @@ def _upload(fleet, device: str, imgs, names, kind: str, rows) -> None:
     return token
 
 
-def test_a_candidate_made_worse_is_not_published(base, tmp_path):
+def _fleet_with_examples(base, tmp_path):
+    """(fleet root with the base published as v1, its bundle): device pi-a shared 10
+    support images per new class and pi-b sent 10 corrections per class."""
     model, bundle = base
     fleet = FleetRoot(tmp_path / "root", create=True)
     publish(fleet, bundle, model_dir=model)
     imgs, names = _new_classes()
     _upload(fleet, "pi-a", imgs, names, "support", range(0, 10))
     _upload(fleet, "pi-b", imgs, names, "correction", range(10, 20))
+    return fleet, bundle
+
+
+def test_a_candidate_made_worse_is_not_published(base, tmp_path):
+    fleet, bundle = _fleet_with_examples(base, tmp_path)
     worse = broken_head_bundle(bundle, tmp_path / "worse")
     cli = CliRunner()
     args = ["fleet", "update", "--root", str(fleet.path), "--replay", "5", "--episodes", "50"]
@@ -183,12 +190,7 @@ def test_update_killed_mid_fine_tuning_resumes_from_its_checkpoint(base, tmp_pat
     import subprocess
     import sys
 
-    model, bundle = base
-    fleet = FleetRoot(tmp_path / "root", create=True)
-    publish(fleet, bundle, model_dir=model)
-    imgs, names = _new_classes()
-    _upload(fleet, "pi-a", imgs, names, "support", range(0, 10))
-    _upload(fleet, "pi-b", imgs, names, "correction", range(10, 20))
+    fleet, bundle = _fleet_with_examples(base, tmp_path)
     args = ["fleet", "update", "--root", str(fleet.path), "--steps", "1200", "--replay", "5", "--episodes", "50",
             "--prune-steps", "5", "--qat-steps", "5", "--max-drop", "1"]
     ck = fleet.path / "updates" / "v1" / "float" / "checkpoints"
@@ -220,12 +222,7 @@ def test_serve_runs_scheduled_updates_in_a_child_and_keeps_serving(base, tmp_pat
     line, publishes when the gate passes, and the server answers throughout."""
     import urllib.request
 
-    model, bundle = base
-    fleet = FleetRoot(tmp_path / "root", create=True)
-    publish(fleet, bundle, model_dir=model)
-    imgs, names = _new_classes()
-    _upload(fleet, "pi-a", imgs, names, "support", range(0, 10))
-    _upload(fleet, "pi-b", imgs, names, "correction", range(10, 20))
+    fleet, bundle = _fleet_with_examples(base, tmp_path)
     args = ["--update-every", str(2 / 3600), "--update-args",
             f"--candidate {bundle} --replay 5 --episodes 50"]  # the same bundle again: passes the gate
     srv = Server(fleet.path, tmp_path / "serve.log", args).start()
