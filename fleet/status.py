@@ -4,14 +4,14 @@ from __future__ import annotations
 import json
 import time
 
-from . import devices, examples, releases
+from . import classes, devices, examples, releases
 
 UPDATE_LOG = "updates/last.json"  # written by ``metalite fleet update``: its last decision and figures
 
 
 def status(root) -> dict:
     """{"root", "public_key", "latest", "releases": [...], "devices": [...], "examples": {kind: n},
-    "last_update": the last ``fleet update`` decision or None}."""
+    "classes": the class library (``classes.listing``), "last_update": the last ``fleet update`` decision or None}."""
     rels = releases.list_releases(root)
     try:
         last = json.loads((root.path / UPDATE_LOG).read_text())
@@ -19,7 +19,7 @@ def status(root) -> dict:
         last = None
     return {"root": str(root.path), "public_key": root.public_key(), "latest": rels[-1]["version"] if rels else None,
             "releases": rels, "devices": devices.list_devices(root), "examples": examples.counts(root),
-            "last_update": last}
+            "classes": classes.listing(root), "last_update": last}
 
 
 def gate_text(m: dict) -> str:
@@ -54,6 +54,10 @@ def status_lines(st: dict) -> list:
     if st.get("last_update"):
         u = st["last_update"]
         lines.append(f"last update: {u.get('decision')} ({u.get('reason', '')}); {gate_text(u)}")
+    lib = st.get("classes") or []
+    lines.append(f"class library: {len(lib)} shared classes" + (": " + ", ".join(
+        f"{c['name']} ({c['images']} images, {c['device']})" for c in lib[:10]) if lib else "")
+        + (f", … ({len(lib) - 10} more)" if len(lib) > 10 else ""))
     lines.append(f"devices: {len(st['devices'])}")
     for d in st["devices"]:
         state = "REVOKED" if d["revoked"] else f"v{d['version']}" if d["version"] is not None else "no bundle"

@@ -175,6 +175,9 @@ def test_sync_cli_shares_lists_and_pulls_classes(fleet):
     assert r.exit_code == 0, r.output
     assert f"pulled class {names[2]!r} (2 images)" in r.stdout and f"{names[2]}  2 images, from pi-a (v1)" in r.stdout
     assert names[2] in load_state(b.state_path()).classes
+    st = CliRunner().invoke(main, ["fleet", "status", "--root", str(srv.root)])
+    assert st.exit_code == 0 and f"{names[2]} (2 images, pi-a)" in st.stdout, st.output
+    assert re.search(r"class library: \d+ shared classes: ", st.stdout), st.stdout
     r = run("pi-b", "--pull-class", names[2])
     assert r.exit_code == 1 and r.output.count("\n") <= 2 and "already has a class" in r.output, r.output
     r = run("pi-b", "--pull-class", "no such class")
