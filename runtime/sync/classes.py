@@ -63,8 +63,9 @@ def shared_classes(client) -> list:
     return client.call("GET", "/v1/classes")["classes"]
 
 
-def fetch_class(client, name: str) -> np.ndarray:
-    """uint8 (N, H, W) images of shared class ``name`` (ServerRefusedError 404 if unknown)."""
+def fetch_class(client, name: str):
+    """uint8 (N, H, W) images of shared class ``name`` (a list of (H, W) arrays if their sizes differ);
+    ServerRefusedError 404 if unknown."""
     got = client.call("GET", "/v1/classes/" + urllib.parse.quote(name, safe=""))
     imgs = []
     for i, img in enumerate(got.get("images") or []):
@@ -76,9 +77,7 @@ def fetch_class(client, name: str) -> np.ndarray:
             raise SyncError(f"shared class {short_repr(name)}: image {i} is malformed") from None
     if not imgs:
         raise SyncError(f"shared class {short_repr(name)} has no images")
-    if len({im.shape for im in imgs}) > 1:
-        return np.array(imgs, dtype=object)
-    return np.stack(imgs)
+    return imgs if len({im.shape for im in imgs}) > 1 else np.stack(imgs)  # sizes differ: a list, as sent
 
 
 def pull_class(home, client, name: str, replace: bool = False, delegate: str = "auto") -> dict:
