@@ -6,11 +6,13 @@
 - ``replace_dir(tmp, out)``: a finished directory (bundle, model directory, cache entry) renamed into
   place; an old ``out`` is set aside first and removed only after the rename, so a crash leaves the old
   directory or the new one.
+- ``file_lock(path, blocking, busy)``: an exclusive flock held for a ``with`` block (device homes, fleet updates).
 - ``cache_root(kind)``: ``$METALITE_CACHE/<kind>``, else ``$XDG_CACHE_HOME/metalite/<kind>``, else
   ``~/.cache/metalite/<kind>`` (kinds: ``data``, ``glyphs``, ``bundles``, ``venvs``).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -19,7 +21,30 @@ from pathlib import Path
 from .state import fsync_dir
 from .state import atomic_write
 
-__all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_text", "replace_dir", "cache_root", "fsync_dir"]
+__all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_text", "replace_dir", "cache_root", "fsync_dir",
+           "file_lock"]
+
+
+@contextlib.contextmanager
+def file_lock(path, blocking: bool = True, busy: Exception | None = None):
+    """Hold an exclusive flock on ``path`` (created if missing) for a ``with`` block; a no-op where fcntl does
+    not exist. Not ``blocking`` and held elsewhere: raises ``busy`` (default: BlockingIOError)."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX
+        yield
+        return
+    with open(path, "a+b") as f:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        except BlockingIOError:
+            if busy is None:
+                raise
+            raise busy from None
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
 def atomic_write_bytes(path, data: bytes) -> None:

@@ -16,7 +16,6 @@ Work directory (resumable; a rerun for the same base version and examples picks 
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import re
@@ -255,26 +254,14 @@ def gate(metrics: dict, max_drop: float = 0.0) -> str | None:
     return None
 
 
-@contextlib.contextmanager
 def _exclusive(updates: Path):
     """Hold ``updates/.lock``: a scheduled and a manual update of one fleet never share a work directory."""
     from metalite.fleet import FleetError
+    from metalite.runtime.files import file_lock
 
     updates.mkdir(parents=True, exist_ok=True)
-    try:
-        import fcntl
-    except ImportError:  # not POSIX
-        yield
-        return
-    with open(updates / ".lock", "a+b") as f:
-        try:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise FleetError(f"another fleet update of {updates.parent} is running") from None
-        try:
-            yield
-        finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+    return file_lock(updates / ".lock", blocking=False,
+                     busy=FleetError(f"another fleet update of {updates.parent} is running"))
 
 
 def update(root, model_dir=None, candidate=None, steps: int = 300, strategy: str | None = None, replay: int = 300,

@@ -14,7 +14,6 @@ Layout (docs/fleet.md)::
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -22,31 +21,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from ..files import atomic_write, fsync_dir
+from ..files import atomic_write, file_lock, fsync_dir
 from .errors import SyncError
 from .outbox import Outbox
 
 DEFAULTS = {"threshold": 0.6, "outbox_capacity": 1000, "max_accuracy_drop": 0.1, "share_support": True}
 STATE_FILE = "state.npz"
-
-
-@contextlib.contextmanager
-def _flock(path: Path, blocking: bool = True):
-    """Hold an exclusive flock on ``path`` (no-op where fcntl does not exist)."""
-    try:
-        import fcntl
-    except ImportError:  # not POSIX
-        yield
-        return
-    with open(path, "a+b") as f:
-        try:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
-        except BlockingIOError:
-            raise SyncError(f"{path.parent}: another sync is running") from None
-        try:
-            yield
-        finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
 class DeviceHome:
@@ -140,11 +120,12 @@ class DeviceHome:
     # ------------------------------------------------------------------ switching
     def lock(self):
         """Context manager serialising state writes and switches (across processes)."""
-        return _flock(self.root / ".lock")
+        return file_lock(self.root / ".lock")
 
     def sync_lock(self):
         """Context manager held for a whole sync; a second concurrent sync fails at once."""
-        return _flock(self.root / ".sync.lock", blocking=False)
+        return file_lock(self.root / ".sync.lock", blocking=False,
+                         busy=SyncError(f"{self.root}: another sync is running"))
 
     def staging(self, version: int) -> Path:
         """A fresh directory under ``tmp/`` to assemble ``version`` in."""
