@@ -250,7 +250,10 @@ def save_state(path, state: State) -> None:
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     if state.unknown is not None:
-        meta["unknown"] = check_setting(state.unknown)
+        try:
+            meta["unknown"] = check_setting(state.unknown)
+        except ValueError as e:
+            raise StateError(f"cannot save the open-set setting: {e}") from None
     arrays["meta"] = np.array(json.dumps(meta))
     # Serialise in memory first: a failing disk write then cannot leave numpy's zip writer half-open.
     buf = io.BytesIO()
