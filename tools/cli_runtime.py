@@ -38,7 +38,7 @@ class UnknownSetting(click.ParamType):
             self.fail(f"{value!r}: {e}" if value != "auto" else str(e), param, ctx)
 
 
-UNKNOWN_HELP = ("Answer '<unknown>' for images far from every learned class: auto (target: 2% of images of the "
+UNKNOWN_HELP = ("Answer '<unknown>' for images far from every learned class: auto (target: 1% of images of the "
                 "learned classes refused), a target rate such as 0.05, or off. The threshold is calibrated from the "
                 "support set (docs/open_set.md)")
 

@@ -131,7 +131,7 @@ def _parse_augment(spec):
               help="episodes: add as many queries of classes outside the support set as known ones; report AUROC "
                    "known-vs-unknown, known-class accuracy at the operating point, unknowns refused (docs/open_set.md)")
 @click.option("--unknown", "unknown_rate", type=click.FloatRange(0, 0.5, min_open=True), default=None,
-              help="open set: target false-rejection rate of the threshold [0.02, as unknown='auto' on the device]")
+              help="open set: target false-rejection rate of the threshold [0.01, as unknown='auto' on the device]")
 @click.option("--skip-alphabet", "skip_groups", multiple=True, metavar="NAME",
               help="leave out the classes of this alphabet (group), e.g. ones the model was trained on. Repeatable.")
 @click.option("--seed", type=int, default=0, show_default=True)
