@@ -171,6 +171,18 @@ def test_evaluate_open_set_protocol_on_the_fixture(greek, clf):
 
 
 # ----------------------------------------------------------------------------- the fleet
+def test_a_full_outbox_drops_unknown_and_unsure_rows_before_corrections(tmp_path):
+    from metalite.runtime.sync import Outbox
+
+    px = np.full((1, 28, 28), 255, np.uint8)
+    with Outbox(tmp_path / "o.sqlite", capacity=3) as ob:
+        ob.add("correction", px, ["a"], ["b"], [0.4])
+        for kind in ("unknown", "unsure", "unknown", "correction"):
+            ob.add(kind, px, predicted=["a"], confidences=[0.5])
+        assert [r["kind"] for r in ob.oldest(10)] == ["correction", "unknown", "correction"]
+        assert ob.kinds() == {"correction": 2, "unknown": 1} and ob.dropped == 2
+
+
 @pytest.fixture(scope="module")
 def bundles(tmp_path_factory):
     return shared_bundles(tmp_path_factory)
@@ -217,17 +229,26 @@ def test_unknowns_reach_the_server_as_their_own_kind_and_an_update_recalibrates(
     assert [np.frombuffer(x["pixels"], np.uint8).reshape(28, 28).tolist() for x in unknown_rows] == strangers.tolist()
     assert not any(x["kind"] == "unsure" and x["predicted"] == UNKNOWN for x in rows)
     home.close()
+    write_pngs(tmp_path / "strangers", strangers[:2], ["s", "s"])
+    pngs = sorted(str(p) for p in (tmp_path / "strangers").rglob("*.png"))
+    r = cli.invoke(main, ["device", "predict", *pngs, "--home", str(home_dir), "--delegate", "cpu", "--json"])
+    assert r.exit_code == 0 and [x["label"] for x in json.loads(r.stdout)] == [UNKNOWN] * 2, r.output
+    assert "2 unknown" in r.stderr, r.stderr
+    r = cli.invoke(main, ["device", "predict", *pngs, "--home", str(home_dir), "--delegate", "cpu", "--unknown", "off"])
+    assert r.exit_code == 0 and UNKNOWN not in r.stdout and "unknown" not in r.stderr, r.output
+    rows = DeviceHome(home_dir).outbox().oldest(100)
+    assert sum(x["kind"] == "unknown" for x in rows) == 8
 
     publish(fl, bundles["v2"])  # another backbone (24-d): the update re-embeds the support set and recalibrates
     res = sync(DeviceHome(home_dir), server.url, token, key, delegate="cpu", share_support=False)
     assert res.update.status == "switched" and res.uploaded == len(rows), res
     got = list(iter_examples(fl, kinds=["unknown"]))
-    assert len(got) == 6 and {e["device"] for e in got} == {"door"}
-    assert [e["image"].tolist() for e in got] == strangers.tolist()
+    assert len(got) == 8 and {e["device"] for e in got} == {"door"}
+    assert [e["image"].tolist() for e in got] == strangers.tolist() + strangers[:2].tolist()
     r = cli.invoke(main, ["fleet", "status", "--root", str(server.root)])
-    assert r.exit_code == 0 and "6 unknown" in r.stdout, r.output
+    assert r.exit_code == 0 and "8 unknown" in r.stdout, r.output
     assert json.loads(cli.invoke(main, ["fleet", "status", "--root", str(server.root), "--json"]).stdout)[
-        "examples"]["unknown"] == 6
+        "examples"]["unknown"] == 8
 
     st = load_state(DeviceHome(home_dir).state_path())
     assert st.support.shape[1] == 24 and st.unknown["rate"] == openset.DEFAULT_RATE
