@@ -117,6 +117,12 @@ def test_threshold_survives_save_and_load_and_old_states_still_load(greek, clf, 
     assert FewShotClassifier.load(SHIPPED, tmp_path / "old.npz", delegate="cpu").unknown is None
     auto = FewShotClassifier.load(SHIPPED, tmp_path / "old.npz", delegate="cpu", unknown=0.05)
     assert auto.unknown == clf.unknown
+    # a class named like the open-set answer (possible before it existed) loads, but not with unknown on
+    clash = {**st.__dict__, "unknown": None, "classes": [UNKNOWN, *st.classes[1:]]}
+    save_state(tmp_path / "clash.npz", State(**clash))
+    assert FewShotClassifier.load(SHIPPED, tmp_path / "clash.npz", delegate="cpu").classes[0] == UNKNOWN
+    with pytest.raises(StateError, match="rename it"):
+        FewShotClassifier.load(SHIPPED, tmp_path / "clash.npz", delegate="cpu", unknown="auto")
     # a setting that does not fit is refused in one line
     with pytest.raises(StateError, match="unknown.threshold"):
         save_state(tmp_path / "bad.npz", State(**{**st.__dict__, "unknown": {**st.unknown, "threshold": -1.0}}))
