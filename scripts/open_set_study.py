@@ -5,7 +5,8 @@
 
 ``unseen``: the alphabets of the training split of OMNIGLOT_ZIP (images_background.zip) that the bundle's own
 training data does not contain (its manifest's omniglot files, looked up next to OMNIGLOT_ZIP): where the
-constants were measured. ``heldout``: the test split (``training.datasets.HELDOUT_SPLIT``), minus --skip.
+constants were measured. ``val``: the validation split (for a bundle trained on all of OMNIGLOT_ZIP's training
+split, which leaves no unseen training alphabets). ``heldout``: the test split (``HELDOUT_SPLIT``), minus --skip.
 Embeddings come from the runtime (int8, the bundle's shift averaging), distances in the head's output space.
 """
 from __future__ import annotations
@@ -36,8 +37,10 @@ def load(bundle: str, data: Path, which: str, skip: list):
         seen = set().union(*[_alphabets_of(data.parent / f) for f in spec.partition(":")[2].split(",") if f])
         skip = sorted(set(skip) | seen)
     else:
-        ds = load_data(f"omniglot:{data}", 28, HELDOUT_SPLIT)
+        ds = load_data(f"omniglot:{data}", 28, "val" if which == "val" else HELDOUT_SPLIT)
     ds = ds.subset([c for c in range(ds.num_classes) if ds.groups[c] not in set(skip)])
+    if ds.num_classes < 12:
+        raise SystemExit(f"only {ds.num_classes} classes left on these alphabets; choose other --alphabets")
     h = hidden_forward(clf.head_spec.weights, clf.head_spec.activations, clf.embed(ds.images))[-1]
     return ds, h.astype(np.float64)
 
@@ -119,7 +122,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("bundle")
     ap.add_argument("data", type=Path, help="images_background.zip")
-    ap.add_argument("--alphabets", choices=["unseen", "heldout"], default="unseen")
+    ap.add_argument("--alphabets", choices=["unseen", "val", "heldout"], default="unseen")
     ap.add_argument("--skip", default="", help="comma-separated alphabets to leave out")
     ap.add_argument("--rate", type=float, default=openset.DEFAULT_RATE)
     ap.add_argument("--episodes", type=int, default=300)
