@@ -21,6 +21,7 @@ MINI = REPO / "tests" / "data" / "omniglot" / "mini2.zip"
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
+FAKE_CAMERA = ("--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream")  # chromium's test pattern
 
 
 def omniglot_home(path: Path):
@@ -88,7 +89,7 @@ def page_csrf(server) -> str:
 
 
 @contextlib.contextmanager
-def chromium():
+def chromium(*extra_args: str):
     """A headless Debian chromium driven by Playwright, or ``pytest.skip`` with the reason it cannot run."""
     import pytest
 
@@ -99,7 +100,8 @@ def chromium():
     if not CHROMIUM.exists() or shutil.which(str(CHROMIUM)) is None:
         pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium; .ci/run installs it)")
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS + list(extra_args),
+                                    headless=True)
         try:
             yield browser
         finally:

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pagekit import call, chromium, greek, omniglot_home, page_csrf, serving
+from pagekit import FAKE_CAMERA, call, chromium, greek, omniglot_home, page_csrf, serving
 from runtime_kit import assert_one_line
 
 from metalite.runtime.errors import InputError
@@ -136,6 +136,37 @@ def test_teach_recognize_correct_rename_remove_through_the_page_in_chromium(tmp_
             headers: {'Content-Type': 'application/json', 'X-CSRF-Token': CSRF}})
             .then(r => r.json()).then(d => showError(d.error))""")
         assert "larger than the 16 MiB allowed per request" in _error_line(page)
+
+
+def test_teach_and_recognize_from_the_camera_in_chromium(tmp_path):
+    """getUserMedia on localhost with chromium's fake camera (a moving test pattern) instead of a real one."""
+    home = omniglot_home(tmp_path / "home")
+    imgs = greek(tmp_path / "img")
+    with chromium(*FAKE_CAMERA) as browser, serving(home) as server:
+        context = browser.new_context(viewport={"width": 1280, "height": 900})
+        context.grant_permissions(["camera"], origin=server.url.rstrip("/"))
+        page = context.new_page()
+        page.goto(server.url)
+        page.wait_for_selector("#classes .empty")
+        _teach(page, "alpha", imgs["character01"][:2])
+        page.click("#camera-toggle")
+        page.wait_for_selector("#camera.on")
+        page.wait_for_function("document.getElementById('video').videoWidth > 0")
+        for _ in range(2):
+            page.click("#camera-teach")
+        page.wait_for_selector("#pending-count:has-text('2 images ready')")
+        page.fill("#teach-label", "pattern")
+        page.click("#teach-go")
+        page.wait_for_selector("#notice:has-text('taught 2 images to pattern')")
+        st = load_state(home.state_path())
+        assert st.classes == ["alpha", "pattern"] and np.bincount(st.support_labels).tolist() == [2, 2]
+        page.click("#camera-recognize")
+        page.wait_for_selector("#result .time")
+        assert page.inner_text("#result .answer .name") == "pattern"
+        page.click("#camera-toggle")
+        page.wait_for_selector("#camera:not(.on)", state="attached")
+        assert page.evaluate("stream === null")  # the camera is released
+        context.close()
 
 
 def test_beyond_localhost_every_api_request_needs_the_token(tmp_path):

@@ -20,16 +20,20 @@ import json
 import logging
 import secrets
 import ssl
+import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from ..errors import MetaliteError
 from .access import Access
+from .tls import WebError
 
 log = logging.getLogger("metalite.runtime.webui")
 
 MAX_BODY = 16 << 20  # bytes per request (a phone photo is 2-5 MB, base64 adds a third)
 DRAIN_LIMIT = 128 << 20  # an oversized body up to this is read and dropped before answering 413
+BODIES = 2  # request bodies held in memory at once (others wait): memory stays bounded with many clients
+MIN_TOKEN = 8  # characters of a token given with --token
 PAGE = Path(__file__).with_name("page.html")
 
 
@@ -52,8 +56,11 @@ class PageServer(ThreadingHTTPServer):
         super().__init__(address, Handler)
         if tls is not None:
             self.socket = tls.wrap_socket(self.socket, server_side=True)
+        if token is not None and len(token) < MIN_TOKEN:
+            raise WebError(f"the access token must have at least {MIN_TOKEN} characters (a short PIN can be guessed)")
         self.teacher, self.max_body, self.https = teacher, int(max_body), tls is not None
         self.access = Access(address[0], token)
+        self.bodies = threading.BoundedSemaphore(BODIES)
         self.page = PAGE.read_text(encoding="utf-8")
 
     @property
@@ -169,6 +176,10 @@ class Handler(BaseHTTPRequestHandler):
         self._run(route)
 
     def _run(self, route, body: bool = True) -> None:
+        if body and not self.server.bodies.acquire(timeout=30):
+            self.close_connection = True
+            self._error(503, "the device is busy with other uploads; try again")
+            return
         try:
             result = route(self.server.teacher, self._body() if body else None)
         except _Refused as e:
@@ -180,6 +191,9 @@ class Handler(BaseHTTPRequestHandler):
             self._error(500, f"the device could not save it: {e.strerror or e}")
         else:
             self._json(200, result)
+        finally:
+            if body:
+                self.server.bodies.release()
 
 
 def _image(item, what: str) -> tuple:

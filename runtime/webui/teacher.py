@@ -86,6 +86,7 @@ class Teacher:
             h, w = clf.bundle.input_shape[:2]
             return {"version": clf.version, "created": m.get("created"), "metalite_version": m.get("metalite_version"),
                     "accuracy": _accuracy_lines(m.get("accuracy") or {}), "acceleration": describe(clf.acceleration),
+                    "backbone": _backbone_line(clf.acceleration),
                     "interpreter": clf.acceleration.interpreter, "delegate": clf.acceleration.delegate,
                     "device": clf.device, "thumbnail_size": [h, w], "classes": classes,
                     "outbox": self.home.outbox().pending()}
@@ -169,6 +170,14 @@ def _label(value):
         if len(value) > 100:
             raise InputError("the class name is longer than 100 characters")
     return normalize_label(value)
+
+
+def _backbone_line(acc) -> str:
+    """How the backbone runs, short: "ai_edge_litert 2.3.0 on the CPU, XNNPACK delegate (whole graph)"."""
+    where = "the Edge TPU" if acc.device == "edgetpu" else "the CPU"
+    name = {"xnnpack": "XNNPACK", "edgetpu": "Edge TPU"}.get(acc.delegate, acc.delegate)
+    how = "no delegate" if acc.delegate == "none" else f"{name} delegate ({acc.delegated})"
+    return f"backbone: {acc.interpreter} {acc.version or ''} on {where}, {how}".replace("  ", " ")
 
 
 def _accuracy_lines(acc: dict) -> list:
