@@ -127,7 +127,7 @@ def test_teach_recognize_correct_rename_remove_through_the_page_in_chromium(tmp_
         page.fill("#teach-label", "gamma")
         page.set_input_files("#teach-files", str(tmp_path / "broken.png"))
         page.click("#teach-go")
-        page.wait_for_function("document.getElementById('error').textContent.includes('broken.png')")
+        page.wait_for_function("() => document.getElementById('error').textContent.includes('broken.png')")
         assert "broken.png: cannot decode image" in _error_line(page)
         assert _classes_on_page(page) == {"beta (β)": "3 images", "gamma": "4 images"}
         # the server's own limit, for a client that skips the page's check: the page shows its one line
@@ -151,7 +151,7 @@ def test_teach_and_recognize_from_the_camera_in_chromium(tmp_path):
         _teach(page, "alpha", imgs["character01"][:2])
         page.click("#camera-toggle")
         page.wait_for_selector("#camera.on")
-        page.wait_for_function("document.getElementById('video').videoWidth > 0")
+        page.wait_for_function("() => document.getElementById('video').videoWidth > 0")
         for _ in range(2):
             page.click("#camera-teach")
         page.wait_for_selector("#pending-count:has-text('2 images ready')")
