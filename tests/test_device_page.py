@@ -9,9 +9,16 @@ Screenshots go to ``$METALITE_PAGE_SCREENSHOTS`` when set (docs/device_page.md),
 from __future__ import annotations
 
 import base64
+import http.client
 import io
 import json
 import os
+import re
+import signal
+import ssl
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -317,3 +324,78 @@ def test_access_rules():
     assert a.refuse("POST", "/api/teach", ok) is None
     assert a.refuse("GET", "/", {"Host": "[::1]:8080"}) is None
     assert a.refuse("POST", "/api/teach", dict(ok, Origin="http://localhost:9999"))[0] == 403
+
+
+# ----------------------------------------------------------------------------- the command
+def _start(args, tmp_path) -> tuple:
+    """``metalite device serve ARGS`` in a subprocess; (process, the first stderr lines up to 'serving ...')."""
+    proc = subprocess.Popen([sys.executable, "-c", "from metalite.tools.cli import main; main()", "device", "serve",
+                             *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines = []
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        if not line:
+            break
+        lines.append(line.rstrip())
+        if line.startswith(("serving", "watching")):
+            break
+    return proc, lines
+
+
+def _stop(proc) -> None:
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def test_serve_command_over_https_with_a_self_signed_certificate_and_the_printed_token(tmp_path):
+    home = omniglot_home(tmp_path / "home")
+    proc, lines = _start(["--home", home.root, "--host", "0.0.0.0", "--port", 0, "--self-signed"], tmp_path)
+    try:
+        served = next((l for l in lines if l.startswith("serving")), None)
+        assert served, lines
+        port = int(re.search(r":(\d+)/", served).group(1))
+        token = re.search(r"access token: (\S+)", served).group(1)
+        assert any(f"#token={token}" in l for l in lines) and "XNNPACK" in lines[0]
+        ctx = ssl.create_default_context(cafile=str(home.root / "tls" / "cert.pem"))  # the certificate it made
+        ctx.check_hostname = True
+        conn = http.client.HTTPSConnection("127.0.0.1", port, context=ctx, timeout=30)
+        conn.request("GET", "/api/status", headers={"X-Metalite-Token": token})
+        r = conn.getresponse()
+        assert r.status == 200 and json.loads(r.read())["needs_token"] is True
+        conn.request("GET", "/api/status")
+        assert conn.getresponse().status == 401
+        conn.close()
+    finally:
+        _stop(proc)
+    assert proc.returncode == 0, proc.stderr.read()
+
+
+def test_serve_command_refuses_a_short_token_and_watches_without_a_page(tmp_path):
+    home = omniglot_home(tmp_path / "home")
+    done = subprocess.run([sys.executable, "-c", "from metalite.tools.cli import main; main()", "device", "serve",
+                           "--home", str(home.root), "--token", "1234", "--port", "0"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and done.stderr.strip().splitlines()[-1].startswith("Error: the access token must")
+    imgs = greek(tmp_path / "img")
+    teacher = Teacher(home, delegate="cpu")
+    teacher.teach("alpha", [(p.name, p.read_bytes()) for p in imgs["character01"][:2]])
+    teacher.teach("beta", [(p.name, p.read_bytes()) for p in imgs["character02"][:2]])
+    home.close()
+    shots, log = tmp_path / "shots", tmp_path / "watch.jsonl"
+    shots.mkdir()
+    proc, lines = _start(["--home", home.root, "--watch", shots, "--watch-log", log, "--no-page"], tmp_path)
+    try:
+        assert lines and lines[-1].startswith("watching"), lines
+        (shots / "a.png").write_bytes(imgs["character02"][5].read_bytes())
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not (log.exists() and log.read_text().strip()):
+            time.sleep(0.2)
+    finally:
+        _stop(proc)
+    row = json.loads(log.read_text().splitlines()[0])
+    assert row["label"] == "beta" and row["image"].endswith("a.png")

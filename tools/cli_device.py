@@ -256,7 +256,7 @@ def device_serve_cmd(home, host, port, token, self_signed, tls_cert, tls_key, ma
     """
     from metalite.runtime.interpreter import describe
     from metalite.runtime.sync import DeviceHome
-    from metalite.runtime.webui import PageServer, Teacher, Watcher, self_signed as make_cert, tls_context
+    from metalite.runtime.webui import PageServer, Teacher, Watcher, lan_address, self_signed as make_cert, tls_context
 
     if no_page and watch_dir is None:
         raise click.UsageError("--no-page needs --watch")
@@ -274,14 +274,14 @@ def device_serve_cmd(home, host, port, token, self_signed, tls_cert, tls_key, ma
         return
     tls = None
     if self_signed:
-        tls_cert, tls_key = make_cert(h.root / "tls", ["localhost", "127.0.0.1", host, _hostname()])
+        tls_cert, tls_key = make_cert(h.root / "tls", ["localhost", "127.0.0.1", host, lan_address(), _hostname()])
     if tls_cert is not None:
         tls = tls_context(tls_cert, tls_key)
     server = PageServer((host, port), teacher, token=token, max_body=int(max_upload_mb * 2**20), tls=tls)
     click.echo(f"v{teacher.clf.version}, {len(teacher.clf.classes)} classes; {describe(teacher.clf.acceleration)}", err=True)
     if server.access.needs_token:
-        click.echo(f"serving {server.url} (beyond localhost): access token {server.access.token}", err=True)
-        click.echo(f"  open {_lan_url(server)}#token={server.access.token}", err=True)
+        click.echo(f"serving {server.url} to the network; access token: {server.access.token} "
+                   f"(on a phone open {server.url}#token={server.access.token})", err=True)
     else:
         click.echo(f"serving {server.url} (this machine only; --host 0.0.0.0 for the network)", err=True)
     try:
@@ -298,14 +298,6 @@ def _hostname() -> str:
     import socket
 
     return socket.gethostname()
-
-
-def _lan_url(server) -> str:
-    """The page's address as another machine would type it (the host name when bound to all addresses)."""
-    host, port = server.server_address[:2]
-    if host in ("0.0.0.0", "::"):
-        host = _hostname()
-    return f"{'https' if server.https else 'http'}://{host}:{port}/"
 
 
 def _wait_forever(watcher) -> None:

@@ -19,6 +19,7 @@ import binascii
 import json
 import logging
 import secrets
+import socket
 import ssl
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -65,10 +66,24 @@ class PageServer(ThreadingHTTPServer):
 
     @property
     def url(self) -> str:
-        """The address to open (the bound host; 0.0.0.0 shown as is)."""
+        """The address to open: the bound host, or this machine's LAN address when bound to all of them."""
         host, port = self.server_address[:2]
+        if host in ("0.0.0.0", "::"):
+            host = lan_address()
         host = f"[{host}]" if ":" in host else host
         return f"{'https' if self.https else 'http'}://{host}:{port}/"
+
+
+def lan_address() -> str:
+    """This machine's address on its default route (what a phone on the same network types), or 127.0.0.1.
+
+    Connecting a UDP socket sends nothing; it only makes the kernel pick the outgoing interface."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("10.255.255.255", 1))
+            return s.getsockname()[0]
+        except OSError:
+            return "127.0.0.1"
 
 
 class _Refused(Exception):

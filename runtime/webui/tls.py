@@ -31,7 +31,8 @@ def tls_context(cert, key) -> ssl.SSLContext:
 
 def self_signed(folder, names) -> tuple:
     """``(cert, key)`` paths of a self-signed certificate in ``folder`` for ``names`` (host names or
-    addresses), made with ``openssl`` if not there yet (valid 825 days, RSA 2048)."""
+    addresses), made with ``openssl`` if not there yet (valid 825 days, RSA 2048). Delete the folder to make
+    a new one (after the device's address changed)."""
     folder = Path(folder)
     cert, key = folder / "cert.pem", folder / "key.pem"
     if cert.is_file() and key.is_file():
@@ -40,7 +41,8 @@ def self_signed(folder, names) -> tuple:
     if openssl is None:
         raise WebError("--self-signed needs the openssl command (apt install openssl), or pass --tls-cert/--tls-key")
     folder.mkdir(parents=True, exist_ok=True)
-    alt = ",".join(f"IP:{n}" if _is_ip(n) else f"DNS:{n}" for n in dict.fromkeys(names))
+    names = [n for n in dict.fromkeys(names) if n and n not in ("0.0.0.0", "::")]
+    alt = ",".join(f"IP:{n.strip('[]')}" if _is_ip(n) else f"DNS:{n}" for n in names)
     tmp_cert, tmp_key = folder / ".cert.pem.tmp", folder / ".key.pem.tmp"
     cmd = [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "825", "-subj", "/CN=metalite device",
            "-addext", f"subjectAltName={alt}", "-keyout", str(tmp_key), "-out", str(tmp_cert)]
