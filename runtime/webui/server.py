@@ -97,7 +97,9 @@ class Handler(BaseHTTPRequestHandler):
 
     server: PageServer
     timeout = 60  # seconds a client may stall mid-request
+    disable_nagle_algorithm = True  # headers and body are two writes: Nagle + delayed ACK would add 40 ms
     server_version = "metalite-device"
+    protocol_version = "HTTP/1.1"  # keep-alive: every answer has a Content-Length
     sys_version = ""
 
     def log_message(self, fmt, *args) -> None:  # http.server prints to stderr; the library logs instead
@@ -113,6 +115,8 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("Referrer-Policy", "no-referrer")
         for k, v in (extra or {}).items():
             self.send_header(k, v)
+        if self.close_connection:
+            self.send_header("Connection", "close")
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)
