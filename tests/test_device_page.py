@@ -176,6 +176,24 @@ def test_teach_and_recognize_from_the_camera_in_chromium(tmp_path):
         context.close()
 
 
+def test_the_page_beyond_localhost_asks_for_the_token_and_takes_it_from_the_address(tmp_path):
+    home = omniglot_home(tmp_path / "home")
+    with chromium() as browser, serving(home, host="0.0.0.0", token="phone-token-1") as server:
+        url = f"http://127.0.0.1:{server.server_address[1]}/"
+        page = browser.new_page(viewport={"width": 390, "height": 844})
+        page.goto(url)
+        page.wait_for_selector("#token-card.show")
+        assert "access token" in _error_line(page)
+        page.fill("#token", "phone-token-1")
+        page.click("#token-save")
+        page.wait_for_selector("#classes .empty")
+        assert not page.is_visible("#token-card")
+        other = browser.new_context().new_page()  # a fresh browser profile, as a phone opening the printed address
+        other.goto(url + "#token=phone-token-1")
+        other.wait_for_selector("#classes .empty")
+        assert other.evaluate("location.hash") == "" and other.evaluate("localStorage.getItem('metalite-token')")
+
+
 def test_beyond_localhost_every_api_request_needs_the_token(tmp_path):
     home = omniglot_home(tmp_path / "home")
     with serving(home, host="0.0.0.0", token="s3cret-token") as server:
@@ -286,6 +304,12 @@ def test_rename_keeps_the_head_and_refuses_a_name_in_use(tmp_path):
     with pytest.raises(InputError, match="exists already"):
         teacher.rename("alpha", "gamma")
     assert load_state(home.state_path()).classes == ["alpha", "B", "gamma"]
+    for label in ("alpha", "B", "gamma"):
+        teacher.remove(label)
+    assert not home.state_path().exists() and teacher.status()["classes"] == []
+    assert Teacher(home, delegate="cpu").clf.classes == []
+    with pytest.raises(InputError, match="nothing learned yet"):
+        teacher.recognize(query.name, query.read_bytes())
 
 
 def test_watch_mode_writes_a_json_line_per_new_image_and_goes_on_past_unreadable_files(tmp_path):

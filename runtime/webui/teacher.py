@@ -64,7 +64,8 @@ class Teacher:
         try:
             apply(clf)
             if clf.head is None:  # the last class was removed: no state to keep
-                self.home.state_path().unlink(missing_ok=True)
+                with self.home.lock():
+                    self.home.state_path().unlink(missing_ok=True)
             else:
                 self.home.save(clf)
         except BaseException:
