@@ -14,6 +14,7 @@ import io
 import json
 import os
 import re
+import shutil
 import signal
 import ssl
 import subprocess
@@ -310,6 +311,25 @@ def test_rename_keeps_the_head_and_refuses_a_name_in_use(tmp_path):
     assert Teacher(home, delegate="cpu").clf.classes == []
     with pytest.raises(InputError, match="nothing learned yet"):
         teacher.recognize(query.name, query.read_bytes())
+
+
+def test_a_sync_that_switches_the_version_is_picked_up_at_the_next_request(tmp_path):
+    home = omniglot_home(tmp_path / "home")
+    imgs = greek(tmp_path / "img")
+    teacher = Teacher(home, delegate="cpu")
+    teacher.teach("alpha", [(p.name, p.read_bytes()) for p in imgs["character01"][:2]])
+    query = imgs["character01"][4]
+    answer = teacher.recognize(query.name, query.read_bytes())
+    staging = home.staging(2)
+    shutil.copytree(home.bundle_dir(1), staging, dirs_exist_ok=True, ignore=shutil.ignore_patterns("state.npz"))
+    with home.lock():
+        home.install(staging, 2, "")  # as a sync does (its state would be re-embedded; here: none)
+    st = teacher.status()
+    assert st["version"] == 2 and st["classes"] == [] and teacher.clf.version == 2
+    with pytest.raises(InputError, match="no recent answer"):  # answers of the old version are forgotten
+        teacher.correct(answer["id"], "alpha")
+    teacher.teach("beta", [(p.name, p.read_bytes()) for p in imgs["character02"][:2]])
+    assert load_state(home.state_path(2)).classes == ["beta"]
 
 
 def test_watch_mode_writes_a_json_line_per_new_image_and_goes_on_past_unreadable_files(tmp_path):

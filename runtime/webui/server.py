@@ -25,7 +25,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from ..errors import MetaliteError
+from ..errors import MetaliteError, one_line
 from .access import Access
 from .tls import WebError
 
@@ -208,6 +208,9 @@ class Handler(BaseHTTPRequestHandler):
         except OSError as e:
             log.exception("request failed")
             self._error(500, f"the device could not save it: {e.strerror or e}")
+        except Exception as e:  # a bug: the page still gets one line, the log gets the traceback
+            log.exception("request failed")
+            self._error(500, f"internal error: {one_line(e)}")
         else:
             self._json(200, result)
         finally:
