@@ -266,6 +266,7 @@ class FewShotClassifier:
             return self
         if new_label in self._support:
             raise InputError(f"class {short_repr(new_label)} exists already; add the images to it instead")
+
         def renamed(d: dict) -> dict:
             return {new_label if c == label else c: v for c, v in d.items()}
 

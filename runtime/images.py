@@ -15,6 +15,7 @@ palette/CMYK/alpha modes; resizing then adds a few MiB (``preprocess`` works til
 """
 from __future__ import annotations
 
+import io
 import os
 import warnings
 from pathlib import Path
@@ -105,8 +106,6 @@ def read_image(path, min_size=None) -> np.ndarray:
 
 def read_image_bytes(data: bytes, name: str = "uploaded image", min_size=None) -> np.ndarray:
     """``read_image`` for an encoded image already in memory (an upload); ``name`` is used in messages."""
-    import io
-
     return _open_decode(io.BytesIO(data), name, min_size)
 
 

@@ -443,3 +443,16 @@ def test_serve_command_refuses_a_short_token_and_watches_without_a_page(tmp_path
         _stop(proc)
     row = json.loads(log.read_text().splitlines()[0])
     assert row["label"] == "beta" and row["image"].endswith("a.png")
+
+
+def test_a_port_in_use_or_a_short_token_is_one_line(tmp_path):
+    from metalite.runtime.webui import PageServer, WebError
+
+    home = omniglot_home(tmp_path / "home")
+    with serving(home) as server:
+        with pytest.raises(WebError) as e:
+            PageServer(("127.0.0.1", server.server_address[1]), server.teacher)
+        assert_one_line(e.value, WebError)
+        assert "cannot listen on 127.0.0.1" in str(e.value)
+        with pytest.raises(WebError, match="at least 8 characters"):
+            PageServer(("127.0.0.1", 0), server.teacher, token="1234")

@@ -54,7 +54,10 @@ class PageServer(ThreadingHTTPServer):
 
     def __init__(self, address, teacher, token: str | None = None, max_body: int = MAX_BODY,
                  tls: ssl.SSLContext | None = None):
-        super().__init__(address, Handler)
+        try:
+            super().__init__(address, Handler)
+        except OSError as e:
+            raise WebError(f"cannot listen on {address[0]}:{address[1]}: {e.strerror or e}") from None
         if tls is not None:
             self.socket = tls.wrap_socket(self.socket, server_side=True)
         if token is not None and len(token) < MIN_TOKEN:
