@@ -357,6 +357,20 @@ def test_watch_mode_writes_a_json_line_per_new_image_and_goes_on_past_unreadable
     assert rows[0]["label"] == "alpha" and rows[2]["label"] == "beta" and rows[0]["version"] == 1
     assert 0 < rows[0]["confidence"] <= 1 and len(rows[0]["top"]) == 3
     assert "cannot decode image" in rows[1]["error"] and "label" not in rows[1]
+    (shots / "1.png").write_bytes(imgs["character03"][4].read_bytes())  # written again (a camera's latest.jpg)
+    os.utime(shots / "1.png", ns=(1, 1))  # another mtime even if the file system's clock ticks coarsely
+    watcher.poll()
+    assert watcher.poll() == 1 and json.loads(out.getvalue().splitlines()[-1])["label"] == "gamma"
+    data = (shots / "3.png").read_bytes()
+    shots.rename(tmp_path / "unmounted")  # the folder goes away for a while: nothing is forgotten
+    assert watcher.poll() == 0
+    (tmp_path / "unmounted").rename(shots)
+    assert watcher.poll() == 0 and watcher.poll() == 0
+    (shots / "3.png").unlink()  # moved away, then a new file of that name: a new image
+    watcher.poll()
+    (shots / "3.png").write_bytes(data)
+    watcher.poll()
+    assert watcher.poll() == 1 and watcher.classified == 5
 
 
 def test_access_rules():

@@ -3,7 +3,8 @@
 A file is read once its size and modification time stayed the same for one poll (a camera still writing
 it is left alone), hidden files and names without an image extension are skipped (many tools write
 ``.name.tmp`` and rename), and files already there at start are not classified. An image that cannot be
-used gives a line with ``"error"`` and the watch goes on.
+used gives a line with ``"error"`` and the watch goes on. A file written again under the same name (a
+camera's ``latest.jpg``) is a new image. Names are remembered only while their file is there.
 """
 from __future__ import annotations
 
@@ -29,18 +30,19 @@ class Watcher:
 
     def __init__(self, teacher, folder, out, interval: float = 0.5):
         self.teacher, self.folder, self.out, self.interval = teacher, Path(folder), out, float(interval)
-        self._seen: dict = {}  # name -> (size, mtime_ns) when first seen, or None once classified
+        self._pending: dict = {}  # name -> (size, mtime_ns) at the last poll, until it stops changing
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.classified = 0
-        self._seen = dict.fromkeys(self._listing())  # there before the watch started: not new
+        self._done: dict = self._listing() or {}  # name -> (size, mtime_ns) classified; those there at start too
 
-    def _listing(self) -> dict:
+    def _listing(self) -> dict | None:
+        """{name: (size, mtime_ns)} of the image files in the folder, or None if it cannot be read now."""
         found = {}
         try:
             entries = list(os.scandir(self.folder))
         except OSError:
-            return found  # the folder went away (an unmounted card): try again next poll
+            return None  # the folder went away (an unmounted card): keep what is known, try again next poll
         for e in entries:
             if e.name.startswith(".") or not e.name.lower().endswith(IMAGE_EXTENSIONS):
                 continue
@@ -54,15 +56,20 @@ class Watcher:
 
     def poll(self) -> int:
         """One look at the folder: classify the files that stopped changing; returns how many lines were written."""
-        written = 0
-        for name, sig in sorted(self._listing().items()):
-            before = self._seen.get(name, "new")
-            if before is None:
+        written, listing = 0, self._listing()
+        if listing is None:
+            return 0
+        # forget files that went away, so the watch stays small however long it runs
+        self._done = {n: v for n, v in self._done.items() if n in listing}
+        self._pending = {n: v for n, v in self._pending.items() if n in listing}
+        for name, sig in sorted(listing.items()):
+            if self._done.get(name) == sig:
+                continue  # classified (or there at start) and unchanged since
+            if self._pending.get(name) != sig:  # new, rewritten, or still growing: look again next poll
+                self._pending[name] = sig
                 continue
-            if before != sig:  # new, or still growing
-                self._seen[name] = sig
-                continue
-            self._seen[name] = None
+            del self._pending[name]
+            self._done[name] = sig
             self._write(self._line(self.folder / name))
             written += 1
         return written
