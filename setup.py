@@ -19,7 +19,8 @@ setup(
     # with no folder of its own, so nothing in the repository root shadows the installed one
     # (DESIGN.md, "Layout").
     packages=["metalite.training", "metalite.export", "metalite.runtime", "metalite.runtime.sync", "metalite.tools",
-              "metalite.fleet"],
+              "metalite.fleet", "metalite.runtime.webui"],
+    package_data={"metalite.runtime.webui": ["page.html"]},
     package_dir={
         "metalite.training": "training",
         "metalite.export": "export",
@@ -43,7 +44,8 @@ setup(
         "serve": ["fastapi>=0.100", "uvicorn>=0.23", "cryptography>=3.4"],
         "sync": ["cryptography>=3.4"],
         "dev": ["pytest", "pytest-timeout", "ai-edge-litert", "fastapi>=0.100", "uvicorn>=0.23", "cryptography>=3.4",
-                "hypothesis", "scikit-learn"],
+                "hypothesis", "scikit-learn",
+                "playwright"],  # playwright drives Debian's chromium in tests/test_device_page.py
     },
     entry_points={"console_scripts": ["metalite=metalite.tools.cli:main"]},
 )

@@ -294,6 +294,28 @@ class FewShotClassifier:
         kept = {c: v for c, v in self._images.items() if c != label}
         return self._commit([c for c in self._classes if c != label], support, kept)
 
+    def rename_class(self, label, new_label) -> "FewShotClassifier":
+        """Give a learned class another label; its column, support set and the adapted head stay as they are.
+
+        Raises:
+          UnknownClassError: ``label`` is not a learned class. InputError: ``new_label`` is already a class,
+            or a label is not a str or int.
+        """
+        label, new_label = _norm_label(label), _norm_label(new_label)
+        if label not in self._support:
+            raise UnknownClassError(f"unknown class {short_repr(label)}; known classes: {preview(self._classes)}")
+        if new_label == label:
+            return self
+        if new_label in self._support:
+            raise InputError(f"class {short_repr(new_label)} exists already; add the images to it instead")
+
+        def renamed(d: dict) -> dict:
+            return {new_label if c == label else c: v for c, v in d.items()}
+
+        self._support, self._images = renamed(self._support), renamed(self._images)
+        self._classes = [new_label if c == label else c for c in self._classes]
+        return self
+
     # ------------------------------------------------------------------ prediction
     def _require_fit(self, what: str) -> headlib.AdaptedHead:
         if self.head is None:

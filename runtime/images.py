@@ -15,6 +15,7 @@ palette/CMYK/alpha modes; resizing then adds a few MiB (``preprocess`` works til
 """
 from __future__ import annotations
 
+import io
 import os
 import warnings
 from pathlib import Path
@@ -56,7 +57,7 @@ def _as_array(im, dtype=None) -> np.ndarray:
     return out if out is not None else np.asarray(im, dtype=dtype)
 
 
-def _decode(im, p: Path, min_size) -> np.ndarray:
+def _decode(im, p, min_size) -> np.ndarray:
     if min_size is not None and im.format == "JPEG":
         im.draft(None, (int(min_size[1]), int(min_size[0])))  # DCT-domain downscale, never below min_size
     w, h = im.size
@@ -97,25 +98,35 @@ def read_image(path, min_size=None) -> np.ndarray:
     Raises:
       InputError: Pillow missing, file missing, above the pixel budget, or not decodable.
     """
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"{p}: {'not a regular file' if p.exists() else 'no such image file'}")
+    return _open_decode(p, p, min_size)
+
+
+def read_image_bytes(data: bytes, name: str = "uploaded image", min_size=None) -> np.ndarray:
+    """``read_image`` for an encoded image already in memory (an upload); ``name`` is used in messages."""
+    return _open_decode(io.BytesIO(data), name, min_size)
+
+
+def _open_decode(source, name, min_size) -> np.ndarray:
+    """Open ``source`` (a path or a binary file object) with Pillow and decode it within the budget."""
     try:
         from PIL import Image
     except ImportError:
         raise InputError("reading image files needs Pillow (pip install pillow), or pass numpy arrays") from None
-    p = Path(path)
-    if not p.is_file():
-        raise InputError(f"{p}: {'not a regular file' if p.exists() else 'no such image file'}")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # DecompressionBombWarning and friends: we apply our own budget
-            with Image.open(p) as im:
-                return _decode(im, p, min_size)
+            with Image.open(source) as im:
+                return _decode(im, name, min_size)
     except InputError:
         raise
     except Image.DecompressionBombError:
-        raise InputError(f"{p}: image exceeds the decoding budget of {max_image_pixels():,} pixels "
+        raise InputError(f"{name}: image exceeds the decoding budget of {max_image_pixels():,} pixels "
                          "(set METALITE_MAX_IMAGE_PIXELS to raise it)") from None
     except Exception as e:
-        raise InputError(f"{p}: cannot decode image ({one_line(e)[:200]})") from None
+        raise InputError(f"{name}: cannot decode image ({one_line(e)[:200]})") from None
 
 
 def is_path(x) -> bool:

@@ -1,4 +1,4 @@
-"""The device's fleet commands: ``metalite sync`` and ``metalite device adapt|predict|correct|status``.
+"""The device's commands: ``metalite sync`` and ``metalite device adapt|predict|correct|status|serve``.
 
 They work on a device home (``--home``, layout in docs/fleet.md) and import only ``metalite.runtime``
 (plus ``cryptography`` when a signature is checked), like ``adapt``/``predict``.
@@ -120,7 +120,7 @@ def _class_library(home, server, token, timeout, offline, shares, pulls, replace
 
 @click.group("device")
 def device_group():
-    """Use a device home: learn classes, predict (unsure ones go to the outbox), correct, status."""
+    """Use a device home: learn classes, predict (unsure ones go to the outbox), correct, status, serve a page."""
 
 
 @device_group.command("adapt")
@@ -244,6 +244,96 @@ def device_status_cmd(home, as_json):
     click.echo(f"open set: {describe(st['unknown'])}")
     kinds = ", ".join(f"{n} {k}" for k, n in sorted(st["outbox_kinds"].items()))
     click.echo(f"outbox: {st['outbox']} waiting{f' ({kinds})' if kinds else ''}, {st['dropped']} dropped when full")
+
+
+@device_group.command("serve")
+@HOME
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on. Beyond localhost (e.g. 0.0.0.0) every request needs the access token.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True, help="Port (0: any free one).")
+@click.option("--token", envvar="METALITE_PAGE_TOKEN", default=None,
+              help="Access token required beyond localhost [a new random one each start]. Env: METALITE_PAGE_TOKEN.")
+@click.option("--self-signed", is_flag=True,
+              help="Serve https with a self-signed certificate made once in HOME/tls (a phone's browser gives the "
+                   "camera only to https pages); needs the openssl command.")
+@click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Serve https with this certificate (PEM); with --tls-key.")
+@click.option("--tls-key", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None)
+@click.option("--max-upload-mb", type=click.FloatRange(0.1, 100), default=16.0, show_default=True,
+              help="Largest request body (images travel base64-encoded: a third larger than the file).")
+@click.option("--watch", "watch_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="Also classify each new image file appearing in this folder (a camera's output).")
+@click.option("--watch-log", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Append the watch mode's JSON lines to this file [standard output].")
+@click.option("--no-page", is_flag=True, help="With --watch: only watch, serve no page.")
+@click.option("--delegate", type=DELEGATE_CHOICE, default="auto", show_default=True)
+@fail_cleanly
+def device_serve_cmd(home, host, port, token, self_signed, tls_cert, tls_key, max_upload_mb, watch_dir, watch_log,
+                     no_page, delegate):
+    """Serve the device page: teach classes from a phone's camera or files, recognize, correct, rename, remove.
+
+    Opens the running version of the home (as 'metalite sync' keeps it; no fleet needed). Corrections go
+    to the outbox like 'metalite device correct'. Every change is saved atomically in the home's state.
+
+    \b
+    From a phone (the camera needs https or localhost; docs/device_page.md):
+      metalite device serve --home H --host 0.0.0.0 --self-signed   # open the printed https URL
+      ssh -L 8080:localhost:8080 pi@device                          # or forward the port from a laptop
+    """
+    from metalite.runtime.interpreter import describe
+    from metalite.runtime.sync import DeviceHome
+    from metalite.runtime.webui import PageServer, Teacher, Watcher, lan_address, self_signed as make_cert, tls_context
+
+    if no_page and watch_dir is None:
+        raise click.UsageError("--no-page needs --watch")
+    if (tls_cert is None) != (tls_key is None):
+        raise click.UsageError("--tls-cert and --tls-key go together")
+    h = DeviceHome(home)
+    teacher = Teacher(h, delegate=delegate)
+    watcher = None
+    if watch_dir is not None:
+        out = open(watch_log, "a", encoding="utf-8") if watch_log else sys.stdout
+        watcher = Watcher(teacher, watch_dir, out).start()
+        click.echo(f"watching {watch_dir}: a JSON line per new image to {watch_log or 'standard output'}", err=True)
+    if no_page:
+        _wait_forever(watcher)
+        return
+    tls = None
+    if self_signed:
+        tls_cert, tls_key = make_cert(h.root / "tls", ["localhost", "127.0.0.1", host, lan_address(), _hostname()])
+    if tls_cert is not None:
+        tls = tls_context(tls_cert, tls_key)
+    server = PageServer((host, port), teacher, token=token, max_body=int(max_upload_mb * 2**20), tls=tls)
+    click.echo(f"v{teacher.clf.version}, {len(teacher.clf.classes)} classes; {describe(teacher.clf.acceleration)}", err=True)
+    if server.access.needs_token:
+        click.echo(f"serving {server.url} to the network; access token: {server.access.token} "
+                   f"(on a phone open {server.url}#token={server.access.token})", err=True)
+    else:
+        click.echo(f"serving {server.url} (this machine only; --host 0.0.0.0 for the network)", err=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+        if watcher is not None:
+            watcher.stop()
+
+
+def _hostname() -> str:
+    import socket
+
+    return socket.gethostname()
+
+
+def _wait_forever(watcher) -> None:
+    import time
+
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        watcher.stop()
 
 
 def register(group: click.Group) -> None:
