@@ -88,6 +88,17 @@ def _data(alphabets, drawers=3):
     return FewShotData(images, np.array(labels), names, groups, drawers=np.array(draw))
 
 
+
+def test_split_seed_holds_out_other_alphabets_and_never_mixes_splits(tmp_path):
+    z = omniglot_zip(tmp_path / "o.zip", {**ALPHABETS, "Vav": 21, "Zayin": 20, "Het": 8})
+    tests = []
+    for seed in range(4):
+        parts = {s: set(load_data(f"omniglot:{z}", 28, s, seed=seed).groups) for s in ("train", "val", "test")}
+        assert not (parts["train"] & parts["test"]) and not (parts["train"] & parts["val"])
+        assert not (parts["val"] & parts["test"])
+        tests.append(frozenset(parts["test"]))
+    assert len(set(tests)) > 1  # another seed is another fold
+
 def test_lake_runs_are_within_alphabet_with_different_drawers():
     data = _data({"A": 25, "B": 20, "C": 19})
     assert lake_alphabets(data) == ["A", "B"]

@@ -43,6 +43,9 @@ DATA_HELP = ("dataset: 'glyphs' (built in, no download), 'omniglot:PATH[,PATH]' 
 @click.option("--val-every", type=int, default=None, help="validate on held-out classes every N steps [default: 1000]")
 @click.option("--checkpoint-every", type=int, default=None, help="checkpoint every N steps [default: 1000]")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--split-seed", type=int, default=None,
+              help="which classes (Omniglot: alphabets) are held out for validation and test: another seed holds "
+                   "out others, for a fold check of a recipe; evaluate follows the model's split [default: 0]")
 @click.option("--strategy", type=click.Choice(["default", "mirrored", "multiworker"]), default=None,
               help="default: one device; mirrored: all local devices; multiworker: the machines in TF_CONFIG "
                    "(protonet/anil; one episode per replica per step; docs/distributed.md) [default: default]")
@@ -52,7 +55,7 @@ DATA_HELP = ("dataset: 'glyphs' (built in, no download), 'omniglot:PATH[,PATH]' 
 @fail_cleanly
 def train_cmd(data, algorithm, backbone, filters, embedding_dim, head_hidden, image_size, ways, shots, queries,
               steps, lr, inner_steps, inner_lr, rotations, within_alphabet, augment, val_every, checkpoint_every,
-              seed, strategy, resume, out):
+              seed, split_seed, strategy, resume, out):
     """Meta-train a few-shot learner episodically and write a model directory.
 
     The directory keeps its config (algorithm, data, shapes, seed, versions) so later steps need no
@@ -71,7 +74,7 @@ def train_cmd(data, algorithm, backbone, filters, embedding_dim, head_hidden, im
     settings = {"data": data, "algorithm": algorithm, "image_size": image_size, "ways": ways, "shots": shots,
                 "queries": queries, "steps": steps, "seed": seed, "rotations": rotations,
                 "within_alphabet": within_alphabet, "augment": _parse_augment(augment), "hparams": hparams, "val_every": val_every,
-                "checkpoint_every": checkpoint_every, "strategy": strategy,
+                "checkpoint_every": checkpoint_every, "strategy": strategy, "split_seed": split_seed,
                 "backbone": {"kind": backbone, "filters": filters, "embedding_dim": embedding_dim},
                 "head": {"hidden": hidden, "activation": "linear"}}
     if resume:
@@ -178,7 +181,7 @@ def evaluate_cmd(model, protocol, data, split, ways, shots, queries, episodes, r
     if split == "auto":  # the held-out classes of the training data, every class of other data
         split = HELDOUT_SPLIT if portable_spec(data) == portable_spec(source["data"]) else "all"
     progress = console_progress()
-    ds = load_data(data, source["size"], split, progress=progress)
+    ds = load_data(data, source["size"], split, seed=source["split_seed"], progress=progress)
     if skip_groups:
         ds = _skip_groups(ds, skip_groups)
     if protocol == "lake":
@@ -258,6 +261,7 @@ def _model_dir_source(model, adapt_steps, tta):
     keras = keras_embed_fn(backbone)
     embed = lambda ds: embed_all(lambda x: shift_average(keras, x, tta), ds)  # noqa: E731
     return {"data": cfg["data"], "size": int(cfg["input"]["shape"][0]), "spec": spec, "tta": tta,
+            "split_seed": int(cfg.get("train", {}).get("split_seed", 0)),
             "what": f"Keras model, stage {cfg.get('stage', 'float')}", "embed_all": embed,
             "lake_classify": lambda ds, tr: embedding_classifier(embed(ds), spec, adapt_steps, tr)}
 
@@ -270,6 +274,7 @@ def _bundle_source(model, tta):
     clf = FewShotClassifier(model, num_threads=1, delegate="cpu", cache_size=100000, tta=tta)
     training = clf.bundle.manifest.get("training", {})
     return {"data": training.get("data"), "size": int(clf.bundle.input_shape[0]), "spec": clf.head_spec,
+            "split_seed": int(training.get("split_seed", 0)),
             "tta": clf.tta, "what": f"int8 bundle through the runtime ({clf.backend})",
             "embed_all": lambda ds: clf.embed(ds.images),
             "lake_classify": lambda ds, tr: runtime_classifier(clf, ds.images, tr)}

@@ -36,6 +36,7 @@ DEFAULTS = {
     "steps": 12000, "seed": 0, "rotations": None, "within_alphabet": 0.5, "augment": DEFAULT_AUGMENT, "hparams": {},
     "val_every": 1000, "val_episodes": 200, "val_ways": 20, "val_shots": 1, "checkpoint_every": 1000,
     "strategy": "default",
+    "split_seed": 0,  # which classes (alphabets) are held out: another seed is another fold of the same data
     "init": None,  # a float model directory whose weights a fine-tuning run starts from (``metalite fleet update``)
 }
 RUN_FILE = "run.json"  # in out/checkpoints: the settings of the run, for --resume

@@ -37,7 +37,8 @@ def model_config(s: dict, hparams: dict, adaptation: dict) -> dict:
         "algorithm": s["algorithm"], "data": s["data"], "backbone": s["backbone"], "head": s["head"],
         "input": {"shape": [s["image_size"], s["image_size"], 1], "preprocess": preprocess_settings()},
         "adaptation": adaptation, "seed": s["seed"], "stage": "float",
-        "train": {k: s[k] for k in ("ways", "shots", "queries", "steps", "rotations", "within_alphabet", "augment")}
+        "train": {k: s[k] for k in ("ways", "shots", "queries", "steps", "rotations", "within_alphabet", "augment",
+                                    "split_seed")}
         | {"hparams": hparams}, "versions": versions(),
     }
 
@@ -63,9 +64,10 @@ class TrainingRun(Hooks):
 
     def _load_data(self) -> None:
         s = self.s
-        self.train_data = load_data(s["data"], s["image_size"], "train", s["rotations"], progress=self.progress)
+        self.train_data = load_data(s["data"], s["image_size"], "train", s["rotations"], seed=s["split_seed"],
+                                    progress=self.progress)
         s["ways"] = run_settings.default_ways(s, self.train_data)
-        self.val_data = load_data(s["data"], s["image_size"], "val", False)
+        self.val_data = load_data(s["data"], s["image_size"], "val", False, seed=s["split_seed"])
         check_episode_fits(self.train_data, s["ways"], s["shots"], s["queries"], s["within_alphabet"] >= 1)
         # Validation ways shrink to what the validation split holds (small folder datasets).
         s["val_ways"], _, self.val_queries = episode_settings(self.val_data, [s["val_ways"]], s["val_shots"])[0]
