@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
 from pathlib import Path
 
 import click
@@ -157,8 +158,12 @@ def device_predict_cmd(images, home, as_json, delegate):
     from metalite.runtime.errors import InputError
     from metalite.runtime.images import as_model_input
 
+    from metalite.runtime.sync.outbox import OutboxUnavailableWarning
+
     h = _home(home)
-    clf = h.classifier(delegate=delegate)
+    with warnings.catch_warnings():  # said once, in the last line
+        warnings.simplefilter("ignore", OutboxUnavailableWarning)
+        clf = h.classifier(delegate=delegate)
     before = h.outbox().pending()
     results, good = [None] * len(images), []
     for i, p in enumerate(images):  # find unreadable images first: the outbox keeps only real predictions
@@ -171,8 +176,11 @@ def device_predict_cmd(images, home, as_json, delegate):
         for i, row in zip(good, clf.predict_proba([str(images[i]) for i in good])):
             results[i] = row
     failed = emit_rows(prediction_rows(images, results, clf.classes), as_json)
-    click.echo(f"{h.outbox().pending() - before} unsure predictions kept in the outbox "
-               f"(threshold {clf.threshold})", err=True)
+    if h.outbox().writable:
+        click.echo(f"{h.outbox().pending() - before} unsure predictions kept in the outbox "
+                   f"(threshold {clf.threshold})", err=True)
+    else:
+        click.echo(f"nothing recorded: the outbox cannot be written ({h.outbox().reason})", err=True)
     if failed:
         sys.exit(1)
 

@@ -17,13 +17,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sqlite3
 import tempfile
+import warnings
 import time
 from pathlib import Path
 
 from ..files import atomic_write, file_lock, fsync_dir
 from .errors import SyncError
-from .outbox import Outbox
+from .outbox import Outbox, OutboxUnavailableWarning, UnavailableOutbox
 
 DEFAULTS = {"threshold": 0.6, "outbox_capacity": 1000, "max_accuracy_drop": 0.1, "share_support": True}
 STATE_FILE = "state.npz"
@@ -89,10 +91,19 @@ class DeviceHome:
                 raise SyncError(f"{p}: not valid JSON ({e})") from None
         return cfg
 
-    def outbox(self) -> Outbox:
-        """The home's outbox (opened once per ``DeviceHome``)."""
+    def outbox(self):
+        """The home's outbox (opened once per ``DeviceHome``). If it cannot be opened for writing (the SD card
+        went read-only, the disk is full) an ``UnavailableOutbox``, with one ``OutboxUnavailableWarning``:
+        predictions must go on, the outbox is only a by-product."""
         if self._outbox is None:
-            self._outbox = Outbox(self.root / "outbox.sqlite", capacity=int(self.config()["outbox_capacity"]))
+            path = self.root / "outbox.sqlite"
+            try:
+                self._outbox = Outbox(path, capacity=int(self.config()["outbox_capacity"]))
+            except (sqlite3.Error, OSError) as e:
+                reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}".rstrip(": ")
+                self._outbox = UnavailableOutbox(path, reason)
+                warnings.warn(f"outbox {path} cannot be written ({reason}); predictions go on, nothing is recorded",
+                              OutboxUnavailableWarning, stacklevel=2)
         return self._outbox
 
     # ------------------------------------------------------------------ classifier
@@ -102,7 +113,8 @@ class DeviceHome:
 
         version, cfg = self.version, self.config()
         bdir = self.bundle_dir(version)
-        opts = dict(outbox=self.outbox(), threshold=float(cfg["threshold"]), version=version,
+        outbox = self.outbox()
+        opts = dict(outbox=outbox if outbox.writable else None, threshold=float(cfg["threshold"]), version=version,
                     num_threads=num_threads, delegate=delegate, **kwargs)
         state = bdir / STATE_FILE
         if state.is_file():

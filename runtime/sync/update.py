@@ -19,7 +19,8 @@ from ..bundle import open_bundle
 from ..classifier import FewShotClassifier
 from ..errors import BundleError, MetaliteError, one_line
 from ..state import load_state
-from .errors import UpdateRefusedError
+from . import answers
+from .errors import BadAnswerError, UpdateRefusedError
 from .health import support_accuracy
 from .home import STATE_FILE, DeviceHome
 from .release import verify_release
@@ -77,8 +78,8 @@ def _stage(client, doc: dict, offer: dict, staging, seconds: dict, say):
     say(f"downloading v{doc['version']}: {len(doc['files'])} files, {total / 1024:.0f} KiB")
     for name, f in doc["files"].items():
         client.download(f"/v1/blobs/{f['sha256']}", staging / name, f["bytes"], f["sha256"])
-    (staging / "release.json").write_text(offer["release"], encoding="utf-8")
-    (staging / "release.sig").write_text(offer.get("signature") or "", encoding="utf-8")
+    (staging / "release.json").write_bytes(offer["release"].encode("utf-8", "replace"))  # the verified bytes
+    (staging / "release.sig").write_bytes((offer.get("signature") or "").encode("utf-8", "replace"))
     seconds["download"] = time.perf_counter() - t
     t = time.perf_counter()
     bundle = open_bundle(staging)
@@ -104,10 +105,12 @@ def apply_offer(home: DeviceHome, client, offer: dict, public_key: bytes | None,
     say = say or (lambda msg: None)
     t0, seconds, running = time.perf_counter(), {}, home.version
     try:
-        doc = verify_release(str(offer.get("release", "")).encode("utf-8"), offer.get("signature"), public_key,
+        offer = answers.offer(offer)
+        doc = verify_release(offer["release"].encode("utf-8", "replace"), offer.get("signature"), public_key,
                              allow_unsigned)
-    except UpdateRefusedError as e:
-        return UpdateResult("refused", offer.get("version"), running, str(e))
+    except (UpdateRefusedError, BadAnswerError) as e:
+        offered = offer.get("version") if isinstance(offer, dict) else None
+        return UpdateResult("refused", offered if isinstance(offered, int) else None, running, str(e))
     version = doc["version"]
     if version == running:
         return UpdateResult("current", version, running)
