@@ -9,6 +9,7 @@ from __future__ import annotations
 import socket
 
 from .app import create_app
+from .protocol import HEADER_TIMEOUT, DeadlineH11Protocol
 from .root import FleetRoot
 
 MAX_CONNECTIONS = 4096  # open connections served at once; idle ones are closed after protocol.HEADER_TIMEOUT
@@ -41,7 +42,7 @@ def connection_limit(most: int = MAX_CONNECTIONS) -> int:
 
 
 def serve(root_dir, host: str = "127.0.0.1", port: int = 8765, max_body: int = 4 << 20, say=print,
-          on_start=None) -> None:
+          on_start=None, header_timeout: float = HEADER_TIMEOUT) -> None:
     """Serve the fleet at ``root_dir`` until interrupted (SIGINT/SIGTERM stop it cleanly); ``on_start()`` is
     called once the root exists and the socket is bound (e.g. to start scheduled updates)."""
     import uvicorn
@@ -55,8 +56,7 @@ def serve(root_dir, host: str = "127.0.0.1", port: int = 8765, max_body: int = 4
     say(f"serving {root.path} on http://{shown}:{sock.getsockname()[1]}")
     if on_start is not None:
         on_start()
-    from .protocol import DeadlineH11Protocol
-
-    config = uvicorn.Config(create_app(root, max_body), log_level="warning", access_log=False, http=DeadlineH11Protocol,
+    protocol = type("FleetH11Protocol", (DeadlineH11Protocol,), {"header_timeout": float(header_timeout)})
+    config = uvicorn.Config(create_app(root, max_body), log_level="warning", access_log=False, http=protocol,
                             timeout_keep_alive=5, limit_concurrency=connection_limit())
     uvicorn.Server(config).run(sockets=[sock])
