@@ -328,3 +328,64 @@ def test_idle_connections_are_cut_and_never_lock_devices_out(tmp_path):
         for s in idle:
             s.close()
         srv.stop()
+
+
+# ---------------------------------------------------------------------------------------------- the device
+def _glyphs(n: int, seed: int) -> np.ndarray:
+    """n distinct 28x28 drawings (white paper, black strokes)."""
+    imgs = np.full((n, 28, 28), 255, np.uint8)
+    for i in range(n):
+        r = np.random.default_rng(seed * 1000 + i)
+        for _ in range(3):
+            y, x = r.integers(2, 20, 2)
+            imgs[i, y:y + r.integers(3, 8), x:x + r.integers(3, 8)] = 0
+    return imgs
+
+
+@needs_root
+def test_a_read_only_device_home_keeps_predicting_and_says_once_that_nothing_is_recorded(tmp_path):
+    from PIL import Image
+
+    from metalite.runtime import FewShotClassifier
+
+    imgs = _glyphs(4, 0)
+    paths = []
+    for i, img in enumerate(imgs):
+        paths.append(tmp_path / f"q{i}.png")
+        Image.fromarray(img).save(paths[-1])
+    with tmpfs(tmp_path / "sd", "16m") as sd:
+        home = DeviceHome(sd / "home")
+        shutil.copytree(BUNDLE, home.versions / "1")
+        (home.root / "current.json").write_text(json.dumps({"version": 1}))
+        FewShotClassifier(home.bundle_dir()).fit(imgs, ["a", "b", "c", "d"]).save(home.state_path())
+        home.outbox().close()  # the outbox exists, as on a device that ran before
+        home._outbox = None
+        subprocess.run(["mount", "-o", "remount,ro", str(sd)], check=True)  # what the kernel does after I/O errors
+        p = subprocess.run([sys.executable, "-m", "metalite.tools.cli", "device", "predict", *map(str, paths),
+                            "--home", str(home.root)], capture_output=True, text=True, timeout=300)
+        assert p.returncode == 0, p.stderr
+        assert p.stdout.split() and "Traceback" not in p.stderr
+        said = [line for line in p.stderr.splitlines() if "nothing recorded" in line or "nothing is recorded" in line]
+        assert len(said) == 1 and "read-only" in said[0].lower(), p.stderr
+        assert [line.split("\t")[1] for line in p.stdout.splitlines()] == list("abcd"), p.stdout
+        # a library user gets the same: a classifier with no outbox, one warning
+        from metalite.runtime.sync.outbox import OutboxUnavailableWarning
+
+        with pytest.warns(OutboxUnavailableWarning):
+            clf = DeviceHome(sd / "home").classifier()
+        assert clf.outbox is None and len(clf.predict(imgs)) == 4
+
+
+def test_embed_memory_stays_o_block_for_any_input_size():
+    code = ("import numpy as np\nfrom metalite.runtime import FewShotClassifier\n"
+            "def kib(k):\n  return next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith(k))\n"
+            f"clf = FewShotClassifier({str(BUNDLE)!r}, cache_size=0)\n"
+            "x = np.random.default_rng(0).integers(0, 256, (4000, 105, 105), dtype=np.uint8)\n"
+            "clf.embed(x[:2]); base = kib('VmRSS'); open('/proc/self/clear_refs', 'w').write('5')\n"
+            "e = clf.embed(x); print((kib('VmHWM') - base) / 1024, e.shape)\n")
+    if not sys.platform.startswith("linux"):
+        pytest.skip("reads /proc/self/status")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
+    peak, shape = out.stdout.split(maxsplit=1)
+    assert shape.strip() == "(4000, 64)"
+    assert float(peak) < 120, out.stdout  # unblocked: ~390 MiB for these 4000 images (+976 MiB for 10,000)

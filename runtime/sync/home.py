@@ -31,6 +31,13 @@ DEFAULTS = {"threshold": 0.6, "outbox_capacity": 1000, "max_accuracy_drop": 0.1,
 STATE_FILE = "state.npz"
 
 
+def _read_only(path: Path) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & getattr(os, "ST_RDONLY", 1))
+    except (OSError, AttributeError):
+        return False
+
+
 class DeviceHome:
     """Opens (and creates) a device home directory.
 
@@ -101,6 +108,8 @@ class DeviceHome:
                 self._outbox = Outbox(path, capacity=int(self.config()["outbox_capacity"]))
             except (sqlite3.Error, OSError) as e:
                 reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}".rstrip(": ")
+                if _read_only(self.root):
+                    reason = f"read-only file system; {reason}"
                 self._outbox = UnavailableOutbox(path, reason)
                 warnings.warn(f"outbox {path} cannot be written ({reason}); predictions go on, nothing is recorded",
                               OutboxUnavailableWarning, stacklevel=2)
