@@ -24,7 +24,7 @@ def class_name_problem(name) -> str | None:
     if not isinstance(name, str):
         return f"a class name must be a string, got {type(name).__name__}"
     if not name or len(name) > MAX_CLASS_NAME:
-        return f"a class name must have 1-{MAX_CLASS_NAME} characters, got {len(name)}"
+        return f"a class name must be a non-empty string of at most {MAX_CLASS_NAME} characters, got {len(name)}"
     if not name.strip():
         return "a class name must not be only blanks"
     if not name.isprintable():

@@ -85,7 +85,7 @@ def _check_fields(doc) -> dict:
     for name, f in files.items():
         problem = None if name == "manifest.json" else bundle_file_problem(name)
         if problem:
-            raise UpdateRefusedError(f"release v{version}: {problem}; refused")
+            raise UpdateRefusedError(f"release v{version}: bad file entry {terminal_safe(name)[:80]!r}: {problem}; refused")
         if not isinstance(f, dict) or not is_sha256(f.get("sha256")) or isinstance(f.get("bytes"), bool) \
                 or not isinstance(f.get("bytes"), int) or f["bytes"] < 0:
             raise UpdateRefusedError(f"release v{version}: bad file entry {terminal_safe(name)[:80]!r}; refused")
