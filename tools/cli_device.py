@@ -83,11 +83,12 @@ def sync_cmd(server, token, pubkey, home, allow_unsigned, allow_older, max_accur
     if as_json:
         click.echo(json.dumps(asdict(r), indent=2))
     elif r.offline:
-        click.echo(f"offline: server not reachable; {r.pending} examples kept in the outbox")
+        click.echo(f"offline: server not reachable or busy; {r.pending} examples kept in the outbox")
     else:
         u = r.update
         news = ("no release published" if u is None else f"v{u.running} is current" if u.status == "current"
-                else f"switched to v{u.offered}" if u.status == "switched" else f"v{u.offered} {u.status}: {u.reason}")
+                else f"switched to v{u.offered}" if u.status == "switched"
+                else f"{'the offer' if u.offered is None else f'v{u.offered}'} {u.status}: {u.reason}")
         click.echo(f"uploaded {r.uploaded} examples ({r.duplicates} already there), {r.pending} waiting; {news}")
     if share_classes or pull_classes or list_classes:
         _class_library(home, server, token, timeout, r.offline, share_classes, pull_classes, replace_class,
