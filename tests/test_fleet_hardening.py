@@ -389,3 +389,35 @@ def test_embed_memory_stays_o_block_for_any_input_size():
     peak, shape = out.stdout.split(maxsplit=1)
     assert shape.strip() == "(4000, 64)"
     assert float(peak) < 120, out.stdout  # unblocked: ~390 MiB for these 4000 images (+976 MiB for 10,000)
+
+
+def test_a_slow_body_gets_408_and_frees_its_connection(tmp_path):
+    import threading
+
+    import uvicorn
+
+    from metalite.fleet.app import create_app
+    from metalite.fleet.protocol import DeadlineH11Protocol
+    from metalite.fleet.serve import bind
+
+    root = FleetRoot(tmp_path / "root", create=True)
+    token = enroll(root, "dev")
+    sock = bind("127.0.0.1", 0)
+    server = uvicorn.Server(uvicorn.Config(create_app(root, body_timeout=1.0), http=DeadlineH11Protocol,
+                                           log_level="warning"))
+    threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True).start()
+    try:
+        deadline = time.monotonic() + 30
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.05)
+        port = sock.getsockname()[1]
+        slow = socket.create_connection(("127.0.0.1", port), timeout=10)
+        slow.sendall(f"POST /v1/report HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
+                     "Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{".encode())
+        t = time.monotonic()
+        answer = slow.recv(4096).decode()
+        assert answer.startswith("HTTP/1.1 408") and "not received within 1 s" in answer, answer
+        assert time.monotonic() - t < 5
+        slow.close()
+    finally:
+        server.should_exit = True
