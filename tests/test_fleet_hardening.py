@@ -357,7 +357,7 @@ def test_a_read_only_device_home_keeps_predicting_and_says_once_that_nothing_is_
         home = DeviceHome(sd / "home")
         shutil.copytree(BUNDLE, home.versions / "1")
         (home.root / "current.json").write_text(json.dumps({"version": 1}))
-        FewShotClassifier(home.bundle_dir()).fit(imgs, ["a", "b", "c", "d"]).save(home.state_path())
+        home.save(home.classifier().fit(imgs, ["a", "b", "c", "d"]))
         home.outbox().close()  # the outbox exists, as on a device that ran before
         home._outbox = None
         subprocess.run(["mount", "-o", "remount,ro", str(sd)], check=True)  # what the kernel does after I/O errors
@@ -421,3 +421,24 @@ def test_a_slow_body_gets_408_and_frees_its_connection(tmp_path):
         slow.close()
     finally:
         server.should_exit = True
+
+
+def test_the_device_never_writes_into_a_verified_version_directory(tmp_path):
+    from metalite.runtime import FewShotClassifier
+    from metalite.runtime.state import load_state
+
+    home = DeviceHome(tmp_path / "home")
+    shutil.copytree(BUNDLE, home.versions / "1")
+    (home.root / "current.json").write_text(json.dumps({"version": 1}))
+    listed = sorted(os.listdir(home.versions / "1"))
+    imgs = _glyphs(3, 1)
+    legacy = home.versions / "1" / "state.npz"  # a home made before issue 22 kept its state in there
+    FewShotClassifier(home.bundle_dir()).fit(imgs, ["a", "b", "c"]).save(legacy)
+    assert home.state_path() == legacy and home.classifier().classes == ["a", "b", "c"]
+    clf = home.classifier()
+    clf.add_class("d", _glyphs(1, 2))
+    home.save(clf)  # moves it out
+    assert home.state_path() == home.root / "states" / "1.npz" and not legacy.exists()
+    assert sorted(os.listdir(home.versions / "1")) == listed
+    assert load_state(home.state_path()).classes == ["a", "b", "c", "d"]
+    open_bundle(home.bundle_dir())  # still exactly the verified bundle

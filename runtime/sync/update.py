@@ -22,7 +22,7 @@ from ..state import load_state
 from . import answers
 from .errors import BadAnswerError, UpdateRefusedError
 from .health import support_accuracy
-from .home import STATE_FILE, DeviceHome
+from .home import DeviceHome
 from .release import verify_release
 
 
@@ -47,10 +47,11 @@ class UpdateResult:
     seconds: dict = field(default_factory=dict)
 
 
-def _carry_state(home: DeviceHome, staging, max_drop: float, delegate: str, say) -> dict:
-    """Re-embed the running state's support images with the staged bundle, check, save; call under ``home.lock``."""
+def _carry_state(home: DeviceHome, staging, max_drop: float, delegate: str, say) -> tuple:
+    """Re-embed the running state's support images with the staged bundle, check, save next to (not into) the
+    staging directory; returns (health, the saved state or None). Call under ``home.lock``."""
     if home.version is None or not home.state_path().is_file():
-        return {"classes": 0}
+        return {"classes": 0}, None
     running = open_bundle(home.bundle_dir(), verify=False)
     st = load_state(home.state_path(), running.manifest_sha256)
     if st.images is None:
@@ -67,8 +68,9 @@ def _carry_state(home: DeviceHome, staging, max_drop: float, delegate: str, say)
     if after[0] < before[0] - max_drop - 1e-9:
         raise UpdateRefusedError(f"health check failed: {after[1]} accuracy on the support set would drop from "
                                  f"{before[0]:.3f} to {after[0]:.3f} (allowed drop {max_drop:.3f})")
-    new.save(staging / STATE_FILE)
-    return health
+    out = staging.parent / f"{staging.name}.npz"
+    new.save(out)
+    return health, out
 
 
 def _stage(client, doc: dict, offer: dict, staging, seconds: dict, say):
@@ -122,10 +124,10 @@ def apply_offer(home: DeviceHome, client, offer: dict, public_key: bytes | None,
         _stage(client, doc, offer, staging, seconds, say)
         t = time.perf_counter()
         with home.lock():  # nothing can save a state between reading the running one and the switch
-            health = _carry_state(home, staging, max_drop, delegate, say)
+            health, state = _carry_state(home, staging, max_drop, delegate, say)
             seconds["reembed"] = time.perf_counter() - t
             t = time.perf_counter()
-            home.install(staging, version, doc["manifest_sha256"])
+            home.install(staging, version, doc["manifest_sha256"], state)
             seconds["switch"] = time.perf_counter() - t
     except (UpdateRefusedError, BundleError) as e:  # the offer itself is bad
         return UpdateResult("refused", version, running, str(e), seconds=seconds)
@@ -134,6 +136,7 @@ def apply_offer(home: DeviceHome, client, offer: dict, public_key: bytes | None,
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
+        staging.parent.joinpath(f"{staging.name}.npz").unlink(missing_ok=True)
     seconds["total"] = time.perf_counter() - t0
     say(f"switched to v{version} (was {'v' + str(running) if running is not None else 'nothing'}) "
         f"in {seconds['total']:.2f} s")
