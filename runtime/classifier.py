@@ -17,6 +17,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from . import head as headlib
+from . import openset
 from . import tta as ttalib
 from .bundle import open_bundle
 from .cache import EmbeddingCache
@@ -53,6 +54,14 @@ def _blocks(images):
     return [(s, images[s:s + _QUERY_BLOCK]) for s in range(0, n, _QUERY_BLOCK)]
 
 
+def _check_label(label):
+    """A label to learn: ``normalize_label``, and never ``openset.UNKNOWN`` (predict's answer for "none of these")."""
+    label = _norm_label(label)
+    if label == openset.UNKNOWN:
+        raise InputError(f"{label!r} cannot be a class label: it is what predict answers for images of no learned class")
+    return label
+
+
 def _finite_rows(logits: np.ndarray) -> None:
     bad = np.flatnonzero(~np.isfinite(logits).all(axis=1))
     if len(bad):
@@ -72,20 +81,29 @@ class FewShotClassifier:
       cache_size: embeddings kept in the content-keyed LRU cache (default 4096; 0 disables it).
       tta: shifted copies averaged into every embedding (0, 4 or 8; ``metalite.runtime.tta``), or None for
         the bundle's setting (head.npz adaptation ``tta``, 0 when absent).
+      unknown: open-set answers (``metalite.runtime.openset``): None (off: every image gets a class),
+        ``"auto"`` or a target false-rejection rate in (0, 0.5]: ``predict`` answers ``openset.UNKNOWN``
+        (``"<unknown>"``) for images too far from every class, with a threshold calibrated from the
+        support set at every fit/add_class/remove_class. ``predict_proba`` is unchanged.
 
     Attributes:
       bundle: the verified ``Bundle``; head_spec: the bundle's ``HeadSpec``; device: ``"cpu"`` or
       ``"edgetpu"``; backend: interpreter package name; acceleration: how the backbone runs (interpreter,
       version, delegate and why: ``metalite.runtime.interpreter.Acceleration``; ``describe`` words it);
       embedder: the ``Embedder``; cache: the
-      ``EmbeddingCache``; head: the ``AdaptedHead`` (None before ``fit``).
+      ``EmbeddingCache``; head: the ``AdaptedHead`` (None before ``fit``); unknown: the open-set setting
+      (None, or ``{"rate", "threshold", "rule", "samples"}`` once fitted).
 
     Raises:
       BundleError, DelegateError, InterpreterNotFoundError.
     """
 
     def __init__(self, bundle_dir, num_threads: int | None = None, delegate: str = "auto",
-                 batch_size: int = 32, cache_size: int = 4096, tta: int | None = None):
+                 batch_size: int = 32, cache_size: int = 4096, tta: int | None = None, unknown=None):
+        try:
+            self._unknown_rate = openset.check_rate(unknown)
+        except ValueError as e:
+            raise InputError(str(e)) from None
         self.bundle = open_bundle(bundle_dir)
         try:
             self.head_spec = headlib.load_head(self.bundle.head_path)
@@ -103,6 +121,8 @@ class FewShotClassifier:
         self._classes: list = []
         self._support: dict = {}  # label -> float32 (k, D)
         self._images: dict = {}  # label -> uint8 (k, H, W) support pixels, or None if not known (old state)
+        self.unknown: dict | None = None
+        self._protos: np.ndarray | None = None  # (C, d) head-output prototypes, kept while unknown is on
 
     def _check_model(self, name: str) -> None:
         b, e = self.bundle, self.embedder
@@ -186,9 +206,31 @@ class FewShotClassifier:
         except ValueError as e:
             raise InputError(f"adaptation failed: {e}") from None
 
+    def _hidden(self, head: headlib.AdaptedHead, emb: np.ndarray) -> np.ndarray:
+        return headlib.hidden_forward(head.weights, head.activations, np.asarray(emb, np.float32))[-1]
+
+    def _open_set(self, head, classes: list, support: dict, setting: dict | None = None) -> tuple:
+        """(setting, prototypes) for this head and support set: ``setting`` kept if given, else calibrated."""
+        if head is None or self._unknown_rate is None:
+            return None, None
+        hidden = [self._hidden(head, support[c]) for c in classes]
+        return setting or openset.calibrate(hidden, self._unknown_rate), openset.prototypes(hidden)
+
     def _commit(self, classes: list, support: dict, images: dict) -> "FewShotClassifier":
         head = self._adapt(classes, support) if classes else None
+        unknown, protos = self._open_set(head, classes, support)
         self._classes, self._support, self._images, self.head = classes, support, images, head
+        self.unknown, self._protos = unknown, protos
+        return self
+
+    def set_unknown(self, unknown) -> "FewShotClassifier":
+        """Turn open-set answers on (``"auto"`` or a target rate, recalibrating from the support set) or off (None)."""
+        try:
+            rate = openset.check_rate(unknown)
+        except ValueError as e:
+            raise InputError(str(e)) from None
+        self._unknown_rate = rate
+        self.unknown, self._protos = self._open_set(self.head, self._classes, self._support)
         return self
 
     def fit(self, images, labels=None, seed=None) -> "FewShotClassifier":
@@ -211,7 +253,7 @@ class FewShotClassifier:
                 raise InputError("empty support set: no classes given")
             classes, support, kept = [], {}, {}
             for label, imgs in images.items():
-                label = _norm_label(label)
+                label = _check_label(label)
                 try:
                     support[label], kept[label] = self._embed_keep(imgs)
                 except InputError as e:
@@ -222,7 +264,7 @@ class FewShotClassifier:
             raise InputError("fit needs labels (or a mapping {label: images})")
         if isinstance(labels, (str, bytes)):
             labels = [labels]
-        labels = [_norm_label(l) for l in (labels.tolist() if isinstance(labels, np.ndarray) else list(labels))]
+        labels = [_check_label(l) for l in (labels.tolist() if isinstance(labels, np.ndarray) else list(labels))]
         if not labels:
             raise InputError("empty support set: no labels given")
         x = as_model_input(images, self.bundle.input_shape, self.bundle.preprocess)
@@ -247,7 +289,7 @@ class FewShotClassifier:
         Raises:
           InputError: no images or bad images, a label that is not a str or int.
         """
-        label = _norm_label(label)
+        label = _check_label(label)
         try:
             emb, pixels = self._embed_keep(images)
         except InputError as e:
@@ -322,7 +364,7 @@ class FewShotClassifier:
           images: any form ``embed`` takes.
           transductive: as for ``predict_proba``.
         Returns:
-          list of n labels.
+          list of n labels; with ``unknown`` on, ``openset.UNKNOWN`` for the images it refuses.
         Raises:
           NotFittedError, InputError.
         """
@@ -334,7 +376,28 @@ class FewShotClassifier:
             logits = head.logits(emb[s:s + _QUERY_BLOCK])
             _finite_rows(logits)
             best.extend(np.argmax(logits, axis=1).tolist())
-        return [self._classes[i] for i in best]
+        labels = [self._classes[i] for i in best]
+        refused = self._refused(emb)
+        return [openset.UNKNOWN if r else l for l, r in zip(labels, refused)]
+
+    def _refused(self, emb: np.ndarray) -> np.ndarray:
+        """(n,) bool: embeddings farther from every prototype than the open-set threshold (all False when off)."""
+        t = None if self.unknown is None else self.unknown["threshold"]
+        if t is None:
+            return np.zeros(len(emb), bool)
+        return self.unknown_distance_of(emb) > t
+
+    def unknown_distance_of(self, emb: np.ndarray) -> np.ndarray:
+        """(n,) squared distance of embeddings to the nearest class prototype in head space (the open-set score)."""
+        if self._protos is None:
+            raise NotFittedError("open-set scores need fit and unknown on (FewShotClassifier(..., unknown='auto'))")
+        return np.concatenate([openset.nearest_distance(self._hidden(self.head, emb[s:s + _QUERY_BLOCK]), self._protos)
+                               for s in range(0, len(emb), _QUERY_BLOCK)]) if len(emb) else np.zeros(0, np.float32)
+
+    def is_unknown(self, images) -> np.ndarray:
+        """(n,) bool: which images ``predict`` would answer ``openset.UNKNOWN`` for (all False with unknown off)."""
+        self._require_fit("is_unknown")
+        return self._refused(self.embed(images))
 
     def predict_proba_each(self, images, transductive: bool = False) -> list:
         """``predict_proba`` image by image: an unusable image does not fail the others.
@@ -395,7 +458,7 @@ class FewShotClassifier:
         kept = [self._images.get(c) for c in self._classes]
         images = None if any(k is None for k in kept) else np.concatenate(kept)
         save_state(path, State(self.bundle.manifest_sha256, list(self._classes), sup, lab, head,
-                               dict(self.head_spec.adaptation, tta=self.tta), images))
+                               dict(self.head_spec.adaptation, tta=self.tta), images, self.unknown))
 
     @classmethod
     def load(cls, bundle_dir, path, num_threads: int | None = None, delegate: str = "auto",
@@ -410,6 +473,9 @@ class FewShotClassifier:
           A fitted ``FewShotClassifier`` predicting exactly as the one that was saved.
         Raises:
           StateError: corrupt state or one made with another bundle; plus the constructor's errors.
+
+        ``unknown`` omitted: the state's open-set setting and threshold as saved; given: that setting,
+        recalibrated on the stored support set (None turns it off).
         """
         clf = cls(bundle_dir, num_threads=num_threads, delegate=delegate, **kwargs)
         st = load_state(path, clf.bundle.manifest_sha256, clf.embedding_dim)
@@ -426,6 +492,12 @@ class FewShotClassifier:
         support = _group(st.support, st.support_labels, classes)
         images = (dict.fromkeys(classes) if st.images is None else _group(st.images, st.support_labels, classes))
         clf._classes, clf._support, clf._images, clf.head = classes, support, images, st.head
+        keep = None
+        if "unknown" not in kwargs and st.unknown is not None:
+            clf._unknown_rate, keep = st.unknown["rate"], st.unknown
+        clf.unknown, clf._protos = clf._open_set(st.head, classes, support, keep)
+        if clf.unknown is not None and openset.UNKNOWN in classes:
+            raise StateError(f"{path}: a class is named {openset.UNKNOWN!r}, the open-set answer; rename it to use unknown")
         return clf
 
     def __repr__(self) -> str:

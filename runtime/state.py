@@ -14,6 +14,9 @@ File contents (all arrays; no pickle):
 
 Version 1 files (no ``images``, no ``meta.images``) still load, with ``images`` None.
 
+``meta.unknown`` (optional, any version): the open-set setting ``{"rate", "threshold", "rule", "samples"}``
+(``metalite.runtime.openset``); absent when open-set answers are off, and in files from before it existed.
+
 ``arrays_sha256`` is the sha256 over every array's name, dtype, shape and bytes, so a corrupt file is
 refused even where the zip CRC would pass; every number is then checked (``load_state``): labels str or
 int and unique, support rows finite and each class with at least one, head shapes chaining from the
@@ -48,6 +51,7 @@ from .errors import InputError, StateError, one_line
 from .head import AdaptedHead, check_classifier, check_float_array, check_layers
 from .labels import normalize_label, short_repr
 from .npz import read_npz
+from .openset import check_setting
 
 STATE_FORMAT = "metalite-state"
 STATE_FORMAT_VERSION = 2
@@ -68,6 +72,7 @@ class State:
       head: the ``AdaptedHead``.
       adaptation: the adaptation settings used (for information).
       images: uint8 (n, H, W) support images in ``support`` row order, or None when not all are known.
+      unknown: the open-set setting and threshold (``openset.calibrate``), or None when off.
     """
 
     bundle_manifest_sha256: str
@@ -77,6 +82,7 @@ class State:
     head: AdaptedHead
     adaptation: dict
     images: np.ndarray | None = None
+    unknown: dict | None = None
 
 
 def _arrays_digest(arrays: dict) -> str:
@@ -243,6 +249,11 @@ def save_state(path, state: State) -> None:
         "arrays_sha256": _arrays_digest(arrays),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+    if state.unknown is not None:
+        try:
+            meta["unknown"] = check_setting(state.unknown)
+        except ValueError as e:
+            raise StateError(f"cannot save the open-set setting: {e}") from None
     arrays["meta"] = np.array(json.dumps(meta))
     # Serialise in memory first: a failing disk write then cannot leave numpy's zip writer half-open.
     buf = io.BytesIO()
@@ -349,8 +360,9 @@ def load_state(path, bundle_manifest_sha256: str | None = None, embedding_dim: i
         images = arrays.get("images")
         if images is not None and (images.dtype != np.uint8 or images.ndim != 3 or len(images) != len(support)):
             raise ValueError(f"support images {images.dtype} {images.shape} for {len(support)} support rows")
+        unknown = check_setting(meta.get("unknown"))
     except (ValueError, InputError) as e:
         raise StateError(f"{p}: inconsistent state file ({e})") from None
     if embedding_dim is not None and support.shape[1] != embedding_dim:
         raise StateError(f"{p}: embeddings have size {support.shape[1]}, the bundle's backbone gives {embedding_dim}")
-    return State(str(have), classes, support, labels, head, dict(adaptation), images)
+    return State(str(have), classes, support, labels, head, dict(adaptation), images, unknown)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from .cli_runtime import DELEGATE_CHOICE, support_folders, emit_rows, prediction_rows
+from .cli_runtime import DELEGATE_CHOICE, UNKNOWN_HELP, UnknownSetting, emit_rows, prediction_rows, support_folders
 from .clikit import fail_cleanly
 
 HOME = click.option("--home", required=True, envvar="METALITE_HOME", type=click.Path(file_okay=False, path_type=Path),
@@ -130,12 +130,14 @@ def device_group():
 @HOME
 @click.option("--add", is_flag=True, help="Add these classes to the learned ones instead of replacing them.")
 @click.option("--delegate", type=DELEGATE_CHOICE, default="auto", show_default=True)
+@click.option("--unknown", type=UnknownSetting(), default=None,
+              help=UNKNOWN_HELP + "; kept in the state and recalibrated by updates [the state's setting, else off].")
 @fail_cleanly
-def device_adapt_cmd(support_dir, home, add, delegate):
+def device_adapt_cmd(support_dir, home, add, delegate, unknown):
     """Learn the classes in SUPPORT_DIR (one folder of images per class) on the running version; save the state."""
     h = _home(home)
     classes = {name: [str(p) for p in paths] for name, paths in support_folders(support_dir).items()}
-    clf = h.classifier(delegate=delegate)
+    clf = h.classifier(delegate=delegate, **({} if unknown is None else {"unknown": unknown}))
     if add and clf.head is not None:
         for name, paths in classes.items():
             clf.add_class(name, paths)
@@ -143,6 +145,10 @@ def device_adapt_cmd(support_dir, home, add, delegate):
         clf.fit(classes)
     h.save(clf)
     click.echo(f"v{clf.version}: {len(clf.classes)} classes learned; state saved in {h.state_path()}")
+    if clf.unknown is not None:
+        from metalite.runtime.openset import describe
+
+        click.echo(f"open set: {describe(clf.unknown)}")
 
 
 @device_group.command("predict")
@@ -150,22 +156,27 @@ def device_adapt_cmd(support_dir, home, add, delegate):
 @HOME
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list of {image, label, confidence, error}.")
 @click.option("--delegate", type=DELEGATE_CHOICE, default="auto", show_default=True)
+@click.option("--unknown", type=UnknownSetting(), default=None,
+              help=UNKNOWN_HELP + "; for this run, recalibrated on the stored support set [the state's setting].")
 @fail_cleanly
-def device_predict_cmd(images, home, as_json, delegate):
+def device_predict_cmd(images, home, as_json, delegate, unknown):
     """Classify the images; those below the home's confidence threshold are kept in the outbox.
+
+    With open-set answers on (--unknown, or 'device adapt --unknown'), images far from every learned class
+    are labelled <unknown> and kept in the outbox as their own kind.
 
     An image that cannot be read is reported on its own; the others are still classified (exit code 1).
     """
     from metalite.runtime.errors import InputError
     from metalite.runtime.images import as_model_input
 
-    from metalite.runtime.sync.outbox import OutboxUnavailableWarning
+    from metalite.runtime.sync.outbox import KINDS, OutboxUnavailableWarning
 
     h = _home(home)
     with warnings.catch_warnings():  # said once, in the last line
         warnings.simplefilter("ignore", OutboxUnavailableWarning)
-        clf = h.classifier(delegate=delegate)
-    before = h.outbox().pending()
+        clf = h.classifier(delegate=delegate, **({} if unknown is None else {"unknown": unknown}))
+    before = h.outbox().kinds()
     results, good = [None] * len(images), []
     for i, p in enumerate(images):  # find unreadable images first: the outbox keeps only real predictions
         try:
@@ -173,13 +184,20 @@ def device_predict_cmd(images, home, as_json, delegate):
             good.append(i)
         except InputError as e:
             results[i] = e
+    refused = None if clf.unknown is None else [False] * len(images)
     if good:
-        for i, row in zip(good, clf.predict_proba([str(images[i]) for i in good])):
+        paths = [str(images[i]) for i in good]
+        for i, row in zip(good, clf.predict_proba(paths)):
             results[i] = row
-    failed = emit_rows(prediction_rows(images, results, clf.classes), as_json)
+        if refused is not None:  # the embeddings are cached: no second backbone run
+            for i, r in zip(good, clf.is_unknown(paths)):
+                refused[i] = bool(r)
+    failed = emit_rows(prediction_rows(images, results, clf.classes, refused), as_json)
     if h.outbox().writable:
-        click.echo(f"{h.outbox().pending() - before} unsure predictions kept in the outbox "
-                   f"(threshold {clf.threshold})", err=True)
+        after = h.outbox().kinds()
+        new = {k: after.get(k, 0) - before.get(k, 0) for k in KINDS}
+        click.echo(f"{new['unsure']} unsure predictions kept in the outbox (threshold {clf.threshold})"
+                   + ("" if clf.unknown is None else f", {new['unknown']} unknown"), err=True)
     else:
         click.echo(f"nothing recorded: the outbox cannot be written ({h.outbox().reason})", err=True)
     if failed:
@@ -216,17 +234,23 @@ def device_status_cmd(home, as_json):
     cur = h.current()
     st = {"home": str(h.root), "version": cur and cur["version"], "previous": cur and cur.get("previous"),
           "switched": cur and cur.get("switched"), "classes": [], "support_images": 0,
-          "outbox": h.outbox().pending(), "dropped": h.outbox().dropped}
+          "outbox": h.outbox().pending(), "outbox_kinds": h.outbox().kinds(), "dropped": h.outbox().dropped,
+          "unknown": None}
     if cur is not None and h.state_path().is_file():
         s = load_state(h.state_path())
-        st.update(classes=s.classes, support_images=len(s.support), images_kept=s.images is not None)
+        st.update(classes=s.classes, support_images=len(s.support), images_kept=s.images is not None,
+                  unknown=s.unknown)
     if as_json:
         click.echo(json.dumps(st, indent=2))
         return
     click.echo(f"{h.root}: " + (f"v{st['version']} (switched {st['switched']})" if cur else "no bundle yet (run 'metalite sync')"))
     click.echo(f"classes: {len(st['classes'])} ({st['support_images']} support images)"
                + (f": {', '.join(map(str, st['classes'][:10]))}" if st["classes"] else ""))
-    click.echo(f"outbox: {st['outbox']} waiting, {st['dropped']} dropped when full")
+    from metalite.runtime.openset import describe
+
+    click.echo(f"open set: {describe(st['unknown'])}")
+    kinds = ", ".join(f"{n} {k}" for k, n in sorted(st["outbox_kinds"].items()))
+    click.echo(f"outbox: {st['outbox']} waiting{f' ({kinds})' if kinds else ''}, {st['dropped']} dropped when full")
 
 
 def register(group: click.Group) -> None:

@@ -1,12 +1,13 @@
 """The device's outbox: a bounded, persisted queue of examples for the fleet server (SQLite, WAL).
 
-What goes in: predictions below the confidence threshold (``kind="unsure"``), user corrections
+What goes in: predictions below the confidence threshold (``kind="unsure"``), images the classifier
+refused as none of its classes (``kind="unknown"``, with the nearest class as ``predicted``), user corrections
 (``kind="correction"``, with the right label) and the device's support images (``kind="support"``,
 ``add_support``: what the back end fine-tunes on), each with its image as uint8 gray pixels at the
 bundle's input size. Every row gets an id made here (random per opening + a counter, 32 hex digits) that
 the upload carries, so a retried
 upload never duplicates an example on the server, and a row leaves the outbox only once the server has
-acknowledged its id. When more than ``capacity`` rows wait, the oldest ``unsure`` rows go first, then
+acknowledged its id. When more than ``capacity`` rows wait, the oldest ``unsure`` and ``unknown`` rows go first, then
 the oldest of any kind; ``dropped`` counts them.
 
 Two ways in. ``add(..., wait=True)`` commits before it returns (corrections). ``add(..., wait=False)``
@@ -33,7 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
-KINDS = ("unsure", "correction", "support")
+KINDS = ("unsure", "unknown", "correction", "support")
+FIRST_DROPPED = ("unsure", "unknown")  # what goes first when the outbox is full
 BATCH_WAIT = 0.05  # seconds the background writer gathers rows before a commit
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS examples (
@@ -109,7 +111,7 @@ class Outbox:
         """Queue examples; with ``wait`` they (and everything queued before) are committed on return.
 
         Args:
-          kind: ``"unsure"`` or ``"correction"``.
+          kind: one of ``KINDS`` (``"support"`` rows come through ``add_support``).
           pixels: uint8 (n, H, W) gray images (255 = paper).
           labels, predicted: per-image true label (corrections) and predicted label, or None.
           confidences: per-image confidence of ``predicted``, or None.
@@ -242,7 +244,7 @@ class Outbox:
             return
         excess = self._db.execute("SELECT count(*) FROM examples").fetchone()[0] - self.capacity
         dropped = 0
-        for where in ("WHERE kind = 'unsure'", ""):
+        for where in (f"WHERE kind IN ({', '.join(repr(k) for k in FIRST_DROPPED)})", ""):
             if excess - dropped <= 0:
                 break
             cur = self._db.execute(f"DELETE FROM examples WHERE seq IN (SELECT seq FROM examples {where} "
@@ -257,6 +259,12 @@ class Outbox:
         self.flush()
         with self._lock:
             return self._db.execute("SELECT count(*) FROM examples").fetchone()[0]
+
+    def kinds(self) -> dict:
+        """{kind: examples waiting} (queued ones are committed first)."""
+        self.flush()
+        with self._lock:
+            return dict(self._db.execute("SELECT kind, count(*) FROM examples GROUP BY kind").fetchall())
 
     @property
     def dropped(self) -> int:
@@ -338,6 +346,9 @@ class UnavailableOutbox:
 
     def pending(self) -> int:
         return 0
+
+    def kinds(self) -> dict:
+        return {}
 
     def oldest(self, n: int) -> list:
         return []

@@ -1,7 +1,8 @@
 """``ReportingClassifier``: a ``FewShotClassifier`` that keeps what it was unsure of, and corrections, in an outbox.
 
 The design's "should the model be updated?": a prediction whose top probability is below ``threshold``
-goes to the outbox with its image (queued for the outbox's background writer, so ``predict`` does not
+goes to the outbox with its image as ``unsure``; with ``unknown`` on, an image ``predict`` refuses as none of
+the learned classes goes as ``unknown`` instead (what the fleet keeps meeting, not what it mixes up) (queued for the outbox's background writer, so ``predict`` does not
 wait for a commit); ``correct(image, label)`` records a user's correction, committed before it returns
 (and, by default, learns from it). ``metalite.runtime.sync.sync`` uploads the outbox when the server is reachable.
 """
@@ -14,6 +15,7 @@ import numpy as np
 
 from ..classifier import FewShotClassifier
 from ..images import as_model_input
+from ..openset import UNKNOWN
 
 
 class ReportingClassifier(FewShotClassifier):
@@ -44,32 +46,36 @@ class ReportingClassifier(FewShotClassifier):
             if first:
                 warnings.warn(f"outbox: cannot record examples ({e}); predictions go on", RuntimeWarning)
 
-    def _keep_unsure(self, x: np.ndarray, confidence: np.ndarray, best: np.ndarray) -> None:
-        low = np.flatnonzero(confidence < self.threshold)
-        if low.size:
-            self._record("unsure", x, low, None, [self._classes[k] for k in best[low]], confidence[low], wait=False)
+    def _keep_unsure(self, x: np.ndarray, confidence: np.ndarray, best: np.ndarray, refused=None) -> None:
+        refused = np.zeros(len(x), bool) if refused is None else refused
+        for kind, rows in (("unsure", np.flatnonzero((confidence < self.threshold) & ~refused)),
+                           ("unknown", np.flatnonzero(refused))):
+            if rows.size:
+                self._record(kind, x, rows, None, [self._classes[k] for k in best[rows]], confidence[rows], wait=False)
 
     def predict_proba(self, images, transductive: bool = False) -> np.ndarray:
-        """As ``FewShotClassifier.predict_proba``; rows below ``threshold`` go to the outbox as ``unsure``."""
+        """As ``FewShotClassifier.predict_proba`` (same numbers); rows below ``threshold`` go to the outbox as
+        ``unsure``, images the open-set rule refuses as ``unknown``."""
         x = as_model_input(images, self.bundle.input_shape, self.bundle.preprocess)
         emb = self._embed_input(x)
         proba = self._head_for("predict_proba", emb, transductive).predict_proba(emb).astype(np.float32)
         if self.outbox is not None:
-            self._keep_unsure(x, proba.max(axis=1), proba.argmax(axis=1))
+            self._keep_unsure(x, proba.max(axis=1), proba.argmax(axis=1), self._refused(emb))
         return proba
 
     def predict(self, images, transductive: bool = False) -> list:
-        """As ``FewShotClassifier.predict``; unsure predictions go to the outbox."""
+        """As ``FewShotClassifier.predict``; unsure predictions go to the outbox, refused images as ``unknown``."""
         x = as_model_input(images, self.bundle.input_shape, self.bundle.preprocess)
         emb = self._embed_input(x)
         logits = self._head_for("predict", emb, transductive).logits(emb)
         best = logits.argmax(axis=1)
-        if self.outbox is not None and self.threshold > 0:
+        refused = self._refused(emb)
+        if self.outbox is not None and (self.threshold > 0 or refused.any()):
             # top softmax probability = 1 / sum(exp(logits - max)): below threshold <=> that sum above 1 / threshold
             total = np.exp(logits - logits.max(axis=1, keepdims=True)).sum(axis=1)
-            if (total > 1.0 / self.threshold).any():
-                self._keep_unsure(x, 1.0 / total, best)
-        return [self._classes[k] for k in best]
+            if refused.any() or (self.threshold > 0 and (total > 1.0 / self.threshold).any()):
+                self._keep_unsure(x, 1.0 / total, best, refused)
+        return [UNKNOWN if r else self._classes[k] for k, r in zip(best, refused)]
 
     def correct(self, images, label, learn: bool = True) -> "ReportingClassifier":
         """Record that ``images`` show ``label`` (a user's correction) and, if ``learn``, add them to its class.

@@ -3,7 +3,8 @@
 Order of checks (any failure leaves the running version untouched and returns the reason):
 signature over the release bytes -> version newer than the running one -> each file's size and sha256
 while downloading into ``HOME/tmp`` -> ``open_bundle`` (manifest checksums again) -> the running
-state's support images re-embedded by the new backbone and the head re-adapted -> leave-one-out
+state's support images re-embedded by the new backbone and the head re-adapted (and the open-set
+threshold recalibrated, if the device uses one) -> leave-one-out
 accuracy on the support set not more than ``max_drop`` below the running version's -> the state saved
 next to the new bundle -> ``DeviceHome.install`` (rename + atomic pointer replace).
 """
@@ -59,7 +60,9 @@ def _carry_state(home: DeviceHome, staging, max_drop: float, delegate: str, say)
                                  "adapt again so an update can carry the classes")
     rows = {c: st.support_labels == i for i, c in enumerate(st.classes)}
     say(f"re-embedding {len(st.images)} support images of {len(st.classes)} classes with the new backbone")
-    new = FewShotClassifier(staging, delegate=delegate).fit({c: st.images[m] for c, m in rows.items()})
+    # the open-set threshold is recalibrated on the new embeddings, at the rate the device chose
+    unknown = None if st.unknown is None else st.unknown["rate"]
+    new = FewShotClassifier(staging, delegate=delegate, unknown=unknown).fit({c: st.images[m] for c, m in rows.items()})
     before = support_accuracy(headlib.load_head(running.head_path), {c: st.support[m] for c, m in rows.items()})
     after = support_accuracy(new.head_spec, new.support_embeddings())
     health = {"before": before[0], "after": after[0], "method": after[1], "images": after[2],
