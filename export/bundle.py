@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from metalite.runtime.files import atomic_write, atomic_write_bytes, replace_dir
+from metalite.runtime.names import bundle_file_problem
 from metalite.runtime.preprocess import settings as preprocess_settings
 from metalite.runtime.progress import as_progress
 
@@ -145,6 +146,9 @@ def _build(tmp: Path, backbone_model, head_spec, rep, meta, edgetpu, float_model
     backbone["edgetpu_file"] = section.pop("file")
     files = {p.name: {"sha256": sha256_bytes(p.read_bytes()), "bytes": p.stat().st_size}
              for p in sorted(tmp.iterdir()) if p.is_file()}
+    bad = next((bundle_file_problem(n) for n in files if bundle_file_problem(n)), None)
+    if bad:  # the rule open_bundle, fleet publish and the device apply: caught here, not on the device
+        raise ExportError(f"cannot write the bundle: {bad}")
     manifest = _manifest(io, head_spec, meta or {}, files, {"backbone": backbone, "check": check, "edgetpu": section})
     atomic_write_bytes(tmp / "manifest.json", json.dumps(manifest, indent=2).encode())  # written last
     return manifest

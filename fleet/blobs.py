@@ -7,12 +7,27 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
+import secrets
 from pathlib import Path
 
+from metalite.runtime.state import remove_stale_temps
 from metalite.runtime.sync.release import is_sha256
 
 _CHUNK = 1 << 20
+_TEMP = "in"  # temporaries are .in.<token>.tmp, flocked while written (the rule of runtime.state's saves)
+
+
+def _locked_temp(directory: Path) -> tuple:
+    """(fd, path) of a new temporary in ``directory`` (mode 0600), flocked so no cleaner takes it while written."""
+    path = directory / f".{_TEMP}.{secrets.token_hex(8)}.tmp"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        import fcntl
+
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    except ImportError:  # not POSIX: only the age protects it
+        pass
+    return fd, path
 
 
 class BlobStore:
@@ -20,7 +35,7 @@ class BlobStore:
 
     def __init__(self, directory):
         self.dir = Path(directory)
-        self.dir.mkdir(parents=True, exist_ok=True)
+        self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
 
     def path(self, sha256: str) -> Path:
         """Where the blob ``sha256`` lives (it may not exist)."""
@@ -32,8 +47,11 @@ class BlobStore:
         return self.path(sha256).is_file()
 
     def put_file(self, src) -> tuple:
-        """Copy the file ``src`` in (fsynced); returns (sha256, bytes). Existing blobs are not rewritten."""
-        fd, tmp = tempfile.mkstemp(prefix=".in-", dir=self.dir)
+        """Copy the file ``src`` in (fsynced); returns (sha256, bytes). Existing blobs are not rewritten.
+
+        Temporaries left by killed publishes (unlocked, over a minute old) are removed first."""
+        remove_stale_temps(self.dir, _TEMP)
+        fd, tmp = _locked_temp(self.dir)
         h, n = hashlib.sha256(), 0
         try:
             with os.fdopen(fd, "wb") as out, open(src, "rb") as f:

@@ -13,25 +13,27 @@ import hashlib
 import json
 import time
 
+from metalite.runtime.names import MAX_CLASS_NAME, class_name_problem
+
 from .db import transaction
-from .examples import MAX_SIDE, from_pgm, to_pgm
+from .errors import RequestRefused
+from .examples import INT64, MAX_SIDE, from_pgm, to_pgm
 
 MAX_IMAGES = 64  # per class: a support set is 1-5 images, a few dozen at most
-MAX_NAME = 200
+MAX_CLASS_PIXELS = 1 << 21  # per class (64 images of 181x181, 8 of 512x512): its share fits the default 4 MiB body
+MAX_DEVICE_CLASSES = 1000  # per device (quota; docs/fleet.md)
+MAX_NAME = MAX_CLASS_NAME
 
 
-class ClassRefused(ValueError):
+class ClassRefused(RequestRefused):
     """A share or lookup the library refuses; ``status`` is the HTTP status that fits."""
-
-    def __init__(self, message: str, status: int):
-        super().__init__(message)
-        self.status = status
 
 
 def check_name(name) -> str:
-    """``name`` if it can name a shared class (a non-empty string of at most MAX_NAME characters)."""
-    if not isinstance(name, str) or not name.strip() or len(name) > MAX_NAME:
-        raise ClassRefused(f"class name must be a non-empty string of at most {MAX_NAME} characters", 422)
+    """``name`` if it can name a shared class (the rule of ``metalite.runtime.names``), else ClassRefused 422."""
+    problem = class_name_problem(name)
+    if problem:
+        raise ClassRefused(f"name: {problem}", 422)
     return name
 
 
@@ -57,14 +59,25 @@ def share(root, device_id: int, name, images, version=None, replace: bool = Fals
     409 the name is taken by another device or exists and ``replace`` is false).
     """
     name = check_name(name)
+    if version is not None and not (isinstance(version, int) and not isinstance(version, bool)
+                                    and 0 <= version <= INT64[1]):
+        raise ClassRefused("version must be an integer in 0..2**63-1 or null", 422)
+    if not isinstance(replace, bool):
+        raise ClassRefused("replace must be true or false", 422)
     if not isinstance(images, list) or not images:
         raise ClassRefused("images must be a non-empty list", 422)
     if len(images) > MAX_IMAGES:
         raise ClassRefused(f"at most {MAX_IMAGES} images per class, got {len(images)}", 413)
     pgms = [_pgm_of(img, i) for i, img in enumerate(images)]
+    if sum(img["height"] * img["width"] for img in images) > MAX_CLASS_PIXELS:
+        raise ClassRefused(f"images: at most {MAX_CLASS_PIXELS} pixels per class in all", 413)
     conn = root.db()
     with transaction(conn):
         old = conn.execute("SELECT id, device_id FROM classes WHERE name = ?", (name,)).fetchone()
+        if old is None:
+            mine = conn.execute("SELECT count(*) FROM classes WHERE device_id = ?", (device_id,)).fetchone()[0]
+            if mine >= MAX_DEVICE_CLASSES:
+                raise ClassRefused(f"this device's quota of {MAX_DEVICE_CLASSES} shared classes is reached", 429)
         if old is not None and old["device_id"] != device_id:
             raise ClassRefused(f"class {name!r} is already shared by another device; pick another name", 409)
         if old is not None and not replace:
@@ -73,7 +86,7 @@ def share(root, device_id: int, name, images, version=None, replace: bool = Fals
             conn.execute("DELETE FROM class_images WHERE class_id = ?", (old["id"],))
             conn.execute("DELETE FROM classes WHERE id = ?", (old["id"],))
         cid = conn.execute("INSERT INTO classes (name, device_id, version, created, n_images) VALUES (?,?,?,?,?)",
-                           (name, device_id, version if isinstance(version, int) else None, time.time(),
+                           (name, device_id, version, time.time(),
                             len(pgms))).lastrowid
         for i, pgm in enumerate(pgms):
             sha = hashlib.sha256(pgm).hexdigest()

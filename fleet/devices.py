@@ -8,7 +8,8 @@ import secrets
 import time
 
 from .db import transaction
-from .errors import FleetError
+from .errors import FleetError, RequestRefused
+from .examples import INT64
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 EVENTS = ("switched", "refused", "failed")
@@ -58,29 +59,46 @@ def authenticate(root, token: str):
                              (_hash(token),)).fetchone()
 
 
-def _clip(v, n=500):
-    return None if v is None else str(v)[:n]
+def _text(body: dict, key: str, n: int = 500):
+    """Free text a device reports, at most ``n`` characters; what UTF-8 cannot hold (lone surrogates) is
+    replaced, so a device's odd file name in a reason never costs it the report."""
+    v = body.get(key)
+    if v is None:
+        return None
+    if not isinstance(v, str):
+        raise RequestRefused(f"{key} must be a string or null", 422)
+    return v[:n].encode("utf-8", "replace").decode("utf-8")
 
 
-def _int_or_none(v):
-    return v if isinstance(v, int) and not isinstance(v, bool) else None
+def _count(body: dict, key: str):
+    v = body.get(key)
+    if v is None:
+        return None
+    if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v <= INT64[1]:
+        raise RequestRefused(f"{key} must be an integer in 0..2**63-1 or null", 422)
+    return v
 
 
 def record_report(root, device_id: int, body: dict) -> None:
-    """Store a device's ``POST /v1/report``: running version, outbox size and, if any, an update event."""
+    """Store a device's ``POST /v1/report``: running version, outbox size and, if any, an update event.
+
+    Raises RequestRefused (422, naming the field) for a field of the wrong type or range; nothing is stored then.
+    """
     now, event = time.time(), body.get("event")
+    version, pending, offered = _count(body, "version"), _count(body, "pending"), _count(body, "offered")
+    platform, reason = _text(body, "platform", 100), _text(body, "reason")
+    if event is not None and event not in EVENTS:
+        raise RequestRefused(f"event must be one of {', '.join(EVENTS)} or null", 422)
     conn = root.db()
     with transaction(conn):
         conn.execute("UPDATE devices SET last_seen = ?, version = ?, pending = ?, has_state = ?, platform = ? "
-                     "WHERE id = ?", (now, _int_or_none(body.get("version")), _int_or_none(body.get("pending")),
-                                      int(bool(body.get("has_state"))), _clip(body.get("platform"), 100), device_id))
-        if event in EVENTS:
+                     "WHERE id = ?", (now, version, pending, int(body.get("has_state") is True), platform, device_id))
+        if event is not None:
             detail = json.dumps({k: body.get(k) for k in ("health", "seconds")})[:4000]
             conn.execute("INSERT INTO events (device_id, at, event, version, offered, reason, detail) "
-                         "VALUES (?,?,?,?,?,?,?)", (device_id, now, event, _int_or_none(body.get("version")),
-                                                    _int_or_none(body.get("offered")), _clip(body.get("reason")), detail))
+                         "VALUES (?,?,?,?,?,?,?)", (device_id, now, event, version, offered, reason, detail))
             conn.execute("UPDATE devices SET last_event = ?, last_reason = ?, last_event_at = ? WHERE id = ?",
-                         (event, _clip(body.get("reason")), now, device_id))
+                         (event, reason, now, device_id))
 
 
 def list_devices(root) -> list:

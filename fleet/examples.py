@@ -16,6 +16,7 @@ import time
 
 import numpy as np
 
+from metalite.runtime.names import class_name_problem
 from metalite.runtime.sync.outbox import KINDS
 
 from .db import transaction
@@ -39,59 +40,81 @@ def from_pgm(data: bytes) -> np.ndarray:
     return np.frombuffer(pixels, np.uint8).reshape(height, width)
 
 
-def _label(v):
-    if v is None or (isinstance(v, int) and not isinstance(v, bool)):
-        return True
-    return isinstance(v, str) and len(v) <= 200
+INT64 = (-(1 << 63), (1 << 63) - 1)  # what SQLite stores as an integer
+MAX_DEVICE_EXAMPLES = 200_000  # per device (quota; docs/fleet.md): beyond it, examples are rejected one by one
+
+
+def _int_in(v, lo: int, hi: int) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi
+
+
+def _number_in(v, lo: float, hi: float) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and lo <= v <= hi  # False for NaN
+
+
+def label_problem(v) -> str | None:
+    """Why ``v`` cannot be an example's label or prediction (None, an int64, or a class name: ``runtime.names``)."""
+    if v is None or _int_in(v, *INT64):
+        return None
+    if isinstance(v, str):
+        return class_name_problem(v)
+    return "must be a string, an integer in the int64 range or null"
 
 
 def _check(e) -> str | None:
-    """Why the example ``e`` cannot be stored, or None if it is fine."""
+    """Why the example ``e`` cannot be stored (naming the field), or None if it is fine: after this, no
+    value of ``e`` can fail at bind (range, encoding) and cost the rest of the batch."""
     if not isinstance(e, dict):
         return "not an object"
     if not isinstance(e.get("id"), str) or not _ID.match(e["id"]):
         return "id must be 8-64 letters, digits, '_' or '-'"
     if e.get("kind") not in KINDS:
         return f"kind must be one of {', '.join(KINDS)}"
-    if not (_label(e.get("label")) and _label(e.get("predicted"))):
-        return "label and predicted must be a string (<= 200 chars), an integer or null"
+    for key in ("label", "predicted"):
+        problem = label_problem(e.get(key))
+        if problem:
+            return f"{key}: {problem}"
     if e["kind"] == "correction" and e.get("label") is None:
         return "a correction needs a label"
-    conf = e.get("confidence")
-    if conf is not None and not (isinstance(conf, (int, float)) and 0.0 <= conf <= 1.0):
-        return "confidence must be in [0, 1] or null"
+    if e.get("confidence") is not None and not _number_in(e["confidence"], 0.0, 1.0):
+        return "confidence must be a number in [0, 1] or null"
+    if e.get("version") is not None and not _int_in(e["version"], 0, INT64[1]):
+        return "version must be an integer in 0..2**63-1 or null"
+    if e.get("created") is not None and not _number_in(e["created"], -1e11, 1e11):
+        return "created must be seconds since 1970 (|created| <= 1e11) or null"
     h, w = e.get("height"), e.get("width")
-    if not all(isinstance(v, int) and 1 <= v <= MAX_SIDE for v in (h, w)):
+    if not all(_int_in(v, 1, MAX_SIDE) for v in (h, w)):
         return f"height and width must be integers in 1..{MAX_SIDE}"
+    if not isinstance(e.get("pixels"), str):
+        return "pixels must be a base64 string"
     try:
-        px = base64.b64decode(e.get("pixels") or "", validate=True)
-    except (binascii.Error, ValueError, TypeError):
+        px = base64.b64decode(e["pixels"], validate=True)
+    except (binascii.Error, ValueError):
         return "pixels must be base64"
     if len(px) != h * w:
         return f"pixels hold {len(px)} bytes, expected height*width = {h * w}"
     return None
 
 
-def _num(v, kind):
-    return v if isinstance(v, kind) and not isinstance(v, bool) else None
-
-
-def ingest(root, device_id: int, examples: list) -> dict:
-    """Store a batch from one device.
+def ingest(root, device_id: int, examples: list, quota: int = MAX_DEVICE_EXAMPLES) -> dict:
+    """Store a batch from one device; a malformed example is rejected on its own, the others are stored.
 
     Returns:
       {"ids": every id the device may now drop (stored, already stored, or rejected), "stored": n,
-       "duplicates": n, "rejected": [{"id", "reason"}]}.
+       "duplicates": n, "rejected": [{"id", "reason"}]}. Examples beyond the device's ``quota`` are rejected.
     """
     now, stored, dup, rejected, ids = time.time(), 0, 0, [], []
     conn = root.db()
     with transaction(conn):
+        have = conn.execute("SELECT examples FROM devices WHERE id = ?", (device_id,)).fetchone()[0]
         for e in examples:
             reason = _check(e)
+            if reason is None and have + stored >= quota:
+                reason = f"this device's quota of {quota} stored examples is reached"
             if reason is not None:
-                rid = e.get("id") if isinstance(e, dict) and isinstance(e.get("id"), str) else None
+                rid = e["id"] if isinstance(e, dict) and isinstance(e.get("id"), str) and _ID.match(e["id"]) else None
                 rejected.append({"id": rid, "reason": reason})
-                if rid is not None and len(rid) <= 64:
+                if rid is not None:
                     ids.append(rid)
                 continue
             pgm = to_pgm(base64.b64decode(e["pixels"]), e["height"], e["width"])
@@ -100,8 +123,7 @@ def ingest(root, device_id: int, examples: list) -> dict:
                 "INSERT OR IGNORE INTO examples (device_id, example_id, kind, label, predicted, confidence, version, "
                 "created, received, height, width, image_sha256) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                 (device_id, e["id"], e["kind"], json.dumps(e.get("label")), json.dumps(e.get("predicted")),
-                 _num(e.get("confidence"), (int, float)), _num(e.get("version"), int),
-                 _num(e.get("created"), (int, float)), now, e["height"], e["width"], sha))
+                 e.get("confidence"), e.get("version"), e.get("created"), now, e["height"], e["width"], sha))
             if cur.rowcount:
                 conn.execute("INSERT OR IGNORE INTO images (sha256, data) VALUES (?, ?)", (sha, pgm))
                 stored += 1

@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 import time
 
+from metalite.runtime.names import terminal_safe
+
 from . import classes, devices, examples, releases
 
 UPDATE_LOG = "updates/last.json"  # written by ``metalite fleet update``: its last decision and figures
@@ -40,7 +42,12 @@ def _ago(t, now) -> str:
 
 
 def status_lines(st: dict) -> list:
-    """Human-readable lines of a ``status`` dict."""
+    """Human-readable lines of a ``status`` dict; what devices sent (class names, reasons) and notes are shown
+    with control characters escaped (``runtime.names.terminal_safe``): one line each, no terminal escapes."""
+    return [terminal_safe(line) for line in _lines(st)]
+
+
+def _lines(st: dict) -> list:
     now = time.time()
     ex = st["examples"]
     lines = [f"fleet {st['root']}", f"public key: {st['public_key'] or '(none yet: start serve or publish)'}",

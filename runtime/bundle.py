@@ -24,6 +24,7 @@ from pathlib import Path
 
 from .errors import BundleError, one_line
 from .files import cache_root
+from .names import bundle_file_problem
 
 BUNDLE_FORMAT = "metalite-bundle"
 BUNDLE_FORMAT_VERSIONS = (1,)
@@ -117,6 +118,9 @@ def _files(manifest: dict) -> dict:
     for name, info in files.items():
         if not name or name in (".", "..", MANIFEST) or Path(name).name != name or "\\" in name or "\0" in name:
             raise BundleError(f"{MANIFEST}: unsafe or invalid file name {name[:80]!r} in 'files'")
+        problem = bundle_file_problem(name)
+        if problem:
+            raise BundleError(f"{MANIFEST}: {problem}")
         if not isinstance(info, dict) or not isinstance(info.get("sha256"), str) or not _SHA256.fullmatch(info["sha256"]):
             raise BundleError(f"{MANIFEST}: files[{name!r}] has no valid sha256")
         size = info.get("bytes")

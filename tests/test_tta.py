@@ -122,3 +122,48 @@ def test_transductive_predict_is_opt_in(bundle):
     assert clf.predict(imgs[4:]) == [int(i) for i in clf.head.logits(emb).argmax(1)]
     p = clf.predict_proba(imgs[4:], transductive=True)
     np.testing.assert_allclose(p.sum(1), 1, rtol=1e-5)
+
+
+def _clusters(seed=0, n_classes=10, dim=16, spread=0.7, scale=0.2):
+    """A prototype head (no hidden layer) on one noisy support point per class, and a query sampler: classes
+    that overlap enough for soft assignments to spread (as 20-way Omniglot's do)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((n_classes, dim)).astype(np.float32)
+    support = (centres + spread * rng.standard_normal((n_classes, dim))).astype(np.float32)
+    spec = headlib.HeadSpec([], [], {"steps": 0, "lr": 0.01, "scale": scale, "adapt": "classifier"})
+    head = headlib.adapt(spec, support, np.arange(n_classes), n_classes)
+
+    def draw(classes, k):
+        y = np.repeat(classes, k)
+        return (centres[y] + spread * rng.standard_normal((len(y), dim))).astype(np.float32), y
+    return support, head, draw
+
+
+def test_transductive_refinement_never_moves_classes_absent_from_an_unbalanced_batch():
+    support, head, draw = _clusters()
+    q, y = draw([0], 15)  # every query of one class
+    after = headlib.refine(head, support, np.arange(10), q, 0.2)
+    before = headlib.refine(head, support, np.arange(10), q, 0.2, cover=0.0)  # soft weights, as before issue 22
+    chosen = set(head.logits(q).argmax(1).tolist()) | set(after.logits(q).argmax(1).tolist())
+    absent = [k for k in range(10) if k not in chosen]
+    assert absent
+    w0, b0 = head.classifier
+    np.testing.assert_allclose(after.classifier[0][:, absent], w0[:, absent], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(after.classifier[1][absent], b0[absent], rtol=1e-5, atol=1e-5)
+    assert not np.allclose(before.classifier[0][:, absent], w0[:, absent], atol=1e-2)  # soft weights moved them
+
+
+def test_transductive_refinement_helps_balanced_batches_and_costs_nothing_on_unbalanced_ones():
+    acc = lambda h, q, y: float(np.mean(h.logits(q).argmax(1) == y))  # noqa: E731
+    gain = {(n, cover): [] for n in ("one", "two", "balanced") for cover in (0.0, headlib.COVER)}
+    for seed in range(20):
+        support, head, draw = _clusters(seed)
+        for name, classes, k in (("one", [0], 15), ("two", [0, 1], 8), ("balanced", list(range(10)), 5)):
+            q, y = draw(classes, k)
+            for cover in (0.0, headlib.COVER):
+                refined = headlib.refine(head, support, np.arange(10), q, 0.2, cover=cover)
+                gain[(name, cover)].append(acc(refined, q, y) - acc(head, q, y))
+    mean = {key: float(np.mean(v)) for key, v in gain.items()}
+    assert mean[("balanced", headlib.COVER)] > 0.03, mean
+    assert mean[("one", headlib.COVER)] > -0.02 and mean[("two", headlib.COVER)] > -0.02, mean
+    assert mean[("one", 0.0)] < -0.1, mean  # what always-soft refinement did to one class's queries

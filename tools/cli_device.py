@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
 from pathlib import Path
 
 import click
@@ -82,11 +83,12 @@ def sync_cmd(server, token, pubkey, home, allow_unsigned, allow_older, max_accur
     if as_json:
         click.echo(json.dumps(asdict(r), indent=2))
     elif r.offline:
-        click.echo(f"offline: server not reachable; {r.pending} examples kept in the outbox")
+        click.echo(f"offline: server not reachable or busy; {r.pending} examples kept in the outbox")
     else:
         u = r.update
         news = ("no release published" if u is None else f"v{u.running} is current" if u.status == "current"
-                else f"switched to v{u.offered}" if u.status == "switched" else f"v{u.offered} {u.status}: {u.reason}")
+                else f"switched to v{u.offered}" if u.status == "switched"
+                else f"{'the offer' if u.offered is None else f'v{u.offered}'} {u.status}: {u.reason}")
         click.echo(f"uploaded {r.uploaded} examples ({r.duplicates} already there), {r.pending} waiting; {news}")
     if share_classes or pull_classes or list_classes:
         _class_library(home, server, token, timeout, r.offline, share_classes, pull_classes, replace_class,
@@ -168,10 +170,12 @@ def device_predict_cmd(images, home, as_json, delegate, unknown):
     from metalite.runtime.errors import InputError
     from metalite.runtime.images import as_model_input
 
-    from metalite.runtime.sync.outbox import KINDS
+    from metalite.runtime.sync.outbox import KINDS, OutboxUnavailableWarning
 
     h = _home(home)
-    clf = h.classifier(delegate=delegate, **({} if unknown is None else {"unknown": unknown}))
+    with warnings.catch_warnings():  # said once, in the last line
+        warnings.simplefilter("ignore", OutboxUnavailableWarning)
+        clf = h.classifier(delegate=delegate, **({} if unknown is None else {"unknown": unknown}))
     before = h.outbox().kinds()
     results, good = [None] * len(images), []
     for i, p in enumerate(images):  # find unreadable images first: the outbox keeps only real predictions
@@ -189,10 +193,13 @@ def device_predict_cmd(images, home, as_json, delegate, unknown):
             for i, r in zip(good, clf.is_unknown(paths)):
                 refused[i] = bool(r)
     failed = emit_rows(prediction_rows(images, results, clf.classes, refused), as_json)
-    after = h.outbox().kinds()
-    new = {k: after.get(k, 0) - before.get(k, 0) for k in KINDS}
-    click.echo(f"{new['unsure']} unsure predictions kept in the outbox (threshold {clf.threshold})"
-               + ("" if clf.unknown is None else f", {new['unknown']} unknown"), err=True)
+    if h.outbox().writable:
+        after = h.outbox().kinds()
+        new = {k: after.get(k, 0) - before.get(k, 0) for k in KINDS}
+        click.echo(f"{new['unsure']} unsure predictions kept in the outbox (threshold {clf.threshold})"
+                   + ("" if clf.unknown is None else f", {new['unknown']} unknown"), err=True)
+    else:
+        click.echo(f"nothing recorded: the outbox cannot be written ({h.outbox().reason})", err=True)
     if failed:
         sys.exit(1)
 

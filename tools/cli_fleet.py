@@ -34,13 +34,15 @@ def _need(module: str, extra: str = "serve"):
 @click.option("--port", type=click.IntRange(0, 65535), default=8765, show_default=True, help="0 picks a free port.")
 @click.option("--max-request-bytes", type=click.IntRange(min=1024), default=4 << 20, show_default=True,
               help="Larger request bodies are refused (HTTP 413).")
+@click.option("--header-timeout", type=click.FloatRange(min=0.1), default=10.0, show_default=True, metavar="SECONDS",
+              help="Close a connection whose request headers do not arrive within this time (idle or slow clients).")
 @click.option("--update-every", type=click.FloatRange(min=0, min_open=True), default=None, metavar="HOURS",
               help="Also run 'metalite fleet update' on this root every HOURS (in a child process, never two at "
                    "once; one log line per decision). Off by default.")
 @click.option("--update-args", default="", metavar="OPTIONS",
               help="Options for the scheduled updates, as on the command line, e.g. '--steps 300 --max-drop 0.005'.")
 @fail_cleanly
-def serve_cmd(root, host, port, max_request_bytes, update_every, update_args):
+def serve_cmd(root, host, port, max_request_bytes, header_timeout, update_every, update_args):
     """Run the fleet server devices sync with (HTTP; creates --root and its signing key on first start)."""
     import shlex
 
@@ -69,7 +71,8 @@ def serve_cmd(root, host, port, max_request_bytes, update_every, update_args):
 
         scheduler = UpdateScheduler(root, update_every * 3600, extra, say)
     try:
-        serve(root, host, port, max_request_bytes, say=say, on_start=scheduler and scheduler.start)
+        serve(root, host, port, max_request_bytes, say=say, on_start=scheduler and scheduler.start,
+              header_timeout=header_timeout)
     finally:
         if scheduler is not None:
             scheduler.stop()

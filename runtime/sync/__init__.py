@@ -15,7 +15,8 @@ flow, the home layout, the HTTP API and the security model.
 from .agent import SyncResult, sync, upload_outbox
 from .classes import fetch_class, pull_class, share_class, shared_classes
 from .client import FleetClient
-from .errors import ServerRefusedError, ServerUnreachableError, SyncError, UpdateRefusedError
+from .errors import (BadAnswerError, ServerBusyError, ServerRefusedError, ServerUnreachableError, SyncError,
+                     UpdateRefusedError)
 from .health import support_accuracy
 from .home import DeviceHome
 from .outbox import Outbox
@@ -26,5 +27,6 @@ from .update import UpdateResult, apply_offer
 __all__ = [
     "sync", "SyncResult", "upload_outbox", "share_class", "shared_classes", "fetch_class", "pull_class", "FleetClient", "DeviceHome", "Outbox", "ReportingClassifier",
     "apply_offer", "UpdateResult", "support_accuracy", "parse_public_key", "verify_release",
-    "SyncError", "ServerUnreachableError", "ServerRefusedError", "UpdateRefusedError",
+    "SyncError", "ServerUnreachableError", "ServerRefusedError", "ServerBusyError", "BadAnswerError",
+    "UpdateRefusedError",
 ]

@@ -10,8 +10,9 @@ import platform
 import time
 from dataclasses import dataclass
 
+from . import answers
 from .client import FleetClient
-from .errors import ServerUnreachableError
+from .errors import ServerRefusedError, ServerUnreachableError
 from .home import DeviceHome
 from .outbox import Outbox
 from .update import UpdateResult, apply_offer
@@ -60,12 +61,19 @@ def upload_outbox(outbox: Outbox, client: FleetClient, batch: int = UPLOAD_BATCH
         rows = outbox.oldest(batch)
         if not rows:
             return stored, dup
-        answer = client.call("POST", "/v1/examples", {"examples": [_wire(r) for r in rows]})
-        outbox.remove(answer["ids"])
-        stored, dup = stored + int(answer["stored"]), dup + int(answer["duplicates"])
+        try:
+            answer = client.call("POST", "/v1/examples", {"examples": [_wire(r) for r in rows]})
+        except ServerRefusedError as e:
+            if e.status != 413 or batch == 1:
+                raise
+            batch = max(1, batch // 2)  # a server with a smaller body limit: smaller batches, not a stuck outbox
+            continue
+        ids, n_stored, n_dup = answers.upload(answer, [r["id"] for r in rows])
+        outbox.remove(ids)
+        stored, dup = stored + n_stored, dup + n_dup
         if say and total > batch:
             say(f"uploaded {stored + dup}/{total} examples")
-        if len(answer["ids"]) < len(rows):  # the server took part of the batch; do not loop on the rest
+        if len(ids) < len(rows):  # the server took part of the batch; do not loop on the rest
             return stored, dup
 
 
@@ -134,12 +142,12 @@ def sync(home, server: str, token: str, public_key: bytes | None = None, allow_u
                 result.uploaded, result.duplicates = upload_outbox(outbox, client, say=say)
             if update:
                 offer = client.call("GET", "/v1/releases/latest", missing_ok=True)
-                if offer is not None:
+                if offer is not None:  # apply_offer checks its shape (a bad one is refused, exit 3)
                     result.update = apply_offer(home, client, offer, public_key, allow_unsigned, allow_older,
                                                 drop, delegate, say)
             result.pending = outbox.pending()
             _report(client, home, result.update, result.pending)
-        except ServerUnreachableError as e:
+        except ServerUnreachableError as e:  # also ServerBusyError (disk full, busy): try again next sync
             say(str(e))
             result.offline = True
             result.pending = outbox.pending()

@@ -19,8 +19,13 @@ import urllib.parse
 import numpy as np
 
 from ..labels import short_repr
-from .errors import SyncError
+from ..names import class_name_problem
+from . import answers
+from .errors import BadAnswerError, SyncError
 from .home import DeviceHome
+
+MAX_SIDE = 512  # of a shared image (the server's limit)
+MAX_CLASS_ANSWER = 8 << 20  # bytes: a class of at most 2**21 pixels in base64 JSON (fleet.classes.MAX_CLASS_PIXELS)
 
 
 def _home(home) -> DeviceHome:
@@ -51,6 +56,9 @@ def share_class(home, client, name: str, replace: bool = False) -> dict:
     """
     if not isinstance(name, str):
         raise SyncError(f"only classes with str labels can be shared, got {short_repr(name)}")
+    problem = class_name_problem(name)
+    if problem:
+        raise SyncError(f"class {short_repr(name)} cannot be shared: {problem}")
     imgs = class_images(home, name)
     wire = [{"height": int(i.shape[0]), "width": int(i.shape[1]),
              "pixels": base64.b64encode(np.ascontiguousarray(i, np.uint8).tobytes()).decode("ascii")} for i in imgs]
@@ -60,21 +68,27 @@ def share_class(home, client, name: str, replace: bool = False) -> dict:
 
 def shared_classes(client) -> list:
     """The library's classes, newest first: [{"name", "images", "device", "version", "created"}]."""
-    return client.call("GET", "/v1/classes")["classes"]
+    return answers.class_list(client.call("GET", "/v1/classes"))
 
 
 def fetch_class(client, name: str):
     """uint8 (N, H, W) images of shared class ``name`` (a list of (H, W) arrays if their sizes differ);
     ServerRefusedError 404 if unknown."""
-    got = client.call("GET", "/v1/classes/" + urllib.parse.quote(name, safe=""))
+    problem = class_name_problem(name)
+    if problem:
+        raise SyncError(f"no shared class can be named {short_repr(name)}: {problem}")
+    got = answers.shared_class(client.call("GET", "/v1/classes/" + urllib.parse.quote(name, safe=""),
+                                           max_bytes=MAX_CLASS_ANSWER), name)
     imgs = []
-    for i, img in enumerate(got.get("images") or []):
+    for i, img in enumerate(got):
         try:
-            h, w = int(img["height"]), int(img["width"])
+            h, w = img["height"], img["width"]
+            if not all(type(v) is int and 1 <= v <= MAX_SIDE for v in (h, w)):
+                raise ValueError("size")
             px = np.frombuffer(base64.b64decode(img["pixels"], validate=True), np.uint8)
             imgs.append(px.reshape(h, w))
         except (KeyError, TypeError, ValueError, binascii.Error):
-            raise SyncError(f"shared class {short_repr(name)}: image {i} is malformed") from None
+            raise BadAnswerError(f"shared class {short_repr(name)}: image {i} is malformed") from None
     if not imgs:
         raise SyncError(f"shared class {short_repr(name)} has no images")
     return imgs if len({im.shape for im in imgs}) > 1 else np.stack(imgs)  # sizes differ: a list, as sent

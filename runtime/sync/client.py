@@ -1,8 +1,10 @@
 """HTTP client for the fleet server, standard library only (urllib): JSON calls and checked downloads.
 
 Every failure is one of ``ServerUnreachableError`` (no answer, connection cut: try again later),
-``ServerRefusedError`` (an HTTP error, with the server's one-line reason) or, for downloads,
-``UpdateRefusedError`` (truncated, too long or wrong sha256).
+``ServerBusyError`` (HTTP 502/503/504/507: try again later), ``ServerRefusedError`` (another HTTP error,
+with the server's one-line reason), ``BadAnswerError`` (an answer that is too long, not JSON or, in the
+callers' checks, of the wrong shape) or, for downloads, ``UpdateRefusedError`` (truncated, too long or
+wrong sha256). Every read is bounded by what the answer can legitimately be.
 """
 from __future__ import annotations
 
@@ -16,9 +18,13 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-from .errors import ServerRefusedError, ServerUnreachableError, SyncError, UpdateRefusedError
+from ..names import terminal_safe
+from .errors import (BadAnswerError, ServerBusyError, ServerRefusedError, ServerUnreachableError, SyncError,
+                     UpdateRefusedError)
 
 _CHUNK = 1 << 16
+MAX_ANSWER = 1 << 20  # bytes of a JSON answer unless the call says more (a shared class: ``classes.MAX_CLASS_ANSWER``)
+_BUSY = (502, 503, 504, 507)  # the server cannot take it now: try again at the next sync
 _NETWORK_ERRORS = (urllib.error.URLError, http.client.HTTPException, ConnectionError, socket.timeout, TimeoutError)
 
 
@@ -26,10 +32,10 @@ def _detail(err: urllib.error.HTTPError) -> str:
     try:
         body = json.loads(err.read(4096).decode("utf-8", "replace"))
         detail = body.get("detail") if isinstance(body, dict) else None
-    except (ValueError, OSError, http.client.HTTPException):
+    except (ValueError, OSError, RecursionError, http.client.HTTPException):
         detail = None
     text = str(detail or err.reason or "").strip()
-    return text.splitlines()[0] if text else ""
+    return terminal_safe(text.splitlines()[0][:300]) if text else ""
 
 
 class FleetClient:
@@ -59,27 +65,34 @@ class FleetClient:
         try:
             return urllib.request.urlopen(req, timeout=self.timeout)
         except urllib.error.HTTPError as e:
-            raise ServerRefusedError(f"{method} {path}: HTTP {e.code} {_detail(e)}".rstrip(), e.code) from None
+            kind = ServerBusyError if e.code in _BUSY else ServerRefusedError
+            raise kind(f"{method} {path}: HTTP {e.code} {_detail(e)}".rstrip(), e.code) from None
         except _NETWORK_ERRORS as e:
             reason = getattr(e, "reason", None) or e
             raise ServerUnreachableError(f"cannot reach {self.server} ({reason})") from None
 
-    def call(self, method: str, path: str, payload=None, missing_ok: bool = False):
-        """Send JSON (or nothing), return the decoded JSON answer; None for HTTP 404 if ``missing_ok``."""
+    def call(self, method: str, path: str, payload=None, missing_ok: bool = False, max_bytes: int = MAX_ANSWER):
+        """Send JSON (or nothing), return the decoded JSON answer; None for HTTP 404 if ``missing_ok``.
+
+        An answer longer than ``max_bytes``, not JSON or nested too deeply is a ``BadAnswerError``: a hostile
+        or broken server costs at most ``max_bytes`` of memory.
+        """
         body = None if payload is None else json.dumps(payload, separators=(",", ":")).encode("utf-8")
         try:
             with self._open(method, path, body) as resp:
-                data = resp.read()
+                data = resp.read(max_bytes + 1)
         except ServerRefusedError as e:
             if missing_ok and e.status == 404:
                 return None
             raise
         except _NETWORK_ERRORS as e:
             raise ServerUnreachableError(f"{method} {path}: connection cut ({e})") from None
+        if len(data) > max_bytes:
+            raise BadAnswerError(f"{method} {path}: the server's answer is longer than {max_bytes} bytes; ignored")
         try:
             return json.loads(data.decode("utf-8")) if data else None
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            raise ServerRefusedError(f"{method} {path}: the server's answer is not JSON", 502) from None
+        except (UnicodeDecodeError, ValueError, RecursionError):
+            raise BadAnswerError(f"{method} {path}: the server's answer is not JSON") from None
 
     def download(self, path: str, dest, expected_bytes: int, expected_sha256: str) -> None:
         """Stream ``path`` into the file ``dest``, checking its size and sha256 on the way.

@@ -26,3 +26,15 @@ class ServerRefusedError(SyncError):
 
 class UpdateRefusedError(SyncError, ValueError):
     """An offered bundle was not installed: unsigned, wrongly signed, older, corrupt or failing its health check."""
+
+
+class ServerBusyError(ServerRefusedError, ServerUnreachableError):
+    """The server answered that it cannot take the request now (HTTP 502/503/504/507: busy, disk full,
+    database read-only); like an unreachable server, nothing was lost and the device tries again later."""
+
+
+class BadAnswerError(ServerRefusedError):
+    """The server's answer is not what the API promises (not JSON, wrong shape, too large); status 502."""
+
+    def __init__(self, message: str):
+        super().__init__(message, 502)

@@ -5,8 +5,10 @@ Layout (docs/fleet.md)::
     HOME/
       current.json          {"version": 3, "manifest_sha256": "…", "previous": 2, "switched": "…"}: the pointer,
                             replaced atomically; the only thing a switch changes
-      versions/3/           bundle files + release.json + release.sig + state.npz (the adapted classes)
+      versions/3/           bundle files + release.json + release.sig, as verified: never written afterwards
       versions/2/           the previous version, kept until the next switch
+      states/3.npz          the adapted classes of v3 (homes made before issue 22 kept versions/3/state.npz:
+                            still read, moved here by the next save)
       outbox.sqlite         examples waiting for upload (``Outbox``)
       config.json           optional settings (threshold, outbox_capacity, max_accuracy_drop, share_support)
       tmp/                  downloads and re-embedding in progress; emptied by each sync
@@ -17,16 +19,25 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sqlite3
 import tempfile
+import warnings
 import time
 from pathlib import Path
 
 from ..files import atomic_write, file_lock, fsync_dir
 from .errors import SyncError
-from .outbox import Outbox
+from .outbox import Outbox, OutboxUnavailableWarning, UnavailableOutbox
 
 DEFAULTS = {"threshold": 0.6, "outbox_capacity": 1000, "max_accuracy_drop": 0.1, "share_support": True}
 STATE_FILE = "state.npz"
+
+
+def _read_only(path: Path) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & getattr(os, "ST_RDONLY", 1))
+    except (OSError, AttributeError):
+        return False
 
 
 class DeviceHome:
@@ -40,11 +51,16 @@ class DeviceHome:
         self.root = Path(path).expanduser()
         self.versions = self.root / "versions"
         self.tmp = self.root / "tmp"
+        self.states = self.root / "states"
         try:
             self.versions.mkdir(parents=True, exist_ok=True)
             self.tmp.mkdir(exist_ok=True)
         except OSError as e:
             raise SyncError(f"cannot create the device home {self.root}: {e.strerror}") from None
+        try:
+            self.states.mkdir(exist_ok=True)
+        except OSError:  # a read-only home made before issue 22: its states are still read from versions/
+            pass
         self._outbox: Outbox | None = None
 
     # ------------------------------------------------------------------ what runs
@@ -76,7 +92,13 @@ class DeviceHome:
 
     def state_path(self, version: int | None = None) -> Path:
         """The adapted state of ``version`` (default: the running one); may not exist yet."""
-        return self.bundle_dir(version) / STATE_FILE
+        new = self._state_file(version)
+        legacy = self.bundle_dir(version) / STATE_FILE
+        return legacy if not new.exists() and legacy.is_file() else new
+
+    def _state_file(self, version: int | None = None) -> Path:
+        """Where the state of ``version`` is written: outside the verified version directory."""
+        return self.states / f"{self.bundle_dir(version).name}.npz"
 
     def config(self) -> dict:
         """Settings: ``DEFAULTS`` updated with ``config.json`` if present."""
@@ -89,10 +111,21 @@ class DeviceHome:
                 raise SyncError(f"{p}: not valid JSON ({e})") from None
         return cfg
 
-    def outbox(self) -> Outbox:
-        """The home's outbox (opened once per ``DeviceHome``)."""
+    def outbox(self):
+        """The home's outbox (opened once per ``DeviceHome``). If it cannot be opened for writing (the SD card
+        went read-only, the disk is full) an ``UnavailableOutbox``, with one ``OutboxUnavailableWarning``:
+        predictions must go on, the outbox is only a by-product."""
         if self._outbox is None:
-            self._outbox = Outbox(self.root / "outbox.sqlite", capacity=int(self.config()["outbox_capacity"]))
+            path = self.root / "outbox.sqlite"
+            try:
+                self._outbox = Outbox(path, capacity=int(self.config()["outbox_capacity"]))
+            except (sqlite3.Error, OSError) as e:
+                reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}".rstrip(": ")
+                if _read_only(self.root):
+                    reason = f"read-only file system; {reason}"
+                self._outbox = UnavailableOutbox(path, reason)
+                warnings.warn(f"outbox {path} cannot be written ({reason}); predictions go on, nothing is recorded",
+                              OutboxUnavailableWarning, stacklevel=2)
         return self._outbox
 
     # ------------------------------------------------------------------ classifier
@@ -102,9 +135,10 @@ class DeviceHome:
 
         version, cfg = self.version, self.config()
         bdir = self.bundle_dir(version)
-        opts = dict(outbox=self.outbox(), threshold=float(cfg["threshold"]), version=version,
+        outbox = self.outbox()
+        opts = dict(outbox=outbox if outbox.writable else None, threshold=float(cfg["threshold"]), version=version,
                     num_threads=num_threads, delegate=delegate, **kwargs)
-        state = bdir / STATE_FILE
+        state = self.state_path(version)
         if state.is_file():
             return ReportingClassifier.load(bdir, state, **opts)
         return ReportingClassifier(bdir, **opts)
@@ -115,7 +149,11 @@ class DeviceHome:
             if getattr(clf, "version", None) != self.version:
                 raise SyncError(f"the home switched to v{self.version} while this classifier runs "
                                 f"v{getattr(clf, 'version', None)}; open it again with home.classifier()")
-            clf.save(self.state_path())
+            legacy = self.bundle_dir() / STATE_FILE
+            self.states.mkdir(exist_ok=True)
+            clf.save(self._state_file())
+            if legacy.is_file():  # moved out of the verified directory (a home made before issue 22)
+                legacy.unlink()
 
     # ------------------------------------------------------------------ switching
     def lock(self):
@@ -136,8 +174,9 @@ class DeviceHome:
         for p in self.tmp.iterdir():
             shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
 
-    def install(self, staging: Path, version: int, manifest_sha256: str) -> None:
-        """Move a complete staging directory to ``versions/<version>`` and point ``current.json`` at it.
+    def install(self, staging: Path, version: int, manifest_sha256: str, state: Path | None = None) -> None:
+        """Move a complete staging directory to ``versions/<version>`` (and the carried ``state`` file, if any,
+        to ``states/<version>.npz``) and point ``current.json`` at it.
 
         Call with ``lock()`` held. The pointer replace is the switch: a crash before it leaves the old
         version running (the unreferenced directory is replaced by the next sync), a crash after it the new.
@@ -148,6 +187,13 @@ class DeviceHome:
         target = self.versions / str(version)
         if target.exists():
             shutil.rmtree(target)
+        self.states.mkdir(exist_ok=True)
+        dest = self.states / f"{int(version)}.npz"
+        if state is not None:
+            os.replace(state, dest)
+        else:
+            dest.unlink(missing_ok=True)  # a state left from an earlier install of this number is not this one's
+        fsync_dir(self.states)
         os.rename(staging, target)
         fsync_dir(self.versions)
         pointer = {"version": int(version), "manifest_sha256": manifest_sha256, "previous": previous,
@@ -159,6 +205,9 @@ class DeviceHome:
         for p in self.versions.iterdir():
             if not (p.name.isdigit() and int(p.name) in keep):
                 shutil.rmtree(p, ignore_errors=True)
+        for p in self.states.glob("*.npz"):
+            if not (p.stem.isdigit() and int(p.stem) in keep):
+                p.unlink(missing_ok=True)
 
     def close(self) -> None:
         """Close the outbox."""

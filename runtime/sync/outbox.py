@@ -87,6 +87,8 @@ class Outbox:
       write_errors: queued rows the background writer could not store (disk full, ...).
     """
 
+    writable = True
+
     def __init__(self, path, capacity: int = 1000, durable: bool = False):
         self.path = Path(path)
         self.capacity = max(1, int(capacity))
@@ -320,3 +322,42 @@ class Outbox:
 
     def __exit__(self, *exc):
         self.close()
+
+
+class OutboxUnavailableWarning(RuntimeWarning):
+    """The outbox cannot be opened for writing (read-only or full SD card): predictions go on, nothing is recorded."""
+
+
+class UnavailableOutbox:
+    """Stands in for an ``Outbox`` that cannot be opened: nothing is recorded, nothing waits; ``reason`` says why."""
+
+    writable = False
+    capacity = 0
+    write_errors = 0
+    dropped = 0
+
+    def __init__(self, path, reason: str):
+        self.path, self.reason = Path(path), reason
+
+    def add(self, *args, **kwargs) -> list:
+        raise OSError(f"outbox {self.path} is unavailable ({self.reason})")
+
+    add_support = mark_shared = add
+
+    def pending(self) -> int:
+        return 0
+
+    def kinds(self) -> dict:
+        return {}
+
+    def oldest(self, n: int) -> list:
+        return []
+
+    def remove(self, ids) -> int:
+        return 0
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass

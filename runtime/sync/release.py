@@ -17,12 +17,12 @@ import json
 import re
 from pathlib import Path
 
+from ..names import bundle_file_problem, terminal_safe
 from .errors import SyncError, UpdateRefusedError
 
 RELEASE_FORMAT = "metalite-release"
 RELEASE_FORMAT_VERSION = 1
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
-_FILE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$")
 
 
 def is_sha256(text) -> bool:
@@ -64,7 +64,7 @@ def _check_signature(data: bytes, signature: str, public_key: bytes) -> None:
         raise SyncError("checking signed updates needs the 'cryptography' package: pip install 'metalite[sync]'") from None
     try:
         sig = bytes.fromhex(signature)
-    except ValueError:
+    except (TypeError, ValueError):
         raise UpdateRefusedError("the release signature is not hex; refused") from None
     try:
         Ed25519PublicKey.from_public_bytes(public_key).verify(sig, data)
@@ -83,9 +83,12 @@ def _check_fields(doc) -> dict:
     if not is_sha256(doc.get("manifest_sha256")) or not isinstance(files, dict) or "manifest.json" not in files:
         raise UpdateRefusedError(f"release v{version} is incomplete (manifest sha256 or file list); refused")
     for name, f in files.items():
-        if not _FILE_NAME.match(name) or not isinstance(f, dict) or not is_sha256(f.get("sha256")) \
+        problem = None if name == "manifest.json" else bundle_file_problem(name)
+        if problem:
+            raise UpdateRefusedError(f"release v{version}: bad file entry {terminal_safe(name)[:80]!r}: {problem}; refused")
+        if not isinstance(f, dict) or not is_sha256(f.get("sha256")) or isinstance(f.get("bytes"), bool) \
                 or not isinstance(f.get("bytes"), int) or f["bytes"] < 0:
-            raise UpdateRefusedError(f"release v{version}: bad file entry {name!r}; refused")
+            raise UpdateRefusedError(f"release v{version}: bad file entry {terminal_safe(name)[:80]!r}; refused")
     if files["manifest.json"]["sha256"] != doc["manifest_sha256"]:
         raise UpdateRefusedError(f"release v{version}: manifest.json hash differs from manifest_sha256; refused")
     return doc

@@ -20,9 +20,10 @@ from ..bundle import open_bundle
 from ..classifier import FewShotClassifier
 from ..errors import BundleError, MetaliteError, one_line
 from ..state import load_state
-from .errors import UpdateRefusedError
+from . import answers
+from .errors import BadAnswerError, UpdateRefusedError
 from .health import support_accuracy
-from .home import STATE_FILE, DeviceHome
+from .home import DeviceHome
 from .release import verify_release
 
 
@@ -47,10 +48,11 @@ class UpdateResult:
     seconds: dict = field(default_factory=dict)
 
 
-def _carry_state(home: DeviceHome, staging, max_drop: float, delegate: str, say) -> dict:
-    """Re-embed the running state's support images with the staged bundle, check, save; call under ``home.lock``."""
+def _carry_state(home: DeviceHome, staging, max_drop: float, delegate: str, say) -> tuple:
+    """Re-embed the running state's support images with the staged bundle, check, save next to (not into) the
+    staging directory; returns (health, the saved state or None). Call under ``home.lock``."""
     if home.version is None or not home.state_path().is_file():
-        return {"classes": 0}
+        return {"classes": 0}, None
     running = open_bundle(home.bundle_dir(), verify=False)
     st = load_state(home.state_path(), running.manifest_sha256)
     if st.images is None:
@@ -69,8 +71,9 @@ def _carry_state(home: DeviceHome, staging, max_drop: float, delegate: str, say)
     if after[0] < before[0] - max_drop - 1e-9:
         raise UpdateRefusedError(f"health check failed: {after[1]} accuracy on the support set would drop from "
                                  f"{before[0]:.3f} to {after[0]:.3f} (allowed drop {max_drop:.3f})")
-    new.save(staging / STATE_FILE)
-    return health
+    out = staging.parent / f"{staging.name}.npz"
+    new.save(out)
+    return health, out
 
 
 def _stage(client, doc: dict, offer: dict, staging, seconds: dict, say):
@@ -80,8 +83,8 @@ def _stage(client, doc: dict, offer: dict, staging, seconds: dict, say):
     say(f"downloading v{doc['version']}: {len(doc['files'])} files, {total / 1024:.0f} KiB")
     for name, f in doc["files"].items():
         client.download(f"/v1/blobs/{f['sha256']}", staging / name, f["bytes"], f["sha256"])
-    (staging / "release.json").write_text(offer["release"], encoding="utf-8")
-    (staging / "release.sig").write_text(offer.get("signature") or "", encoding="utf-8")
+    (staging / "release.json").write_bytes(offer["release"].encode("utf-8", "replace"))  # the verified bytes
+    (staging / "release.sig").write_bytes((offer.get("signature") or "").encode("utf-8", "replace"))
     seconds["download"] = time.perf_counter() - t
     t = time.perf_counter()
     bundle = open_bundle(staging)
@@ -107,10 +110,12 @@ def apply_offer(home: DeviceHome, client, offer: dict, public_key: bytes | None,
     say = say or (lambda msg: None)
     t0, seconds, running = time.perf_counter(), {}, home.version
     try:
-        doc = verify_release(str(offer.get("release", "")).encode("utf-8"), offer.get("signature"), public_key,
+        offer = answers.offer(offer)
+        doc = verify_release(offer["release"].encode("utf-8", "replace"), offer.get("signature"), public_key,
                              allow_unsigned)
-    except UpdateRefusedError as e:
-        return UpdateResult("refused", offer.get("version"), running, str(e))
+    except (UpdateRefusedError, BadAnswerError) as e:
+        offered = offer.get("version") if isinstance(offer, dict) else None
+        return UpdateResult("refused", offered if isinstance(offered, int) else None, running, str(e))
     version = doc["version"]
     if version == running:
         return UpdateResult("current", version, running)
@@ -122,10 +127,10 @@ def apply_offer(home: DeviceHome, client, offer: dict, public_key: bytes | None,
         _stage(client, doc, offer, staging, seconds, say)
         t = time.perf_counter()
         with home.lock():  # nothing can save a state between reading the running one and the switch
-            health = _carry_state(home, staging, max_drop, delegate, say)
+            health, state = _carry_state(home, staging, max_drop, delegate, say)
             seconds["reembed"] = time.perf_counter() - t
             t = time.perf_counter()
-            home.install(staging, version, doc["manifest_sha256"])
+            home.install(staging, version, doc["manifest_sha256"], state)
             seconds["switch"] = time.perf_counter() - t
     except (UpdateRefusedError, BundleError) as e:  # the offer itself is bad
         return UpdateResult("refused", version, running, str(e), seconds=seconds)
@@ -134,6 +139,7 @@ def apply_offer(home: DeviceHome, client, offer: dict, public_key: bytes | None,
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
+        staging.parent.joinpath(f"{staging.name}.npz").unlink(missing_ok=True)
     seconds["total"] = time.perf_counter() - t0
     say(f"switched to v{version} (was {'v' + str(running) if running is not None else 'nothing'}) "
         f"in {seconds['total']:.2f} s")
