@@ -71,7 +71,8 @@ class DeviceHome:
         """Directory of ``version`` (default: the running one)."""
         v = self.version if version is None else version
         if v is None:
-            raise SyncError(f"{self.root} has no bundle yet; run 'metalite sync' first")
+            raise SyncError(f"{self.root} has no bundle yet; "
+                            "run 'metalite device install BUNDLE' or 'metalite sync' first")
         return self.versions / str(v)
 
     def state_path(self, version: int | None = None) -> Path:
