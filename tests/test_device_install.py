@@ -152,3 +152,17 @@ def test_device_commands_say_how_to_fill_an_empty_home(tmp_path):
     assert r.exit_code == 1 and "metalite device install BUNDLE" in r.output, r.output
     r = _cli("device", "install", tmp_path / "nothing", "--home", tmp_path / "h")
     assert r.exit_code == 2 and "does not exist" in r.output, r.output
+
+
+def test_the_home_records_its_format_and_refuses_a_newer_one(tmp_path):
+    home = DeviceHome(tmp_path / "home")
+    install_bundle(home, OMNIGLOT)
+    cur = json.loads((home.root / "current.json").read_text())
+    assert (cur["format"], cur["format_version"], cur["version"]) == ("metalite-home", 1, 1)
+    (home.root / "current.json").write_text(json.dumps({**cur, "format_version": 2}))
+    with pytest.raises(SyncError) as e:
+        home.version
+    assert_one_line(e.value, SyncError)
+    assert "upgrade metalite" in str(e.value)
+    (home.root / "current.json").write_text(json.dumps({"version": 1}))  # as metalite 0.1.0 wrote it: format 1
+    assert home.version == 1

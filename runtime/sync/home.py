@@ -3,9 +3,11 @@
 Layout (docs/fleet.md)::
 
     HOME/
-      current.json          {"version": 3, "manifest_sha256": "…", "previous": 2, "switched": "…"}: the pointer,
-                            replaced atomically; the only thing a switch changes
-      versions/3/           bundle files + release.json + release.sig + state.npz (the adapted classes)
+      current.json          {"format": "metalite-home", "format_version": 1, "version": 3, "manifest_sha256": "…",
+                            "previous": 2, "switched": "…"}: the pointer, replaced atomically; the only thing a
+                            switch changes (a pointer without "format" is format 1 too: metalite 0.1.0 wrote it)
+      versions/3/           bundle files + release.json + release.sig (synced) or installed.json (``device
+                            install``) + state.npz (the adapted classes)
       versions/2/           the previous version, kept until the next switch
       outbox.sqlite         examples waiting for upload (``Outbox``)
       config.json           optional settings (threshold, outbox_capacity, max_accuracy_drop, share_support)
@@ -27,6 +29,8 @@ from .outbox import Outbox
 
 DEFAULTS = {"threshold": 0.6, "outbox_capacity": 1000, "max_accuracy_drop": 0.1, "share_support": True}
 STATE_FILE = "state.npz"
+HOME_FORMAT = "metalite-home"
+HOME_FORMAT_VERSION = 1  # of the layout above, recorded in current.json (docs/versions.md)
 
 
 class DeviceHome:
@@ -59,6 +63,9 @@ class DeviceHome:
             raise SyncError(f"{p}: unreadable ({e}); remove it and sync again") from None
         if not isinstance(cur, dict) or not isinstance(cur.get("version"), int):
             raise SyncError(f"{p}: not a version pointer; remove it and sync again")
+        if cur.get("format", HOME_FORMAT) != HOME_FORMAT or cur.get("format_version", 1) != HOME_FORMAT_VERSION:
+            raise SyncError(f"{p}: device home format {str(cur.get('format_version'))[:20]} is not supported by this "
+                            f"metalite (it reads {HOME_FORMAT_VERSION}); upgrade metalite")
         return cur
 
     @property
@@ -151,7 +158,8 @@ class DeviceHome:
             shutil.rmtree(target)
         os.rename(staging, target)
         fsync_dir(self.versions)
-        pointer = {"version": int(version), "manifest_sha256": manifest_sha256, "previous": previous,
+        pointer = {"format": HOME_FORMAT, "format_version": HOME_FORMAT_VERSION, "version": int(version),
+                   "manifest_sha256": manifest_sha256, "previous": previous,
                    "switched": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         atomic_write(self.root / "current.json", lambda f: f.write(json.dumps(pointer, indent=2).encode()))
         self._prune(keep={int(version), previous})
