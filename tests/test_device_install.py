@@ -166,3 +166,32 @@ def test_the_home_records_its_format_and_refuses_a_newer_one(tmp_path):
     assert "upgrade metalite" in str(e.value)
     (home.root / "current.json").write_text(json.dumps({"version": 1}))  # as metalite 0.1.0 wrote it: format 1
     assert home.version == 1
+
+
+def test_versions_doc_matches_the_code():
+    """docs/versions.md's row of this release says what the code's format constants read and write."""
+    import re
+
+    from metalite.export.bundle import BUNDLE_FORMAT_VERSION
+    from metalite.fleet.db import SCHEMA_VERSION
+    from metalite.runtime import bundle, state
+    from metalite.runtime.head import HEAD_FORMAT_VERSION
+    from metalite.runtime.sync.home import HOME_FORMAT_VERSION
+    from metalite.runtime.sync.release import RELEASE_FORMAT_VERSION
+    from metalite.runtime.version import __version__
+    from metalite.training.modeldir import MODEL_FORMAT_VERSION
+
+    text = (REPO / "docs" / "versions.md").read_text()
+    row = re.search(rf"^\| {re.escape(__version__)} \|(.+)\|$", text, re.M)
+    assert row, f"docs/versions.md has no row for {__version__}"
+    cells = [c.strip() for c in row.group(1).split("|")]
+
+    def says(reads, writes):
+        return f"reads {', '.join(map(str, reads))}, writes {writes}"
+    assert cells == [says(bundle.BUNDLE_FORMAT_VERSIONS, BUNDLE_FORMAT_VERSION), says([HEAD_FORMAT_VERSION], HEAD_FORMAT_VERSION),
+                     says(state.STATE_FORMAT_VERSIONS, state.STATE_FORMAT_VERSION),
+                     says([HOME_FORMAT_VERSION], HOME_FORMAT_VERSION),
+                     says([RELEASE_FORMAT_VERSION], RELEASE_FORMAT_VERSION),
+                     says(range(1, SCHEMA_VERSION + 1), SCHEMA_VERSION),
+                     says([MODEL_FORMAT_VERSION], MODEL_FORMAT_VERSION)]
+    assert f"## {__version__}" in (REPO / "CHANGELOG.md").read_text()
