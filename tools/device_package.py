@@ -50,7 +50,7 @@ def package_folders(root: Path) -> list:
 
 def build_wheel(out_dir: Path, root: Path | None = None) -> Path:
     """Build the metalite wheel into ``out_dir`` from a copy of the source tree; returns the wheel's path."""
-    root = root or source_root()
+    root, out_dir = root or source_root(), Path(out_dir).resolve()  # pip runs in the copy: no relative paths
     if root is None:
         raise PackageError("this metalite was installed from a wheel, so there is no source tree to build one "
                            "from; pass the wheel with --wheel (or run from a checkout)")
