@@ -156,3 +156,21 @@ def _bar_png(path: Path, k: int, shift: int) -> None:
     img = np.full((28, 28), 255, np.uint8)
     img[3 + 10 * k + shift:7 + 10 * k + shift, 4:24] = 0
     Image.fromarray(img).save(path)
+
+
+def test_the_git_url_line_installs_the_committed_package(tmp_path):
+    """README's ``pip install "metalite[...] @ git+URL"``, with this repository as the URL (``file://localhost``:
+    bookworm's pip 23 refuses ``file:///``): pip clones HEAD and builds the same package."""
+    if shutil.which("git") is None or subprocess.run(["git", "-C", ROOT, "rev-parse"], capture_output=True).returncode:
+        raise AssertionError("git and a git checkout are needed for this test")
+    venv.EnvBuilder(system_site_packages=True, with_pip=True).create(tmp_path / "venv")
+    py = tmp_path / "venv" / "bin" / "python"
+    _run([py, "-m", "pip", "install", "-q", "--no-deps", f"metalite[litert,images] @ git+file://localhost{ROOT}"],
+         cwd=tmp_path)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    out = _run([py, "-c", "import metalite.tools.device_package as d; print(d.INSTALL_SCRIPT.is_file(), d.__file__)"],
+               cwd=tmp_path, env=env).split()
+    assert out[0] == "True" and out[1].startswith(str(tmp_path / "venv")), out
+    from metalite.runtime.version import __version__
+    assert _run([tmp_path / "venv" / "bin" / "metalite", "--version"], env=env).strip() == \
+        f"metalite, version {__version__}"
