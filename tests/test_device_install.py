@@ -188,7 +188,8 @@ def test_versions_doc_matches_the_code():
 
     def says(reads, writes):
         return f"reads {', '.join(map(str, reads))}, writes {writes}"
-    assert cells == [says(bundle.BUNDLE_FORMAT_VERSIONS, BUNDLE_FORMAT_VERSION), says([HEAD_FORMAT_VERSION], HEAD_FORMAT_VERSION),
+    assert cells == [says(bundle.BUNDLE_FORMAT_VERSIONS, BUNDLE_FORMAT_VERSION),
+                     says([HEAD_FORMAT_VERSION], HEAD_FORMAT_VERSION),
                      says(state.STATE_FORMAT_VERSIONS, state.STATE_FORMAT_VERSION),
                      says([HOME_FORMAT_VERSION], HOME_FORMAT_VERSION),
                      says([RELEASE_FORMAT_VERSION], RELEASE_FORMAT_VERSION),

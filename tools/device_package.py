@@ -1,4 +1,4 @@
-"""One folder to carry to a device: ``package(bundle, out)`` writes the metalite wheel, the bundle and an install script.
+"""One folder to carry to a device: ``package(bundle, out)`` writes the metalite wheel, the bundle, an install script.
 
 Layout (docs/install.md)::
 
