@@ -7,7 +7,8 @@ README.md, so a README line that stops working fails this test.
 The root is a copy of the device tests' cached rootfs (``pi-rootfs-<key>``), so apt's packages do not leak into
 the other tests; everything the lines install into it (venv, home, the folder, pip's cache) is removed first, so
 each run installs the artifact cold. ``sudo`` is dropped from the lines: the emulated root runs as root and
-minbase has no sudo. Measured: the folder's size and the time of each line, recorded as ``pi-install``.
+minbase has no sudo. Where this machine reaches PyPI through a proxy with its own CA (``PIP_CERT``), that CA is
+handed to pip in the root the same way. Measured: the folder's size and the time of each line, recorded as ``pi-install``.
 """
 from __future__ import annotations
 
@@ -69,6 +70,18 @@ def pi_rootfs() -> Path:
     return root
 
 
+def _proxy_ca(rootfs: Path) -> dict:
+    """This machine's PIP_CERT (a TLS-intercepting proxy's CA: the host's pip needs it too) for pip in the root.
+
+    Not part of the README lines: on a Pi, pip reaches PyPI with its own certificates."""
+    cert = os.environ.get("PIP_CERT")
+    if not cert or not Path(cert).is_file():
+        return {}
+    inside = "/etc/ssl/host-pip-cert.pem"
+    shutil.copy2(cert, rootfs / inside.lstrip("/"))
+    return {"PIP_CERT": inside}
+
+
 def _run(argv, what: str, timeout: float = 1800) -> tuple:
     t = time.time()
     p = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
@@ -128,13 +141,14 @@ def test_readme_device_lines_install_adapt_and_predict_on_the_emulated_pi(pi_roo
     shutil.copy2(task / queries[0], pi_home / "x.png")
 
     t_start = time.time() - seconds["copy"]
-    outputs = []
+    outputs, pi_env = [], {"HOME": PI_HOME, "DEBIAN_FRONTEND": "noninteractive", **_proxy_ca(rootfs)}
     for line in lines["pi"]:
         cmd = re.sub(r"(^|&&\s*|;\s*)sudo\s+", r"\1", line)
-        p, s = _run(runner(["sh", "-c", f"cd {PI_HOME} && {cmd}"],
-                           {"HOME": PI_HOME, "DEBIAN_FRONTEND": "noninteractive"}),
+        envs.log(f"emulated Pi: {cmd}")
+        p, s = _run(runner(["sh", "-c", f"cd {PI_HOME} && {cmd}"], pi_env),
                     f"README line on the emulated Pi ({mode}): {line}", timeout=3600)
         seconds[line] = round(s, 1)
+        envs.log(f"emulated Pi: done in {s:.0f} s")
         outputs.append(p.stdout)
     to_first_prediction = time.time() - t_start - sum(v for k, v in seconds.items() if k.startswith("sudo apt"))
 
@@ -146,11 +160,11 @@ def test_readme_device_lines_install_adapt_and_predict_on_the_emulated_pi(pi_roo
     metalite = f"{PI_HOME}/metalite/bin/metalite"
     probe = ("import sys, numpy, platform, metalite.runtime as r; "
              "print(sys.executable, numpy.__version__, numpy.__file__, r.__file__, platform.machine())")
-    p, _ = _run(runner([f"{PI_HOME}/metalite/bin/python", "-c", probe], {"HOME": PI_HOME}), "probe")
+    p, _ = _run(runner([f"{PI_HOME}/metalite/bin/python", "-c", probe], pi_env), "probe")
     exe, numpy_version, numpy_file, runtime_file, machine = p.stdout.split()
     assert machine == "aarch64" and runtime_file.startswith(f"{PI_HOME}/metalite/lib/python3.11/site-packages/")
     p, predict_s = _run(runner(["sh", "-c", f"cd {PI_HOME} && {metalite} device predict {' '.join(queries)} "
-                                            f"--home {PI_HOME}/metalite-home --json"], {"HOME": PI_HOME}),
+                                            f"--home {PI_HOME}/metalite-home --json"], pi_env),
                         "device predict on every query")
     rows = json.loads(p.stdout)
     assert [r["image"] for r in rows] == queries
@@ -162,7 +176,7 @@ def test_readme_device_lines_install_adapt_and_predict_on_the_emulated_pi(pi_roo
     conf = max(abs(r["confidence"] - c) for r, (_, _, c) in zip(rows, ref))
     assert conf <= AGREEMENT["proba_max_abs"], conf
     status = json.loads(_run(runner([metalite, "device", "status", "--home", f"{PI_HOME}/metalite-home", "--json"],
-                                    {"HOME": PI_HOME}), "device status")[0].stdout)
+                                    pi_env), "device status")[0].stdout)
     assert status["version"] == 1 and len(status["classes"]) == 20
 
     record(results_dir, "pi-install", {
