@@ -137,7 +137,8 @@ def test_readme_device_lines_install_adapt_and_predict_on_the_emulated_pi(pi_roo
     # what the Pi user has next to the folder: support/<class>/*.png and x.png (from the Omniglot fixture)
     shutil.copytree(task / "support", pi_home / "support")
     shutil.copytree(task / "query", pi_home / "query")
-    queries = sorted(str(q.relative_to(task)) for q in (task / "query").rglob("*.png"))
+    # 2 queries of each of the 20 classes for the comparison (emulated predict: seconds per image here)
+    queries = sorted(str(q.relative_to(task)) for q in (task / "query").rglob("*.png") if q.stem in ("00", "01"))
     shutil.copy2(task / queries[0], pi_home / "x.png")
 
     t_start = time.time() - seconds["copy"]
@@ -163,6 +164,7 @@ def test_readme_device_lines_install_adapt_and_predict_on_the_emulated_pi(pi_roo
     p, _ = _run(runner([f"{PI_HOME}/metalite/bin/python", "-c", probe], pi_env), "probe")
     exe, numpy_version, numpy_file, runtime_file, machine = p.stdout.split()
     assert machine == "aarch64" and runtime_file.startswith(f"{PI_HOME}/metalite/lib/python3.11/site-packages/")
+    assert numpy_file.startswith("/usr/lib/python3/dist-packages/"), numpy_file  # Debian's, as install.sh keeps it
     p, predict_s = _run(runner(["sh", "-c", f"cd {PI_HOME} && {metalite} device predict {' '.join(queries)} "
                                             f"--home {PI_HOME}/metalite-home --json"], pi_env),
                         "device predict on every query")

@@ -7,7 +7,8 @@
 #                      then `metalite device install bundle --home ...` (checksums again, atomic switch).
 #
 # Environment: METALITE_VENV [~/metalite], METALITE_HOME [~/metalite-home], PYTHON [python3],
-# METALITE_EXTRA [litert on aarch64/x86_64 with Python 3.10-3.14 (ai-edge-litert has wheels there), else tflite].
+# METALITE_EXTRA [litert on aarch64/x86_64 with Python 3.10-3.14 (ai-edge-litert has wheels there), else tflite],
+# METALITE_SYSTEM_NUMPY [1: keep the system's numpy if it has one; 0: let pip choose].
 # Running it again is safe: pip keeps an installed wheel of the same version; an unchanged bundle stays as it is.
 set -eu
 
@@ -36,7 +37,16 @@ if [ ! -x "$venv/bin/python" ]; then
     say "making the venv $venv ($("$python" --version 2>&1), with the system's packages)"
     "$python" -m venv --system-site-packages "$venv"
 fi
+# pip would otherwise put a newer numpy in the venv beside Debian's (seen on bookworm: numpy 2.4 over 1.24)
+pin=""
+sys_numpy=$("$python" -c 'import numpy; print(numpy.__version__)' 2>/dev/null || true)
+if [ -n "$sys_numpy" ] && [ "${METALITE_SYSTEM_NUMPY:-1}" = 1 ]; then
+    pin=$(mktemp)
+    trap 'rm -f "$pin"' EXIT
+    printf 'numpy==%s\n' "$sys_numpy" > "$pin"
+    say "keeping the system's numpy $sys_numpy (METALITE_SYSTEM_NUMPY=0 lets pip choose)"
+fi
 say "pip install $(basename "$wheel")[$extra,images] into $venv"
-"$venv/bin/python" -m pip install --disable-pip-version-check --quiet "$wheel[$extra,images]"
+"$venv/bin/python" -m pip install --disable-pip-version-check --quiet ${pin:+-c "$pin"} "$wheel[$extra,images]"
 "$venv/bin/metalite" device install "$here/bundle" --home "$home"
 say "done: $venv/bin/metalite device adapt SUPPORT_DIR --home $home, then device predict IMAGE... --home $home"
