@@ -28,6 +28,7 @@ setup(
         "metalite.tools": "tools",
         "metalite.fleet": "fleet",
     },
+    package_data={"metalite.tools": ["device_install.sh"]},  # what `metalite package` puts beside the wheel
     install_requires=["numpy>=1.21", "click>=7"],
     extras_require={
         "train": [

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import click
 
-from . import cli_bench, cli_compress, cli_device, cli_export, cli_fleet, cli_runtime, cli_train
+from . import cli_bench, cli_compress, cli_device, cli_export, cli_fleet, cli_package, cli_runtime, cli_train
 from .clikit import verbose_option
 
 
@@ -20,12 +20,13 @@ def main():
     \b
     Workstation:  train -> evaluate -> compress -> export -> inspect -> bench
     Device:       adapt (learn classes from a few images) -> predict
+    To a device:  package (wheel + bundle + install.sh) -> device install/adapt/predict (no fleet)
     Fleet:        serve + fleet enroll/publish/status (server) <-> sync + device ... (devices)
     Run `metalite COMMAND --help` for each step.
     """
 
 
-for _module in (cli_train, cli_compress, cli_export, cli_runtime, cli_bench, cli_fleet, cli_device):
+for _module in (cli_train, cli_compress, cli_export, cli_runtime, cli_bench, cli_fleet, cli_device, cli_package):
     _module.register(main)
 
 

@@ -1,4 +1,4 @@
-"""The device's commands: ``metalite sync`` and ``metalite device adapt|predict|correct|status|serve``.
+"""The device's commands: ``metalite sync`` and ``metalite device install|adapt|predict|correct|status|serve``.
 
 They work on a device home (``--home``, layout in docs/fleet.md) and import only ``metalite.runtime``
 (plus ``cryptography`` when a signature is checked), like ``adapt``/``predict``.
@@ -122,7 +122,38 @@ def _class_library(home, server, token, timeout, offline, shares, pulls, replace
 
 @click.group("device")
 def device_group():
-    """Use a device home: learn classes, predict (unsure ones go to the outbox), correct, status, serve a page."""
+    """Use a device home: install a bundle, learn classes, predict (unsure ones go to the outbox), correct, status,
+    serve a page."""
+
+
+@device_group.command("install")
+@click.argument("bundle", type=click.Path(exists=True, path_type=Path))
+@HOME
+@click.option("--max-accuracy-drop", type=click.FloatRange(0, 1), default=None,
+              help="Largest allowed drop of leave-one-out accuracy on the support set when the learned classes "
+                   "move to the new bundle [home config, 0.1].")
+@click.option("--delegate", type=DELEGATE_CHOICE, default="auto", show_default=True)
+@click.option("--quiet", "-q", is_flag=True, help="No progress lines.")
+@fail_cleanly
+def device_install_cmd(bundle, home, max_accuracy_drop, delegate, quiet):
+    """Install BUNDLE (a directory or .zip) as the next version of the device home, without a fleet server.
+
+    The bundle's checksums are verified before anything changes; classes learned on the running version
+    are re-embedded by the new backbone and must pass the same health check as 'metalite sync' (else the
+    old version keeps running, exit 3). The switch is atomic. Installing the running bundle again does
+    nothing. Then: 'metalite device adapt SUPPORT_DIR --home ...' and 'metalite device predict ...'.
+    """
+    from metalite.runtime.sync import UpdateRefusedError, install_bundle
+
+    from .clikit import console_progress
+
+    try:
+        version = install_bundle(home, bundle, console_progress(quiet), max_drop=max_accuracy_drop,
+                                 delegate=delegate)
+    except UpdateRefusedError as e:
+        e.exit_code = 3
+        raise
+    click.echo(f"{Path(home)}: v{version} running ({bundle})")
 
 
 @device_group.command("adapt")
@@ -243,7 +274,8 @@ def device_status_cmd(home, as_json):
     if as_json:
         click.echo(json.dumps(st, indent=2))
         return
-    click.echo(f"{h.root}: " + (f"v{st['version']} (switched {st['switched']})" if cur else "no bundle yet (run 'metalite sync')"))
+    click.echo(f"{h.root}: " + (f"v{st['version']} (switched {st['switched']})" if cur
+                                else "no bundle yet (run 'metalite device install BUNDLE' or 'metalite sync')"))
     click.echo(f"classes: {len(st['classes'])} ({st['support_images']} support images)"
                + (f": {', '.join(map(str, st['classes'][:10]))}" if st["classes"] else ""))
     from metalite.runtime.openset import describe

@@ -3,6 +3,7 @@
     from metalite.runtime.sync import DeviceHome, sync
     home = DeviceHome("/var/lib/metalite")
     sync(home, "http://server:8765", token, parse_public_key(KEY))   # install v1 (and later updates)
+    install_bundle(home, "models/omniglot")  # ... or, without a fleet, a bundle from disk (install.py)
     clf = home.classifier()                  # a ReportingClassifier: unsure predictions go to the outbox
     clf.fit(images, labels); home.save(clf)
     clf.predict(query); clf.correct(image, "right label"); home.save(clf)
@@ -19,6 +20,7 @@ from .errors import (BadAnswerError, ServerBusyError, ServerRefusedError, Server
                      UpdateRefusedError)
 from .health import support_accuracy
 from .home import DeviceHome
+from .install import install_bundle
 from .outbox import Outbox
 from .release import parse_public_key, verify_release
 from .reporting import ReportingClassifier
@@ -26,7 +28,7 @@ from .update import UpdateResult, apply_offer
 
 __all__ = [
     "sync", "SyncResult", "upload_outbox", "share_class", "shared_classes", "fetch_class", "pull_class", "FleetClient", "DeviceHome", "Outbox", "ReportingClassifier",
-    "apply_offer", "UpdateResult", "support_accuracy", "parse_public_key", "verify_release",
+    "apply_offer", "UpdateResult", "install_bundle", "support_accuracy", "parse_public_key", "verify_release",
     "SyncError", "ServerUnreachableError", "ServerRefusedError", "ServerBusyError", "BadAnswerError",
     "UpdateRefusedError",
 ]

@@ -3,9 +3,11 @@
 Layout (docs/fleet.md)::
 
     HOME/
-      current.json          {"version": 3, "manifest_sha256": "…", "previous": 2, "switched": "…"}: the pointer,
-                            replaced atomically; the only thing a switch changes
-      versions/3/           bundle files + release.json + release.sig, as verified: never written afterwards
+      current.json          {"format": "metalite-home", "format_version": 1, "version": 3, "manifest_sha256": "…",
+                            "previous": 2, "switched": "…"}: the pointer, replaced atomically; the only thing a
+                            switch changes (a pointer without "format" is format 1 too: metalite 0.1.0 wrote it)
+      versions/3/           bundle files + release.json + release.sig (synced) or installed.json (``device
+                            install``), as verified: never written afterwards
       versions/2/           the previous version, kept until the next switch
       states/3.npz          the adapted classes of v3 (homes made before issue 22 kept versions/3/state.npz:
                             still read, moved here by the next save)
@@ -31,6 +33,8 @@ from .outbox import Outbox, OutboxUnavailableWarning, UnavailableOutbox
 
 DEFAULTS = {"threshold": 0.6, "outbox_capacity": 1000, "max_accuracy_drop": 0.1, "share_support": True}
 STATE_FILE = "state.npz"
+HOME_FORMAT = "metalite-home"
+HOME_FORMAT_VERSION = 1  # of the layout above, recorded in current.json (docs/versions.md)
 
 
 def _read_only(path: Path) -> bool:
@@ -75,6 +79,9 @@ class DeviceHome:
             raise SyncError(f"{p}: unreadable ({e}); remove it and sync again") from None
         if not isinstance(cur, dict) or not isinstance(cur.get("version"), int):
             raise SyncError(f"{p}: not a version pointer; remove it and sync again")
+        if cur.get("format", HOME_FORMAT) != HOME_FORMAT or cur.get("format_version", 1) != HOME_FORMAT_VERSION:
+            raise SyncError(f"{p}: device home format {str(cur.get('format_version'))[:20]} is not supported by this "
+                            f"metalite (it reads {HOME_FORMAT_VERSION}); upgrade metalite")
         return cur
 
     @property
@@ -87,7 +94,8 @@ class DeviceHome:
         """Directory of ``version`` (default: the running one)."""
         v = self.version if version is None else version
         if v is None:
-            raise SyncError(f"{self.root} has no bundle yet; run 'metalite sync' first")
+            raise SyncError(f"{self.root} has no bundle yet; "
+                            "run 'metalite device install BUNDLE' or 'metalite sync' first")
         return self.versions / str(v)
 
     def state_path(self, version: int | None = None) -> Path:
@@ -196,7 +204,8 @@ class DeviceHome:
         fsync_dir(self.states)
         os.rename(staging, target)
         fsync_dir(self.versions)
-        pointer = {"version": int(version), "manifest_sha256": manifest_sha256, "previous": previous,
+        pointer = {"format": HOME_FORMAT, "format_version": HOME_FORMAT_VERSION, "version": int(version),
+                   "manifest_sha256": manifest_sha256, "previous": previous,
                    "switched": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         atomic_write(self.root / "current.json", lambda f: f.write(json.dumps(pointer, indent=2).encode()))
         self._prune(keep={int(version), previous})

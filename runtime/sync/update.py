@@ -76,6 +76,23 @@ def _carry_state(home: DeviceHome, staging, max_drop: float, delegate: str, say)
     return health, out
 
 
+def switch_to(home: DeviceHome, staging, version: int, manifest_sha256: str, max_drop: float, delegate: str,
+              say, seconds: dict) -> dict:
+    """Carry the running classes to the verified bundle in ``staging`` and make it ``version``; returns the health.
+
+    The one switch of a device home, shared by ``apply_offer`` (a fleet release) and ``install_bundle``
+    (a bundle from disk). Raises ``UpdateRefusedError`` when the health check fails (nothing changed).
+    """
+    t = time.perf_counter()
+    with home.lock():  # nothing can save a state between reading the running one and the switch
+        health, state = _carry_state(home, staging, max_drop, delegate, say)
+        seconds["reembed"] = time.perf_counter() - t
+        t = time.perf_counter()
+        home.install(staging, version, manifest_sha256, state)
+        seconds["switch"] = time.perf_counter() - t
+    return health
+
+
 def _stage(client, doc: dict, offer: dict, staging, seconds: dict, say):
     """Download and verify the release's files into ``staging``; returns the opened bundle."""
     t = time.perf_counter()
@@ -125,13 +142,7 @@ def apply_offer(home: DeviceHome, client, offer: dict, public_key: bytes | None,
     staging = home.staging(version)
     try:
         _stage(client, doc, offer, staging, seconds, say)
-        t = time.perf_counter()
-        with home.lock():  # nothing can save a state between reading the running one and the switch
-            health, state = _carry_state(home, staging, max_drop, delegate, say)
-            seconds["reembed"] = time.perf_counter() - t
-            t = time.perf_counter()
-            home.install(staging, version, doc["manifest_sha256"], state)
-            seconds["switch"] = time.perf_counter() - t
+        health = switch_to(home, staging, version, doc["manifest_sha256"], max_drop, delegate, say, seconds)
     except (UpdateRefusedError, BundleError) as e:  # the offer itself is bad
         return UpdateResult("refused", version, running, str(e), seconds=seconds)
     except (MetaliteError, OSError) as e:
