@@ -30,8 +30,8 @@ def omniglot_home(path: Path):
 
 
 def greek(dst: Path, characters=(1, 2, 3)) -> dict:
-    """``{"character01": [png paths of drawers 1..6], ...}``: Greek drawings from the fixture (Greek is held out
-    of the shipped bundle's training), extracted to ``dst``."""
+    """``{"character01": [png paths of drawers 1..6], ...}``: Greek drawings from the fixture (one of the
+    shipped bundle's 18 training alphabets), extracted to ``dst``."""
     out = {}
     with zipfile.ZipFile(MINI) as z:
         for c in characters:

@@ -1,7 +1,8 @@
 """The class library end to end: a real ``metalite serve`` on 127.0.0.1, the shipped ``models/omniglot``
-bundle, and real Omniglot drawings of the Greek alphabet (held out of that bundle's training) from the
-test fixture. Device A learns characters and shares one; device B, which never saw it, pulls it and must
-recognize the drawings A did not share (other people's drawings of the same character)."""
+bundle, and real Omniglot drawings of the Greek alphabet from the test fixture (Greek is one of the 18
+alphabets that bundle learned from; the characters are new to the devices). Device A learns characters
+and shares one; device B, which never saw it, pulls it and must recognize the drawings A did not share
+(other people's drawings of the same character)."""
 from __future__ import annotations
 
 import base64

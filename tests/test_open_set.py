@@ -72,7 +72,7 @@ def test_a_lower_target_rate_refuses_fewer_and_what_one_image_per_class_can_prom
     clf.fit({f"c{c}": _images(greek, c, 0, 1) for c in range(5)})
     assert clf.unknown["rule"] == "nearest-class" and clf.unknown["threshold"] > 0
     others = greek.images[np.isin(greek.labels, range(5, 20))]
-    assert clf.is_unknown(others).mean() > 0.5
+    assert clf.is_unknown(others).mean() > 0.3  # docs/open_set.md: about 40% of unknowns at 1 shot, 1% target
     # one class, one image: nothing to measure, nothing refused (docs/open_set.md says so)
     clf.fit({"only": _images(greek, 0, 0, 1)})
     assert clf.unknown["rule"] == "none" and clf.unknown["threshold"] is None
