@@ -70,12 +70,13 @@ def export_cmd(model_dir, out, edgetpu, float_model, representative, data, eval_
     cfg, backbone, head_spec = load_model_dir(model_dir)
     if tta is not None:
         head_spec.adaptation["tta"] = int(tta)
-    size = int(cfg["input"]["shape"][0])
+    size, channels = int(cfg["input"]["shape"][0]), int(cfg["input"]["shape"][-1])
     try:
-        reps = representative_inputs(load_data(spec, size, "train", progress=progress), representative)
+        reps = representative_inputs(load_data(spec, size, "train", progress=progress, channels=channels),
+                                     representative)
     except DataError as e:
         raise click.ClickException(f"representative images: {e} (pass --data to use another dataset)") from None
-    evaluate = _int8_accuracy(spec, size, head_spec, eval_episodes) if eval_episodes else None
+    evaluate = _int8_accuracy(spec, size, channels, head_spec, eval_episodes) if eval_episodes else None
     path = write_bundle(out, backbone, head_spec, reps, meta_from_config(cfg), edgetpu=edgetpu,
                         float_model=float_backbone(cfg, backbone) if float_model else None, progress=progress,
                         overwrite=force, evaluate=evaluate)
@@ -85,7 +86,7 @@ def export_cmd(model_dir, out, edgetpu, float_model, representative, data, eval_
     click.echo(f"Edge TPU: {et['summary']}" + (f"; {et['compiler']['message']}" if edgetpu else ""))
 
 
-def _int8_accuracy(spec, size, head_spec, episodes):
+def _int8_accuracy(spec, size, channels, head_spec, episodes):
     """evaluate() for write_bundle: N-way 1-shot accuracy of int8 embeddings on the held-out test classes,
     and Lake-style 20-way 1-shot error where the test alphabets allow it (Omniglot), with the device's
     shift averaging (head.npz ``tta``)."""
@@ -96,7 +97,7 @@ def _int8_accuracy(spec, size, head_spec, episodes):
         from metalite.training.evaluate import episode_settings, evaluate_embeddings
         from metalite.training.lake import embedding_classifier, lake_alphabets, lake_error, lake_runs
 
-        held = load_data(spec, size, HELDOUT_SPLIT)
+        held = load_data(spec, size, HELDOUT_SPLIT, channels=channels)
         tta = int(head_spec.adaptation.get("tta", 0))
         emb = shift_average(lambda x: run_int8(tflite_bytes, x, batch=64), held.inputs(), tta)
         out = {}

@@ -157,7 +157,8 @@ class _Stages:
         from .datasets import load_data
         from .evaluate import episode_settings
 
-        self.data = load_data(p.cfg["data"], int(p.cfg["input"]["shape"][0]), HELDOUT_SPLIT, progress=progress)
+        self.data = load_data(p.cfg["data"], int(p.cfg["input"]["shape"][0]), HELDOUT_SPLIT, progress=progress,
+                              channels=int(p.cfg["input"]["shape"][-1]))
         self.settings = episode_settings(self.data, p.eval_ways, DEFAULTS["eval_shots"])
         self.episodes, self.log, self.results = p.episodes, log, {}
 
@@ -180,7 +181,7 @@ def _sampler(p: Plan, progress):
 
     train = p.cfg.get("train", {})
     data = load_data(p.cfg["data"], int(p.cfg["input"]["shape"][0]), "train", bool(train.get("rotations")),
-                     progress=progress)
+                     progress=progress, channels=int(p.cfg["input"]["shape"][-1]))
     return data, EpisodeSampler(data, p.ways, p.shots, p.queries, seed=p.seed,
                                 within_group=float(train.get("within_alphabet") or 0),
                                 augment=Augment(**train.get("augment", {})))

@@ -28,7 +28,8 @@ def _home(home) -> DeviceHome:
 
 
 def class_images(home, name: str) -> np.ndarray:
-    """uint8 (N, H, W) support images of class ``name`` in the running state; SyncError if there are none."""
+    """uint8 (N, H, W) gray or (N, H, W, 3) RGB support images of class ``name`` in the running state;
+    SyncError if there are none."""
     from ..state import load_state
 
     home = _home(home)
@@ -42,6 +43,22 @@ def class_images(home, name: str) -> np.ndarray:
     return st.images[np.asarray(st.support_labels) == st.classes.index(name)]
 
 
+def to_wire(img: np.ndarray) -> dict:
+    """One uint8 image (H, W) gray or (H, W, 3) RGB -> the wire format {"height", "width", "channels", "pixels"}."""
+    return {"height": int(img.shape[0]), "width": int(img.shape[1]), "channels": 1 if img.ndim == 2 else 3,
+            "pixels": base64.b64encode(np.ascontiguousarray(img, np.uint8).tobytes()).decode("ascii")}
+
+
+def from_wire(img: dict) -> np.ndarray:
+    """The wire format -> uint8 (H, W) or (H, W, 3); ``channels`` absent means 1 (gray). KeyError, TypeError or
+    ValueError (binascii.Error is one) if malformed."""
+    h, w, c = int(img["height"]), int(img["width"]), int(img.get("channels", 1))
+    if c not in (1, 3):
+        raise ValueError(f"channels {c}")
+    px = np.frombuffer(base64.b64decode(img["pixels"], validate=True), np.uint8)
+    return px.reshape(h, w) if c == 1 else px.reshape(h, w, 3)
+
+
 def share_class(home, client, name: str, replace: bool = False) -> dict:
     """Send class ``name`` (label + its support images) to the library; returns the server's answer.
 
@@ -52,8 +69,7 @@ def share_class(home, client, name: str, replace: bool = False) -> dict:
     if not isinstance(name, str):
         raise SyncError(f"only classes with str labels can be shared, got {short_repr(name)}")
     imgs = class_images(home, name)
-    wire = [{"height": int(i.shape[0]), "width": int(i.shape[1]),
-             "pixels": base64.b64encode(np.ascontiguousarray(i, np.uint8).tobytes()).decode("ascii")} for i in imgs]
+    wire = [to_wire(i) for i in imgs]
     return client.call("POST", "/v1/classes", {"name": name, "images": wire, "version": _home(home).version,
                                                "replace": bool(replace)})
 
@@ -64,15 +80,13 @@ def shared_classes(client) -> list:
 
 
 def fetch_class(client, name: str):
-    """uint8 (N, H, W) images of shared class ``name`` (a list of (H, W) arrays if their sizes differ);
-    ServerRefusedError 404 if unknown."""
+    """uint8 (N, H, W) images of shared class ``name``, (N, H, W, 3) for colour (a list of arrays if their sizes
+    or channels differ); ServerRefusedError 404 if unknown."""
     got = client.call("GET", "/v1/classes/" + urllib.parse.quote(name, safe=""))
     imgs = []
     for i, img in enumerate(got.get("images") or []):
         try:
-            h, w = int(img["height"]), int(img["width"])
-            px = np.frombuffer(base64.b64decode(img["pixels"], validate=True), np.uint8)
-            imgs.append(px.reshape(h, w))
+            imgs.append(from_wire(img))
         except (KeyError, TypeError, ValueError, binascii.Error):
             raise SyncError(f"shared class {short_repr(name)}: image {i} is malformed") from None
     if not imgs:
