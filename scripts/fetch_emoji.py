@@ -18,6 +18,7 @@ import argparse
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -62,8 +63,13 @@ def composite(raw: bytes, size: int) -> Image.Image:
         return out
 
 
+_GRID = re.compile(rb'<g id="grid"\s*/>|<g id="grid">.*?</g>', re.S)  # OpenMoji's design guides, not the emoji
+
+
 def render_svg(svg: bytes, size: int) -> bytes | None:
-    """PNG bytes of an SVG rendered by rsvg-convert at ``size`` px, or None when rsvg-convert is missing/fails."""
+    """PNG bytes of an SVG rendered by rsvg-convert at ``size`` px (OpenMoji's guide grid removed first), or None
+    when rsvg-convert is missing or fails."""
+    svg = _GRID.sub(b"", svg)
     try:
         got = subprocess.run(["rsvg-convert", "-w", str(size), "-h", str(size), "-f", "png"], input=svg,
                              capture_output=True, timeout=60)
