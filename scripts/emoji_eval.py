@@ -20,10 +20,10 @@ import time
 from pathlib import Path
 
 
-def bundle_classifier(path: str, images):
+def bundle_classifier(path: str, images, tta=None):
     from metalite.runtime import FewShotClassifier
 
-    clf = FewShotClassifier(path, num_threads=1, delegate="cpu", cache_size=len(images) + 10)
+    clf = FewShotClassifier(path, num_threads=1, delegate="cpu", cache_size=len(images) + 10, tta=tta)
 
     def classify(s_idx, q_idx):
         clf.fit(images[s_idx], list(range(len(s_idx))))
@@ -41,6 +41,8 @@ def main(argv=None) -> int:
     ap.add_argument("--episodes", type=int, default=600)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--artists", default=None, help="only these artists, e.g. 1,2 (01 Noto, 02 Twemoji, 03 OpenMoji)")
+    ap.add_argument("--tta", type=int, nargs="+", default=[None],
+                    help="shift-averaging copies to measure each bundle with (0, 4, 8) [default: the bundle's]")
     ap.add_argument("--no-baselines", action="store_true")
     ap.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     args = ap.parse_args(argv)
@@ -58,9 +60,11 @@ def main(argv=None) -> int:
                                                                                       "l1")
     info = {}
     for b in args.bundles:
-        classify, clf = bundle_classifier(b, data.images)
-        methods[b] = classify
-        info[b] = {"input_shape": list(clf.bundle.input_shape), "tta": clf.tta, "backend": clf.backend}
+        for tta in args.tta:
+            classify, clf = bundle_classifier(b, data.images, tta)
+            name = b if len(args.tta) == 1 else f"{b} (tta {clf.tta})"
+            methods[name] = classify
+            info[name] = {"input_shape": list(clf.bundle.input_shape), "tta": clf.tta, "backend": clf.backend}
     results = {"data": args.data, "split": args.split, "size": args.size, "seed": args.seed, "bundles": info,
                "artists": args.artists, "episodes": args.episodes,
                "concepts": data.num_classes, "results": {}}
