@@ -93,7 +93,7 @@ def _int8_accuracy(spec, size, channels, head_spec, episodes):
     def evaluate(tflite_bytes):
         from metalite.export.tflite import run_int8
         from metalite.runtime.tta import shift_average
-        from metalite.training.datasets import HELDOUT_SPLIT, describe_split, load_data
+        from metalite.training.datasets import HELDOUT_SPLIT, describe_split, emoji_split, load_data, parse_spec
         from metalite.training.evaluate import episode_settings, evaluate_embeddings
         from metalite.training.lake import embedding_classifier, lake_alphabets, lake_error, lake_runs
 
@@ -105,6 +105,9 @@ def _int8_accuracy(spec, size, channels, head_spec, episodes):
             r = evaluate_embeddings(emb, held, head_spec, ways, shots, queries, episodes, seed=0)
             out[f"int8_{ways}way1shot"] = {**r, "data": describe_split(spec, HELDOUT_SPLIT),
                                            "model": "backbone.tflite", "tta": tta}
+            if parse_spec(spec)[0] == "emoji":  # which categories were held out, and that queries are other artists'
+                out[f"int8_{ways}way1shot"].update(held_out=emoji_split(load_data(spec, size, "all").groups),
+                                                   queries_from="other artists (one image per artist and concept)")
         if lake_alphabets(held):
             plan = lake_runs(held, max(episodes, 100), seed=0)
             for key, tr in (("int8_lake", False), ("int8_lake_transductive", True)):
