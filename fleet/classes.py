@@ -2,8 +2,9 @@
 
 Images, not embeddings, are shared: every device embeds them with its own backbone, so a class shared
 from one bundle version works on any other; gray or colour (an image's ``channels``: 1, the default, or 3).
-Each image is stored once per content as a PGM (PPM for colour) in the ``images`` table (like uploaded examples); a class and its images commit in one transaction. A name
-belongs to the device that shared it first: only that device may replace it (``replace``).
+Each image is stored once per content as a PGM (PPM for colour) in the ``images`` table (like uploaded
+examples); a class and its images commit in one transaction. A name belongs to the device that shared it
+first: only that device may replace it (``replace``).
 """
 from __future__ import annotations
 

@@ -2,8 +2,9 @@
 
 Each example is keyed by (device, id made on the device): ``INSERT OR IGNORE`` makes a retried upload
 a no-op, so a lost answer or a crash between commit and answer never duplicates anything. Its image is
-stored once per content as a binary PGM (``P5``; ``P6`` PPM for colour) in the ``images`` table, keyed by sha256. The rows and
-images of one upload commit in one transaction: after a crash an upload is there completely or not at all.
+stored once per content as a binary PGM (``P5``; ``P6`` PPM for colour) in the ``images`` table, keyed by
+sha256. The rows and images of one upload commit in one transaction: after a crash an upload is there
+completely or not at all.
 """
 from __future__ import annotations
 

@@ -40,7 +40,8 @@ def model_config(s: dict, hparams: dict, adaptation: dict) -> dict:
     """config.json content for settings ``s`` (everything later steps need, so no flag is repeated)."""
     return {
         "algorithm": s["algorithm"], "data": s["data"], "backbone": s["backbone"], "head": s["head"],
-        "input": {"shape": [s["image_size"], s["image_size"], _channels(s)], "preprocess": preprocess_settings(_channels(s))},
+        "input": {"shape": [s["image_size"], s["image_size"], _channels(s)],
+                  "preprocess": preprocess_settings(_channels(s))},
         "adaptation": adaptation, "seed": s["seed"], "stage": "float",
         "train": {k: s[k] for k in ("ways", "shots", "queries", "steps", "rotations", "within_alphabet", "augment")}
         | {"hparams": hparams}, "versions": versions(),
