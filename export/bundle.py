@@ -89,7 +89,8 @@ def _manifest(io: dict, head_spec, meta: dict, files: dict, extra: dict) -> dict
         "format": BUNDLE_FORMAT, "format_version": BUNDLE_FORMAT_VERSION, "metalite_version": __version__,
         "created": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z"),
         "input": {"shape": io["input"]["shape"], "dtype": io["input"]["dtype"], "layout": "NHWC",
-                  "preprocess": preprocess_settings(), "quantization": io["input"]["quantization"]},
+                  "preprocess": preprocess_settings(int(io["input"]["shape"][-1])),
+                  "quantization": io["input"]["quantization"]},
         "output": {"embedding_dim": int(io["output"]["shape"][-1]), "dtype": io["output"]["dtype"],
                    "quantization": io["output"]["quantization"]},
         "backbone": extra["backbone"],
@@ -158,7 +159,8 @@ def write_bundle(out_dir, backbone_model, head_spec, representative, meta: dict 
                  float_model=None, progress=None, overwrite: bool = False, evaluate=None) -> Path:
     """Export ``backbone_model`` (tf_keras, float or QAT/PQAT-annotated) and ``head_spec`` as a bundle at ``out_dir``.
 
-    ``representative``: float32 (N, H, W, 1) model-input images for calibration and the int8-vs-Keras check.
+    ``representative``: float32 (N, H, W, C) model-input images (C = 1 gray, 3 RGB) for calibration and the
+    int8-vs-Keras check.
     ``float_model``: also write ``backbone_float.tflite``, float32 with no quantization at all: ``True`` for a
     float backbone, or the float Keras model with the backbone's weights (for a QAT backbone).
     ``progress``: a ``metalite.runtime.progress.Progress`` for news lines (None: silent).

@@ -226,7 +226,8 @@ def _describe(m: dict) -> list:
         f"format {m.get('format')} v{m.get('format_version')}, metalite {m.get('metalite_version')}, "
         f"created {m.get('created')}",
         f"input: {inp.get('dtype')} {inp.get('layout', '')} {inp.get('shape')}; {q(inp.get('quantization'))}; "
-        f"pixels: {'grayscale' if pre.get('color') == 'L' else pre.get('color')}, {pre.get('resize')} resize, "
+        f"pixels: {'grayscale' if pre.get('color') == 'L' else pre.get('color')}"
+        f"{' on background ' + str(pre['background']) if pre.get('background') else ''}, {pre.get('resize')} resize, "
         f"{'inverted (ink = 1), ' if pre.get('invert') else ''}range {pre.get('range')}",
         f"output: {out.get('dtype')} embedding of {out.get('embedding_dim')}; {q(out.get('quantization'))}",
         f"head: hidden layers [{layers}]; adaptation {ad.get('steps')} steps, lr {ad.get('lr')}, "

@@ -1,9 +1,10 @@
 """The class library: classes a device shares (label + support images) for other devices to add.
 
 Images, not embeddings, are shared: every device embeds them with its own backbone, so a class shared
-from one bundle version works on any other. Each image is stored once per content as a PGM in the
-``images`` table (like uploaded examples); a class and its images commit in one transaction. A name
-belongs to the device that shared it first: only that device may replace it (``replace``).
+from one bundle version works on any other; gray or colour (an image's ``channels``: 1, the default, or 3).
+Each image is stored once per content as a PGM (PPM for colour) in the ``images`` table (like uploaded
+examples); a class and its images commit in one transaction. A name belongs to the device that shared it
+first: only that device may replace it (``replace``).
 """
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ from metalite.runtime.names import MAX_CLASS_NAME, class_name_problem
 from .db import transaction
 from .errors import RequestRefused
 from .examples import INT64, MAX_SIDE, from_pgm, to_pgm
+
+WIRE_CHANNELS = (1, 3)  # an image's "channels": 1 gray (the default when absent), 3 RGB (row-major R, G, B)
 
 MAX_IMAGES = 64  # per class: a support set is 1-5 images, a few dozen at most
 MAX_CLASS_PIXELS = 1 << 21  # per class (64 images of 181x181, 8 of 512x512): its share fits the default 4 MiB body
@@ -43,17 +46,21 @@ def _pgm_of(img, i: int) -> bytes:
     h, w = img.get("height"), img.get("width")
     if not all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= MAX_SIDE for v in (h, w)):
         raise ClassRefused(f"image {i}: height and width must be integers in 1..{MAX_SIDE}", 422)
+    c = img.get("channels", 1)
+    if c not in WIRE_CHANNELS or isinstance(c, bool):
+        raise ClassRefused(f"image {i}: channels must be 1 (gray) or 3 (RGB), got {str(c)[:20]}", 422)
     try:
         px = base64.b64decode(img.get("pixels") or "", validate=True)
     except (binascii.Error, ValueError, TypeError):
         raise ClassRefused(f"image {i}: pixels must be base64", 422) from None
-    if len(px) != h * w:
-        raise ClassRefused(f"image {i}: pixels hold {len(px)} bytes, expected height*width = {h * w}", 422)
-    return to_pgm(px, h, w)
+    if len(px) != h * w * c:
+        raise ClassRefused(f"image {i}: pixels hold {len(px)} bytes, expected height*width*channels = {h * w * c}",
+                           422)
+    return to_pgm(px, h, w, c)
 
 
 def share(root, device_id: int, name, images, version=None, replace: bool = False) -> dict:
-    """Store class ``name`` with ``images`` ([{"height", "width", "pixels": base64 uint8}]) from a device.
+    """Store class ``name`` with ``images`` ([{"height", "width", "channels"?, "pixels": base64 uint8}]) from a device.
 
     Returns {"name", "images", "replaced"}. Raises ``ClassRefused`` (422 bad input, 413 too many images,
     409 the name is taken by another device or exists and ``replace`` is false).
@@ -104,7 +111,8 @@ def listing(root) -> list:
 
 
 def fetch(root, name) -> dict:
-    """Class ``name`` with its images: {"name", "device", "version", "images": [{"height", "width", "pixels"}]}.
+    """Class ``name`` with its images: {"name", "device", "version", "images": [{"height", "width", "channels",
+    "pixels"}]}.
 
     Raises ``ClassRefused`` (404) for an unknown name.
     """
@@ -119,5 +127,6 @@ def fetch(root, name) -> dict:
                           "WHERE ci.class_id = ? ORDER BY ci.idx", (row["id"],)):
         px = from_pgm(r["data"])
         images.append({"height": int(px.shape[0]), "width": int(px.shape[1]),
+                       "channels": 1 if px.ndim == 2 else int(px.shape[2]),
                        "pixels": base64.b64encode(px.tobytes()).decode("ascii")})
     return {"name": row["name"], "device": row["device"], "version": row["version"], "images": images}

@@ -2,8 +2,9 @@
 
 Each example is keyed by (device, id made on the device): ``INSERT OR IGNORE`` makes a retried upload
 a no-op, so a lost answer or a crash between commit and answer never duplicates anything. Its image is
-stored once per content as a binary PGM (``P5``) in the ``images`` table, keyed by sha256. The rows and
-images of one upload commit in one transaction: after a crash an upload is there completely or not at all.
+stored once per content as a binary PGM (``P5``; ``P6`` PPM for colour) in the ``images`` table, keyed by
+sha256. The rows and images of one upload commit in one transaction: after a crash an upload is there
+completely or not at all.
 """
 from __future__ import annotations
 
@@ -26,18 +27,22 @@ MAX_SIDE = 512
 _ID = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
 
 
-def to_pgm(pixels: bytes, height: int, width: int) -> bytes:
-    """A binary PGM file of uint8 gray pixels (readable by Pillow and most image tools)."""
-    return b"P5\n%d %d\n255\n" % (width, height) + pixels
+def to_pgm(pixels: bytes, height: int, width: int, channels: int = 1) -> bytes:
+    """A binary PGM (gray) or, for ``channels`` = 3, PPM (RGB) file of uint8 pixels (readable by Pillow and
+    most image tools)."""
+    magic = b"P5" if channels == 1 else b"P6"
+    return magic + b"\n%d %d\n255\n" % (width, height) + pixels
 
 
 def from_pgm(data: bytes) -> np.ndarray:
-    """uint8 (H, W) pixels of a PGM written by ``to_pgm``."""
+    """uint8 pixels of a PGM or PPM written by ``to_pgm``: (H, W) gray or (H, W, 3) RGB."""
     magic, size, maxval, pixels = data.split(b"\n", 3)
     width, height = (int(v) for v in size.split())
-    if magic != b"P5" or maxval != b"255" or len(pixels) != width * height:
-        raise ValueError("not a PGM written by metalite.fleet")
-    return np.frombuffer(pixels, np.uint8).reshape(height, width)
+    channels = {b"P5": 1, b"P6": 3}.get(magic)
+    if channels is None or maxval != b"255" or len(pixels) != width * height * channels:
+        raise ValueError("not a PGM/PPM written by metalite.fleet")
+    px = np.frombuffer(pixels, np.uint8)
+    return px.reshape(height, width) if channels == 1 else px.reshape(height, width, 3)
 
 
 INT64 = (-(1 << 63), (1 << 63) - 1)  # what SQLite stores as an integer
@@ -91,8 +96,11 @@ def _check(e) -> str | None:
         px = base64.b64decode(e["pixels"], validate=True)
     except (binascii.Error, ValueError):
         return "pixels must be base64"
-    if len(px) != h * w:
-        return f"pixels hold {len(px)} bytes, expected height*width = {h * w}"
+    c = e.get("channels", 1)
+    if c not in (1, 3) or isinstance(c, bool):
+        return "channels must be 1 (gray) or 3 (RGB)"
+    if len(px) != h * w * c:
+        return f"pixels hold {len(px)} bytes, expected height*width*channels = {h * w * c}"
     return None
 
 
@@ -117,7 +125,7 @@ def ingest(root, device_id: int, examples: list, quota: int = MAX_DEVICE_EXAMPLE
                 if rid is not None:
                     ids.append(rid)
                 continue
-            pgm = to_pgm(base64.b64decode(e["pixels"]), e["height"], e["width"])
+            pgm = to_pgm(base64.b64decode(e["pixels"]), e["height"], e["width"], e.get("channels", 1))
             sha = hashlib.sha256(pgm).hexdigest()
             cur = conn.execute(
                 "INSERT OR IGNORE INTO examples (device_id, example_id, kind, label, predicted, confidence, version, "
@@ -141,7 +149,7 @@ def iter_examples(root, kinds=None, after: int = 0, page: int = 256):
       kinds: only these kinds (default all); after: resume after this ``seq`` (the last one handled).
     Yields:
       dicts with seq, device, example_id, kind, label, predicted, confidence, version, created, received,
-      image (uint8 (H, W)).
+      image (uint8 (H, W), or (H, W, 3) for colour).
     """
     kinds = tuple(kinds or KINDS)
     marks = ",".join("?" * len(kinds))

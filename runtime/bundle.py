@@ -25,6 +25,7 @@ from pathlib import Path
 from .errors import BundleError, one_line
 from .files import cache_root
 from .names import bundle_file_problem
+from .preprocess import BACKGROUND, CHANNELS, COLOR_CHANNELS, settings
 
 BUNDLE_FORMAT = "metalite-bundle"
 BUNDLE_FORMAT_VERSIONS = (1,)
@@ -281,20 +282,28 @@ def _check_file(root: Path, name: str, info: dict, verify: bool) -> None:
                           "the file is corrupt or was changed")
 
 
-def _preprocess(manifest: dict) -> dict:
-    pre = {"color": "L", "resize": "area", "invert": True, "range": [0.0, 1.0]}
+def _preprocess(manifest: dict, channels: int) -> dict:
+    """``input.preprocess`` with defaults filled in, checked against the input's ``channels``."""
+    pre = settings(channels)
     given = _section(manifest, "input").get("preprocess") or {}
     if not isinstance(given, dict):
         raise BundleError(f"{MANIFEST}: input.preprocess must be an object, got {type(given).__name__}")
     pre.update(given)
-    if pre["color"] != "L" or pre["resize"] != "area":
+    if pre["color"] not in COLOR_CHANNELS or pre["resize"] != "area":
         raise BundleError(f"{MANIFEST}: input.preprocess color={str(pre['color'])[:20]!r} resize={str(pre['resize'])[:20]!r} "
-                          "is not supported (this runtime knows color 'L', resize 'area')")
+                          f"is not supported (this runtime knows color {' or '.join(map(repr, COLOR_CHANNELS))}, "
+                          "resize 'area')")
+    if COLOR_CHANNELS[pre["color"]] != channels:
+        raise BundleError(f"{MANIFEST}: input.preprocess color {pre['color']!r} does not fit input.shape's {channels} "
+                          f"channel{'s' if channels > 1 else ''}")
     if not isinstance(pre["invert"], bool):
         raise BundleError(f"{MANIFEST}: input.preprocess.invert must be true or false, got {str(pre['invert'])[:20]}")
     rng = pre["range"]
     if not (isinstance(rng, list) and len(rng) == 2 and all(_finite(v) for v in rng) and rng[0] < rng[1]):
         raise BundleError(f"{MANIFEST}: input.preprocess.range must be [lo, hi] with finite lo < hi, got {str(rng)[:60]}")
+    bg = pre.get("background", list(BACKGROUND))
+    if not (isinstance(bg, list) and len(bg) == 3 and all(_finite(v) and 0 <= v <= 255 for v in bg)):
+        raise BundleError(f"{MANIFEST}: input.preprocess.background must be [r, g, b] in 0..255, got {str(bg)[:60]}")
     return pre
 
 
@@ -329,9 +338,10 @@ def _parse(src: Path, root: Path, manifest: dict, manifest_sha: str, verify: boo
     shape = _get(manifest, "input.shape", list)
     if len(shape) != 3 or not all(isinstance(s, int) and not isinstance(s, bool) and 0 < s <= 1 << 16 for s in shape):
         raise BundleError(f"{MANIFEST}: input.shape must be [H, W, C] of positive ints, got {str(shape)[:60]}")
-    if shape[2] != 1:
-        raise BundleError(f"{MANIFEST}: input.shape {shape} has {shape[2]} channels; this runtime supports 1 (gray)")
-    pre = _preprocess(manifest)
+    if shape[2] not in CHANNELS:
+        raise BundleError(f"{MANIFEST}: input.shape {shape} has {shape[2]} channels; this runtime supports 1 (gray) "
+                          "or 3 (RGB)")
+    pre = _preprocess(manifest, shape[2])
     dim = _get(manifest, "output.embedding_dim", int)
     if dim < 1:
         raise BundleError(f"{MANIFEST}: output.embedding_dim must be >= 1, got {dim}")

@@ -120,7 +120,7 @@ class FewShotClassifier:
         self.head: headlib.AdaptedHead | None = None
         self._classes: list = []
         self._support: dict = {}  # label -> float32 (k, D)
-        self._images: dict = {}  # label -> uint8 (k, H, W) support pixels, or None if not known (old state)
+        self._images: dict = {}  # label -> uint8 (k, H, W[, 3]) support pixels, or None if not known (old state)
         self.unknown: dict | None = None
         self._protos: np.ndarray | None = None  # (C, d) head-output prototypes, kept while unknown is on
 
@@ -464,8 +464,8 @@ class FewShotClassifier:
         return {c: self._support[c].copy() for c in self._classes}
 
     def support_images(self) -> dict:
-        """Return ``{label: uint8 (k, H, W) support pixels}`` in column order, or None for a class whose
-        images are unknown (restored from a version-1 state); these are what ``save`` keeps."""
+        """Return ``{label: uint8 support pixels}`` in column order: (k, H, W) gray, or (k, H, W, 3) for an RGB
+        bundle; None for a class whose images are unknown (restored from a version-1 state). ``save`` keeps these."""
         return {c: None if self._images.get(c) is None else self._images[c].copy() for c in self._classes}
 
     def save(self, path) -> None:

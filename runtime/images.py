@@ -1,10 +1,14 @@
-"""Whatever the user passes as images → float32 model input (N, H, W, 1), via ``preprocess.to_model_input``.
+"""Whatever the user passes as images → float32 model input (N, H, W, C), via ``preprocess.to_model_input``.
 
 Accepted: a file path (str or Path) or a list of them (decoded with Pillow, imported only then); one
 numpy image (H, W) or (H, W, C) with C in {1, 3, 4}; a batch (N, H, W) or (N, H, W, C); or a list mixing
 paths and single images of any sizes. An array (H, W, C) whose last axis is 1–4 is one image with C
-channels; with a larger last axis it is a batch (N, H, W) of gray images. Pixel scales (uint8, uint16,
-float [0, 1] or [0, 255]) and alpha compositing are ``metalite.runtime.preprocess``'s.
+channels; with a larger last axis it is a batch (N, H, W) of gray images, except for an RGB model, which
+refuses a bare (3, H, W) or (4, H, W) array in one line: it is most likely one channel-first image, and
+reading it as three gray images would be silently wrong. Pixel scales (uint8, uint16, float [0, 1] or
+[0, 255]) and alpha compositing are ``metalite.runtime.preprocess``'s. Files keep their transparency
+whether it is an alpha channel, a palette entry or a colour key (a PNG ``tRNS`` chunk on an RGB or gray
+image): all of them are composited onto the background, so a transparent black key colour is not ink.
 
 Decoding is bounded: a file whose decoded size exceeds ``max_image_pixels()`` (``MAX_IMAGE_PIXELS``
 = 4096 × 4096, or ``$METALITE_MAX_IMAGE_PIXELS``) is refused in one line from its header, before any
@@ -23,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InputError, one_line
-from .preprocess import to_model_input
+from .preprocess import BACKGROUND, to_model_input
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm", ".pnm")
 MAX_IMAGE_PIXELS = 4096 * 4096
@@ -31,6 +35,7 @@ DRAFT_FACTOR = 4
 _CHANNELS = (1, 3, 4)
 _ALPHA_MODES = ("LA", "La", "PA", "RGBA", "RGBa")
 _COLOR_MODES = ("RGB", "RGBX", "CMYK", "YCbCr", "LAB", "HSV")
+_KEYED_MODES = ("P", "L", "RGB", "1")  # modes whose transparency Pillow keeps in info["transparency"]
 
 
 def max_image_pixels() -> int:
@@ -76,8 +81,8 @@ def _decode(im, p, min_size) -> np.ndarray:
         if a.size and (a.min() < 0 or a.max() > 65535):
             raise InputError(f"{p}: 32-bit integer image with values outside 0..65535")
         return a.astype(np.uint16)
-    if mode in _ALPHA_MODES or (mode == "P" and "transparency" in im.info):
-        target = "RGBA"
+    if mode in _ALPHA_MODES or (mode in _KEYED_MODES and im.info.get("transparency") is not None):
+        target = "RGBA"  # a palette entry or colour key (tRNS) that is transparent becomes alpha 0
     else:
         target = "RGB" if mode in _COLOR_MODES else "L"
     if mode != target:  # convert() to the same mode would still copy the whole image
@@ -129,6 +134,25 @@ def _open_decode(source, name, min_size) -> np.ndarray:
         raise InputError(f"{name}: cannot decode image ({one_line(e)[:200]})") from None
 
 
+def decode_bytes(raw: bytes, where: str) -> np.ndarray:
+    """Decode an image file's bytes (from a zip, say) exactly as ``read_image`` decodes a file; InputError if not."""
+    import io
+
+    try:
+        from PIL import Image
+    except ImportError:
+        raise InputError("reading image files needs Pillow (pip install pillow)") from None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(io.BytesIO(raw)) as im:
+                return _decode(im, Path(where), None)
+    except InputError:
+        raise
+    except Exception as e:
+        raise InputError(f"{where}: cannot decode image ({one_line(e)[:200]})") from None
+
+
 def is_path(x) -> bool:
     """True for a str or os.PathLike (an image file), False for arrays and lists."""
     return isinstance(x, (str, os.PathLike))
@@ -151,11 +175,12 @@ def _single(a: np.ndarray, what: str) -> np.ndarray:
     raise InputError(f"{what} has shape {a.shape}; expected (H, W) or (H, W, C)")
 
 
-def _to_input(batch: np.ndarray, size, invert: bool, lo: float, hi: float, what: str) -> np.ndarray:
+def _to_input(batch: np.ndarray, size, pre: dict, what: str) -> np.ndarray:
     if min(batch.shape[1:3]) < 1:
         raise InputError(f"{what} is empty (shape {batch.shape})")
+    invert, (lo, hi), channels, background = pre["invert"], pre["range"], pre["channels"], pre["background"]
     try:
-        x = to_model_input(batch, size, invert=invert)
+        x = to_model_input(batch, size, invert=invert, channels=channels, background=background)
     except (ValueError, MemoryError) as e:
         raise InputError(f"{what}: {str(e)[:200] or type(e).__name__}") from None
     if (lo, hi) != (0.0, 1.0):
@@ -168,17 +193,18 @@ def as_model_input(images, input_shape, preprocess: dict | None = None) -> np.nd
 
     Args:
       images: see the module docstring.
-      input_shape: (H, W, 1) of the model.
-      preprocess: the bundle's ``input.preprocess`` (``invert``, ``range``); None for the defaults.
+      input_shape: (H, W, C) of the model, C = 1 (gray) or 3 (RGB).
+      preprocess: the bundle's ``input.preprocess`` (``invert``, ``range``, ``background``); None for the defaults.
     Returns:
-      float32 (N, H, W, 1), N >= 1.
+      float32 (N, H, W, C), N >= 1.
     Raises:
-      InputError: no images, wrong shape or channel count, NaN/inf or out-of-range values, unreadable
-        file or one above the pixel budget, unsupported dtype.
+      InputError: no images, wrong shape or channel count, a bare channel-first array for an RGB model,
+        NaN/inf or out-of-range values, unreadable file or one above the pixel budget, unsupported dtype.
     """
     pre = preprocess or {}
-    invert = bool(pre.get("invert", True))
-    lo, hi = (float(v) for v in pre.get("range", (0.0, 1.0)))
+    channels = int(input_shape[2]) if len(input_shape) > 2 else 1
+    settings = {"invert": bool(pre.get("invert", True)), "range": tuple(float(v) for v in pre.get("range", (0.0, 1.0))),
+                "channels": channels, "background": tuple(pre.get("background", BACKGROUND))}
     size = (int(input_shape[0]), int(input_shape[1]))
     draft = (DRAFT_FACTOR * size[0], DRAFT_FACTOR * size[1])
 
@@ -191,12 +217,15 @@ def as_model_input(images, input_shape, preprocess: dict | None = None) -> np.nd
                 raise InputError(f"image batch has {a.shape[-1]} channels (shape {a.shape}); expected 1, 3 or 4")
             batch = a
         elif a.ndim == 3 and a.shape[-1] > 4:
+            if channels == 3 and a.shape[0] in _CHANNELS[1:]:
+                raise InputError(f"image array of shape {a.shape} looks channel-first; this RGB model takes (H, W, 3) "
+                                 "(np.moveaxis(a, 0, -1)), or pass gray images as a list")
             batch = a
         else:
             batch = _single(a, "image")
         if len(batch) == 0:
             raise InputError("no images given (empty array)")
-        return _to_input(batch, size, invert, lo, hi, "image array")
+        return _to_input(batch, size, settings, "image array")
     if not isinstance(images, (list, tuple)):
         raise InputError(f"images must be a path, a numpy array or a list of them, got {type(images).__name__}")
     if len(images) == 0:
@@ -213,5 +242,5 @@ def as_model_input(images, input_shape, preprocess: dict | None = None) -> np.nd
             except Exception as e:
                 raise InputError(f"{what}: not an image ({one_line(e)[:200]})") from None
             a = _check_array(a, what)
-        parts.append(_to_input(_single(a, what), size, invert, lo, hi, what))
+        parts.append(_to_input(_single(a, what), size, settings, what))
     return np.concatenate(parts).astype(np.float32)

@@ -1,13 +1,16 @@
 """Raw pixels -> model input, in numpy only: the one preprocessing used by datasets, evaluation and device.
 
-Images are gray with 255 = paper, 0 = ink (Omniglot's convention). ``to_model_input`` turns any
-accepted image array into float32 ``1 - pixel/255`` of shape (N, H, W, 1) at the model's size:
+Images are gray with 255 = paper, 0 = ink (Omniglot's convention), or RGB on a white background.
+``to_model_input`` turns any accepted image array into float32 ``1 - pixel/255`` of shape (N, H, W, C) at the
+model's size, C = 1 (gray) or 3 (RGB, in R, G, B order, each channel ``1 - value/255``): the background is 0
+either way, so shifted or warped-in pixels are background for both kinds of model.
 
 - pixel scale: uint8, bool and other integer arrays are pixels 0..255; uint16 is 16-bit data
   (0..65535, divided by 257); float arrays are pixels 0..255, or [0, 1] (1 = paper) when no value
   exceeds 1.0. Values outside the range (beyond half a gray level) are refused, not clipped.
-- channels: gray, RGB (luma 0.299/0.587/0.114) or RGBA, whose alpha is composited onto the paper
-  (white): transparent pixels are paper, whatever their color.
+- channels: gray, RGB or RGBA, whose alpha is composited onto the background (white, ``BACKGROUND``):
+  transparent pixels are background, whatever their color. A gray model takes the luma
+  (0.299/0.587/0.114) of colour images; an RGB model repeats a gray image on its three channels.
 - resize: area resampling. Images larger than ``TILE`` pixels on a side are resampled tile by tile,
   so the extra memory stays a few MiB whatever the image size.
 """
@@ -18,6 +21,8 @@ import functools
 import numpy as np
 
 PAPER = 255.0
+BACKGROUND = (255, 255, 255)  # what alpha is composited onto: white, the paper of gray images
+CHANNELS = (1, 3)  # model inputs: gray or RGB
 TILE = 1024  # sides up to this are resampled in one piece (bit-identical to the plain formula)
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 _SLACK = 0.5  # half a gray level of tolerance on the pixel range
@@ -60,15 +65,21 @@ def resize_area(images: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.einsum("ij,...jk,lk->...il", rh, images, rw, optimize=True).astype(np.float32)
 
 
-def _resize_tiled(img: np.ndarray, size: tuple[int, int], to_gray_pixels) -> np.ndarray:
-    """Area-resample one image (H, W[, C]) tile by tile; ``to_gray_pixels`` maps a tile to float32 gray (rows, cols)."""
+def _resize_tiled(img: np.ndarray, size: tuple[int, int], to_pixels_fn, channels: int = 0) -> np.ndarray:
+    """Area-resample one image (H, W[, C]) tile by tile; ``to_pixels_fn`` maps a tile to float32 pixels
+    (rows, cols), or (rows, cols, channels) when ``channels`` > 0 (then the result is (h, w, channels))."""
     n_h, n_w = img.shape[:2]
-    out = np.zeros(size, np.float64)
+    out = np.zeros(size + ((channels,) if channels else ()), np.float64)
     for r0 in range(0, n_h, TILE):
         rh = _area_columns(n_h, size[0], r0, min(n_h, r0 + TILE))
         for c0 in range(0, n_w, TILE):
             rw = _area_columns(n_w, size[1], c0, min(n_w, c0 + TILE))
-            out += rh @ to_gray_pixels(img[r0:r0 + TILE, c0:c0 + TILE]) @ rw.T
+            tile = to_pixels_fn(img[r0:r0 + TILE, c0:c0 + TILE])
+            if channels:
+                for c in range(channels):
+                    out[..., c] += rh @ tile[..., c] @ rw.T
+            else:
+                out += rh @ tile @ rw.T
     return out.astype(np.float32)
 
 
@@ -88,6 +99,26 @@ def to_gray(images: np.ndarray) -> np.ndarray:
             alpha = np.clip(x[..., 3].astype(np.float32) / np.float32(PAPER), 0.0, 1.0)
             gray = gray * alpha + np.float32(PAPER) * (1.0 - alpha)
         return gray
+    raise ValueError(f"images have {c} channels; expected 1 (gray), 3 (RGB) or 4 (RGBA)")
+
+
+def to_rgb(images: np.ndarray, background=BACKGROUND) -> np.ndarray:
+    """(N, H, W[, C]) with C in {1, 3, 4} in pixel units -> (N, H, W, 3) float32; alpha composited onto
+    ``background`` (an (r, g, b) in 0..255), gray repeated on the three channels."""
+    x = np.asarray(images)
+    if x.ndim == 3:
+        x = x[..., None]
+    if x.ndim != 4:
+        raise ValueError(f"expected images of shape (N, H, W) or (N, H, W, C), got {x.shape}")
+    c = x.shape[-1]
+    if c == 1:
+        return np.repeat(x.astype(np.float32), 3, axis=-1)
+    if c == 3:
+        return x.astype(np.float32)
+    if c == 4:
+        alpha = np.clip(x[..., 3:].astype(np.float32) / np.float32(PAPER), 0.0, 1.0)
+        bg = np.asarray(background, np.float32)
+        return x[..., :3].astype(np.float32) * alpha + bg * (1.0 - alpha)
     raise ValueError(f"images have {c} channels; expected 1 (gray), 3 (RGB) or 4 (RGBA)")
 
 
@@ -114,20 +145,29 @@ def pixel_scale(x: np.ndarray) -> float:
     return 1.0
 
 
-def _gray_tile(scale: float):
+def _tile_converter(scale: float, channels: int, background):
     def convert(tile: np.ndarray) -> np.ndarray:
         t = tile.astype(np.float32) if tile.dtype.kind == "b" else tile
         if scale != 1.0:
             t = t.astype(np.float32) * np.float32(scale)
-        return to_gray(t[None])[0]
+        return to_gray(t[None])[0] if channels == 1 else to_rgb(t[None], background)[0]
     return convert
 
 
-def to_model_input(images: np.ndarray, size: tuple[int, int], invert: bool = True) -> np.ndarray:
-    """Image arrays (N, H, W[, C]) -> float32 (N, h, w, 1) in [0, 1], ink = 1 when ``invert``.
+def _resize_rgb(x: np.ndarray, size: tuple[int, int], background) -> np.ndarray:
+    """(N, H, W[, C]) pixels -> (N, h, w, 3) float32 pixels, channel by channel."""
+    rgb = np.moveaxis(to_rgb(x, background), -1, 1)  # (N, 3, H, W): resize_area works on the last two axes
+    return np.ascontiguousarray(np.moveaxis(resize_area(rgb, size), 1, -1))
+
+
+def to_model_input(images: np.ndarray, size: tuple[int, int], invert: bool = True, channels: int = 1,
+                   background=BACKGROUND) -> np.ndarray:
+    """Image arrays (N, H, W[, C]) -> float32 (N, h, w, ``channels``) in [0, 1], ink = 1 when ``invert``.
 
     Pixel scale and channels as in the module docstring; raises ValueError for values out of range.
     """
+    if channels not in CHANNELS:
+        raise ValueError(f"a model takes 1 (gray) or 3 (RGB) channels, not {channels}")
     x = np.asarray(images)
     if x.dtype.kind == "b":
         x = x.astype(np.uint8) * np.uint8(255)
@@ -137,37 +177,46 @@ def to_model_input(images: np.ndarray, size: tuple[int, int], invert: bool = Tru
     if x.ndim == 4 and x.shape[-1] not in (1, 3, 4):
         raise ValueError(f"images have {x.shape[-1]} channels; expected 1 (gray), 3 (RGB) or 4 (RGBA)")
     if max(x.shape[1:3]) > TILE:
-        gray = np.stack([_resize_tiled(img, size, _gray_tile(scale)) for img in x]) / 255.0
+        convert = _tile_converter(scale, channels, background)
+        out = np.stack([_resize_tiled(img, size, convert, 0 if channels == 1 else channels) for img in x]) / 255.0
     else:
         if x.dtype.kind == "f" and scale != 1.0:
             x = x * 255.0
         elif scale != 1.0:
             x = x.astype(np.float32) * np.float32(scale)
-        gray = resize_area(to_gray(x), size) / 255.0
-    gray = np.clip(gray, 0.0, 1.0, out=gray.astype(np.float32, copy=False))  # in place: one batch-sized array
+        out = (resize_area(to_gray(x), size) if channels == 1 else _resize_rgb(x, size, background)) / 255.0
+    out = np.clip(out, 0.0, 1.0, out=out.astype(np.float32, copy=False))  # in place: one batch-sized array
     if invert:
-        np.subtract(np.float32(1.0), gray, out=gray)
-    return gray[..., None]
+        np.subtract(np.float32(1.0), out, out=out)
+    return out[..., None] if channels == 1 else out
 
 
 def to_pixels(x: np.ndarray, invert: bool = True, value_range=(0.0, 1.0)) -> np.ndarray:
-    """Model input (N, h, w, 1) -> uint8 gray pixels (N, h, w), 255 = paper: the inverse of ``to_model_input``.
+    """Model input (N, h, w, C) -> uint8 pixels, 255 = paper: the inverse of ``to_model_input``; gray (N, h, w)
+    for C = 1, RGB (N, h, w, 3) for C = 3.
 
     Kept images go through ``to_model_input`` again (with any bundle's settings) and give back the same
     int8 input up to rounding, so a state can be re-embedded by another backbone.
     """
     lo, hi = (float(v) for v in value_range)
-    x01 = np.asarray(x, np.float32)[..., 0]
+    x01 = np.asarray(x, np.float32)
+    x01 = x01[..., 0] if x01.shape[-1] == 1 else x01
     if (lo, hi) != (0.0, 1.0):
         x01 = (x01 - np.float32(lo)) / np.float32(hi - lo)
     gray = 1.0 - x01 if invert else x01
     return np.clip(np.rint(gray * np.float32(255.0)), 0, 255).astype(np.uint8)
 
 
-# What ``to_model_input`` does, as recorded in a model's config.json and a bundle's manifest ("preprocess").
+# What ``to_model_input`` does, as recorded in a model's config.json and a bundle's manifest ("preprocess"):
+# gray (color "L"), or RGB in that order with alpha composited onto "background".
 SETTINGS = {"color": "L", "resize": "area", "invert": True, "range": [0.0, 1.0]}
+RGB_SETTINGS = {"color": "RGB", "resize": "area", "invert": True, "range": [0.0, 1.0], "background": list(BACKGROUND)}
+COLOR_CHANNELS = {"L": 1, "RGB": 3}
 
 
-def settings() -> dict:
-    """A fresh copy of ``SETTINGS`` (callers may change theirs)."""
-    return {k: list(v) if isinstance(v, list) else v for k, v in SETTINGS.items()}
+def settings(channels: int = 1) -> dict:
+    """A fresh copy of ``SETTINGS`` (1 channel) or ``RGB_SETTINGS`` (3): callers may change theirs."""
+    if channels not in CHANNELS:
+        raise ValueError(f"a model takes 1 (gray) or 3 (RGB) channels, not {channels}")
+    chosen = SETTINGS if channels == 1 else RGB_SETTINGS
+    return {k: list(v) if isinstance(v, list) else v for k, v in chosen.items()}

@@ -2,7 +2,7 @@
 
 File contents (all arrays; no pickle):
 
-- ``meta``: 0-d unicode JSON ``{"format": "metalite-state", "format_version": 2,
+- ``meta``: 0-d unicode JSON ``{"format": "metalite-state", "format_version": 2 (3 with colour images),
   "bundle_manifest_sha256", "embedding_dim", "classes": [labels in column order], "activations",
   "n_layers", "adaptation": {...used settings}, "images": bool, "arrays_sha256", "created"}``
 - ``support``: float32 (n, D) support embeddings, grouped by class in column order;
@@ -11,8 +11,11 @@ File contents (all arrays; no pickle):
 - ``images`` (version 2, when every support image is known): uint8 (n, H, W) gray pixels (255 = paper)
   of the support images at the bundle's input size, row i belonging to ``support[i]``. They let another
   backbone re-embed the classes (``metalite.runtime.sync``); 28x28 images cost 784 bytes each.
+- ``images`` (version 3): uint8 (n, H, W, 3) RGB pixels on the white background, from an RGB bundle. Only
+  the shape differs from version 2; the new number makes an older runtime refuse the file in one line
+  instead of calling it inconsistent. Gray states are still written as version 2.
 
-Version 1 files (no ``images``, no ``meta.images``) still load, with ``images`` None.
+Version 1 files (no ``images``, no ``meta.images``) and version 2 files still load (``images`` None for 1).
 
 ``meta.unknown`` (optional, any version): the open-set setting ``{"rate", "threshold", "rule", "samples"}``
 (``metalite.runtime.openset``); absent when open-set answers are off, and in files from before it existed.
@@ -54,8 +57,9 @@ from .npz import read_npz
 from .openset import check_setting
 
 STATE_FORMAT = "metalite-state"
-STATE_FORMAT_VERSION = 2
-STATE_FORMAT_VERSIONS = (1, 2)  # what load_state reads
+STATE_FORMAT_VERSION = 2  # gray support images (or none)
+COLOR_STATE_FORMAT_VERSION = 3  # RGB support images
+STATE_FORMAT_VERSIONS = (1, 2, 3)  # what load_state reads
 STALE_TEMP_AGE = 60.0  # seconds; a live save holds its temporary's lock, this only covers its first instant
 _TEMP_TOKEN = re.compile(r"[A-Za-z0-9_]{8,32}")
 _O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
@@ -71,7 +75,8 @@ class State:
       support: float32 (n, D) support embeddings; support_labels: int64 (n,) column indices.
       head: the ``AdaptedHead``.
       adaptation: the adaptation settings used (for information).
-      images: uint8 (n, H, W) support images in ``support`` row order, or None when not all are known.
+      images: uint8 (n, H, W) gray or (n, H, W, 3) RGB support images in ``support`` row order, or None
+        when not all are known.
       unknown: the open-set setting and threshold (``openset.calibrate``), or None when off.
     """
 
@@ -210,6 +215,12 @@ def atomic_write(path, write) -> None:
     fsync_dir(directory)
 
 
+def _images_ok(images: np.ndarray, n: int) -> bool:
+    """Support images as a state keeps them: uint8 (n, H, W) gray or (n, H, W, 3) RGB."""
+    shape_ok = images.ndim == 3 or (images.ndim == 4 and images.shape[-1] == 3)
+    return images.dtype == np.uint8 and shape_ok and len(images) == n
+
+
 def save_state(path, state: State) -> None:
     """Write ``state`` to ``path`` (exact name; no suffix is added) atomically.
 
@@ -232,13 +243,14 @@ def save_state(path, state: State) -> None:
         arrays[f"b{i}"] = np.asarray(b, np.float32)
     if state.images is not None:
         images = np.asarray(state.images)
-        if images.dtype != np.uint8 or images.ndim != 3 or len(images) != len(arrays["support"]):
-            raise StateError(f"support images must be uint8 (n, H, W) with n = {len(arrays['support'])} "
-                             f"support rows, got {images.dtype} {images.shape}")
+        if not _images_ok(images, len(arrays["support"])):
+            raise StateError(f"support images must be uint8 (n, H, W) or (n, H, W, 3) with n = "
+                             f"{len(arrays['support'])} support rows, got {images.dtype} {images.shape}")
         arrays["images"] = images
+    color = "images" in arrays and arrays["images"].ndim == 4
     meta = {
         "format": STATE_FORMAT,
-        "format_version": STATE_FORMAT_VERSION,
+        "format_version": COLOR_STATE_FORMAT_VERSION if color else STATE_FORMAT_VERSION,
         "bundle_manifest_sha256": state.bundle_manifest_sha256,
         "embedding_dim": int(arrays["support"].shape[1]),
         "classes": list(state.classes),
@@ -358,7 +370,7 @@ def load_state(path, bundle_manifest_sha256: str | None = None, embedding_dim: i
         if not isinstance(adaptation, dict):
             raise ValueError("'adaptation' must be an object")
         images = arrays.get("images")
-        if images is not None and (images.dtype != np.uint8 or images.ndim != 3 or len(images) != len(support)):
+        if images is not None and not _images_ok(images, len(support)):
             raise ValueError(f"support images {images.dtype} {images.shape} for {len(support)} support rows")
         unknown = check_setting(meta.get("unknown"))
     except (ValueError, InputError) as e:

@@ -70,13 +70,14 @@ def export_cmd(model_dir, out, edgetpu, float_model, representative, data, eval_
     cfg, backbone, head_spec = load_model_dir(model_dir)
     if tta is not None:
         head_spec.adaptation["tta"] = int(tta)
-    size = int(cfg["input"]["shape"][0])
+    size, channels = int(cfg["input"]["shape"][0]), int(cfg["input"]["shape"][-1])
     split_seed = int(cfg.get("train", {}).get("split_seed", 0))  # the classes held out when it was trained
     try:
-        reps = representative_inputs(load_data(spec, size, "train", seed=split_seed, progress=progress), representative)
+        reps = representative_inputs(load_data(spec, size, "train", seed=split_seed, progress=progress,
+                                               channels=channels), representative)
     except DataError as e:
         raise click.ClickException(f"representative images: {e} (pass --data to use another dataset)") from None
-    evaluate = _int8_accuracy(spec, size, head_spec, eval_episodes, split_seed) if eval_episodes else None
+    evaluate = _int8_accuracy(spec, size, channels, head_spec, eval_episodes, split_seed) if eval_episodes else None
     path = write_bundle(out, backbone, head_spec, reps, meta_from_config(cfg), edgetpu=edgetpu,
                         float_model=float_backbone(cfg, backbone) if float_model else None, progress=progress,
                         overwrite=force, evaluate=evaluate)
@@ -86,18 +87,18 @@ def export_cmd(model_dir, out, edgetpu, float_model, representative, data, eval_
     click.echo(f"Edge TPU: {et['summary']}" + (f"; {et['compiler']['message']}" if edgetpu else ""))
 
 
-def _int8_accuracy(spec, size, head_spec, episodes, split_seed=0):
+def _int8_accuracy(spec, size, channels, head_spec, episodes, split_seed=0):
     """evaluate() for write_bundle: N-way 1-shot accuracy of int8 embeddings on the held-out test classes,
     and Lake-style 20-way 1-shot error where the test alphabets allow it (Omniglot), with the device's
     shift averaging (head.npz ``tta``)."""
     def evaluate(tflite_bytes):
         from metalite.export.tflite import run_int8
         from metalite.runtime.tta import shift_average
-        from metalite.training.datasets import HELDOUT_SPLIT, describe_split, load_data
+        from metalite.training.datasets import HELDOUT_SPLIT, describe_split, emoji_split, load_data, parse_spec
         from metalite.training.evaluate import episode_settings, evaluate_embeddings
         from metalite.training.lake import embedding_classifier, lake_alphabets, lake_error, lake_runs
 
-        held = load_data(spec, size, HELDOUT_SPLIT, seed=split_seed)
+        held = load_data(spec, size, HELDOUT_SPLIT, seed=split_seed, channels=channels)
         tta = int(head_spec.adaptation.get("tta", 0))
         emb = shift_average(lambda x: run_int8(tflite_bytes, x, batch=64), held.inputs(), tta)
         out = {}
@@ -105,6 +106,9 @@ def _int8_accuracy(spec, size, head_spec, episodes, split_seed=0):
             r = evaluate_embeddings(emb, held, head_spec, ways, shots, queries, episodes, seed=0)
             out[f"int8_{ways}way1shot"] = {**r, "data": describe_split(spec, HELDOUT_SPLIT),
                                            "model": "backbone.tflite", "tta": tta}
+            if parse_spec(spec)[0] == "emoji":  # which categories were held out, and that queries are other artists'
+                out[f"int8_{ways}way1shot"].update(held_out=emoji_split(load_data(spec, size, "all").groups),
+                                                   queries_from="other artists (one image per artist and concept)")
         if lake_alphabets(held):
             plan = lake_runs(held, max(episodes, 100), seed=0)
             for key, tr in (("int8_lake", False), ("int8_lake_transductive", True)):

@@ -8,7 +8,8 @@ import click
 from .clikit import console_progress, fail_cleanly, verbose_option
 
 DATA_HELP = ("dataset: 'glyphs' (built in, no download), 'omniglot:PATH[,PATH]' (Omniglot folders or "
-             "zips: alphabet/character/*.png), 'folder:PATH' (class_name/*.png|jpg) or 'digits' "
+             "zips: alphabet/character/*.png), 'folder:PATH' (class_name/*.png|jpg; colour if the images have "
+             "colour), 'emoji:PATH' (category/concept/*.png, built by scripts/fetch_emoji.py; colour) or 'digits' "
              "(scikit-learn's handwritten digits, a cross-domain check; needs scikit-learn)")
 
 
@@ -39,7 +40,10 @@ DATA_HELP = ("dataset: 'glyphs' (built in, no download), 'omniglot:PATH[,PATH]' 
                    "bare flag means 1) [default: 0.5]")
 @click.option("--augment", default=None, metavar="SPEC",
               help="distort every training image: 'none', or strengths 'shift=PX,rotate=DEG,scale=F,shear=F,stroke=F' "
-                   "(each drawn per image in [-max, max]) [default: shift=2,rotate=10,scale=0.1,shear=0.2,stroke=0.5]")
+                   "(each drawn per image in [-max, max]); colour data also hue=DEG,saturation=F,brightness=F,"
+                   "background=F [default: shift=2,rotate=10,scale=0.1,shear=0.2,stroke=0.5]")
+@click.option("--channels", type=click.Choice(["1", "3"]), default=None,
+              help="model input: 1 (gray) or 3 (RGB) [default: as the data has them]")
 @click.option("--val-every", type=int, default=None, help="validate on held-out classes every N steps [default: 1000]")
 @click.option("--checkpoint-every", type=int, default=None, help="checkpoint every N steps [default: 1000]")
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -54,8 +58,8 @@ DATA_HELP = ("dataset: 'glyphs' (built in, no download), 'omniglot:PATH[,PATH]' 
 @verbose_option
 @fail_cleanly
 def train_cmd(data, algorithm, backbone, filters, embedding_dim, head_hidden, image_size, ways, shots, queries,
-              steps, lr, inner_steps, inner_lr, rotations, within_alphabet, augment, val_every, checkpoint_every,
-              seed, split_seed, strategy, resume, out):
+              steps, lr, inner_steps, inner_lr, rotations, within_alphabet, augment, channels, val_every,
+              checkpoint_every, seed, split_seed, strategy, resume, out):
     """Meta-train a few-shot learner episodically and write a model directory.
 
     The directory keeps its config (algorithm, data, shapes, seed, versions) so later steps need no
@@ -73,7 +77,8 @@ def train_cmd(data, algorithm, backbone, filters, embedding_dim, head_hidden, im
     hidden = [int(u) for u in head_hidden.split(",") if u.strip()]
     settings = {"data": data, "algorithm": algorithm, "image_size": image_size, "ways": ways, "shots": shots,
                 "queries": queries, "steps": steps, "seed": seed, "rotations": rotations,
-                "within_alphabet": within_alphabet, "augment": _parse_augment(augment), "hparams": hparams, "val_every": val_every,
+                "within_alphabet": within_alphabet, "augment": _parse_augment(augment), "hparams": hparams,
+                "channels": None if channels is None else int(channels), "val_every": val_every,
                 "checkpoint_every": checkpoint_every, "strategy": strategy, "split_seed": split_seed,
                 "backbone": {"kind": backbone, "filters": filters, "embedding_dim": embedding_dim},
                 "head": {"hidden": hidden, "activation": "linear"}}
@@ -181,7 +186,8 @@ def evaluate_cmd(model, protocol, data, split, ways, shots, queries, episodes, r
     if split == "auto":  # the held-out classes of the training data, every class of other data
         split = HELDOUT_SPLIT if portable_spec(data) == portable_spec(source["data"]) else "all"
     progress = console_progress()
-    ds = load_data(data, source["size"], split, seed=source["split_seed"], progress=progress)
+    ds = load_data(data, source["size"], split, seed=source["split_seed"], progress=progress,
+                   channels=source["channels"])
     if skip_groups:
         ds = _skip_groups(ds, skip_groups)
     if protocol == "lake":
@@ -260,7 +266,8 @@ def _model_dir_source(model, adapt_steps, tta):
     tta = int(spec.adaptation.get("tta", 0)) if tta is None else tta
     keras = keras_embed_fn(backbone)
     embed = lambda ds: embed_all(lambda x: shift_average(keras, x, tta), ds)  # noqa: E731
-    return {"data": cfg["data"], "size": int(cfg["input"]["shape"][0]), "spec": spec, "tta": tta,
+    return {"data": cfg["data"], "size": int(cfg["input"]["shape"][0]), "channels": int(cfg["input"]["shape"][-1]),
+            "spec": spec, "tta": tta,
             "split_seed": int(cfg.get("train", {}).get("split_seed", 0)),
             "what": f"Keras model, stage {cfg.get('stage', 'float')}", "embed_all": embed,
             "lake_classify": lambda ds, tr: embedding_classifier(embed(ds), spec, adapt_steps, tr)}
@@ -273,7 +280,8 @@ def _bundle_source(model, tta):
 
     clf = FewShotClassifier(model, num_threads=1, delegate="cpu", cache_size=100000, tta=tta)
     training = clf.bundle.manifest.get("training", {})
-    return {"data": training.get("data"), "size": int(clf.bundle.input_shape[0]), "spec": clf.head_spec,
+    return {"data": training.get("data"), "size": int(clf.bundle.input_shape[0]),
+            "channels": int(clf.bundle.input_shape[2]), "spec": clf.head_spec,
             "split_seed": int(training.get("split_seed", 0)),
             "tta": clf.tta, "what": f"int8 bundle through the runtime ({clf.backend})",
             "embed_all": lambda ds: clf.embed(ds.images),

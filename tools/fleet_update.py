@@ -63,7 +63,7 @@ def write_fleet_data(root, data: Path, last_seq: int, size: int) -> dict:
     for ex in iter_examples(root, kinds=LABELLED):
         if ex["seq"] > last_seq:
             break
-        if ex["label"] is None or ex["image"].shape != (size, size):
+        if ex["label"] is None or ex["image"].shape[:2] != (size, size):
             counts["skipped"] += 1
             continue
         part = "fleet_holdout" if _held_out(ex) else "train"

@@ -158,7 +158,8 @@ class _Stages:
         from .evaluate import episode_settings
 
         self.data = load_data(p.cfg["data"], int(p.cfg["input"]["shape"][0]), HELDOUT_SPLIT,
-                              seed=int(p.cfg.get("train", {}).get("split_seed", 0)), progress=progress)
+                              seed=int(p.cfg.get("train", {}).get("split_seed", 0)), progress=progress,
+                              channels=int(p.cfg["input"]["shape"][-1]))
         self.settings = episode_settings(self.data, p.eval_ways, DEFAULTS["eval_shots"])
         self.episodes, self.log, self.results = p.episodes, log, {}
 
@@ -181,8 +182,8 @@ def _sampler(p: Plan, progress):
 
     train = p.cfg.get("train", {})
     data = load_data(p.cfg["data"], int(p.cfg["input"]["shape"][0]), "train", bool(train.get("rotations")),
-                     seed=int(train.get("split_seed", 0)),
-                     progress=progress)
+                     seed=int(train.get("split_seed", 0)), progress=progress,
+                     channels=int(p.cfg["input"]["shape"][-1]))
     return data, EpisodeSampler(data, p.ways, p.shots, p.queries, seed=p.seed,
                                 within_group=float(train.get("within_alphabet") or 0),
                                 augment=Augment(**train.get("augment", {})))

@@ -1,9 +1,15 @@
 """Few-shot datasets behind one ``--data`` spec: ``glyphs`` (built in), ``digits`` (scikit-learn's, a
-cross-domain check), ``omniglot:PATH[,PATH]``, ``folder:PATH``.
+cross-domain check), ``omniglot:PATH[,PATH]``, ``folder:PATH``, ``emoji:PATH``.
 
 ``load_data(spec, image_size, split)`` returns a ``FewShotData``: uint8 images (paper = 255, ink = 0)
 at the model's size, a class index per image, class names and a group per class (Omniglot's alphabet,
-the glyph's script) for alphabet-aware splits and within-alphabet episodes.
+the glyph's script, the emoji's category) for alphabet-aware splits and within-alphabet episodes.
+
+Colour: images are gray (N, H, W) unless the data has colour, then RGB (N, H, W, 3) on a white background
+(transparency composited as the device does, ``metalite.runtime.images``). ``folder:`` data is colour when
+any image has a pixel whose channels differ (an RGB file of gray content stays gray); ``emoji:`` is always
+colour; glyphs and Omniglot are gray. ``channels=1`` or ``3`` forces either (a gray model measured on
+colour data sees the luma, as on the device).
 """
 from __future__ import annotations
 
@@ -16,8 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
+from metalite.runtime.errors import InputError
 from metalite.runtime.files import atomic_write, cache_root
-from metalite.runtime.preprocess import resize_area
+from metalite.runtime.images import decode_bytes
+from metalite.runtime.preprocess import resize_area, to_gray, to_rgb
 
 from .errors import DataError
 
@@ -28,15 +36,19 @@ SPLITS = ("train", "val", "test", "all")
 HELDOUT_SPLIT = "test"
 SPLIT_NAMES = {"train": "training classes", "val": "validation classes", "test": "held-out test classes",
                "all": "all classes"}
-CACHE_VERSION = 2
+CACHE_VERSION = 3  # 3: colour images kept, transparency composited like the device
 # Lake et al.'s one-shot runs take 20 characters from one alphabet: Omniglot test alphabets need as many.
 LAKE_WAYS = 20
+# emoji: categories never trained on (the held-out test concepts), and the least concepts a val category needs
+EMOJI_TEST_GROUPS = ("Animals & Nature", "Food & Drink")
+EMOJI_MIN_VAL_CONCEPTS = LAKE_WAYS
 
 
 @dataclass
 class FewShotData:
-    """Images grouped into classes. ``images`` (N, H, W) uint8, ``labels`` (N,) class index,
-    ``drawers`` (N,) who drew each image (Omniglot's ``CCCC_DD.png``: DD), -1 where unknown."""
+    """Images grouped into classes. ``images`` (N, H, W) gray or (N, H, W, 3) RGB uint8, ``labels`` (N,) class
+    index, ``drawers`` (N,) who drew each image (``CCCC_DD.png``: DD, Omniglot's drawer or the emoji's
+    artist), -1 where unknown."""
 
     images: np.ndarray
     labels: np.ndarray
@@ -64,9 +76,15 @@ class FewShotData:
     def counts(self) -> np.ndarray:
         return np.array([len(i) for i in self._index])
 
+    @property
+    def channels(self) -> int:
+        """1 for gray images, 3 for RGB."""
+        return 1 if self.images.ndim == 3 else int(self.images.shape[-1])
+
     def inputs(self) -> np.ndarray:
-        """All images as float32 model input (N, H, W, 1), ink = 1 (docs/DESIGN.md, "Images")."""
-        return (1.0 - self.images.astype(np.float32) / 255.0)[..., None]
+        """All images as float32 model input (N, H, W, C), ink = 1 (docs/DESIGN.md, "Images")."""
+        x = 1.0 - self.images.astype(np.float32) / 255.0
+        return x[..., None] if x.ndim == 3 else x
 
     def subset(self, classes) -> "FewShotData":
         """A FewShotData with only ``classes`` (indices), relabelled 0..len-1."""
@@ -79,17 +97,39 @@ class FewShotData:
 
 
 def _decode(raw: bytes, where: str) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
-
+    """Float32 pixels of an image file: (H, W) gray, or (H, W, 3) RGB with any transparency composited."""
     try:
-        with Image.open(io.BytesIO(raw)) as im:
-            return np.asarray(im.convert("L"), dtype=np.float32)
-    except (UnidentifiedImageError, OSError, ValueError) as e:
+        a = decode_bytes(raw, where)
+    except InputError as e:
         raise DataError(f"{where}: not a readable image ({e})") from None
+    if a.dtype == np.uint16:
+        a = a.astype(np.float32) / np.float32(257.0)
+    if a.ndim == 2:
+        return a.astype(np.float32)
+    return to_rgb(a[None])[0]
 
 
-def _to_size(gray: np.ndarray, size: int) -> np.ndarray:
-    return np.clip(np.rint(resize_area(gray, (size, size))), 0, 255).astype(np.uint8)
+def _to_size(pixels: np.ndarray, size: int) -> np.ndarray:
+    """Gray (H, W) or RGB (H, W, 3) pixels -> uint8 at size x size, area resampled (channel by channel)."""
+    if pixels.ndim == 3:
+        pixels = np.moveaxis(resize_area(np.moveaxis(pixels, -1, 0), (size, size)), 0, -1)
+        return np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
+    return np.clip(np.rint(resize_area(pixels, (size, size))), 0, 255).astype(np.uint8)
+
+
+def _is_color(img: np.ndarray) -> bool:
+    return img.ndim == 3 and bool(np.any(img[..., 0] != img[..., 1]) or np.any(img[..., 1] != img[..., 2]))
+
+
+def _stack(images: list, channels: int) -> np.ndarray:
+    """Images of one size, some gray (H, W) and some RGB (H, W, 3) -> one array with ``channels`` (0: RGB
+    if any image has colour, else gray)."""
+    if channels == 0:
+        channels = 3 if any(_is_color(im) for im in images) else 1
+    if channels == 1:
+        return np.stack([im if im.ndim == 2 else np.clip(np.rint(to_gray(im[None])[0]), 0, 255).astype(np.uint8)
+                         for im in images])
+    return np.stack([im if im.ndim == 3 else np.repeat(im[..., None], 3, axis=-1) for im in images])
 
 
 def _drawer(file_name: str) -> int:
@@ -161,8 +201,9 @@ def _fingerprint(paths) -> str:
     return h.hexdigest()[:16]
 
 
-def _load_cached(kind: str, paths, size: int, items_fn) -> FewShotData:
-    key = f"{kind}-{_fingerprint(paths)}-{size}-v{CACHE_VERSION}"
+def _load_cached(kind: str, paths, size: int, items_fn, channels: int = 0) -> FewShotData:
+    """The images of ``paths`` at ``size`` with ``channels`` (0: as the data has them), cached once read."""
+    key = f"{kind}-{_fingerprint(paths)}-{size}-c{channels}-v{CACHE_VERSION}"
     cache = cache_root("data") / f"{key}.npz"
     if cache.exists():
         try:
@@ -183,7 +224,7 @@ def _load_cached(kind: str, paths, size: int, items_fn) -> FewShotData:
         labs += [pos[nm[i]] for i in lab]
         imgs += im
         drawers += dr
-    data = FewShotData(np.stack(imgs), np.array(labs), names, groups, drawers=np.array(drawers, np.int16))
+    data = FewShotData(_stack(imgs, channels), np.array(labs), names, groups, drawers=np.array(drawers, np.int16))
     cache.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(cache, lambda f: np.savez(f, images=data.images, labels=data.labels, drawers=data.drawers,
                                            meta=np.array(json.dumps({"names": names, "groups": groups}))))
@@ -213,9 +254,13 @@ def _split_classes(data: FewShotData, split: str, seed: int = 0, kind: str = "gl
     - folder: 85/15 train/val; ``test`` is the same held-out classes as ``val`` (the user brings a test set).
       A folder holding ``train/`` and ``val/`` (optionally ``test/``) folders of classes is split by them
       instead (``load_data``).
+    - emoji: by category, fixed rather than drawn (``emoji_split``).
     """
     if split == "all":
         return list(range(data.num_classes))
+    if kind == "emoji":
+        chosen = set(emoji_split(data.groups)[split])
+        return [c for c in range(data.num_classes) if data.groups[c] in chosen]
     base = [g.split("@rot")[0] for g in data.groups]
     if len(set(base)) < 3:
         base = [n.split("@rot")[0] for n in data.class_names]
@@ -237,6 +282,23 @@ def _split_classes(data: FewShotData, split: str, seed: int = 0, kind: str = "gl
             parts["test"] = parts["val"]
     chosen = set(parts[split])
     return [c for c in range(data.num_classes) if base[c] in chosen]
+
+
+def emoji_split(groups) -> dict:
+    """{"train", "val", "test": [categories]} of emoji data: test is ``EMOJI_TEST_GROUPS`` (never trained on);
+    val is the smallest other category with at least ``EMOJI_MIN_VAL_CONCEPTS`` concepts (ties by name), so
+    20-way validation fits and the fewest training concepts are lost; train is every other category."""
+    size = {}
+    for g in groups:
+        size[g] = size.get(g, 0) + 1
+    test = [g for g in EMOJI_TEST_GROUPS if g in size]
+    rest = sorted((g for g in size if g not in test), key=lambda g: (size[g], g))
+    big = [g for g in rest if size[g] >= EMOJI_MIN_VAL_CONCEPTS]
+    val = (big or rest)[:1]
+    train = [g for g in rest if g not in val]
+    if not train or not val:
+        raise DataError(f"emoji data has categories {sorted(size)}: too few to split off validation and test")
+    return {"train": sorted(train), "val": val, "test": test}
 
 
 def portable_spec(spec: str) -> str:
@@ -271,13 +333,14 @@ def _presplit(paths) -> bool:
 
 
 def parse_spec(spec: str):
-    """'glyphs' | 'digits' | 'omniglot:P1[,P2]' | 'folder:P' -> (kind, [Path, ...]); raises DataError."""
+    """'glyphs' | 'digits' | 'omniglot:P1[,P2]' | 'folder:P' | 'emoji:P' -> (kind, [Path, ...]); raises DataError."""
     spec = (spec or "").strip()
     if spec in ("glyphs", "digits"):
         return spec, []
     kind, sep, rest = spec.partition(":")
-    if not sep or kind not in ("omniglot", "folder") or not rest:
-        raise DataError(f"unknown data spec {spec!r}; use glyphs, digits, omniglot:PATH[,PATH] or folder:PATH")
+    if not sep or kind not in ("omniglot", "folder", "emoji") or not rest:
+        raise DataError(f"unknown data spec {spec!r}; use glyphs, digits, omniglot:PATH[,PATH], folder:PATH or "
+                        "emoji:PATH (scripts/fetch_emoji.py builds one)")
     paths = [Path(p).expanduser() for p in rest.split(",") if p]
     for p in paths:
         if not p.exists():
@@ -288,35 +351,43 @@ def parse_spec(spec: str):
 
 
 def load_data(spec: str, image_size: int = 28, split: str = "all", rotations: bool = False,
-              seed: int = 0, progress=None) -> FewShotData:
+              seed: int = 0, progress=None, channels: int | None = None) -> FewShotData:
     """Load a dataset spec at ``image_size`` and keep the classes of ``split`` (train/val/test/all).
 
-    Rotations (omniglot) are added after splitting, so a rotated copy never crosses a split.
+    Rotations (omniglot) are added after splitting, so a rotated copy never crosses a split. ``channels``:
+    None keeps the data's own (module docstring), 1 or 3 converts to gray or RGB as the device would.
     """
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+    if channels not in (None, 1, 3):
+        raise DataError(f"channels must be 1 (gray) or 3 (RGB), got {channels!r}")
     kind, paths = parse_spec(spec)
+    want = 0 if channels is None else int(channels)
     if kind == "glyphs":
         from .glyphs import load_glyphs
 
         imgs, names, groups = load_glyphs(image_size=image_size, progress=progress)
         c, s = imgs.shape[:2]
-        data = FewShotData(imgs.reshape(c * s, image_size, image_size), np.repeat(np.arange(c), s),
-                           list(names), list(groups))
+        imgs = imgs.reshape(c * s, image_size, image_size)
+        data = FewShotData(imgs if want != 3 else np.repeat(imgs[..., None], 3, axis=-1),
+                           np.repeat(np.arange(c), s), list(names), list(groups))
     elif kind == "digits":
         from .digits import load_digits_images
 
         imgs, labels, names = load_digits_images(image_size)
-        data = FewShotData(imgs, labels, names, ["digits"] * len(names))
+        data = FewShotData(imgs if want != 3 else np.repeat(imgs[..., None], 3, axis=-1), labels, names,
+                           ["digits"] * len(names))
     elif kind == "folder" and split != "all" and _presplit(paths):
         sub = split if (paths[0] / split).is_dir() else "val"  # test: the val folder unless a test folder exists
-        data = _load_cached("folder", [paths[0] / sub], image_size, _folder_items)
+        data = _load_cached("folder", [paths[0] / sub], image_size, _folder_items, want)
         data.spec = spec
         return rotate_classes(data) if rotations else data
     elif kind == "omniglot":
-        data = _load_cached("omniglot", paths, image_size, _omniglot_items)
+        data = _load_cached("omniglot", paths, image_size, _omniglot_items, want)
+    elif kind == "emoji":
+        data = _load_cached("emoji", paths, image_size, _omniglot_items, want or 3)
     else:
-        data = _load_cached("folder", paths, image_size, _folder_items)
+        data = _load_cached("folder", paths, image_size, _folder_items, want)
     data.spec = spec
     data = data.subset(_split_classes(data, split, seed, kind))
     if rotations:

@@ -35,7 +35,7 @@ DEFAULTS = {
     "head": {"hidden": [64], "activation": "linear"}, "image_size": 28, "ways": None, "shots": 1, "queries": 5,
     "steps": 12000, "seed": 0, "rotations": None, "within_alphabet": 0.5, "augment": DEFAULT_AUGMENT, "hparams": {},
     "val_every": 1000, "val_episodes": 200, "val_ways": 20, "val_shots": 1, "checkpoint_every": 1000,
-    "strategy": "default",
+    "strategy": "default", "channels": None,  # input channels: None = as the data has them (1 gray, 3 RGB)
     "split_seed": 0,  # which classes (alphabets) are held out: another seed is another fold of the same data
     "init": None,  # a float model directory whose weights a fine-tuning run starts from (``metalite fleet update``)
 }
@@ -92,6 +92,8 @@ def check(s: dict) -> dict:
         Augment(**s["augment"])
     except (TypeError, ValueError) as e:
         raise DataError(f"augmentation {s['augment']}: {e}") from None
+    if s.get("channels") not in (None, 1, 3):
+        raise SettingsError(f"--channels must be 1 (gray) or 3 (RGB), got {s['channels']}")
     for key in ("steps", "val_every", "checkpoint_every", "val_episodes", "image_size"):
         if int(s[key]) < 1:
             raise SettingsError(f"--{key.replace('_', '-')} must be at least 1, got {s[key]}")

@@ -31,11 +31,17 @@ DEFAULTS = run_settings.DEFAULTS
 VAL_SEED = 1234  # the same validation episodes at every validation
 
 
+def _channels(s: dict) -> int:
+    """Input channels of the run: 1 (gray) or 3 (RGB), as the training data has them unless set."""
+    return int(s.get("channels") or 1)
+
+
 def model_config(s: dict, hparams: dict, adaptation: dict) -> dict:
     """config.json content for settings ``s`` (everything later steps need, so no flag is repeated)."""
     return {
         "algorithm": s["algorithm"], "data": s["data"], "backbone": s["backbone"], "head": s["head"],
-        "input": {"shape": [s["image_size"], s["image_size"], 1], "preprocess": preprocess_settings()},
+        "input": {"shape": [s["image_size"], s["image_size"], _channels(s)],
+                  "preprocess": preprocess_settings(_channels(s))},
         "adaptation": adaptation, "seed": s["seed"], "stage": "float",
         "train": {k: s[k] for k in ("ways", "shots", "queries", "steps", "rotations", "within_alphabet", "augment",
                                     "split_seed")}
@@ -65,9 +71,11 @@ class TrainingRun(Hooks):
     def _load_data(self) -> None:
         s = self.s
         self.train_data = load_data(s["data"], s["image_size"], "train", s["rotations"], seed=s["split_seed"],
-                                    progress=self.progress)
+                                    progress=self.progress, channels=s.get("channels"))
+        s["channels"] = self.train_data.channels  # decided by the data when unset
         s["ways"] = run_settings.default_ways(s, self.train_data)
-        self.val_data = load_data(s["data"], s["image_size"], "val", False, seed=s["split_seed"])
+        self.val_data = load_data(s["data"], s["image_size"], "val", False, seed=s["split_seed"],
+                                  channels=s["channels"])
         check_episode_fits(self.train_data, s["ways"], s["shots"], s["queries"], s["within_alphabet"] >= 1)
         # Validation ways shrink to what the validation split holds (small folder datasets).
         s["val_ways"], _, self.val_queries = episode_settings(self.val_data, [s["val_ways"]], s["val_shots"])[0]
@@ -76,7 +84,7 @@ class TrainingRun(Hooks):
 
     def _build(self) -> None:
         s = self.s
-        cfg = {"backbone": s["backbone"], "head": s["head"], "input": {"shape": [s["image_size"]] * 2 + [1]}}
+        cfg = {"backbone": s["backbone"], "head": s["head"], "input": {"shape": [s["image_size"]] * 2 + [_channels(s)]}}
         with self.strategy.scope():  # variables, optimizer and learner of a distributed run live in the strategy
             self.backbone, self.head = build_from_config(cfg)
             self.learner = make_learner(s["algorithm"], self.backbone, self.head, self.hparams)

@@ -43,8 +43,12 @@ class SyncResult:
 
 
 def _wire(example: dict) -> dict:
+    """An outbox row as the server takes it; ``channels`` 3 for RGB pixels (their byte count tells)."""
     e = dict(example)
-    e["pixels"] = base64.b64encode(e.pop("pixels")).decode("ascii")
+    px = e.pop("pixels")
+    if len(px) == 3 * int(e["height"]) * int(e["width"]):
+        e["channels"] = 3
+    e["pixels"] = base64.b64encode(px).decode("ascii")
     return e
 
 

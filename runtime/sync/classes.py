@@ -33,7 +33,8 @@ def _home(home) -> DeviceHome:
 
 
 def class_images(home, name: str) -> np.ndarray:
-    """uint8 (N, H, W) support images of class ``name`` in the running state; SyncError if there are none."""
+    """uint8 (N, H, W) gray or (N, H, W, 3) RGB support images of class ``name`` in the running state;
+    SyncError if there are none."""
     from ..state import load_state
 
     home = _home(home)
@@ -45,6 +46,24 @@ def class_images(home, name: str) -> np.ndarray:
     if st.images is None:
         raise SyncError("the state keeps no support images (state format 1); teach the class again to share it")
     return st.images[np.asarray(st.support_labels) == st.classes.index(name)]
+
+
+def to_wire(img: np.ndarray) -> dict:
+    """One uint8 image (H, W) gray or (H, W, 3) RGB -> the wire format {"height", "width", "channels", "pixels"}."""
+    return {"height": int(img.shape[0]), "width": int(img.shape[1]), "channels": 1 if img.ndim == 2 else 3,
+            "pixels": base64.b64encode(np.ascontiguousarray(img, np.uint8).tobytes()).decode("ascii")}
+
+
+def from_wire(img: dict) -> np.ndarray:
+    """The wire format -> uint8 (H, W) or (H, W, 3); ``channels`` absent means 1 (gray). KeyError, TypeError or
+    ValueError (binascii.Error is one) if malformed."""
+    h, w, c = img["height"], img["width"], img.get("channels", 1)
+    if not all(type(v) is int and 1 <= v <= MAX_SIDE for v in (h, w)):
+        raise ValueError("size")
+    if type(c) is not int or c not in (1, 3):
+        raise ValueError(f"channels {c!r}")
+    px = np.frombuffer(base64.b64decode(img["pixels"], validate=True), np.uint8)
+    return px.reshape(h, w) if c == 1 else px.reshape(h, w, 3)
 
 
 def share_class(home, client, name: str, replace: bool = False) -> dict:
@@ -60,8 +79,7 @@ def share_class(home, client, name: str, replace: bool = False) -> dict:
     if problem:
         raise SyncError(f"class {short_repr(name)} cannot be shared: {problem}")
     imgs = class_images(home, name)
-    wire = [{"height": int(i.shape[0]), "width": int(i.shape[1]),
-             "pixels": base64.b64encode(np.ascontiguousarray(i, np.uint8).tobytes()).decode("ascii")} for i in imgs]
+    wire = [to_wire(i) for i in imgs]
     return client.call("POST", "/v1/classes", {"name": name, "images": wire, "version": _home(home).version,
                                                "replace": bool(replace)})
 
@@ -72,8 +90,8 @@ def shared_classes(client) -> list:
 
 
 def fetch_class(client, name: str):
-    """uint8 (N, H, W) images of shared class ``name`` (a list of (H, W) arrays if their sizes differ);
-    ServerRefusedError 404 if unknown."""
+    """uint8 (N, H, W) images of shared class ``name``, (N, H, W, 3) for colour (a list of arrays if their sizes
+    or channels differ); ServerRefusedError 404 if unknown."""
     problem = class_name_problem(name)
     if problem:
         raise SyncError(f"no shared class can be named {short_repr(name)}: {problem}")
@@ -82,11 +100,7 @@ def fetch_class(client, name: str):
     imgs = []
     for i, img in enumerate(got):
         try:
-            h, w = img["height"], img["width"]
-            if not all(type(v) is int and 1 <= v <= MAX_SIDE for v in (h, w)):
-                raise ValueError("size")
-            px = np.frombuffer(base64.b64decode(img["pixels"], validate=True), np.uint8)
-            imgs.append(px.reshape(h, w))
+            imgs.append(from_wire(img))
         except (KeyError, TypeError, ValueError, binascii.Error):
             raise BadAnswerError(f"shared class {short_repr(name)}: image {i} is malformed") from None
     if not imgs:

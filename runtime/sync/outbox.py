@@ -75,6 +75,11 @@ def _flush_open_outboxes() -> None:
             pass
 
 
+def _image_batch(px: np.ndarray) -> bool:
+    """Gray (n, H, W) or RGB (n, H, W, 3) pixels; a row keeps height and width, its bytes say which."""
+    return px.ndim == 3 or (px.ndim == 4 and px.shape[-1] == 3)
+
+
 class Outbox:
     """Examples waiting for upload, in an SQLite file.
 
@@ -112,7 +117,7 @@ class Outbox:
 
         Args:
           kind: one of ``KINDS`` (``"support"`` rows come through ``add_support``).
-          pixels: uint8 (n, H, W) gray images (255 = paper).
+          pixels: uint8 (n, H, W) gray images (255 = paper), or (n, H, W, 3) RGB from an RGB bundle.
           labels, predicted: per-image true label (corrections) and predicted label, or None.
           confidences: per-image confidence of ``predicted``, or None.
           version: the bundle version that made the prediction.
@@ -123,8 +128,8 @@ class Outbox:
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
         px = np.ascontiguousarray(pixels, np.uint8)
-        if px.ndim != 3:
-            raise ValueError(f"pixels must be (n, H, W), got shape {px.shape}")
+        if not _image_batch(px):
+            raise ValueError(f"pixels must be (n, H, W) or (n, H, W, 3), got shape {px.shape}")
         n, h, w, now = len(px), px.shape[1], px.shape[2], time.time()
         labels = [None] * n if labels is None else list(labels)
         predicted = [None] * n if predicted is None else list(predicted)
@@ -159,8 +164,9 @@ class Outbox:
         duplicates the server ignores.
         """
         px = np.ascontiguousarray(pixels, np.uint8)
-        if px.ndim != 3 or len(px) != len(labels):
-            raise ValueError(f"pixels must be (n, H, W) with one label each, got {px.shape} and {len(labels)} labels")
+        if not _image_batch(px) or len(px) != len(labels):
+            raise ValueError(f"pixels must be (n, H, W) or (n, H, W, 3) with one label each, got {px.shape} and "
+                             f"{len(labels)} labels")
         now, rows = time.time(), []
         for img, lab in zip(px, labels):
             label, rid = _json_or_none(lab), _support_id(lab, img)
