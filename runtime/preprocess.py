@@ -123,12 +123,27 @@ def _gray_tile(scale: float):
     return convert
 
 
+@functools.lru_cache(maxsize=2)
+def _gray_uint8_table(invert: bool) -> np.ndarray:
+    """float32 (256,): the model input of each uint8 gray pixel value, computed by the general steps."""
+    return _convert(np.arange(256, dtype=np.uint8).reshape(1, 16, 16), (16, 16), invert).ravel()
+
+
 def to_model_input(images: np.ndarray, size: tuple[int, int], invert: bool = True) -> np.ndarray:
     """Image arrays (N, H, W[, C]) -> float32 (N, h, w, 1) in [0, 1], ink = 1 when ``invert``.
 
     Pixel scale and channels as in the module docstring; raises ValueError for values out of range.
     """
     x = np.asarray(images)
+    if x.dtype == np.uint8 and x.shape[1:3] == tuple(size) and (x.ndim == 3 or (x.ndim == 4 and x.shape[3] == 1)):
+        # gray pixels already at the model's size: every step is per pixel, so a 256-entry table gives the
+        # same floats as the steps below (at batch 1 their ten numpy calls cost as much as quantizing)
+        return _gray_uint8_table(bool(invert))[x.reshape(x.shape[:3])][..., None]
+    return _convert(x, size, invert)
+
+
+def _convert(x: np.ndarray, size: tuple[int, int], invert: bool) -> np.ndarray:
+    """``to_model_input`` step by step: pixel scale, channels, area resize, clip, invert."""
     if x.dtype.kind == "b":
         x = x.astype(np.uint8) * np.uint8(255)
     scale = pixel_scale(x)

@@ -54,3 +54,56 @@ def test_readme_bench_line_and_report_name_the_processor():
     for text in (readme_section(report, plot=None), "\n".join(machine_lines(report))):
         assert "Intel(R) Xeon(R) Platinum 8481C" in text and "avx512_vnni" in text
         assert "ai_edge_litert 2.3.0 with XNNPACK" in text
+
+
+# ----------------------------------------------------------------------------- batch-1 runtime overhead
+def test_uint8_gray_images_at_model_size_give_the_same_floats_as_the_general_steps():
+    import numpy as np
+
+    from metalite.runtime import preprocess as pre
+
+    rng = np.random.default_rng(3)
+    for invert in (True, False):
+        for shape in [(1, 28, 28), (5, 28, 28), (2, 28, 28, 1)]:
+            a = rng.integers(0, 256, shape, dtype=np.uint8)
+            a.flat[:2] = (0, 255)
+            fast = pre.to_model_input(a, (28, 28), invert)
+            slow = pre._convert(a, (28, 28), invert)
+            assert fast.dtype == np.float32 and fast.shape == (shape[0], 28, 28, 1)
+            np.testing.assert_array_equal(fast, slow)
+            fast[0, 0, 0, 0] = 7.0  # a fresh array: the table is not handed out
+            np.testing.assert_array_equal(pre.to_model_input(a, (28, 28), invert)[0, 0, 0, 0], slow[0, 0, 0, 0])
+
+
+def test_in_place_quantize_and_dequantize_match_the_textbook_formulas():
+    import numpy as np
+
+    from metalite.runtime.embedder import dequantize, quantize
+
+    x = np.random.default_rng(4).uniform(-0.5, 1.5, (3, 28, 28, 1)).astype(np.float32)
+    x.flat[:4] = (0.5 / 255, 1.5 / 255, -10.0, 10.0)  # halves round to even; out of range clipped
+    scale, zp = 1 / 255, -128
+    ref = np.clip(np.round(x / np.float32(scale)) + zp, -128, 127).astype(np.int8)
+    np.testing.assert_array_equal(quantize(x, scale, zp, np.int8), ref)
+    q = np.arange(-128, 128, dtype=np.int8).reshape(4, 64)
+    np.testing.assert_array_equal(dequantize(q, 0.044, -11),
+                                  (np.float32(0.044) * (q.astype(np.float32) - np.float32(-11))).astype(np.float32))
+
+
+def test_embed_without_cache_equals_embed_with_cache_and_the_chunked_path(tmp_path):
+    """The batch-1 shortcuts (no key when the cache is off, one invoke's output used as is) change nothing."""
+    from pathlib import Path
+
+    import numpy as np
+
+    from metalite.runtime.classifier import FewShotClassifier
+
+    bundle = Path(__file__).resolve().parents[1] / "models" / "omniglot"
+    imgs = np.random.default_rng(5).integers(0, 256, (37, 28, 28), dtype=np.uint8)
+    plain = FewShotClassifier(str(bundle), delegate="cpu", cache_size=0, tta=0)
+    cached = FewShotClassifier(str(bundle), delegate="cpu", tta=0, batch_size=8)  # 37 = 4 chunks of 8 + 5
+    one = np.vstack([plain.embed(im) for im in imgs[:3]])
+    np.testing.assert_array_equal(one, plain.embed(imgs)[:3])
+    np.testing.assert_array_equal(plain.embed(imgs), cached.embed(imgs))
+    assert cached.embedder.invocations == 5 and plain.cache.misses == 3 + 37 + 37
+    np.testing.assert_array_equal(plain.embed(imgs[:1].astype(np.float32)), one[:1])  # the general steps
