@@ -3,7 +3,8 @@
     python scripts/layer_cost.py models/omniglot models/omniglot-fast [--rounds 7 --calls 300] [--json OUT]
 
 For each bundle, ``backbone.tflite`` is rewritten (in a temp dir, with ai-edge-litert's flatbuffer schema,
-no TensorFlow) into prefixes that end after op 1, 2, ... n, with a static batch of 1. Each prefix is opened
+no TensorFlow) into prefixes that end after op 1, 2, ... n, with a static batch of 1, and into its last op
+alone (the per-invoke cost of interpreter, delegate and Python with almost no arithmetic). Each prefix is opened
 like the runtime opens a backbone (``metalite.runtime.interpreter.open_model``, 1 thread) and, for
 comparison, with the interpreter's built-in kernels (no delegate); the full model is also timed as shipped
 (dynamic batch, resized to 1). Times are this thread's CPU time per call (``time.thread_time``), which a
@@ -73,6 +74,15 @@ def cuts(tflite: Path, out_dir: Path) -> list:
             tensor.shape[0] = 1
     names, res = _op_names(model), []
     model.signatureDefs = []
+    # op 0: the last op alone (a RESHAPE here), fed directly: the interpreter's, delegate's and Python's
+    # per-invoke cost with next to no arithmetic
+    m = copy.deepcopy(model)
+    g = m.subgraphs[0]
+    g.operators = g.operators[-1:]
+    g.inputs = [g.operators[0].inputs[0]]
+    path = out_dir / f"{tflite.parent.name}-00.tflite"
+    path.write_bytes(_pack(m))
+    res.append((path, f"{names[-1]} alone", 0))
     for k in range(1, len(names) + 1):
         m = copy.deepcopy(model)
         g = m.subgraphs[0]
@@ -126,7 +136,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as td:
         models, meta = {}, {}
         for b in a.bundles:
-            for k, (path, name, macs) in enumerate(cuts(b / "backbone.tflite", Path(td)), 1):
+            for k, (path, name, macs) in enumerate(cuts(b / "backbone.tflite", Path(td))):
                 meta[(b.name, k)] = (name, macs)
                 for kind in ("xnnpack", "builtin"):
                     models[(b.name, k, kind)] = _open(path, kind == "xnnpack")
@@ -152,9 +162,13 @@ def main(argv=None) -> int:
         print("| ops up to | op | MMACs | XNNPACK ms | + this op | built-in ms | + this op |")
         print("|---|---|---|---|---|---|---|")
         prev = {"xnnpack": 0.0, "builtin": 0.0}
-        for k in range(1, n + 1):
+        for k in range(0, n + 1):
             name, macs = meta[(b.name, k)]
             x, c = med[(b.name, k, "xnnpack")], med[(b.name, k, "builtin")]
+            if k == 0:  # not a prefix: the fixed cost, shown on its own
+                print(f"| (fixed) | {name} | 0 | {x:.4f} | | {c:.4f} | |")
+                rows.append({"bundle": str(b), "ops": 0, "op": name, "macs": 0, "xnnpack_ms": x, "builtin_ms": c})
+                continue
             print(f"| {k} | {name} | {macs / 1e6:.2f} | {x:.4f} | {x - prev['xnnpack']:+.4f} | {c:.4f} | "
                   f"{c - prev['builtin']:+.4f} |")
             rows.append({"bundle": str(b), "ops": k, "op": name, "macs": macs, "xnnpack_ms": x, "builtin_ms": c})
