@@ -5,10 +5,11 @@
 For each bundle, one process holds a classifier (1 thread, ``tta=0``, ``cache_size=0``) and times, round by
 round in a shuffled order: ``interpreter.invoke()`` alone on its (already set) input; ``set_tensor`` +
 ``invoke`` + ``get_tensor``; the runtime's pieces (``as_model_input``, ``Embedder``); and ``embed`` of one
-uint8 28x28 image (an Omniglot drawing's size; the model's own size, so no resampling). Times are this
-thread's CPU time per call (``time.thread_time``: the interpreter runs in the calling thread, and a busy
-machine's preemptions are left out). The ratio embed / invoke is taken within each round, then the median
-over rounds. Prints Markdown naming the processor (``tools/bench_machine.py``) and the load average.
+uint8 image at the model's size (so no resampling), also with shift averaging (``tta=8``: the image and 8
+shifted copies in one invoke). Times are this thread's CPU time per call (``time.thread_time``: the
+interpreter runs in the calling thread, and a busy machine's preemptions are left out). The ratios (embed /
+invoke, tta 8 / tta 0) are taken within each round, then the median over rounds. Prints Markdown naming the
+processor (``tools/bench_machine.py``) and the load average.
 """
 from __future__ import annotations
 
@@ -51,9 +52,12 @@ def variants(bundle: Path) -> dict:
         it.invoke()
         return it.get_tensor(oi)
 
+    tta8 = FewShotClassifier(str(bundle), num_threads=1, delegate="cpu", cache_size=0, tta=8)
+    tta8.embed(img)
     return {"invoke": it.invoke, "set_tensor+invoke+get_tensor": set_invoke_get,
             "as_model_input": lambda: as_model_input(img, clf.bundle.input_shape, clf.bundle.preprocess),
-            "Embedder (quantize, invoke, dequantize)": lambda: e(x), "embed": lambda: clf.embed(img)}
+            "Embedder (quantize, invoke, dequantize)": lambda: e(x), "embed": lambda: clf.embed(img),
+            "embed, tta 8": lambda: tta8.embed(img)}
 
 
 def measure(bundle: Path, rounds: int, calls: int, seed: int = 0) -> dict:
@@ -65,10 +69,12 @@ def measure(bundle: Path, rounds: int, calls: int, seed: int = 0) -> dict:
         rng.shuffle(order)
         for k in order:
             times[k].append(_per_call_ms(fns[k], calls))
-    ratio = [a / b for a, b in zip(times["embed"], times["invoke"])]
+    def ratio(a, b):
+        r = [x / y for x, y in zip(times[a], times[b])]
+        return {"median": float(np.median(r)), "q1": float(np.percentile(r, 25)), "q3": float(np.percentile(r, 75))}
+
     return {"median_ms": {k: float(np.median(v)) for k, v in times.items()}, "times_ms": times,
-            "embed_over_invoke": {"median": float(np.median(ratio)), "q1": float(np.percentile(ratio, 25)),
-                                  "q3": float(np.percentile(ratio, 75))}}
+            "embed_over_invoke": ratio("embed", "invoke"), "tta8_over_tta0": ratio("embed, tta 8", "embed")}
 
 
 def main(argv=None) -> int:
@@ -89,12 +95,12 @@ def main(argv=None) -> int:
           f"{'/'.join(f'{v:.2f}' for v in load0)} before, {'/'.join(f'{v:.2f}' for v in load1)} after; "
           f"{a.rounds} interleaved rounds of {a.calls} calls, CPU time of the calling thread, medians.\n")
     names = list(next(iter(res.values()))["median_ms"])
-    print("| bundle | " + " | ".join(f"{n} ms" for n in names) + " | embed / invoke (IQR) |")
-    print("|---|" + "---|" * (len(names) + 1))
+    print("| bundle | " + " | ".join(f"{n} ms" for n in names) + " | embed / invoke (IQR) | tta 8 / tta 0 |")
+    print("|---|" + "---|" * (len(names) + 2))
     for b, r in res.items():
-        q = r["embed_over_invoke"]
+        q, t = r["embed_over_invoke"], r["tta8_over_tta0"]
         print(f"| `{b}` | " + " | ".join(f"{r['median_ms'][n]:.4f}" for n in names)
-              + f" | {q['median']:.2f}× ({q['q1']:.2f}–{q['q3']:.2f}) |")
+              + f" | {q['median']:.2f}× ({q['q1']:.2f}–{q['q3']:.2f}) | {t['median']:.2f}× |")
     if a.json:
         from metalite.runtime.files import atomic_write_text
 
