@@ -74,6 +74,9 @@ class EmbeddingCache:
         Returns:
           float32 (N, D).
         """
+        if self.maxsize == 0:  # caching off: no keys to hash (at batch 1 hashing costs as much as quantizing)
+            self.misses += len(x)
+            return np.asarray(compute(x), np.float32)
         keys = [image_key(img) for img in x]
         found = [self.get(k) for k in keys]
         todo = [i for i, v in enumerate(found) if v is None]

@@ -17,13 +17,22 @@ from .errors import BundleError, InputError
 def quantize(x: np.ndarray, scale: float, zero_point: int, dtype) -> np.ndarray:
     """Return ``round(x / scale) + zero_point`` clipped to ``dtype``'s range, as ``dtype`` (TFLite's rule)."""
     info = np.iinfo(dtype)
-    q = np.round(np.asarray(x, np.float32) / np.float32(scale)) + zero_point
-    return np.clip(q, info.min, info.max).astype(dtype)
+    # one float32 scratch array updated by ufuncs in place: at batch 1, temporaries and np.clip's Python
+    # dispatch cost more than the arithmetic
+    q = np.divide(np.asarray(x, np.float32), np.float32(scale))
+    np.rint(q, out=q)  # half to even, as np.round
+    np.add(q, np.float32(zero_point), out=q)
+    np.maximum(q, np.float32(info.min), out=q)
+    np.minimum(q, np.float32(info.max), out=q)
+    return q.astype(dtype)
 
 
 def dequantize(q: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
     """Return ``scale * (q - zero_point)`` as float32."""
-    return (np.float32(scale) * (np.asarray(q, np.float32) - np.float32(zero_point))).astype(np.float32)
+    out = np.asarray(q).astype(np.float32)
+    np.subtract(out, np.float32(zero_point), out=out)
+    np.multiply(out, np.float32(scale), out=out)
+    return out
 
 
 class Embedder:
@@ -105,19 +114,29 @@ class Embedder:
         if n == 0:
             return np.zeros((0, self.embedding_dim), np.float32)
         q = x if self.input_quantization is None else quantize(x, *self.input_quantization, self.in_dtype)
-        out = np.empty((n, self.embedding_dim), self.out_dtype)
         with self._lock:
             step = self.max_batch if self.dynamic_batch else self._batch
-            for start in range(0, n, step):
-                chunk = q[start:start + step]
-                if self.dynamic_batch:
-                    self._set_batch(len(chunk))
-                    out[start:start + len(chunk)] = self._run(chunk)
-                else:
-                    pad = self._batch - len(chunk)
-                    if pad:
-                        chunk = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), chunk.dtype)])
-                    out[start:start + self._batch - pad] = self._run(chunk)[: self._batch - pad]
+            if n == step or (self.dynamic_batch and n < step):  # one invoke: its output is the result
+                self._set_batch(n)
+                out = self._run(q)
+            else:
+                out = self._chunked(q, step)
         if self.output_quantization is None:
-            return out.astype(np.float32)
+            return out.astype(np.float32, copy=False)
         return dequantize(out, *self.output_quantization)
+
+    def _chunked(self, q: np.ndarray, step: int) -> np.ndarray:
+        """Raw outputs of ``q`` run ``step`` images per invoke (the last chunk resized, or zero-padded)."""
+        n = len(q)
+        out = np.empty((n, self.embedding_dim), self.out_dtype)
+        for start in range(0, n, step):
+            chunk = q[start:start + step]
+            if self.dynamic_batch:
+                self._set_batch(len(chunk))
+                out[start:start + len(chunk)] = self._run(chunk)
+            else:
+                pad = self._batch - len(chunk)
+                if pad:
+                    chunk = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), chunk.dtype)])
+                out[start:start + self._batch - pad] = self._run(chunk)[: self._batch - pad]
+        return out

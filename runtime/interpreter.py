@@ -161,6 +161,13 @@ def _cpu_plan(backend: Backend, num_threads) -> tuple:
     return kwargs, delegate, f"enabled by metalite ({why})"
 
 
+def cpu_delegate(backend: Backend, num_threads: int | None = None) -> str:
+    """In words, the delegate a model opened on the CPU with ``backend`` gets (for reports naming the stack)."""
+    if os.environ.get("METALITE_XNNPACK", "1") == "0":
+        return "the interpreter's defaults (METALITE_XNNPACK=0)"
+    return "XNNPACK, int8 path: " + _cpu_plan(backend, num_threads)[2]
+
+
 def _create(backend: Backend, model_path, kwargs: dict):
     name = os.path.basename(str(model_path))
     try:

@@ -160,6 +160,12 @@ def _resize_rgb(x: np.ndarray, size: tuple[int, int], background) -> np.ndarray:
     return np.ascontiguousarray(np.moveaxis(resize_area(rgb, size), 1, -1))
 
 
+@functools.lru_cache(maxsize=2)
+def _gray_uint8_table(invert: bool) -> np.ndarray:
+    """float32 (256,): the model input of each uint8 gray pixel value, computed by the general steps."""
+    return _convert(np.arange(256, dtype=np.uint8).reshape(1, 16, 16), (16, 16), invert, 1, BACKGROUND).ravel()
+
+
 def to_model_input(images: np.ndarray, size: tuple[int, int], invert: bool = True, channels: int = 1,
                    background=BACKGROUND) -> np.ndarray:
     """Image arrays (N, H, W[, C]) -> float32 (N, h, w, ``channels``) in [0, 1], ink = 1 when ``invert``.
@@ -169,6 +175,16 @@ def to_model_input(images: np.ndarray, size: tuple[int, int], invert: bool = Tru
     if channels not in CHANNELS:
         raise ValueError(f"a model takes 1 (gray) or 3 (RGB) channels, not {channels}")
     x = np.asarray(images)
+    if (channels == 1 and x.dtype == np.uint8 and x.shape[1:3] == tuple(size)
+            and (x.ndim == 3 or (x.ndim == 4 and x.shape[3] == 1))):
+        # gray pixels already at the model's size: every step is per pixel, so a 256-entry table gives the
+        # same floats as the steps below (at batch 1 their ten numpy calls cost as much as quantizing)
+        return _gray_uint8_table(bool(invert))[x.reshape(x.shape[:3])][..., None]
+    return _convert(x, size, invert, channels, background)
+
+
+def _convert(x: np.ndarray, size: tuple[int, int], invert: bool, channels: int, background) -> np.ndarray:
+    """``to_model_input`` step by step: pixel scale, channels, area resize, clip, invert."""
     if x.dtype.kind == "b":
         x = x.astype(np.uint8) * np.uint8(255)
     scale = pixel_scale(x)
@@ -185,7 +201,9 @@ def to_model_input(images: np.ndarray, size: tuple[int, int], invert: bool = Tru
         elif scale != 1.0:
             x = x.astype(np.float32) * np.float32(scale)
         out = (resize_area(to_gray(x), size) if channels == 1 else _resize_rgb(x, size, background)) / 255.0
-    out = np.clip(out, 0.0, 1.0, out=out.astype(np.float32, copy=False))  # in place: one batch-sized array
+    out = out.astype(np.float32, copy=False)
+    np.maximum(out, np.float32(0.0), out=out)  # clipped in place (ufuncs: np.clip's dispatch costs more at batch 1)
+    np.minimum(out, np.float32(1.0), out=out)
     if invert:
         np.subtract(np.float32(1.0), out, out=out)
     return out[..., None] if channels == 1 else out

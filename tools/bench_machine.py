@@ -19,14 +19,71 @@ import numpy as np
 BUSY_CORES = 0.25
 
 
-def _cpu_model() -> str:
+# ISA features that change which int8/float kernels XNNPACK picks, as /proc/cpuinfo spells them (x86 "flags",
+# ARM "Features"); a speed ratio measured with one set need not hold with another.
+ISA_FEATURES = ("sse4_1", "sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",
+                "avx_vnni", "avx512_bf16", "amx_int8", "asimd", "asimdhp", "asimddp", "i8mm", "sve", "sve2", "bf16")
+# ARM CPU implementer/part codes of the cores a Raspberry Pi or Coral board uses (for a name when cpuinfo has none).
+ARM_PARTS = {("0x41", "0xd03"): "ARM Cortex-A53", ("0x41", "0xd08"): "ARM Cortex-A72",
+             ("0x41", "0xd0b"): "ARM Cortex-A76", ("0x41", "0xd05"): "ARM Cortex-A55"}
+ARM_VENDORS = {"0x41": "ARM", "0x51": "Qualcomm", "0x61": "Apple", "0x48": "HiSilicon"}
+
+
+def _cpuinfo_fields(text: str) -> dict:
+    """First value of each ``key : value`` line of /proc/cpuinfo text, keys lower-cased."""
+    fields = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if sep:
+            fields.setdefault(key.strip().lower(), value.strip())
+    return fields
+
+
+def processor(cpuinfo: str | None = None) -> dict:
+    """The processor timings were taken on: model name, vendor, architecture and its speed-relevant ISA features.
+
+    ``cpuinfo`` is /proc/cpuinfo's text (read when None); off Linux the model comes from ``platform``.
+    """
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            cpuinfo = ""
+    f = _cpuinfo_fields(cpuinfo)
+    part = ARM_PARTS.get((f.get("cpu implementer"), f.get("cpu part")))
+    model = f.get("model name") or f.get("cpu model") or part or f.get("hardware") or platform.processor()
+    vendor = f.get("vendor_id") or ARM_VENDORS.get(f.get("cpu implementer", ""), f.get("cpu implementer"))
+    flags = set((f.get("flags") or f.get("features") or "").split())
+    return {"model": model or platform.machine(), "vendor": vendor, "arch": platform.machine(),
+            "isa": [x for x in ISA_FEATURES if x in flags] if flags else None}
+
+
+def processor_text(m: dict) -> str:
+    """One phrase naming the processor and interpreter of a ``machine_info`` record, for reports and README lines."""
+    p = m.get("processor") or {"model": m.get("cpu"), "arch": m.get("machine")}
+    isa = p.get("isa")
+    text = f"{p.get('model')} ({', '.join(v for v in (p.get('vendor'), p.get('arch')) if v)}"
+    text += f"; {' '.join(isa) if isa else 'ISA features unknown'})"
+    it = m.get("interpreter_stack") or {}
+    if it.get("name"):
+        text += f", {it['name']} {it.get('version') or ''}".rstrip() + f" with {it.get('cpu_delegate')}"
+    return text
+
+
+def interpreter_stack() -> dict:
+    """The interpreter the runtime picks here and the CPU delegate it gets (``metalite.runtime.interpreter``)."""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith(("model name", "hardware", "cpu model")):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+        from metalite.runtime.interpreter import cpu_delegate, get_backend
+
+        backend = get_backend()
+        return {"name": backend.name, "version": backend.version, "why": backend.why,
+                "cpu_delegate": cpu_delegate(backend)}
+    except Exception as e:  # noqa: BLE001 - the report says why rather than failing
+        return {"name": None, "error": str(e).splitlines()[0] if str(e) else type(e).__name__}
+
+
+def _cpu_model() -> str:
+    return processor()["model"]
 
 
 def version(dist):
@@ -61,13 +118,13 @@ def blas_info() -> dict:
 
 def machine_info() -> dict:
     return {
-        "cpu": _cpu_model(), "machine": platform.machine(), "cores": os.cpu_count(),
+        "cpu": _cpu_model(), "processor": processor(), "machine": platform.machine(), "cores": os.cpu_count(),
         "cores_available": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "os": platform.platform(), "python": platform.python_version(),
         "libraries": {d: version(d) for d in ("numpy", "ai-edge-litert", "tflite-runtime", "tensorflow",
                                               "tensorflow-cpu", "tf-keras", "tensorflow-model-optimization",
                                               "matplotlib", "metalite")},
-        "interpreter": os.environ.get("METALITE_TFLITE") or "auto",
+        "interpreter": os.environ.get("METALITE_TFLITE") or "auto", "interpreter_stack": interpreter_stack(),
         "blas": blas_info(),
         "env": {k: os.environ.get(k) for k in ("OPENBLAS_CORETYPE", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
                                                "METALITE_TFLITE", "TF_ENABLE_ONEDNN_OPTS") if os.environ.get(k)},

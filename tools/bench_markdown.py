@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from .bench_headline import BACKEND, METHODS, get, headline
+from .bench_machine import processor_text
 
 VARIANT_NAMES = {"float_keras": "float Keras", "float_tflite": "float TFLite", "int8_tflite": "int8 TFLite, not pruned",
                  "pruned_float_tflite": "pruned float TFLite", "int8_pruned_tflite": "int8 TFLite, pruned"}
@@ -86,7 +87,7 @@ def machine_lines(report) -> list:
     blas = m.get("blas") or {}
     libs = blas.get("libraries")
     L = ["## machine", "",
-         f"{m.get('cpu')} ({m.get('machine')}), {m.get('cores')} cores ({m.get('cores_available')} available), "
+         f"{processor_text(m)}; {m.get('cores')} cores ({m.get('cores_available')} available), "
          f"{m.get('os')}, Python {m.get('python')}.", "",
          "Libraries: " + ", ".join(f"{k} {v}" for k, v in (m.get("libraries") or {}).items() if v) + ".", "",
          "BLAS: " + ("; ".join(f"{d.get('internal_api')} {d.get('version')} kernel {d.get('architecture')}, "

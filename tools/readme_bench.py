@@ -17,6 +17,7 @@ from pathlib import Path
 from metalite.runtime.files import atomic_write_text
 
 from .bench_headline import METHODS, get, headline
+from .bench_machine import processor_text
 from .bench_markdown import f, kib, loadavg_text
 
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
@@ -90,7 +91,7 @@ def readme_section(report, plot: str | None = "benchmarks/reference/latency.png"
     h = report.get("headline") or headline(report)
     m, load = report.get("machine", {}), get(report, "latency", "load") or {}
     others = load.get("other_processes_cores")
-    L = [f"Measured by `metalite bench` ({report.get('mode')} run) on {m.get('cpu')}, {m.get('cores')} cores, "
+    L = [f"Measured by `metalite bench` ({report.get('mode')} run) on {processor_text(m)}, {m.get('cores')} cores, "
          f"Python {m.get('python')}, load average {loadavg_text(load.get('loadavg_before'))} before timing"
          + (f" (other processes used {others:.2f} cores meanwhile)" if others is not None else "")
          + f"; regenerated from `{source}` by `python -m metalite.tools.readme_bench`.", ""]
