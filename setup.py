@@ -20,7 +20,6 @@ setup(
     # (DESIGN.md, "Layout").
     packages=["metalite.training", "metalite.export", "metalite.runtime", "metalite.runtime.sync", "metalite.tools",
               "metalite.fleet", "metalite.runtime.webui"],
-    package_data={"metalite.runtime.webui": ["page.html"]},
     package_dir={
         "metalite.training": "training",
         "metalite.export": "export",
@@ -28,7 +27,8 @@ setup(
         "metalite.tools": "tools",
         "metalite.fleet": "fleet",
     },
-    package_data={"metalite.tools": ["device_install.sh"]},  # what `metalite package` puts beside the wheel
+    # the device page, and the install script `metalite package` puts beside the wheel
+    package_data={"metalite.runtime.webui": ["page.html"], "metalite.tools": ["device_install.sh"]},
     install_requires=["numpy>=1.21", "click>=7"],
     extras_require={
         "train": [
