@@ -47,11 +47,12 @@ DATA_HELP = ("dataset: 'glyphs' (built in, no download), 'omniglot:PATH[,PATH]' 
                    "(protonet/anil; one episode per replica per step; docs/distributed.md) [default: default]")
 @click.option("--resume", is_flag=True, help="continue the run in --out from its last checkpoint")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="model directory to write")
+@click.option("--force", is_flag=True, help="replace an existing model directory at --out (removed when training starts)")
 @verbose_option
 @fail_cleanly
 def train_cmd(data, algorithm, backbone, filters, embedding_dim, head_hidden, image_size, ways, shots, queries,
               steps, lr, inner_steps, inner_lr, rotations, within_alphabet, augment, val_every, checkpoint_every,
-              seed, strategy, resume, out):
+              seed, strategy, resume, out, force):
     """Meta-train a few-shot learner episodically and write a model directory.
 
     The directory keeps its config (algorithm, data, shapes, seed, versions) so later steps need no
@@ -75,11 +76,11 @@ def train_cmd(data, algorithm, backbone, filters, embedding_dim, head_hidden, im
                 "head": {"hidden": hidden, "activation": "linear"}}
     if resume:
         settings = {"steps": steps, "strategy": strategy}
-    run_settings.check_out(out)  # bad input fails here, before TensorFlow is imported
+    run_settings.check_out(out, resume, force)  # bad input fails here, before TensorFlow is imported
     run_settings.check(run_settings.resolve(out, settings, resume))
     from metalite.training.trainer import train
 
-    cfg = train(out, settings, resume=resume, progress=console_progress())
+    cfg = train(out, settings, resume=resume, progress=console_progress(), overwrite=force)
     val = (cfg.get("metrics") or {}).get("val") or {}
     if val:
         click.echo(f"saved {out}: best validation {val['ways']}-way {val['shots']}-shot "

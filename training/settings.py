@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from metalite.runtime.files import replace_refusal
+
 from .augment import DEFAULT as DEFAULT_AUGMENT
 from .augment import Augment
 from .datasets import parse_spec
@@ -95,7 +97,13 @@ def check(s: dict) -> dict:
     return s
 
 
-def check_out(out) -> None:
-    """Refuse an ``--out`` that is a file (a model directory is a directory)."""
-    if Path(out).exists() and not Path(out).is_dir():
-        raise ModelDirError(f"{out}: exists and is not a directory")
+def check_out(out, resume: bool = False, overwrite: bool = True) -> None:
+    """Refuse an ``--out`` that is a file, a directory metalite did not write, or (unless ``overwrite``, the CLI's
+    ``--force``) an existing model directory; a resumed run continues its own directory."""
+    if resume:
+        if Path(out).exists() and not Path(out).is_dir():
+            raise ModelDirError(f"{out}: exists and is not a directory")
+        return
+    refusal = replace_refusal(out, overwrite, "config.json", "model directory")
+    if refusal:
+        raise ModelDirError(refusal + ("" if overwrite or "--force" not in refusal else " (or --resume to continue it)"))

@@ -8,6 +8,7 @@ usable at any moment) and a checkpoint every ``checkpoint_every`` steps under ``
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -199,17 +200,20 @@ class TrainingRun(Hooks):
             cleanup(self.root, self.out)
 
 
-def train(out, settings: dict, resume: bool = False, progress=None, log=None) -> dict:
+def train(out, settings: dict, resume: bool = False, progress=None, log=None, overwrite: bool = True) -> dict:
     """Meta-train per ``settings`` (keys of DEFAULTS; None values mean the default) into model directory ``out``.
 
-    ``resume``: continue the run in ``out`` (its saved settings; ``steps`` may grow). ``progress``: a
-    ``metalite.runtime.progress.Progress`` (None: silent); ``log`` overrides its news lines. Returns the
-    final config dict; Ctrl-C raises ``Interrupted`` after saving.
+    ``resume``: continue the run in ``out`` (its saved settings; ``steps`` may grow). Otherwise an existing
+    model directory at ``out`` is removed first if ``overwrite`` (the CLI's ``--force``) and refused if not.
+    ``progress``: a ``metalite.runtime.progress.Progress`` (None: silent); ``log`` overrides its news lines.
+    Returns the final config dict; Ctrl-C raises ``Interrupted`` after saving.
     """
     progress = as_progress(progress)
     log = log or progress.log
-    run_settings.check_out(out)
+    run_settings.check_out(out, resume, overwrite)
     s = run_settings.check(run_settings.resolve(out, settings, resume))
+    if not resume and (Path(out) / "config.json").exists():  # a fresh run never mixes with an old one's files
+        shutil.rmtree(out)
     run = TrainingRun(out, s, resume, log, progress)
     label = f"{s['algorithm']} {s['ways']}-way {s['shots']}-shot"
     try:
