@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 
 from .cli_runtime import DELEGATE_CHOICE, support_folders, emit_rows, prediction_rows
-from .clikit import fail_cleanly
+from .clikit import fail_cleanly, plural
 
 HOME = click.option("--home", required=True, envvar="METALITE_HOME", type=click.Path(file_okay=False, path_type=Path),
                     help="The device home (created if missing). Env: METALITE_HOME.")
@@ -82,12 +82,13 @@ def sync_cmd(server, token, pubkey, home, allow_unsigned, allow_older, max_accur
     if as_json:
         click.echo(json.dumps(asdict(r), indent=2))
     elif r.offline:
-        click.echo(f"offline: server not reachable; {r.pending} examples kept in the outbox")
+        click.echo(f"offline: server not reachable; {plural(r.pending, 'example')} kept in the outbox")
     else:
         u = r.update
         news = ("no release published" if u is None else f"v{u.running} is current" if u.status == "current"
                 else f"switched to v{u.offered}" if u.status == "switched" else f"v{u.offered} {u.status}: {u.reason}")
-        click.echo(f"uploaded {r.uploaded} examples ({r.duplicates} already there), {r.pending} waiting; {news}")
+        click.echo(f"uploaded {plural(r.uploaded, 'example')} ({r.duplicates} already there), {r.pending} waiting; "
+                   f"{news}")
     if share_classes or pull_classes or list_classes:
         _class_library(home, server, token, timeout, r.offline, share_classes, pull_classes, replace_class,
                        list_classes, delegate, as_json)
@@ -104,18 +105,20 @@ def _class_library(home, server, token, timeout, offline, shares, pulls, replace
     client, h = FleetClient(server, token, timeout), _home(home)
     for name in shares:
         got = share_class(h, client, name, replace=replace)
-        click.echo(f"shared class {name!r} ({got['images']} images)" + (" (replaced)" if got["replaced"] else ""))
+        click.echo(f"shared class {name!r} ({plural(got['images'], 'image')})"
+                   + (" (replaced)" if got["replaced"] else ""))
     for name in pulls:
         got = pull_class(h, client, name, replace=replace, delegate=delegate)
-        click.echo(f"pulled class {name!r} ({got['images']} images); {got['classes']} classes learned, state saved")
+        click.echo(f"pulled class {name!r} ({plural(got['images'], 'image')}); "
+                   f"{plural(got['classes'], 'class')} learned, state saved")
     if listing:
         rows = shared_classes(client)
         if as_json:
             click.echo(json.dumps(rows, indent=2))
         else:
-            click.echo(f"{len(rows)} shared classes" + (":" if rows else ""))
+            click.echo(f"{plural(len(rows), 'shared class', 'shared classes')}" + (":" if rows else ""))
             for c in rows:
-                click.echo(f"  {c['name']}  {c['images']} images, from {c['device']} (v{c['version']})")
+                click.echo(f"  {c['name']}  {plural(c['images'], 'image')}, from {c['device']} (v{c['version']})")
 
 
 @click.group("device")
@@ -140,7 +143,7 @@ def device_adapt_cmd(support_dir, home, add, delegate):
     else:
         clf.fit(classes)
     h.save(clf)
-    click.echo(f"v{clf.version}: {len(clf.classes)} classes learned; state saved in {h.state_path()}")
+    click.echo(f"v{clf.version}: {plural(len(clf.classes), 'class')} learned; state saved in {h.state_path()}")
 
 
 @device_group.command("predict")
@@ -171,7 +174,7 @@ def device_predict_cmd(images, home, as_json, delegate):
         for i, row in zip(good, clf.predict_proba([str(images[i]) for i in good])):
             results[i] = row
     failed = emit_rows(prediction_rows(images, results, clf.classes), as_json)
-    click.echo(f"{h.outbox().pending() - before} unsure predictions kept in the outbox "
+    click.echo(f"{plural(h.outbox().pending() - before, 'unsure prediction')} kept in the outbox "
                f"(threshold {clf.threshold})", err=True)
     if failed:
         sys.exit(1)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from .clikit import fail_cleanly
+from .clikit import fail_cleanly, plural
 
 ROOT = click.option("--root", required=True, type=click.Path(file_okay=False, path_type=Path),
                     help="The fleet's directory (database, blobs, signing key).")
@@ -110,8 +110,9 @@ def publish_cmd(bundle, root, model_dir, note):
     if fleet.signing_key()[2]:
         click.echo(f"created signing key; public key: {fleet.public_key()}", err=True)
     r = publish(fleet, bundle, model_dir=model_dir, note=note)
-    extra = f", model dir {r['model_files']} files" if model_dir else ""
-    click.echo(f"published v{r['version']}: {r['files']} files, {r['bytes'] / 1024:.0f} KiB, "
+    extra = f", model dir {plural(r['model_files'], 'file')}" if model_dir else ""
+    extra += f"; left out {', '.join(r['left_out'])} (no device runs it)" if r["left_out"] else ""
+    click.echo(f"published v{r['version']}: {plural(r['files'], 'file')}, {r['bytes'] / 1024:.0f} KiB, "
                f"manifest {r['manifest_sha256'][:12]}…{extra}")
 
 

@@ -5,7 +5,7 @@ import json
 
 import click
 
-from .clikit import console_progress, fail_cleanly, verbose_option
+from .clikit import console_progress, fail_cleanly, plural, verbose_option
 
 DATA_HELP = ("dataset: 'glyphs' (built in, no download), 'omniglot:PATH[,PATH]' (Omniglot folders or "
              "zips: alphabet/character/*.png) or 'folder:PATH' (class_name/*.png|jpg)")
@@ -171,7 +171,7 @@ def evaluate_cmd(model, protocol, data, split, ways, shots, queries, episodes, r
         with progress.task(f"{ways}-way {shots}-shot", episodes) as task:
             res = evaluate_embeddings(emb, ds, source["spec"], ways, shots, queries, episodes, seed, within_alphabet,
                                       steps=adapt_steps, progress=task.advance)
-        text = (f"{ways}-way {shots}-shot on {data} [{split}, {ds.num_classes} classes"
+        text = (f"{ways}-way {shots}-shot on {data} [{split}, {plural(ds.num_classes, 'class')}"
                 f"{', within alphabet' if within_alphabet else ''}]: {100 * res['mean']:.2f}% "
                 f"± {100 * res['ci95']:.2f} (95% CI, {episodes} episodes; {source['what']})")
     res.update({"model": str(model), "data": data, "split": split, "classes": ds.num_classes,

@@ -12,6 +12,7 @@ import sys
 import click
 
 from metalite.runtime.errors import MetaliteError
+from metalite.runtime.plural import plural  # noqa: F401  (re-exported: every command counts things)
 
 
 def fail_cleanly(fn):

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from metalite.export.tfcompat import tf
 from metalite.runtime.files import atomic_write_text
+from metalite.runtime.plural import plural
 from metalite.runtime.preprocess import settings as preprocess_settings
 from metalite.runtime.progress import as_progress
 
@@ -70,8 +71,9 @@ class TrainingRun(Hooks):
         check_episode_fits(self.train_data, s["ways"], s["shots"], s["queries"], s["within_alphabet"] >= 1)
         # Validation ways shrink to what the validation split holds (small folder datasets).
         s["val_ways"], _, self.val_queries = episode_settings(self.val_data, [s["val_ways"]], s["val_shots"])[0]
-        self.log(f"data {s['data']}: {self.train_data.num_classes} training classes "
-                 f"({len(self.train_data.images)} images), {self.val_data.num_classes} validation classes")
+        self.log(f"data {s['data']}: {plural(self.train_data.num_classes, 'training class')} "
+                 f"({plural(len(self.train_data.images), 'image')}), "
+                 f"{plural(self.val_data.num_classes, 'validation class')}")
 
     def _build(self) -> None:
         s = self.s
