@@ -16,6 +16,8 @@ import subprocess
 import threading
 from pathlib import Path
 
+from metalite.runtime.errors import MissingExtraError
+
 from . import db as dblib
 from . import keys
 from .blobs import BlobStore
@@ -67,7 +69,7 @@ class FleetRoot:
                 try:
                     self._key = keys.load_or_create(self.path)
                 except ImportError:
-                    raise FleetError("signing needs the 'cryptography' package: pip install 'metalite[serve]'") from None
+                    raise MissingExtraError("cryptography", "serve") from None
             return self._key
 
     def public_key(self) -> str | None:

@@ -1,0 +1,136 @@
+"""What a newcomer meets in the first hour (issue 27): one line for a missing extra, fleet roots kept out of
+git work trees, releases without the float backbone no device runs, counts in words."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fleetkit import Server
+
+REPO = Path(__file__).resolve().parents[1]
+GLYPHS = REPO / "models" / "glyphs"
+FLOAT_GLYPHS = REPO / "models" / "float" / "glyphs"
+
+# Runs the CLI with some packages made unimportable, as on an install without that extra.
+WITHOUT = textwrap.dedent("""
+    import sys
+    for m in sys.argv[1].split(","):
+        sys.modules[m] = None  # `import m` now raises ModuleNotFoundError, as when it is not installed
+    from metalite.tools.cli import main
+    sys.argv = ["metalite", *sys.argv[2:]]
+    main()
+""")
+
+
+def _without(modules: str, *args, cwd=None):
+    return subprocess.run([sys.executable, "-c", WITHOUT, modules, *map(str, args)], capture_output=True,
+                          text=True, timeout=300, cwd=cwd)
+
+
+@pytest.mark.parametrize("modules, args, line", [
+    ("tensorflow,tf_keras", ["train", "--data", "glyphs", "--steps", "2", "--out", "{tmp}/m"],
+     "this command needs tensorflow: pip install 'metalite[train]'"),
+    ("tensorflow,tf_keras", ["compress", FLOAT_GLYPHS, "--out", "{tmp}/c"],
+     "this command needs tensorflow: pip install 'metalite[train]'"),
+    ("tensorflow,tf_keras", ["export", FLOAT_GLYPHS, "--out", "{tmp}/b"],
+     "this command needs tensorflow: pip install 'metalite[train]'"),
+    ("tensorflow,tf_keras", ["evaluate", FLOAT_GLYPHS, "--episodes", "2"],
+     "this command needs tensorflow: pip install 'metalite[train]'"),
+    ("fastapi", ["serve", "--root", "{tmp}/root"], "this command needs fastapi: pip install 'metalite[serve]'"),
+    ("cryptography", ["fleet", "publish", GLYPHS, "--root", "{tmp}/root"],
+     "this command needs cryptography: pip install 'metalite[serve]'"),
+    ("PIL", ["adapt", GLYPHS, "{tmp}/support", "--out", "{tmp}/s.npz"],
+     "this command needs pillow: pip install 'metalite[images]'"),
+])
+def test_a_missing_extra_is_the_same_one_line_for_every_command(tmp_path, modules, args, line):
+    (tmp_path / "support" / "a").mkdir(parents=True)
+    (tmp_path / "support" / "a" / "1.png").write_bytes(b"")
+    res = _without(modules, *[str(a).replace("{tmp}", str(tmp_path)) for a in args])
+    assert res.returncode == 1, res.stderr[-2000:]
+    assert res.stderr.strip().splitlines()[-1] == f"Error: {line}", res.stderr[-2000:]
+    assert "Traceback" not in res.stderr
+
+
+def _git_init(d: Path) -> None:
+    d.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["git", "init", "-q", str(d)], check=True)
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs the git command")
+def test_no_fleet_root_is_created_where_git_add_would_commit_its_key(tmp_path):
+    from metalite.fleet import FleetRoot
+    from metalite.fleet.errors import FleetError
+    from metalite.fleet.root import exposed_in_git
+
+    repo = tmp_path / "checkout"
+    _git_init(repo)
+    for cmd in (["fleet", "enroll", "pi-1"], ["fleet", "pubkey"], ["fleet", "publish", str(GLYPHS)],
+                ["serve", "--port", "0"]):
+        res = subprocess.run([sys.executable, "-m", "metalite.tools.cli", *cmd, "--root", "fleet/"], cwd=repo,
+                             capture_output=True, text=True, timeout=120)
+        assert res.returncode == 1 and "inside the git work tree" in res.stderr, (cmd, res.stderr)
+        assert not (repo / "fleet").exists(), cmd
+    with pytest.raises(FleetError, match="e.g. ~/metalite-fleet"):
+        FleetRoot(repo / "deeper" / "fleet", create=True)
+    (repo / ".gitignore").write_text("/fleet/\n")  # ignored by git: allowed
+    assert exposed_in_git(repo / "fleet") is None and exposed_in_git(tmp_path / "elsewhere") is None
+    FleetRoot(repo / "fleet", create=True)
+    (repo / ".gitignore").unlink()  # an existing root that git would now commit: serve says so, loudly
+    assert exposed_in_git(repo / "fleet") == repo
+    server = Server(repo / "fleet", tmp_path / "serve.log").start()
+    try:
+        assert "WARNING: " in (tmp_path / "serve.log").read_text()
+    finally:
+        server.stop()
+
+
+def test_the_kit_s_gitignore_covers_what_it_writes():
+    if not (REPO / ".git").exists() or shutil.which("git") is None:
+        pytest.skip("needs a git checkout and the git command")
+    written = [".venv/bin/python", "venv/lib/x.py", "runs/proto/config.json", "state.npz", "a/signing_key.pem",
+               "a/fleet.sqlite", "a/fleet.sqlite-wal", "metalite.egg-info/PKG-INFO", ".cache/x"]
+    res = subprocess.run(["git", "-C", str(REPO), "check-ignore", "--no-index", *written], capture_output=True,
+                         text=True)
+    assert sorted(res.stdout.split()) == sorted(written)
+
+
+def test_publish_sends_devices_only_what_they_run(tmp_path):
+    from metalite.fleet import FleetRoot, publish
+    from metalite.fleet.releases import export_bundle
+    from metalite.runtime import FewShotClassifier
+    from metalite.runtime.bundle import open_bundle
+
+    original = open_bundle(GLYPHS)
+    float_file = original.manifest["backbone"]["float_file"]
+    assert float_file and float_file in original.files  # the shipped bundle carries one, for `bench`
+    fleet = FleetRoot(tmp_path / "root", create=True)
+    r = publish(fleet, GLYPHS)
+    assert r["left_out"] == [float_file]
+    sent = sum(info["bytes"] for name, info in original.files.items() if name != float_file)
+    assert abs(r["bytes"] - sent - (GLYPHS / "manifest.json").stat().st_size) < 1024  # the rest, manifest rewritten
+    released = open_bundle(export_bundle(fleet, r["version"], tmp_path / "v1"))  # verifies every checksum
+    assert released.manifest_sha256 == r["manifest_sha256"] != original.manifest_sha256
+    assert float_file not in released.files and not (tmp_path / "v1" / float_file).exists()
+    assert released.manifest["backbone"]["float_file"] is None
+    assert {k: v for k, v in released.manifest.items() if k not in ("files", "backbone")} == \
+        {k: v for k, v in original.manifest.items() if k not in ("files", "backbone")}
+    x = np.random.default_rng(0).integers(0, 255, (4, 28, 28), dtype=np.uint8)
+    np.testing.assert_array_equal(FewShotClassifier(tmp_path / "v1", delegate="cpu").embed(x),
+                                  FewShotClassifier(GLYPHS, delegate="cpu").embed(x))
+    again = publish(fleet, tmp_path / "v1")  # nothing left to leave out: the manifest is sent as it is
+    assert again["left_out"] == [] and again["manifest_sha256"] == r["manifest_sha256"]
+
+
+def test_counts_are_words():
+    from metalite.runtime.plural import plural
+
+    assert [plural(n, "class") for n in (0, 1, 2)] == ["0 classes", "1 class", "2 classes"]
+    assert plural(1, "unsure prediction") == "1 unsure prediction" and plural(3, "image") == "3 images"
