@@ -143,7 +143,8 @@ def evaluate_cmd(model, protocol, data, split, ways, shots, queries, episodes, r
     \b
     Examples:
       metalite evaluate runs/proto --ways 20 --shots 1
-      metalite evaluate models/omniglot --protocol lake --data omniglot:small1.zip,small2.zip
+      metalite evaluate models/omniglot --protocol lake \\
+          --data omniglot:DIR/images_background_small1.zip,DIR/images_background_small2.zip
     """
     from pathlib import Path
 
@@ -182,11 +183,13 @@ def evaluate_cmd(model, protocol, data, split, ways, shots, queries, episodes, r
 def default_data(model, recorded, is_bundle: bool) -> str:
     """The data to evaluate ``model`` on without --data: a model directory's own training data; for a bundle
     only the built-in glyphs (its manifest records file names, not paths: ``datasets.portable_spec``)."""
+    from metalite.training.datasets import spec_with_dirs
+
     if not recorded:
         raise click.ClickException(f"{model}: records no training data; pass --data")
     if is_bundle and recorded.strip() != "glyphs":
-        raise click.ClickException(f"{model} was trained on {recorded}; pass --data with where those files "
-                                   "are on this machine")
+        raise click.ClickException(f"{model} was trained on {recorded}; pass --data {spec_with_dirs(recorded)} "
+                                   "with where those files are on this machine")
     return recorded
 
 

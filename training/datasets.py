@@ -247,6 +247,12 @@ def portable_spec(spec: str) -> str:
     return f"{kind}:" + ",".join(Path(p).name for p in rest.split(",") if p)
 
 
+def spec_with_dirs(portable: str) -> str:
+    """``omniglot:a.zip,b.zip`` -> ``omniglot:DIR/a.zip,DIR/b.zip``: the --data to pass for a bundle's recorded data."""
+    kind, sep, rest = (portable or "").partition(":")
+    return portable if not sep else f"{kind}:" + ",".join(f"DIR/{Path(p).name}" for p in rest.split(",") if p)
+
+
 def describe_split(spec: str, split: str) -> str:
     """``"omniglot:small1.zip,small2.zip (held-out test classes)"``: which data a measurement used."""
     return f"{portable_spec(spec)} ({SPLIT_NAMES.get(split, split + ' classes')})"
