@@ -134,3 +134,83 @@ def test_counts_are_words():
 
     assert [plural(n, "class") for n in (0, 1, 2)] == ["0 classes", "1 class", "2 classes"]
     assert plural(1, "unsure prediction") == "1 unsure prediction" and plural(3, "image") == "3 images"
+
+
+def _photo_folder(root: Path, classes: int = 6, per_class: int = 6) -> Path:
+    """Colour crops of a real photograph (matplotlib's sample grace_hopper.jpg), 120 px: photo-like data."""
+    import matplotlib
+    from PIL import Image
+
+    photo = Image.open(Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg").convert("RGB")
+    w, h = photo.size
+    rng = np.random.default_rng(0)
+    for c in range(classes):
+        (root / f"c{c}").mkdir(parents=True)
+        for i in range(per_class):
+            x, y = rng.integers(0, w // 2), rng.integers(0, h // 2)
+            photo.crop((x, y, x + w // 2, y + h // 2)).resize((120, 120)).save(root / f"c{c}" / f"{i}.jpg")
+    return root
+
+
+def _ink_folder(root: Path, classes: int) -> Path:
+    """Real Omniglot drawings (the fixture's Greek characters), one folder per character."""
+    import zipfile
+
+    with zipfile.ZipFile(REPO / "tests" / "data" / "omniglot" / "mini1.zip") as z:
+        names = sorted(n for n in z.namelist() if n.endswith(".png") and "/Greek/" in n)
+        chars = sorted({n.rsplit("/", 2)[-2] for n in names})[:classes]
+        for ch in chars:
+            (root / ch).mkdir(parents=True)
+            for n in [n for n in names if f"/{ch}/" in n][:6]:
+                (root / ch / n.rsplit("/", 1)[-1]).write_bytes(z.read(n))
+    return root
+
+
+def test_folder_data_gets_the_augmentation_that_fits_it(tmp_path):
+    from metalite.training.augment import DEFAULT, NONE
+    from metalite.training.datakind import survey
+    from metalite.training.settings import resolve
+
+    photos, ink = _photo_folder(tmp_path / "photos"), _ink_folder(tmp_path / "ink", 6)
+    p, i = survey(photos), survey(ink)
+    assert (p.kind, i.kind) == ("photo", "ink") and p.colour == 1.0 and i.colour == 0.0
+    assert p.side == 120 and any("colour is dropped" in w for w in p.warnings(28))
+    assert any("lost" in w for w in p.warnings(28)) and i.warnings(28) == []  # 105 px drawings: not "much larger"
+    assert resolve("o", {"data": f"folder:{photos}"})["augment"] == NONE
+    assert resolve("o", {"data": f"folder:{ink}"})["augment"] == DEFAULT
+    assert resolve("o", {"data": f"folder:{photos}", "augment": {"shift": 1.0}})["augment"] == {"shift": 1.0}
+    assert resolve("o", {"data": "glyphs"})["augment"] == DEFAULT
+    # the CLI says what it picked and warns, then trains (TensorFlow missing here: it gets that far)
+    res = _without("tensorflow,tf_keras", "train", "--data", f"folder:{photos}", "--ways", "3", "--queries", "2",
+                   "--out", tmp_path / "m")
+    assert "photos (36 images sampled, median 120 px): training with no augmentation" in res.stderr, res.stderr
+    assert "warning: 100% of the sampled images are in colour" in res.stderr
+    assert res.stderr.strip().endswith("this command needs tensorflow: pip install 'metalite[train]'")
+
+
+@pytest.mark.parametrize("classes, args, message", [
+    (3, [], "1 validation class (of 1) with 2 images or more; 2-way validation episodes need 2"),
+    (5, ["--ways", "4"], "3 training classes (of 3) with at least 6 images (--shots 1 + --queries 5), fewer than "
+                         "4-way episodes need"),
+    (5, ["--queries", "9"], "0 training classes (of 3) with at least 10 images"),
+])
+def test_a_folder_too_small_for_its_episodes_fails_before_any_work(tmp_path, classes, args, message):
+    ink = _ink_folder(tmp_path / "ink", classes)
+    res = _without("tensorflow,tf_keras", "train", "--data", f"folder:{ink}", *args, "--out", tmp_path / "m")
+    assert res.returncode == 1 and message in res.stderr, res.stderr  # not the TensorFlow line: checked first
+    assert "4 classes at least (2 of them validate), or train/ and val/ folders" in res.stderr
+    for split in ("train", "val"):  # the train/ + val/ layout it points to works with as few classes
+        _ink_folder(tmp_path / "split" / split, 2)
+    res = _without("tensorflow,tf_keras", "train", "--data", f"folder:{tmp_path / 'split'}", "--queries", "4",
+                   "--out", tmp_path / "m")
+    assert res.stderr.strip().endswith("this command needs tensorflow: pip install 'metalite[train]'"), res.stderr
+
+
+def test_folder_counts_agree_with_the_loaded_splits(tmp_path):
+    from metalite.training.datasets import folder_counts, load_data
+
+    ink = _ink_folder(tmp_path / "ink", 9)
+    for split in ("train", "val", "test", "all"):
+        spec = f"folder:{ink}"
+        assert sorted(folder_counts(spec, split)) == sorted(load_data(spec, 28, split).counts()), split
+    assert len(folder_counts(f"folder:{ink}", "val")) == 2  # 15% of 9 rounds to 1; validation needs 2

@@ -77,7 +77,12 @@ def train_cmd(data, algorithm, backbone, filters, embedding_dim, head_hidden, im
     if resume:
         settings = {"steps": steps, "strategy": strategy}
     run_settings.check_out(out, resume, force)  # bad input fails here, before TensorFlow is imported
-    run_settings.check(run_settings.resolve(out, settings, resume))
+    s = run_settings.check(run_settings.resolve(out, settings, resume))
+    if not resume:
+        from metalite.training.datasets import check_folder_fits
+
+        check_folder_fits(s["data"], s["ways"], s["shots"], s["queries"], s["val_shots"])
+        _tell_data_kind(s["data"], s["image_size"], picked=augment is None)
     from metalite.training.trainer import train
 
     cfg = train(out, settings, resume=resume, progress=console_progress(), overwrite=force)
@@ -85,6 +90,22 @@ def train_cmd(data, algorithm, backbone, filters, embedding_dim, head_hidden, im
     if val:
         click.echo(f"saved {out}: best validation {val['ways']}-way {val['shots']}-shot "
                    f"{100 * val['mean']:.2f}% ± {100 * val['ci95']:.2f} (step {cfg['metrics']['step']})")
+
+
+def _tell_data_kind(spec, image_size, picked: bool) -> None:
+    """What a folder: dataset looks like and the augmentation picked for it; warnings for dropped colour and
+    images much larger than the input (stderr)."""
+    from metalite.training.datakind import survey
+    from metalite.training.datasets import parse_spec
+
+    kind, paths = parse_spec(spec)
+    found = survey(paths[0]) if kind == "folder" else None
+    if found is None:
+        return
+    if picked:
+        click.echo(f"data {spec}: {found.describe(image_size)}", err=True)
+    for w in found.warnings(image_size):
+        click.echo(f"warning: {w}", err=True)
 
 
 def _parse_augment(spec):
@@ -160,6 +181,10 @@ def evaluate_cmd(model, protocol, data, split, ways, shots, queries, episodes, r
         split = HELDOUT_SPLIT if portable_spec(data) == portable_spec(source["data"]) else "all"
     progress = console_progress()
     ds = load_data(data, source["size"], split, progress=progress)
+    if protocol == "episodes":  # before embedding every image: can the classes fill these episodes at all?
+        from metalite.training.episodes import check_episode_fits
+
+        check_episode_fits(ds, ways, shots, queries, within_alphabet)
     if protocol == "lake":
         res = _lake(source, ds, runs, seed, transductive, progress)
         text = (f"Lake-style 20-way 1-shot on {data} [{split}, alphabets {', '.join(res['alphabets'])}]: error "

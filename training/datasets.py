@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from metalite.runtime.files import atomic_write, cache_root
+from metalite.runtime.plural import plural
 from metalite.runtime.preprocess import resize_area
 
 from .errors import DataError
@@ -30,6 +31,7 @@ SPLIT_NAMES = {"train": "training classes", "val": "validation classes", "test":
 CACHE_VERSION = 2
 # Lake et al.'s one-shot runs take 20 characters from one alphabet: Omniglot test alphabets need as many.
 LAKE_WAYS = 20
+MIN_SPLIT_CLASSES = 2  # every split runs episodes of at least 2 classes
 
 
 @dataclass
@@ -209,7 +211,8 @@ def _split_classes(data: FewShotData, split: str, seed: int = 0, kind: str = "gl
     - omniglot: train / val (15% of the alphabets, at least one: the smallest ones, which leaves the most
       characters to train on) / test (25%, at least one, drawn among the alphabets with at least
       ``LAKE_WAYS`` characters so Lake's 20-way within-alphabet runs fit, ``metalite.training.lake``).
-    - folder: 85/15 train/val; ``test`` is the same held-out classes as ``val`` (the user brings a test set).
+    - folder: 85/15 train/val, at least 2 validation classes from 4 classes on; ``test`` is the same held-out
+      classes as ``val`` (the user brings a test set).
       A folder holding ``train/`` and ``val/`` (optionally ``test/``) folders of classes is split by them
       instead (``load_data``).
     """
@@ -221,6 +224,8 @@ def _split_classes(data: FewShotData, split: str, seed: int = 0, kind: str = "gl
     units = list(np.random.default_rng(seed).permutation(sorted(set(base))))
     n = len(units)
     n_val = max(1, int(round(0.15 * n)))
+    if kind == "folder" and n >= 2 * MIN_SPLIT_CLASSES:  # validation runs 2-way episodes: it needs 2 classes
+        n_val = max(n_val, MIN_SPLIT_CLASSES)
     n_test = {"glyphs": max(1, int(round(0.15 * n))), "omniglot": max(1, int(round(0.25 * n)))}.get(kind, 0)
     if n - n_val - n_test < 1:
         raise DataError(f"{data.spec or 'data'}: too few classes/groups ({n}) to split off held-out classes")
@@ -273,6 +278,55 @@ def representative_inputs(data: FewShotData, n: int, seed: int = 0) -> np.ndarra
 def _presplit(paths) -> bool:
     """A single folder holding ``train/`` and ``val/`` class folders: its split is given, not drawn."""
     return len(paths) == 1 and all((paths[0] / s).is_dir() for s in ("train", "val"))
+
+
+def _class_files(root: Path) -> list:
+    """[(class name, image files)] of a folder of class folders, without decoding anything."""
+    out = []
+    for d in sorted(p for p in root.iterdir() if p.is_dir()):
+        out.append((d.name, sum(1 for f in d.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)))
+    return out
+
+
+def folder_counts(spec: str, split: str) -> np.ndarray | None:
+    """Images per class in ``split`` of a ``folder:`` spec, from file names alone (None for other kinds): what
+    the split will hold, known before any image is read."""
+    kind, paths = parse_spec(spec)
+    if kind != "folder":
+        return None
+    if split != "all" and _presplit(paths):
+        sub = split if (paths[0] / split).is_dir() else "val"
+        return np.array([n for _, n in _class_files(paths[0] / sub)], int)
+    names = {}
+    for p in paths:
+        for name, n in _class_files(p):
+            names[name] = names.get(name, 0) + n
+    if not names:
+        return np.zeros(0, int)
+    counts = np.array(list(names.values()), int)
+    shell = FewShotData(np.zeros((int(counts.sum()), 1, 1), np.uint8), np.repeat(np.arange(len(counts)), counts),
+                        list(names), [""] * len(names), spec)
+    return shell.counts()[_split_classes(shell, split, 0, kind)] if counts.sum() else counts
+
+
+def check_folder_fits(spec: str, ways, shots: int, queries: int, val_shots: int = 1) -> None:
+    """DataError, before any work, when a ``folder:`` spec's training split cannot fill ``ways``-way episodes of
+    ``shots`` + ``queries`` images or its validation split not 2-way ones (``val_shots`` + 1 query)."""
+    train = folder_counts(spec, "train")
+    if train is None:
+        return
+    val = folder_counts(spec, "val")
+    layout = "a folder needs 4 classes at least (2 of them validate), or train/ and val/ folders of classes"
+    need, ways = shots + queries, max(MIN_SPLIT_CLASSES, int(ways or MIN_SPLIT_CLASSES))
+    usable = int((train >= need).sum())
+    if usable < ways:
+        raise DataError(f"{spec}: {plural(usable, 'training class')} (of {len(train)}) with at least {need} images (--shots "
+                        f"{shots} + --queries {queries}), fewer than {ways}-way episodes need; {layout}")
+    usable = int((val >= val_shots + 1).sum())
+    if usable < MIN_SPLIT_CLASSES:
+        raise DataError(f"{spec}: {plural(usable, 'validation class')} (of {len(val)}) with {val_shots + 1} images "
+                        "or more; "
+                        f"2-way validation episodes need {MIN_SPLIT_CLASSES}; {layout}")
 
 
 def parse_spec(spec: str):

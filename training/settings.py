@@ -15,6 +15,7 @@ from metalite.runtime.files import replace_refusal
 
 from .augment import DEFAULT as DEFAULT_AUGMENT
 from .augment import Augment
+from .datakind import survey
 from .datasets import parse_spec
 from .errors import DataError, ModelDirError, SettingsError, StrategyError
 
@@ -68,10 +69,20 @@ def resolve(out, settings: dict, resume: bool = False) -> dict:
         settings = {**saved, "steps": max(settings.get("steps") or 0, saved["steps"]),
                     **({"strategy": settings["strategy"]} if settings.get("strategy") else {})}
     s = {**DEFAULTS, **{k: v for k, v in settings.items() if v is not None}}
+    if not resume and settings.get("augment") is None:
+        s["augment"] = default_augment(s["data"])
     s["within_alphabet"] = float(s["within_alphabet"])  # older runs stored a bool
     if s["rotations"] is None:
         s["rotations"] = parse_spec(s["data"])[0] == "omniglot"
     return s
+
+
+def default_augment(spec: str) -> dict:
+    """The augmentation that fits the data: the measured default for drawings (glyphs, Omniglot, a folder of ink
+    on paper), none for a folder of photos (``datakind``)."""
+    kind, paths = parse_spec(spec)
+    found = survey(paths[0]) if kind == "folder" else None
+    return found.augment() if found is not None else dict(DEFAULT_AUGMENT)
 
 
 def default_ways(s: dict, train_data) -> int:
