@@ -214,3 +214,36 @@ def test_folder_counts_agree_with_the_loaded_splits(tmp_path):
         spec = f"folder:{ink}"
         assert sorted(folder_counts(spec, split)) == sorted(load_data(spec, 28, split).counts()), split
     assert len(folder_counts(f"folder:{ink}", "val")) == 2  # 15% of 9 rounds to 1; validation needs 2
+
+
+def test_bench_report_names_the_training_data_and_says_held_out_only_when_it_is():
+    from metalite.tools.bench_markdown import markdown
+
+    report = json.loads((REPO / "benchmarks" / "reference" / "report.json").read_text())
+    report["bundle"]["training"]["data"] = "omniglot:images_background_small1.zip"
+    report["accuracy"].update(data="omniglot:/d/images_background_small2.zip", heldout=False,
+                              data_name="omniglot (images_background_small2)",
+                              training_data="omniglot:images_background_small1.zip")
+    text = markdown(report)
+    assert "trained (protonet) on omniglot (images_background_small1), measured on omniglot " \
+           "(images_background_small2)" in text
+    assert "not the training data (omniglot (images_background_small1)), so not necessarily unseen" in text
+    assert "held-out `test`" not in text
+    report["accuracy"].update(heldout=True, data_name="omniglot (images_background_small1)")
+    assert "held-out `test` classes of omniglot (images_background_small1)" in markdown(report)
+
+
+def test_compression_tables_say_the_compressed_stages_trained_longer():
+    from metalite.export.inspect import _compression_lines
+    from metalite.training.compress import format_report
+
+    acc = {"5way1shot": {"mean": 0.9, "ci95": 0.01}}
+    report = {"layers": [], "totals": {"pruned_zeros": 0, "pruned_weights": 1, "pruned_sparsity": 0.5, "sparsity": 0.4},
+              "stages": {"float": acc, "pqat": {"5way1shot": {"mean": 0.95, "ci95": 0.01}}},
+              "steps": {"structured": 0, "prune": 300, "qat": 150}}
+    text = format_report(report)
+    assert "(+5.0)" in text and "every later stage had 450 more fine-tuning episodes" in text
+    assert "a gain is that extra training, not compression" in text
+    lines = "\n".join(_compression_lines({"stage": "pqat", "sparsity": 0.5, "pqat": True, "steps": report["steps"],
+                                          "stages": report["stages"]}))
+    assert "450 more fine-tuning episodes than the float model" in lines

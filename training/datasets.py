@@ -207,7 +207,7 @@ def _split_classes(data: FewShotData, split: str, seed: int = 0, kind: str = "gl
     """Deterministic class split. Grouped data (alphabets) is split by whole groups, so held-out
     alphabets are never seen in training; ungrouped data by class.
 
-    - glyphs: 70/15/15 train/val/test.
+    - glyphs: by script, 15% of them val and 15% test (16 / 4 / 4 scripts, 2,059 / 780 / 731 classes).
     - omniglot: train / val (15% of the alphabets, at least one: the smallest ones, which leaves the most
       characters to train on) / test (25%, at least one, drawn among the alphabets with at least
       ``LAKE_WAYS`` characters so Lake's 20-way within-alphabet runs fit, ``metalite.training.lake``).
