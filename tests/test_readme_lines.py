@@ -29,6 +29,8 @@ QUICK = {  # command -> options appended so it runs in seconds (the README's own
     "export": "--eval-episodes 3 --representative 20",
     "fleet update": "--steps 3 --replay 4 --prune-steps 2 --qat-steps 2 --episodes 10",
 }
+# Lines only parsed (options, types, files exist), not run: they take minutes, and another test runs them.
+PARSED_ONLY = {"metalite bench": "tests/test_bench.py runs bench --quick on the fixture (minutes)"}
 SUBSTITUTIONS = [  # (pattern, replacement) applied to each line before it runs
     (r"omniglot:images_background_small1\.zip", f"omniglot:{FIXTURE}/mini1.zip,{FIXTURE}/mini2.zip"),
     (r"omniglot:images_background_small2\.zip", f"omniglot:{FIXTURE}/mini2.zip"),
@@ -149,6 +151,30 @@ class _Run:
                     os.killpg(proc.pid, signal.SIGKILL)
 
 
+def _parse_only(cmd: str, cwd: Path) -> str:
+    """Check a line as click would before running it: the command exists, its options and their values are
+    valid, the paths it names exist (relative to ``cwd``)."""
+    import shlex
+
+    from metalite.tools.cli import main
+
+    argv = shlex.split(cmd.partition(" #")[0])[1:]
+    here = os.getcwd()
+    os.chdir(cwd)
+    try:
+        ctx = main.make_context("metalite", list(argv))
+        sub = main.get_command(ctx, argv[0])
+        assert sub is not None, cmd
+        sub.make_context(argv[0], argv[1:], parent=ctx)  # raises click's usage errors
+        if "--data" in argv:
+            from metalite.training.datasets import parse_spec
+
+            parse_spec(argv[argv.index("--data") + 1])  # the files it names exist
+    finally:
+        os.chdir(here)
+    return ""
+
+
 def test_every_readme_shell_line_runs(tmp_path):
     run = _Run(tmp_path)
     (tmp_path / "models").symlink_to(REPO / "models")
@@ -158,7 +184,9 @@ def test_every_readme_shell_line_runs(tmp_path):
         for section, line in readme_lines((REPO / "README.md").read_text()):
             cmd = run.expand(_quick(line))
             t = time.monotonic()
-            if cmd.startswith("metalite serve"):
+            if any(cmd.startswith(c) for c in PARSED_ONLY):
+                out = _parse_only(cmd, tmp_path)
+            elif cmd.startswith("metalite serve"):
                 text = run.serve(cmd)
                 if len(run.servers) > 1:  # a later serve line (scheduled updates): it starts; stop it again
                     os.killpg(run.servers[-1].pid, signal.SIGTERM)
@@ -186,10 +214,17 @@ def test_every_readme_shell_line_runs(tmp_path):
 @pytest.mark.parametrize("bad", [
     "metalite train --data omniglot:images_background_small1.zip --no-such-option --out runs/x",
     "metalite evaluate models/omniglot --protocol lake",
+    "metalite bench models/omniglot --quick --data omniglot:nowhere.zip --out runs/bench",
+    "metalite bench models/omniglot --quick --no-such-option --out runs/bench",
 ])
 def test_a_broken_line_fails(tmp_path, bad):
-    """The runner is not a rubber stamp: a line that fails as typed fails here."""
+    """The runner is not a rubber stamp: a line that fails as typed fails here (run, or parsed only)."""
     run = _Run(tmp_path)
     (tmp_path / "models").symlink_to(REPO / "models")
-    res = run.shell(run.expand(_quick(bad)), timeout=300)
+    cmd = run.expand(_quick(bad))
+    if any(cmd.startswith(c) for c in PARSED_ONLY):
+        with pytest.raises(Exception):
+            _parse_only(cmd, tmp_path)
+        return
+    res = run.shell(cmd, timeout=300)
     assert res.returncode != 0
