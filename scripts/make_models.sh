@@ -36,9 +36,12 @@ omniglot_fast() {
 glyphs() {
   metalite train --data glyphs --algorithm protonet --backbone dsconv --ways 30 --shots 1 --queries 5 \
       --augment none --within-alphabet 0 --no-rotations \
-      --steps 1200 --val-every 300 --out "$W/glyphs"
-  metalite compress "$W/glyphs" --sparsity 0.5 --out "$W/glyphs-pqat"
+      --steps 1200 --val-every 300 --out "$W/glyphs" --force
+  metalite compress "$W/glyphs" --sparsity 0.5 --out "$W/glyphs-pqat" --force
   metalite export "$W/glyphs-pqat" --out models/glyphs --edgetpu --float --force
+  # the float model ships too (without checkpoints): what `fleet publish --model` keeps for `fleet update`
+  rm -rf models/float/glyphs && mkdir -p models/float/glyphs
+  cp "$W/glyphs"/config.json "$W/glyphs"/backbone.weights.h5 "$W/glyphs"/head.npz models/float/glyphs/
 }
 
 case "${1:-all}" in

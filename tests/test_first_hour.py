@@ -247,3 +247,14 @@ def test_compression_tables_say_the_compressed_stages_trained_longer():
     lines = "\n".join(_compression_lines({"stage": "pqat", "sparsity": 0.5, "pqat": True, "steps": report["steps"],
                                           "stages": report["stages"]}))
     assert "450 more fine-tuning episodes than the float model" in lines
+
+
+def test_the_shipped_glyph_bundle_ships_the_float_model_it_was_made_from():
+    """What `fleet publish models/glyphs --model models/float/glyphs` (the README's fleet example) needs."""
+    cfg = json.loads((FLOAT_GLYPHS / "config.json").read_text())
+    manifest = json.loads((GLYPHS / "manifest.json").read_text())
+    assert cfg["format"] == "metalite-model" and cfg.get("stage", "float") == "float" and cfg["data"] == "glyphs"
+    assert {k: manifest["training"][k] for k in ("algorithm", "data", "backbone", "seed", "steps")} == \
+        {"algorithm": cfg["algorithm"], "data": cfg["data"], "backbone": cfg["backbone"], "seed": cfg["seed"],
+         "steps": cfg["train"]["steps"]}
+    assert sorted(p.name for p in FLOAT_GLYPHS.iterdir()) == ["backbone.weights.h5", "config.json", "head.npz"]
