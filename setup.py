@@ -37,12 +37,13 @@ setup(
             "matplotlib",
         ],
         "images": ["pillow"],
+        "digits": ["scikit-learn"],  # --data digits: a cross-domain check that needs no download
         "litert": ["ai-edge-litert"],
         "tflite": ["tflite-runtime", "numpy<2"],
         "serve": ["fastapi>=0.100", "uvicorn>=0.23", "cryptography>=3.4"],
         "sync": ["cryptography>=3.4"],
         "dev": ["pytest", "pytest-timeout", "ai-edge-litert", "fastapi>=0.100", "uvicorn>=0.23", "cryptography>=3.4",
-                "hypothesis"],
+                "hypothesis", "scikit-learn"],
     },
     entry_points={"console_scripts": ["metalite=metalite.tools.cli:main"]},
 )

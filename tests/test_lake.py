@@ -121,6 +121,51 @@ def test_lake_needs_drawers_and_big_alphabets():
         lake_runs(_data({"A": 19, "B": 19}))
 
 
+
+def test_lake_runs_paired_per_run_use_one_drawer_for_support_and_another_for_queries():
+    data = _data({"A": 25, "B": 20})
+    for g, s, q in lake_runs(data, runs=12, seed=1, pairing="run"):
+        assert len(set(data.drawers[s])) == 1 and len(set(data.drawers[q])) == 1  # one person each
+        assert data.drawers[s][0] != data.drawers[q][0]
+        np.testing.assert_array_equal(data.labels[s], data.labels[q])
+    # the default pairing keeps drawing the pair per character: the same runs as before the option existed
+    per_char = lake_runs(data, runs=12, seed=1)
+    assert any(len(set(data.drawers[s])) > 1 for _, s, _ in per_char)
+    with pytest.raises(DataError, match="unknown drawer pairing 'person'"):
+        lake_runs(data, pairing="person")
+
+
+def test_lake_error_reports_the_spread_over_alphabets_and_the_worst():
+    data = _data({"A": 20, "B": 20})
+    runs = lake_runs(data, runs=10)
+    res = lake_error(lambda s, y, q: np.where(y < 10, y, 0) if data.groups[data.labels[s[0]]] == "B" else y, runs)
+    assert res["alphabets"] == {"A": 0.0, "B": pytest.approx(0.5)}
+    assert res["worst_alphabet"] == "B" and res["worst_error"] == pytest.approx(0.5)
+    assert res["alphabet_mean"] == pytest.approx(0.25) and res["alphabet_sd"] == pytest.approx(np.std([0, .5], ddof=1))
+    assert res["alphabets_ci95"]["A"] == 0.0
+
+
+def test_nearest_neighbour_baseline_on_the_same_episodes():
+    from metalite.training.evaluate import evaluate_embeddings, nearest_neighbour, pixel_features
+
+    data = _data({"A": 6})
+    data.images[:] = (data.labels[:, None, None] * 40).astype(np.uint8)  # each class one flat gray level
+    feats = pixel_features(data)
+    assert feats.shape == (len(data.images), 16)
+    res = evaluate_embeddings(feats, data, None, 5, 1, 1, episodes=20, classify=nearest_neighbour)
+    assert res["mean"] == 1.0
+    np.testing.assert_array_equal(nearest_neighbour(np.eye(2), np.array([7, 9]), np.array([[0.1, 0.9]])), [9])
+
+
+def test_digits_spec_gives_framed_ink_on_paper_digits():
+    data = load_data("digits", 28, "all")
+    assert data.num_classes == 10 and data.images.shape == (1797, 28, 28) and data.images.dtype == np.uint8
+    mean = data.images.astype(float).mean(0)
+    assert mean[:4].min() == 255 and mean[-4:].min() == 255  # a paper frame around every digit
+    assert mean[10:18, 10:18].mean() < 200  # ink in the middle
+    with pytest.raises(DataError, match="unknown data spec 'digit'"):
+        load_data("digit", 28)
+
 # ---- augmentation ------------------------------------------------------------------------------------
 
 def test_warp_shifts_and_fills_with_paper():
@@ -186,10 +231,14 @@ def test_evaluate_lake_on_model_dir_and_bundle(tmp_path):
                    "--within-alphabet", "0.5", "--out", str(tmp_path / "m")])
     assert r.exit_code == 0, r.output
     assert json.loads((tmp_path / "m" / "config.json").read_text())["train"]["augment"] == {"shift": 1.0, "stroke": 0.3}
-    r = run(main, ["evaluate", str(tmp_path / "m"), "--protocol", "lake", "--runs", "20", "--json"])
+    r = run(main, ["evaluate", str(tmp_path / "m"), "--protocol", "lake", "--runs", "20", "--json", "--pixel-baseline"])
     assert r.exit_code == 0, r.output
     res = json.loads(r.output[r.output.index("{"):])
     assert res["protocol"] == "lake" and res["runs"] == 20 and 0 <= res["error"] <= 1
+    assert res["pairing"] == "character" and res["worst_alphabet"] in res["alphabets"]
+    assert res["pixel_baseline"]["runs"] == 20 and 0 <= res["pixel_baseline"]["error"] <= 1
+    r = run(main, ["evaluate", str(tmp_path / "m"), "--protocol", "lake", "--runs", "4", "--pairing", "run"])
+    assert r.exit_code == 0 and "drawers paired per run" in r.output and "worst" in r.output, r.output
     assert set(res["alphabets"]) <= {"Aleph", "Beta"} and "Keras" in res["measured"]
     r = run(main, ["export", str(tmp_path / "m"), "--out", str(tmp_path / "b"), "--eval-episodes", "0", "--quiet"])
     assert r.exit_code == 0, r.output

@@ -8,7 +8,8 @@ import click
 from .clikit import console_progress, fail_cleanly, plural, verbose_option
 
 DATA_HELP = ("dataset: 'glyphs' (built in, no download), 'omniglot:PATH[,PATH]' (Omniglot folders or "
-             "zips: alphabet/character/*.png) or 'folder:PATH' (class_name/*.png|jpg)")
+             "zips: alphabet/character/*.png), 'folder:PATH' (class_name/*.png|jpg) or 'digits' "
+             "(scikit-learn's handwritten digits, a cross-domain check; needs scikit-learn)")
 
 
 @click.command("train")
@@ -149,23 +150,31 @@ def _parse_augment(spec):
                    "[default: the head's setting]")
 @click.option("--transductive", is_flag=True,
               help="lake: refine the prototypes over each run's 20 queries (opt-in on the device too)")
+@click.option("--pairing", type=click.Choice(["character", "run"]), default="character", show_default=True,
+              help="lake: draw the support and query drawers for each character, or once per run (one person "
+                   "drew every support image, another every query, as in Lake's 20 official runs)")
+@click.option("--pixel-baseline", is_flag=True,
+              help="also score nearest neighbour on the raw input pixels on the same runs or episodes")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="print the result as JSON")
 @verbose_option
 @fail_cleanly
 def evaluate_cmd(model, protocol, data, split, ways, shots, queries, episodes, runs, within_alphabet, adapt_steps,
-                 tta, transductive, seed, as_json):
+                 tta, transductive, pairing, pixel_baseline, seed, as_json):
     """Few-shot accuracy (or Lake-style error) of MODEL with its 95% confidence interval.
 
     MODEL is a model directory (from train/compress; its Keras backbone runs in TensorFlow) or a bundle
     (from export; run by the device runtime, int8, exactly as on the device). Either way the head adapts
     the way the device does: frozen backbone, head-only adaptation on the support set.
 
+    Lake-style results give the mean error over runs with its 95% CI, each alphabet's error and the
+    worst alphabet; --pixel-baseline adds a raw-pixel nearest neighbour scored on the same runs/episodes.
+
     \b
     Examples:
       metalite evaluate runs/proto --ways 20 --shots 1
-      metalite evaluate models/omniglot --protocol lake \\
-          --data omniglot:DIR/images_background_small1.zip,DIR/images_background_small2.zip
+      metalite evaluate models/omniglot --protocol lake --data omniglot:PATH/images_background.zip
+      metalite evaluate models/omniglot --data digits --ways 10 --shots 1 --pixel-baseline
     """
     from pathlib import Path
 
@@ -186,20 +195,14 @@ def evaluate_cmd(model, protocol, data, split, ways, shots, queries, episodes, r
 
         check_episode_fits(ds, ways, shots, queries, within_alphabet)
     if protocol == "lake":
-        res = _lake(source, ds, runs, seed, transductive, progress)
-        text = (f"Lake-style 20-way 1-shot on {data} [{split}, alphabets {', '.join(res['alphabets'])}]: error "
-                f"{100 * res['error']:.2f}% ± {100 * res['ci95']:.2f} (95% CI, {runs} runs; {source['what']}"
-                f"{', transductive' if transductive else ''})")
+        res, text = _lake(source, ds, runs, seed, transductive, pairing, pixel_baseline, progress)
+        text = (f"Lake-style 20-way 1-shot on {data} [{split}, drawers paired per {pairing}]: " + text
+                + f" ({runs} runs; {source['what']}{', transductive' if transductive else ''})")
     else:
-        from metalite.training.evaluate import evaluate_embeddings
-
-        emb = source["embed_all"](ds)
-        with progress.task(f"{ways}-way {shots}-shot", episodes) as task:
-            res = evaluate_embeddings(emb, ds, source["spec"], ways, shots, queries, episodes, seed, within_alphabet,
-                                      steps=adapt_steps, progress=task.advance)
+        res, text = _episodes(source, ds, ways, shots, queries, episodes, seed, within_alphabet, adapt_steps,
+                              pixel_baseline, progress)
         text = (f"{ways}-way {shots}-shot on {data} [{split}, {plural(ds.num_classes, 'class')}"
-                f"{', within alphabet' if within_alphabet else ''}]: {100 * res['mean']:.2f}% "
-                f"± {100 * res['ci95']:.2f} (95% CI, {episodes} episodes; {source['what']})")
+                f"{', within alphabet' if within_alphabet else ''}]: {text} ({episodes} episodes; {source['what']})")
     res.update({"model": str(model), "data": data, "split": split, "classes": ds.num_classes,
                 "measured": source["what"], "tta": source["tta"], "transductive": transductive and protocol == "lake"})
     click.echo(json.dumps(res, indent=2) if as_json else text)
@@ -247,13 +250,47 @@ def _bundle_source(model, tta):
             "lake_classify": lambda ds, tr: runtime_classifier(clf, ds.images, tr)}
 
 
-def _lake(source, ds, runs, seed, transductive, progress):
+def _lake(source, ds, runs, seed, transductive, pairing, pixel_baseline, progress):
+    """(result, one-line summary) of Lake-style runs, with the raw-pixel baseline on the same runs if asked."""
+    from metalite.training.evaluate import nearest_neighbour, pixel_features
     from metalite.training.lake import lake_error, lake_runs
 
-    plan = lake_runs(ds, runs, seed=seed)
+    plan = lake_runs(ds, runs, seed=seed, pairing=pairing)
     classify = source["lake_classify"](ds, transductive)
     with progress.task("Lake runs", runs) as task:
-        return lake_error(classify, plan, progress=task.advance)
+        res = lake_error(classify, plan, progress=task.advance)
+    res["pairing"] = pairing
+    text = _lake_text(res)
+    if pixel_baseline:
+        feats = pixel_features(ds)
+        res["pixel_baseline"] = lake_error(lambda s, y, q: nearest_neighbour(feats[s], y, feats[q]), plan)
+        text += f"; raw-pixel nearest neighbour on the same runs: {_lake_text(res['pixel_baseline'])}"
+    return res, text
+
+
+def _lake_text(res) -> str:
+    per = ", ".join(f"{g} {100 * e:.1f}" for g, e in res["alphabets"].items())
+    return (f"error {100 * res['error']:.2f}% ± {100 * res['ci95']:.2f} (95% CI over runs); over "
+            f"{len(res['alphabets'])} alphabets mean {100 * res['alphabet_mean']:.2f}, sd {100 * res['alphabet_sd']:.2f}, "
+            f"worst {res['worst_alphabet']} {100 * res['worst_error']:.2f} [{per}]")
+
+
+def _episodes(source, ds, ways, shots, queries, episodes, seed, within_alphabet, adapt_steps, pixel_baseline,
+              progress):
+    """(result, one-line summary) of N-way K-shot episodes, with the raw-pixel baseline on the same episodes."""
+    from metalite.training.evaluate import evaluate_embeddings, nearest_neighbour, pixel_features
+
+    emb = source["embed_all"](ds)
+    with progress.task(f"{ways}-way {shots}-shot", episodes) as task:
+        res = evaluate_embeddings(emb, ds, source["spec"], ways, shots, queries, episodes, seed, within_alphabet,
+                                  steps=adapt_steps, progress=task.advance)
+    text = f"{100 * res['mean']:.2f}% ± {100 * res['ci95']:.2f} (95% CI)"
+    if pixel_baseline:
+        res["pixel_baseline"] = evaluate_embeddings(pixel_features(ds), ds, None, ways, shots, queries, episodes,
+                                                    seed, within_alphabet, classify=nearest_neighbour)
+        b = res["pixel_baseline"]
+        text += f"; raw-pixel nearest neighbour on the same episodes {100 * b['mean']:.2f}% ± {100 * b['ci95']:.2f}"
+    return res, text
 
 
 def register(group):

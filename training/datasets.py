@@ -1,4 +1,5 @@
-"""Few-shot datasets behind one ``--data`` spec: ``glyphs`` (built in), ``omniglot:PATH[,PATH]``, ``folder:PATH``.
+"""Few-shot datasets behind one ``--data`` spec: ``glyphs`` (built in), ``digits`` (scikit-learn's, a
+cross-domain check), ``omniglot:PATH[,PATH]``, ``folder:PATH``.
 
 ``load_data(spec, image_size, split)`` returns a ``FewShotData``: uint8 images (paper = 255, ink = 0)
 at the model's size, a class index per image, class names and a group per class (Omniglot's alphabet,
@@ -330,13 +331,13 @@ def check_folder_fits(spec: str, ways, shots: int, queries: int, val_shots: int 
 
 
 def parse_spec(spec: str):
-    """'glyphs' | 'omniglot:P1[,P2]' | 'folder:P' -> (kind, [Path, ...]); raises DataError."""
+    """'glyphs' | 'digits' | 'omniglot:P1[,P2]' | 'folder:P' -> (kind, [Path, ...]); raises DataError."""
     spec = (spec or "").strip()
-    if spec == "glyphs":
-        return "glyphs", []
+    if spec in ("glyphs", "digits"):
+        return spec, []
     kind, sep, rest = spec.partition(":")
     if not sep or kind not in ("omniglot", "folder") or not rest:
-        raise DataError(f"unknown data spec {spec!r}; use glyphs, omniglot:PATH[,PATH] or folder:PATH")
+        raise DataError(f"unknown data spec {spec!r}; use glyphs, digits, omniglot:PATH[,PATH] or folder:PATH")
     paths = [Path(p).expanduser() for p in rest.split(",") if p]
     for p in paths:
         if not p.exists():
@@ -362,6 +363,11 @@ def load_data(spec: str, image_size: int = 28, split: str = "all", rotations: bo
         c, s = imgs.shape[:2]
         data = FewShotData(imgs.reshape(c * s, image_size, image_size), np.repeat(np.arange(c), s),
                            list(names), list(groups))
+    elif kind == "digits":
+        from .digits import load_digits_images
+
+        imgs, labels, names = load_digits_images(image_size)
+        data = FewShotData(imgs, labels, names, ["digits"] * len(names))
     elif kind == "folder" and split != "all" and _presplit(paths):
         sub = split if (paths[0] / split).is_dir() else "val"  # test: the val folder unless a test folder exists
         data = _load_cached("folder", [paths[0] / sub], image_size, _folder_items)

@@ -36,17 +36,33 @@ def mean_ci95(accs) -> tuple:
     return float(a.mean()), float(1.96 * a.std(ddof=1) / math.sqrt(len(a))) if len(a) > 1 else 0.0
 
 
-def evaluate_embeddings(emb: np.ndarray, data: FewShotData, spec: HeadSpec, ways: int, shots: int,
+def pixel_features(data: FewShotData) -> np.ndarray:
+    """Raw model input (ink = 1) flattened: the features of the raw-pixel baseline."""
+    return data.inputs().reshape(len(data.images), -1)
+
+
+def nearest_neighbour(support: np.ndarray, ys: np.ndarray, query: np.ndarray) -> np.ndarray:
+    """Labels of the Euclidean-nearest support vector of each query (the raw-pixel baseline's classifier)."""
+    d = (query ** 2).sum(1)[:, None] - 2.0 * query @ support.T + (support ** 2).sum(1)[None, :]
+    return np.asarray(ys)[d.argmin(1)]
+
+
+def evaluate_embeddings(emb: np.ndarray, data: FewShotData, spec: HeadSpec | None, ways: int, shots: int,
                         queries: int = 15, episodes: int = 600, seed: int = 0, within_group: bool = False,
-                        steps: int | None = None, progress=None) -> dict:
-    """Mean accuracy and 95% CI over ``episodes`` N-way K-shot episodes, head-only adaptation."""
+                        steps: int | None = None, progress=None, classify=None) -> dict:
+    """Mean accuracy and 95% CI over ``episodes`` N-way K-shot episodes, head-only adaptation; or with
+    ``classify(support, labels, query) -> labels`` (e.g. ``nearest_neighbour``) instead of the head. The
+    same ``seed`` draws the same episodes, so a model and a baseline are compared pair by pair."""
     sampler = EpisodeSampler(data, ways, shots, queries, seed=seed, within_group=within_group)
     accs = []
     for _ in range(episodes):
         s_idx, q_idx = sampler.sample_indices()
         ys, yq = np.repeat(np.arange(ways), shots), np.repeat(np.arange(ways), queries)
-        head = adapt(spec, emb[s_idx], ys, ways, steps=steps)
-        accs.append(float((head.logits(emb[q_idx]).argmax(1) == yq).mean()))
+        if classify is not None:
+            pred = classify(emb[s_idx], ys, emb[q_idx])
+        else:
+            pred = adapt(spec, emb[s_idx], ys, ways, steps=steps).logits(emb[q_idx]).argmax(1)
+        accs.append(float((pred == yq).mean()))
         if progress is not None:
             progress(1)
     mean, ci = mean_ci95(accs)

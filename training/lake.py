@@ -2,7 +2,10 @@
 
 A run takes ``ways`` (20) characters of one alphabet. For each character one drawing is the support
 (the single training example) and a drawing *by another person* is the query; the run's error is the
-fraction of its ``ways`` queries given the wrong character. People err 4.5% on these runs.
+fraction of its ``ways`` queries given the wrong character. People err 4.5% on these runs. The two
+drawers are drawn for each character (``pairing="character"``), or once for the whole run
+(``pairing="run"``: one person drew every support image, another every query, as in Lake's 20 official
+runs).
 
 ``lake_runs`` draws the runs from a ``FewShotData`` that carries drawer ids (Omniglot's ``CCCC_DD.png``);
 ``lake_error`` scores any ``classify(support_idx, labels, query_idx) -> predicted labels`` over them, so
@@ -27,9 +30,16 @@ def lake_alphabets(data: FewShotData, ways: int = LAKE_WAYS) -> list:
     return sorted(g for g, cs in names.items() if len(cs) >= ways)
 
 
-def lake_runs(data: FewShotData, runs: int = DEFAULT_RUNS, ways: int = LAKE_WAYS, seed: int = 0) -> list:
-    """``runs`` (alphabet, support_idx, query_idx) triples; alphabets taken in turn, characters and the
-    two distinct drawers of each character at random. Raises DataError when no alphabet fits."""
+PAIRINGS = ("character", "run")
+
+
+def lake_runs(data: FewShotData, runs: int = DEFAULT_RUNS, ways: int = LAKE_WAYS, seed: int = 0,
+              pairing: str = "character") -> list:
+    """``runs`` (alphabet, support_idx, query_idx) triples; alphabets taken in turn, characters at random,
+    and two distinct drawers at random for each character or (``pairing="run"``) for the whole run, among
+    the people who drew every character of the run. Raises DataError when no alphabet fits."""
+    if pairing not in PAIRINGS:
+        raise DataError(f"unknown drawer pairing {pairing!r}; choose one of {', '.join(PAIRINGS)}")
     alphabets = lake_alphabets(data, ways)
     if not alphabets:
         raise DataError(f"{data.spec or 'data'}: no alphabet has {ways} characters drawn by at least two "
@@ -40,19 +50,34 @@ def lake_runs(data: FewShotData, runs: int = DEFAULT_RUNS, ways: int = LAKE_WAYS
     for r in range(runs):
         g = alphabets[r % len(alphabets)]
         chars = [by_alphabet[g][i] for i in rng.choice(len(by_alphabet[g]), ways, replace=False)]
+        pair = _run_drawers(data, chars, rng) if pairing == "run" else None
         s_idx, q_idx = [], []
         for c in chars:
             idx = data.indices_of(c)
             drawers = data.drawers[idx]
-            a, b = rng.choice(np.unique(drawers[drawers >= 0]), 2, replace=False)
+            a, b = pair if pair is not None else rng.choice(np.unique(drawers[drawers >= 0]), 2, replace=False)
             s_idx.append(rng.choice(idx[drawers == a]))
             q_idx.append(rng.choice(idx[drawers == b]))
         out.append((g, np.array(s_idx), np.array(q_idx)))
     return out
 
 
+def _run_drawers(data: FewShotData, chars: list, rng) -> tuple:
+    """Two distinct drawer ids who both drew every character in ``chars``."""
+    common = None
+    for c in chars:
+        d = set(int(x) for x in data.drawers[data.indices_of(c)]) - {-1}
+        common = d if common is None else common & d
+    if len(common) < 2:
+        raise DataError("pairing 'run' needs two people who drew every character of a run; "
+                        "this alphabet has fewer (use pairing 'character')")
+    a, b = rng.choice(sorted(common), 2, replace=False)
+    return int(a), int(b)
+
+
 def lake_error(classify, runs: list, progress=None) -> dict:
-    """Mean error over ``runs`` with its 95% CI, overall and per alphabet.
+    """Mean error over ``runs`` with its 95% CI, overall and per alphabet (mean and CI over that alphabet's
+    runs), and the spread over alphabets: their mean, standard deviation and the worst one.
 
     ``classify(support_idx, labels, query_idx)`` returns predicted labels (0..ways-1) of the queries.
     """
@@ -66,8 +91,14 @@ def lake_error(classify, runs: list, progress=None) -> dict:
         if progress is not None:
             progress(1)
     mean, ci = mean_ci95(errors)
+    by_alphabet = {g: round(float(np.mean(e)), 4) for g, e in sorted(per.items())}
+    means = np.array(list(by_alphabet.values()))
+    worst = max(by_alphabet, key=by_alphabet.get)
     return {"protocol": "lake", "error": mean, "ci95": ci, "runs": len(runs), "ways": len(runs[0][1]),
-            "alphabets": {g: round(float(np.mean(e)), 4) for g, e in sorted(per.items())}}
+            "alphabets": by_alphabet,
+            "alphabets_ci95": {g: round(mean_ci95(e)[1], 4) for g, e in sorted(per.items())},
+            "alphabet_mean": float(means.mean()), "alphabet_sd": float(means.std(ddof=1)) if len(means) > 1 else 0.0,
+            "worst_alphabet": worst, "worst_error": by_alphabet[worst]}
 
 
 def embedding_classifier(emb: np.ndarray, spec, steps: int | None = None, transductive: bool = False):
