@@ -318,16 +318,17 @@ def check_folder_fits(spec: str, ways, shots: int, queries: int, val_shots: int 
         return
     val = folder_counts(spec, "val")
     layout = "a folder needs 4 classes at least (2 of them validate), or train/ and val/ folders of classes"
-    need, ways = shots + queries, max(MIN_SPLIT_CLASSES, int(ways or MIN_SPLIT_CLASSES))
+    need = shots + queries
     usable = int((train >= need).sum())
-    if usable < ways:
-        raise DataError(f"{spec}: {plural(usable, 'training class')} (of {len(train)}) with at least {need} images (--shots "
-                        f"{shots} + --queries {queries}), fewer than {ways}-way episodes need; {layout}")
+    if usable < max(MIN_SPLIT_CLASSES, int(ways or 0)):
+        wanted = f"--ways {ways}" if ways else f"the {MIN_SPLIT_CLASSES} an episode needs"
+        hint = f"; {layout}" if len(train) + len(val) < 2 * MIN_SPLIT_CLASSES or usable < MIN_SPLIT_CLASSES else ""
+        raise DataError(f"{spec}: {plural(usable, 'training class')} (of {len(train)}) with at least {need} images "
+                        f"(--shots {shots} + --queries {queries}), fewer than {wanted}{hint}")
     usable = int((val >= val_shots + 1).sum())
     if usable < MIN_SPLIT_CLASSES:
         raise DataError(f"{spec}: {plural(usable, 'validation class')} (of {len(val)}) with {val_shots + 1} images "
-                        "or more; "
-                        f"2-way validation episodes need {MIN_SPLIT_CLASSES}; {layout}")
+                        f"or more; 2-way validation episodes need {MIN_SPLIT_CLASSES}; {layout}")
 
 
 def parse_spec(spec: str):
