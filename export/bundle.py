@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from metalite.runtime.files import atomic_write, atomic_write_bytes, replace_dir
+from metalite.runtime.files import atomic_write, atomic_write_bytes, replace_dir, replace_refusal
 from metalite.runtime.names import bundle_file_problem
 from metalite.runtime.preprocess import settings as preprocess_settings
 from metalite.runtime.progress import as_progress
@@ -37,11 +37,9 @@ def sha256_bytes(data: bytes) -> str:
 def _prepare(out_dir, overwrite: bool) -> Path:
     """Check the destination before any slow work: refuse an existing path unless it is a bundle and overwrite."""
     out = Path(out_dir).expanduser().absolute()
-    if out.exists():
-        if not overwrite:
-            raise ExportError(f"{out} already exists; choose another --out or pass --force to replace it")
-        if not out.is_dir() or (any(out.iterdir()) and not (out / "manifest.json").exists()):
-            raise ExportError(f"{out} exists and is not a metalite bundle; refusing to replace it")
+    refusal = replace_refusal(out, overwrite, "manifest.json", "bundle")
+    if refusal:
+        raise ExportError(refusal)
     parent = out.parent
     try:
         parent.mkdir(parents=True, exist_ok=True)

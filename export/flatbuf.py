@@ -13,6 +13,8 @@ from functools import lru_cache
 
 import numpy as np
 
+from metalite.runtime.errors import MissingExtraError
+
 from .errors import ExportError
 
 _NUMPY_TYPES = {"FLOAT32": np.float32, "FLOAT16": np.float16, "INT32": np.int32, "UINT8": np.uint8,
@@ -24,7 +26,7 @@ def schema():
     """The generated TFLite schema module (``tensorflow/lite/python/schema_py_generated.py``)."""
     spec = importlib.util.find_spec("tensorflow")  # locates the package without importing it
     if spec is None or not spec.submodule_search_locations:
-        raise ExportError("reading .tflite files needs TensorFlow installed (pip install 'metalite[train]')")
+        raise MissingExtraError("tensorflow", "train")
     path = os.path.join(list(spec.submodule_search_locations)[0], "lite", "python", "schema_py_generated.py")
     mspec = importlib.util.spec_from_file_location("_metalite_tflite_schema", path)
     mod = importlib.util.module_from_spec(mspec)

@@ -11,6 +11,8 @@ import warnings
 
 import numpy as np
 
+from metalite.runtime.nativelog import native_stderr_to_log
+
 from .errors import ExportError
 
 
@@ -90,16 +92,19 @@ def convert_float(model) -> bytes:
 
 
 def interpreter(data: bytes, batch: int | None = None):
-    """A TensorFlow ``tf.lite.Interpreter`` on ``data``, resized to ``batch`` if given, tensors allocated."""
+    """A TensorFlow ``tf.lite.Interpreter`` on ``data``, resized to ``batch`` if given, tensors allocated.
+
+    Allocating applies the XNNPACK delegate, whose "INFO: Created ..." line goes to the runtime's log
+    (``--verbose``), as on the device."""
     from .tfcompat import tf
 
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), native_stderr_to_log():
         warnings.simplefilter("ignore")  # the deprecation notice pointing at ai-edge-litert
         it = tf.lite.Interpreter(model_content=data)
-    if batch is not None:
-        d = it.get_input_details()[0]
-        it.resize_tensor_input(d["index"], [int(batch)] + list(d["shape"][1:]), strict=True)
-    it.allocate_tensors()
+        if batch is not None:
+            d = it.get_input_details()[0]
+            it.resize_tensor_input(d["index"], [int(batch)] + list(d["shape"][1:]), strict=True)
+        it.allocate_tensors()
     return it
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -68,7 +69,7 @@ def publish(root, bundle, model_dir=None, note: str = "", metrics: dict | None =
       root: the ``FleetRoot``; bundle: the bundle; model_dir: the float model directory it was built
         from, kept with the release; note: free text shown by ``fleet status``.
     Returns:
-      {"version", "manifest_sha256", "files", "bytes"}.
+      {"version", "manifest_sha256", "files", "bytes", "model_files", "left_out": names not sent to devices}.
     Raises:
       FleetError: the bundle does not verify or the model directory is not one.
     """
@@ -76,14 +77,32 @@ def publish(root, bundle, model_dir=None, note: str = "", metrics: dict | None =
         b = open_bundle(bundle)
     except BundleError as e:
         raise FleetError(f"cannot publish: {e}") from None
-    names = [MANIFEST, *sorted(b.files)]
-    files = {n: root.blobs.put_file(b.root / n) for n in names}
+    files = {MANIFEST: root.blobs.put_file(b.root / MANIFEST)}
     if files[MANIFEST][0] != b.manifest_sha256:
         raise FleetError(f"{bundle}: manifest.json changed while publishing; try again")
+    manifest, left_out = _device_manifest(b.manifest)
+    if left_out:
+        with tempfile.TemporaryDirectory(dir=root.path) as tmp:
+            (Path(tmp) / MANIFEST).write_bytes(manifest)
+            files = {MANIFEST: root.blobs.put_file(Path(tmp) / MANIFEST)}
+    files.update({n: root.blobs.put_file(b.root / n) for n in sorted(b.files) if n not in left_out})
     model = _model_files(root, model_dir) if model_dir is not None else {}
-    version = _insert(root, files, model, b.manifest_sha256, note, str(Path(bundle).resolve()), metrics)
-    return {"version": version, "manifest_sha256": b.manifest_sha256, "files": len(files),
-            "bytes": sum(s for _, s in files.values()), "model_files": len(model)}
+    version = _insert(root, files, model, files[MANIFEST][0], note, str(Path(bundle).resolve()), metrics)
+    return {"version": version, "manifest_sha256": files[MANIFEST][0], "files": len(files),
+            "bytes": sum(s for _, s in files.values()), "model_files": len(model), "left_out": sorted(left_out)}
+
+
+def _device_manifest(manifest: dict) -> tuple:
+    """(manifest bytes or None if unchanged, names left out): the bundle as devices get it, without the float
+    comparison backbone (``backbone.float_file``, for ``bench`` on a workstation; no device loads it, yet it is
+    most of the bytes)."""
+    name = (manifest.get("backbone") or {}).get("float_file")
+    if not name:
+        return None, set()
+    manifest = json.loads(json.dumps(manifest))
+    manifest["backbone"]["float_file"] = None
+    manifest["files"].pop(name, None)
+    return json.dumps(manifest, indent=2).encode("utf-8"), {name}
 
 
 def rollback(root, to_version: int, note: str | None = None) -> dict:

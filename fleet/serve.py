@@ -47,7 +47,10 @@ def serve(root_dir, host: str = "127.0.0.1", port: int = 8765, max_body: int = 4
     called once the root exists and the socket is bound (e.g. to start scheduled updates)."""
     import uvicorn
 
-    root = FleetRoot(root_dir, create=True)
+    root = FleetRoot(root_dir, create=True)  # refuses to create a root a git work tree would commit
+    if root.exposed_in is not None:
+        say(f"WARNING: {root.path} is inside the git work tree {root.exposed_in} and not ignored: `git add` would "
+            "commit the private signing key and the uploaded images; move the root out (e.g. ~/metalite-fleet)")
     _, public, created = root.signing_key()
     say(f"{'created' if created else 'using'} signing key {root.path / 'signing_key.pem'}")
     say(f"public key: {public}")

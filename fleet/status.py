@@ -5,6 +5,7 @@ import json
 import time
 
 from metalite.runtime.names import terminal_safe
+from metalite.runtime.plural import plural
 
 from . import classes, devices, examples, releases
 
@@ -55,15 +56,15 @@ def _lines(st: dict) -> list:
              + (", ".join(f"{n} {k}" for k, n in sorted(ex.items())) or "none")]
     for r in st["releases"][-5:]:
         lines.append(f"  v{r['version']}  {time.strftime('%Y-%m-%d %H:%M', time.gmtime(r['created']))}  "
-                     f"{r['files']} files {r['bytes'] / 1024:.0f} KiB  {r['note']}".rstrip())
+                     f"{plural(r['files'], 'file')} {r['bytes'] / 1024:.0f} KiB  {r['note']}".rstrip())
         if r.get("metrics") and "fleet_holdout" in r["metrics"]:
             lines.append(f"       update of v{r['metrics'].get('base')}: {gate_text(r['metrics'])}")
     if st.get("last_update"):
         u = st["last_update"]
         lines.append(f"last update: {u.get('decision')} ({u.get('reason', '')}); {gate_text(u)}")
     lib = st.get("classes") or []
-    lines.append(f"class library: {len(lib)} shared classes" + (": " + ", ".join(
-        f"{c['name']} ({c['images']} images, {c['device']})" for c in lib[:10]) if lib else "")
+    lines.append(f"class library: {plural(len(lib), 'shared class')}" + (": " + ", ".join(
+        f"{c['name']} ({plural(c['images'], 'image')}, {c['device']})" for c in lib[:10]) if lib else "")
         + (f", … ({len(lib) - 10} more)" if len(lib) > 10 else ""))
     lines.append(f"devices: {len(st['devices'])}")
     for d in st["devices"]:

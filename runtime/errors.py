@@ -38,6 +38,33 @@ class InterpreterNotFoundError(MetaliteError, ImportError):
     """No TFLite interpreter package (ai-edge-litert, tflite-runtime or tensorflow) is installed."""
 
 
+class MissingExtraError(MetaliteError, ImportError):
+    """A package of one of metalite's extras is not installed; says which and the pip line that adds it."""
+
+    def __init__(self, module: str, extra: str):
+        super().__init__(f"this command needs {module}: pip install 'metalite[{extra}]'")
+        self.module, self.extra = module, extra
+
+
+# top-level module -> (the name users know it by, the extra that installs it)
+EXTRA_OF_MODULE = {
+    "tensorflow": ("tensorflow", "train"), "tf_keras": ("tf-keras", "train"),
+    "tensorflow_model_optimization": ("tensorflow-model-optimization", "train"), "matplotlib": ("matplotlib", "train"),
+    "absl": ("tensorflow", "train"), "PIL": ("pillow", "images"), "fastapi": ("fastapi", "serve"),
+    "uvicorn": ("uvicorn", "serve"), "cryptography": ("cryptography", "serve"),
+}
+
+
+def missing_extra(exc: ImportError, extra: str | None = None) -> MissingExtraError | None:
+    """The ``MissingExtraError`` for an ImportError of a module some extra installs (``extra`` overrides which
+    extra to name), else None."""
+    top = (getattr(exc, "name", None) or "").split(".")[0]
+    if top not in EXTRA_OF_MODULE:
+        return None
+    module, default = EXTRA_OF_MODULE[top]
+    return MissingExtraError(module, extra or default)
+
+
 def one_line(exc: BaseException) -> str:
     """Return ``exc`` as ``"TypeName: first line of its message"`` (for wrapping errors from deep inside)."""
     msg = str(exc).strip().splitlines()

@@ -6,6 +6,9 @@
 - ``replace_dir(tmp, out)``: a finished directory (bundle, model directory, cache entry) renamed into
   place; an old ``out`` is set aside first and removed only after the rename, so a crash leaves the old
   directory or the new one.
+- ``replace_refusal(out, overwrite, marker, what)``: the one rule of every command that writes a directory
+  (``train``, ``compress``, ``export``): an existing one is replaced only with ``--force``, and only if it is
+  one metalite wrote (holds ``marker``) or is empty.
 - ``file_lock(path, blocking, busy)``: an exclusive flock held for a ``with`` block (device homes, fleet updates).
 - ``cache_root(kind)``: ``$METALITE_CACHE/<kind>``, else ``$XDG_CACHE_HOME/metalite/<kind>``, else
   ``~/.cache/metalite/<kind>`` (kinds: ``data``, ``glyphs``, ``bundles``, ``venvs``).
@@ -22,7 +25,7 @@ from .state import fsync_dir
 from .state import atomic_write
 
 __all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_text", "replace_dir", "cache_root", "fsync_dir",
-           "file_lock"]
+           "file_lock", "replace_refusal"]
 
 
 @contextlib.contextmanager
@@ -82,6 +85,23 @@ def replace_dir(tmp, out) -> Path:
         shutil.rmtree(old, ignore_errors=True)
     fsync_dir(out.parent)
     return out
+
+
+def replace_refusal(out, overwrite: bool, marker: str, what: str) -> str | None:
+    """Why ``out`` may not be written (one line), or None: a file, a directory that is not a metalite ``what``
+    (no ``marker`` file, not empty), or an existing ``what`` without ``overwrite`` (``--force``)."""
+    out = Path(out)
+    if not out.exists():
+        return None
+    if not out.is_dir():
+        return f"{out} exists and is not a directory"
+    if not any(out.iterdir()):
+        return None
+    if not (out / marker).exists():
+        return f"{out} exists, is not empty and is not a metalite {what}; refusing to replace it"
+    if not overwrite:
+        return f"{out} already exists; choose another --out or pass --force to replace it"
+    return None
 
 
 def cache_root(kind: str) -> Path:

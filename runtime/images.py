@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError, one_line
+from .errors import InputError, MissingExtraError, one_line
 from .preprocess import BACKGROUND, to_model_input
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm", ".pnm")
@@ -101,7 +101,7 @@ def read_image(path, min_size=None) -> np.ndarray:
       uint8 (H, W) for gray/bilevel/palette images, (H, W, 3|4) for color/alpha; uint16 (H, W) for
       16-bit gray; float32 (H, W) for floating-point images.
     Raises:
-      InputError: Pillow missing, file missing, above the pixel budget, or not decodable.
+      MissingExtraError: Pillow missing. InputError: file missing, above the pixel budget, or not decodable.
     """
     p = Path(path)
     if not p.is_file():
@@ -119,7 +119,7 @@ def _open_decode(source, name, min_size) -> np.ndarray:
     try:
         from PIL import Image
     except ImportError:
-        raise InputError("reading image files needs Pillow (pip install pillow), or pass numpy arrays") from None
+        raise MissingExtraError("pillow", "images") from None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # DecompressionBombWarning and friends: we apply our own budget
@@ -141,7 +141,7 @@ def decode_bytes(raw: bytes, where: str) -> np.ndarray:
     try:
         from PIL import Image
     except ImportError:
-        raise InputError("reading image files needs Pillow (pip install pillow)") from None
+        raise MissingExtraError("pillow", "images") from None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

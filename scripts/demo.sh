@@ -12,14 +12,14 @@ mkdir -p "$W"
 
 echo "== 1. meta-train ProtoNet on the built-in glyphs (held-out classes validate) =="
 metalite train --data glyphs --algorithm protonet --ways 20 --shots 1 --queries 5 \
-    --steps "$STEPS" --val-every 200 --out "$W/float"
+    --steps "$STEPS" --val-every 200 --out "$W/float" --force
 
 echo "== 2. evaluate on held-out test glyph classes, adapting head-only like the device =="
 metalite evaluate "$W/float" --ways 5 --shots 1 --episodes 300
 metalite evaluate "$W/float" --ways 20 --shots 1 --episodes 300
 
 echo "== 3. compress: 50% magnitude pruning + pruning-preserving QAT =="
-metalite compress "$W/float" --sparsity 0.5 --out "$W/pqat"
+metalite compress "$W/float" --sparsity 0.5 --out "$W/pqat" --force
 
 echo "== 4. export a full-int8 TFLite bundle (+ Edge TPU report) and inspect it =="
 metalite export "$W/pqat" --out "$W/bundle" --edgetpu --force

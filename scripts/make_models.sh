@@ -56,9 +56,10 @@ omniglot_fast() {
 glyphs() {
   metalite train --data glyphs --algorithm protonet --backbone dsconv --ways 30 --shots 1 --queries 5 \
       --augment none --within-alphabet 0 --no-rotations \
-      --steps 1200 --val-every 300 --out "$W/glyphs"
-  metalite compress "$W/glyphs" --sparsity 0.5 --out "$W/glyphs-pqat"
+      --steps 1200 --val-every 300 --out "$W/glyphs" --force
+  metalite compress "$W/glyphs" --sparsity 0.5 --out "$W/glyphs-pqat" --force
   metalite export "$W/glyphs-pqat" --out models/glyphs --edgetpu --float --force
+  ship_float glyphs glyphs
 }
 
 emoji() {
@@ -71,9 +72,9 @@ emoji() {
   [ -d "$E" ] || python scripts/fetch_emoji.py
   metalite train --data "emoji:$E" --image-size 32 --backbone conv4 --filters 64 --embedding-dim 64 \
       --ways 20 --shots 1 --queries 2 --steps 1000 --val-every 250 --checkpoint-every 250 \
-      --augment shift=2,rotate=10,scale=0.1,shear=0.1 --out "$W/emoji"
+      --augment shift=2,rotate=10,scale=0.1,shear=0.1 --out "$W/emoji" --force
   metalite train --resume --steps 2000 --out "$W/emoji"
-  metalite compress "$W/emoji" --sparsity 0.5 --distill --out "$W/emoji-pqat"
+  metalite compress "$W/emoji" --sparsity 0.5 --distill --out "$W/emoji-pqat" --force
   metalite export "$W/emoji-pqat" --out models/emoji --edgetpu --float --tta 8 --eval-episodes 400 --force
   python scripts/emoji_eval.py models/emoji models/omniglot --data "emoji:$E" --ways 5 20 --episodes 600
 }

@@ -24,7 +24,7 @@ for f in 0 0.25 0.5 0.75 0.5,0.5,0; do
   n=${f//,/-}
   if [ ! -f "$W/b$n/manifest.json" ]; then  # a finished bundle is kept: rerunning resumes the sweep
     metalite compress "$F" --out "$W/s$n" --structured "$f" --structured-steps "$STEPS" --sparsity 0 \
-        --qat-steps 300 --distill
+        --qat-steps 300 --distill --force
     metalite export "$W/s$n" --out "$W/b$n" --edgetpu --tta "${TTA:-8}" --force
   fi
   pareto+=(--pareto "$W/b$n")

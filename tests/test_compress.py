@@ -153,6 +153,7 @@ def test_cli_no_qat_distill_and_errors(env, pqat, tmp_path):
         (["compress", str(env["float"]), "--out", str(tmp_path / "o"), "--sparsity", "-0.1"], "[0, 1)"),
         (["compress", str(env["float"]), "--out", str(blocker / "sub")], "cannot write there"),
         (["compress", str(env["float"]), "--out", str(env["float"])], "must differ"),
+        (["compress", str(env["float"]), "--out", str(out)], "pass --force to replace it"),  # the rule of export
         (["compress", str(pqat[0]), "--out", str(tmp_path / "o")], "already compressed"),
         (["compress", str(env["float"]), "--out", str(tmp_path / "o"), "--structured", "1.5"], "[0, 1)"),
         (["compress", str(env["float"]), "--out", str(tmp_path / "o"), "--structured", "0.5,0.5",

@@ -278,5 +278,5 @@ def test_runtime_sync_imports_and_works_without_cryptography(bundles, tmp_path):
     """)
     res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
-    assert "ERROR checking signed updates needs the 'cryptography' package" in res.stdout
+    assert "ERROR this command needs cryptography: pip install 'metalite[sync]'" in res.stdout
     assert "PENDING 3" in res.stdout and "LOADED []" in res.stdout, res.stdout

@@ -316,6 +316,8 @@ def test_cli_train_evaluate_and_errors(folder, tmp_path):
         (["train", "--algorithm", "maml2", "--out", str(tmp_path / "x")], "Invalid value for '--algorithm'"),
         (["evaluate", str(tmp_path / "nomodel")], "no such model directory"),
         (["evaluate", str(folder)], "not a metalite model directory"),
+        (["train", "--data", f"folder:{folder}", "--out", str(out)], "pass --force to replace it"),  # like export
+        (["train", "--data", f"folder:{folder}", "--out", str(folder)], "not a metalite model directory"),
     ]:
         res = r.invoke(main, args)
         assert res.exit_code != 0 and msg in res.output, (args, res.output)

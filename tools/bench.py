@@ -26,7 +26,7 @@ from metalite.runtime.files import atomic_write_text
 from metalite.training.datasets import HELDOUT_SPLIT
 
 from . import bench_adapt, bench_headline, bench_markdown, bench_plots
-from .bench_accuracy import accuracy_section, load_heldout
+from .bench_accuracy import accuracy_section, is_heldout, load_heldout
 from .bench_latency_section import latency_section
 from .bench_machine import machine_info
 from .bench_memory import memory_section
@@ -49,14 +49,15 @@ def _say(msg):
 def bench_data(manifest: dict, data_spec: str | None) -> str:
     """The data to benchmark on: ``data_spec``, else the bundle's training data if it is the built-in glyphs
     (a manifest records file names only, never where they are: ``datasets.portable_spec``)."""
-    from metalite.training.datasets import DataError, parse_spec
+    from metalite.training.datasets import DataError, parse_spec, spec_with_dirs
 
     if data_spec:
         parse_spec(data_spec)
         return data_spec
     recorded = (manifest.get("training") or {}).get("data") or "glyphs"
     if recorded.strip() != "glyphs":
-        raise DataError(f"the bundle was trained on {recorded}; pass --data with where those files are on this machine")
+        raise DataError(f"the bundle was trained on {recorded}; pass --data {spec_with_dirs(recorded)} with where those "
+                        "files are on this machine")
     return recorded
 
 
@@ -115,6 +116,9 @@ def run_bench(bundle_path, out, quick: bool = False, model_dirs=(), data_spec: s
     say(f"held-out data {data_spec} ({HELDOUT_SPLIT} classes)")
     data = load_heldout(data_spec, size)
     _measure(report, bundle, data, spec, variants, cfg, threads, seed, list(pareto), out, say)
+    trained_on = (bundle.manifest.get("training") or {}).get("data")
+    if report.get("accuracy"):
+        report["accuracy"].update(training_data=trained_on, heldout=is_heldout(data_spec, trained_on))
     report["headline"] = bench_headline.headline(report)
     report["elapsed_s"] = time.perf_counter() - t_start
     atomic_write_text(out / "report.json", json.dumps(report, indent=2, default=_jsonable))

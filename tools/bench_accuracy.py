@@ -17,6 +17,22 @@ def data_name(spec: str) -> str:
     return f"{kind} ({', '.join(files)})" if files else kind
 
 
+def is_heldout(data_spec: str, training_spec: str | None) -> bool:
+    """True when ``data_spec`` is the bundle's own training data, so its ``test`` split was held out of training;
+    the test split of other data may share classes with the training data (both small Omniglot sets hold Latin)."""
+    from metalite.training.datasets import portable_spec
+
+    return bool(training_spec) and portable_spec(data_spec) == portable_spec(training_spec)
+
+
+def split_phrase(acc: dict) -> str:
+    """How a report names the classes it measured on: held-out ones only when they were."""
+    if acc.get("heldout", True):
+        return f"held-out `{acc.get('split')}` classes of {acc.get('data_name')}"
+    return (f"`{acc.get('split')}` classes of {acc.get('data_name')}, not the training data "
+            f"({data_name(acc.get('training_data') or '')}), so not necessarily unseen in training")
+
+
 def load_heldout(spec: str, size: int):
     """The held-out test classes of ``spec`` (``datasets.HELDOUT_SPLIT``), as every measurement uses."""
     from metalite.training.datasets import load_data

@@ -1,6 +1,7 @@
 """report.md of a ``metalite bench`` report: one writer per section, each returning its lines."""
 from __future__ import annotations
 
+from .bench_accuracy import data_name, split_phrase
 from .bench_headline import BACKEND, METHODS, get, headline
 from .bench_machine import processor_text
 
@@ -102,9 +103,8 @@ def machine_lines(report) -> list:
 def accuracy_lines(report, plot_files) -> list:
     acc = report.get("accuracy", {})
     L = ["## accuracy", "",
-         f"{acc.get('episodes')} episodes per setting, {acc.get('queries')} queries per class, held-out "
-         f"`{acc.get('split')}` classes of {acc.get('data_name')} ({acc.get('classes')} classes, {acc.get('images')} "
-         f"images); {acc.get('adaptation')}. Mean ± 95% CI.", ""]
+         f"{acc.get('episodes')} episodes per setting, {acc.get('queries')} queries per class, {split_phrase(acc)} "
+         f"({acc.get('classes')} classes, {acc.get('images')} images); {acc.get('adaptation')}. Mean ± 95% CI.", ""]
     keys = sorted({k for r in (acc.get("results") or {}).values() for k in r})
     if keys:
         L += ["| variant | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
@@ -227,7 +227,8 @@ def pareto_lines(report, plot_files) -> list:
     if not par.get("points"):
         return ["## pareto", "", par.get("skipped") or "not measured"]
     L = ["## pareto", "",
-         f"{par['protocol']} error through the device runtime on the held-out `{par['split']}` classes "
+         f"{par['protocol']} error through the device runtime on the "
+         f"{split_phrase({**(report.get('accuracy') or {}), 'split': par['split']})} "
          f"({par['runs']} runs, the same runs for every bundle); Δ = paired error difference to the reference "
          f"({par['reference']}). Latency: every bundle's backbone interleaved ({par['interpreter']}, 1 thread); "
          f"speed-up = median of the within-round ratios to the reference. Goal: {par['goal']}.", "",
@@ -256,7 +257,8 @@ def markdown(report, plot_files: dict | None = None) -> str:
     h = report.get("headline") or headline(report)
     m = report.get("machine", {})
     L = [f"# metalite bench ({report.get('mode')} run)", "",
-         f"Bundle `{get(report, 'bundle', 'path')}` — training {get(report, 'bundle', 'training', 'algorithm')} on "
+         f"Bundle `{get(report, 'bundle', 'path')}` — trained ({get(report, 'bundle', 'training', 'algorithm')}) on "
+         f"{data_name(get(report, 'bundle', 'training', 'data') or '') or 'unrecorded data'}, measured on "
          f"{get(report, 'accuracy', 'data_name')}. Generated {m.get('date')} in {report.get('elapsed_s', 0):.0f} s.", ""]
     sections = [headline_lines(report, h), machine_lines(report), accuracy_lines(report, plot_files),
                 size_lines(report, plot_files), latency_lines(report, plot_files), pareto_lines(report, plot_files),

@@ -37,7 +37,8 @@ def bench_cmd(bundle, out, quick, models, pareto, data, readme):
     (peak RSS of a runtime-only process). Timings on a busy machine carry a warning.
     \b
     Example:
-      metalite bench models/omniglot --data omniglot:small1.zip,small2.zip --out benchmarks/reference
+      metalite bench models/omniglot --out benchmarks/reference \\
+          --data omniglot:DIR/images_background_small1.zip,DIR/images_background_small2.zip
     """
     from pathlib import Path
 

@@ -55,11 +55,12 @@ def _fractions(ctx, param, value):
 @click.option("--lr", type=float, default=None, help="fine-tuning learning rate [default: the training lr; PQAT uses 0.3x]")
 @click.option("--episodes", type=int, default=200, show_default=True, help="evaluation episodes per setting")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--force", is_flag=True, help="replace an existing model directory at --out")
 @verbose_option
 @fail_cleanly
 def compress_cmd(model, out, sparsity, structured, structured_score, structured_scope, structured_steps,
                  structured_multiple, prune_steps, qat_steps, no_qat, distill, distill_loss, ways, shots, queries,
-                 lr, episodes, seed):
+                 lr, episodes, seed, force):
     """Prune MODEL (a float model from `metalite train`) and quantization-aware fine-tune it.
 
     \b
@@ -80,7 +81,7 @@ def compress_cmd(model, out, sparsity, structured, structured_score, structured_
                 distill_loss=distill_loss, ways=ways, shots=shots, queries=queries, lr=lr, seed=seed,
                 episodes=episodes, structured=structured, structured_score=structured_score,
                 structured_scope=structured_scope, structured_steps=structured_steps,
-                structured_multiple=structured_multiple)
+                structured_multiple=structured_multiple, overwrite=force)
     plan(model, out, **args)  # bad input fails here, before TensorFlow is imported
     report = compress(model, out, progress=console_progress(), **args)
     click.echo(format_report(report))

@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 
 from .cli_runtime import DELEGATE_CHOICE, UNKNOWN_HELP, UnknownSetting, emit_rows, prediction_rows, support_folders
-from .clikit import fail_cleanly
+from .clikit import fail_cleanly, plural
 
 HOME = click.option("--home", required=True, envvar="METALITE_HOME", type=click.Path(file_okay=False, path_type=Path),
                     help="The device home (created if missing). Env: METALITE_HOME.")
@@ -83,13 +83,14 @@ def sync_cmd(server, token, pubkey, home, allow_unsigned, allow_older, max_accur
     if as_json:
         click.echo(json.dumps(asdict(r), indent=2))
     elif r.offline:
-        click.echo(f"offline: server not reachable or busy; {r.pending} examples kept in the outbox")
+        click.echo(f"offline: server not reachable or busy; {plural(r.pending, 'example')} kept in the outbox")
     else:
         u = r.update
         news = ("no release published" if u is None else f"v{u.running} is current" if u.status == "current"
                 else f"switched to v{u.offered}" if u.status == "switched"
                 else f"{'the offer' if u.offered is None else f'v{u.offered}'} {u.status}: {u.reason}")
-        click.echo(f"uploaded {r.uploaded} examples ({r.duplicates} already there), {r.pending} waiting; {news}")
+        click.echo(f"uploaded {plural(r.uploaded, 'example')} ({r.duplicates} already there), {r.pending} waiting; "
+                   f"{news}")
     if share_classes or pull_classes or list_classes:
         _class_library(home, server, token, timeout, r.offline, share_classes, pull_classes, replace_class,
                        list_classes, delegate, as_json)
@@ -106,18 +107,20 @@ def _class_library(home, server, token, timeout, offline, shares, pulls, replace
     client, h = FleetClient(server, token, timeout), _home(home)
     for name in shares:
         got = share_class(h, client, name, replace=replace)
-        click.echo(f"shared class {name!r} ({got['images']} images)" + (" (replaced)" if got["replaced"] else ""))
+        click.echo(f"shared class {name!r} ({plural(got['images'], 'image')})"
+                   + (" (replaced)" if got["replaced"] else ""))
     for name in pulls:
         got = pull_class(h, client, name, replace=replace, delegate=delegate)
-        click.echo(f"pulled class {name!r} ({got['images']} images); {got['classes']} classes learned, state saved")
+        click.echo(f"pulled class {name!r} ({plural(got['images'], 'image')}); "
+                   f"{plural(got['classes'], 'class')} learned, state saved")
     if listing:
         rows = shared_classes(client)
         if as_json:
             click.echo(json.dumps(rows, indent=2))
         else:
-            click.echo(f"{len(rows)} shared classes" + (":" if rows else ""))
+            click.echo(f"{plural(len(rows), 'shared class', 'shared classes')}" + (":" if rows else ""))
             for c in rows:
-                click.echo(f"  {c['name']}  {c['images']} images, from {c['device']} (v{c['version']})")
+                click.echo(f"  {c['name']}  {plural(c['images'], 'image')}, from {c['device']} (v{c['version']})")
 
 
 @click.group("device")
@@ -175,7 +178,7 @@ def device_adapt_cmd(support_dir, home, add, delegate, unknown):
     else:
         clf.fit(classes)
     h.save(clf)
-    click.echo(f"v{clf.version}: {len(clf.classes)} classes learned; state saved in {h.state_path()}")
+    click.echo(f"v{clf.version}: {plural(len(clf.classes), 'class')} learned; state saved in {h.state_path()}")
     if clf.unknown is not None:
         from metalite.runtime.openset import describe
 
@@ -227,7 +230,7 @@ def device_predict_cmd(images, home, as_json, delegate, unknown):
     if h.outbox().writable:
         after = h.outbox().kinds()
         new = {k: after.get(k, 0) - before.get(k, 0) for k in KINDS}
-        click.echo(f"{new['unsure']} unsure predictions kept in the outbox (threshold {clf.threshold})"
+        click.echo(f"{plural(new['unsure'], 'unsure prediction')} kept in the outbox (threshold {clf.threshold})"
                    + ("" if clf.unknown is None else f", {new['unknown']} unknown"), err=True)
     else:
         click.echo(f"nothing recorded: the outbox cannot be written ({h.outbox().reason})", err=True)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from .clikit import fail_cleanly
+from .clikit import fail_cleanly, need, plural
 
 ROOT = click.option("--root", required=True, type=click.Path(file_okay=False, path_type=Path),
                     help="The fleet's directory (database, blobs, signing key).")
@@ -19,13 +19,6 @@ def _open(root: Path, create: bool = False):
     from metalite.fleet import FleetRoot
 
     return FleetRoot(root, create=create)
-
-
-def _need(module: str, extra: str = "serve"):
-    try:
-        __import__(module)
-    except ImportError:
-        raise click.ClickException(f"this command needs {module}: pip install 'metalite[{extra}]'") from None
 
 
 @click.command("serve")
@@ -47,7 +40,7 @@ def serve_cmd(root, host, port, max_request_bytes, header_timeout, update_every,
     import shlex
 
     for module in ("fastapi", "uvicorn", "cryptography"):
-        _need(module)
+        need(module, "serve")
     from metalite.fleet.serve import serve
 
     say = lambda m: click.echo(m, err=True)  # noqa: E731
@@ -106,15 +99,16 @@ def enroll_cmd(name, root, rotate):
 @fail_cleanly
 def publish_cmd(bundle, root, model_dir, note):
     """Verify BUNDLE, sign it and store it as the next version; devices take it at their next sync."""
-    _need("cryptography")
+    need("cryptography", "serve")
     from metalite.fleet import publish
 
     fleet = _open(root, create=True)
     if fleet.signing_key()[2]:
         click.echo(f"created signing key; public key: {fleet.public_key()}", err=True)
     r = publish(fleet, bundle, model_dir=model_dir, note=note)
-    extra = f", model dir {r['model_files']} files" if model_dir else ""
-    click.echo(f"published v{r['version']}: {r['files']} files, {r['bytes'] / 1024:.0f} KiB, "
+    extra = f", model dir {plural(r['model_files'], 'file')}" if model_dir else ""
+    extra += f"; left out {', '.join(r['left_out'])} (no device runs it)" if r["left_out"] else ""
+    click.echo(f"published v{r['version']}: {plural(r['files'], 'file')}, {r['bytes'] / 1024:.0f} KiB, "
                f"manifest {r['manifest_sha256'][:12]}…{extra}")
 
 
@@ -149,7 +143,7 @@ def update_cmd(root, model_dir, candidate, steps, strategy, replay, lr_scale, pr
     (PQAT) and exports; then compares candidate and current through the device runtime on the held-out
     fleet examples and the original validation classes. Interrupted? Run it again: it resumes.
     """
-    _need("cryptography")
+    need("cryptography", "serve")
     from metalite.fleet.status import gate_text
 
     from .fleet_update import update
@@ -172,7 +166,7 @@ def update_cmd(root, model_dir, candidate, steps, strategy, replay, lr_scale, pr
 @fail_cleanly
 def rollback_cmd(root, to_version):
     """Publish the files of an earlier version again, as the next version (devices only move forward)."""
-    _need("cryptography")
+    need("cryptography", "serve")
     from metalite.fleet import rollback
 
     r = rollback(_open(root), to_version)
@@ -208,7 +202,7 @@ def revoke_cmd(name, root):
 @fail_cleanly
 def pubkey_cmd(root):
     """Print the fleet's public key (what devices get as --pubkey); creates the key if needed."""
-    _need("cryptography")
+    need("cryptography", "serve")
     click.echo(_open(root, create=True).signing_key()[1])
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from .clikit import fail_cleanly, verbose_option
+from .clikit import fail_cleanly, plural, verbose_option
 
 DELEGATE_CHOICE = click.Choice(["auto", "cpu", "edgetpu"])
 
@@ -92,7 +92,7 @@ def adapt_cmd(bundle, support_dir, out, threads, delegate, unknown):
         out.parent.mkdir(parents=True, exist_ok=True)
     clf.save(out)
     n = sum(len(v) for v in classes.values())
-    click.echo(f"adapted {len(classes)} classes from {n} images in {dt:.2f} s on {clf.device} "
+    click.echo(f"adapted {plural(len(classes), 'class')} from {plural(n, 'image')} in {dt:.2f} s on {clf.device} "
                f"({clf.backend}, delegate {clf.acceleration.delegate}); state written to {out}")
     if clf.unknown is not None:
         from metalite.runtime.openset import describe

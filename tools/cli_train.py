@@ -5,7 +5,7 @@ import json
 
 import click
 
-from .clikit import console_progress, fail_cleanly, verbose_option
+from .clikit import console_progress, fail_cleanly, plural, verbose_option
 
 DATA_HELP = ("dataset: 'glyphs' (built in, no download), 'omniglot:PATH[,PATH]' (Omniglot folders or "
              "zips: alphabet/character/*.png), 'folder:PATH' (class_name/*.png|jpg; colour if the images have "
@@ -55,11 +55,12 @@ DATA_HELP = ("dataset: 'glyphs' (built in, no download), 'omniglot:PATH[,PATH]' 
                    "(protonet/anil; one episode per replica per step; docs/distributed.md) [default: default]")
 @click.option("--resume", is_flag=True, help="continue the run in --out from its last checkpoint")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="model directory to write")
+@click.option("--force", is_flag=True, help="replace an existing model directory at --out (removed when training starts)")
 @verbose_option
 @fail_cleanly
 def train_cmd(data, algorithm, backbone, filters, embedding_dim, head_hidden, image_size, ways, shots, queries,
               steps, lr, inner_steps, inner_lr, rotations, within_alphabet, augment, channels, val_every,
-              checkpoint_every, seed, split_seed, strategy, resume, out):
+              checkpoint_every, seed, split_seed, strategy, resume, out, force):
     """Meta-train a few-shot learner episodically and write a model directory.
 
     The directory keeps its config (algorithm, data, shapes, seed, versions) so later steps need no
@@ -84,15 +85,36 @@ def train_cmd(data, algorithm, backbone, filters, embedding_dim, head_hidden, im
                 "head": {"hidden": hidden, "activation": "linear"}}
     if resume:
         settings = {"steps": steps, "strategy": strategy}
-    run_settings.check_out(out)  # bad input fails here, before TensorFlow is imported
-    run_settings.check(run_settings.resolve(out, settings, resume))
+    run_settings.check_out(out, resume, force)  # bad input fails here, before TensorFlow is imported
+    s = run_settings.check(run_settings.resolve(out, settings, resume))
+    if not resume:
+        from metalite.training.datasets import check_folder_fits
+
+        check_folder_fits(s["data"], s["ways"], s["shots"], s["queries"], s["val_shots"])
+        _tell_data_kind(s["data"], s["image_size"], picked=augment is None, channels=s.get("channels"))
     from metalite.training.trainer import train
 
-    cfg = train(out, settings, resume=resume, progress=console_progress())
+    cfg = train(out, settings, resume=resume, progress=console_progress(), overwrite=force)
     val = (cfg.get("metrics") or {}).get("val") or {}
     if val:
         click.echo(f"saved {out}: best validation {val['ways']}-way {val['shots']}-shot "
                    f"{100 * val['mean']:.2f}% ± {100 * val['ci95']:.2f} (step {cfg['metrics']['step']})")
+
+
+def _tell_data_kind(spec, image_size, picked: bool, channels=None) -> None:
+    """What a folder: dataset looks like and the augmentation picked for it; warnings for dropped colour and
+    images much larger than the input (stderr)."""
+    from metalite.training.datakind import survey
+    from metalite.training.datasets import parse_spec
+
+    kind, paths = parse_spec(spec)
+    found = survey(paths[0]) if kind == "folder" else None
+    if found is None:
+        return
+    if picked:
+        click.echo(f"data {spec}: {found.describe(image_size)}", err=True)
+    for w in found.warnings(image_size, channels):
+        click.echo(f"warning: {w}", err=True)
 
 
 def _parse_augment(spec):
@@ -190,6 +212,10 @@ def evaluate_cmd(model, protocol, data, split, ways, shots, queries, episodes, r
                    channels=source["channels"])
     if skip_groups:
         ds = _skip_groups(ds, skip_groups)
+    if protocol == "episodes" and not open_set:  # before embedding every image: can the classes fill them at all?
+        from metalite.training.episodes import check_episode_fits
+
+        check_episode_fits(ds, ways, shots, queries, within_alphabet)
     if protocol == "lake":
         res, text = _lake(source, ds, runs, seed, transductive, pairing, pixel_baseline, progress)
         text = (f"Lake-style 20-way 1-shot on {data} [{split}, drawers paired per {pairing}]: " + text
@@ -206,7 +232,7 @@ def evaluate_cmd(model, protocol, data, split, ways, shots, queries, episodes, r
     else:
         res, text = _episodes(source, ds, ways, shots, queries, episodes, seed, within_alphabet, adapt_steps,
                               pixel_baseline, progress)
-        text = (f"{ways}-way {shots}-shot on {data} [{split}, {ds.num_classes} classes"
+        text = (f"{ways}-way {shots}-shot on {data} [{split}, {plural(ds.num_classes, 'class')}"
                 f"{', within alphabet' if within_alphabet else ''}]: {text} ({episodes} episodes; {source['what']})")
     if skip_groups:
         res["skipped_alphabets"] = list(skip_groups)
@@ -247,11 +273,13 @@ def _open_set_text(res: dict, where: str, what: str) -> str:
 def default_data(model, recorded, is_bundle: bool) -> str:
     """The data to evaluate ``model`` on without --data: a model directory's own training data; for a bundle
     only the built-in glyphs (its manifest records file names, not paths: ``datasets.portable_spec``)."""
+    from metalite.training.datasets import spec_with_dirs
+
     if not recorded:
         raise click.ClickException(f"{model}: records no training data; pass --data")
     if is_bundle and recorded.strip() != "glyphs":
-        raise click.ClickException(f"{model} was trained on {recorded}; pass --data with where those files "
-                                   "are on this machine")
+        raise click.ClickException(f"{model} was trained on {recorded}; pass --data {spec_with_dirs(recorded)} "
+                                   "with where those files are on this machine")
     return recorded
 
 

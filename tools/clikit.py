@@ -11,11 +11,13 @@ import sys
 
 import click
 
-from metalite.runtime.errors import MetaliteError
+from metalite.runtime.errors import EXTRA_OF_MODULE, MetaliteError, MissingExtraError, missing_extra
+from metalite.runtime.plural import plural  # noqa: F401  (re-exported: every command counts things)
 
 
 def fail_cleanly(fn):
-    """Show metalite's deliberate errors (every ``MetaliteError``) and file-system errors as one line, no traceback.
+    """Show metalite's deliberate errors (every ``MetaliteError``), file-system errors and a missing extra's
+    package (``this command needs X: pip install 'metalite[Y]'``) as one line, no traceback.
 
     The exit code is 1, or the error's own ``exit_code`` (130 for a training run stopped by Ctrl-C).
     """
@@ -29,7 +31,20 @@ def fail_cleanly(fn):
             raise err from None
         except OSError as e:
             raise click.ClickException(f"{e.filename or ''}: {e.strerror or e}".lstrip(": ")) from None
+        except ImportError as e:
+            needed = missing_extra(e)
+            if needed is None:
+                raise
+            raise click.ClickException(str(needed)) from None
     return wrapper
+
+
+def need(module: str, extra: str) -> None:
+    """Fail now, in one line, unless ``module`` (of metalite's extra ``extra``) can be imported."""
+    try:
+        __import__(module)
+    except ImportError:
+        raise click.ClickException(str(MissingExtraError(EXTRA_OF_MODULE.get(module, (module,))[0], extra))) from None
 
 
 def _runtime_log(verbose: bool) -> None:

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from metalite.runtime.plural import plural
+
 from .progress import ConsoleProgress
 
 LABELLED = ("correction", "support")
@@ -108,7 +110,8 @@ def _fine_tune(work: Path, cfg: dict, steps: int, strategy, lr_scale: float, say
         "strategy": strategy, "init": str(work / "base"),
     }
     resume = (work / "float" / "checkpoints" / "run.json").is_file()
-    say(("resuming" if resume else "starting") + f" fine-tuning: {steps} steps on {data.num_classes} classes")
+    say(("resuming" if resume else "starting")
+        + f" fine-tuning: {plural(steps, 'step')} on {plural(data.num_classes, 'class')}")
     train(work / "float", settings, resume=resume, progress=ConsoleProgress(), log=say)
 
 

@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from metalite.runtime.files import atomic_write_text
+from metalite.runtime.files import atomic_write_text, replace_refusal
 from metalite.runtime.progress import as_progress
 
 from .datasets import HELDOUT_SPLIT, describe_split, portable_spec, representative_inputs
@@ -51,13 +51,12 @@ def check_sparsity(sparsity) -> float:
     return s
 
 
-def _check_out(out: Path, model_dir: Path) -> None:
+def _check_out(out: Path, model_dir: Path, overwrite: bool) -> None:
     if out.resolve() == model_dir.resolve():
         raise CompressError(f"{out}: --out must differ from the input model directory")
-    if out.exists() and not out.is_dir():
-        raise CompressError(f"{out}: exists and is not a directory")
-    if out.exists() and any(out.iterdir()) and not (out / "config.json").exists():
-        raise CompressError(f"{out}: exists, is not empty and is not a metalite model directory; not replacing it")
+    refusal = replace_refusal(out, overwrite, "config.json", "model directory")
+    if refusal:
+        raise CompressError(refusal)
     parent = out.parent if out.parent != Path("") else Path(".")
     try:
         parent.mkdir(parents=True, exist_ok=True)
@@ -108,7 +107,7 @@ def _removes_filters(fraction) -> bool:
 def plan(model_dir, out, sparsity=0.5, prune_steps=None, qat_steps=None, qat=True, distill=False,
          distill_loss="mse", ways=None, shots=None, queries=None, lr=None, seed=0, episodes=200,
          eval_ways=(5, 20), structured=0.0, structured_score="l1", structured_scope="layer", structured_steps=None,
-         structured_multiple=16) -> Plan:
+         structured_multiple=16, overwrite=True) -> Plan:
     """Check the arguments and the input model; CompressError/ModelDirError naming the problem."""
     sparsity = check_sparsity(sparsity)
     thin = _check_structured(structured, structured_score, structured_scope, structured_steps, structured_multiple)
@@ -118,7 +117,7 @@ def plan(model_dir, out, sparsity=0.5, prune_steps=None, qat_steps=None, qat=Tru
     cfg = read_config(model_dir)
     if cfg.get("stage", "float") != "float":
         raise CompressError(f"{model_dir}: already compressed (stage {cfg.get('stage')!r}); compress the float model")
-    _check_out(out, model_dir)
+    _check_out(out, model_dir, overwrite)
     prune_steps = DEFAULTS["prune_steps"] if prune_steps is None else int(prune_steps)
     qat_steps = DEFAULTS["qat_steps"] if qat_steps is None else int(qat_steps)
     if prune_steps < 1 or qat_steps < 0:
@@ -268,6 +267,8 @@ def _report(p: Plan, layers, tflite, stages: _Stages, fits: dict, lr: float, sec
                      "episodes": p.episodes, "settings": [list(s) for s in stages.settings], "seed": EVAL_SEED},
             "finetune": {"algorithm": p.cfg["algorithm"], "ways": p.ways, "shots": p.shots, "queries": p.queries,
                          "lr": lr, **fits, "seed": p.seed},
+            "steps": {"structured": p.structured_steps if p.thinning else 0,
+                      "prune": p.prune_steps if p.sparsity else 0, "qat": p.qat_steps if p.qat else 0},
             "seconds": round(seconds, 1)}
 
 
@@ -280,8 +281,7 @@ def _config(p: Plan, report: dict) -> dict:
         cfg["backbone"] = {**cfg["backbone"], "widths": report["structured"]["widths"]}
     cfg["compression"] = {"sparsity": p.sparsity, "pqat": p.qat, "distill": p.distill,
                           "structured": report.get("structured"),
-                          "steps": {"structured": p.structured_steps if p.thinning else 0,
-                                    "prune": p.prune_steps if p.sparsity else 0, "qat": p.qat_steps if p.qat else 0},
+                          "steps": report["steps"],
                           "finetune": {k: report["finetune"][k] for k in ("ways", "shots", "queries", "lr", "seed")},
                           "kernel_sparsity": report["totals"]["pruned_sparsity"], "stages": stages,
                           "source": p.model_dir.name}
@@ -297,16 +297,16 @@ def _config(p: Plan, report: dict) -> dict:
 def compress(model_dir, out, sparsity=0.5, prune_steps=None, qat_steps=None, qat=True, distill=False,
              distill_loss="mse", ways=None, shots=None, queries=None, lr=None, seed=0, episodes=200,
              eval_ways=(5, 20), int8_check=True, progress=None, log=None, structured=0.0, structured_score="l1",
-             structured_scope="layer", structured_steps=None, structured_multiple=16) -> dict:
+             structured_scope="layer", structured_steps=None, structured_multiple=16, overwrite=True) -> dict:
     """Thin (``structured``), prune (``sparsity``) and PQAT the float model in ``model_dir``; write the
-    compressed model directory ``out``.
+    compressed model directory ``out`` (an existing one is replaced only if ``overwrite``: the CLI's ``--force``).
 
     ``progress``: a ``metalite.runtime.progress.Progress`` (None: silent); ``log`` overrides its news lines.
     Returns the report (also saved as ``out/compression_report.json``)."""
     t0 = time.time()
     p = plan(model_dir, out, sparsity, prune_steps, qat_steps, qat, distill, distill_loss, ways, shots, queries,
              lr, seed, episodes, eval_ways, structured, structured_score, structured_scope, structured_steps,
-             structured_multiple)
+             structured_multiple, overwrite)
     progress = as_progress(progress)
     log = log or progress.log
     from metalite.export.tfcompat import tf
@@ -384,4 +384,16 @@ def format_report(report: dict) -> str:
             d = f" ({100 * (a['mean'] - base[k]['mean']):+.1f})" if stage != "float" and k in base else ""
             cells.append(f"{100 * a['mean']:>8.2f}±{100 * a['ci95']:.2f}{d:>7}")
         lines.append(f"  {stage:<14}" + "".join(cells))
+    extra = extra_steps(report)
+    if extra:
+        lines.append(f"  (+x): change from the float model as trained; every later stage had {extra} more fine-tuning "
+                     "episodes than it,")
+        lines.append("  so a gain is that extra training, not compression. float_int8 (the float model converted as "
+                     "it is) shows what int8 alone costs.")
     return "\n".join(lines)
+
+
+def extra_steps(compression: dict) -> int:
+    """Fine-tuning episodes a compressed model had beyond its float model's training (structured + prune + QAT),
+    from a compression report or a model's ``compression`` section."""
+    return sum(int(v or 0) for v in (compression.get("steps") or {}).values())

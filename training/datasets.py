@@ -25,6 +25,7 @@ import numpy as np
 from metalite.runtime.errors import InputError
 from metalite.runtime.files import atomic_write, cache_root
 from metalite.runtime.images import decode_bytes
+from metalite.runtime.plural import plural
 from metalite.runtime.preprocess import resize_area, to_gray, to_rgb
 
 from .errors import DataError
@@ -42,6 +43,7 @@ LAKE_WAYS = 20
 # emoji: categories never trained on (the held-out test concepts), and the least concepts a val category needs
 EMOJI_TEST_GROUPS = ("Animals & Nature", "Food & Drink")
 EMOJI_MIN_VAL_CONCEPTS = LAKE_WAYS
+MIN_SPLIT_CLASSES = 2  # every split runs episodes of at least 2 classes
 
 
 @dataclass
@@ -247,11 +249,12 @@ def _split_classes(data: FewShotData, split: str, seed: int = 0, kind: str = "gl
     """Deterministic class split. Grouped data (alphabets) is split by whole groups, so held-out
     alphabets are never seen in training; ungrouped data by class.
 
-    - glyphs: 70/15/15 train/val/test.
+    - glyphs: by script, 15% of them val and 15% test (16 / 4 / 4 scripts, 2,059 / 780 / 731 classes).
     - omniglot: train / val (15% of the alphabets, at least one: the smallest ones, which leaves the most
       characters to train on) / test (25%, at least one, drawn among the alphabets with at least
       ``LAKE_WAYS`` characters so Lake's 20-way within-alphabet runs fit, ``metalite.training.lake``).
-    - folder: 85/15 train/val; ``test`` is the same held-out classes as ``val`` (the user brings a test set).
+    - folder: 85/15 train/val, at least 2 validation classes from 4 classes on; ``test`` is the same held-out
+      classes as ``val`` (the user brings a test set).
       A folder holding ``train/`` and ``val/`` (optionally ``test/``) folders of classes is split by them
       instead (``load_data``).
     - emoji: by category, fixed rather than drawn (``emoji_split``).
@@ -267,6 +270,8 @@ def _split_classes(data: FewShotData, split: str, seed: int = 0, kind: str = "gl
     units = list(np.random.default_rng(seed).permutation(sorted(set(base))))
     n = len(units)
     n_val = max(1, int(round(0.15 * n)))
+    if kind == "folder" and n >= 2 * MIN_SPLIT_CLASSES:  # validation runs 2-way episodes: it needs 2 classes
+        n_val = max(n_val, MIN_SPLIT_CLASSES)
     n_test = {"glyphs": max(1, int(round(0.15 * n))), "omniglot": max(1, int(round(0.25 * n)))}.get(kind, 0)
     if n - n_val - n_test < 1:
         raise DataError(f"{data.spec or 'data'}: too few classes/groups ({n}) to split off held-out classes")
@@ -310,6 +315,12 @@ def portable_spec(spec: str) -> str:
     return f"{kind}:" + ",".join(Path(p).name for p in rest.split(",") if p)
 
 
+def spec_with_dirs(portable: str) -> str:
+    """``omniglot:a.zip,b.zip`` -> ``omniglot:DIR/a.zip,DIR/b.zip``: the --data to pass for a bundle's recorded data."""
+    kind, sep, rest = (portable or "").partition(":")
+    return portable if not sep else f"{kind}:" + ",".join(f"DIR/{Path(p).name}" for p in rest.split(",") if p)
+
+
 def describe_split(spec: str, split: str) -> str:
     """``"omniglot:small1.zip,small2.zip (held-out test classes)"``: which data a measurement used."""
     return f"{portable_spec(spec)} ({SPLIT_NAMES.get(split, split + ' classes')})"
@@ -330,6 +341,56 @@ def representative_inputs(data: FewShotData, n: int, seed: int = 0) -> np.ndarra
 def _presplit(paths) -> bool:
     """A single folder holding ``train/`` and ``val/`` class folders: its split is given, not drawn."""
     return len(paths) == 1 and all((paths[0] / s).is_dir() for s in ("train", "val"))
+
+
+def _class_files(root: Path) -> list:
+    """[(class name, image files)] of a folder of class folders, without decoding anything."""
+    out = []
+    for d in sorted(p for p in root.iterdir() if p.is_dir()):
+        out.append((d.name, sum(1 for f in d.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)))
+    return out
+
+
+def folder_counts(spec: str, split: str) -> np.ndarray | None:
+    """Images per class in ``split`` of a ``folder:`` spec, from file names alone (None for other kinds): what
+    the split will hold, known before any image is read."""
+    kind, paths = parse_spec(spec)
+    if kind != "folder":
+        return None
+    if split != "all" and _presplit(paths):
+        sub = split if (paths[0] / split).is_dir() else "val"
+        return np.array([n for _, n in _class_files(paths[0] / sub)], int)
+    names = {}
+    for p in paths:
+        for name, n in _class_files(p):
+            names[name] = names.get(name, 0) + n
+    if not names:
+        return np.zeros(0, int)
+    counts = np.array(list(names.values()), int)
+    shell = FewShotData(np.zeros((int(counts.sum()), 1, 1), np.uint8), np.repeat(np.arange(len(counts)), counts),
+                        list(names), [""] * len(names), spec)
+    return shell.counts()[_split_classes(shell, split, 0, kind)] if counts.sum() else counts
+
+
+def check_folder_fits(spec: str, ways, shots: int, queries: int, val_shots: int = 1) -> None:
+    """DataError, before any work, when a ``folder:`` spec's training split cannot fill ``ways``-way episodes of
+    ``shots`` + ``queries`` images or its validation split not 2-way ones (``val_shots`` + 1 query)."""
+    train = folder_counts(spec, "train")
+    if train is None:
+        return
+    val = folder_counts(spec, "val")
+    layout = "a folder needs 4 classes at least (2 of them validate), or train/ and val/ folders of classes"
+    need = shots + queries
+    usable = int((train >= need).sum())
+    if usable < max(MIN_SPLIT_CLASSES, int(ways or 0)):
+        wanted = f"--ways {ways}" if ways else f"the {MIN_SPLIT_CLASSES} an episode needs"
+        hint = f"; {layout}" if len(train) + len(val) < 2 * MIN_SPLIT_CLASSES or usable < MIN_SPLIT_CLASSES else ""
+        raise DataError(f"{spec}: {plural(usable, 'training class')} (of {len(train)}) with at least {need} images "
+                        f"(--shots {shots} + --queries {queries}), fewer than {wanted}{hint}")
+    usable = int((val >= val_shots + 1).sum())
+    if usable < MIN_SPLIT_CLASSES:
+        raise DataError(f"{spec}: {plural(usable, 'validation class')} (of {len(val)}) with {val_shots + 1} images "
+                        f"or more; 2-way validation episodes need {MIN_SPLIT_CLASSES}; {layout}")
 
 
 def parse_spec(spec: str):

@@ -11,8 +11,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from metalite.runtime.files import replace_refusal
+
 from .augment import DEFAULT as DEFAULT_AUGMENT
 from .augment import Augment
+from .datakind import survey
 from .datasets import parse_spec
 from .errors import DataError, ModelDirError, SettingsError, StrategyError
 
@@ -69,10 +72,20 @@ def resolve(out, settings: dict, resume: bool = False) -> dict:
         settings = {**saved, "steps": max(settings.get("steps") or 0, saved["steps"]),
                     **({"strategy": settings["strategy"]} if settings.get("strategy") else {})}
     s = {**DEFAULTS, **{k: v for k, v in settings.items() if v is not None}}
+    if not resume and settings.get("augment") is None:
+        s["augment"] = default_augment(s["data"])
     s["within_alphabet"] = float(s["within_alphabet"])  # older runs stored a bool
     if s["rotations"] is None:
         s["rotations"] = parse_spec(s["data"])[0] == "omniglot"
     return s
+
+
+def default_augment(spec: str) -> dict:
+    """The augmentation that fits the data: the measured default for drawings (glyphs, Omniglot, a folder of ink
+    on paper), none for a folder of photos (``datakind``)."""
+    kind, paths = parse_spec(spec)
+    found = survey(paths[0]) if kind == "folder" else None
+    return found.augment() if found is not None else dict(DEFAULT_AUGMENT)
 
 
 def default_ways(s: dict, train_data) -> int:
@@ -100,7 +113,13 @@ def check(s: dict) -> dict:
     return s
 
 
-def check_out(out) -> None:
-    """Refuse an ``--out`` that is a file (a model directory is a directory)."""
-    if Path(out).exists() and not Path(out).is_dir():
-        raise ModelDirError(f"{out}: exists and is not a directory")
+def check_out(out, resume: bool = False, overwrite: bool = True) -> None:
+    """Refuse an ``--out`` that is a file, a directory metalite did not write, or (unless ``overwrite``, the CLI's
+    ``--force``) an existing model directory; a resumed run continues its own directory."""
+    if resume:
+        if Path(out).exists() and not Path(out).is_dir():
+            raise ModelDirError(f"{out}: exists and is not a directory")
+        return
+    refusal = replace_refusal(out, overwrite, "config.json", "model directory")
+    if refusal:
+        raise ModelDirError(refusal + ("" if overwrite or "--force" not in refusal else " (or --resume to continue it)"))

@@ -8,11 +8,13 @@ usable at any moment) and a checkpoint every ``checkpoint_every`` steps under ``
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 
 from metalite.export.tfcompat import tf
 from metalite.runtime.files import atomic_write_text
+from metalite.runtime.plural import plural
 from metalite.runtime.preprocess import settings as preprocess_settings
 from metalite.runtime.progress import as_progress
 
@@ -79,8 +81,9 @@ class TrainingRun(Hooks):
         check_episode_fits(self.train_data, s["ways"], s["shots"], s["queries"], s["within_alphabet"] >= 1)
         # Validation ways shrink to what the validation split holds (small folder datasets).
         s["val_ways"], _, self.val_queries = episode_settings(self.val_data, [s["val_ways"]], s["val_shots"])[0]
-        self.log(f"data {s['data']}: {self.train_data.num_classes} training classes "
-                 f"({len(self.train_data.images)} images), {self.val_data.num_classes} validation classes")
+        self.log(f"data {s['data']}: {plural(self.train_data.num_classes, 'training class')} "
+                 f"({plural(len(self.train_data.images), 'image')}), "
+                 f"{plural(self.val_data.num_classes, 'validation class')}")
 
     def _build(self) -> None:
         s = self.s
@@ -209,17 +212,20 @@ class TrainingRun(Hooks):
             cleanup(self.root, self.out)
 
 
-def train(out, settings: dict, resume: bool = False, progress=None, log=None) -> dict:
+def train(out, settings: dict, resume: bool = False, progress=None, log=None, overwrite: bool = True) -> dict:
     """Meta-train per ``settings`` (keys of DEFAULTS; None values mean the default) into model directory ``out``.
 
-    ``resume``: continue the run in ``out`` (its saved settings; ``steps`` may grow). ``progress``: a
-    ``metalite.runtime.progress.Progress`` (None: silent); ``log`` overrides its news lines. Returns the
-    final config dict; Ctrl-C raises ``Interrupted`` after saving.
+    ``resume``: continue the run in ``out`` (its saved settings; ``steps`` may grow). Otherwise an existing
+    model directory at ``out`` is removed first if ``overwrite`` (the CLI's ``--force``) and refused if not.
+    ``progress``: a ``metalite.runtime.progress.Progress`` (None: silent); ``log`` overrides its news lines.
+    Returns the final config dict; Ctrl-C raises ``Interrupted`` after saving.
     """
     progress = as_progress(progress)
     log = log or progress.log
-    run_settings.check_out(out)
+    run_settings.check_out(out, resume, overwrite)
     s = run_settings.check(run_settings.resolve(out, settings, resume))
+    if not resume and (Path(out) / "config.json").exists():  # a fresh run never mixes with an old one's files
+        shutil.rmtree(out)
     run = TrainingRun(out, s, resume, log, progress)
     label = f"{s['algorithm']} {s['ways']}-way {s['shots']}-shot"
     try:

@@ -17,6 +17,7 @@ import json
 import re
 from pathlib import Path
 
+from ..errors import MissingExtraError
 from ..names import bundle_file_problem, terminal_safe
 from .errors import SyncError, UpdateRefusedError
 
@@ -61,7 +62,7 @@ def _check_signature(data: bytes, signature: str, public_key: bytes) -> None:
         from cryptography.exceptions import InvalidSignature
         from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
     except ImportError:
-        raise SyncError("checking signed updates needs the 'cryptography' package: pip install 'metalite[sync]'") from None
+        raise SyncError(str(MissingExtraError("cryptography", "sync"))) from None  # a SyncError, as documented
     try:
         sig = bytes.fromhex(signature)
     except (TypeError, ValueError):

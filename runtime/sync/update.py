@@ -19,6 +19,7 @@ from .. import head as headlib
 from ..bundle import open_bundle
 from ..classifier import FewShotClassifier
 from ..errors import BundleError, MetaliteError, one_line
+from ..plural import plural
 from ..state import load_state
 from . import answers
 from .errors import BadAnswerError, UpdateRefusedError
@@ -59,7 +60,8 @@ def _carry_state(home: DeviceHome, staging, max_drop: float, delegate: str, say)
         raise UpdateRefusedError("the running state keeps no support images (state format 1); "
                                  "adapt again so an update can carry the classes")
     rows = {c: st.support_labels == i for i, c in enumerate(st.classes)}
-    say(f"re-embedding {len(st.images)} support images of {len(st.classes)} classes with the new backbone")
+    say(f"re-embedding {plural(len(st.images), 'support image')} of {plural(len(st.classes), 'class')} "
+        "with the new backbone")
     # the open-set threshold is recalibrated on the new embeddings, at the rate the device chose
     unknown = None if st.unknown is None else st.unknown["rate"]
     new = FewShotClassifier(staging, delegate=delegate, unknown=unknown).fit({c: st.images[m] for c, m in rows.items()})
@@ -67,7 +69,7 @@ def _carry_state(home: DeviceHome, staging, max_drop: float, delegate: str, say)
     after = support_accuracy(new.head_spec, new.support_embeddings())
     health = {"before": before[0], "after": after[0], "method": after[1], "images": after[2],
               "classes": len(st.classes)}
-    say(f"health check ({after[1]}, {after[2]} images): accuracy {before[0]:.3f} -> {after[0]:.3f}")
+    say(f"health check ({after[1]}, {plural(after[2], 'image')}): accuracy {before[0]:.3f} -> {after[0]:.3f}")
     if after[0] < before[0] - max_drop - 1e-9:
         raise UpdateRefusedError(f"health check failed: {after[1]} accuracy on the support set would drop from "
                                  f"{before[0]:.3f} to {after[0]:.3f} (allowed drop {max_drop:.3f})")
@@ -97,7 +99,7 @@ def _stage(client, doc: dict, offer: dict, staging, seconds: dict, say):
     """Download and verify the release's files into ``staging``; returns the opened bundle."""
     t = time.perf_counter()
     total = sum(f["bytes"] for f in doc["files"].values())
-    say(f"downloading v{doc['version']}: {len(doc['files'])} files, {total / 1024:.0f} KiB")
+    say(f"downloading v{doc['version']}: {plural(len(doc['files']), 'file')}, {total / 1024:.0f} KiB")
     for name, f in doc["files"].items():
         client.download(f"/v1/blobs/{f['sha256']}", staging / name, f["bytes"], f["sha256"])
     (staging / "release.json").write_bytes(offer["release"].encode("utf-8", "replace"))  # the verified bytes
