@@ -83,6 +83,14 @@ def headline_lines(report, h) -> list:
     return L
 
 
+def _library_text(d: dict) -> str:
+    """One threadpoolctl entry, naming only what it reports (an OpenMP runtime has no version or kernel)."""
+    words = [d.get("internal_api"), d.get("version"),
+             f"kernel {d['architecture']}" if d.get("architecture") else None]
+    threads = f", {d['num_threads']} threads" if d.get("num_threads") is not None else ""
+    return " ".join(str(w) for w in words if w) + threads
+
+
 def machine_lines(report) -> list:
     m = report.get("machine", {})
     blas = m.get("blas") or {}
@@ -91,8 +99,7 @@ def machine_lines(report) -> list:
          f"{processor_text(m)}; {m.get('cores')} cores ({m.get('cores_available')} available), "
          f"{m.get('os')}, Python {m.get('python')}.", "",
          "Libraries: " + ", ".join(f"{k} {v}" for k, v in (m.get("libraries") or {}).items() if v) + ".", "",
-         "BLAS: " + ("; ".join(f"{d.get('internal_api')} {d.get('version')} kernel {d.get('architecture')}, "
-                               f"{d.get('num_threads')} threads" for d in libs) if libs
+         "BLAS: " + ("; ".join(_library_text(d) for d in libs) if libs
                      else f"{blas.get('note', '')} numpy build: {blas.get('numpy_build_blas')}")
          + f". OPENBLAS_CORETYPE={blas.get('OPENBLAS_CORETYPE') or 'unset'}.", ""]
     avail = get(report, "variants", "available") or {}
