@@ -122,7 +122,7 @@ def test_three_updates_chain_each_packaged_like_the_release(base, tmp_path):
     cli = CliRunner()
     for k in range(3):
         if k:  # more corrections arrive between updates
-            _send(fleet, f"pi-c{k}", [(f"c{k}-{i}", "correction", n, imgs[i, 10 + 2 * k + j]) for i, n in
+            _send(fleet, f"pi-c{k}", [(f"c{k}-{i}-{j}", "correction", n, imgs[i, 10 + 2 * k + j]) for i, n in
                                       enumerate(names) for j in range(2)])
         r = cli.invoke(main, ["fleet", "update", "--root", str(fleet.path), *QUICK, "--json"])
         assert r.exit_code == 0, r.output
