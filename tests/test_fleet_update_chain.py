@@ -76,6 +76,26 @@ def test_examples_are_deduplicated_and_held_out_per_class_and_device(tmp_path):
         sorted(p.name for p in (tmp_path / "data" / "fleet_holdout").rglob("*.png"))
 
 
+def test_the_recipe_is_read_from_the_release_and_can_be_overridden():
+    from metalite.tools.fleet_update import _thinning, release_recipe
+
+    shipped = open_bundle(Path(__file__).resolve().parents[1] / "models" / "omniglot").manifest
+    r = release_recipe(shipped)
+    want = {k: shipped["compression"][k] for k in ("pqat", "sparsity", "distill")}
+    assert {k: r[k] for k in want} == want and r["tta"] == shipped["head"]["adaptation"]["tta"]
+    assert (r["prune_steps"], r["qat_steps"]) == (shipped["compression"]["steps"]["prune"],
+                                                  shipped["compression"]["steps"]["qat"])
+    r = release_recipe(shipped, {"tta": 0, "sparsity": 0.25, "prune_steps": None})
+    assert r["tta"] == 0 and r["sparsity"] == 0.25 and r["prune_steps"] == shipped["compression"]["steps"]["prune"]
+    plain = release_recipe({"head": {"adaptation": {}}, "compression": {"stage": "float", "pqat": False}})
+    assert plain["tta"] == 0 and not plain["pqat"] and plain["sparsity"] == 0  # exported without compression
+    conv4 = {"kind": "conv4", "filters": 8, "embedding_dim": 16}
+    assert _thinning(conv4, None) is None and _thinning({**conv4, "widths": [4, 6, 8, 16]}, [4, 6, 8, 16]) is None
+    assert _thinning(conv4, [4, 6, 8, 16]) == [0.5, 0.25, 0.0]  # per-layer fractions to the release's widths
+    with pytest.raises(ValueError, match="do not fit"):
+        _thinning(conv4, [4, 6, 16])
+
+
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
     """(float model, PQAT bundle with tta 4): a Conv4 with 8 filters, 100 episodes on the glyphs' training
