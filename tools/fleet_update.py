@@ -521,7 +521,7 @@ def _run(root, base, model_dir, candidate, candidate_model, steps, strategy, rep
     m["figures"] = decision_text(m, max_drop)
     if reason is None:
         r = publish(root, candidate, model_dir=float_model, note=f"fleet update of v{base}", metrics=m)
-        m.update(decision="published", version=r["version"], reason="not worse on either measure")
+        m.update(decision="published", version=r["version"], reason="within the thresholds on both measures")
     else:
         m.update(decision="kept", version=base, reason=reason)
         kept = _keep_rejected(updates, base, Path(candidate), float_model, m, keep_rejected)
