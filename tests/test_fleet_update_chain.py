@@ -28,7 +28,8 @@ TINY = {"data": "glyphs", "backbone": {"kind": "conv4", "filters": 8, "embedding
         "head": {"hidden": [16], "activation": "linear"}, "ways": 10, "queries": 3, "steps": 100, "val_every": 100,
         "val_episodes": 20, "checkpoint_every": 100}
 N_CLASSES = 6
-QUICK = ["--steps", "8", "--replay", "3", "--ways", "5", "--episodes", "40", "--max-drop", "1"]
+QUICK = ["--steps", "8", "--replay", "3", "--ways", "5", "--episodes", "40", "--unseen-classes", "30",
+         "--max-drop", "1"]
 
 
 def _send(fleet, device: str, rows: list) -> None:
@@ -155,7 +156,7 @@ def test_three_updates_chain_each_packaged_like_the_release(base, tmp_path):
             comp["steps"]["qat"] == 3, comp
         assert m["recipe"]["tta"] == 4 and m["examples"]["duplicates"] == 2 * N_CLASSES, m
         u = m["unseen"]
-        assert u["ways"] == 5 and u["episodes"] == 40 and u["groups_left_out"] == ["Greek"], u
+        assert (u["ways"], u["episodes"], u["classes"], u["groups_left_out"]) == (5, 40, 30, ["Greek"]), u
         assert "paired" in m["figures"] and "allowed" in m["figures"]
         # the float model kept with the release stands on its own: the original replay data, the release's tta
         model = export_model(fleet, k + 2, tmp_path / f"model-v{k + 2}")
@@ -177,7 +178,8 @@ def test_rejected_candidates_are_kept_bounded_and_regatable(base, tmp_path):
     bundle = base[1]
     worse = broken_head_bundle(bundle, tmp_path / "worse")
     cli = CliRunner()
-    args = ["fleet", "update", "--root", str(fleet.path), "--ways", "5", "--episodes", "30", "--keep-rejected", "2"]
+    args = ["fleet", "update", "--root", str(fleet.path), "--ways", "5", "--episodes", "30", "--unseen-classes", "30",
+            "--keep-rejected", "2"]
     kept = []
     for _ in range(3):
         r = cli.invoke(main, [*args, "--candidate", str(worse)])

@@ -142,6 +142,8 @@ def publish_cmd(bundle, root, model_dir, note):
               help="Ways of the paired 1-shot episodes on classes no one trained on (the 'no damage' check).")
 @click.option("--episodes", type=click.IntRange(min=10), default=600, show_default=True,
               help="Paired episodes of the 'no damage' check (600 at 20-way: CI about 0.2 pt).")
+@click.option("--unseen-classes", type=click.IntRange(min=2), default=300, show_default=True,
+              help="At most this many classes no one trained on in that check (a seeded draw).")
 @click.option("--max-drop", type=click.FloatRange(0, 1), default=0.0, show_default=True,
               help="Allowed drop (held-out fleet examples; unseen classes: beyond their paired 95%% CI).")
 @click.option("--keep-rejected", type=click.IntRange(min=0), default=3, show_default=True,
@@ -149,7 +151,7 @@ def publish_cmd(bundle, root, model_dir, note):
 @click.option("--json", "as_json", is_flag=True, help="Print the decision and figures as JSON.")
 @fail_cleanly
 def update_cmd(root, model_dir, candidate, candidate_model, steps, strategy, replay, lr_scale, tta, sparsity,
-               prune_steps, qat_steps, ways, episodes, max_drop, keep_rejected, as_json):
+               prune_steps, qat_steps, ways, episodes, unseen_classes, max_drop, keep_rejected, as_json):
     """Fine-tune the current version on the fleet's labelled examples, gate it and publish it if not worse.
 
     \b
@@ -169,6 +171,7 @@ def update_cmd(root, model_dir, candidate, candidate_model, steps, strategy, rep
               "qat_steps": qat_steps}
     r = update(_open(root), model_dir=model_dir, candidate=candidate, candidate_model=candidate_model, steps=steps,
                strategy=strategy, replay=replay, lr_scale=lr_scale, recipe=recipe, ways=ways, episodes=episodes,
+               unseen=unseen_classes,
                max_drop=max_drop, keep_rejected=keep_rejected, say=say)
     if as_json:
         click.echo(json.dumps(r, indent=2))

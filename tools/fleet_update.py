@@ -34,6 +34,7 @@ LABELLED = ("correction", "support")
 HOLDOUT_EVERY = 5  # per class, one distinct image in five is held out for the gate (at least one of two or more)
 MAX_SUPPORT = 20  # support images per fleet class when evaluating (a) through the runtime
 UNSEEN_WAYS, UNSEEN_EPISODES = 20, 600  # "no damage": 20-way 1-shot, paired, on classes no one trained on
+UNSEEN_CLASSES = 300  # at most this many of them (a seeded draw): every image is embedded (1 + tta) times per bundle
 KEEP_REJECTED = 3  # rejected candidates kept under updates/rejected/ (the newest)
 
 
@@ -287,9 +288,9 @@ def original_val_accuracy(bundle, spec: str, size: int, episodes: int, seed: int
     return evaluate_embeddings(emb, val, load_head(Path(bundle) / "head.npz"), 5, 1, queries, episodes, seed)["mean"]
 
 
-def unseen_classes(spec: str, size: int, fleet_pixels: set):
+def unseen_classes(spec: str, size: int, fleet_pixels: set, max_classes: int = UNSEEN_CLASSES, seed: int = 0):
     """The test split of ``spec`` without every group (alphabet) that has an image the fleet sent: classes that
-    neither the original training, its validation, nor this update touched."""
+    neither the original training, its validation, nor this update touched; at most ``max_classes`` of them."""
     from metalite.training.datasets import load_data
 
     test = load_data(spec, size, "test")
@@ -299,6 +300,8 @@ def unseen_classes(spec: str, size: int, fleet_pixels: set):
     if len(keep) < 2:
         raise ValueError(f"{spec}: fewer than 2 test classes left outside the {len(touched)} groups the fleet sent "
                          "images of; nothing to check for damage on")
+    if len(keep) > max_classes:
+        keep = sorted(np.random.default_rng(seed).permutation(keep)[:max_classes].tolist())
     return test.subset(keep), sorted(touched)
 
 
@@ -383,7 +386,8 @@ def _prepare(root, work: Path, plan: dict, model_dir, replay: int, val_classes: 
     return cfg
 
 
-def _evaluate(work: Path, plan: dict, candidate: Path, cfg: dict, ways: int, episodes: int, say) -> dict:
+def _evaluate(work: Path, plan: dict, candidate: Path, cfg: dict, ways: int, episodes: int, unseen: int,
+              say) -> dict:
     current = work / "current"
     size = int(cfg["input"]["shape"][0])
     m = {"base": plan["base"], "last_seq": plan["last_seq"], "examples": plan.get("examples"),
@@ -392,7 +396,7 @@ def _evaluate(work: Path, plan: dict, candidate: Path, cfg: dict, ways: int, epi
     fa = [fleet_holdout_accuracy(b, work / "data") for b in (current, candidate)]
     m["fleet_holdout"] = {"current": fa[0][0], "candidate": fa[1][0], "images": fa[1][1], "classes": fa[1][2]}
     pixels = set(json.loads((work / "data" / "pixels.json").read_text()))
-    data, touched = unseen_classes(cfg["data"], size, pixels)
+    data, touched = unseen_classes(cfg["data"], size, pixels, unseen)
     say(f"evaluating on {data.num_classes} classes no one trained on ({cfg['data']} test split without the "
         f"{len(touched)} groups the fleet sent images of): {episodes} paired {min(ways, data.num_classes)}-way "
         f"1-shot episodes")
@@ -441,7 +445,8 @@ def _exclusive(updates: Path):
 
 def update(root, model_dir=None, candidate=None, candidate_model=None, steps: int = 300, strategy: str | None = None,
            replay: int = 300, val_classes: int = 50, lr_scale: float = 0.3, recipe: dict | None = None,
-           ways: int = UNSEEN_WAYS, episodes: int = UNSEEN_EPISODES, max_drop: float = 0.0,
+           ways: int = UNSEEN_WAYS, episodes: int = UNSEEN_EPISODES, unseen: int = UNSEEN_CLASSES,
+           max_drop: float = 0.0,
            keep_rejected: int = KEEP_REJECTED, say=print) -> dict:
     """Fine-tune, package like the current release, gate and maybe publish; returns the decision with its figures.
 
@@ -452,7 +457,7 @@ def update(root, model_dir=None, candidate=None, candidate_model=None, steps: in
       steps, strategy, lr_scale: the fine-tuning run (``lr_scale`` times the model's learning rate).
       replay, val_classes: original training classes replayed / validation classes for model selection.
       recipe: overrides of the release's packaging (``release_recipe`` keys: tta, sparsity, prune_steps, ...).
-      ways, episodes: the paired N-way 1-shot episodes on classes no one trained on.
+      ways, episodes, unseen: the paired N-way 1-shot episodes on (at most ``unseen``) classes no one trained on.
       max_drop: allowed drop (0: the candidate must not be worse on the held-out fleet examples, nor
         worse beyond the paired CI on the unseen classes). keep_rejected: rejected candidates kept.
     Returns:
@@ -470,7 +475,8 @@ def update(root, model_dir=None, candidate=None, candidate_model=None, steps: in
     try:
         with _exclusive(root.path / "updates"):
             return _run(root, offer["version"], model_dir, candidate, candidate_model, steps, strategy, replay,
-                        val_classes, lr_scale, recipe or {}, ways, episodes, max_drop, keep_rejected, say, t0)
+                        val_classes, lr_scale, recipe or {}, ways, episodes, unseen, max_drop, keep_rejected, say,
+                        t0)
     except FleetError:
         raise
     except ValueError as e:  # the training side's one-line errors (data, model directory, compression, export)
@@ -495,7 +501,7 @@ def _keep_rejected(updates: Path, base: int, bundle: Path, model: Path | None, m
 
 
 def _run(root, base, model_dir, candidate, candidate_model, steps, strategy, replay, val_classes, lr_scale,
-         overrides, ways, episodes, max_drop, keep_rejected, say, t0) -> dict:
+         overrides, ways, episodes, unseen, max_drop, keep_rejected, say, t0) -> dict:
     from metalite.fleet import publish
     from metalite.runtime.bundle import open_bundle
 
@@ -512,7 +518,7 @@ def _run(root, base, model_dir, candidate, candidate_model, steps, strategy, rep
             _save_plan(work, plan)
         candidate = _compress_export(work, cfg, recipe, say)
         float_model = keep_float_model(work, cfg, recipe, plan, work / "release_model")
-    m = _evaluate(work, plan, Path(candidate), cfg, ways, episodes, say)
+    m = _evaluate(work, plan, Path(candidate), cfg, ways, episodes, unseen, say)
     m["recipe"] = recipe
     m["float_model"] = "kept with the release" if float_model is not None else \
         "none (gated with --candidate and no --candidate-model): the next update cannot start from this version"
