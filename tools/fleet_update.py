@@ -470,8 +470,10 @@ def update(root, model_dir=None, candidate=None, candidate_model=None, steps: in
     offer = latest_offer(root)
     if offer is None:
         raise FleetError("nothing to update: no release published yet")
-    if candidate is not None and candidate_model is None and (Path(candidate).parent / "model").is_dir():
-        candidate_model = Path(candidate).parent / "model"  # a kept rejected candidate: updates/rejected/<id>/
+    kept = Path(candidate).resolve().parent if candidate is not None else None
+    if kept is not None and candidate_model is None and kept.parent == (root.path / "updates" / "rejected").resolve() \
+            and (kept / "model").is_dir():
+        candidate_model = kept / "model"  # a kept rejected candidate: updates/rejected/<id>/{bundle,model}
     try:
         with _exclusive(root.path / "updates"):
             return _run(root, offer["version"], model_dir, candidate, candidate_model, steps, strategy, replay,
