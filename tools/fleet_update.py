@@ -474,6 +474,8 @@ def update(root, model_dir=None, candidate=None, candidate_model=None, steps: in
     if kept is not None and candidate_model is None and kept.parent == (root.path / "updates" / "rejected").resolve() \
             and (kept / "model").is_dir():
         candidate_model = kept / "model"  # a kept rejected candidate: updates/rejected/<id>/{bundle,model}
+    if candidate is not None and model_dir is None and candidate_model is not None:
+        model_dir = candidate_model  # its data and input size; the current release may keep no float model
     try:
         with _exclusive(root.path / "updates"):
             return _run(root, offer["version"], model_dir, candidate, candidate_model, steps, strategy, replay,
