@@ -234,7 +234,8 @@ def _describe(m: dict) -> list:
         f"{'inverted (ink = 1), ' if pre.get('invert') else ''}range {pre.get('range')}",
         f"output: {out.get('dtype')} embedding of {out.get('embedding_dim')}; {q(out.get('quantization'))}",
         f"head: hidden layers [{layers}]; adaptation {ad.get('steps')} steps, lr {ad.get('lr')}, "
-        f"scale {ad.get('scale')}, adapts {ad.get('adapt')}",
+        f"scale {ad.get('scale')}, adapts {ad.get('adapt')}, shift averaging (tta) {ad.get('tta', 0)} copies"
+        + "".join(f", {k} {v}" for k, v in ad.items() if k not in ("steps", "lr", "scale", "adapt", "tta")),
     ]
     if m.get("training"):
         lines.append(_training_line(m["training"]))

@@ -26,13 +26,16 @@ def status(root) -> dict:
 
 
 def gate_text(m: dict) -> str:
-    """One line of an update's figures: held-out fleet data and original validation, current -> candidate."""
+    """One line of an update's figures: held-out fleet data and unseen classes (paired), current -> candidate."""
     def pair(k):
         v = m.get(k) or {}
         if v.get("current") is None:
             return f"{k.replace('_', ' ')} n/a"
         return f"{k.replace('_', ' ')} {100 * v['current']:.1f}% -> {100 * v['candidate']:.1f}%"
-    return f"{pair('fleet_holdout')}, {pair('original_val')}"
+    u = m.get("unseen")
+    unseen = (f"unseen {u['ways']}-way 1-shot {100 * u['current']:.2f}% -> {100 * u['candidate']:.2f}% "
+              f"(paired {100 * u['diff']:+.2f} ± {100 * u['ci95']:.2f} pt)") if u else pair("original_val")
+    return f"{pair('fleet_holdout')}, {unseen}"
 
 
 def _ago(t, now) -> str:

@@ -117,7 +117,11 @@ def publish_cmd(bundle, root, model_dir, note):
 @click.option("--model", "model_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="Float model directory to start from [the one kept with the current release].")
 @click.option("--candidate", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
-              help="Gate this bundle instead of training one (evaluation and publish decision only).")
+              help="Gate this bundle instead of training one (evaluation and publish decision only); e.g. a "
+                   "rejected one kept as ROOT/updates/rejected/<id>/bundle.")
+@click.option("--candidate-model", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="The float model --candidate was exported from, kept with it if published [<id>/model beside "
+                   "a kept rejected candidate; otherwise none, and the release says so].")
 @click.option("--steps", type=click.IntRange(min=1), default=300, show_default=True, help="Fine-tuning episodes.")
 @click.option("--strategy", type=click.Choice(["default", "mirrored", "multiworker"]), default=None,
               help="Distribution strategy of the fine-tuning run (as for 'metalite train').")
@@ -125,23 +129,36 @@ def publish_cmd(bundle, root, model_dir, note):
               help="Original training classes trained on alongside the fleet's (against forgetting).")
 @click.option("--lr-scale", type=click.FloatRange(min=0, min_open=True), default=0.3, show_default=True,
               help="Fine-tuning learning rate as a fraction of the model's.")
-@click.option("--prune-steps", type=click.IntRange(min=1), default=30, show_default=True)
-@click.option("--qat-steps", type=click.IntRange(min=0), default=30, show_default=True)
-@click.option("--episodes", type=click.IntRange(min=10), default=300, show_default=True,
-              help="5-way 1-shot episodes of the original validation classes in the evaluation.")
+@click.option("--tta", type=click.Choice(["0", "4", "8"]), default=None,
+              help="Shift averaging of the candidate's head [the current release's].")
+@click.option("--sparsity", type=click.FloatRange(0, 1, max_open=True), default=None,
+              help="Weight sparsity of the candidate [the current release's].")
+@click.option("--prune-steps", type=click.IntRange(min=1), default=None, help="[the current release's]")
+@click.option("--qat-steps", type=click.IntRange(min=0), default=None, help="[the current release's]")
+@click.option("--ways", type=click.IntRange(min=2), default=20, show_default=True,
+              help="Ways of the paired 1-shot episodes on classes no one trained on (the 'no damage' check).")
+@click.option("--episodes", type=click.IntRange(min=10), default=600, show_default=True,
+              help="Paired episodes of the 'no damage' check (600 at 20-way: CI about 0.2 pt).")
+@click.option("--unseen-classes", type=click.IntRange(min=2), default=300, show_default=True,
+              help="At most this many classes no one trained on in that check (a seeded draw).")
 @click.option("--max-drop", type=click.FloatRange(0, 1), default=0.0, show_default=True,
-              help="Allowed accuracy drop on either measure (0: the candidate must not be worse at all).")
+              help="Allowed drop (held-out fleet examples; unseen classes: beyond their paired 95%% CI).")
+@click.option("--keep-rejected", type=click.IntRange(min=0), default=3, show_default=True,
+              help="Rejected candidates kept under ROOT/updates/rejected/ (the newest).")
 @click.option("--json", "as_json", is_flag=True, help="Print the decision and figures as JSON.")
 @fail_cleanly
-def update_cmd(root, model_dir, candidate, steps, strategy, replay, lr_scale, prune_steps, qat_steps, episodes,
-               max_drop, as_json):
+def update_cmd(root, model_dir, candidate, candidate_model, steps, strategy, replay, lr_scale, tta, sparsity,
+               prune_steps, qat_steps, ways, episodes, unseen_classes, max_drop, keep_rejected, as_json):
     """Fine-tune the current version on the fleet's labelled examples, gate it and publish it if not worse.
 
     \b
     Starts from the float model kept with the current release (fleet publish --model), trains on the
-    corrections and shared support sets (one in five held out) plus --replay original classes, compresses
-    (PQAT) and exports; then compares candidate and current through the device runtime on the held-out
-    fleet examples and the original validation classes. Interrupted? Run it again: it resumes.
+    corrections and shared support sets (de-duplicated by content; per class one image in five, at least
+    one, held out, spread over devices) plus --replay original classes, then packages the candidate like
+    the current release (tta, sparsity, PQAT, widths, compression steps: read from its manifest). Gate,
+    through the device runtime: held-out fleet examples, and paired --ways-way 1-shot episodes on test
+    classes of groups no device sent. Published releases keep a self-contained float model (the next
+    update starts from it); rejected candidates are kept. Interrupted? Run it again: it resumes.
     """
     need("cryptography", "serve")
     from metalite.fleet.status import gate_text
@@ -149,15 +166,19 @@ def update_cmd(root, model_dir, candidate, steps, strategy, replay, lr_scale, pr
     from .fleet_update import update
 
     say = lambda m: click.echo(f"update: {m}", err=True)  # noqa: E731
-    r = update(_open(root), model_dir=model_dir, candidate=candidate, steps=steps, strategy=strategy, replay=replay,
-               lr_scale=lr_scale, prune_steps=prune_steps, qat_steps=qat_steps, episodes=episodes, max_drop=max_drop,
-               say=say)
+    recipe = {"tta": None if tta is None else int(tta), "sparsity": sparsity, "prune_steps": prune_steps,
+              "qat_steps": qat_steps}
+    r = update(_open(root), model_dir=model_dir, candidate=candidate, candidate_model=candidate_model, steps=steps,
+               strategy=strategy, replay=replay, lr_scale=lr_scale, recipe=recipe, ways=ways, episodes=episodes,
+               unseen=unseen_classes,
+               max_drop=max_drop, keep_rejected=keep_rejected, say=say)
     if as_json:
         click.echo(json.dumps(r, indent=2))
     elif r["decision"] == "published":
-        click.echo(f"published v{r['version']} ({gate_text(r)}) in {r['seconds']:.0f} s")
+        click.echo(f"published v{r['version']} ({r['figures']}) in {r['seconds']:.0f} s")
     else:
-        click.echo(f"kept v{r['version']}: {r['reason']}")
+        click.echo(f"kept v{r['version']}: {r['reason']}" + (f"; candidate kept as {r['rejected']}"
+                                                             if r.get("rejected") else ""))
 
 
 @fleet_group.command("rollback")

@@ -37,7 +37,8 @@ class UpdateResult:
         ``"failed"`` (could not be completed: network, disk, ...).
       offered: the offered version; running: the version running afterwards.
       reason: one line, empty when switched/current.
-      health: support-set accuracy before/after (``before``, ``after``, ``method``, ``images``, ``classes``).
+      health: support-set accuracy before/after (``before``, ``after``, ``method``, ``images``, ``classes``,
+        ``measures``: what was scored, images the fleet may have trained on).
       seconds: time per phase (``download``, ``verify``, ``reembed``, ``switch``, ``total``).
     """
 
@@ -47,6 +48,9 @@ class UpdateResult:
     reason: str = ""
     health: dict = field(default_factory=dict)
     seconds: dict = field(default_factory=dict)
+
+
+TRAINING_DATA = "the device's own support images, which the fleet's update may have trained on"
 
 
 def _carry_state(home: DeviceHome, staging, max_drop: float, delegate: str, say) -> tuple:
@@ -67,9 +71,12 @@ def _carry_state(home: DeviceHome, staging, max_drop: float, delegate: str, say)
     new = FewShotClassifier(staging, delegate=delegate, unknown=unknown).fit({c: st.images[m] for c, m in rows.items()})
     before = support_accuracy(headlib.load_head(running.head_path), {c: st.support[m] for c, m in rows.items()})
     after = support_accuracy(new.head_spec, new.support_embeddings())
+    # the support set is what a sync shares with the fleet: a bundle from `fleet update` may have trained on
+    # these very images, so this check guards against breakage, not a measure of accuracy on new drawings
     health = {"before": before[0], "after": after[0], "method": after[1], "images": after[2],
-              "classes": len(st.classes)}
-    say(f"health check ({after[1]}, {plural(after[2], 'image')}): accuracy {before[0]:.3f} -> {after[0]:.3f}")
+              "classes": len(st.classes), "measures": TRAINING_DATA}
+    say(f"health check ({after[1]}, {plural(after[2], 'image')}; {TRAINING_DATA}): accuracy {before[0]:.3f} -> "
+        f"{after[0]:.3f}")
     if after[0] < before[0] - max_drop - 1e-9:
         raise UpdateRefusedError(f"health check failed: {after[1]} accuracy on the support set would drop from "
                                  f"{before[0]:.3f} to {after[0]:.3f} (allowed drop {max_drop:.3f})")
