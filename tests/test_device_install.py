@@ -190,7 +190,8 @@ def test_versions_doc_matches_the_code():
         return f"reads {', '.join(map(str, reads))}, writes {writes}"
     assert cells == [says(bundle.BUNDLE_FORMAT_VERSIONS, BUNDLE_FORMAT_VERSION),
                      says([HEAD_FORMAT_VERSION], HEAD_FORMAT_VERSION),
-                     says(state.STATE_FORMAT_VERSIONS, state.STATE_FORMAT_VERSION),
+                     says(state.STATE_FORMAT_VERSIONS, state.STATE_FORMAT_VERSION)
+                     + f" (gray), {state.COLOR_STATE_FORMAT_VERSION} (colour)",
                      says([HOME_FORMAT_VERSION], HOME_FORMAT_VERSION),
                      says([RELEASE_FORMAT_VERSION], RELEASE_FORMAT_VERSION),
                      says(range(1, SCHEMA_VERSION + 1), SCHEMA_VERSION),

@@ -74,7 +74,8 @@ def test_the_wheel_holds_the_packages_and_nothing_else_with_the_right_metadata(t
     folders = package_folders(ROOT)
     assert sorted({n.split("/")[1] for n in code}) == folders == ["export", "fleet", "runtime", "tools", "training"]
     assert all(n.startswith("metalite/") for n in code) and "metalite/__init__.py" not in files  # a namespace
-    assert [n for n in code if not n.endswith(".py")] == ["metalite/tools/device_install.sh"]
+    assert [n for n in code if not n.endswith(".py")] == ["metalite/runtime/webui/page.html",
+                                                          "metalite/tools/device_install.sh"]
     assert not [n for n in files if "tests/" in n or n.split("/")[-1].startswith(("test_", "conftest"))
                 or n.endswith((".tflite", ".npz", ".zip", ".png", ".json"))]  # no tests, no models, no data
     for folder in folders:  # every module of the checkout is in it

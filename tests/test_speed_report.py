@@ -68,7 +68,7 @@ def test_uint8_gray_images_at_model_size_give_the_same_floats_as_the_general_ste
             a = rng.integers(0, 256, shape, dtype=np.uint8)
             a.flat[:2] = (0, 255)
             fast = pre.to_model_input(a, (28, 28), invert)
-            slow = pre._convert(a, (28, 28), invert)
+            slow = pre._convert(a, (28, 28), invert, 1, pre.BACKGROUND)
             assert fast.dtype == np.float32 and fast.shape == (shape[0], 28, 28, 1)
             np.testing.assert_array_equal(fast, slow)
             fast[0, 0, 0, 0] = 7.0  # a fresh array: the table is not handed out
