@@ -136,21 +136,7 @@ def _open_decode(source, name, min_size) -> np.ndarray:
 
 def decode_bytes(raw: bytes, where: str) -> np.ndarray:
     """Decode an image file's bytes (from a zip, say) exactly as ``read_image`` decodes a file; InputError if not."""
-    import io
-
-    try:
-        from PIL import Image
-    except ImportError:
-        raise MissingExtraError("pillow", "images") from None
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with Image.open(io.BytesIO(raw)) as im:
-                return _decode(im, Path(where), None)
-    except InputError:
-        raise
-    except Exception as e:
-        raise InputError(f"{where}: cannot decode image ({one_line(e)[:200]})") from None
+    return read_image_bytes(raw, where)
 
 
 def is_path(x) -> bool:
