@@ -42,11 +42,21 @@ SUBSTITUTIONS = [  # (pattern, replacement) applied to each line before it runs
 ]
 
 
+# README blocks run elsewhere: the device-install lines need a Pi, so device_tests/test_pi_install.py runs them
+# on the emulated one (scp and apt-get cannot run here)
+RUN_ELSEWHERE = ("<!-- device-install:start", "<!-- device-install:end")
+
+
 def readme_lines(text: str) -> list:
-    """(section, line) for every shell line of the ``bash`` blocks in SECTIONS (continuations joined)."""
-    out, section, fenced, shell = [], None, False, False
+    """(section, line) for every shell line of the ``bash`` blocks in SECTIONS (continuations joined), except
+    the blocks between RUN_ELSEWHERE's markers."""
+    out, section, fenced, shell, elsewhere = [], None, False, False, False
     for raw in text.splitlines():
-        if raw.startswith("## "):
+        if raw.strip().startswith(RUN_ELSEWHERE):
+            elsewhere = raw.strip().startswith(RUN_ELSEWHERE[0])
+        elif elsewhere:
+            continue
+        elif raw.startswith("## "):
             section = next((s for s in SECTIONS if raw[3:].startswith(s)), None)
         elif raw.startswith("```"):
             fenced = not fenced
@@ -66,6 +76,7 @@ def test_readme_lines_are_found():
     cmds = [line for _, line in lines]
     assert any(c.startswith("metalite train") for c in cmds) and any(c.startswith("metalite serve") for c in cmds)
     assert all(not c.endswith("\\") for c in cmds)
+    assert not any(c.startswith(("scp ", "sh metalite-device")) for c in cmds)  # the Pi's lines run on the emulated Pi
 
 
 def _quick(line: str) -> str:
@@ -79,19 +90,20 @@ def _quick(line: str) -> str:
 
 
 def _support(d: Path) -> None:
-    """support/<class>/*.png (3 classes of 5 drawings), query/*.png and x.png, real Omniglot drawings."""
+    """support/<class>/*.png (3 classes of 5 drawings), query/*.png and x.png, real Omniglot drawings of Korean
+    (a training alphabet of the fixture's split, so fleet update's no-damage check keeps Greek, its test split)."""
     import zipfile
 
     with zipfile.ZipFile(FIXTURE / "mini1.zip") as z:
         chars = {}
-        for name in sorted(n for n in z.namelist() if n.endswith(".png") and "/Greek/" in n):
+        for name in sorted(n for n in z.namelist() if n.endswith(".png") and "/Korean/" in n):
             chars.setdefault(name.rsplit("/", 2)[-2], []).append(name)
         for label, (_, files) in zip(("cat", "dog", "bird"), sorted(chars.items())):
             (d / "support" / label).mkdir(parents=True)
             for i, f in enumerate(files[:5]):
                 (d / "support" / label / f"{i}.png").write_bytes(z.read(f))
             (d / "query").mkdir(exist_ok=True)
-            (d / "query" / f"{label}.png").write_bytes(z.read(files[6]))
+            (d / "query" / f"{label}.png").write_bytes(z.read(files[5]))  # a sixth drawer
         (d / "x.png").write_bytes((d / "query" / "cat.png").read_bytes())
 
 
