@@ -134,11 +134,6 @@ def _open_decode(source, name, min_size) -> np.ndarray:
         raise InputError(f"{name}: cannot decode image ({one_line(e)[:200]})") from None
 
 
-def decode_bytes(raw: bytes, where: str) -> np.ndarray:
-    """Decode an image file's bytes (from a zip, say) exactly as ``read_image`` decodes a file; InputError if not."""
-    return read_image_bytes(raw, where)
-
-
 def is_path(x) -> bool:
     """True for a str or os.PathLike (an image file), False for arrays and lists."""
     return isinstance(x, (str, os.PathLike))

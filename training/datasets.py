@@ -24,7 +24,7 @@ import numpy as np
 
 from metalite.runtime.errors import InputError
 from metalite.runtime.files import atomic_write, cache_root
-from metalite.runtime.images import decode_bytes
+from metalite.runtime.images import read_image_bytes
 from metalite.runtime.plural import plural
 from metalite.runtime.preprocess import resize_area, to_gray, to_rgb
 
@@ -101,7 +101,7 @@ class FewShotData:
 def _decode(raw: bytes, where: str) -> np.ndarray:
     """Float32 pixels of an image file: (H, W) gray, or (H, W, 3) RGB with any transparency composited."""
     try:
-        a = decode_bytes(raw, where)
+        a = read_image_bytes(raw, where)
     except InputError as e:
         raise DataError(f"{where}: not a readable image ({e})") from None
     if a.dtype == np.uint16:
