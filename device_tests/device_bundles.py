@@ -81,16 +81,22 @@ def omniglot_images(n_classes: int | None, per_class: int, exclude=()):
 
 def make_task(out: Path, ways: int = TASK_WAYS, shots: int = TASK_SHOTS, queries: int = TASK_QUERIES) -> Path:
     """Write a ``ways``-way task to ``out``: folders of PNGs and ``task.npz``; returns ``out``."""
-    from PIL import Image
-
     if (out / "task.npz").is_file():
         return out
+    labels, imgs = omniglot_images(ways, shots + queries)
+    return write_task(out, [(label, ims[:shots], ims[shots:]) for label, ims in zip(labels, imgs)])
+
+
+def write_task(out: Path, classes) -> Path:
+    """Write ``[(label, support images, query images)]`` to ``out`` (replaced): ``support/<label>/NN.png``,
+    ``query/<label>/NN.png`` and ``task.npz`` holding the same uint8 arrays; returns ``out``."""
+    from PIL import Image
+
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
-    labels, imgs = omniglot_images(ways, shots + queries)
     sx, sy, qx, qy, qpaths = [], [], [], [], []
-    for label, ims in zip(labels, imgs):
-        for split, chunk in (("support", ims[:shots]), ("query", ims[shots:])):
+    for label, support, query in classes:
+        for split, chunk in (("support", support), ("query", query)):
             d = tmp / split / label
             d.mkdir(parents=True)
             for i, a in enumerate(chunk):
