@@ -193,7 +193,7 @@ def main(argv=None) -> int:
     print(f"cross-artist, {len(rows)}-way 1-shot on held-out concepts: {summary}")
     title, subtitle = f"{shown}: {summary}", f"{len(rows)} emoji it never trained on, taught one drawing each"
     sheet = args.out / "contact_sheet.png"
-    contact_sheet(rows, results, args.support_artist, title, subtitle).save(sheet)
+    contact_sheet(rows, results, args.support_artist, title, subtitle).save(sheet, optimize=True)
     print(f"contact sheet: {sheet}")
     return 0
 
