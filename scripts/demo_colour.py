@@ -156,7 +156,10 @@ def main(argv=None) -> int:
     ap.add_argument("--ways", type=int, default=5, help="at most this many concepts (picked with --seed)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
-    queried = [int(a) for a in args.query_artists.split(",")]
+    try:
+        queried = list(dict.fromkeys(int(a) for a in args.query_artists.split(",")))
+    except ValueError:
+        queried = []
     if not queried or args.support_artist in queried or not set(queried) <= set(ARTISTS):
         ap.error(f"--query-artists: others than the support artist, of {sorted(ARTISTS)}")
 

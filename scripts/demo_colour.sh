@@ -3,7 +3,7 @@
 # (tests/data/emoji) that it never trained on, one Noto drawing each, ask it Twemoji's and OpenMoji's drawings,
 # and write a contact sheet of its answers. No network, no training: a few seconds after the install.
 # Usage: bash scripts/demo_colour.sh [WORKDIR] [options of scripts/demo_colour.py, e.g. --data ~/.cache/metalite/emoji/data]
-#        (default WORKDIR: runs/demo-colour; `pip install -e .` first, or run scripts/demo.sh once)
+#        (default WORKDIR: runs/demo-colour; install first: scripts/demo.sh does, or `pip install -e ".[litert,images]"`)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 W=${1:-runs/demo-colour}
