@@ -3,7 +3,8 @@
 Nothing here skips: a prerequisite that cannot be built fails the test that needs it with a message
 saying what to install (see envs.py). Caches live in ``$METALITE_DEVICE_CACHE`` (default
 ``cache_root("device")``, ``~/.cache/metalite/device``); ``METALITE_REQUIRE_SHIPPED_BUNDLES=1`` makes the missing
-``models/omniglot`` / ``models/glyphs`` an error instead of falling back to the tiny test bundle.
+``models/omniglot`` / ``models/glyphs`` / ``models/emoji`` an error instead of falling back to the tiny test bundle
+(or its RGB twin).
 """
 from __future__ import annotations
 
@@ -95,15 +96,21 @@ def bundles(device_cache) -> dict:
                         "(run the export step that produces them)", pytrace=False)
     if shipped:
         return shipped
-    key = envs.recipe_key({**bundlelib.TINY_RECIPE, "src": _src_digest(
-        envs.REPO / "export", envs.REPO / "runtime" / "head.py", envs.REPO / "training" / "models.py")})
-    out = device_cache / f"bundle-tiny-{key}"
-    if not (out / "manifest.json").is_file():
-        envs.log("building the tiny test bundle (TensorFlow, about 1 minute)")
     try:
-        return {"tiny": bundlelib.build_tiny_bundle(out)}
+        return {"tiny": _tiny_bundle(device_cache, 1)}
     except (RuntimeError, FileNotFoundError) as e:
         pytest.fail(str(e), pytrace=False)
+
+
+def _tiny_bundle(device_cache: Path, channels: int) -> Path:
+    recipe = bundlelib.TINY_RECIPE if channels == 1 else {**bundlelib.TINY_RECIPE, "channels": channels,
+                                                          "size": bundlelib.TINY_RGB_SIZE}
+    key = envs.recipe_key({**recipe, "src": _src_digest(
+        envs.REPO / "export", envs.REPO / "runtime" / "head.py", envs.REPO / "training" / "models.py")})
+    out = device_cache / f"bundle-tiny{'' if channels == 1 else '-rgb'}-{key}"
+    if not (out / "manifest.json").is_file():
+        envs.log(f"building the tiny {'RGB ' if channels == 3 else ''}test bundle (TensorFlow, about 1 minute)")
+    return bundlelib.build_tiny_bundle(out, channels)
 
 
 @pytest.fixture(scope="session")
@@ -112,6 +119,31 @@ def bundle(bundles) -> Path:
     for n in ("omniglot", "glyphs", "tiny"):
         if n in bundles:
             return bundles[n]
+
+
+@pytest.fixture(scope="session")
+def colour_bundle(device_cache) -> tuple:
+    """(name, bundle dir) of an RGB bundle: models/emoji when shipped, else the tiny test bundle's RGB twin."""
+    shipped = bundlelib.shipped_colour_bundle()
+    if shipped is not None:
+        return bundlelib.SHIPPED_COLOUR, shipped
+    if os.environ.get("METALITE_REQUIRE_SHIPPED_BUNDLES") == "1":
+        pytest.fail(f"shipped bundle missing: models/{bundlelib.SHIPPED_COLOUR} (run the export step that produces it)",
+                    pytrace=False)
+    try:
+        return "tiny-rgb", _tiny_bundle(device_cache, 3)
+    except (RuntimeError, FileNotFoundError) as e:
+        pytest.fail(str(e), pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def colour_task(device_cache) -> Path:
+    """The cross-artist colour task of the emoji fixture (10 concepts, 1 Noto support image each, 20 queries
+    by Twemoji and OpenMoji): folders + task.npz of uint8 RGB arrays."""
+    try:
+        return bundlelib.make_colour_task(device_cache / "task-emoji-fixture-10w1s2q-v1")
+    except FileNotFoundError as e:
+        pytest.fail(str(e), pytrace=False)
 
 
 @pytest.fixture(scope="session")
@@ -131,17 +163,24 @@ def results_dir(tmp_path_factory) -> Path:
 
 # ------------------------------------------------------------------------------------ running scripts
 @pytest.fixture(scope="session")
-def x86_runs(venvs, bundles, task, tmp_path_factory):
-    """device_run.py (public API + CLI) in each runtime-only venv on each bundle; cached per session."""
+def x86_run(venvs, tmp_path_factory):
+    """device_run.py (public API + CLI) in a runtime-only venv: ``(kind, bundle dir, task dir) -> result``,
+    cached per session."""
     cache = {}
 
-    def get(kind, name):
-        if (kind, name) not in cache:
-            out = tmp_path_factory.mktemp(f"run-{kind}-{name}")
+    def get(kind, bundle, task):
+        key = (kind, str(bundle), str(task))
+        if key not in cache:
+            out = tmp_path_factory.mktemp(f"run-{kind}-{Path(bundle).name}")
             run_script(venvs(kind), "device_run.py",
-                       ["--bundle", bundles[name], "--task", task / "task.npz", "--out", out,
+                       ["--bundle", bundle, "--task", Path(task) / "task.npz", "--out", out,
                         "--threads", "2", "--cli-task", task])
-            cache[kind, name] = load_result(out)
-        return cache[kind, name]
+            cache[key] = load_result(out)
+        return cache[key]
     return get
 
+
+@pytest.fixture(scope="session")
+def x86_runs(x86_run, bundles, task):
+    """device_run.py in each runtime-only venv on each gray bundle and the Omniglot task: ``(kind, name)``."""
+    return lambda kind, name: x86_run(kind, bundles[name], task)

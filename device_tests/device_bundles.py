@@ -1,13 +1,16 @@
 """Bundles and few-shot tasks for the device tests (runs on the workstation side, like the fixtures).
 
-- :func:`shipped_bundles`: ``models/glyphs`` and ``models/omniglot`` when the repo has them.
+- :func:`shipped_bundles`: ``models/glyphs`` and ``models/omniglot`` when the repo has them;
+  :func:`shipped_colour_bundle`: ``models/emoji``, the RGB one.
 - :func:`build_tiny_bundle`: until then (or in addition), a tiny int8 Conv4 bundle (16 filters,
   16-d embedding, untrained: the device tests check the *runtime*, not accuracy) written with
   ``metalite.export.bundle.write_bundle``. It needs TensorFlow, so it runs in a subprocess
   (``python device_tests/device_bundles.py tiny OUT``) and the pytest process never imports TF.
 - :func:`make_task`: a 20-way task from the Omniglot fixture (``tests/data/omniglot``), written both as
   ``support/<label>/*.png`` + ``query/<label>/*.png`` (for the CLI and for Pillow) and as one
-  ``task.npz`` of raw uint8 arrays (for the arm64 device, whose rootfs has numpy but no Pillow).
+  ``task.npz`` of raw uint8 arrays (for the arm64 device, whose rootfs has numpy but no Pillow);
+  :func:`make_colour_task`: the same layout for a cross-artist task from the emoji fixture (``tests/data/emoji``),
+  its arrays uint8 RGB; :func:`build_tiny_bundle` with ``channels=3`` is the tiny bundle's RGB twin.
 - :func:`with_edgetpu_model`: a copy of a bundle that also carries ``backbone_edgetpu.tflite``.
 - :func:`resign`: recompute ``files`` checksums in a manifest (to build a bundle whose checksums
   pass but whose content is broken).
@@ -28,11 +31,17 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = ("omniglot", "omniglot-fast", "glyphs")
+SHIPPED_COLOUR = "emoji"
 # Real handwritten characters for the tasks: the Omniglot fixture shipped with the tests (its README.md).
 OMNIGLOT_DIR = Path(os.environ.get("METALITE_OMNIGLOT_DIR") or REPO / "tests" / "data" / "omniglot")
 TINY_RECIPE = {"kind": "conv4", "filters": 16, "embedding_dim": 16, "head": [16], "seed": 0, "rep": 48,
                "version": 3}
 TASK_WAYS, TASK_SHOTS, TASK_QUERIES = 20, 5, 10
+# Colour emoji for the colour task: the fixture shipped with the tests (its README.md), 10 concepts drawn by
+# three artists (01 Noto, 02 Twemoji, 03 OpenMoji); taught from one artist, asked with the others' drawings.
+EMOJI_DIR = REPO / "tests" / "data" / "emoji"
+COLOUR_SUPPORT_ARTIST, COLOUR_QUERY_ARTISTS = "01", ("02", "03")
+TINY_RGB_SIZE = 32  # the fixture's size, models/emoji's input
 
 
 def sha256(path) -> str:
@@ -42,6 +51,12 @@ def sha256(path) -> str:
 def shipped_bundles() -> dict:
     """{name: path} of the bundles shipped in ``models/`` that exist now."""
     return {n: REPO / "models" / n for n in SHIPPED if (REPO / "models" / n / "manifest.json").is_file()}
+
+
+def shipped_colour_bundle() -> Path | None:
+    """``models/emoji`` if the repo has it."""
+    path = REPO / "models" / SHIPPED_COLOUR
+    return path if (path / "manifest.json").is_file() else None
 
 
 def omniglot_zips() -> list:
@@ -81,16 +96,46 @@ def omniglot_images(n_classes: int | None, per_class: int, exclude=()):
 
 def make_task(out: Path, ways: int = TASK_WAYS, shots: int = TASK_SHOTS, queries: int = TASK_QUERIES) -> Path:
     """Write a ``ways``-way task to ``out``: folders of PNGs and ``task.npz``; returns ``out``."""
-    from PIL import Image
-
     if (out / "task.npz").is_file():
         return out
+    labels, imgs = omniglot_images(ways, shots + queries)
+    return write_task(out, [(label, ims[:shots], ims[shots:]) for label, ims in zip(labels, imgs)])
+
+
+def emoji_images() -> dict:
+    """{concept: {artist: uint8 (H, W, 3) RGB}} of the emoji fixture (``CATEGORY/CONCEPT/CONCEPT_AA.png``)."""
+    from PIL import Image
+
+    files = sorted(EMOJI_DIR.glob("*/*/*.png"))
+    if not files:
+        raise FileNotFoundError(f"no emoji images in {EMOJI_DIR} (the fixture of tests/data/emoji)")
+    out: dict = {}
+    for f in files:
+        with Image.open(f) as im:
+            out.setdefault(f.parent.name, {})[f.stem.rsplit("_", 1)[1]] = np.asarray(im.convert("RGB"), np.uint8)
+    return out
+
+
+def make_colour_task(out: Path) -> Path:
+    """Write the colour task to ``out`` like :func:`make_task`: every concept of the emoji fixture, its support
+    the Noto drawing, its queries Twemoji's and OpenMoji's; returns ``out``."""
+    if (out / "task.npz").is_file():
+        return out
+    classes = [(concept, [by[COLOUR_SUPPORT_ARTIST]], [by[a] for a in COLOUR_QUERY_ARTISTS])
+               for concept, by in sorted(emoji_images().items())]
+    return write_task(out, classes)
+
+
+def write_task(out: Path, classes) -> Path:
+    """Write ``[(label, support images, query images)]`` to ``out`` (replaced): ``support/<label>/NN.png``,
+    ``query/<label>/NN.png`` and ``task.npz`` holding the same uint8 arrays; returns ``out``."""
+    from PIL import Image
+
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
-    labels, imgs = omniglot_images(ways, shots + queries)
     sx, sy, qx, qy, qpaths = [], [], [], [], []
-    for label, ims in zip(labels, imgs):
-        for split, chunk in (("support", ims[:shots]), ("query", ims[shots:])):
+    for label, support, query in classes:
+        for split, chunk in (("support", support), ("query", query)):
             d = tmp / split / label
             d.mkdir(parents=True)
             for i, a in enumerate(chunk):
@@ -106,11 +151,12 @@ def make_task(out: Path, ways: int = TASK_WAYS, shots: int = TASK_SHOTS, queries
     return out
 
 
-def build_tiny_bundle(out: Path) -> Path:
-    """Build the tiny test bundle at ``out`` in a TensorFlow subprocess (cached: skipped if present)."""
+def build_tiny_bundle(out: Path, channels: int = 1) -> Path:
+    """Build the tiny test bundle at ``out`` in a TensorFlow subprocess (cached: skipped if present); with
+    ``channels=3`` an RGB one of the fixture's size, calibrated on the emoji fixture."""
     if (out / "manifest.json").is_file():
         return out
-    cmd = [sys.executable, str(Path(__file__).resolve()), "tiny", str(out)]
+    cmd = [sys.executable, str(Path(__file__).resolve()), "tiny" if channels == 1 else "tiny-rgb", str(out)]
     p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=900,
                        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES=""))
     if p.returncode != 0 or not (out / "manifest.json").is_file():
@@ -121,7 +167,7 @@ def build_tiny_bundle(out: Path) -> Path:
     return out
 
 
-def _tiny_main(out: Path) -> None:
+def _tiny_main(out: Path, channels: int = 1) -> None:
     os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
     from metalite.export.tfcompat import tf, keras  # noqa: F401  (sets up tf_keras)
     from metalite.training.models import build_backbone
@@ -133,11 +179,18 @@ def _tiny_main(out: Path) -> None:
     r = TINY_RECIPE
     tf.random.set_seed(r["seed"])
     np.random.seed(r["seed"])
-    model = build_backbone({"kind": r["kind"], "filters": r["filters"], "embedding_dim": r["embedding_dim"]})
-    # Representative images: Omniglot characters *not* used by the test task.
-    task_chars, _ = omniglot_images(TASK_WAYS, TASK_SHOTS + TASK_QUERIES)
-    _, imgs = omniglot_images(r["rep"] // 2, 2, exclude=task_chars)
-    rep = to_model_input(np.stack([a for ims in imgs for a in ims]), (28, 28))
+    cfg = {"kind": r["kind"], "filters": r["filters"], "embedding_dim": r["embedding_dim"]}
+    if channels == 1:
+        model = build_backbone(cfg)
+        # Representative images: Omniglot characters *not* used by the test task.
+        task_chars, _ = omniglot_images(TASK_WAYS, TASK_SHOTS + TASK_QUERIES)
+        _, imgs = omniglot_images(r["rep"] // 2, 2, exclude=task_chars)
+        rep = to_model_input(np.stack([a for ims in imgs for a in ims]), (28, 28))
+    else:
+        size = (TINY_RGB_SIZE, TINY_RGB_SIZE)
+        model = build_backbone(cfg, input_shape=(*size, 3))
+        # The fixture has no emoji beside the task's: every drawing calibrates (the bundle is untrained anyway).
+        rep = to_model_input(np.stack([a for by in emoji_images().values() for a in by.values()]), size, channels=3)
     rng = np.random.default_rng(r["seed"])
     d, h = r["embedding_dim"], r["head"][0]
     # Untrained embeddings are small; scale the (linear) hidden layer so that squared distances
@@ -184,7 +237,7 @@ def with_edgetpu_model(src: Path, dst: Path) -> Path:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 3 and sys.argv[1] == "tiny":
-        _tiny_main(Path(sys.argv[2]))
+    if len(sys.argv) == 3 and sys.argv[1] in ("tiny", "tiny-rgb"):
+        _tiny_main(Path(sys.argv[2]), 1 if sys.argv[1] == "tiny" else 3)
     else:
-        sys.exit("usage: python device_tests/device_bundles.py tiny OUT_DIR")
+        sys.exit("usage: python device_tests/device_bundles.py tiny|tiny-rgb OUT_DIR")

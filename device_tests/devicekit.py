@@ -39,9 +39,12 @@ def run_script(python, script: str, args: list, *, timeout: float = 600, preexec
 
 
 def load_result(out: Path) -> dict:
+    """device_run.py's result.json, with its arrays (``proba_array``, ``embeddings``) and ``out_dir``, where the
+    run also saved its state (``state.npz``)."""
     import numpy as np
 
     res = json.loads((out / "result.json").read_text())
+    res["out_dir"] = Path(out)
     with np.load(out / "result.npz") as z:
         res["proba_array"], res["embeddings"] = z["proba"], z["embeddings"]
     return res
@@ -84,3 +87,22 @@ def assert_agreement(a: dict, what: str, trained: bool, same_kernels: bool = Tru
     if a["embedding_max_lsb"] > c["embedding_max_lsb"] + 1e-3:
         problems.append(f"int8 embeddings differ by {a['embedding_max_lsb']:.2f} steps > {c['embedding_max_lsb']}")
     assert not problems, f"{what}: " + "; ".join(problems) + f" ({a})"
+
+
+def assert_colour_state(result: dict, task: Path) -> None:
+    """The state a run of device_run.py saved from an RGB task keeps every support image as it was given:
+    format 3, uint8 (n, H, W, 3), each class's rows the task's pixels (the task is at the bundle's size)."""
+    import numpy as np
+
+    from metalite.runtime.state import COLOR_STATE_FORMAT_VERSION, load_state
+
+    assert result["state_format_version"] == COLOR_STATE_FORMAT_VERSION, result["state_format_version"]
+    assert result["state_images_kept"] is True  # by the classifier the run loaded from that file
+    st = load_state(result["out_dir"] / "state.npz")
+    with np.load(task / "task.npz") as t:
+        sx, sy = t["support_images"], [str(s) for s in t["support_labels"]]
+    assert st.images is not None and st.images.dtype == np.uint8 and st.images.shape == sx.shape, (
+        None if st.images is None else (st.images.dtype, st.images.shape))
+    for col, label in enumerate(st.classes):
+        given = sx[[i for i, y in enumerate(sy) if y == label]]
+        assert np.array_equal(st.images[st.support_labels == col], given), label

@@ -1,7 +1,8 @@
 """The runtime on real arm64 code: Debian bookworm arm64 (Raspberry Pi OS's base) under qemu as a Cortex-A72,
 with the repo's current metalite.runtime on two stacks: Debian's python3 + numpy 1.24 + the aarch64
-tflite-runtime 2.14 wheel (issue 5, part 2), and a venv with numpy 2 + the aarch64 ai-edge-litert wheel
-(issue 16). Both predict as on x86; their relative cost is measured interleaved, labelled as emulated."""
+tflite-runtime 2.14 wheel (Raspberry Pi OS bookworm's stack), and a venv with numpy 2 + the aarch64 ai-edge-litert
+wheel. Both predict as on x86, gray bundles and an RGB one; their relative cost is measured interleaved, labelled
+as emulated."""
 import subprocess
 import sys
 import time
@@ -9,7 +10,7 @@ import time
 import pytest
 
 import envs
-from devicekit import SCRIPTS, agreement, assert_agreement, load_result, output_scale, record
+from devicekit import SCRIPTS, agreement, assert_agreement, assert_colour_state, load_result, output_scale, record
 
 sys.path.insert(0, str(envs.REPO / "tools"))
 import bench_latency  # noqa: E402 - self-contained timing worker, also run inside the rootfs
@@ -34,13 +35,14 @@ def _names(bundles, kind):
 
 
 @pytest.fixture(scope="session")
-def arm64_runs(arm64, bundles, task):
+def arm64_run(arm64):
+    """device_run.py on the arm64 device: ``(kind, name, bundle dir, task.npz) -> result``, cached per session."""
     cache = {}
 
-    def get(name, kind="tflite"):
+    def get(kind, name, bundle, task_npz):
         if (name, kind) not in cache:
             host, inside = envs.stage_in_rootfs(arm64["rootfs"], f"run-{name}-{kind}", {
-                "bundle": bundles[name], "task.npz": task / "task.npz", "device_run.py": SCRIPTS / "device_run.py"})
+                "bundle": bundle, "task.npz": task_npz, "device_run.py": SCRIPTS / "device_run.py"})
             py, env = _python(arm64, kind)
             cmd = arm64["runner"]([py, f"{inside}/device_run.py", "--bundle", f"{inside}/bundle",
                                    "--task", f"{inside}/task.npz", "--out", f"{inside}/out", "--threads", "2"], env)
@@ -54,6 +56,12 @@ def arm64_runs(arm64, bundles, task):
             cache[name, kind] = r
         return cache[name, kind]
     return get
+
+
+@pytest.fixture(scope="session")
+def arm64_runs(arm64_run, bundles, task):
+    """device_run.py on the arm64 device on a gray bundle and the Omniglot task: ``(name, kind="tflite")``."""
+    return lambda name, kind="tflite": arm64_run(kind, name, bundles[name], task / "task.npz")
 
 
 @pytest.mark.parametrize("kind", sorted(STACKS))
@@ -86,6 +94,35 @@ def test_arm64_agrees_with_x86(arm64_runs, x86_runs, bundles, results_dir, kind)
         a = agreement(x86_runs(kind, name), arm64_runs(name, kind), output_scale(bundles[name]))
         record(results_dir, f"agreement-x86-vs-arm64-{kind}-{name}", a)
         assert_agreement(a, f"{name}: x86 vs arm64 {STACKS[kind][0]}", trained=name != "tiny")
+
+
+@pytest.mark.parametrize("kind", sorted(STACKS))
+def test_arm64_colour_bundle_adapts_keeps_colour_and_agrees_with_x86(arm64_run, x86_run, arm64, colour_bundle,
+                                                                      colour_task, results_dir, kind):
+    """An RGB bundle on the device, from uint8 RGB arrays (no Pillow there): it adapts and predicts as on x86 with
+    the same interpreter package, and the state it saves and loads again keeps the colour support images."""
+    backend, numpy_major = STACKS[kind]
+    name, path = colour_bundle
+    r = arm64_run(kind, name, path, colour_task / "task.npz")
+    assert r["machine"] == "aarch64" and r["python"].startswith("3.11.")
+    assert r["backend"] == backend and r["numpy"].startswith(numpy_major), (r["backend"], r["numpy"])
+    if kind == "tflite":
+        assert r["backend_version"] == "2.14.0"
+    assert r["tf"] == {"tensorflow_importable": False, "tf_modules_loaded": []}
+    assert len(r["pred"]) == 20 and len(r["classes"]) == 10
+    assert r["state_roundtrip"] is True and r["add_remove_pred_same"] >= 0.99
+    assert_colour_state(r, colour_task)
+    acc = r["acceleration"]
+    if _xnnpack_expected(arm64):
+        assert acc["delegate"] == "xnnpack" and acc["delegated"] in ("whole graph", "partial"), acc
+    a = agreement(x86_run(kind, path, colour_task), r, output_scale(path))
+    record(results_dir, f"agreement-x86-vs-arm64-{kind}-{name}", a)
+    record(results_dir, f"arm64-{kind}-{name}", {
+        "mode": arm64["mode"], "ms_per_image": round(r["ms_per_image"], 2), "fit_seconds": r["fit_seconds"],
+        "threads": 2, "images": len(r["pred"]), "accuracy": r["accuracy"], "wall_seconds": round(r["wall_seconds"], 1),
+        "backend": f"{r['backend']} {r['backend_version']}", "numpy": r["numpy"],
+        "note": "emulated: qemu user-mode (Cortex-A72 model) on x86, not a Pi timing"})
+    assert_agreement(a, f"{name}: x86 vs arm64 {backend}", trained=name != "tiny-rgb")
 
 
 def test_arm64_interpreter_cost(arm64, bundle, results_dir):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from devicekit import agreement, assert_agreement, output_scale, record
+from devicekit import agreement, assert_agreement, assert_colour_state, output_scale, record
 
 STACKS = {"tflite": ("tflite_runtime", "1."), "litert": ("ai_edge_litert", "2.")}
 WHOLE = {"omniglot": "whole graph", "omniglot-fast": "whole graph", "glyphs": "partial"}  # what XNNPACK takes of the shipped bundles' graphs
@@ -68,14 +68,20 @@ def test_cli_adapt_predict(x86_runs, bundles, kind):
         said = cli["verbose"]["stderr"]
         assert f"{STACKS[kind][0]} " in said and f"XNNPACK delegate ({WHOLE[name]}" in said, said
         assert "interpreter: INFO: Created TensorFlow Lite XNNPACK delegate for CPU." in said, said
-        out = json.loads(cli["predict"]["stdout"])
-        rows = out if isinstance(out, list) else out.get("predictions", out)
-        by_image = {row["image"]: row["label"] for row in rows}
-        cli_pred = [by_image[p] for p in cli["paths"]]
-        assert cli_pred == r["api_pred_from_files"], "CLI and API disagree on the same images and state"
-        # the PNG files hold exactly the arrays of task.npz: same predictions as from arrays
-        same = sum(a == b for a, b in zip(cli_pred, r["pred"])) / len(cli_pred)
-        assert same >= 0.99, same
+        _assert_cli_answers_as_the_api(r)
+
+
+def _assert_cli_answers_as_the_api(r: dict) -> None:
+    """`metalite predict --json` answers as the API on the same files and state, and as the API on the arrays."""
+    cli = r["cli"]
+    out = json.loads(cli["predict"]["stdout"])
+    rows = out if isinstance(out, list) else out.get("predictions", out)
+    by_image = {row["image"]: row["label"] for row in rows}
+    cli_pred = [by_image[p] for p in cli["paths"]]
+    assert cli_pred == r["api_pred_from_files"], "CLI and API disagree on the same images and state"
+    # the PNG files hold exactly the arrays of task.npz: same predictions as from arrays
+    same = sum(a == b for a, b in zip(cli_pred, r["pred"])) / len(cli_pred)
+    assert same >= 0.99, same
 
 
 def test_interpreters_agree(x86_runs, bundles, results_dir):
@@ -84,3 +90,28 @@ def test_interpreters_agree(x86_runs, bundles, results_dir):
         a = agreement(x86_runs("tflite", name), x86_runs("litert", name), output_scale(path))
         record(results_dir, f"agreement-tflite-vs-litert-{name}", a)
         assert_agreement(a, f"{name}: tflite-runtime vs ai-edge-litert", trained=name != "tiny", same_kernels=False)
+
+
+@pytest.mark.parametrize("kind", sorted(STACKS))
+def test_colour_bundle_api_and_cli(x86_run, colour_bundle, colour_task, kind, results_dir):
+    """An RGB bundle without TensorFlow: the API adapts from uint8 RGB arrays and keeps them in a format-3 state;
+    `metalite adapt` / `metalite predict` on the same pictures as RGB PNG files give the API's answers."""
+    name, path = colour_bundle
+    r = x86_run(kind, path, colour_task)
+    assert r["backend"] == STACKS[kind][0] and r["tf"] == {"tensorflow_importable": False, "tf_modules_loaded": []}
+    assert len(r["pred"]) == 20 and len(r["classes"]) == 10
+    assert r["state_roundtrip"] is True and r["add_remove_pred_same"] >= 0.99
+    assert_colour_state(r, colour_task)
+    for step in ("adapt", "predict"):
+        assert r["cli"][step]["returncode"] == 0, f"metalite {step} failed: {r['cli'][step]['stderr'][-2000:]}"
+    _assert_cli_answers_as_the_api(r)
+    record(results_dir, f"x86-{kind}-{name}", {k: r[k] for k in (
+        "backend", "backend_version", "numpy", "ms_per_image", "fit_seconds", "peak_rss_mb", "accuracy")})
+
+
+def test_interpreters_agree_on_colour(x86_run, colour_bundle, colour_task, results_dir):
+    """tflite-runtime 2.14 and ai-edge-litert agree on the RGB bundle as on the gray ones."""
+    name, path = colour_bundle
+    a = agreement(x86_run("tflite", path, colour_task), x86_run("litert", path, colour_task), output_scale(path))
+    record(results_dir, f"agreement-tflite-vs-litert-{name}", a)
+    assert_agreement(a, f"{name}: tflite-runtime vs ai-edge-litert", trained=name != "tiny-rgb", same_kernels=False)

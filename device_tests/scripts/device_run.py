@@ -6,8 +6,9 @@ run), so it runs unchanged in the runtime-only venvs and in the arm64 Debian roo
     python device_run.py --bundle B --task TASK.npz --out OUT [--threads N] [--delegate cpu]
                          [--cli-task DIR]   # also `metalite adapt` / `metalite predict --json`
 
-Writes OUT/result.json (labels, timings, peak memory, interpreter, TF check, CLI output) and
-OUT/result.npz (probabilities and embeddings of the query images).
+Writes OUT/result.json (labels, timings, peak memory, interpreter, TF check, state format, CLI output),
+OUT/result.npz (probabilities and embeddings of the query images) and, unless --skip-extras, OUT/state.npz
+(the saved state).
 """
 import argparse
 import json
@@ -143,6 +144,11 @@ def main():
         assert clf2.classes == clf.classes
         assert np.array_equal(clf2.predict_proba(qx), proba), "loaded state predicts differently"
         res["state_roundtrip"] = True
+        # the support pixels travel with the state (format 2 gray, 3 RGB), so another backbone can re-embed them
+        kept, back = clf.support_images(), clf2.support_images()
+        res["state_images_kept"] = all(np.array_equal(kept[c], back[c]) for c in clf.classes)
+        with np.load(state) as z:
+            res["state_format_version"] = json.loads(str(z["meta"]))["format_version"]
 
     res["peak_rss_mb"] = peak_rss_mb()
     res["vm_peak_mb"] = vm_peak_mb()
