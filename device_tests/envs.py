@@ -9,7 +9,8 @@ interrupted build is redone, never half-used.
   an interpreter package and Pillow -- no TensorFlow (the "device-like" environment on x86).
 - :func:`arm64_rootfs`: Debian bookworm arm64 (debootstrap, minbase + python3 + python3-numpy).
 - :func:`arm64_site`: a folder to put on PYTHONPATH inside that rootfs: the aarch64 tflite-runtime
-  wheel unzipped plus ``metalite/runtime`` copied from the repo (so the *current* runtime code runs).
+  wheel unzipped plus ``metalite/runtime`` and ``metalite/common`` copied from the repo (so the *current*
+  runtime code runs).
 - :func:`arm64_litert_venv`: a venv inside that rootfs (made by its own ``python3 -m venv``) holding
   the aarch64 ai-edge-litert and numpy 2 wheels (``pip install --target`` on the host) and the runtime.
 - :func:`arm64_runner`: how to run a python command in the rootfs (chroot through binfmt_misc, or
@@ -274,12 +275,14 @@ def arm64_wheel() -> Path:
 
 
 def _copy_runtime(site: Path) -> None:
-    """The runtime as it is installed: ``metalite/runtime`` inside the ``metalite`` namespace package."""
+    """The runtime as it is installed: ``metalite/runtime`` and the ``metalite/common`` helpers it imports, inside
+    the ``metalite`` namespace package."""
     pkg = site / "metalite"
     if pkg.exists():
         shutil.rmtree(pkg)
     pkg.mkdir(parents=True)
-    shutil.copytree(REPO / "runtime", pkg / "runtime", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    for name in ("runtime", "common"):
+        shutil.copytree(REPO / name, pkg / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
 
 
 def arm64_site(rootfs: Path) -> str:

@@ -48,6 +48,7 @@ def test_wheel_install_imports_its_own_runtime_from_the_repo_root(tmp_path):
     # the runtime-only site that `metalite bench` measures memory with comes from the installed package
     runtime_site = Path(out[1])
     assert (runtime_site / "metalite" / "runtime" / "classifier.py").is_file()
+    assert (runtime_site / "metalite" / "common" / "progress.py").is_file()  # what the runtime imports
     assert not (runtime_site / "metalite" / "__init__.py").exists()
     probe = "import metalite.runtime as r, sys; print(r.__file__); print('tensorflow' in sys.modules)"
     out = _run([py, "-c", probe], cwd=tmp_path, env={**env, "PYTHONPATH": str(runtime_site)}).splitlines()
@@ -72,7 +73,8 @@ def test_the_wheel_holds_the_packages_and_nothing_else_with_the_right_metadata(t
     info = f"metalite-{__version__}.dist-info/"
     code = [n for n in files if not n.startswith(info)]
     folders = package_folders(ROOT)
-    assert sorted({n.split("/")[1] for n in code}) == folders == ["export", "fleet", "runtime", "tools", "training"]
+    assert sorted({n.split("/")[1] for n in code}) == folders == ["common", "export", "fleet", "runtime", "tools",
+                                                                 "training"]
     assert all(n.startswith("metalite/") for n in code) and "metalite/__init__.py" not in files  # a namespace
     assert [n for n in code if not n.endswith(".py")] == ["metalite/runtime/webui/page.html",
                                                           "metalite/tools/device_install.sh"]

@@ -1,8 +1,9 @@
 """Runtime-only Python environments for ``metalite bench``: the device's view of the installed runtime.
 
-- ``runtime_site(folder)``: a folder for ``PYTHONPATH`` holding ``metalite/runtime`` copied from the
-  installed package (the ``metalite`` namespace has no ``__init__``), so a child process imports the
-  runtime and nothing else of metalite, from a repository checkout or a wheel install alike.
+- ``runtime_site(folder)``: a folder for ``PYTHONPATH`` holding ``metalite/runtime`` and ``metalite/common``
+  (the helpers the runtime imports) copied from the installed package (the ``metalite`` namespace has no
+  ``__init__``), so a child process imports the runtime and nothing else of metalite, from a repository
+  checkout or a wheel install alike.
 - ``tflite_runtime_python(build)``: a Python with ``tflite-runtime`` (numpy<2, as on Raspberry Pi OS):
   this one if it has it, else a venv under ``cache_root("venvs")``, built when ``build`` is true (pip
   downloads about 10 MB; a minute or two). The venv holds only numpy and the interpreter package.
@@ -23,14 +24,17 @@ TFLITE_REQUIREMENTS = ["numpy<2", "tflite-runtime"]
 
 
 def runtime_site(folder) -> Path:
-    """``folder/runtime_site`` with ``metalite/runtime`` (this process's runtime package) inside; made once."""
+    """``folder/runtime_site`` with this process's ``metalite/runtime`` and ``metalite/common`` inside; made once."""
+    import metalite.common
     import metalite.runtime
 
     site = Path(folder) / "runtime_site"
-    if not (site / "metalite" / "runtime" / "__init__.py").is_file():
-        (site / "metalite").mkdir(parents=True, exist_ok=True)
-        shutil.copytree(Path(metalite.runtime.__file__).parent, site / "metalite" / "runtime", dirs_exist_ok=True,
-                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    for package in (metalite.runtime, metalite.common):
+        name = package.__name__.split(".")[1]
+        if not (site / "metalite" / name / "__init__.py").is_file():
+            (site / "metalite").mkdir(parents=True, exist_ok=True)
+            shutil.copytree(Path(package.__file__).parent, site / "metalite" / name, dirs_exist_ok=True,
+                            ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     return site
 
 

@@ -22,7 +22,7 @@ import numpy as np
 
 from metalite.runtime.files import atomic_write, cache_root
 from metalite.runtime.preprocess import resize_area
-from metalite.runtime.progress import as_progress
+from metalite.common.progress import as_progress
 
 RECIPE_VERSION = 1  # bump whenever rendering changes: it is part of the cache key
 
@@ -355,7 +355,7 @@ def _render(classes, image_size: int = 28, samples_per_class: int = 20, seed: in
             progress=None) -> np.ndarray:
     """Render ``classes`` (items of ``glyph_classes()``) -> uint8 (C, S, size, size); no caching.
 
-    ``progress``: a ``metalite.runtime.progress.Progress`` told about every class rendered.
+    ``progress``: a ``metalite.common.progress.Progress`` told about every class rendered.
     """
     canvas = max(CANVAS, image_size)
     images = np.empty((len(classes), samples_per_class, image_size, image_size), np.uint8)

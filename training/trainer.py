@@ -16,7 +16,7 @@ from metalite.export.tfcompat import tf
 from metalite.runtime.files import atomic_write_text
 from metalite.runtime.plural import plural
 from metalite.runtime.preprocess import settings as preprocess_settings
-from metalite.runtime.progress import as_progress
+from metalite.common.progress import as_progress
 
 from . import settings as run_settings
 from .algorithms import make_learner
@@ -217,7 +217,7 @@ def train(out, settings: dict, resume: bool = False, progress=None, log=None, ov
 
     ``resume``: continue the run in ``out`` (its saved settings; ``steps`` may grow). Otherwise an existing
     model directory at ``out`` is removed first if ``overwrite`` (the CLI's ``--force``) and refused if not.
-    ``progress``: a ``metalite.runtime.progress.Progress`` (None: silent); ``log`` overrides its news lines.
+    ``progress``: a ``metalite.common.progress.Progress`` (None: silent); ``log`` overrides its news lines.
     Returns the final config dict; Ctrl-C raises ``Interrupted`` after saving.
     """
     progress = as_progress(progress)
