@@ -16,10 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
+from metalite.common.progress import as_progress
 from metalite.runtime.files import atomic_write, atomic_write_bytes, replace_dir, replace_refusal
 from metalite.runtime.names import bundle_file_problem
 from metalite.runtime.preprocess import settings as preprocess_settings
-from metalite.common.progress import as_progress
 
 from . import edgetpu as _etpu
 from . import tflite as _tfl

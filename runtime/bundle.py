@@ -22,7 +22,9 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import BundleError, one_line
+from metalite.common.errors import one_line
+
+from .errors import BundleError
 from .files import cache_root
 from .names import bundle_file_problem
 from .preprocess import BACKGROUND, CHANNELS, COLOR_CHANNELS, settings

@@ -50,7 +50,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError, StateError, one_line
+from metalite.common.errors import one_line
+
+from .errors import InputError, StateError
 from .head import AdaptedHead, check_classifier, check_float_array, check_layers
 from .labels import normalize_label, short_repr
 from .npz import read_npz

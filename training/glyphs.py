@@ -20,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
+from metalite.common.progress import as_progress
 from metalite.runtime.files import atomic_write, cache_root
 from metalite.runtime.preprocess import resize_area
-from metalite.common.progress import as_progress
 
 RECIPE_VERSION = 1  # bump whenever rendering changes: it is part of the cache key
 

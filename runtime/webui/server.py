@@ -25,7 +25,8 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from ..errors import MetaliteError, one_line
+from metalite.common.errors import MetaliteError, one_line
+
 from .access import Access
 from .tls import WebError
 
