@@ -10,6 +10,10 @@ class MetaliteError(Exception):
     """Base class of every error metalite raises deliberately."""
 
 
+class FileRefusedError(MetaliteError, ValueError):
+    """A path metalite will not write a file to: a directory, device, FIFO or socket stands there."""
+
+
 def one_line(exc: BaseException) -> str:
     """Return ``exc`` as ``"TypeName: first line of its message"`` (for wrapping errors from deep inside)."""
     msg = str(exc).strip().splitlines()

@@ -59,7 +59,7 @@ def log(msg: str) -> None:
 
 
 def cache_dir() -> Path:
-    from metalite.runtime.files import cache_root
+    from metalite.common.files import cache_root
 
     d = Path(os.environ.get("METALITE_DEVICE_CACHE") or cache_root("device"))
     d.mkdir(parents=True, exist_ok=True)

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from metalite.common.files import atomic_write, atomic_write_bytes, replace_dir, replace_refusal
 from metalite.common.progress import as_progress
-from metalite.runtime.files import atomic_write, atomic_write_bytes, replace_dir, replace_refusal
 from metalite.runtime.names import bundle_file_problem
 from metalite.runtime.preprocess import settings as preprocess_settings
 

@@ -10,11 +10,11 @@ import os
 import secrets
 from pathlib import Path
 
-from metalite.runtime.state import remove_stale_temps
+from metalite.common.files import remove_stale_temps
 from metalite.runtime.sync.release import is_sha256
 
 _CHUNK = 1 << 20
-_TEMP = "in"  # temporaries are .in.<token>.tmp, flocked while written (the rule of runtime.state's saves)
+_TEMP = "in"  # temporaries are .in.<token>.tmp, flocked while written (the rule of common.files' atomic writes)
 
 
 def _locked_temp(directory: Path) -> tuple:

@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from metalite.common.errors import one_line
+from metalite.common.files import cache_root
 
 from .errors import BundleError
-from .files import cache_root
 from .names import bundle_file_problem
 from .preprocess import BACKGROUND, CHANNELS, COLOR_CHANNELS, settings
 

@@ -23,9 +23,9 @@ import tempfile
 from pathlib import Path
 
 from metalite.common.errors import MetaliteError
+from metalite.common.files import atomic_write_text, replace_dir
 from metalite.common.progress import as_progress
 from metalite.runtime.bundle import MANIFEST, open_bundle, sha256_file
-from metalite.runtime.files import atomic_write_text, replace_dir
 
 INSTALL_SCRIPT = Path(__file__).with_name("device_install.sh")
 SUMS = "SHA256SUMS"

@@ -238,7 +238,7 @@ def _compress_export(work: Path, cfg: dict, recipe: dict, say) -> Path:
 def keep_float_model(work: Path, cfg: dict, recipe: dict, plan: dict, dest: Path) -> Path:
     """A self-contained copy of the fine-tuned float model at ``dest``: its ``data`` is the base's replay
     source (not this update's folder, which is deleted), it carries the release's tta, and says where it came from."""
-    from metalite.runtime.files import atomic_write_text
+    from metalite.common.files import atomic_write_text
 
     shutil.rmtree(dest, ignore_errors=True)
     shutil.copytree(work / "float", dest, ignore=shutil.ignore_patterns("checkpoints"))
@@ -439,7 +439,7 @@ def decision_text(m: dict, max_drop: float) -> str:
 def _exclusive(updates: Path):
     """Hold ``updates/.lock``: a scheduled and a manual update of one fleet never share a work directory."""
     from metalite.fleet import FleetError
-    from metalite.runtime.files import file_lock
+    from metalite.common.files import file_lock
 
     updates.mkdir(parents=True, exist_ok=True)
     return file_lock(updates / ".lock", blocking=False,

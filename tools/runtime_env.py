@@ -18,7 +18,7 @@ import sys
 import venv
 from pathlib import Path
 
-from metalite.runtime.files import atomic_write_text, cache_root
+from metalite.common.files import atomic_write_text, cache_root
 
 TFLITE_REQUIREMENTS = ["numpy<2", "tflite-runtime"]
 

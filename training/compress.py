@@ -19,8 +19,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from metalite.common.files import atomic_write_text, replace_refusal
 from metalite.common.progress import as_progress
-from metalite.runtime.files import atomic_write_text, replace_refusal
 
 from .datasets import HELDOUT_SPLIT, describe_split, portable_spec, representative_inputs
 from .distill import DISTILL_LOSSES, make_distill_loss

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from metalite.common.files import atomic_write, cache_root
 from metalite.runtime.errors import InputError
-from metalite.runtime.files import atomic_write, cache_root
 from metalite.runtime.images import read_image_bytes
 from metalite.runtime.plural import plural
 from metalite.runtime.preprocess import resize_area, to_gray, to_rgb

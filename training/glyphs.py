@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from metalite.common.files import atomic_write, cache_root
 from metalite.common.progress import as_progress
-from metalite.runtime.files import atomic_write, cache_root
 from metalite.runtime.preprocess import resize_area
 
 RECIPE_VERSION = 1  # bump whenever rendering changes: it is part of the cache key
@@ -384,7 +384,7 @@ def load_glyphs(image_size: int = 28, samples_per_class: int = 20, seed: int = 0
     """-> (images uint8 (C, S, H, W), class_names list[str] (e.g. "U+0041 LATIN CAPITAL LETTER A"), groups list[str])
 
     Renders every class of ``glyph_classes()`` once and caches the result as npz under ``cache_dir``
-    (default ``metalite.runtime.files.cache_root("glyphs")``), written atomically.
+    (default ``metalite.common.files.cache_root("glyphs")``), written atomically.
     """
     if image_size < 1 or samples_per_class < 1:
         raise ValueError(f"image_size and samples_per_class must be >= 1, got {image_size}, {samples_per_class}")

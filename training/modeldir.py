@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from metalite.runtime.files import atomic_write, atomic_write_text, replace_dir
+from metalite.common.files import atomic_write, atomic_write_text, replace_dir
 from metalite.runtime.head import HeadSpec, load_head, save_head
 
 from .errors import ModelDirError

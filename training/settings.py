@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from metalite.runtime.files import replace_refusal
+from metalite.common.files import replace_refusal
 
 from .augment import DEFAULT as DEFAULT_AUGMENT
 from .augment import Augment

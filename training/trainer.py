@@ -12,9 +12,9 @@ import shutil
 import time
 from pathlib import Path
 
+from metalite.common.files import atomic_write_text
 from metalite.common.progress import as_progress
 from metalite.export.tfcompat import tf
-from metalite.runtime.files import atomic_write_text
 from metalite.runtime.plural import plural
 from metalite.runtime.preprocess import settings as preprocess_settings
 

@@ -13,9 +13,10 @@ import shutil
 import time
 from pathlib import Path
 
-from ..bundle import MANIFEST, open_bundle
-from ..files import atomic_write_text
+from metalite.common.files import atomic_write_text
 from metalite.common.progress import as_progress
+
+from ..bundle import MANIFEST, open_bundle
 from .home import DeviceHome
 from .update import switch_to
 
