@@ -9,8 +9,8 @@
 - ``replace_refusal(out, overwrite, marker, what)``: the one rule of every command that writes a directory
   (``train``, ``compress``, ``export``): an existing one is replaced only with ``--force``, and only if it is
   one metalite wrote (holds ``marker``) or is empty.
-- ``remove_stale_temps(directory, name)``: the temporaries crashed writes left, removed.
-- ``file_lock(path, blocking, busy)``: an exclusive flock held for a ``with`` block (device homes, fleet updates).
+- ``new_temp(directory, name)`` / ``remove_stale_temps(directory, name)``: a locked temporary to write, and
+  the temporaries crashed writes left, removed (file locks: ``common/locks.py``).
 - ``cache_root(kind)``: ``$METALITE_CACHE/<kind>``, else ``$XDG_CACHE_HOME/metalite/<kind>``, else
   ``~/.cache/metalite/<kind>``; each part names its own kinds.
 
@@ -24,7 +24,6 @@ name, unlocked, older than ``STALE_TEMP_AGE`` seconds) are deleted by the next w
 """
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import re
@@ -36,9 +35,10 @@ import time
 from pathlib import Path
 
 from .errors import FileRefusedError
+from .locks import try_lock
 
 __all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_text", "replace_dir", "cache_root", "fsync_dir",
-           "file_lock", "replace_refusal", "remove_stale_temps", "STALE_TEMP_AGE"]
+           "replace_refusal", "new_temp", "remove_stale_temps", "STALE_TEMP_AGE"]
 
 STALE_TEMP_AGE = 60.0  # seconds; a live save holds its temporary's lock, this only covers its first instant
 _TEMP_TOKEN = re.compile(r"[A-Za-z0-9_]{8,32}")
@@ -59,17 +59,13 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def _lock(fd: int) -> bool:
-    """Take an exclusive non-blocking flock on ``fd``; False if another process holds it."""
-    try:
-        import fcntl
-    except ImportError:  # Windows: no flock; stale temporaries are then recognised by age alone
-        return True
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return True
-    except OSError:
-        return False
+def new_temp(directory: Path, name: str, mode: int = 0o600) -> tuple:
+    """(fd, path) of a new temporary ``directory/.<name>.<random>.tmp``, created with ``mode`` (minus the umask)
+    and flocked until closed or renamed, so ``remove_stale_temps`` leaves it alone while it is written."""
+    path = Path(directory) / f".{name}.{secrets.token_hex(8)}.tmp"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_NOFOLLOW, mode)
+    try_lock(fd)
+    return fd, path
 
 
 def remove_stale_temps(directory, name: str, min_age: float = STALE_TEMP_AGE) -> list:
@@ -95,7 +91,7 @@ def remove_stale_temps(directory, name: str, min_age: float = STALE_TEMP_AGE) ->
         except OSError:
             continue
         try:
-            if _lock(fd):
+            if try_lock(fd):
                 os.unlink(ent.path)
                 removed.append(n)
         except OSError:
@@ -137,11 +133,9 @@ def atomic_write(path, write) -> None:
     target, old = _save_target(Path(path))
     directory = target.parent
     remove_stale_temps(directory, target.name)
-    tmp = directory / f".{target.name}.{secrets.token_hex(8)}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_NOFOLLOW, 0o666 if old is None else 0o600)
+    fd, tmp = new_temp(directory, target.name, 0o666 if old is None else 0o600)
     try:
         with os.fdopen(fd, "wb") as f:
-            _lock(f.fileno())  # held until the rename: a concurrent save's cleanup leaves this file alone
             if old is not None:
                 os.chmod(tmp, stat.S_IMODE(old.st_mode))
                 if getattr(os, "geteuid", lambda: -1)() == 0:
@@ -160,28 +154,6 @@ def atomic_write(path, write) -> None:
             pass
         raise
     fsync_dir(directory)
-
-
-@contextlib.contextmanager
-def file_lock(path, blocking: bool = True, busy: Exception | None = None):
-    """Hold an exclusive flock on ``path`` (created if missing) for a ``with`` block; a no-op where fcntl does
-    not exist. Not ``blocking`` and held elsewhere: raises ``busy`` (default: BlockingIOError)."""
-    try:
-        import fcntl
-    except ImportError:  # not POSIX
-        yield
-        return
-    with open(path, "a+b") as f:
-        try:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
-        except BlockingIOError:
-            if busy is None:
-                raise
-            raise busy from None
-        try:
-            yield
-        finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
 def atomic_write_bytes(path, data: bytes) -> None:

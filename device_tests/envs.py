@@ -21,8 +21,6 @@ message that says what to install.
 """
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import functools
 import hashlib
 import json
@@ -70,15 +68,12 @@ def recipe_key(recipe: dict) -> str:
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
 
 
-@contextlib.contextmanager
 def _locked(path: Path):
+    """Hold ``<path>.lock``: one build of an environment at a time, across test processes."""
+    from metalite.common.locks import file_lock
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(str(path) + ".lock", "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    return file_lock(Path(str(path) + ".lock"))
 
 
 def run(cmd, *, what: str, timeout: float = 1800, quiet: bool = False, **kw) -> subprocess.CompletedProcess:

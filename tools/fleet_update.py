@@ -439,7 +439,7 @@ def decision_text(m: dict, max_drop: float) -> str:
 def _exclusive(updates: Path):
     """Hold ``updates/.lock``: a scheduled and a manual update of one fleet never share a work directory."""
     from metalite.fleet import FleetError
-    from metalite.common.files import file_lock
+    from metalite.common.locks import file_lock
 
     updates.mkdir(parents=True, exist_ok=True)
     return file_lock(updates / ".lock", blocking=False,
