@@ -14,9 +14,9 @@ import hashlib
 import json
 import time
 
+from metalite.common.sqlite import transaction
 from metalite.runtime.names import MAX_CLASS_NAME, class_name_problem
 
-from .db import transaction
 from .errors import RequestRefused
 from .examples import INT64, MAX_SIDE, from_pgm, to_pgm
 

@@ -17,10 +17,9 @@ import time
 
 import numpy as np
 
+from metalite.common.sqlite import transaction
 from metalite.runtime.names import class_name_problem
 from metalite.runtime.sync.outbox import KINDS
-
-from .db import transaction
 
 MAX_BATCH = 256
 MAX_SIDE = 512
