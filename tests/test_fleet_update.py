@@ -34,9 +34,8 @@ N_CLASSES = 8
 def base(tmp_path_factory):
     """(float model dir, its int8 bundle): a Conv4 with 8 filters, 150 episodes on the glyphs' training classes."""
     from metalite.export.bundle import write_bundle
-    from metalite.tools.cli_export import meta_from_config
     from metalite.training.datasets import load_data, representative_inputs
-    from metalite.training.modeldir import load_model_dir
+    from metalite.training.modeldir import load_model_dir, meta_from_config
     from metalite.training.trainer import train
 
     d = tmp_path_factory.mktemp("fleet_update_base")

@@ -102,10 +102,9 @@ def base(tmp_path_factory):
     """(float model, PQAT bundle with tta 4): a Conv4 with 8 filters, 100 episodes on the glyphs' training
     classes, pruned to 30% with 4 + 3 PQAT steps: a release whose packaging the update must copy."""
     from metalite.export.bundle import write_bundle
-    from metalite.tools.cli_export import meta_from_config
     from metalite.training.compress import compress
     from metalite.training.datasets import load_data, representative_inputs
-    from metalite.training.modeldir import load_model_dir
+    from metalite.training.modeldir import load_model_dir, meta_from_config
     from metalite.training.trainer import train
 
     d = tmp_path_factory.mktemp("fleet_chain_base")

@@ -8,26 +8,6 @@ import click
 from .clikit import console_progress, fail_cleanly, verbose_option
 
 
-def meta_from_config(cfg: dict) -> dict:
-    """Manifest training/compression/accuracy sections from a model directory's config.json."""
-    from metalite.training.datasets import describe_split, portable_spec
-
-    training = {"algorithm": cfg.get("algorithm"), "data": portable_spec(cfg.get("data")), **cfg.get("train", {}),
-                "backbone": cfg.get("backbone"), "seed": cfg.get("seed")}
-    compression = {"stage": cfg.get("stage", "float"), "pqat": cfg.get("stage") == "pqat",
-                   **cfg.get("compression", {})}
-    accuracy = {}
-    val = (cfg.get("metrics") or {}).get("val")
-    if isinstance(val, dict) and "mean" in val:
-        key = f"{val.get('ways', '?')}way{val.get('shots', '?')}shot"
-        accuracy[key] = {**val, "data": describe_split(cfg.get("data"), "val"),
-                         "measured": "Keras model during training"}
-    for k, v in (cfg.get("metrics") or {}).items():
-        if k not in ("val", "step", "history") and isinstance(v, dict) and "mean" in v:
-            accuracy[k] = v
-    return {"training": training, "compression": compression, "accuracy": accuracy}
-
-
 @click.command("export")
 @click.argument("model_dir", type=click.Path(exists=True, file_okay=False))
 @click.option("--out", "out", required=True, type=click.Path(), help="bundle directory to create")
@@ -64,7 +44,7 @@ def export_cmd(model_dir, out, edgetpu, float_model, representative, data, eval_
     spec = data or read_config(model_dir).get("data", "glyphs")
     parse_spec(spec)  # bad input fails here, before TensorFlow is imported
     from metalite.export.bundle import write_bundle
-    from metalite.training.modeldir import float_backbone, load_model_dir
+    from metalite.training.modeldir import float_backbone, load_model_dir, meta_from_config
 
     progress = console_progress(quiet)
     cfg, backbone, head_spec = load_model_dir(model_dir)

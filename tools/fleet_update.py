@@ -205,9 +205,7 @@ def _compress_export(work: Path, cfg: dict, recipe: dict, say) -> Path:
     from metalite.export.bundle import write_bundle
     from metalite.training.compress import compress
     from metalite.training.datasets import load_data, representative_inputs
-    from metalite.training.modeldir import load_model_dir
-
-    from .cli_export import meta_from_config
+    from metalite.training.modeldir import load_model_dir, meta_from_config
 
     thin = _thinning(cfg["backbone"], recipe["widths"])
     if recipe["pqat"] or recipe["sparsity"] > 0 or thin:
