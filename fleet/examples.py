@@ -21,6 +21,7 @@ from metalite.common.sqlite import transaction
 from metalite.runtime.names import class_name_problem
 from metalite.runtime.sync.outbox import KINDS
 
+LABELLED = ("correction", "support")  # the kinds that carry a true label: what a fleet update learns from
 MAX_BATCH = 256
 MAX_SIDE = 512
 _ID = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
@@ -172,3 +173,15 @@ def iter_examples(root, kinds=None, after: int = 0, page: int = 256):
 def counts(root) -> dict:
     """{kind: number of stored examples}."""
     return {r[0]: r[1] for r in root.db().execute("SELECT kind, count(*) FROM examples GROUP BY kind")}
+
+
+def newest_seq(root) -> int:
+    """The ``seq`` of the newest stored example, 0 when there is none (an update takes examples up to it)."""
+    return int(root.db().execute("SELECT coalesce(max(seq), 0) FROM examples").fetchone()[0])
+
+
+def labelled_since(root, seq: int) -> int:
+    """How many labelled examples (``LABELLED`` kinds) arrived after ``seq``."""
+    marks = ",".join("?" * len(LABELLED))
+    return int(root.db().execute(f"SELECT count(*) FROM examples WHERE seq > ? AND kind IN ({marks})",
+                                 (seq, *LABELLED)).fetchone()[0])

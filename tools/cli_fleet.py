@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from .clikit import fail_cleanly, need, plural
+from .clikit import console_progress, fail_cleanly, need, plural
 
 ROOT = click.option("--root", required=True, type=click.Path(file_okay=False, path_type=Path),
                     help="The fleet's directory (database, blobs, signing key).")
@@ -171,7 +171,7 @@ def update_cmd(root, model_dir, candidate, candidate_model, steps, strategy, rep
     r = update(_open(root), model_dir=model_dir, candidate=candidate, candidate_model=candidate_model, steps=steps,
                strategy=strategy, replay=replay, lr_scale=lr_scale, recipe=recipe, ways=ways, episodes=episodes,
                unseen=unseen_classes,
-               max_drop=max_drop, keep_rejected=keep_rejected, say=say)
+               max_drop=max_drop, keep_rejected=keep_rejected, say=say, progress=console_progress())
     if as_json:
         click.echo(json.dumps(r, indent=2))
     elif r["decision"] == "published":

@@ -28,11 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
+from metalite.common.progress import as_progress
 from metalite.runtime.plural import plural
 
-from .progress import ConsoleProgress
-
-LABELLED = ("correction", "support")
 HOLDOUT_EVERY = 5  # per class, one distinct image in five is held out for the gate (at least one of two or more)
 MAX_SUPPORT = 20  # support images per fleet class when evaluating (a) through the runtime
 UNSEEN_WAYS, UNSEEN_EPISODES = 20, 600  # "no damage": 20-way 1-shot, paired, on classes no one trained on
@@ -92,7 +90,7 @@ def _save_png(path: Path, img: np.ndarray) -> None:
 def write_fleet_data(root, data: Path, last_seq: int, size: int) -> dict:
     """De-duplicate the labelled examples up to ``last_seq`` by content and write them to ``data/train`` and
     ``data/fleet_holdout`` (stratified by class and device, ``choose_holdout``); returns the counts."""
-    from metalite.fleet import iter_examples
+    from metalite.fleet.examples import LABELLED, iter_examples
 
     def distinct():
         seen = set()
@@ -147,7 +145,7 @@ def write_replay(spec: str, size: int, data: Path, replay: int, val_classes: int
     return out
 
 
-def _fine_tune(work: Path, cfg: dict, steps: int, strategy, lr_scale: float, say) -> None:
+def _fine_tune(work: Path, cfg: dict, steps: int, strategy, lr_scale: float, say, progress) -> None:
     from metalite.training.datasets import load_data
     from metalite.training.trainer import train
 
@@ -169,7 +167,7 @@ def _fine_tune(work: Path, cfg: dict, steps: int, strategy, lr_scale: float, say
     resume = (work / "float" / "checkpoints" / "run.json").is_file()
     say(("resuming" if resume else "starting")
         + f" fine-tuning: {plural(steps, 'step')} on {plural(data.num_classes, 'class')}")
-    train(work / "float", settings, resume=resume, progress=ConsoleProgress(), log=say)
+    train(work / "float", settings, resume=resume, progress=progress, log=say)
 
 
 def release_recipe(manifest: dict, overrides: dict | None = None) -> dict:
@@ -200,7 +198,7 @@ def _thinning(base_backbone: dict, widths) -> list | None:
     return [(b - w) / b for b, w in zip(before[:-1], widths[:-1])]
 
 
-def _compress_export(work: Path, cfg: dict, recipe: dict, say) -> Path:
+def _compress_export(work: Path, cfg: dict, recipe: dict, say, progress) -> Path:
     """The fine-tuned float model packaged like the release (``recipe``): compressed the same way, then exported."""
     from metalite.export.bundle import write_bundle
     from metalite.training.compress import compress
@@ -218,7 +216,7 @@ def _compress_export(work: Path, cfg: dict, recipe: dict, say) -> Path:
             compress(work / "float", work / "pqat", sparsity=recipe["sparsity"],
                      prune_steps=max(1, recipe["prune_steps"]), qat_steps=recipe["qat_steps"], qat=recipe["pqat"],
                      distill=bool(recipe["distill"]), distill_loss=recipe["distill"] or "mse", episodes=50,
-                     eval_ways=(5,), int8_check=False, progress=ConsoleProgress(), log=say,
+                     eval_ways=(5,), int8_check=False, progress=progress, log=say,
                      structured=thin or 0.0, structured_steps=recipe["structured_steps"] if thin else None,
                      structured_multiple=1)
         source = work / "pqat"
@@ -229,7 +227,7 @@ def _compress_export(work: Path, cfg: dict, recipe: dict, say) -> Path:
         raise ValueError(f"thinning gave widths {mcfg['backbone'].get('widths')}, the release has {recipe['widths']}")
     spec.adaptation["tta"] = int(recipe["tta"])
     reps = representative_inputs(load_data(mcfg["data"], int(mcfg["input"]["shape"][0]), "train"), 200)
-    return write_bundle(work / "bundle", backbone, spec, reps, meta_from_config(mcfg), progress=ConsoleProgress(),
+    return write_bundle(work / "bundle", backbone, spec, reps, meta_from_config(mcfg), progress=progress,
                         overwrite=True)
 
 
@@ -342,9 +340,10 @@ def _plan(root, work: Path, base: int) -> dict:
         if plan.get("base") == base:
             return plan
         shutil.rmtree(work)
-    last = root.db().execute("SELECT coalesce(max(seq), 0) FROM examples").fetchone()[0]
+    from metalite.fleet.examples import newest_seq
+
     work.mkdir(parents=True, exist_ok=True)
-    plan = {"base": base, "last_seq": int(last), "done": []}
+    plan = {"base": base, "last_seq": newest_seq(root), "done": []}
     _save_plan(work, plan)
     return plan
 
@@ -448,7 +447,7 @@ def update(root, model_dir=None, candidate=None, candidate_model=None, steps: in
            replay: int = 300, val_classes: int = 50, lr_scale: float = 0.3, recipe: dict | None = None,
            ways: int = UNSEEN_WAYS, episodes: int = UNSEEN_EPISODES, unseen: int = UNSEEN_CLASSES,
            max_drop: float = 0.0,
-           keep_rejected: int = KEEP_REJECTED, say=print) -> dict:
+           keep_rejected: int = KEEP_REJECTED, say=print, progress=None) -> dict:
     """Fine-tune, package like the current release, gate and maybe publish; returns the decision with its figures.
 
     Args:
@@ -461,6 +460,8 @@ def update(root, model_dir=None, candidate=None, candidate_model=None, steps: in
       ways, episodes, unseen: the paired N-way 1-shot episodes on (at most ``unseen``) classes no one trained on.
       max_drop: allowed drop (0: the candidate must not be worse on the held-out fleet examples, nor
         worse beyond the paired CI on the unseen classes). keep_rejected: rejected candidates kept.
+      say: where the news lines go. progress: a ``metalite.common.progress.Progress`` for the training,
+        compression and export steps (None: silent).
     Returns:
       {"decision": "published" | "kept", "reason", "version", "fleet_holdout", "unseen", "seconds", ...}.
     """
@@ -481,7 +482,7 @@ def update(root, model_dir=None, candidate=None, candidate_model=None, steps: in
         with _exclusive(root.path / "updates"):
             return _run(root, offer["version"], model_dir, candidate, candidate_model, steps, strategy, replay,
                         val_classes, lr_scale, recipe or {}, ways, episodes, unseen, max_drop, keep_rejected, say,
-                        t0)
+                        as_progress(progress), t0)
     except FleetError:
         raise
     except ValueError as e:  # the training side's one-line errors (data, model directory, compression, export)
@@ -506,7 +507,7 @@ def _keep_rejected(updates: Path, base: int, bundle: Path, model: Path | None, m
 
 
 def _run(root, base, model_dir, candidate, candidate_model, steps, strategy, replay, val_classes, lr_scale,
-         overrides, ways, episodes, unseen, max_drop, keep_rejected, say, t0) -> dict:
+         overrides, ways, episodes, unseen, max_drop, keep_rejected, say, progress, t0) -> dict:
     from metalite.fleet import publish
     from metalite.runtime.bundle import open_bundle
 
@@ -518,10 +519,10 @@ def _run(root, base, model_dir, candidate, candidate_model, steps, strategy, rep
     float_model = Path(candidate_model) if candidate_model is not None else None
     if candidate is None:
         if "train" not in plan["done"]:
-            _fine_tune(work, cfg, steps, strategy, lr_scale, say)
+            _fine_tune(work, cfg, steps, strategy, lr_scale, say, progress)
             plan["done"].append("train")
             _save_plan(work, plan)
-        candidate = _compress_export(work, cfg, recipe, say)
+        candidate = _compress_export(work, cfg, recipe, say, progress)
         float_model = keep_float_model(work, cfg, recipe, plan, work / "release_model")
     m = _evaluate(work, plan, Path(candidate), cfg, ways, episodes, unseen, say)
     m["recipe"] = recipe
