@@ -73,8 +73,8 @@ def test_the_wheel_holds_the_packages_and_nothing_else_with_the_right_metadata(t
     info = f"metalite-{__version__}.dist-info/"
     code = [n for n in files if not n.startswith(info)]
     folders = package_folders(ROOT)
-    assert sorted({n.split("/")[1] for n in code}) == folders == ["common", "export", "fleet", "runtime", "tools",
-                                                                 "training"]
+    assert sorted({n.split("/")[1] for n in code}) == folders == ["common", "export", "fleet", "pipelines", "runtime",
+                                                                 "tools", "training"]
     assert all(n.startswith("metalite/") for n in code) and "metalite/__init__.py" not in files  # a namespace
     assert [n for n in code if not n.endswith(".py")] == ["metalite/runtime/webui/page.html",
                                                           "metalite/tools/device_install.sh"]

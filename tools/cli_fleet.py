@@ -60,7 +60,7 @@ def serve_cmd(root, host, port, max_request_bytes, header_timeout, update_every,
             raise click.BadParameter(e.format_message(), param_hint="--update-args") from None
     scheduler = None
     if update_every is not None:
-        from .fleet_schedule import UpdateScheduler
+        from metalite.pipelines.fleet_schedule import UpdateScheduler
 
         scheduler = UpdateScheduler(root, update_every * 3600, extra, say)
     try:
@@ -163,7 +163,7 @@ def update_cmd(root, model_dir, candidate, candidate_model, steps, strategy, rep
     need("cryptography", "serve")
     from metalite.fleet.status import gate_text
 
-    from .fleet_update import update
+    from metalite.pipelines.fleet_update import update
 
     say = lambda m: click.echo(f"update: {m}", err=True)  # noqa: E731
     recipe = {"tta": None if tta is None else int(tta), "sparsity": sparsity, "prune_steps": prune_steps,
