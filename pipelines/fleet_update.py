@@ -1,5 +1,8 @@
 """``metalite fleet update``: turn what the devices sent into a better bundle, or say why not.
 
+The steps live beside this module: the data (``fleet_data``), the packaging like the release
+(``fleet_package``) and the gate (``fleet_gate``); this one plans, resumes, decides and publishes.
+
 Starts from the float model of the current release (kept by ``fleet publish --model``), streams the
 fleet's labelled examples (corrections and shared support sets, de-duplicated by content) next to a
 replay sample of the original training data into a folder dataset, fine-tunes episodically with
@@ -19,130 +22,20 @@ Work directory (resumable; a rerun for the same base version and examples picks 
 """
 from __future__ import annotations
 
-import hashlib
 import json
-import re
 import shutil
 import time
 from pathlib import Path
 
-import numpy as np
-
 from metalite.common.progress import as_progress
 from metalite.runtime.plural import plural
 
-HOLDOUT_EVERY = 5  # per class, one distinct image in five is held out for the gate (at least one of two or more)
-MAX_SUPPORT = 20  # support images per fleet class when evaluating (a) through the runtime
-UNSEEN_WAYS, UNSEEN_EPISODES = 20, 600  # "no damage": 20-way 1-shot, paired, on classes no one trained on
-UNSEEN_CLASSES = 300  # at most this many of them (a seeded draw): every image is embedded (1 + tta) times per bundle
+from .fleet_data import write_fleet_data, write_replay
+from .fleet_gate import (UNSEEN_CLASSES, UNSEEN_EPISODES, UNSEEN_WAYS, decision_text, fleet_holdout_accuracy, gate,
+                         paired_unseen, unseen_classes)
+from .fleet_package import compress_export, keep_float_model, release_recipe
+
 KEEP_REJECTED = 3  # rejected candidates kept under updates/rejected/ (the newest)
-
-
-def _slug(label, taken: dict) -> str:
-    """A folder name for a fleet label (unique per label)."""
-    key = json.dumps(label)
-    if key not in taken:
-        base = re.sub(r"[^A-Za-z0-9._-]+", "_", str(label))[:60] or "label"
-        taken[key] = f"fleet-{len(taken):04d}-{base}"
-    return taken[key]
-
-
-def _pixels_digest(img: np.ndarray) -> str:
-    return hashlib.sha256(np.ascontiguousarray(img, np.uint8).tobytes()).hexdigest()
-
-
-def _digest(ex: dict) -> str:
-    """The content of a labelled example (label and pixels): a correction also sent as support is one image."""
-    return hashlib.sha256(json.dumps(ex["label"]).encode() + b"|" + _pixels_digest(ex["image"]).encode()).hexdigest()
-
-
-def choose_holdout(items: list) -> set:
-    """Digests held out for the gate, stratified: every class with >= 2 distinct images has max(1, n // 5)
-    held out, taken in turn from each device that sent the class (lowest digest first: the same every update).
-
-    ``items``: (digest, label key, device) of the distinct labelled examples, first sender's device."""
-    by_class: dict = {}
-    for digest, label, device in items:
-        by_class.setdefault(label, {}).setdefault(device, []).append(digest)
-    held = set()
-    for devices in by_class.values():
-        n = sum(len(v) for v in devices.values())
-        if n < 2:
-            continue
-        queues = [sorted(devices[d]) for d in sorted(devices)]
-        k, turn = max(1, n // HOLDOUT_EVERY), 0
-        while k:
-            q = queues[turn % len(queues)]
-            if q:
-                held.add(q.pop(0))
-                k -= 1
-            turn += 1
-    return held
-
-
-def _save_png(path: Path, img: np.ndarray) -> None:
-    from PIL import Image
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.ascontiguousarray(img, np.uint8)).save(path)
-
-
-def write_fleet_data(root, data: Path, last_seq: int, size: int) -> dict:
-    """De-duplicate the labelled examples up to ``last_seq`` by content and write them to ``data/train`` and
-    ``data/fleet_holdout`` (stratified by class and device, ``choose_holdout``); returns the counts."""
-    from metalite.fleet.examples import LABELLED, iter_examples
-
-    def distinct():
-        seen = set()
-        for ex in iter_examples(root, kinds=LABELLED):
-            if ex["seq"] > last_seq:
-                return
-            if ex["label"] is None or ex["image"].shape[:2] != (size, size):
-                yield None, ex
-                continue
-            d = _digest(ex)
-            if d not in seen:
-                seen.add(d)
-                yield d, ex
-            else:
-                yield "", ex
-
-    items, counts = [], {"train": 0, "holdout": 0, "skipped": 0, "duplicates": 0}
-    for d, ex in distinct():
-        if d:
-            items.append((d, json.dumps(ex["label"]), ex["device"]))
-    held = choose_holdout(items)
-    slugs, pixels = {}, set()
-    for d, ex in distinct():
-        if d is None:
-            counts["skipped"] += 1
-            continue
-        if d == "":
-            counts["duplicates"] += 1
-            continue
-        part = "fleet_holdout" if d in held else "train"
-        _save_png(data / part / _slug(ex["label"], slugs) / f"{ex['seq']:09d}.png", ex["image"])
-        counts["holdout" if part == "fleet_holdout" else "train"] += 1
-        pixels.add(_pixels_digest(ex["image"]))
-    (data / "labels.json").write_text(json.dumps({v: json.loads(k) for k, v in slugs.items()}, indent=1))
-    (data / "pixels.json").write_text(json.dumps(sorted(pixels)))  # what the fleet sent: not "unseen" classes
-    held_classes = {p.name for p in (data / "fleet_holdout").iterdir()} if (data / "fleet_holdout").is_dir() else set()
-    return {**counts, "classes": len(slugs), "holdout_classes": len(held_classes)}
-
-
-def write_replay(spec: str, size: int, data: Path, replay: int, val_classes: int, seed: int = 0) -> dict:
-    """A replay sample of the original training classes into ``data/train`` and validation classes into ``data/val``."""
-    from metalite.training.datasets import load_data
-
-    out = {}
-    for split, sub, n in (("train", "train", replay), ("val", "val", val_classes)):
-        ds = load_data(spec, size, split, )
-        pick = np.random.default_rng(seed).permutation(ds.num_classes)[:n]
-        for c in pick:
-            for j, i in enumerate(ds.indices_of(int(c))):
-                _save_png(data / sub / f"orig-{int(c):05d}" / f"{j:04d}.png", ds.images[i])
-        out[split] = len(pick)
-    return out
 
 
 def _fine_tune(work: Path, cfg: dict, steps: int, strategy, lr_scale: float, say, progress) -> None:
@@ -168,168 +61,6 @@ def _fine_tune(work: Path, cfg: dict, steps: int, strategy, lr_scale: float, say
     say(("resuming" if resume else "starting")
         + f" fine-tuning: {plural(steps, 'step')} on {plural(data.num_classes, 'class')}")
     train(work / "float", settings, resume=resume, progress=progress, log=say)
-
-
-def release_recipe(manifest: dict, overrides: dict | None = None) -> dict:
-    """How a release was packaged (from its manifest): shift averaging, compression stage, sparsity,
-    distillation, widths and compression steps; ``overrides`` (non-None values) replace any of them."""
-    comp, train = manifest.get("compression") or {}, manifest.get("training") or {}
-    ad = (manifest.get("head") or {}).get("adaptation") or {}
-    steps = comp.get("steps") or {}
-    r = {"tta": int(ad.get("tta") or 0), "pqat": bool(comp.get("pqat")), "sparsity": float(comp.get("sparsity") or 0),
-         "distill": comp.get("distill") or None, "widths": (train.get("backbone") or {}).get("widths"),
-         "prune_steps": int(steps.get("prune") or 0), "qat_steps": int(steps.get("qat") or 0),
-         "structured_steps": int(steps.get("structured") or 0)}
-    r.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    return r
-
-
-def _thinning(base_backbone: dict, widths) -> list | None:
-    """Per-layer fractions of filters removed to reach the release's ``widths`` (None: no thinning needed)."""
-    from metalite.training.models import conv_widths
-
-    if not widths:
-        return None
-    before = conv_widths(base_backbone)
-    if list(before) == list(widths):
-        return None
-    if len(before) != len(widths) or before[-1] != widths[-1]:
-        raise ValueError(f"the release's widths {widths} do not fit the float model's {before}")
-    return [(b - w) / b for b, w in zip(before[:-1], widths[:-1])]
-
-
-def _compress_export(work: Path, cfg: dict, recipe: dict, say, progress) -> Path:
-    """The fine-tuned float model packaged like the release (``recipe``): compressed the same way, then exported."""
-    from metalite.export.bundle import write_bundle
-    from metalite.training.compress import compress
-    from metalite.training.datasets import load_data, representative_inputs
-    from metalite.training.modeldir import load_model_dir, meta_from_config
-
-    thin = _thinning(cfg["backbone"], recipe["widths"])
-    if recipe["pqat"] or recipe["sparsity"] > 0 or thin:
-        if (work / "pqat").exists() and not (work / "pqat" / "config.json").is_file():
-            shutil.rmtree(work / "pqat")
-        if not (work / "pqat" / "config.json").is_file():
-            say(f"compressing like the release: sparsity {recipe['sparsity']:g}, PQAT {recipe['pqat']}, "
-                f"prune {recipe['prune_steps']} + QAT {recipe['qat_steps']} steps"
-                + (f", thinned to widths {recipe['widths']}" if thin else ""))
-            compress(work / "float", work / "pqat", sparsity=recipe["sparsity"],
-                     prune_steps=max(1, recipe["prune_steps"]), qat_steps=recipe["qat_steps"], qat=recipe["pqat"],
-                     distill=bool(recipe["distill"]), distill_loss=recipe["distill"] or "mse", episodes=50,
-                     eval_ways=(5,), int8_check=False, progress=progress, log=say,
-                     structured=thin or 0.0, structured_steps=recipe["structured_steps"] if thin else None,
-                     structured_multiple=1)
-        source = work / "pqat"
-    else:
-        source = work / "float"
-    mcfg, backbone, spec = load_model_dir(source)
-    if thin and mcfg["backbone"].get("widths") != list(recipe["widths"]):
-        raise ValueError(f"thinning gave widths {mcfg['backbone'].get('widths')}, the release has {recipe['widths']}")
-    spec.adaptation["tta"] = int(recipe["tta"])
-    reps = representative_inputs(load_data(mcfg["data"], int(mcfg["input"]["shape"][0]), "train"), 200)
-    return write_bundle(work / "bundle", backbone, spec, reps, meta_from_config(mcfg), progress=progress,
-                        overwrite=True)
-
-
-def keep_float_model(work: Path, cfg: dict, recipe: dict, plan: dict, dest: Path) -> Path:
-    """A self-contained copy of the fine-tuned float model at ``dest``: its ``data`` is the base's replay
-    source (not this update's folder, which is deleted), it carries the release's tta, and says where it came from."""
-    from metalite.common.files import atomic_write_text
-
-    shutil.rmtree(dest, ignore_errors=True)
-    shutil.copytree(work / "float", dest, ignore=shutil.ignore_patterns("checkpoints"))
-    mcfg = json.loads((dest / "config.json").read_text())
-    mcfg["data"] = cfg["data"]
-    mcfg["adaptation"] = {**(mcfg.get("adaptation") or {}), "tta": int(recipe["tta"])}
-    mcfg["fleet_update"] = {"base": plan["base"], "last_seq": plan["last_seq"], "examples": plan.get("examples"),
-                            "recipe": recipe}
-    atomic_write_text(dest / "config.json", json.dumps(mcfg, indent=1))
-    return dest
-
-
-def _images_by_class(folder: Path, limit: int | None = None) -> dict:
-    from PIL import Image
-
-    out = {}
-    for d in sorted(p for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []:
-        files = sorted(d.glob("*.png"))[:limit]
-        out[d.name] = np.stack([np.asarray(Image.open(f).convert("L")) for f in files])
-    return out
-
-
-def fleet_holdout_accuracy(bundle, data: Path) -> tuple:
-    """(accuracy, images, classes) of ``bundle`` adapted on the fleet's training examples, on the held-out slice."""
-    from metalite.runtime import FewShotClassifier
-
-    held = _images_by_class(data / "fleet_holdout")
-    support = {c: v for c, v in _images_by_class(data / "train", MAX_SUPPORT).items() if c.startswith("fleet-")}
-    classes = [c for c in held if c in support]
-    if len(classes) < 2:
-        return None, 0, len(classes)
-    clf = FewShotClassifier(bundle, delegate="cpu").fit({c: support[c] for c in classes})
-    x = np.concatenate([held[c] for c in classes])
-    y = [c for c in classes for _ in range(len(held[c]))]
-    pred = clf.predict(x)
-    return float(np.mean([p == t for p, t in zip(pred, y)])), len(y), len(classes)
-
-
-def original_val_accuracy(bundle, spec: str, size: int, episodes: int, seed: int = 0) -> float:
-    """5-way 1-shot accuracy of ``bundle`` (int8 backbone through the runtime) on the original validation classes."""
-    from metalite.runtime import FewShotClassifier
-    from metalite.runtime.head import load_head
-    from metalite.training.datasets import load_data
-    from metalite.training.evaluate import evaluate_embeddings
-
-    val = load_data(spec, size, "val", )
-    clf = FewShotClassifier(bundle, delegate="cpu")
-    emb = np.concatenate([clf.embed(val.images[i:i + 256]) for i in range(0, len(val.images), 256)])
-    queries = 5 if min(val.counts()) >= 6 else 1
-    return evaluate_embeddings(emb, val, load_head(Path(bundle) / "head.npz"), 5, 1, queries, episodes, seed)["mean"]
-
-
-def unseen_classes(spec: str, size: int, fleet_pixels: set, max_classes: int = UNSEEN_CLASSES, seed: int = 0):
-    """The test split of ``spec`` without every group (alphabet) that has an image the fleet sent: classes that
-    neither the original training, its validation, nor this update touched; at most ``max_classes`` of them."""
-    from metalite.training.datasets import load_data
-
-    test = load_data(spec, size, "test")
-    touched = {test.groups[int(test.labels[i])] for i in range(len(test.images))
-               if _pixels_digest(test.images[i]) in fleet_pixels}
-    keep = [c for c in range(test.num_classes) if test.groups[c] not in touched]
-    if len(keep) < 2:
-        raise ValueError(f"{spec}: fewer than 2 test classes left outside the {len(touched)} groups the fleet sent "
-                         "images of; nothing to check for damage on")
-    if len(keep) > max_classes:
-        keep = sorted(np.random.default_rng(seed).permutation(keep)[:max_classes].tolist())
-    return test.subset(keep), sorted(touched)
-
-
-def paired_unseen(bundles: list, data, ways: int, episodes: int, seed: int = 0) -> dict:
-    """N-way 1-shot accuracy of each bundle on the same ``episodes`` episodes (through the runtime, each with its
-    own head and tta) and the paired difference candidate - current with its 95% CI."""
-    from metalite.runtime import FewShotClassifier
-    from metalite.runtime.head import adapt, load_head
-    from metalite.training.episodes import EpisodeSampler
-    from metalite.training.evaluate import mean_ci95
-
-    ways = min(ways, data.num_classes)
-    queries = 5 if min(data.counts()) >= 6 else 1
-    embs, heads = [], []
-    for b in bundles:
-        clf = FewShotClassifier(b, delegate="cpu")
-        embs.append(np.concatenate([clf.embed(data.images[i:i + 256]) for i in range(0, len(data.images), 256)]))
-        heads.append(load_head(Path(b) / "head.npz"))
-    sampler = EpisodeSampler(data, ways, 1, queries, seed=seed)
-    ys, yq = np.arange(ways), np.repeat(np.arange(ways), queries)
-    accs = [[] for _ in bundles]
-    for _ in range(episodes):
-        s_idx, q_idx = sampler.sample_indices()
-        for a, e, h in zip(accs, embs, heads):
-            a.append(float((adapt(h, e[s_idx], ys, ways).logits(e[q_idx]).argmax(1) == yq).mean()))
-    diff = mean_ci95(np.asarray(accs[1]) - np.asarray(accs[0]))
-    return {"current": float(np.mean(accs[0])), "candidate": float(np.mean(accs[1])), "diff": diff[0],
-            "ci95": diff[1], "ways": ways, "shots": 1, "queries": queries, "episodes": episodes,
-            "classes": data.num_classes}
 
 
 def _plan(root, work: Path, base: int) -> dict:
@@ -403,34 +134,6 @@ def _evaluate(work: Path, plan: dict, candidate: Path, cfg: dict, ways: int, epi
     m["unseen"] = {**paired_unseen([current, candidate], data, ways, episodes), "data": f"{cfg['data']} test",
                    "groups_left_out": touched}
     return m
-
-
-def gate(metrics: dict, max_drop: float = 0.0) -> str | None:
-    """Why the candidate must not be published (one line, with the thresholds), or None if it may be.
-
-    Held-out fleet examples: not worse by more than ``max_drop``. Unseen classes: the paired drop must not
-    exceed ``max_drop`` plus its 95% CI (a drop the episodes cannot tell from noise is not damage)."""
-    v = metrics["fleet_holdout"]
-    if v["current"] is None:
-        return "cannot compare on the held-out fleet examples (fewer than 2 classes with held-out examples)"
-    if v["candidate"] < v["current"] - max_drop - 1e-9:
-        return (f"candidate is worse on the held-out fleet examples: {100 * v['candidate']:.2f}% < "
-                f"{100 * v['current']:.2f}% (allowed drop {100 * max_drop:.2f} pt, {v['images']} images)")
-    u = metrics["unseen"]
-    if u["diff"] < -(max_drop + u["ci95"]) - 1e-9:
-        return (f"candidate damages classes no one trained on: {u['ways']}-way 1-shot {100 * u['current']:.2f}% -> "
-                f"{100 * u['candidate']:.2f}% (paired {100 * u['diff']:+.2f} pt, allowed -{100 * max_drop:.2f} pt "
-                f"- CI {100 * u['ci95']:.2f} pt, {u['episodes']} episodes)")
-    return None
-
-
-def decision_text(m: dict, max_drop: float) -> str:
-    """The figures and thresholds of a decision in one line."""
-    v, u = m["fleet_holdout"], m["unseen"]
-    return (f"held-out fleet examples {100 * v['current']:.1f}% -> {100 * v['candidate']:.1f}% ({v['images']} images, "
-            f"{v['classes']} classes, allowed drop {100 * max_drop:.2f} pt); unseen {u['ways']}-way 1-shot "
-            f"{100 * u['current']:.2f}% -> {100 * u['candidate']:.2f}% (paired {100 * u['diff']:+.2f} "
-            f"± {100 * u['ci95']:.2f} pt, {u['episodes']} episodes, allowed -{100 * max_drop:.2f} pt - CI)")
 
 
 def _exclusive(updates: Path):
@@ -522,7 +225,7 @@ def _run(root, base, model_dir, candidate, candidate_model, steps, strategy, rep
             _fine_tune(work, cfg, steps, strategy, lr_scale, say, progress)
             plan["done"].append("train")
             _save_plan(work, plan)
-        candidate = _compress_export(work, cfg, recipe, say, progress)
+        candidate = compress_export(work, cfg, recipe, say, progress)
         float_model = keep_float_model(work, cfg, recipe, plan, work / "release_model")
     m = _evaluate(work, plan, Path(candidate), cfg, ways, episodes, unseen, say)
     m["recipe"] = recipe

@@ -42,7 +42,7 @@ def _send(fleet, device: str, rows: list) -> None:
 
 
 def test_examples_are_deduplicated_and_held_out_per_class_and_device(tmp_path):
-    from metalite.pipelines.fleet_update import write_fleet_data
+    from metalite.pipelines.fleet_data import write_fleet_data
 
     fleet = FleetRoot(tmp_path / "root", create=True)
     rng = np.random.default_rng(0)
@@ -78,7 +78,7 @@ def test_examples_are_deduplicated_and_held_out_per_class_and_device(tmp_path):
 
 
 def test_the_recipe_is_read_from_the_release_and_can_be_overridden():
-    from metalite.pipelines.fleet_update import _thinning, release_recipe
+    from metalite.pipelines.fleet_package import _thinning, release_recipe
 
     shipped = open_bundle(Path(__file__).resolve().parents[1] / "models" / "omniglot").manifest
     r = release_recipe(shipped)
