@@ -233,3 +233,23 @@ def test_serve_update_every_publishes_twice_in_a_row(base, tmp_path):
         assert list_releases(fleet)[-1]["metrics"]["base"] == 2
     finally:
         srv.stop()
+
+
+def test_update_options_are_checked_when_made_and_are_the_commands_defaults():
+    """One options object: a bad value is refused in one line naming it, and `fleet update --help` shows its
+    defaults."""
+    from metalite.fleet import FleetError
+    from metalite.pipelines.fleet_update import UpdateOptions
+
+    for bad, word in [({"steps": 0}, "steps"), ({"ways": True}, "ways"), ({"lr_scale": 0}, "lr_scale"),
+                      ({"max_drop": 1.5}, "max_drop"), ({"recipe": {"sparsty": 0.5}}, "sparsty")]:
+        with pytest.raises(FleetError, match=word) as e:
+            UpdateOptions(**bad)
+        assert "\n" not in str(e.value) and isinstance(e.value, ValueError)
+    opts = UpdateOptions(candidate="x/bundle", recipe={"tta": 4})
+    assert opts.candidate == Path("x/bundle") and opts.recipe == {"tta": 4}
+    help_text = CliRunner().invoke(main, ["fleet", "update", "--help"]).output
+    d = UpdateOptions()
+    for flag, value in [("--steps", d.steps), ("--replay", d.replay), ("--episodes", d.episodes),
+                        ("--unseen-classes", d.unseen), ("--keep-rejected", d.keep_rejected)]:
+        assert re.search(rf"{flag} [A-Z]+.*?\[default: {value}", help_text, re.S), (flag, help_text)
