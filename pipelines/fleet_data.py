@@ -125,10 +125,12 @@ def write_replay(spec: str, size: int, data: Path, replay: int, val_classes: int
 
 
 def _images_by_class(folder: Path, limit: int | None = None) -> dict:
+    """{class folder: uint8 (N, H, W) or (N, H, W, 3) images as written} of a data folder (empty if missing)."""
     from PIL import Image
 
-    out = {}
-    for d in sorted(p for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []:
-        files = sorted(d.glob("*.png"))[:limit]
-        out[d.name] = np.stack([np.asarray(Image.open(f).convert("L")) for f in files])
-    return out
+    from metalite.runtime.folders import class_folders
+
+    if not folder.is_dir():
+        return {}
+    return {name: np.stack([np.asarray(Image.open(f)) for f in files[:limit]])
+            for name, files in class_folders(folder) if files}

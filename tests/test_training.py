@@ -328,3 +328,31 @@ def test_cli_train_evaluate_and_errors(folder, tmp_path):
 def test_every_pipeline_command_is_registered():
     from metalite.tools.cli import main
     assert {"train", "evaluate", "compress", "export", "inspect", "adapt", "predict", "bench"} <= set(main.commands)
+
+
+def test_folder_training_reads_every_image_file_adapt_accepts(tmp_path):
+    """One list of image extensions and one class-folder reader: ``folder:`` training reads the .webp and .tif
+    files ``metalite adapt`` takes (it used to skip them), and both skip hidden files and folders."""
+    from metalite.runtime.images import IMAGE_EXTENSIONS
+    from metalite.tools.cli_runtime import support_folders
+
+    rng = np.random.default_rng(0)
+    root = tmp_path / "data"
+    for c, ext in enumerate((".png", ".webp", ".tif", ".jpg")):
+        (root / f"class{c}").mkdir(parents=True)
+        for i in range(3):
+            px = rng.integers(0, 256, (16, 16), dtype=np.uint8)
+            Image.fromarray(px).save(root / f"class{c}" / f"{i}{ext.upper() if i == 2 else ext}",
+                                     **({"lossless": True} if ext == ".webp" else {}))
+    Image.fromarray(np.zeros((16, 16), np.uint8)).save(root / "class0" / ".hidden.png")
+    (root / ".thumbnails").mkdir()
+    Image.fromarray(np.zeros((16, 16), np.uint8)).save(root / ".thumbnails" / "t.png")
+    assert {".webp", ".tif"} <= set(IMAGE_EXTENSIONS)
+    data = load_data(f"folder:{root}", 16, "all")
+    assert sorted(data.class_names) == ["class0", "class1", "class2", "class3"]
+    assert sorted(data.counts().tolist()) == [3, 3, 3, 3]
+    adapt = support_folders(root)
+    assert sorted(adapt) == sorted(data.class_names) and all(len(v) == 3 for v in adapt.values())
+    webp = data.images[data.labels == data.class_names.index("class1")]
+    original = np.asarray(Image.open(root / "class1" / "0.webp").convert("L"))
+    assert any(np.array_equal(img, original) for img in webp)  # decoded, not skipped or blank
