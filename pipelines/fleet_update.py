@@ -97,6 +97,7 @@ class UpdateOptions:
 def _fine_tune(work: Path, cfg: dict, opts: UpdateOptions, say, progress) -> None:
     """Fine-tune the base model on the update's data (resumes its checkpoints when the update is run again)."""
     from metalite.training.datasets import load_data
+    from metalite.training.settings import TrainSettings
     from metalite.training.trainer import train
 
     data = load_data(f"folder:{work / 'data'}", int(cfg["input"]["shape"][0]), "train", )
@@ -106,14 +107,13 @@ def _fine_tune(work: Path, cfg: dict, opts: UpdateOptions, say, progress) -> Non
     hparams = dict(tr.get("hparams") or {})
     if "lr" in hparams:
         hparams["lr"] = float(hparams["lr"]) * opts.lr_scale
-    settings = {
-        "data": f"folder:{work / 'data'}", "algorithm": cfg["algorithm"], "backbone": cfg["backbone"],
-        "head": cfg["head"], "image_size": int(cfg["input"]["shape"][0]), "shots": shots, "queries": 2,
-        "ways": max(2, min(int(tr.get("ways") or 20), usable)), "steps": opts.steps, "seed": int(cfg.get("seed", 0)),
-        "rotations": False, "within_alphabet": 0.0, "augment": tr.get("augment") or {}, "hparams": hparams,
-        "val_every": opts.steps, "val_episodes": 100, "checkpoint_every": max(1, opts.steps // 4),
-        "strategy": opts.strategy, "init": str(work / "base"),
-    }
+    settings = TrainSettings(
+        data=f"folder:{work / 'data'}", algorithm=cfg["algorithm"], backbone=cfg["backbone"], head=cfg["head"],
+        image_size=int(cfg["input"]["shape"][0]), shots=shots, queries=2,
+        ways=max(2, min(int(tr.get("ways") or 20), usable)), steps=opts.steps, seed=int(cfg.get("seed", 0)),
+        rotations=False, within_alphabet=0.0, augment=tr.get("augment") or {}, hparams=hparams,
+        val_every=opts.steps, val_episodes=100, checkpoint_every=max(1, opts.steps // 4),
+        strategy=opts.strategy or TrainSettings.strategy, init=str(work / "base"))
     resume = (work / "float" / "checkpoints" / "run.json").is_file()
     say(("resuming" if resume else "starting")
         + f" fine-tuning: {plural(opts.steps, 'step')} on {plural(data.num_classes, 'class')}")

@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from metalite.pipelines.fleet_update import UpdateOptions
+from metalite.training.settings import STRATEGIES
 
 from .clikit import console_progress, fail_cleanly, need, plural
 
@@ -127,7 +128,7 @@ def publish_cmd(bundle, root, model_dir, note):
                    "a kept rejected candidate; otherwise none, and the release says so].")
 @click.option("--steps", type=click.IntRange(min=1), default=UPDATE.steps, show_default=True,
               help="Fine-tuning episodes.")
-@click.option("--strategy", type=click.Choice(["default", "mirrored", "multiworker"]), default=None,
+@click.option("--strategy", type=click.Choice(STRATEGIES), default=None,
               help="Distribution strategy of the fine-tuning run (as for 'metalite train').")
 @click.option("--replay", type=click.IntRange(min=0), default=UPDATE.replay, show_default=True,
               help="Original training classes trained on alongside the fleet's (against forgetting).")

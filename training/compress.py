@@ -208,7 +208,7 @@ def _models(p: Plan):
 
 
 def _hparams(p: Plan) -> dict:
-    return hparams_of({"algorithm": p.cfg["algorithm"], "hparams": p.cfg.get("train", {}).get("hparams")})
+    return hparams_of(p.cfg["algorithm"], p.cfg.get("train", {}).get("hparams"))
 
 
 def _finetune(p: Plan, backbone, head, sampler, steps, lr, label, aux, progress, hooks=None) -> dict:
