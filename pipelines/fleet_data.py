@@ -109,13 +109,13 @@ def write_fleet_data(root, data: Path, last_seq: int, size: int) -> dict:
     return {**counts, "classes": len(slugs), "holdout_classes": len(held_classes)}
 
 
-def write_replay(spec: str, size: int, data: Path, replay: int, val_classes: int, seed: int = 0) -> dict:
+def write_replay(data_spec: str, size: int, data: Path, replay: int, val_classes: int, seed: int = 0) -> dict:
     """A replay sample of the original training classes into ``data/train`` and validation classes into ``data/val``."""
     from metalite.training.datasets import load_data
 
     out = {}
     for split, sub, n in (("train", "train", replay), ("val", "val", val_classes)):
-        ds = load_data(spec, size, split, )
+        ds = load_data(data_spec, size, split)
         pick = np.random.default_rng(seed).permutation(ds.num_classes)[:n]
         for c in pick:
             for j, i in enumerate(ds.indices_of(int(c))):

@@ -30,32 +30,32 @@ def fleet_holdout_accuracy(bundle, data: Path) -> tuple:
     return float(np.mean([p == t for p, t in zip(pred, y)])), len(y), len(classes)
 
 
-def original_val_accuracy(bundle, spec: str, size: int, episodes: int, seed: int = 0) -> float:
+def original_val_accuracy(bundle, data_spec: str, size: int, episodes: int, seed: int = 0) -> float:
     """5-way 1-shot accuracy of ``bundle`` (int8 backbone through the runtime) on the original validation classes."""
     from metalite.runtime import FewShotClassifier
     from metalite.runtime.head import load_head
     from metalite.training.datasets import load_data
     from metalite.training.evaluate import evaluate_embeddings
 
-    val = load_data(spec, size, "val", )
+    val = load_data(data_spec, size, "val")
     clf = FewShotClassifier(bundle, delegate="cpu")
     emb = np.concatenate([clf.embed(val.images[i:i + 256]) for i in range(0, len(val.images), 256)])
     queries = 5 if min(val.counts()) >= 6 else 1
     return evaluate_embeddings(emb, val, load_head(Path(bundle) / "head.npz"), 5, 1, queries, episodes, seed)["mean"]
 
 
-def unseen_classes(spec: str, size: int, fleet_pixels: set, max_classes: int = UNSEEN_CLASSES, seed: int = 0):
-    """The test split of ``spec`` without every group (alphabet) that has an image the fleet sent: classes that
+def unseen_classes(data_spec: str, size: int, fleet_pixels: set, max_classes: int = UNSEEN_CLASSES, seed: int = 0):
+    """The test split of ``data_spec`` without every group (alphabet) that has an image the fleet sent: classes that
     neither the original training, its validation, nor this update touched; at most ``max_classes`` of them."""
     from metalite.training.datasets import load_data
 
-    test = load_data(spec, size, "test")
+    test = load_data(data_spec, size, "test")
     touched = {test.groups[int(test.labels[i])] for i in range(len(test.images))
                if _pixels_digest(test.images[i]) in fleet_pixels}
     keep = [c for c in range(test.num_classes) if test.groups[c] not in touched]
     if len(keep) < 2:
-        raise ValueError(f"{spec}: fewer than 2 test classes left outside the {len(touched)} groups the fleet sent "
-                         "images of; nothing to check for damage on")
+        raise ValueError(f"{data_spec}: fewer than 2 test classes left outside the {len(touched)} groups the fleet "
+                         "sent images of; nothing to check for damage on")
     if len(keep) > max_classes:
         keep = sorted(np.random.default_rng(seed).permutation(keep)[:max_classes].tolist())
     return test.subset(keep), sorted(touched)

@@ -61,12 +61,12 @@ def compress_export(work: Path, cfg: dict, recipe: dict, say, progress) -> Path:
         source = work / "pqat"
     else:
         source = work / "float"
-    mcfg, backbone, spec = load_model_dir(source)
+    mcfg, backbone, head_spec = load_model_dir(source)
     if thin and mcfg["backbone"].get("widths") != list(recipe["widths"]):
         raise ValueError(f"thinning gave widths {mcfg['backbone'].get('widths')}, the release has {recipe['widths']}")
-    spec.adaptation["tta"] = int(recipe["tta"])
+    head_spec.adaptation["tta"] = int(recipe["tta"])
     reps = representative_inputs(load_data(mcfg["data"], int(mcfg["input"]["shape"][0]), "train"), 200)
-    return write_bundle(work / "bundle", backbone, spec, reps, meta_from_config(mcfg), progress=progress,
+    return write_bundle(work / "bundle", backbone, head_spec, reps, meta_from_config(mcfg), progress=progress,
                         overwrite=True)
 
 

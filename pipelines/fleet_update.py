@@ -100,7 +100,7 @@ def _fine_tune(work: Path, cfg: dict, opts: UpdateOptions, say, progress) -> Non
     from metalite.training.settings import TrainSettings
     from metalite.training.trainer import train
 
-    data = load_data(f"folder:{work / 'data'}", int(cfg["input"]["shape"][0]), "train", )
+    data = load_data(f"folder:{work / 'data'}", int(cfg["input"]["shape"][0]), "train")
     tr = cfg.get("train", {})
     shots = int(tr.get("shots") or 1)
     usable = int((data.counts() >= shots + 2).sum())

@@ -112,32 +112,32 @@ def train_cmd(data, algorithm, backbone, filters, embedding_dim, head_hidden, im
                    f"{100 * val['mean']:.2f}% ± {100 * val['ci95']:.2f} (step {cfg['metrics']['step']})")
 
 
-def _tell_data_kind(spec, image_size, picked: bool, channels=None) -> None:
+def _tell_data_kind(data_spec, image_size, picked: bool, channels=None) -> None:
     """What a folder: dataset looks like and the augmentation picked for it; warnings for dropped colour and
     images much larger than the input (stderr)."""
     from metalite.training.datakind import survey
     from metalite.training.datasets import parse_spec
 
-    kind, paths = parse_spec(spec)
+    kind, paths = parse_spec(data_spec)
     found = survey(paths[0]) if kind == "folder" else None
     if found is None:
         return
     if picked:
-        click.echo(f"data {spec}: {found.describe(image_size)}", err=True)
+        click.echo(f"data {data_spec}: {found.describe(image_size)}", err=True)
     for w in found.warnings(image_size, channels):
         click.echo(f"warning: {w}", err=True)
 
 
-def _parse_augment(spec):
+def _parse_augment(text):
     """'none' | 'k=v,...' -> dict of augmentation strengths (None when not given: the default)."""
-    if spec is None:
+    if text is None:
         return None
-    if spec.strip().lower() == "none":
+    if text.strip().lower() == "none":
         return {}
     from metalite.training.augment import NONE
 
     out = {}
-    for part in filter(None, (p.strip() for p in spec.split(","))):
+    for part in filter(None, (p.strip() for p in text.split(","))):
         key, sep, val = part.partition("=")
         if not sep or key not in NONE:
             raise click.BadParameter(f"{part!r}: expected KEY=NUMBER with KEY one of {', '.join(NONE)}",
@@ -237,7 +237,7 @@ def evaluate_cmd(model, protocol, data, split, ways, shots, queries, episodes, r
 
         emb = source["embed_all"](ds)
         with progress.task(f"open-set {ways}-way {shots}-shot", episodes) as task:
-            res = evaluate_open_set(emb, ds, source["spec"], ways, shots, queries, episodes, seed,
+            res = evaluate_open_set(emb, ds, source["head_spec"], ways, shots, queries, episodes, seed,
                                     unknown_rate or DEFAULT_RATE, within_alphabet, adapt_steps, task.advance)
         text = _open_set_text(res, f"{data} [{split}, {ds.num_classes} classes]", source["what"])
     else:
@@ -301,15 +301,15 @@ def _model_dir_source(model, adapt_steps, tta):
     from metalite.training.lake import embedding_classifier
     from metalite.training.modeldir import load_model_dir
 
-    cfg, backbone, spec = load_model_dir(model)
-    tta = int(spec.adaptation.get("tta", 0)) if tta is None else tta
+    cfg, backbone, head_spec = load_model_dir(model)
+    tta = int(head_spec.adaptation.get("tta", 0)) if tta is None else tta
     keras = keras_embed_fn(backbone)
     embed = lambda ds: embed_all(lambda x: shift_average(keras, x, tta), ds)  # noqa: E731
     return {"data": cfg["data"], "size": int(cfg["input"]["shape"][0]), "channels": int(cfg["input"]["shape"][-1]),
-            "spec": spec, "tta": tta,
+            "head_spec": head_spec, "tta": tta,
             "split_seed": int(cfg.get("train", {}).get("split_seed", 0)),
             "what": f"Keras model, stage {cfg.get('stage', 'float')}", "embed_all": embed,
-            "lake_classify": lambda ds, tr: embedding_classifier(embed(ds), spec, adapt_steps, tr)}
+            "lake_classify": lambda ds, tr: embedding_classifier(embed(ds), head_spec, adapt_steps, tr)}
 
 
 def _bundle_source(model, tta):
@@ -320,7 +320,7 @@ def _bundle_source(model, tta):
     clf = FewShotClassifier(model, num_threads=1, delegate="cpu", cache_size=100000, tta=tta)
     training = clf.bundle.manifest.get("training", {})
     return {"data": training.get("data"), "size": int(clf.bundle.input_shape[0]),
-            "channels": int(clf.bundle.input_shape[2]), "spec": clf.head_spec,
+            "channels": int(clf.bundle.input_shape[2]), "head_spec": clf.head_spec,
             "split_seed": int(training.get("split_seed", 0)),
             "tta": clf.tta, "what": f"int8 bundle through the runtime ({clf.backend})",
             "embed_all": lambda ds: clf.embed(ds.images),
@@ -359,7 +359,7 @@ def _episodes(source, ds, ways, shots, queries, episodes, seed, within_alphabet,
 
     emb = source["embed_all"](ds)
     with progress.task(f"{ways}-way {shots}-shot", episodes) as task:
-        res = evaluate_embeddings(emb, ds, source["spec"], ways, shots, queries, episodes, seed, within_alphabet,
+        res = evaluate_embeddings(emb, ds, source["head_spec"], ways, shots, queries, episodes, seed, within_alphabet,
                                   steps=adapt_steps, progress=task.advance)
     text = f"{100 * res['mean']:.2f}% ± {100 * res['ci95']:.2f} (95% CI)"
     if pixel_baseline:
