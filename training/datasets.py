@@ -14,7 +14,6 @@ colour data sees the luma, as on the device).
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import zipfile
 from dataclasses import dataclass
