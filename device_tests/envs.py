@@ -30,7 +30,6 @@ import shutil
 import subprocess
 import sys
 import time
-import venv
 import zipfile
 from pathlib import Path
 
@@ -177,13 +176,12 @@ def runtime_venv(kind: str) -> Path:
     py = root / "bin" / "python"
     with _locked(root):
         if not (root / ".complete").exists():
-            if root.exists():
-                shutil.rmtree(root)
-            log(f"building venv {root.name}: {' '.join(reqs)}")
-            venv.EnvBuilder(with_pip=True, clear=True).create(root)
-            run([str(py), "-m", "pip", "install", "-q", *reqs], what=f"pip install into {root.name}",
-                timeout=1200)
-            (root / ".complete").write_text(json.dumps(recipe))
+            from metalite.tools.runtime_env import VenvError, build_venv
+
+            try:
+                build_venv(root, reqs, say=log, marker=json.dumps(recipe))
+            except VenvError as e:
+                raise EnvError(f"pip install into {root.name} failed: {e}") from None
         src = _tree_digest(REPO / "setup.py", *(REPO / name for name in package_folders()))
         stamp = root / ".project"
         if not stamp.exists() or stamp.read_text() != src:

@@ -9,6 +9,8 @@ import sys
 import venv
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 600
 
@@ -177,3 +179,17 @@ def test_the_git_url_line_installs_the_committed_package(tmp_path):
     from metalite.runtime.version import __version__
     assert _run([tmp_path / "venv" / "bin" / "metalite", "--version"], env=env).strip() == \
         f"metalite, version {__version__}"
+
+
+def test_the_one_venv_builder_marks_only_finished_venvs(tmp_path):
+    """``build_venv`` (``metalite bench``'s tflite-runtime venv and the device tests' venvs): a built venv runs
+    and has its marker; a failed pip leaves nothing half-built behind and says why in one line."""
+    from metalite.tools.runtime_env import COMPLETE, VenvError, build_venv
+
+    said = []
+    py = build_venv(tmp_path / "ok", [], say=said.append, marker="recipe")
+    assert (tmp_path / "ok" / COMPLETE).read_text() == "recipe" and said and "pip only" in said[0]
+    assert _run([py, "-c", "import sys; print(sys.prefix)"]).strip() == str(tmp_path / "ok")
+    with pytest.raises(VenvError) as e:
+        build_venv(tmp_path / "bad", [str(tmp_path / "no-such-project")], say=said.append)
+    assert "\n" not in str(e.value) and not (tmp_path / "bad").exists()

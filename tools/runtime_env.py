@@ -7,6 +7,8 @@
 - ``tflite_runtime_python(build)``: a Python with ``tflite-runtime`` (numpy<2, as on Raspberry Pi OS):
   this one if it has it, else a venv under ``cache_root("venvs")``, built when ``build`` is true (pip
   downloads about 10 MB; a minute or two). The venv holds only numpy and the interpreter package.
+- ``build_venv(root, requirements)``: the one venv builder (the device tests build theirs with it too): a
+  fresh venv with pip and the requirements, counted as built only once its ``.complete`` marker exists.
 """
 from __future__ import annotations
 
@@ -18,9 +20,15 @@ import sys
 import venv
 from pathlib import Path
 
+from metalite.common.errors import MetaliteError
 from metalite.common.files import atomic_write_text, cache_root
 
 TFLITE_REQUIREMENTS = ["numpy<2", "tflite-runtime"]
+COMPLETE = ".complete"  # a venv counts as built once this marker exists: an interrupted build is redone
+
+
+class VenvError(MetaliteError, RuntimeError):
+    """A venv could not be built (pip failed); the message is pip's last line."""
 
 
 def runtime_site(folder) -> Path:
@@ -44,18 +52,25 @@ def _venv_dir() -> Path:
     return cache_root("venvs") / f"tflite-runtime-{key}"
 
 
-def _build_venv(root: Path, say) -> None:
-    """Create the venv at ``root``; only a venv whose ``.complete`` marker exists counts as built."""
+def build_venv(root, requirements: list, say=print, marker: str | None = None, timeout: float = 1200) -> Path:
+    """A fresh venv at ``root`` (replacing whatever is there) with pip and ``requirements``; returns its python.
+
+    ``marker``: the text of its ``.complete`` file (default: the requirements as JSON). Raises ``VenvError``
+    when pip fails, after removing the half-built venv."""
+    root = Path(root)
     shutil.rmtree(root, ignore_errors=True)
     root.parent.mkdir(parents=True, exist_ok=True)
-    say(f"building a tflite-runtime venv in {root} ({' '.join(TFLITE_REQUIREMENTS)})")
+    say(f"building a venv in {root} ({' '.join(requirements) or 'pip only'})")
     venv.EnvBuilder(with_pip=True, clear=True).create(root)
-    p = subprocess.run([str(root / "bin" / "python"), "-m", "pip", "install", "-q", *TFLITE_REQUIREMENTS],
-                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=1200)
-    if p.returncode != 0:
-        shutil.rmtree(root, ignore_errors=True)
-        raise RuntimeError((p.stdout.strip().splitlines() or ["pip failed"])[-1][:300])
-    atomic_write_text(root / ".complete", json.dumps(TFLITE_REQUIREMENTS))
+    py = root / "bin" / "python"
+    if requirements:
+        p = subprocess.run([str(py), "-m", "pip", "install", "-q", *requirements], stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True, timeout=timeout)
+        if p.returncode != 0:
+            shutil.rmtree(root, ignore_errors=True)
+            raise VenvError((p.stdout.strip().splitlines() or ["pip failed"])[-1][:300])
+    atomic_write_text(root / COMPLETE, json.dumps(requirements) if marker is None else marker)
+    return py
 
 
 def tflite_runtime_python(build: bool, say=print) -> tuple:
@@ -68,12 +83,12 @@ def tflite_runtime_python(build: bool, say=print) -> tuple:
         pass
     root = _venv_dir()
     py = root / "bin" / "python"
-    if (root / ".complete").exists() and py.exists():
+    if (root / COMPLETE).exists() and py.exists():
         return str(py), f"venv {root}"
     if not build:
         return None, "not installed (no tflite-runtime venv built yet; the full run builds one)"
     try:
-        _build_venv(root, say)
+        build_venv(root, TFLITE_REQUIREMENTS, say)
     except Exception as e:  # noqa: BLE001 - reported in the benchmark, not fatal
         return None, f"not installed (building its venv failed: {str(e).splitlines()[0][:200]})"
     return str(py), f"venv built in {root}"
