@@ -56,7 +56,6 @@ def longest() -> tuple:
 
 # concept -> a pattern whose every hit in product code is one place that implements it
 CONCEPTS = {
-    "wire image encoders/decoders": r"b64(en|de)code\([^)]*pixels|\"pixels\": base64",
     "image-extension lists": r"^[ \t]*[A-Z_]*(EXTENSIONS|SUFFIXES)[ \t]*=",
     "class-folder readers": r"for d in sorted\(p for p in [a-z_]+\.iterdir\(\) if p\.is_dir\(\)",
     "inline SQLite transactions": r"execute\(\"BEGIN IMMEDIATE\"\)",
@@ -66,9 +65,26 @@ CONCEPTS = {
 }
 
 
+def wire_functions() -> list:
+    """Functions that base64-encode or -decode image pixels for the fleet wire (the device page's own data
+    URLs and thumbnails, in runtime/webui, are another format)."""
+    hits = []
+    for files in product_files().values():
+        for p in files:
+            rel = p.relative_to(REPO).as_posix()
+            if rel.startswith("runtime/webui/"):
+                continue
+            for node in ast.walk(ast.parse(p.read_text())):
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and any(
+                        isinstance(n, ast.Attribute) and n.attr in ("b64encode", "b64decode") for n in ast.walk(node)):
+                    hits.append(f"{rel}:{node.lineno} {node.name}")
+    return hits
+
+
 def concept_hits() -> dict:
     """Every hit of each pattern in product code and in the device tests' environment builders."""
-    out, files_of = {}, {**product_files(), "device_tests": [REPO / "device_tests" / "envs.py"]}
+    out, files_of = {"wire image encoders/decoders": wire_functions()}, {**product_files(),
+                                                                        "device_tests": [REPO / "device_tests" / "envs.py"]}
     for name, pattern in CONCEPTS.items():
         rx, hits = re.compile(pattern, re.M), []
         for files in files_of.values():
