@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import ast
 import base64
+import os
 import re
 import sys
 import tempfile
@@ -99,13 +100,16 @@ class Trace:
     """Product files whose functions run inside the ``with`` block, on any thread."""
 
     def __init__(self):
-        self.files, self._roots = set(), tuple(str(REPO / f) + "/" for f in FOLDERS)
+        self.files, self._seen = set(), set()
+        self._roots = tuple(str(REPO.resolve() / f) + os.sep for f in FOLDERS)
 
     def _profile(self, frame, event, arg):
-        if event == "call":
+        if event == "call" and frame.f_code.co_filename not in self._seen:
             name = frame.f_code.co_filename
-            if name.startswith(self._roots):
-                self.files.add(Path(name).relative_to(REPO).as_posix())
+            self._seen.add(name)
+            real = os.path.realpath(name)  # an installed copy may reach the checkout through symlinks
+            if real.startswith(self._roots):
+                self.files.add(Path(real).relative_to(REPO.resolve()).as_posix())
 
     def __enter__(self):
         threading.setprofile(self._profile)
