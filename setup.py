@@ -18,14 +18,16 @@ setup(
     # ("runtime", "tools") lands in a user's site-packages. ``metalite`` itself is a namespace package
     # with no folder of its own, so nothing in the repository root shadows the installed one
     # (DESIGN.md, "Layout").
-    packages=["metalite.training", "metalite.export", "metalite.runtime", "metalite.runtime.sync", "metalite.tools",
-              "metalite.fleet", "metalite.runtime.webui"],
+    packages=["metalite.common", "metalite.training", "metalite.export", "metalite.runtime", "metalite.runtime.sync",
+              "metalite.tools", "metalite.fleet", "metalite.pipelines", "metalite.runtime.webui"],
     package_dir={
+        "metalite.common": "common",
         "metalite.training": "training",
         "metalite.export": "export",
         "metalite.runtime": "runtime",
         "metalite.tools": "tools",
         "metalite.fleet": "fleet",
+        "metalite.pipelines": "pipelines",
     },
     # the device page, and the install script `metalite package` puts beside the wheel
     package_data={"metalite.runtime.webui": ["page.html"], "metalite.tools": ["device_install.sh"]},

@@ -9,7 +9,8 @@ interrupted build is redone, never half-used.
   an interpreter package and Pillow -- no TensorFlow (the "device-like" environment on x86).
 - :func:`arm64_rootfs`: Debian bookworm arm64 (debootstrap, minbase + python3 + python3-numpy).
 - :func:`arm64_site`: a folder to put on PYTHONPATH inside that rootfs: the aarch64 tflite-runtime
-  wheel unzipped plus ``metalite/runtime`` copied from the repo (so the *current* runtime code runs).
+  wheel unzipped plus ``metalite/runtime`` and ``metalite/common`` copied from the repo (so the *current*
+  runtime code runs).
 - :func:`arm64_litert_venv`: a venv inside that rootfs (made by its own ``python3 -m venv``) holding
   the aarch64 ai-edge-litert and numpy 2 wheels (``pip install --target`` on the host) and the runtime.
 - :func:`arm64_runner`: how to run a python command in the rootfs (chroot through binfmt_misc, or
@@ -20,8 +21,6 @@ message that says what to install.
 """
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import functools
 import hashlib
 import json
@@ -31,7 +30,6 @@ import shutil
 import subprocess
 import sys
 import time
-import venv
 import zipfile
 from pathlib import Path
 
@@ -58,7 +56,7 @@ def log(msg: str) -> None:
 
 
 def cache_dir() -> Path:
-    from metalite.runtime.files import cache_root
+    from metalite.common.files import cache_root
 
     d = Path(os.environ.get("METALITE_DEVICE_CACHE") or cache_root("device"))
     d.mkdir(parents=True, exist_ok=True)
@@ -69,15 +67,12 @@ def recipe_key(recipe: dict) -> str:
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
 
 
-@contextlib.contextmanager
 def _locked(path: Path):
+    """Hold ``<path>.lock``: one build of an environment at a time, across test processes."""
+    from metalite.common.locks import file_lock
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(str(path) + ".lock", "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    return file_lock(Path(str(path) + ".lock"))
 
 
 def run(cmd, *, what: str, timeout: float = 1800, quiet: bool = False, **kw) -> subprocess.CompletedProcess:
@@ -181,13 +176,12 @@ def runtime_venv(kind: str) -> Path:
     py = root / "bin" / "python"
     with _locked(root):
         if not (root / ".complete").exists():
-            if root.exists():
-                shutil.rmtree(root)
-            log(f"building venv {root.name}: {' '.join(reqs)}")
-            venv.EnvBuilder(with_pip=True, clear=True).create(root)
-            run([str(py), "-m", "pip", "install", "-q", *reqs], what=f"pip install into {root.name}",
-                timeout=1200)
-            (root / ".complete").write_text(json.dumps(recipe))
+            from metalite.tools.runtime_env import VenvError, build_venv
+
+            try:
+                build_venv(root, reqs, say=log, marker=json.dumps(recipe))
+            except VenvError as e:
+                raise EnvError(f"pip install into {root.name} failed: {e}") from None
         src = _tree_digest(REPO / "setup.py", *(REPO / name for name in package_folders()))
         stamp = root / ".project"
         if not stamp.exists() or stamp.read_text() != src:
@@ -274,12 +268,14 @@ def arm64_wheel() -> Path:
 
 
 def _copy_runtime(site: Path) -> None:
-    """The runtime as it is installed: ``metalite/runtime`` inside the ``metalite`` namespace package."""
+    """The runtime as it is installed: ``metalite/runtime`` and the ``metalite/common`` helpers it imports, inside
+    the ``metalite`` namespace package."""
     pkg = site / "metalite"
     if pkg.exists():
         shutil.rmtree(pkg)
     pkg.mkdir(parents=True)
-    shutil.copytree(REPO / "runtime", pkg / "runtime", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    for name in ("runtime", "common"):
+        shutil.copytree(REPO / name, pkg / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
 
 
 def arm64_site(rootfs: Path) -> str:

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-from metalite.runtime.files import atomic_write, atomic_write_bytes, replace_dir, replace_refusal
+from metalite.common.files import atomic_write, atomic_write_bytes, replace_dir, replace_refusal
+from metalite.common.progress import as_progress
 from metalite.runtime.names import bundle_file_problem
 from metalite.runtime.preprocess import settings as preprocess_settings
-from metalite.runtime.progress import as_progress
 
 from . import edgetpu as _etpu
 from . import tflite as _tfl
@@ -161,7 +161,7 @@ def write_bundle(out_dir, backbone_model, head_spec, representative, meta: dict 
     int8-vs-Keras check.
     ``float_model``: also write ``backbone_float.tflite``, float32 with no quantization at all: ``True`` for a
     float backbone, or the float Keras model with the backbone's weights (for a QAT backbone).
-    ``progress``: a ``metalite.runtime.progress.Progress`` for news lines (None: silent).
+    ``progress``: a ``metalite.common.progress.Progress`` for news lines (None: silent).
     ``meta``: the manifest's ``training``, ``compression`` and ``accuracy`` sections. ``edgetpu``: also convert
     a batch-1 model and run ``edgetpu_compiler`` if installed. ``evaluate(tflite_bytes) -> {name: result}``:
     accuracy of the converted int8 model, merged into the manifest's ``accuracy`` section.

@@ -1,5 +1,5 @@
-"""The one error type of metalite.export, in the runtime's ``MetaliteError`` family: a one-line, user-facing message."""
-from metalite.runtime.errors import MetaliteError
+"""The one error type of metalite.export, in the ``MetaliteError`` family: a one-line, user-facing message."""
+from metalite.common.errors import MetaliteError
 
 
 class ExportError(MetaliteError, ValueError):

@@ -7,27 +7,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-import secrets
 from pathlib import Path
 
-from metalite.runtime.state import remove_stale_temps
+from metalite.common.files import new_temp, remove_stale_temps
 from metalite.runtime.sync.release import is_sha256
 
 _CHUNK = 1 << 20
-_TEMP = "in"  # temporaries are .in.<token>.tmp, flocked while written (the rule of runtime.state's saves)
-
-
-def _locked_temp(directory: Path) -> tuple:
-    """(fd, path) of a new temporary in ``directory`` (mode 0600), flocked so no cleaner takes it while written."""
-    path = directory / f".{_TEMP}.{secrets.token_hex(8)}.tmp"
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        import fcntl
-
-        fcntl.flock(fd, fcntl.LOCK_EX)
-    except ImportError:  # not POSIX: only the age protects it
-        pass
-    return fd, path
+_TEMP = "in"  # temporaries are .in.<token>.tmp, flocked while written (common.files.new_temp)
 
 
 class BlobStore:
@@ -51,7 +37,7 @@ class BlobStore:
 
         Temporaries left by killed publishes (unlocked, over a minute old) are removed first."""
         remove_stale_temps(self.dir, _TEMP)
-        fd, tmp = _locked_temp(self.dir)
+        fd, tmp = new_temp(self.dir, _TEMP)
         h, n = hashlib.sha256(), 0
         try:
             with os.fdopen(fd, "wb") as out, open(src, "rb") as f:

@@ -8,19 +8,16 @@ first: only that device may replace it (``replace``).
 """
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import json
 import time
 
+from metalite.common.sqlite import transaction
 from metalite.runtime.names import MAX_CLASS_NAME, class_name_problem
+from metalite.runtime.sync.wire import WireError, decode_image, encode_image
 
-from .db import transaction
 from .errors import RequestRefused
-from .examples import INT64, MAX_SIDE, from_pgm, to_pgm
-
-WIRE_CHANNELS = (1, 3)  # an image's "channels": 1 gray (the default when absent), 3 RGB (row-major R, G, B)
+from .examples import INT64, from_pgm, to_pgm
 
 MAX_IMAGES = 64  # per class: a support set is 1-5 images, a few dozen at most
 MAX_CLASS_PIXELS = 1 << 21  # per class (64 images of 181x181, 8 of 512x512): its share fits the default 4 MiB body
@@ -41,22 +38,12 @@ def check_name(name) -> str:
 
 
 def _pgm_of(img, i: int) -> bytes:
-    if not isinstance(img, dict):
-        raise ClassRefused(f"image {i}: not an object", 422)
-    h, w = img.get("height"), img.get("width")
-    if not all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= MAX_SIDE for v in (h, w)):
-        raise ClassRefused(f"image {i}: height and width must be integers in 1..{MAX_SIDE}", 422)
-    c = img.get("channels", 1)
-    if c not in WIRE_CHANNELS or isinstance(c, bool):
-        raise ClassRefused(f"image {i}: channels must be 1 (gray) or 3 (RGB), got {str(c)[:20]}", 422)
+    """Image ``i`` of a share, decoded from the wire format, as stored: ClassRefused 422 naming the field."""
     try:
-        px = base64.b64decode(img.get("pixels") or "", validate=True)
-    except (binascii.Error, ValueError, TypeError):
-        raise ClassRefused(f"image {i}: pixels must be base64", 422) from None
-    if len(px) != h * w * c:
-        raise ClassRefused(f"image {i}: pixels hold {len(px)} bytes, expected height*width*channels = {h * w * c}",
-                           422)
-    return to_pgm(px, h, w, c)
+        px = decode_image(img)
+    except WireError as e:
+        raise ClassRefused(f"image {i}: {e}", 422) from None
+    return to_pgm(px.tobytes(), px.shape[0], px.shape[1], 1 if px.ndim == 2 else 3)
 
 
 def share(root, device_id: int, name, images, version=None, replace: bool = False) -> dict:
@@ -125,8 +112,5 @@ def fetch(root, name) -> dict:
     images = []
     for r in conn.execute("SELECT i.data FROM class_images ci JOIN images i ON i.sha256 = ci.image_sha256 "
                           "WHERE ci.class_id = ? ORDER BY ci.idx", (row["id"],)):
-        px = from_pgm(r["data"])
-        images.append({"height": int(px.shape[0]), "width": int(px.shape[1]),
-                       "channels": 1 if px.ndim == 2 else int(px.shape[2]),
-                       "pixels": base64.b64encode(px.tobytes()).decode("ascii")})
+        images.append(encode_image(from_pgm(r["data"])))
     return {"name": row["name"], "device": row["device"], "version": row["version"], "images": images}

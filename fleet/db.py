@@ -2,11 +2,11 @@
 
 ``synchronous=FULL``: a commit is on disk before the server answers, so an acknowledged upload
 survives a crash or power cut. Write transactions start with ``BEGIN IMMEDIATE`` (``transaction``)
-so concurrent writers queue on the busy timeout instead of failing to upgrade a read lock.
+so concurrent writers queue on the busy timeout instead of failing to upgrade a read lock
+(``metalite.common.sqlite``).
 """
 from __future__ import annotations
 
-import contextlib
 import sqlite3
 
 SCHEMA_VERSION = 2  # 2: the class library (classes, class_images)
@@ -60,14 +60,3 @@ def connect(path) -> sqlite3.Connection:
         conn.executescript(f"BEGIN IMMEDIATE;\n{SCHEMA}\nPRAGMA user_version = {SCHEMA_VERSION};\nCOMMIT;")
     return conn
 
-
-@contextlib.contextmanager
-def transaction(conn: sqlite3.Connection):
-    """``BEGIN IMMEDIATE`` … ``COMMIT`` (``ROLLBACK`` on any exception)."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        yield conn
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")

@@ -7,7 +7,8 @@ import re
 import secrets
 import time
 
-from .db import transaction
+from metalite.common.sqlite import transaction
+
 from .errors import FleetError, RequestRefused
 from .examples import INT64
 

@@ -1,7 +1,7 @@
 """Errors of ``metalite.fleet`` (the server side); one-line messages, ``MetaliteError`` like the runtime's."""
 from __future__ import annotations
 
-from metalite.runtime.errors import MetaliteError
+from metalite.common.errors import MetaliteError
 
 
 class FleetError(MetaliteError, ValueError):

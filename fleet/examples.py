@@ -8,8 +8,6 @@ completely or not at all.
 """
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import json
 import re
@@ -17,13 +15,13 @@ import time
 
 import numpy as np
 
+from metalite.common.sqlite import transaction
 from metalite.runtime.names import class_name_problem
 from metalite.runtime.sync.outbox import KINDS
+from metalite.runtime.sync.wire import WireError, decode_image
 
-from .db import transaction
-
+LABELLED = ("correction", "support")  # the kinds that carry a true label: what a fleet update learns from
 MAX_BATCH = 256
-MAX_SIDE = 512
 _ID = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
 
 
@@ -66,9 +64,20 @@ def label_problem(v) -> str | None:
     return "must be a string, an integer in the int64 range or null"
 
 
-def _check(e) -> str | None:
-    """Why the example ``e`` cannot be stored (naming the field), or None if it is fine: after this, no
-    value of ``e`` can fail at bind (range, encoding) and cost the rest of the batch."""
+def _check(e) -> tuple:
+    """(why the example ``e`` cannot be stored, naming the field, or None; its image): after this, no value of
+    ``e`` can fail at bind (range, encoding) and cost the rest of the batch."""
+    reason = _field_problem(e)
+    if reason is not None:
+        return reason, None
+    try:
+        return None, decode_image(e)
+    except WireError as err:
+        return str(err), None
+
+
+def _field_problem(e) -> str | None:
+    """Why a field of ``e`` other than its image is unusable, or None."""
     if not isinstance(e, dict):
         return "not an object"
     if not isinstance(e.get("id"), str) or not _ID.match(e["id"]):
@@ -87,20 +96,6 @@ def _check(e) -> str | None:
         return "version must be an integer in 0..2**63-1 or null"
     if e.get("created") is not None and not _number_in(e["created"], -1e11, 1e11):
         return "created must be seconds since 1970 (|created| <= 1e11) or null"
-    h, w = e.get("height"), e.get("width")
-    if not all(_int_in(v, 1, MAX_SIDE) for v in (h, w)):
-        return f"height and width must be integers in 1..{MAX_SIDE}"
-    if not isinstance(e.get("pixels"), str):
-        return "pixels must be a base64 string"
-    try:
-        px = base64.b64decode(e["pixels"], validate=True)
-    except (binascii.Error, ValueError):
-        return "pixels must be base64"
-    c = e.get("channels", 1)
-    if c not in (1, 3) or isinstance(c, bool):
-        return "channels must be 1 (gray) or 3 (RGB)"
-    if len(px) != h * w * c:
-        return f"pixels hold {len(px)} bytes, expected height*width*channels = {h * w * c}"
     return None
 
 
@@ -116,7 +111,7 @@ def ingest(root, device_id: int, examples: list, quota: int = MAX_DEVICE_EXAMPLE
     with transaction(conn):
         have = conn.execute("SELECT examples FROM devices WHERE id = ?", (device_id,)).fetchone()[0]
         for e in examples:
-            reason = _check(e)
+            reason, image = _check(e)
             if reason is None and have + stored >= quota:
                 reason = f"this device's quota of {quota} stored examples is reached"
             if reason is not None:
@@ -125,7 +120,7 @@ def ingest(root, device_id: int, examples: list, quota: int = MAX_DEVICE_EXAMPLE
                 if rid is not None:
                     ids.append(rid)
                 continue
-            pgm = to_pgm(base64.b64decode(e["pixels"]), e["height"], e["width"], e.get("channels", 1))
+            pgm = to_pgm(image.tobytes(), image.shape[0], image.shape[1], 1 if image.ndim == 2 else 3)
             sha = hashlib.sha256(pgm).hexdigest()
             cur = conn.execute(
                 "INSERT OR IGNORE INTO examples (device_id, example_id, kind, label, predicted, confidence, version, "
@@ -173,3 +168,15 @@ def iter_examples(root, kinds=None, after: int = 0, page: int = 256):
 def counts(root) -> dict:
     """{kind: number of stored examples}."""
     return {r[0]: r[1] for r in root.db().execute("SELECT kind, count(*) FROM examples GROUP BY kind")}
+
+
+def newest_seq(root) -> int:
+    """The ``seq`` of the newest stored example, 0 when there is none (an update takes examples up to it)."""
+    return int(root.db().execute("SELECT coalesce(max(seq), 0) FROM examples").fetchone()[0])
+
+
+def labelled_since(root, seq: int) -> int:
+    """How many labelled examples (``LABELLED`` kinds) arrived after ``seq``."""
+    marks = ",".join("?" * len(LABELLED))
+    return int(root.db().execute(f"SELECT count(*) FROM examples WHERE seq > ? AND kind IN ({marks})",
+                                 (seq, *LABELLED)).fetchone()[0])

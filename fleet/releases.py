@@ -13,12 +13,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from metalite.common.sqlite import transaction
 from metalite.runtime.bundle import MANIFEST, open_bundle
 from metalite.runtime.errors import BundleError
 from metalite.runtime.sync.release import make_release
 
 from . import keys
-from .db import transaction
 from .errors import FleetError
 
 

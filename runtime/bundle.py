@@ -22,8 +22,10 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import BundleError, one_line
-from .files import cache_root
+from metalite.common.errors import one_line
+from metalite.common.files import cache_root
+
+from .errors import BundleError
 from .names import bundle_file_problem
 from .preprocess import BACKGROUND, CHANNELS, COLOR_CHANNELS, settings
 

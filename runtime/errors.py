@@ -1,13 +1,16 @@
 """The errors ``metalite.runtime`` raises on purpose; each ``str()`` is one line that says what is wrong.
 
-Every class derives from ``MetaliteError`` (catch that to catch them all) and from the builtin that fits,
+Every class derives from ``MetaliteError`` (``metalite.common.errors``, the base of every part's errors: catch
+it to catch them all) and from the builtin that fits,
 so ``except ValueError`` keeps working for bad bundles, bad state files and bad input.
 """
 from __future__ import annotations
 
+from metalite.common.errors import MetaliteError, one_line  # the family's base and its one-line form
 
-class MetaliteError(Exception):
-    """Base class of every error the runtime raises deliberately."""
+__all__ = ["MetaliteError", "one_line", "BundleError", "StateError", "InputError", "NotFittedError",
+           "UnknownClassError", "DelegateError", "InterpreterNotFoundError", "MissingExtraError", "missing_extra",
+           "EXTRA_OF_MODULE"]
 
 
 class BundleError(MetaliteError, ValueError):
@@ -63,9 +66,3 @@ def missing_extra(exc: ImportError, extra: str | None = None) -> MissingExtraErr
         return None
     module, default = EXTRA_OF_MODULE[top]
     return MissingExtraError(module, extra or default)
-
-
-def one_line(exc: BaseException) -> str:
-    """Return ``exc`` as ``"TypeName: first line of its message"`` (for wrapping errors from deep inside)."""
-    msg = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {msg[0] if msg else ''}".rstrip(": ")

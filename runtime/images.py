@@ -26,7 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError, MissingExtraError, one_line
+from metalite.common.errors import one_line
+
+from .errors import InputError, MissingExtraError
 from .preprocess import BACKGROUND, to_model_input
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm", ".pnm")

@@ -20,8 +20,10 @@ import warnings
 from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
+from metalite.common.errors import one_line
+
 from . import xnnpack
-from .errors import BundleError, DelegateError, InterpreterNotFoundError, one_line
+from .errors import BundleError, DelegateError, InterpreterNotFoundError
 from .nativelog import native_stderr_to_log
 
 BACKENDS = ("ai_edge_litert", "tflite_runtime", "tensorflow")

@@ -11,7 +11,7 @@ import zipfile
 
 import numpy as np
 
-from .errors import one_line
+from metalite.common.errors import one_line
 
 MAX_EXPANSION = 16
 

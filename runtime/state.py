@@ -25,32 +25,26 @@ refused even where the zip CRC would pass; every number is then checked (``load_
 int and unique, support rows finite and each class with at least one, head shapes chaining from the
 embedding to the classes, weights finite and bounded.
 
-Saving (``atomic_write``) behaves like a careful database: it follows symlinks and replaces the file
-they point to (the link stays a link), refuses to replace anything but a regular file (device node,
-FIFO, directory), keeps the replaced file's mode (and owner, as root) and refuses a read-only one; a new
-file gets 0666 minus the umask, like any file. It writes ``.<name>.<random>.tmp`` next to the target,
-holding an ``flock`` on it, fsyncs it, ``os.replace``s it over the target and fsyncs the directory: a
-crash leaves the old file or the new one, never half of one. Temporaries that a crashed save left
-behind (ours by name, unlocked, older than ``STALE_TEMP_AGE`` seconds) are deleted by the next save
-to the same name.
+Saving goes through ``metalite.common.files.atomic_write``: it follows symlinks and replaces the file they
+point to, refuses to replace anything but a regular file (a ``StateError`` here) or a read-only one, keeps
+the replaced file's mode and owner, and a crash leaves the old file or the new one, never half of one;
+temporaries of crashed saves are removed by the next save to the same name.
 """
 from __future__ import annotations
 
-import errno
 import hashlib
 import io
 import json
-import os
-import re
-import secrets
-import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError, StateError, one_line
+from metalite.common.errors import FileRefusedError, one_line
+from metalite.common.files import atomic_write
+
+from .errors import InputError, StateError
 from .head import AdaptedHead, check_classifier, check_float_array, check_layers
 from .labels import normalize_label, short_repr
 from .npz import read_npz
@@ -60,9 +54,6 @@ STATE_FORMAT = "metalite-state"
 STATE_FORMAT_VERSION = 2  # gray support images (or none)
 COLOR_STATE_FORMAT_VERSION = 3  # RGB support images
 STATE_FORMAT_VERSIONS = (1, 2, 3)  # what load_state reads
-STALE_TEMP_AGE = 60.0  # seconds; a live save holds its temporary's lock, this only covers its first instant
-_TEMP_TOKEN = re.compile(r"[A-Za-z0-9_]{8,32}")
-_O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
 
 @dataclass
@@ -97,122 +88,6 @@ def _arrays_digest(arrays: dict) -> str:
         h.update(f"{name}|{a.dtype.str}|{a.shape}|".encode())
         h.update(a.tobytes())
     return h.hexdigest()
-
-
-def fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(str(directory), os.O_RDONLY)
-    except OSError:  # e.g. Windows: directories cannot be opened
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _lock(fd: int) -> bool:
-    """Take an exclusive non-blocking flock on ``fd``; False if another process holds it."""
-    try:
-        import fcntl
-    except ImportError:  # Windows: no flock; stale temporaries are then recognised by age alone
-        return True
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return True
-    except OSError:
-        return False
-
-
-def remove_stale_temps(directory, name: str, min_age: float = STALE_TEMP_AGE) -> list:
-    """Delete the temporaries of crashed saves to ``directory/name``; return the names removed.
-
-    Only files named like ours (``.<name>.<token>.tmp``), regular, older than ``min_age`` seconds and
-    not locked (a save in progress holds an flock on its temporary until it is renamed) are removed.
-    """
-    prefix, removed, now = f".{name}.", [], time.time()
-    try:
-        entries = list(os.scandir(directory))
-    except OSError:
-        return removed
-    for ent in entries:
-        n = ent.name
-        if not (n.startswith(prefix) and n.endswith(".tmp") and _TEMP_TOKEN.fullmatch(n[len(prefix):-4])):
-            continue
-        try:
-            st = ent.stat(follow_symlinks=False)
-            if not stat.S_ISREG(st.st_mode) or now - st.st_mtime < min_age:
-                continue
-            fd = os.open(ent.path, os.O_RDONLY | _O_NOFOLLOW)
-        except OSError:
-            continue
-        try:
-            if _lock(fd):
-                os.unlink(ent.path)
-                removed.append(n)
-        except OSError:
-            pass
-        finally:
-            os.close(fd)
-    return removed
-
-
-_KINDS = ((stat.S_ISDIR, "directory"), (stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"),
-          (stat.S_ISFIFO, "FIFO"), (stat.S_ISSOCK, "socket"))
-
-
-def _save_target(path: Path):
-    """``(file to replace, its stat or None)``: symlinks followed; anything but a regular file refused."""
-    target = Path(os.path.realpath(path))
-    try:
-        st = os.stat(target)
-    except FileNotFoundError:
-        return target, None
-    if not stat.S_ISREG(st.st_mode):
-        kind = next((k for test, k in _KINDS if test(st.st_mode)), "special file")
-        raise StateError(f"{path}: is a {kind}, not a regular file; refusing to replace it")
-    if not os.access(target, os.W_OK):
-        raise PermissionError(errno.EACCES, "the file is read-only; refusing to replace it", str(path))
-    return target, st
-
-
-def atomic_write(path, write) -> None:
-    """Write a file atomically, through symlinks, keeping the replaced file's mode (module docstring).
-
-    Args:
-      path: target path (its directory must exist).
-      write: function taking an open binary file object and writing the content.
-    Raises:
-      StateError: ``path`` is (or links to) a directory, device, FIFO or socket.
-      OSError: the directory is missing or not writable, the disk is full, the target is read-only.
-    """
-    target, old = _save_target(Path(path))
-    directory = target.parent
-    remove_stale_temps(directory, target.name)
-    tmp = directory / f".{target.name}.{secrets.token_hex(8)}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_NOFOLLOW, 0o666 if old is None else 0o600)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            _lock(f.fileno())  # held until the rename: a concurrent save's cleanup leaves this file alone
-            if old is not None:
-                os.chmod(tmp, stat.S_IMODE(old.st_mode))
-                if getattr(os, "geteuid", lambda: -1)() == 0:
-                    try:
-                        os.chown(tmp, old.st_uid, old.st_gid)
-                    except OSError:  # e.g. a filesystem without owners
-                        pass
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-            os.replace(tmp, target)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    fsync_dir(directory)
 
 
 def _images_ok(images: np.ndarray, n: int) -> bool:
@@ -272,6 +147,8 @@ def save_state(path, state: State) -> None:
     np.savez(buf, **arrays)
     try:
         atomic_write(path, lambda f: f.write(buf.getbuffer()))
+    except FileRefusedError as e:
+        raise StateError(str(e)) from None
     except OSError as e:
         raise OSError(e.errno, f"cannot save state to {path}: {e.strerror or e}", str(path)) from None
 

@@ -102,7 +102,7 @@ def main(argv=None) -> int:
         print(f"| `{b}` | " + " | ".join(f"{r['median_ms'][n]:.4f}" for n in names)
               + f" | {q['median']:.2f}× ({q['q1']:.2f}–{q['q3']:.2f}) | {t['median']:.2f}× |")
     if a.json:
-        from metalite.runtime.files import atomic_write_text
+        from metalite.common.files import atomic_write_text
 
         atomic_write_text(a.json, json.dumps({"machine": m, "loadavg": [load0, load1], "rounds": a.rounds,
                                               "calls": a.calls, "results": res}, indent=1))

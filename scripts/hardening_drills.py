@@ -333,7 +333,7 @@ def d_stale_temps(py, w):
     _state(py, w)
     r = child(py, w, '''
         import signal, subprocess
-        kill_mid_save = ("import sys, time\\nfrom metalite.runtime.state import atomic_write\\n"
+        kill_mid_save = ("import sys, time\\nfrom metalite.common.files import atomic_write\\n"
                          "def write(f):\\n f.write(b'x' * (8 << 20)); f.flush(); print('w', flush=True); time.sleep(60)\\n"
                          "atomic_write(sys.argv[1], write)\\n")
         target = W / "crash" / "state.npz"; target.parent.mkdir()

@@ -71,8 +71,8 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as td:
         site = Path(td)
         (site / "metalite").mkdir()
-        shutil.copy(REPO / "metalite" / "__init__.py", site / "metalite")
-        shutil.copytree(REPO / "runtime", site / "metalite" / "runtime")
+        for name in ("runtime", "common"):
+            shutil.copytree(REPO / name, site / "metalite" / name)
         workers = dict(start(w, site) for w in (a.worker or default_workers()))
         load = [open("/proc/loadavg").read().split()[0]]
         try:

@@ -175,7 +175,7 @@ def main(argv=None) -> int:
             prev = {"xnnpack": x, "builtin": c}
         print()
     if a.json:
-        from metalite.runtime.files import atomic_write_text
+        from metalite.common.files import atomic_write_text
 
         atomic_write_text(a.json, json.dumps({"machine": m, "loadavg": [load0, load1], "rounds": a.rounds,
                                               "calls": a.calls, "rows": rows,

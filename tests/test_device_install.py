@@ -12,9 +12,9 @@ from click.testing import CliRunner
 
 from runtime_kit import REPO, assert_one_line, rehash
 
+from metalite.common.progress import Progress
 from metalite.runtime import BundleError, FewShotClassifier
 from metalite.runtime import head as headlib
-from metalite.runtime.progress import Progress
 from metalite.runtime.sync import DeviceHome, SyncError, UpdateRefusedError, install_bundle
 from metalite.tools.cli import main
 

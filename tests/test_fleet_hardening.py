@@ -150,6 +150,31 @@ def test_quotas_per_device(tmp_path, monkeypatch):
     assert e.value.status == 429
 
 
+def test_one_decoder_refuses_booleans_for_sizes_and_channels_on_both_server_paths(tmp_path):
+    """An uploaded example and a shared class image are read by the one wire decoder, the device's too: ``True``
+    (or ``1.0``) is not 1 for height, width or channels, and both server paths refuse with the same reason."""
+    from metalite.fleet import classes, examples
+    from metalite.runtime.sync.wire import WireError, decode_image, encode_image
+
+    good = encode_image(np.full((1, 1), 7, np.uint8))
+    assert decode_image(good).tolist() == [[7]] and decode_image({**good, "channels": 1}).shape == (1, 1)
+    root = FleetRoot(tmp_path / "root", create=True)
+    enroll(root, "pi")
+    dev = root.db().execute("SELECT id FROM devices").fetchone()[0]
+    for field, value, words in [("height", True, "height and width"), ("width", True, "height and width"),
+                                ("channels", True, "channels must be"), ("channels", 1.0, "channels must be"),
+                                ("height", 1.0, "height and width"),
+                                ("pixels", 7, "base64 string"), ("pixels", "!!", "base64")]:
+        bad = {**good, field: value}
+        with pytest.raises(WireError, match=words):
+            decode_image(bad)
+        got = examples.ingest(root, dev, [{"id": "example-1", "kind": "unsure", **bad}])
+        assert got["stored"] == 0 and words in got["rejected"][0]["reason"], (field, value, got)
+        with pytest.raises(classes.ClassRefused, match=words) as e:
+            classes.share(root, dev, "cls", [bad])
+        assert e.value.status == 422 and str(e.value).startswith("image 0: ")
+
+
 # ---------------------------------------------------------------------------------------------- operator's terminal
 def test_fleet_status_escapes_what_devices_sent(fleet):
     srv, token = fleet

@@ -34,9 +34,8 @@ N_CLASSES = 8
 def base(tmp_path_factory):
     """(float model dir, its int8 bundle): a Conv4 with 8 filters, 150 episodes on the glyphs' training classes."""
     from metalite.export.bundle import write_bundle
-    from metalite.tools.cli_export import meta_from_config
     from metalite.training.datasets import load_data, representative_inputs
-    from metalite.training.modeldir import load_model_dir
+    from metalite.training.modeldir import load_model_dir, meta_from_config
     from metalite.training.trainer import train
 
     d = tmp_path_factory.mktemp("fleet_update_base")
@@ -102,7 +101,7 @@ def test_update_fine_tunes_on_what_devices_sent_and_devices_get_better(base, tmp
         assert u["diff"] >= -(0.005 + u["ci95"]) and u["ways"] == 20 and u["episodes"] == 200, u
         # measured apart from the gate too: 300 other episodes of the original held-out (val) classes
         from metalite.fleet import export_bundle
-        from metalite.tools.fleet_update import original_val_accuracy
+        from metalite.pipelines.fleet_gate import original_val_accuracy
 
         v2 = export_bundle(fleet, 2, tmp_path / "v2")
         orig = [original_val_accuracy(b, "glyphs", 28, 300, seed=1) for b in (bundle, v2)]

@@ -42,7 +42,7 @@ def _send(fleet, device: str, rows: list) -> None:
 
 
 def test_examples_are_deduplicated_and_held_out_per_class_and_device(tmp_path):
-    from metalite.tools.fleet_update import write_fleet_data
+    from metalite.pipelines.fleet_data import write_fleet_data
 
     fleet = FleetRoot(tmp_path / "root", create=True)
     rng = np.random.default_rng(0)
@@ -78,7 +78,7 @@ def test_examples_are_deduplicated_and_held_out_per_class_and_device(tmp_path):
 
 
 def test_the_recipe_is_read_from_the_release_and_can_be_overridden():
-    from metalite.tools.fleet_update import _thinning, release_recipe
+    from metalite.pipelines.fleet_package import _thinning, release_recipe
 
     shipped = open_bundle(Path(__file__).resolve().parents[1] / "models" / "omniglot").manifest
     r = release_recipe(shipped)
@@ -102,10 +102,9 @@ def base(tmp_path_factory):
     """(float model, PQAT bundle with tta 4): a Conv4 with 8 filters, 100 episodes on the glyphs' training
     classes, pruned to 30% with 4 + 3 PQAT steps: a release whose packaging the update must copy."""
     from metalite.export.bundle import write_bundle
-    from metalite.tools.cli_export import meta_from_config
     from metalite.training.compress import compress
     from metalite.training.datasets import load_data, representative_inputs
-    from metalite.training.modeldir import load_model_dir
+    from metalite.training.modeldir import load_model_dir, meta_from_config
     from metalite.training.trainer import train
 
     d = tmp_path_factory.mktemp("fleet_chain_base")
@@ -234,3 +233,23 @@ def test_serve_update_every_publishes_twice_in_a_row(base, tmp_path):
         assert list_releases(fleet)[-1]["metrics"]["base"] == 2
     finally:
         srv.stop()
+
+
+def test_update_options_are_checked_when_made_and_are_the_commands_defaults():
+    """One options object: a bad value is refused in one line naming it, and `fleet update --help` shows its
+    defaults."""
+    from metalite.fleet import FleetError
+    from metalite.pipelines.fleet_update import UpdateOptions
+
+    for bad, word in [({"steps": 0}, "steps"), ({"ways": True}, "ways"), ({"lr_scale": 0}, "lr_scale"),
+                      ({"max_drop": 1.5}, "max_drop"), ({"recipe": {"sparsty": 0.5}}, "sparsty")]:
+        with pytest.raises(FleetError, match=word) as e:
+            UpdateOptions(**bad)
+        assert "\n" not in str(e.value) and isinstance(e.value, ValueError)
+    opts = UpdateOptions(candidate="x/bundle", recipe={"tta": 4})
+    assert opts.candidate == Path("x/bundle") and opts.recipe == {"tta": 4}
+    help_text = CliRunner().invoke(main, ["fleet", "update", "--help"]).output
+    d = UpdateOptions()
+    for flag, value in [("--steps", d.steps), ("--replay", d.replay), ("--episodes", d.episodes),
+                        ("--unseen-classes", d.unseen), ("--keep-rejected", d.keep_rejected)]:
+        assert re.search(rf"{flag} [A-Z]+.*?\[default: {value}", help_text, re.S), (flag, help_text)

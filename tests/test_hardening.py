@@ -24,10 +24,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from metalite.common.files import STALE_TEMP_AGE, remove_stale_temps
 from metalite.runtime import BundleError, FewShotClassifier, InputError, StateError, UnknownClassError
 from metalite.runtime import head as headlib
 from metalite.runtime.images import as_model_input, read_image
-from metalite.runtime.state import STALE_TEMP_AGE, load_state, remove_stale_temps
+from metalite.runtime.state import load_state
 
 from runtime_kit import REPO, SIZE, assert_one_line, bar_image, bars, copy_bundle, rehash
 
@@ -540,7 +541,7 @@ time.sleep(60)
 
 CRASH_MID_SAVE = """
 import os, sys, time
-from metalite.runtime.state import atomic_write
+from metalite.common.files import atomic_write
 def write(f):
     f.write(b"half of a state")
     f.flush()

@@ -1,8 +1,10 @@
 """The house is one-way: imports read from the source (nothing is imported), then checked.
 
 - no import cycle between files, and none between folders;
-- layers: ``runtime`` imports no other folder, ``export`` only ``runtime``, ``training`` only ``export`` and
-  ``runtime``, ``fleet`` only ``runtime``; ``tools`` sits on top (docs/DESIGN.md, "Layout and layers");
+- layers: ``common`` imports no other folder, ``runtime`` only ``common``, ``export`` only ``runtime``,
+  ``training`` only ``export`` and ``runtime``, ``fleet`` only ``runtime`` (each of them ``common`` too);
+  ``pipelines`` composes all of those, and ``tools`` (the CLI) sits on top of everything (docs/DESIGN.md,
+  "Layout and layers");
 - product code never reaches test code (``tests/``, ``device_tests/``), by import or by file path;
 - no private helper (``_name``) is imported from another folder.
 Imports inside functions count as much as those at the top of a file.
@@ -18,8 +20,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 # each product folder and the other folders it may import
-LAYERS = {"runtime": set(), "export": {"runtime"}, "training": {"export", "runtime"}, "fleet": {"runtime"},
-          "tools": {"runtime", "export", "training", "fleet"}}
+LAYERS = {"common": set(), "runtime": {"common"}, "export": {"common", "runtime"},
+          "training": {"common", "export", "runtime"}, "fleet": {"common", "runtime"},
+          "pipelines": {"common", "runtime", "export", "training", "fleet"},
+          "tools": {"common", "runtime", "export", "training", "fleet", "pipelines"}}
 TEST_FOLDERS = ("tests", "device_tests")
 
 

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from metalite.runtime.progress import SILENT, Progress, as_progress
+from metalite.common.progress import SILENT, Progress, as_progress
 from metalite.tools.progress import ConsoleProgress
 from metalite.training.loop import Hooks, cosine_lr, run_episodes
 

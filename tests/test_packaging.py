@@ -9,6 +9,8 @@ import sys
 import venv
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 600
 
@@ -48,6 +50,7 @@ def test_wheel_install_imports_its_own_runtime_from_the_repo_root(tmp_path):
     # the runtime-only site that `metalite bench` measures memory with comes from the installed package
     runtime_site = Path(out[1])
     assert (runtime_site / "metalite" / "runtime" / "classifier.py").is_file()
+    assert (runtime_site / "metalite" / "common" / "progress.py").is_file()  # what the runtime imports
     assert not (runtime_site / "metalite" / "__init__.py").exists()
     probe = "import metalite.runtime as r, sys; print(r.__file__); print('tensorflow' in sys.modules)"
     out = _run([py, "-c", probe], cwd=tmp_path, env={**env, "PYTHONPATH": str(runtime_site)}).splitlines()
@@ -72,7 +75,8 @@ def test_the_wheel_holds_the_packages_and_nothing_else_with_the_right_metadata(t
     info = f"metalite-{__version__}.dist-info/"
     code = [n for n in files if not n.startswith(info)]
     folders = package_folders(ROOT)
-    assert sorted({n.split("/")[1] for n in code}) == folders == ["export", "fleet", "runtime", "tools", "training"]
+    assert sorted({n.split("/")[1] for n in code}) == folders == ["common", "export", "fleet", "pipelines", "runtime",
+                                                                 "tools", "training"]
     assert all(n.startswith("metalite/") for n in code) and "metalite/__init__.py" not in files  # a namespace
     assert [n for n in code if not n.endswith(".py")] == ["metalite/runtime/webui/page.html",
                                                           "metalite/tools/device_install.sh"]
@@ -175,3 +179,17 @@ def test_the_git_url_line_installs_the_committed_package(tmp_path):
     from metalite.runtime.version import __version__
     assert _run([tmp_path / "venv" / "bin" / "metalite", "--version"], env=env).strip() == \
         f"metalite, version {__version__}"
+
+
+def test_the_one_venv_builder_marks_only_finished_venvs(tmp_path):
+    """``build_venv`` (``metalite bench``'s tflite-runtime venv and the device tests' venvs): a built venv runs
+    and has its marker; a failed pip leaves nothing half-built behind and says why in one line."""
+    from metalite.tools.runtime_env import COMPLETE, VenvError, build_venv
+
+    said = []
+    py = build_venv(tmp_path / "ok", [], say=said.append, marker="recipe")
+    assert (tmp_path / "ok" / COMPLETE).read_text() == "recipe" and said and "pip only" in said[0]
+    assert _run([py, "-c", "import sys; print(sys.prefix)"]).strip() == str(tmp_path / "ok")
+    with pytest.raises(VenvError) as e:
+        build_venv(tmp_path / "bad", [str(tmp_path / "no-such-project")], say=said.append)
+    assert "\n" not in str(e.value) and not (tmp_path / "bad").exists()

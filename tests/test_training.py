@@ -1,5 +1,6 @@
 """Data, episodes, meta-learners, trainer and the train/evaluate CLI (workstation, TensorFlow)."""
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -328,3 +329,94 @@ def test_cli_train_evaluate_and_errors(folder, tmp_path):
 def test_every_pipeline_command_is_registered():
     from metalite.tools.cli import main
     assert {"train", "evaluate", "compress", "export", "inspect", "adapt", "predict", "bench"} <= set(main.commands)
+
+
+def test_folder_training_reads_every_image_file_adapt_accepts(tmp_path):
+    """One list of image extensions and one class-folder reader: ``folder:`` training reads the .webp and .tif
+    files ``metalite adapt`` takes (it used to skip them), and both skip hidden files and folders."""
+    from metalite.runtime.images import IMAGE_EXTENSIONS
+    from metalite.tools.cli_runtime import support_folders
+
+    rng = np.random.default_rng(0)
+    root = tmp_path / "data"
+    for c, ext in enumerate((".png", ".webp", ".tif", ".jpg")):
+        (root / f"class{c}").mkdir(parents=True)
+        for i in range(3):
+            px = rng.integers(0, 256, (16, 16), dtype=np.uint8)
+            Image.fromarray(px).save(root / f"class{c}" / f"{i}{ext.upper() if i == 2 else ext}",
+                                     **({"lossless": True} if ext == ".webp" else {}))
+    Image.fromarray(np.zeros((16, 16), np.uint8)).save(root / "class0" / ".hidden.png")
+    (root / ".thumbnails").mkdir()
+    Image.fromarray(np.zeros((16, 16), np.uint8)).save(root / ".thumbnails" / "t.png")
+    assert {".webp", ".tif"} <= set(IMAGE_EXTENSIONS)
+    data = load_data(f"folder:{root}", 16, "all")
+    assert sorted(data.class_names) == ["class0", "class1", "class2", "class3"]
+    assert sorted(data.counts().tolist()) == [3, 3, 3, 3]
+    adapt = support_folders(root)
+    assert sorted(adapt) == sorted(data.class_names) and all(len(v) == 3 for v in adapt.values())
+    webp = data.images[data.labels == data.class_names.index("class1")]
+    original = np.asarray(Image.open(root / "class1" / "0.webp").convert("L"))
+    assert any(np.array_equal(img, original) for img in webp)  # decoded, not skipped or blank
+
+
+def test_train_settings_round_trip_through_json_and_refuse_what_cannot_run():
+    """TrainSettings -> to_json -> (a JSON text) -> from_json is the same settings, for any valid settings; a
+    value that cannot run is refused when made, in one line naming it and what is allowed."""
+    from hypothesis import given, settings as hsettings
+    from hypothesis import strategies as st
+
+    from metalite.training.augment import NONE
+    from metalite.training.settings import ALGORITHMS, SUPPORTED_ALGORITHMS, SettingsError, TrainSettings
+
+    counts = st.integers(1, 10 ** 6)
+    valid = st.builds(
+        lambda algorithm, distributed, **kw: TrainSettings(
+            algorithm=algorithm, strategy=distributed if algorithm in SUPPORTED_ALGORITHMS else "default", **kw),
+        algorithm=st.sampled_from(ALGORITHMS), distributed=st.sampled_from(["default", "mirrored", "multiworker"]),
+        data=st.sampled_from(["glyphs", "digits"]),
+        backbone=st.fixed_dictionaries({"kind": st.sampled_from(["conv4", "dsconv"]), "filters": counts,
+                                        "embedding_dim": counts}),
+        head=st.fixed_dictionaries({"hidden": st.lists(counts, max_size=3),
+                                    "activation": st.sampled_from(["linear", "relu"])}),
+        image_size=counts, ways=st.none() | st.integers(2, 1000), shots=counts, queries=counts, steps=counts,
+        seed=st.integers(-10 ** 9, 10 ** 9), rotations=st.none() | st.booleans(),
+        within_alphabet=st.floats(0, 1), channels=st.sampled_from([None, 1, 3]),
+        augment=st.none() | st.dictionaries(st.sampled_from(sorted(NONE)), st.floats(0, 50), max_size=4),
+        hparams=st.fixed_dictionaries({}, optional={"lr": st.floats(1e-6, 1.0), "inner_steps": st.integers(0, 9)}),
+        val_every=counts, val_episodes=counts, checkpoint_every=counts, split_seed=st.integers(0, 99),
+        init=st.none() | st.text(max_size=20))
+
+    @hsettings(max_examples=200, deadline=None)
+    @given(valid)
+    def round_trip(s):
+        again = TrainSettings.from_json(json.loads(json.dumps(s.to_json())))
+        assert again == s and again.to_json() == s.to_json()
+
+    round_trip()
+    for bad, words in [({"algorithm": "maml2"}, "unknown algorithm 'maml2'; choose one of protonet, anil"),
+                       ({"steps": 0}, "--steps must be at least 1, got 0"), ({"shots": True}, "--shots must be"),
+                       ({"channels": 2}, "--channels must be 1 (gray) or 3 (RGB), got 2"),
+                       ({"backbone": {"kind": "resnet"}}, "kind must be one of conv4, dsconv"),
+                       ({"head": {"hidden": [64], "activation": "tanh"}}, "choose one of linear, relu"),
+                       ({"algorithm": "reptile", "strategy": "mirrored"}, "supports protonet and anil only"),
+                       ({"within_alphabet": 2}, "in [0, 1], got 2"), ({"data": "mnist"}, "unknown data spec")]:
+        with pytest.raises(ValueError, match=re.escape(words)) as e:
+            TrainSettings(**bad)
+        assert "\n" not in str(e.value), bad
+    with pytest.raises(SettingsError, match="unknown run settings colour"):
+        TrainSettings.from_json({"colour": True})
+    old = {k: v for k, v in TrainSettings().to_json().items() if k not in ("split_seed", "channels", "init")}
+    assert TrainSettings.from_json({**old, "within_alphabet": True}).within_alphabet == 1.0  # an older run file
+
+
+def test_the_train_command_takes_its_choices_and_defaults_from_the_settings():
+    from metalite.tools.cli import main
+    from metalite.training.settings import ALGORITHMS, STRATEGIES, TrainSettings
+
+    d, params = TrainSettings(), {p.name: p for p in main.commands["train"].params}
+    assert tuple(params["algorithm"].type.choices) == ALGORITHMS and params["algorithm"].default == d.algorithm
+    assert tuple(params["strategy"].type.choices) == STRATEGIES
+    assert (params["filters"].default, params["embedding_dim"].default) == (d.backbone["filters"],
+                                                                            d.backbone["embedding_dim"])
+    assert params["image_size"].default == d.image_size and params["data"].default == d.data
+    assert f"[default: {d.steps}," in params["steps"].help and f"[default: {d.queries}]" in params["queries"].help

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from metalite.runtime.files import atomic_write_text
+from metalite.common.files import atomic_write_text
 from metalite.training.datasets import HELDOUT_SPLIT
 
 from . import bench_adapt, bench_headline, bench_markdown, bench_plots

@@ -8,26 +8,6 @@ import click
 from .clikit import console_progress, fail_cleanly, verbose_option
 
 
-def meta_from_config(cfg: dict) -> dict:
-    """Manifest training/compression/accuracy sections from a model directory's config.json."""
-    from metalite.training.datasets import describe_split, portable_spec
-
-    training = {"algorithm": cfg.get("algorithm"), "data": portable_spec(cfg.get("data")), **cfg.get("train", {}),
-                "backbone": cfg.get("backbone"), "seed": cfg.get("seed")}
-    compression = {"stage": cfg.get("stage", "float"), "pqat": cfg.get("stage") == "pqat",
-                   **cfg.get("compression", {})}
-    accuracy = {}
-    val = (cfg.get("metrics") or {}).get("val")
-    if isinstance(val, dict) and "mean" in val:
-        key = f"{val.get('ways', '?')}way{val.get('shots', '?')}shot"
-        accuracy[key] = {**val, "data": describe_split(cfg.get("data"), "val"),
-                         "measured": "Keras model during training"}
-    for k, v in (cfg.get("metrics") or {}).items():
-        if k not in ("val", "step", "history") and isinstance(v, dict) and "mean" in v:
-            accuracy[k] = v
-    return {"training": training, "compression": compression, "accuracy": accuracy}
-
-
 @click.command("export")
 @click.argument("model_dir", type=click.Path(exists=True, file_okay=False))
 @click.option("--out", "out", required=True, type=click.Path(), help="bundle directory to create")
@@ -61,10 +41,10 @@ def export_cmd(model_dir, out, edgetpu, float_model, representative, data, eval_
     from metalite.training.datasets import DataError, load_data, parse_spec, representative_inputs
     from metalite.training.modeldir import read_config
 
-    spec = data or read_config(model_dir).get("data", "glyphs")
-    parse_spec(spec)  # bad input fails here, before TensorFlow is imported
+    data_spec = data or read_config(model_dir).get("data", "glyphs")
+    parse_spec(data_spec)  # bad input fails here, before TensorFlow is imported
     from metalite.export.bundle import write_bundle
-    from metalite.training.modeldir import float_backbone, load_model_dir
+    from metalite.training.modeldir import float_backbone, load_model_dir, meta_from_config
 
     progress = console_progress(quiet)
     cfg, backbone, head_spec = load_model_dir(model_dir)
@@ -73,11 +53,12 @@ def export_cmd(model_dir, out, edgetpu, float_model, representative, data, eval_
     size, channels = int(cfg["input"]["shape"][0]), int(cfg["input"]["shape"][-1])
     split_seed = int(cfg.get("train", {}).get("split_seed", 0))  # the classes held out when it was trained
     try:
-        reps = representative_inputs(load_data(spec, size, "train", seed=split_seed, progress=progress,
+        reps = representative_inputs(load_data(data_spec, size, "train", seed=split_seed, progress=progress,
                                                channels=channels), representative)
     except DataError as e:
         raise click.ClickException(f"representative images: {e} (pass --data to use another dataset)") from None
-    evaluate = _int8_accuracy(spec, size, channels, head_spec, eval_episodes, split_seed) if eval_episodes else None
+    evaluate = (_int8_accuracy(data_spec, size, channels, head_spec, eval_episodes, split_seed)
+                if eval_episodes else None)
     path = write_bundle(out, backbone, head_spec, reps, meta_from_config(cfg), edgetpu=edgetpu,
                         float_model=float_backbone(cfg, backbone) if float_model else None, progress=progress,
                         overwrite=force, evaluate=evaluate)
@@ -87,7 +68,7 @@ def export_cmd(model_dir, out, edgetpu, float_model, representative, data, eval_
     click.echo(f"Edge TPU: {et['summary']}" + (f"; {et['compiler']['message']}" if edgetpu else ""))
 
 
-def _int8_accuracy(spec, size, channels, head_spec, episodes, split_seed=0):
+def _int8_accuracy(data_spec, size, channels, head_spec, episodes, split_seed=0):
     """evaluate() for write_bundle: N-way 1-shot accuracy of int8 embeddings on the held-out test classes,
     and Lake-style 20-way 1-shot error where the test alphabets allow it (Omniglot), with the device's
     shift averaging (head.npz ``tta``)."""
@@ -98,33 +79,33 @@ def _int8_accuracy(spec, size, channels, head_spec, episodes, split_seed=0):
         from metalite.training.evaluate import episode_settings, evaluate_embeddings
         from metalite.training.lake import embedding_classifier, lake_alphabets, lake_error, lake_runs
 
-        held = load_data(spec, size, HELDOUT_SPLIT, seed=split_seed, channels=channels)
+        held = load_data(data_spec, size, HELDOUT_SPLIT, seed=split_seed, channels=channels)
         tta = int(head_spec.adaptation.get("tta", 0))
         emb = shift_average(lambda x: run_int8(tflite_bytes, x, batch=64), held.inputs(), tta)
         out = {}
         for ways, shots, queries in episode_settings(held, (5, 20), 1):
             r = evaluate_embeddings(emb, held, head_spec, ways, shots, queries, episodes, seed=0)
-            out[f"int8_{ways}way1shot"] = {**r, "data": describe_split(spec, HELDOUT_SPLIT),
+            out[f"int8_{ways}way1shot"] = {**r, "data": describe_split(data_spec, HELDOUT_SPLIT),
                                            "model": "backbone.tflite", "tta": tta}
-            if parse_spec(spec)[0] == "emoji":  # which categories were held out, and that queries are other artists'
-                out[f"int8_{ways}way1shot"].update(held_out=emoji_split(load_data(spec, size, "all").groups),
+            if parse_spec(data_spec)[0] == "emoji":  # the categories held out; queries are other artists'
+                out[f"int8_{ways}way1shot"].update(held_out=emoji_split(load_data(data_spec, size, "all").groups),
                                                    queries_from="other artists (one image per artist and concept)")
         if lake_alphabets(held):
             plan = lake_runs(held, max(episodes, 100), seed=0)
             for key, tr in (("int8_lake", False), ("int8_lake_transductive", True)):
                 out[key] = {**lake_error(embedding_classifier(emb, head_spec, transductive=tr), plan),
-                            "held_out": _held_out_alphabets(spec, size, split_seed), "model": "backbone.tflite",
+                            "held_out": _held_out_alphabets(data_spec, size, split_seed), "model": "backbone.tflite",
                             "tta": tta, "protocol": "Lake-style 20-way 1-shot within one held-out alphabet, "
                             "support and query by different drawers (metalite.training.lake)"}
         return out
     return evaluate
 
 
-def _held_out_alphabets(spec, size, split_seed=0) -> dict:
-    """The alphabets of each split of ``spec``: how the Lake-style figures were held out."""
+def _held_out_alphabets(data_spec, size, split_seed=0) -> dict:
+    """The alphabets of each split of ``data_spec``: how the Lake-style figures were held out."""
     from metalite.training.datasets import load_data
 
-    return {s: sorted(set(load_data(spec, size, s, seed=split_seed).groups)) for s in ("train", "val", "test")}
+    return {s: sorted(set(load_data(data_spec, size, s, seed=split_seed).groups)) for s in ("train", "val", "test")}
 
 
 @click.command("inspect")

@@ -9,8 +9,12 @@ from pathlib import Path
 
 import click
 
-from .clikit import fail_cleanly, need, plural
+from metalite.pipelines.fleet_update import UpdateOptions
+from metalite.training.settings import STRATEGIES
 
+from .clikit import console_progress, fail_cleanly, need, plural
+
+UPDATE = UpdateOptions()  # the update's defaults, shown by --help
 ROOT = click.option("--root", required=True, type=click.Path(file_okay=False, path_type=Path),
                     help="The fleet's directory (database, blobs, signing key).")
 
@@ -60,7 +64,7 @@ def serve_cmd(root, host, port, max_request_bytes, header_timeout, update_every,
             raise click.BadParameter(e.format_message(), param_hint="--update-args") from None
     scheduler = None
     if update_every is not None:
-        from .fleet_schedule import UpdateScheduler
+        from metalite.pipelines.fleet_schedule import UpdateScheduler
 
         scheduler = UpdateScheduler(root, update_every * 3600, extra, say)
     try:
@@ -122,12 +126,13 @@ def publish_cmd(bundle, root, model_dir, note):
 @click.option("--candidate-model", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="The float model --candidate was exported from, kept with it if published [<id>/model beside "
                    "a kept rejected candidate; otherwise none, and the release says so].")
-@click.option("--steps", type=click.IntRange(min=1), default=300, show_default=True, help="Fine-tuning episodes.")
-@click.option("--strategy", type=click.Choice(["default", "mirrored", "multiworker"]), default=None,
+@click.option("--steps", type=click.IntRange(min=1), default=UPDATE.steps, show_default=True,
+              help="Fine-tuning episodes.")
+@click.option("--strategy", type=click.Choice(STRATEGIES), default=None,
               help="Distribution strategy of the fine-tuning run (as for 'metalite train').")
-@click.option("--replay", type=click.IntRange(min=0), default=300, show_default=True,
+@click.option("--replay", type=click.IntRange(min=0), default=UPDATE.replay, show_default=True,
               help="Original training classes trained on alongside the fleet's (against forgetting).")
-@click.option("--lr-scale", type=click.FloatRange(min=0, min_open=True), default=0.3, show_default=True,
+@click.option("--lr-scale", type=click.FloatRange(min=0, min_open=True), default=UPDATE.lr_scale, show_default=True,
               help="Fine-tuning learning rate as a fraction of the model's.")
 @click.option("--tta", type=click.Choice(["0", "4", "8"]), default=None,
               help="Shift averaging of the candidate's head [the current release's].")
@@ -135,15 +140,15 @@ def publish_cmd(bundle, root, model_dir, note):
               help="Weight sparsity of the candidate [the current release's].")
 @click.option("--prune-steps", type=click.IntRange(min=1), default=None, help="[the current release's]")
 @click.option("--qat-steps", type=click.IntRange(min=0), default=None, help="[the current release's]")
-@click.option("--ways", type=click.IntRange(min=2), default=20, show_default=True,
+@click.option("--ways", type=click.IntRange(min=2), default=UPDATE.ways, show_default=True,
               help="Ways of the paired 1-shot episodes on classes no one trained on (the 'no damage' check).")
-@click.option("--episodes", type=click.IntRange(min=10), default=600, show_default=True,
+@click.option("--episodes", type=click.IntRange(min=10), default=UPDATE.episodes, show_default=True,
               help="Paired episodes of the 'no damage' check (600 at 20-way: CI about 0.2 pt).")
-@click.option("--unseen-classes", type=click.IntRange(min=2), default=300, show_default=True,
+@click.option("--unseen-classes", type=click.IntRange(min=2), default=UPDATE.unseen, show_default=True,
               help="At most this many classes no one trained on in that check (a seeded draw).")
-@click.option("--max-drop", type=click.FloatRange(0, 1), default=0.0, show_default=True,
+@click.option("--max-drop", type=click.FloatRange(0, 1), default=UPDATE.max_drop, show_default=True,
               help="Allowed drop (held-out fleet examples; unseen classes: beyond their paired 95%% CI).")
-@click.option("--keep-rejected", type=click.IntRange(min=0), default=3, show_default=True,
+@click.option("--keep-rejected", type=click.IntRange(min=0), default=UPDATE.keep_rejected, show_default=True,
               help="Rejected candidates kept under ROOT/updates/rejected/ (the newest).")
 @click.option("--json", "as_json", is_flag=True, help="Print the decision and figures as JSON.")
 @fail_cleanly
@@ -163,15 +168,15 @@ def update_cmd(root, model_dir, candidate, candidate_model, steps, strategy, rep
     need("cryptography", "serve")
     from metalite.fleet.status import gate_text
 
-    from .fleet_update import update
+    from metalite.pipelines.fleet_update import update
 
     say = lambda m: click.echo(f"update: {m}", err=True)  # noqa: E731
     recipe = {"tta": None if tta is None else int(tta), "sparsity": sparsity, "prune_steps": prune_steps,
               "qat_steps": qat_steps}
-    r = update(_open(root), model_dir=model_dir, candidate=candidate, candidate_model=candidate_model, steps=steps,
-               strategy=strategy, replay=replay, lr_scale=lr_scale, recipe=recipe, ways=ways, episodes=episodes,
-               unseen=unseen_classes,
-               max_drop=max_drop, keep_rejected=keep_rejected, say=say)
+    options = UpdateOptions(model_dir=model_dir, candidate=candidate, candidate_model=candidate_model, steps=steps,
+                            strategy=strategy, replay=replay, lr_scale=lr_scale, recipe=recipe, ways=ways,
+                            episodes=episodes, unseen=unseen_classes, max_drop=max_drop, keep_rejected=keep_rejected)
+    r = update(_open(root), options, say=say, progress=console_progress())
     if as_json:
         click.echo(json.dumps(r, indent=2))
     elif r["decision"] == "published":

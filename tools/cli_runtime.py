@@ -45,16 +45,17 @@ UNKNOWN_HELP = ("Answer '<unknown>' for images far from every learned class: aut
 
 def support_folders(support_dir: Path) -> dict:
     """``{class name: [image paths]}`` from SUPPORT_DIR/<class>/<image>; raises click errors when unusable."""
+    from metalite.runtime.folders import class_folders
     from metalite.runtime.images import IMAGE_EXTENSIONS
 
     if not support_dir.is_dir():
         raise click.BadParameter(f"{support_dir} is not a directory", param_hint="SUPPORT_DIR")
     classes = {}
-    for d in sorted(p for p in support_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        images = sorted(p for p in d.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    for name, images in class_folders(support_dir):
         if not images:
-            raise click.ClickException(f"class folder {d} has no images ({', '.join(IMAGE_EXTENSIONS)})")
-        classes[d.name] = images
+            raise click.ClickException(f"class folder {support_dir / name} has no images "
+                                       f"({', '.join(IMAGE_EXTENSIONS)})")
+        classes[name] = images
     if not classes:
         raise click.ClickException(f"{support_dir} has no class folders (expected SUPPORT_DIR/<class>/<images>)")
     return classes

@@ -5,7 +5,11 @@ import json
 
 import click
 
+from metalite.training.settings import ALGORITHMS, BACKBONES, MAX_DEFAULT_WAYS, STRATEGIES, TrainSettings
+
 from .clikit import console_progress, fail_cleanly, plural, verbose_option
+
+TRAIN = TrainSettings()  # the run's defaults and choices: --help shows them, the trainer applies them
 
 DATA_HELP = ("dataset: 'glyphs' (built in, no download), 'omniglot:PATH[,PATH]' (Omniglot folders or "
              "zips: alphabet/character/*.png), 'folder:PATH' (class_name/*.png|jpg; colour if the images have "
@@ -14,22 +18,25 @@ DATA_HELP = ("dataset: 'glyphs' (built in, no download), 'omniglot:PATH[,PATH]' 
 
 
 @click.command("train")
-@click.option("--data", default="glyphs", show_default=True, help=DATA_HELP)
-@click.option("--algorithm", type=click.Choice(["protonet", "anil", "fomaml", "reptile"]), default="protonet",
-              show_default=True, help="meta-learner")
-@click.option("--backbone", type=click.Choice(["conv4", "dsconv"]), default="conv4", show_default=True,
+@click.option("--data", default=TRAIN.data, show_default=True, help=DATA_HELP)
+@click.option("--algorithm", type=click.Choice(ALGORITHMS), default=TRAIN.algorithm, show_default=True,
+              help="meta-learner")
+@click.option("--backbone", type=click.Choice(BACKBONES), default=TRAIN.backbone["kind"], show_default=True,
               help="conv4: 4x[conv3x3-BN-ReLU-maxpool]; dsconv: depthwise-separable, maps fully onto the Edge TPU")
-@click.option("--filters", type=int, default=64, show_default=True, help="channels of the backbone's blocks")
-@click.option("--embedding-dim", type=int, default=64, show_default=True, help="size of the embedding")
-@click.option("--head-hidden", default="64", show_default=True,
+@click.option("--filters", type=int, default=TRAIN.backbone["filters"], show_default=True,
+              help="channels of the backbone's blocks")
+@click.option("--embedding-dim", type=int, default=TRAIN.backbone["embedding_dim"], show_default=True,
+              help="size of the embedding")
+@click.option("--head-hidden", default=",".join(map(str, TRAIN.head["hidden"])), show_default=True,
               help="comma-separated widths of the head's Dense layers (the part the device adapts); '' for none")
-@click.option("--image-size", type=int, default=28, show_default=True, help="square input size in pixels")
+@click.option("--image-size", type=int, default=TRAIN.image_size, show_default=True, help="square input size in pixels")
 @click.option("--ways", type=int, default=None,
-              help="classes per training episode [default: 60, or as many as the training classes allow]")
-@click.option("--shots", type=int, default=1, show_default=True, help="support images per class")
-@click.option("--queries", type=int, default=None, help="query images per class [default: 5]")
+              help=f"classes per training episode [default: {MAX_DEFAULT_WAYS}, or as many as the training classes "
+                   "allow]")
+@click.option("--shots", type=int, default=TRAIN.shots, show_default=True, help="support images per class")
+@click.option("--queries", type=int, default=None, help=f"query images per class [default: {TRAIN.queries}]")
 @click.option("--steps", type=int, default=None,
-              help="meta-training steps (episodes) [default: 12000, about 25-40 minutes on 2 cores at 28 px]")
+              help=f"meta-training steps (episodes) [default: {TRAIN.steps}, about 25-40 minutes on 2 cores at 28 px]")
 @click.option("--lr", type=float, default=None, help="outer learning rate (Reptile: epsilon) [per algorithm]")
 @click.option("--inner-steps", type=int, default=None, help="inner-loop / device adaptation steps [per algorithm]")
 @click.option("--inner-lr", type=float, default=None, help="inner-loop / device adaptation learning rate")
@@ -37,22 +44,26 @@ DATA_HELP = ("dataset: 'glyphs' (built in, no download), 'omniglot:PATH[,PATH]' 
               help="add 90/180/270-degree rotations as new classes [default: on for omniglot: data]")
 @click.option("--within-alphabet", type=click.FloatRange(0, 1), default=None, is_flag=False, flag_value=1.0,
               help="fraction of episodes whose classes all come from one alphabet/group (hard episodes; the "
-                   "bare flag means 1) [default: 0.5]")
+                   f"bare flag means 1) [default: {TRAIN.within_alphabet:g}]")
 @click.option("--augment", default=None, metavar="SPEC",
               help="distort every training image: 'none', or strengths 'shift=PX,rotate=DEG,scale=F,shear=F,stroke=F' "
                    "(each drawn per image in [-max, max]); colour data also hue=DEG,saturation=F,brightness=F,"
                    "background=F [default: shift=2,rotate=10,scale=0.1,shear=0.2,stroke=0.5]")
 @click.option("--channels", type=click.Choice(["1", "3"]), default=None,
               help="model input: 1 (gray) or 3 (RGB) [default: as the data has them]")
-@click.option("--val-every", type=int, default=None, help="validate on held-out classes every N steps [default: 1000]")
-@click.option("--checkpoint-every", type=int, default=None, help="checkpoint every N steps [default: 1000]")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--val-every", type=int, default=None,
+              help=f"validate on held-out classes every N steps [default: {TRAIN.val_every}]")
+@click.option("--checkpoint-every", type=int, default=None,
+              help=f"checkpoint every N steps [default: {TRAIN.checkpoint_every}]")
+@click.option("--seed", type=int, default=TRAIN.seed, show_default=True)
 @click.option("--split-seed", type=int, default=None,
               help="which classes (Omniglot: alphabets) are held out for validation and test: another seed holds "
-                   "out others, for a fold check of a recipe; evaluate follows the model's split [default: 0]")
-@click.option("--strategy", type=click.Choice(["default", "mirrored", "multiworker"]), default=None,
+                   f"out others, for a fold check of a recipe; evaluate follows the model's split "
+                   f"[default: {TRAIN.split_seed}]")
+@click.option("--strategy", type=click.Choice(STRATEGIES), default=None,
               help="default: one device; mirrored: all local devices; multiworker: the machines in TF_CONFIG "
-                   "(protonet/anil; one episode per replica per step; docs/distributed.md) [default: default]")
+                   "(protonet/anil; one episode per replica per step; docs/distributed.md) "
+                   f"[default: {TRAIN.strategy}]")
 @click.option("--resume", is_flag=True, help="continue the run in --out from its last checkpoint")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="model directory to write")
 @click.option("--force", is_flag=True, help="replace an existing model directory at --out (removed when training starts)")
@@ -86,47 +97,47 @@ def train_cmd(data, algorithm, backbone, filters, embedding_dim, head_hidden, im
     if resume:
         settings = {"steps": steps, "strategy": strategy}
     run_settings.check_out(out, resume, force)  # bad input fails here, before TensorFlow is imported
-    s = run_settings.check(run_settings.resolve(out, settings, resume))
+    s = run_settings.resolve(out, settings, resume)
     if not resume:
         from metalite.training.datasets import check_folder_fits
 
-        check_folder_fits(s["data"], s["ways"], s["shots"], s["queries"], s["val_shots"])
-        _tell_data_kind(s["data"], s["image_size"], picked=augment is None, channels=s.get("channels"))
+        check_folder_fits(s.data, s.ways, s.shots, s.queries, s.val_shots)
+        _tell_data_kind(s.data, s.image_size, picked=augment is None, channels=s.channels)
     from metalite.training.trainer import train
 
-    cfg = train(out, settings, resume=resume, progress=console_progress(), overwrite=force)
+    cfg = train(out, s, resume=resume, progress=console_progress(), overwrite=force)
     val = (cfg.get("metrics") or {}).get("val") or {}
     if val:
         click.echo(f"saved {out}: best validation {val['ways']}-way {val['shots']}-shot "
                    f"{100 * val['mean']:.2f}% ± {100 * val['ci95']:.2f} (step {cfg['metrics']['step']})")
 
 
-def _tell_data_kind(spec, image_size, picked: bool, channels=None) -> None:
+def _tell_data_kind(data_spec, image_size, picked: bool, channels=None) -> None:
     """What a folder: dataset looks like and the augmentation picked for it; warnings for dropped colour and
     images much larger than the input (stderr)."""
     from metalite.training.datakind import survey
     from metalite.training.datasets import parse_spec
 
-    kind, paths = parse_spec(spec)
+    kind, paths = parse_spec(data_spec)
     found = survey(paths[0]) if kind == "folder" else None
     if found is None:
         return
     if picked:
-        click.echo(f"data {spec}: {found.describe(image_size)}", err=True)
+        click.echo(f"data {data_spec}: {found.describe(image_size)}", err=True)
     for w in found.warnings(image_size, channels):
         click.echo(f"warning: {w}", err=True)
 
 
-def _parse_augment(spec):
+def _parse_augment(text):
     """'none' | 'k=v,...' -> dict of augmentation strengths (None when not given: the default)."""
-    if spec is None:
+    if text is None:
         return None
-    if spec.strip().lower() == "none":
+    if text.strip().lower() == "none":
         return {}
     from metalite.training.augment import NONE
 
     out = {}
-    for part in filter(None, (p.strip() for p in spec.split(","))):
+    for part in filter(None, (p.strip() for p in text.split(","))):
         key, sep, val = part.partition("=")
         if not sep or key not in NONE:
             raise click.BadParameter(f"{part!r}: expected KEY=NUMBER with KEY one of {', '.join(NONE)}",
@@ -226,7 +237,7 @@ def evaluate_cmd(model, protocol, data, split, ways, shots, queries, episodes, r
 
         emb = source["embed_all"](ds)
         with progress.task(f"open-set {ways}-way {shots}-shot", episodes) as task:
-            res = evaluate_open_set(emb, ds, source["spec"], ways, shots, queries, episodes, seed,
+            res = evaluate_open_set(emb, ds, source["head_spec"], ways, shots, queries, episodes, seed,
                                     unknown_rate or DEFAULT_RATE, within_alphabet, adapt_steps, task.advance)
         text = _open_set_text(res, f"{data} [{split}, {ds.num_classes} classes]", source["what"])
     else:
@@ -290,15 +301,15 @@ def _model_dir_source(model, adapt_steps, tta):
     from metalite.training.lake import embedding_classifier
     from metalite.training.modeldir import load_model_dir
 
-    cfg, backbone, spec = load_model_dir(model)
-    tta = int(spec.adaptation.get("tta", 0)) if tta is None else tta
+    cfg, backbone, head_spec = load_model_dir(model)
+    tta = int(head_spec.adaptation.get("tta", 0)) if tta is None else tta
     keras = keras_embed_fn(backbone)
     embed = lambda ds: embed_all(lambda x: shift_average(keras, x, tta), ds)  # noqa: E731
     return {"data": cfg["data"], "size": int(cfg["input"]["shape"][0]), "channels": int(cfg["input"]["shape"][-1]),
-            "spec": spec, "tta": tta,
+            "head_spec": head_spec, "tta": tta,
             "split_seed": int(cfg.get("train", {}).get("split_seed", 0)),
             "what": f"Keras model, stage {cfg.get('stage', 'float')}", "embed_all": embed,
-            "lake_classify": lambda ds, tr: embedding_classifier(embed(ds), spec, adapt_steps, tr)}
+            "lake_classify": lambda ds, tr: embedding_classifier(embed(ds), head_spec, adapt_steps, tr)}
 
 
 def _bundle_source(model, tta):
@@ -309,7 +320,7 @@ def _bundle_source(model, tta):
     clf = FewShotClassifier(model, num_threads=1, delegate="cpu", cache_size=100000, tta=tta)
     training = clf.bundle.manifest.get("training", {})
     return {"data": training.get("data"), "size": int(clf.bundle.input_shape[0]),
-            "channels": int(clf.bundle.input_shape[2]), "spec": clf.head_spec,
+            "channels": int(clf.bundle.input_shape[2]), "head_spec": clf.head_spec,
             "split_seed": int(training.get("split_seed", 0)),
             "tta": clf.tta, "what": f"int8 bundle through the runtime ({clf.backend})",
             "embed_all": lambda ds: clf.embed(ds.images),
@@ -348,7 +359,7 @@ def _episodes(source, ds, ways, shots, queries, episodes, seed, within_alphabet,
 
     emb = source["embed_all"](ds)
     with progress.task(f"{ways}-way {shots}-shot", episodes) as task:
-        res = evaluate_embeddings(emb, ds, source["spec"], ways, shots, queries, episodes, seed, within_alphabet,
+        res = evaluate_embeddings(emb, ds, source["head_spec"], ways, shots, queries, episodes, seed, within_alphabet,
                                   steps=adapt_steps, progress=task.advance)
     text = f"{100 * res['mean']:.2f}% ± {100 * res['ci95']:.2f} (95% CI)"
     if pixel_baseline:

@@ -11,7 +11,8 @@ import sys
 
 import click
 
-from metalite.runtime.errors import EXTRA_OF_MODULE, MetaliteError, MissingExtraError, missing_extra
+from metalite.common.errors import MetaliteError
+from metalite.runtime.errors import EXTRA_OF_MODULE, MissingExtraError, missing_extra
 from metalite.runtime.plural import plural  # noqa: F401  (re-exported: every command counts things)
 
 

@@ -22,10 +22,10 @@ import sys
 import tempfile
 from pathlib import Path
 
+from metalite.common.errors import MetaliteError
+from metalite.common.files import atomic_write_text, replace_dir
+from metalite.common.progress import as_progress
 from metalite.runtime.bundle import MANIFEST, open_bundle, sha256_file
-from metalite.runtime.errors import MetaliteError
-from metalite.runtime.files import atomic_write_text, replace_dir
-from metalite.runtime.progress import as_progress
 
 INSTALL_SCRIPT = Path(__file__).with_name("device_install.sh")
 SUMS = "SHA256SUMS"
@@ -87,7 +87,7 @@ def package(bundle_dir, out, wheel=None, progress=None) -> Path:
       bundle_dir: the bundle (directory or .zip); verified first.
       out: the folder to write.
       wheel: a metalite wheel to use instead of building one from the source tree.
-      progress: a ``metalite.runtime.progress.Progress``, or None.
+      progress: a ``metalite.common.progress.Progress``, or None.
     Raises:
       BundleError: the bundle does not verify. PackageError: no wheel could be built or ``wheel`` is not one.
     """

@@ -1,6 +1,6 @@
 """Progress of long commands on stderr: a bar on a terminal, a log line every few seconds otherwise.
 
-``ConsoleProgress`` implements ``metalite.runtime.progress.Progress``. On a terminal each task is a
+``ConsoleProgress`` implements ``metalite.common.progress.Progress``. On a terminal each task is a
 click progress bar with a status text; anywhere else (a CI log, ``2> file``) a task writes a line when it
 starts, then at most every ``interval`` seconds and when it ends (``label: 120/300 (40%) loss 0.53 |
 12 s, about 18 s left``), so a log never falls silent during a long step.
@@ -12,7 +12,7 @@ import time
 
 import click
 
-from metalite.runtime.progress import Progress, Task
+from metalite.common.progress import Progress, Task
 
 INTERVAL = 5.0  # seconds between log lines when stderr is not a terminal
 

@@ -14,7 +14,7 @@ import os
 import sys
 from pathlib import Path
 
-from metalite.runtime.files import atomic_write_text
+from metalite.common.files import atomic_write_text
 
 from .bench_headline import METHODS, get, headline
 from .bench_machine import processor_text

@@ -1,11 +1,14 @@
 """Runtime-only Python environments for ``metalite bench``: the device's view of the installed runtime.
 
-- ``runtime_site(folder)``: a folder for ``PYTHONPATH`` holding ``metalite/runtime`` copied from the
-  installed package (the ``metalite`` namespace has no ``__init__``), so a child process imports the
-  runtime and nothing else of metalite, from a repository checkout or a wheel install alike.
+- ``runtime_site(folder)``: a folder for ``PYTHONPATH`` holding ``metalite/runtime`` and ``metalite/common``
+  (the helpers the runtime imports) copied from the installed package (the ``metalite`` namespace has no
+  ``__init__``), so a child process imports the runtime and nothing else of metalite, from a repository
+  checkout or a wheel install alike.
 - ``tflite_runtime_python(build)``: a Python with ``tflite-runtime`` (numpy<2, as on Raspberry Pi OS):
   this one if it has it, else a venv under ``cache_root("venvs")``, built when ``build`` is true (pip
   downloads about 10 MB; a minute or two). The venv holds only numpy and the interpreter package.
+- ``build_venv(root, requirements)``: the one venv builder (the device tests build theirs with it too): a
+  fresh venv with pip and the requirements, counted as built only once its ``.complete`` marker exists.
 """
 from __future__ import annotations
 
@@ -17,20 +20,29 @@ import sys
 import venv
 from pathlib import Path
 
-from metalite.runtime.files import atomic_write_text, cache_root
+from metalite.common.errors import MetaliteError
+from metalite.common.files import atomic_write_text, cache_root
 
 TFLITE_REQUIREMENTS = ["numpy<2", "tflite-runtime"]
+COMPLETE = ".complete"  # a venv counts as built once this marker exists: an interrupted build is redone
+
+
+class VenvError(MetaliteError, RuntimeError):
+    """A venv could not be built (pip failed); the message is pip's last line."""
 
 
 def runtime_site(folder) -> Path:
-    """``folder/runtime_site`` with ``metalite/runtime`` (this process's runtime package) inside; made once."""
+    """``folder/runtime_site`` with this process's ``metalite/runtime`` and ``metalite/common`` inside; made once."""
+    import metalite.common
     import metalite.runtime
 
     site = Path(folder) / "runtime_site"
-    if not (site / "metalite" / "runtime" / "__init__.py").is_file():
-        (site / "metalite").mkdir(parents=True, exist_ok=True)
-        shutil.copytree(Path(metalite.runtime.__file__).parent, site / "metalite" / "runtime", dirs_exist_ok=True,
-                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    for package in (metalite.runtime, metalite.common):
+        name = package.__name__.split(".")[1]
+        if not (site / "metalite" / name / "__init__.py").is_file():
+            (site / "metalite").mkdir(parents=True, exist_ok=True)
+            shutil.copytree(Path(package.__file__).parent, site / "metalite" / name, dirs_exist_ok=True,
+                            ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     return site
 
 
@@ -40,18 +52,25 @@ def _venv_dir() -> Path:
     return cache_root("venvs") / f"tflite-runtime-{key}"
 
 
-def _build_venv(root: Path, say) -> None:
-    """Create the venv at ``root``; only a venv whose ``.complete`` marker exists counts as built."""
+def build_venv(root, requirements: list, say=print, marker: str | None = None, timeout: float = 1200) -> Path:
+    """A fresh venv at ``root`` (replacing whatever is there) with pip and ``requirements``; returns its python.
+
+    ``marker``: the text of its ``.complete`` file (default: the requirements as JSON). Raises ``VenvError``
+    when pip fails, after removing the half-built venv."""
+    root = Path(root)
     shutil.rmtree(root, ignore_errors=True)
     root.parent.mkdir(parents=True, exist_ok=True)
-    say(f"building a tflite-runtime venv in {root} ({' '.join(TFLITE_REQUIREMENTS)})")
+    say(f"building a venv in {root} ({' '.join(requirements) or 'pip only'})")
     venv.EnvBuilder(with_pip=True, clear=True).create(root)
-    p = subprocess.run([str(root / "bin" / "python"), "-m", "pip", "install", "-q", *TFLITE_REQUIREMENTS],
-                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=1200)
-    if p.returncode != 0:
-        shutil.rmtree(root, ignore_errors=True)
-        raise RuntimeError((p.stdout.strip().splitlines() or ["pip failed"])[-1][:300])
-    atomic_write_text(root / ".complete", json.dumps(TFLITE_REQUIREMENTS))
+    py = root / "bin" / "python"
+    if requirements:
+        p = subprocess.run([str(py), "-m", "pip", "install", "-q", *requirements], stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True, timeout=timeout)
+        if p.returncode != 0:
+            shutil.rmtree(root, ignore_errors=True)
+            raise VenvError((p.stdout.strip().splitlines() or ["pip failed"])[-1][:300])
+    atomic_write_text(root / COMPLETE, json.dumps(requirements) if marker is None else marker)
+    return py
 
 
 def tflite_runtime_python(build: bool, say=print) -> tuple:
@@ -64,12 +83,12 @@ def tflite_runtime_python(build: bool, say=print) -> tuple:
         pass
     root = _venv_dir()
     py = root / "bin" / "python"
-    if (root / ".complete").exists() and py.exists():
+    if (root / COMPLETE).exists() and py.exists():
         return str(py), f"venv {root}"
     if not build:
         return None, "not installed (no tflite-runtime venv built yet; the full run builds one)"
     try:
-        _build_venv(root, say)
+        build_venv(root, TFLITE_REQUIREMENTS, say)
     except Exception as e:  # noqa: BLE001 - reported in the benchmark, not fatal
         return None, f"not installed (building its venv failed: {str(e).splitlines()[0][:200]})"
     return str(py), f"venv built in {root}"

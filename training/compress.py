@@ -19,8 +19,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from metalite.runtime.files import atomic_write_text, replace_refusal
-from metalite.runtime.progress import as_progress
+from metalite.common.files import atomic_write_text, replace_refusal
+from metalite.common.progress import as_progress
 
 from .datasets import HELDOUT_SPLIT, describe_split, portable_spec, representative_inputs
 from .distill import DISTILL_LOSSES, make_distill_loss
@@ -208,7 +208,7 @@ def _models(p: Plan):
 
 
 def _hparams(p: Plan) -> dict:
-    return hparams_of({"algorithm": p.cfg["algorithm"], "hparams": p.cfg.get("train", {}).get("hparams")})
+    return hparams_of(p.cfg["algorithm"], p.cfg.get("train", {}).get("hparams"))
 
 
 def _finetune(p: Plan, backbone, head, sampler, steps, lr, label, aux, progress, hooks=None) -> dict:
@@ -301,7 +301,7 @@ def compress(model_dir, out, sparsity=0.5, prune_steps=None, qat_steps=None, qat
     """Thin (``structured``), prune (``sparsity``) and PQAT the float model in ``model_dir``; write the
     compressed model directory ``out`` (an existing one is replaced only if ``overwrite``: the CLI's ``--force``).
 
-    ``progress``: a ``metalite.runtime.progress.Progress`` (None: silent); ``log`` overrides its news lines.
+    ``progress``: a ``metalite.common.progress.Progress`` (None: silent); ``log`` overrides its news lines.
     Returns the report (also saved as ``out/compression_report.json``)."""
     t0 = time.time()
     p = plan(model_dir, out, sparsity, prune_steps, qat_steps, qat, distill, distill_loss, ways, shots, queries,

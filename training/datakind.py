@@ -55,10 +55,10 @@ class Survey:
 
 
 def _sample(root: Path) -> list:
-    from .datasets import IMAGE_SUFFIXES
+    from metalite.runtime.folders import is_image_file
 
     classes = sorted(p for p in root.rglob("*") if p.is_dir())
-    per = [sorted(f for f in c.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES) for c in classes]
+    per = [sorted(f for f in c.iterdir() if is_image_file(f)) for c in classes]
     picked, depth = [], 0
     while len(picked) < SAMPLE and any(depth < len(p) for p in per):
         picked += [p[depth] for p in per if depth < len(p)][: SAMPLE - len(picked)]

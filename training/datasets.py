@@ -14,7 +14,6 @@ colour data sees the luma, as on the device).
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import zipfile
 from dataclasses import dataclass
@@ -22,22 +21,22 @@ from pathlib import Path
 
 import numpy as np
 
+from metalite.common.files import atomic_write, cache_root
 from metalite.runtime.errors import InputError
-from metalite.runtime.files import atomic_write, cache_root
-from metalite.runtime.images import read_image_bytes
+from metalite.runtime.folders import class_folders
+from metalite.runtime.images import IMAGE_EXTENSIONS, read_image_bytes
 from metalite.runtime.plural import plural
 from metalite.runtime.preprocess import resize_area, to_gray, to_rgb
 
 from .errors import DataError
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 SPLITS = ("train", "val", "test", "all")
 # Every measurement after training (evaluate, compress, export, bench) reports on these classes; training
 # validates on "val". For folder data they are the same classes (the user brings a separate test set).
 HELDOUT_SPLIT = "test"
 SPLIT_NAMES = {"train": "training classes", "val": "validation classes", "test": "held-out test classes",
                "all": "all classes"}
-CACHE_VERSION = 3  # 3: colour images kept, transparency composited like the device
+CACHE_VERSION = 4  # 3: colour images kept, transparency composited like the device; 4: every image extension
 # Lake et al.'s one-shot runs take 20 characters from one alphabet: Omniglot test alphabets need as many.
 LAKE_WAYS = 20
 # emoji: categories never trained on (the held-out test concepts), and the least concepts a val category needs
@@ -177,22 +176,21 @@ def _omniglot_items(path: Path):
         with zf:
             for name in sorted(zf.namelist()):
                 parts = name.rstrip("/").split("/")
-                if name.lower().endswith(IMAGE_SUFFIXES) and len(parts) >= 3 and not parts[-1].startswith("."):
+                if name.lower().endswith(IMAGE_EXTENSIONS) and len(parts) >= 3 and not parts[-1].startswith("."):
                     yield parts[-3], parts[-2], f"{path}:{name}", zf.read(name)
     else:
         for f in sorted(path.rglob("*")):
             rel = f.relative_to(path).parts
-            if f.suffix.lower() in IMAGE_SUFFIXES and len(rel) >= 3:
+            if f.suffix.lower() in IMAGE_EXTENSIONS and len(rel) >= 3:
                 yield rel[-3], rel[-2], str(f), f.read_bytes()
 
 
 def _folder_items(path: Path):
-    for d in sorted(p for p in path.iterdir() if p.is_dir()):
-        files = [f for f in sorted(d.iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES]
+    for name, files in class_folders(path):
         if not files:
-            raise DataError(f"{d}: class folder has no images (.png/.jpg)")
+            raise DataError(f"{path / name}: class folder has no images ({', '.join(IMAGE_EXTENSIONS)})")
         for f in files:
-            yield "", d.name, str(f), f.read_bytes()
+            yield "", name, str(f), f.read_bytes()
 
 
 def _fingerprint(paths) -> str:
@@ -345,10 +343,7 @@ def _presplit(paths) -> bool:
 
 def _class_files(root: Path) -> list:
     """[(class name, image files)] of a folder of class folders, without decoding anything."""
-    out = []
-    for d in sorted(p for p in root.iterdir() if p.is_dir()):
-        out.append((d.name, sum(1 for f in d.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)))
-    return out
+    return [(name, len(files)) for name, files in class_folders(root)]
 
 
 def folder_counts(spec: str, split: str) -> np.ndarray | None:

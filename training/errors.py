@@ -6,7 +6,7 @@ one line, no traceback (``metalite.tools.clikit.fail_cleanly``).
 """
 from __future__ import annotations
 
-from metalite.runtime.errors import MetaliteError
+from metalite.common.errors import MetaliteError
 
 
 class DataError(MetaliteError, ValueError):

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from metalite.runtime.files import atomic_write, cache_root
+from metalite.common.files import atomic_write, cache_root
+from metalite.common.progress import as_progress
 from metalite.runtime.preprocess import resize_area
-from metalite.runtime.progress import as_progress
 
 RECIPE_VERSION = 1  # bump whenever rendering changes: it is part of the cache key
 
@@ -355,7 +355,7 @@ def _render(classes, image_size: int = 28, samples_per_class: int = 20, seed: in
             progress=None) -> np.ndarray:
     """Render ``classes`` (items of ``glyph_classes()``) -> uint8 (C, S, size, size); no caching.
 
-    ``progress``: a ``metalite.runtime.progress.Progress`` told about every class rendered.
+    ``progress``: a ``metalite.common.progress.Progress`` told about every class rendered.
     """
     canvas = max(CANVAS, image_size)
     images = np.empty((len(classes), samples_per_class, image_size, image_size), np.uint8)
@@ -384,7 +384,7 @@ def load_glyphs(image_size: int = 28, samples_per_class: int = 20, seed: int = 0
     """-> (images uint8 (C, S, H, W), class_names list[str] (e.g. "U+0041 LATIN CAPITAL LETTER A"), groups list[str])
 
     Renders every class of ``glyph_classes()`` once and caches the result as npz under ``cache_dir``
-    (default ``metalite.runtime.files.cache_root("glyphs")``), written atomically.
+    (default ``metalite.common.files.cache_root("glyphs")``), written atomically.
     """
     if image_size < 1 or samples_per_class < 1:
         raise ValueError(f"image_size and samples_per_class must be >= 1, got {image_size}, {samples_per_class}")

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from metalite.runtime.progress import as_progress
+from metalite.common.progress import as_progress
 
 EMA = 0.1  # weight of the newest step in the moving averages
 

@@ -2,7 +2,8 @@
 
 ``save_model_dir`` writes it atomically (temp dir + rename); ``load_model_dir`` rebuilds the
 backbone from the config and returns (config, backbone, head_spec), with one-line errors, for every
-stage: "float" (from ``train``), "pruned" and "pqat" (from ``compress``).
+stage: "float" (from ``train``), "pruned" and "pqat" (from ``compress``). ``meta_from_config`` is what a
+bundle's manifest records of the directory it was exported from.
 
 A compressed directory also holds ``backbone_pruned.weights.h5``: the pruned float backbone (exact
 zeros). For "pqat", ``backbone.weights.h5`` holds the weights of the ``quantize_apply``'d model, which
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from metalite.runtime.files import atomic_write, atomic_write_text, replace_dir
+from metalite.common.files import atomic_write, atomic_write_text, replace_dir
 from metalite.runtime.head import HeadSpec, load_head, save_head
 
 from .errors import ModelDirError
@@ -75,6 +76,26 @@ def save_model_dir(out: Path, config: dict, backbone, head_spec: HeadSpec, extra
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def meta_from_config(cfg: dict) -> dict:
+    """Manifest training/compression/accuracy sections from a model directory's config.json."""
+    from metalite.training.datasets import describe_split, portable_spec
+
+    training = {"algorithm": cfg.get("algorithm"), "data": portable_spec(cfg.get("data")), **cfg.get("train", {}),
+                "backbone": cfg.get("backbone"), "seed": cfg.get("seed")}
+    compression = {"stage": cfg.get("stage", "float"), "pqat": cfg.get("stage") == "pqat",
+                   **cfg.get("compression", {})}
+    accuracy = {}
+    val = (cfg.get("metrics") or {}).get("val")
+    if isinstance(val, dict) and "mean" in val:
+        key = f"{val.get('ways', '?')}way{val.get('shots', '?')}shot"
+        accuracy[key] = {**val, "data": describe_split(cfg.get("data"), "val"),
+                         "measured": "Keras model during training"}
+    for k, v in (cfg.get("metrics") or {}).items():
+        if k not in ("val", "step", "history") and isinstance(v, dict) and "mean" in v:
+            accuracy[k] = v
+    return {"training": training, "compression": compression, "accuracy": accuracy}
 
 
 def read_config(path) -> dict:

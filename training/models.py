@@ -8,9 +8,8 @@ from __future__ import annotations
 
 from metalite.export.tfcompat import keras
 
-BACKBONES = ("conv4", "dsconv")
-DEFAULT_BACKBONE = {"kind": "conv4", "filters": 64, "embedding_dim": 64}
-DEFAULT_HEAD = {"hidden": [64], "activation": "linear"}
+from .settings import BACKBONES, DEFAULT_BACKBONE, DEFAULT_HEAD
+
 # PyTorch-style BN momentum (0.1 there = 0.9 here): moving statistics catch up within ~50 steps,
 # so short meta-training runs evaluate (inference-mode BN, as on the device) on the right statistics.
 BN_MOMENTUM = 0.9

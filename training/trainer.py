@@ -1,8 +1,8 @@
 """Episodic meta-training with validation, checkpoints, ``--resume`` and a clean Ctrl-C.
 
-``train(out, settings)`` (keys of ``settings.DEFAULTS``) runs ``loop.run_episodes`` with a ``TrainingRun``
-as its hooks. The run writes the model directory ``out`` whenever validation accuracy improves (so it is
-usable at any moment) and a checkpoint every ``checkpoint_every`` steps under ``out/checkpoints``
+``train(out, settings)`` (a ``settings.TrainSettings``, or a dict of its fields) runs ``loop.run_episodes``
+with a ``TrainingRun`` as its hooks. The run writes the model directory ``out`` whenever validation accuracy
+improves (so it is usable at any moment) and a checkpoint every ``checkpoint_every`` steps under ``out/checkpoints``
 (weights, optimizer, step, best validation and the episode sampler's RNG state, ``sampler-STEP.json``).
 """
 from __future__ import annotations
@@ -12,11 +12,11 @@ import shutil
 import time
 from pathlib import Path
 
+from metalite.common.files import atomic_write_text
+from metalite.common.progress import as_progress
 from metalite.export.tfcompat import tf
-from metalite.runtime.files import atomic_write_text
 from metalite.runtime.plural import plural
 from metalite.runtime.preprocess import settings as preprocess_settings
-from metalite.runtime.progress import as_progress
 
 from . import settings as run_settings
 from .algorithms import make_learner
@@ -29,24 +29,23 @@ from .evaluate import embed_all, episode_settings, evaluate_embeddings, keras_em
 from .loop import Averages, Hooks, run_episodes
 from .modeldir import build_from_config, head_spec_from_keras, read_config, save_model_dir, versions
 
-DEFAULTS = run_settings.DEFAULTS
 VAL_SEED = 1234  # the same validation episodes at every validation
 
 
-def _channels(s: dict) -> int:
+def _channels(s: run_settings.TrainSettings) -> int:
     """Input channels of the run: 1 (gray) or 3 (RGB), as the training data has them unless set."""
-    return int(s.get("channels") or 1)
+    return int(s.channels or 1)
 
 
-def model_config(s: dict, hparams: dict, adaptation: dict) -> dict:
+def model_config(s: run_settings.TrainSettings, hparams: dict, adaptation: dict) -> dict:
     """config.json content for settings ``s`` (everything later steps need, so no flag is repeated)."""
     return {
-        "algorithm": s["algorithm"], "data": s["data"], "backbone": s["backbone"], "head": s["head"],
-        "input": {"shape": [s["image_size"], s["image_size"], _channels(s)],
+        "algorithm": s.algorithm, "data": s.data, "backbone": s.backbone, "head": s.head,
+        "input": {"shape": [s.image_size, s.image_size, _channels(s)],
                   "preprocess": preprocess_settings(_channels(s))},
-        "adaptation": adaptation, "seed": s["seed"], "stage": "float",
-        "train": {k: s[k] for k in ("ways", "shots", "queries", "steps", "rotations", "within_alphabet", "augment",
-                                    "split_seed")}
+        "adaptation": adaptation, "seed": s.seed, "stage": "float",
+        "train": {k: s.to_json()[k] for k in ("ways", "shots", "queries", "steps", "rotations", "within_alphabet",
+                                              "augment", "split_seed")}
         | {"hparams": hparams}, "versions": versions(),
     }
 
@@ -54,17 +53,17 @@ def model_config(s: dict, hparams: dict, adaptation: dict) -> dict:
 class TrainingRun(Hooks):
     """One run: strategy, data, model, checkpoints; as the loop's hooks it validates, saves and checkpoints."""
 
-    def __init__(self, out, s: dict, resume: bool, log, progress):
+    def __init__(self, out, s: run_settings.TrainSettings, resume: bool, log, progress):
         self.out, self.s, self.log, self.progress = Path(out), s, log, progress
         self.ckdir = self.out / "checkpoints"
-        self.hparams = run_settings.hparams_of(s)
+        self.hparams = s.full_hparams
         # Created first: MultiWorkerMirroredStrategy must exist before TensorFlow initializes its devices.
-        self.strategy = make_strategy(s["strategy"])
+        self.strategy = make_strategy(s.strategy)
         self.chief = worker_info(self.strategy)[2]
         self.root = write_root(self.out, self.strategy)  # out on the chief; a removed temp dir on other workers
-        if s["strategy"] != "default":
+        if s.strategy != "default":
             log(describe(self.strategy))
-        tf.keras.utils.set_random_seed(s["seed"])
+        tf.keras.utils.set_random_seed(s.seed)
         self._load_data()
         self._build()
         self._restore(resume)
@@ -72,47 +71,48 @@ class TrainingRun(Hooks):
 
     def _load_data(self) -> None:
         s = self.s
-        self.train_data = load_data(s["data"], s["image_size"], "train", s["rotations"], seed=s["split_seed"],
-                                    progress=self.progress, channels=s.get("channels"))
-        s["channels"] = self.train_data.channels  # decided by the data when unset
-        s["ways"] = run_settings.default_ways(s, self.train_data)
-        self.val_data = load_data(s["data"], s["image_size"], "val", False, seed=s["split_seed"],
-                                  channels=s["channels"])
-        check_episode_fits(self.train_data, s["ways"], s["shots"], s["queries"], s["within_alphabet"] >= 1)
+        self.train_data = load_data(s.data, s.image_size, "train", s.rotations, seed=s.split_seed,
+                                    progress=self.progress, channels=s.channels)
+        s = self.s = s.replace(channels=self.train_data.channels)  # decided by the data when unset
+        s = self.s = s.replace(ways=run_settings.default_ways(s, self.train_data))
+        self.val_data = load_data(s.data, s.image_size, "val", False, seed=s.split_seed,
+                                  channels=s.channels)
+        check_episode_fits(self.train_data, s.ways, s.shots, s.queries, s.within_alphabet >= 1)
         # Validation ways shrink to what the validation split holds (small folder datasets).
-        s["val_ways"], _, self.val_queries = episode_settings(self.val_data, [s["val_ways"]], s["val_shots"])[0]
-        self.log(f"data {s['data']}: {plural(self.train_data.num_classes, 'training class')} "
+        val_ways, _, self.val_queries = episode_settings(self.val_data, [s.val_ways], s.val_shots)[0]
+        s = self.s = s.replace(val_ways=val_ways)
+        self.log(f"data {s.data}: {plural(self.train_data.num_classes, 'training class')} "
                  f"({plural(len(self.train_data.images), 'image')}), "
                  f"{plural(self.val_data.num_classes, 'validation class')}")
 
     def _build(self) -> None:
         s = self.s
-        cfg = {"backbone": s["backbone"], "head": s["head"], "input": {"shape": [s["image_size"]] * 2 + [_channels(s)]}}
+        cfg = {"backbone": s.backbone, "head": s.head, "input": {"shape": [s.image_size] * 2 + [_channels(s)]}}
         with self.strategy.scope():  # variables, optimizer and learner of a distributed run live in the strategy
             self.backbone, self.head = build_from_config(cfg)
-            self.learner = make_learner(s["algorithm"], self.backbone, self.head, self.hparams)
-        self.stepper = DistributedLearner(self.learner, self.strategy) if s["strategy"] != "default" else None
+            self.learner = make_learner(s.algorithm, self.backbone, self.head, self.hparams)
+        self.stepper = DistributedLearner(self.learner, self.strategy) if s.strategy != "default" else None
         self.step_var = tf.Variable(0, dtype=tf.int64)
         self.best_var = tf.Variable(-1.0, dtype=tf.float64)
         ckpt = tf.train.Checkpoint(backbone=self.backbone, head=self.head, optimizer=self.learner.optimizer,
                                    step=self.step_var, best=self.best_var)
         self.wckdir = self.root / "checkpoints"  # = ckdir on the chief
         self.ckpt, self.manager = ckpt, tf.train.CheckpointManager(ckpt, str(self.wckdir), max_to_keep=2)
-        self.sampler = EpisodeSampler(self.train_data, s["ways"], s["shots"], s["queries"], seed=s["seed"],
-                                      within_group=s["within_alphabet"], augment=Augment(**s["augment"]))
+        self.sampler = EpisodeSampler(self.train_data, s.ways, s.shots, s.queries, seed=s.seed,
+                                      within_group=s.within_alphabet, augment=Augment(**s.augment))
         self.adaptation = self.learner.device_adaptation()
 
     def _restore(self, resume: bool) -> None:
         # Every worker reads the chief's checkpoints.
         latest = self.manager.latest_checkpoint if self.chief else tf.train.latest_checkpoint(str(self.ckdir))
-        if self.s.get("init") and not (resume and latest):  # fine-tuning: start from a trained model's weights
-            self._load_init(Path(self.s["init"]))
+        if self.s.init and not (resume and latest):  # fine-tuning: start from a trained model's weights
+            self._load_init(Path(self.s.init))
         if resume and latest:
             self.ckpt.restore(latest)
             self.sampler.set_state(json.loads((self.ckdir / f"sampler-{self.step}.json").read_text()))
             self.log(f"resumed from step {self.step} ({latest})")
         self.wckdir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self.wckdir / run_settings.RUN_FILE, json.dumps(self.s, indent=2))
+        atomic_write_text(self.wckdir / run_settings.RUN_FILE, json.dumps(self.s.to_json(), indent=2))
 
     def _load_init(self, path: Path) -> None:
         """Copy a float model directory's backbone and head weights into the freshly built ones."""
@@ -135,10 +135,10 @@ class TrainingRun(Hooks):
     # ---- hooks of loop.run_episodes
     def after_step(self, done: int, metrics: dict, averages: Averages) -> None:
         self.step_var.assign(done)
-        last = done == self.s["steps"]
-        if done % self.s["val_every"] == 0 or last:
+        last = done == self.s.steps
+        if done % self.s.val_every == 0 or last:
             self.validate(done, averages)
-        if done % self.s["checkpoint_every"] == 0 or last:
+        if done % self.s.checkpoint_every == 0 or last:
             self.save_checkpoint()
 
     def status(self, averages: Averages) -> str:
@@ -146,13 +146,13 @@ class TrainingRun(Hooks):
 
     # ---- validation, model directory, checkpoints
     def head_spec(self):
-        return head_spec_from_keras(self.head, self.s["head"]["activation"], self.adaptation)
+        return head_spec_from_keras(self.head, self.s.head["activation"], self.adaptation)
 
     def validate(self, done: int, averages: Averages) -> None:
         s = self.s
         emb = embed_all(keras_embed_fn(self.backbone), self.val_data)
-        val = evaluate_embeddings(emb, self.val_data, self.head_spec(), s["val_ways"], s["val_shots"],
-                                  self.val_queries, s["val_episodes"], seed=VAL_SEED)
+        val = evaluate_embeddings(emb, self.val_data, self.head_spec(), s.val_ways, s.val_shots,
+                                  self.val_queries, s.val_episodes, seed=VAL_SEED)
         self.history.append({"step": done, "val_acc": val["mean"], "train_loss": averages.loss})
         self.val_text = f" val {100 * val['mean']:.1f}%"
         improved = val["mean"] > self.best_var.numpy()
@@ -160,7 +160,7 @@ class TrainingRun(Hooks):
             self.best_var.assign(val["mean"])
             self.save_model(val)
         self.log(f"step {done}: loss {averages.loss:.3f} train acc {averages.acc:.3f} | validation "
-                 f"{s['val_ways']}-way {s['val_shots']}-shot {100 * val['mean']:.2f}% ± {100 * val['ci95']:.2f}"
+                 f"{s.val_ways}-way {s.val_shots}-shot {100 * val['mean']:.2f}% ± {100 * val['ci95']:.2f}"
                  f"{' (best, saved)' if improved else ''} | {time.time() - self.t0:.0f} s")
 
     def save_model(self, val) -> None:
@@ -171,7 +171,7 @@ class TrainingRun(Hooks):
 
     def need_model(self) -> bool:
         """True when no model directory exists yet (a final one is then written)."""
-        if self.s["strategy"] == "multiworker":  # reading BN statistics is a collective: all workers decide alike
+        if self.s.strategy == "multiworker":  # reading BN statistics is a collective: all workers decide alike
             return self.best_var.numpy() < 0 and not self.saved
         return not (self.root / "config.json").exists()
 
@@ -186,7 +186,7 @@ class TrainingRun(Hooks):
     # ---- endings
     def interrupted(self) -> Interrupted:
         """Save what Ctrl-C allows; the error to raise."""
-        if self.s["strategy"] == "multiworker":  # saving takes every worker in step; Ctrl-C reaches them at any point
+        if self.s.strategy == "multiworker":  # saving takes every worker in step; Ctrl-C reaches them at any point
             cleanup(self.root, self.out)
             return Interrupted(f"interrupted at step {self.step}: continue with --resume on every worker "
                                f"from the last checkpoint in {self.ckdir}")
@@ -213,23 +213,24 @@ class TrainingRun(Hooks):
 
 
 def train(out, settings: dict, resume: bool = False, progress=None, log=None, overwrite: bool = True) -> dict:
-    """Meta-train per ``settings`` (keys of DEFAULTS; None values mean the default) into model directory ``out``.
+    """Meta-train per ``settings`` (a ``TrainSettings``, or a dict of its fields with None meaning the default)
+    into model directory ``out``.
 
     ``resume``: continue the run in ``out`` (its saved settings; ``steps`` may grow). Otherwise an existing
     model directory at ``out`` is removed first if ``overwrite`` (the CLI's ``--force``) and refused if not.
-    ``progress``: a ``metalite.runtime.progress.Progress`` (None: silent); ``log`` overrides its news lines.
+    ``progress``: a ``metalite.common.progress.Progress`` (None: silent); ``log`` overrides its news lines.
     Returns the final config dict; Ctrl-C raises ``Interrupted`` after saving.
     """
     progress = as_progress(progress)
     log = log or progress.log
     run_settings.check_out(out, resume, overwrite)
-    s = run_settings.check(run_settings.resolve(out, settings, resume))
+    s = run_settings.resolve(out, settings, resume)
     if not resume and (Path(out) / "config.json").exists():  # a fresh run never mixes with an old one's files
         shutil.rmtree(out)
     run = TrainingRun(out, s, resume, log, progress)
-    label = f"{s['algorithm']} {s['ways']}-way {s['shots']}-shot"
+    label = f"{run.s.algorithm} {run.s.ways}-way {run.s.shots}-shot"
     try:
-        run_episodes(run.learner, run.sampler, s["steps"], float(run.hparams["lr"]), start=run.step, hooks=run,
+        run_episodes(run.learner, run.sampler, s.steps, float(run.hparams["lr"]), start=run.step, hooks=run,
                      update=run.update, progress=progress, label=label)
     except KeyboardInterrupt:
         raise run.interrupted() from None

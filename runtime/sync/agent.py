@@ -5,10 +5,11 @@ An unreachable server is not an error: the outbox stays as it is and the result 
 """
 from __future__ import annotations
 
-import base64
 import platform
 import time
 from dataclasses import dataclass
+
+import numpy as np
 
 from . import answers
 from .client import FleetClient
@@ -16,6 +17,7 @@ from .errors import ServerRefusedError, ServerUnreachableError
 from .home import DeviceHome
 from .outbox import Outbox
 from .update import UpdateResult, apply_offer
+from .wire import encode_image
 
 UPLOAD_BATCH = 64
 
@@ -43,12 +45,11 @@ class SyncResult:
 
 
 def _wire(example: dict) -> dict:
-    """An outbox row as the server takes it; ``channels`` 3 for RGB pixels (their byte count tells)."""
+    """An outbox row as the server takes it: its raw pixels in the wire format, RGB when their byte count says so."""
     e = dict(example)
-    px = e.pop("pixels")
-    if len(px) == 3 * int(e["height"]) * int(e["width"]):
-        e["channels"] = 3
-    e["pixels"] = base64.b64encode(px).decode("ascii")
+    h, w = int(e["height"]), int(e["width"])
+    px = np.frombuffer(e.pop("pixels"), np.uint8)
+    e.update(encode_image(px.reshape(h, w, 3) if px.size == 3 * h * w else px.reshape(h, w)))
     return e
 
 

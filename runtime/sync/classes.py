@@ -12,8 +12,6 @@ taught on the device). No TensorFlow, no retraining.
 """
 from __future__ import annotations
 
-import base64
-import binascii
 import urllib.parse
 
 import numpy as np
@@ -23,8 +21,8 @@ from ..names import class_name_problem
 from . import answers
 from .errors import BadAnswerError, SyncError
 from .home import DeviceHome
+from .wire import WireError, decode_image, encode_image
 
-MAX_SIDE = 512  # of a shared image (the server's limit)
 MAX_CLASS_ANSWER = 8 << 20  # bytes: a class of at most 2**21 pixels in base64 JSON (fleet.classes.MAX_CLASS_PIXELS)
 
 
@@ -48,24 +46,6 @@ def class_images(home, name: str) -> np.ndarray:
     return st.images[np.asarray(st.support_labels) == st.classes.index(name)]
 
 
-def to_wire(img: np.ndarray) -> dict:
-    """One uint8 image (H, W) gray or (H, W, 3) RGB -> the wire format {"height", "width", "channels", "pixels"}."""
-    return {"height": int(img.shape[0]), "width": int(img.shape[1]), "channels": 1 if img.ndim == 2 else 3,
-            "pixels": base64.b64encode(np.ascontiguousarray(img, np.uint8).tobytes()).decode("ascii")}
-
-
-def from_wire(img: dict) -> np.ndarray:
-    """The wire format -> uint8 (H, W) or (H, W, 3); ``channels`` absent means 1 (gray). KeyError, TypeError or
-    ValueError (binascii.Error is one) if malformed."""
-    h, w, c = img["height"], img["width"], img.get("channels", 1)
-    if not all(type(v) is int and 1 <= v <= MAX_SIDE for v in (h, w)):
-        raise ValueError("size")
-    if type(c) is not int or c not in (1, 3):
-        raise ValueError(f"channels {c!r}")
-    px = np.frombuffer(base64.b64decode(img["pixels"], validate=True), np.uint8)
-    return px.reshape(h, w) if c == 1 else px.reshape(h, w, 3)
-
-
 def share_class(home, client, name: str, replace: bool = False) -> dict:
     """Send class ``name`` (label + its support images) to the library; returns the server's answer.
 
@@ -79,7 +59,7 @@ def share_class(home, client, name: str, replace: bool = False) -> dict:
     if problem:
         raise SyncError(f"class {short_repr(name)} cannot be shared: {problem}")
     imgs = class_images(home, name)
-    wire = [to_wire(i) for i in imgs]
+    wire = [encode_image(i) for i in imgs]
     return client.call("POST", "/v1/classes", {"name": name, "images": wire, "version": _home(home).version,
                                                "replace": bool(replace)})
 
@@ -100,9 +80,9 @@ def fetch_class(client, name: str):
     imgs = []
     for i, img in enumerate(got):
         try:
-            imgs.append(from_wire(img))
-        except (KeyError, TypeError, ValueError, binascii.Error):
-            raise BadAnswerError(f"shared class {short_repr(name)}: image {i} is malformed") from None
+            imgs.append(decode_image(img))
+        except WireError as e:
+            raise BadAnswerError(f"shared class {short_repr(name)}: image {i} is malformed ({e})") from None
     if not imgs:
         raise SyncError(f"shared class {short_repr(name)} has no images")
     return imgs if len({im.shape for im in imgs}) > 1 else np.stack(imgs)  # sizes differ: a list, as sent

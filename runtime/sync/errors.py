@@ -1,7 +1,7 @@
 """Errors of ``metalite.runtime.sync``; each is a ``MetaliteError`` with a one-line message."""
 from __future__ import annotations
 
-from ..errors import MetaliteError
+from metalite.common.errors import MetaliteError
 
 
 class SyncError(MetaliteError, RuntimeError):

@@ -27,7 +27,9 @@ import warnings
 import time
 from pathlib import Path
 
-from ..files import atomic_write, file_lock, fsync_dir
+from metalite.common.files import atomic_write, fsync_dir
+from metalite.common.locks import file_lock
+
 from .errors import SyncError
 from .outbox import Outbox, OutboxUnavailableWarning, UnavailableOutbox
 

@@ -13,9 +13,10 @@ import shutil
 import time
 from pathlib import Path
 
+from metalite.common.files import atomic_write_text
+from metalite.common.progress import as_progress
+
 from ..bundle import MANIFEST, open_bundle
-from ..files import atomic_write_text
-from ..progress import as_progress
 from .home import DeviceHome
 from .update import switch_to
 
@@ -34,7 +35,7 @@ def install_bundle(home, bundle_dir, progress=None, max_drop: float | None = Non
     Args:
       home: a ``DeviceHome`` or its path (created if missing).
       bundle_dir: the bundle to install.
-      progress: a ``metalite.runtime.progress.Progress`` for news lines, or None (silent).
+      progress: a ``metalite.common.progress.Progress`` for news lines, or None (silent).
       max_drop: largest allowed drop of the support-set accuracy when classes are carried over
         (default: the home's config ``max_accuracy_drop``, 0.1).
       delegate: for re-embedding the running classes with the new backbone.

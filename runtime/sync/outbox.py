@@ -34,6 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
+from metalite.common.sqlite import transaction
+
 KINDS = ("unsure", "unknown", "correction", "support")
 FIRST_DROPPED = ("unsure", "unknown")  # what goes first when the outbox is full
 BATCH_WAIT = 0.05  # seconds the background writer gathers rows before a commit
@@ -172,17 +174,11 @@ class Outbox:
             label, rid = _json_or_none(lab), _support_id(lab, img)
             rows.append((rid, "support", label, None, None, version, now, img.shape[0], img.shape[1], img.tobytes()))
         self.flush()
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                new = [r for r in rows if self._db.execute("INSERT OR IGNORE INTO shared VALUES (?)", (r[0],)).rowcount]
-                self._db.executemany("INSERT OR IGNORE INTO examples (id, kind, label, predicted, confidence, version, "
-                                     "created, height, width, pixels) VALUES (?,?,?,?,?,?,?,?,?,?)", new)
-                self._trim()
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        with self._lock, transaction(self._db):
+            new = [r for r in rows if self._db.execute("INSERT OR IGNORE INTO shared VALUES (?)", (r[0],)).rowcount]
+            self._db.executemany("INSERT OR IGNORE INTO examples (id, kind, label, predicted, confidence, version, "
+                                 "created, height, width, pixels) VALUES (?,?,?,?,?,?,?,?,?,?)", new)
+            self._trim()
         return len(new)
 
     def mark_shared(self, pixels: np.ndarray, labels: list) -> None:
@@ -190,26 +186,15 @@ class Outbox:
         fleet's library is on the server already, sent by the device that taught it."""
         ids = [(_support_id(lab, img),) for img, lab in zip(np.ascontiguousarray(pixels, np.uint8), labels)]
         self.flush()
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                self._db.executemany("INSERT OR IGNORE INTO shared VALUES (?)", ids)
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        with self._lock, transaction(self._db):
+            self._db.executemany("INSERT OR IGNORE INTO shared VALUES (?)", ids)
 
     def _insert(self, rows: list) -> None:
         """Commit ``rows`` in one transaction; call with ``self._lock`` held."""
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
+        with transaction(self._db):
             self._db.executemany("INSERT INTO examples (id, kind, label, predicted, confidence, version, created, "
                                  "height, width, pixels) VALUES (?,?,?,?,?,?,?,?,?,?)", rows)
             self._trim()
-            self._db.execute("COMMIT")
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
 
     def _write_queued(self) -> None:
         """The background writer: commit whatever is queued, until closed and drained."""
@@ -300,14 +285,8 @@ class Outbox:
     def remove(self, ids) -> int:
         """Delete the examples with these ids (acknowledged by the server); returns how many were deleted."""
         ids = list(ids)
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                n = sum(self._db.execute("DELETE FROM examples WHERE id = ?", (i,)).rowcount for i in ids)
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        with self._lock, transaction(self._db):
+            n = sum(self._db.execute("DELETE FROM examples WHERE id = ?", (i,)).rowcount for i in ids)
         return n
 
     def close(self) -> None:

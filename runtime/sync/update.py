@@ -15,10 +15,12 @@ import shutil
 import time
 from dataclasses import dataclass, field
 
+from metalite.common.errors import MetaliteError, one_line
+
 from .. import head as headlib
 from ..bundle import open_bundle
 from ..classifier import FewShotClassifier
-from ..errors import BundleError, MetaliteError, one_line
+from ..errors import BundleError
 from ..plural import plural
 from ..state import load_state
 from . import answers

@@ -25,7 +25,8 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from ..errors import MetaliteError, one_line
+from metalite.common.errors import MetaliteError, one_line
+
 from .access import Access
 from .tls import WebError
 
@@ -89,7 +90,9 @@ def lan_address() -> str:
             return "127.0.0.1"
 
 
-class _Refused(Exception):
+class _Refused(MetaliteError, ValueError):
+    """A request the page refuses before it reaches the teacher; ``status`` is the HTTP status that fits."""
+
     def __init__(self, status: int, message: str):
         super().__init__(message)
         self.status = status

@@ -12,7 +12,7 @@ import ssl
 import subprocess
 from pathlib import Path
 
-from ..errors import MetaliteError
+from metalite.common.errors import MetaliteError
 
 
 class WebError(MetaliteError, ValueError):

@@ -14,7 +14,8 @@ import threading
 import time
 from pathlib import Path
 
-from ..errors import MetaliteError
+from metalite.common.errors import MetaliteError
+
 from ..images import IMAGE_EXTENSIONS
 
 

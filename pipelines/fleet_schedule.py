@@ -17,22 +17,18 @@ import threading
 import time
 from pathlib import Path
 
-from .fleet_update import LABELLED
-
 
 def new_examples(root) -> tuple:
     """(labelled examples newer than those the last decided update used, seq of the newest example)."""
     from metalite.fleet import FleetRoot
+    from metalite.fleet.examples import labelled_since, newest_seq
 
     try:
         used = int(json.loads((Path(root) / "updates" / "last.json").read_text()).get("last_seq") or 0)
     except (OSError, ValueError, TypeError):
         used = 0
-    db = FleetRoot(root).db()
-    marks = ",".join("?" * len(LABELLED))
-    new = db.execute(f"SELECT count(*) FROM examples WHERE seq > ? AND kind IN ({marks})", (used, *LABELLED))
-    newest = db.execute("SELECT coalesce(max(seq), 0) FROM examples").fetchone()[0]
-    return int(new.fetchone()[0]), int(newest)
+    fleet = FleetRoot(root)
+    return labelled_since(fleet, used), newest_seq(fleet)
 
 
 class UpdateScheduler:

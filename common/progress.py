@@ -4,7 +4,7 @@ Code that takes a while accepts a ``Progress`` and calls ``progress.log(line)`` 
 ``with progress.task(label, total) as task: task.advance(n, status)`` for counted work. This base class
 shows nothing: library callers get silence unless they pass a display (the CLI passes
 ``metalite.tools.progress.ConsoleProgress``), and ``as_progress`` turns None/False into it. It lives in
-the runtime because every other part may import the runtime.
+``metalite.common`` because every other part, the runtime included, may import that.
 """
 from __future__ import annotations
 
@@ -46,4 +46,4 @@ def as_progress(progress) -> Progress:
         return progress
     if progress is None or progress is False:
         return SILENT
-    raise TypeError(f"progress must be a metalite.runtime.progress.Progress or None, got {progress!r}")
+    raise TypeError(f"progress must be a metalite.common.progress.Progress or None, got {progress!r}")
