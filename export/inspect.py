@@ -160,6 +160,9 @@ def _pct(x) -> str:
 def _training_line(t: dict) -> str:
     bb = t.get("backbone") or {}
     extras = [f"{t.get('steps')} steps"]
+    if t.get("warm_start"):
+        ws = t["warm_start"]
+        extras[0] += f" from the weights of {ws.get('model')} ({ws.get('episodes')} episodes before)"
     if t.get("rotations"):
         extras.append("rotations as classes")
     if t.get("within_alphabet"):

@@ -326,6 +326,31 @@ def test_cli_train_evaluate_and_errors(folder, tmp_path):
     assert not (tmp_path / "x").exists()
 
 
+def test_train_init_starts_from_a_model_and_records_how_much_training_came_before(folder, tmp_path):
+    """``--init`` is a warm restart: the run starts from the given float model's weights (not random ones)
+    and its config says so, with the episodes behind those weights counted through a chain of restarts."""
+    from metalite.tools.cli import main
+    from metalite.training.modeldir import load_model_dir
+
+    r = CliRunner()
+    small = ["--data", f"folder:{folder}", "--ways", "3", "--queries", "2", "--filters", "8", "--embedding-dim", "8",
+             "--head-hidden", "8", "--val-every", "2"]
+    base, warm, again = tmp_path / "base", tmp_path / "warm", tmp_path / "again"
+    assert r.invoke(main, ["train", *small, "--steps", "4", "--out", str(base)]).exit_code == 0
+    res = r.invoke(main, ["train", *small, "--steps", "2", "--lr", "0", "--init", str(base), "--out", str(warm)])
+    assert res.exit_code == 0, res.output
+    (_, b0, _), (_, b1, _) = load_model_dir(base), load_model_dir(warm)
+    # with a learning rate of 0 the warm run keeps the trainable weights it started from (batch-norm
+    # statistics still move: they are not learned by the optimizer)
+    assert all(np.array_equal(x.numpy(), y.numpy()) for x, y in zip(b0.trainable_weights, b1.trainable_weights))
+    assert json.loads((warm / "config.json").read_text())["train"]["warm_start"] == {"model": "base", "episodes": 4}
+    res = r.invoke(main, ["train", *small, "--steps", "2", "--init", str(warm), "--out", str(again)])
+    assert res.exit_code == 0, res.output
+    assert json.loads((again / "config.json").read_text())["train"]["warm_start"] == {"model": "warm", "episodes": 6}
+    res = r.invoke(main, ["train", *small, "--init", str(tmp_path / "nothing"), "--out", str(tmp_path / "x")])
+    assert res.exit_code != 0 and "does not exist" in res.output and "Traceback" not in res.output
+
+
 def test_every_pipeline_command_is_registered():
     from metalite.tools.cli import main
     assert {"train", "evaluate", "compress", "export", "inspect", "adapt", "predict", "bench"} <= set(main.commands)

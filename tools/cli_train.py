@@ -64,6 +64,9 @@ DATA_HELP = ("dataset: 'glyphs' (built in, no download), 'omniglot:PATH[,PATH]' 
               help="default: one device; mirrored: all local devices; multiworker: the machines in TF_CONFIG "
                    "(protonet/anil; one episode per replica per step; docs/distributed.md) "
                    f"[default: {TRAIN.strategy}]")
+@click.option("--init", "init", type=click.Path(exists=True, file_okay=False), default=None,
+              help="start from the weights of this float model directory (same backbone and head) instead of "
+                   "random ones: a warm restart with a new learning-rate cosine, or fine-tuning on new data")
 @click.option("--resume", is_flag=True, help="continue the run in --out from its last checkpoint")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="model directory to write")
 @click.option("--force", is_flag=True, help="replace an existing model directory at --out (removed when training starts)")
@@ -71,7 +74,7 @@ DATA_HELP = ("dataset: 'glyphs' (built in, no download), 'omniglot:PATH[,PATH]' 
 @fail_cleanly
 def train_cmd(data, algorithm, backbone, filters, embedding_dim, head_hidden, image_size, ways, shots, queries,
               steps, lr, inner_steps, inner_lr, rotations, within_alphabet, augment, channels, val_every,
-              checkpoint_every, seed, split_seed, strategy, resume, out, force):
+              checkpoint_every, seed, split_seed, strategy, init, resume, out, force):
     """Meta-train a few-shot learner episodically and write a model directory.
 
     The directory keeps its config (algorithm, data, shapes, seed, versions) so later steps need no
@@ -91,7 +94,7 @@ def train_cmd(data, algorithm, backbone, filters, embedding_dim, head_hidden, im
                 "queries": queries, "steps": steps, "seed": seed, "rotations": rotations,
                 "within_alphabet": within_alphabet, "augment": _parse_augment(augment), "hparams": hparams,
                 "channels": None if channels is None else int(channels), "val_every": val_every,
-                "checkpoint_every": checkpoint_every, "strategy": strategy, "split_seed": split_seed,
+                "checkpoint_every": checkpoint_every, "strategy": strategy, "split_seed": split_seed, "init": init,
                 "backbone": {"kind": backbone, "filters": filters, "embedding_dim": embedding_dim},
                 "head": {"hidden": hidden, "activation": "linear"}}
     if resume:

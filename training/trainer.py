@@ -46,8 +46,20 @@ def model_config(s: run_settings.TrainSettings, hparams: dict, adaptation: dict)
         "adaptation": adaptation, "seed": s.seed, "stage": "float",
         "train": {k: s.to_json()[k] for k in ("ways", "shots", "queries", "steps", "rotations", "within_alphabet",
                                               "augment", "split_seed")}
-        | {"hparams": hparams}, "versions": versions(),
+        | {"hparams": hparams} | _warm_start(s), "versions": versions(),
     }
+
+
+def _warm_start(s: run_settings.TrainSettings) -> dict:
+    """{"warm_start": {"model", "episodes"}} of a run that started from another model's weights, else {}.
+
+    ``episodes`` counts every episode behind the starting weights (their own warm starts included), so a
+    config says how much training its model had in all."""
+    if not s.init:
+        return {}
+    train = read_config(Path(s.init)).get("train") or {}
+    before = int(train.get("steps") or 0) + int((train.get("warm_start") or {}).get("episodes") or 0)
+    return {"warm_start": {"model": Path(s.init).name, "episodes": before}}
 
 
 class TrainingRun(Hooks):
