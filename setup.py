@@ -19,13 +19,14 @@ setup(
     # with no folder of its own, so nothing in the repository root shadows the installed one
     # (DESIGN.md, "Layout").
     packages=["metalite.training", "metalite.export", "metalite.runtime", "metalite.runtime.sync", "metalite.tools",
-              "metalite.fleet", "metalite.runtime.webui"],
+              "metalite.fleet", "metalite.runtime.webui", "metalite.bench"],
     package_dir={
         "metalite.training": "training",
         "metalite.export": "export",
         "metalite.runtime": "runtime",
         "metalite.tools": "tools",
         "metalite.fleet": "fleet",
+        "metalite.bench": "bench",
     },
     # the device page, and the install script `metalite package` puts beside the wheel
     package_data={"metalite.runtime.webui": ["page.html"], "metalite.tools": ["device_install.sh"]},

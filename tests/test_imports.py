@@ -2,7 +2,7 @@
 
 - no import cycle between files, and none between folders;
 - layers: ``runtime`` imports no other folder, ``export`` only ``runtime``, ``training`` only ``export`` and
-  ``runtime``, ``fleet`` only ``runtime``; ``tools`` sits on top (docs/DESIGN.md, "Layout and layers");
+  ``runtime``, ``fleet`` only ``runtime``, ``bench`` any of those four; ``tools`` sits on top (docs/DESIGN.md, "Layout and layers");
 - product code never reaches test code (``tests/``, ``device_tests/``), by import or by file path;
 - no private helper (``_name``) is imported from another folder.
 Imports inside functions count as much as those at the top of a file.
@@ -19,7 +19,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 # each product folder and the other folders it may import
 LAYERS = {"runtime": set(), "export": {"runtime"}, "training": {"export", "runtime"}, "fleet": {"runtime"},
-          "tools": {"runtime", "export", "training", "fleet"}}
+          "bench": {"runtime", "export", "training", "fleet"}, "tools": {"runtime", "export", "training", "fleet", "bench"}}
 TEST_FOLDERS = ("tests", "device_tests")
 
 

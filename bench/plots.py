@@ -4,7 +4,7 @@ from __future__ import annotations
 import textwrap
 from pathlib import Path
 
-from .bench_headline import METHODS, get, label
+from .headline import METHODS, get, label
 
 
 def _plt():

@@ -1,6 +1,6 @@
 """Regenerate the README's benchmark section from a ``metalite bench`` report.json.
 
-    python -m metalite.tools.readme_bench [--report benchmarks/reference/report.json] [--readme README.md]
+    python -m metalite.bench.readme [--report benchmarks/reference/report.json] [--readme README.md]
         [--plot benchmarks/reference/latency.png] [--check]
 
 Only the text between ``<!-- bench:start -->`` and ``<!-- bench:end -->`` is rewritten; everything else in
@@ -16,9 +16,9 @@ from pathlib import Path
 
 from metalite.runtime.files import atomic_write_text
 
-from .bench_headline import METHODS, get, headline
-from .bench_machine import processor_text
-from .bench_markdown import f, kib, loadavg_text
+from .headline import METHODS, get, headline
+from .machine import processor_text
+from .markdown import f, kib, loadavg_text
 
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
 
@@ -95,7 +95,7 @@ def readme_section(report, plot: str | None = "benchmarks/reference/latency.png"
     L = [f"Measured by `metalite bench` ({report.get('mode')} run) on {processor_text(m)}, {m.get('cores')} cores, "
          f"Python {m.get('python')}, load average {loadavg_text(load.get('loadavg_before'))} before timing"
          + (f" (other processes used {others:.2f} cores meanwhile)" if others is not None else "")
-         + f"; regenerated from `{source}` by `python -m metalite.tools.readme_bench`.", ""]
+         + f"; regenerated from `{source}` by `python -m metalite.bench.readme`.", ""]
     if h.get("busy_warning"):
         L += [f"> **Warning**: {h['busy_warning']}.", ""]
     L += ["| | metalite | reference | ratio |", "|---|---|---|---|"]
@@ -146,7 +146,7 @@ def main(argv=None) -> int:
     try:
         changed = update_readme(a.readme, a.report, a.plot or None, write=not a.check)
     except (ValueError, OSError) as e:
-        print(f"readme_bench: {e}", file=sys.stderr)
+        print(f"metalite.bench.readme: {e}", file=sys.stderr)
         return 2
     print(f"{a.readme}: {'out of date' if a.check and changed else 'updated' if changed else 'up to date'}")
     return 1 if a.check and changed else 0

@@ -1,8 +1,8 @@
 """The ``latency`` section of ``metalite bench``: ms per image of every variant, interleaved, per interpreter.
 
-One ``bench_latency.py --serve`` worker process per interpreter package (each opening models as
+One ``timing.py --serve`` worker process per interpreter package (each opening models as
 ``metalite.runtime`` does) times every TFLite variant in every cell (batch 1/32, 1/2 threads) in the same
-rounds (``bench_latency.interleaved``). A variant's figure is the median of its per-round medians, its
+rounds (``timing.interleaved``). A variant's figure is the median of its per-round medians, its
 spread the quartiles of those; a speed-up is the median of the ratios *within* each round, which a
 neighbour's burst of CPU use cancels out of. The float Keras model is timed in its own rounds
 (TensorFlow's thread pool would disturb the interpreters'), so ratios to it are ratios of medians.
@@ -18,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from . import bench_latency as lat
-from .bench_cost import gmacs_per_s
-from .bench_machine import LoadWatch, version
+from . import timing as lat
+from .cost import gmacs_per_s
+from .machine import LoadWatch, version
 
 HERE = Path(__file__).resolve().parent
 REFERENCES = ("float_tflite", "int8_tflite")  # speed-ups are reported against these when present
@@ -43,16 +43,16 @@ def interpreters(build_tflite_venv: bool, say) -> dict:
 
 
 def serve_worker(python, backend, site, stderr_file):
-    """A ``bench_latency.py --serve`` process for ``backend`` importing this metalite.runtime from ``site``."""
+    """A ``timing.py --serve`` process for ``backend`` importing this metalite.runtime from ``site``."""
     env = dict(os.environ, PYTHONPATH=str(site), PYTHONNOUSERSITE="1", TF_CPP_MIN_LOG_LEVEL="2")
     with open(stderr_file, "w") as err:
-        return subprocess.Popen([python, str(HERE / "bench_latency.py"), "--serve", "--backend", backend],
+        return subprocess.Popen([python, str(HERE / "timing.py"), "--serve", "--backend", backend],
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True,
                                 env=env, cwd=str(site))
 
 
 def run_interleaved(pythons: dict, models: dict, cells, cfg, tmp, say) -> tuple:
-    """(``bench_latency.interleaved`` result, {backend: last line of its worker's stderr}) with one worker
+    """(``timing.interleaved`` result, {backend: last line of its worker's stderr}) with one worker
     per interpreter in ``pythons`` ({backend: python})."""
     from .runtime_env import runtime_site
 

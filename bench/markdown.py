@@ -1,9 +1,9 @@
 """report.md of a ``metalite bench`` report: one writer per section, each returning its lines."""
 from __future__ import annotations
 
-from .bench_accuracy import data_name, split_phrase
-from .bench_headline import BACKEND, METHODS, get, headline
-from .bench_machine import processor_text
+from .accuracy import data_name, split_phrase
+from .headline import BACKEND, METHODS, get, headline
+from .machine import processor_text
 
 VARIANT_NAMES = {"float_keras": "float Keras", "float_tflite": "float TFLite", "int8_tflite": "int8 TFLite, not pruned",
                  "pruned_float_tflite": "pruned float TFLite", "int8_pruned_tflite": "int8 TFLite, pruned"}

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .bench_cost import tflite_macs
-from .bench_latency import summarize_rounds
-from .bench_latency_section import ratio_stats, run_interleaved
-from .bench_machine import LoadWatch
-from .bench_variants import compression_of, describe
+from .cost import tflite_macs
+from .timing import summarize_rounds
+from .latency import ratio_stats, run_interleaved
+from .machine import LoadWatch
+from .variants import compression_of, describe
 
 SPEEDUP_GOAL, ERROR_BUDGET = 2.0, 0.01  # issue 13: >= 2x faster at <= 1 pt more error
 BACKEND = "ai_edge_litert"

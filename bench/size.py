@@ -5,7 +5,7 @@ import gzip
 import tempfile
 from pathlib import Path
 
-from .bench_cost import keras_macs, tflite_macs
+from .cost import keras_macs, tflite_macs
 
 
 def _gz(raw: bytes) -> int:
