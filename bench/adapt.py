@@ -16,12 +16,18 @@ next to it:
 from __future__ import annotations
 
 import tempfile
+import textwrap
 import time
 
 import numpy as np
 
 from metalite.runtime import head as headlib
 
+from .fields import f, get, ratio
+from .plots import save
+
+METHODS = {"metalite": "metalite runtime", "tflite_odt": "TFLite on-device training",
+           "keras_finetune": "Keras fine-tuning", "pycoral_sgd": "pycoral-style SGD"}
 PYCORAL = {"batch_size": 100, "iterations": 500, "lr": 0.01, "weight_scale": 0.01, "reg": 0.0}
 DEFAULT_FINETUNE = {"steps": 50}
 
@@ -323,3 +329,93 @@ def _keras_task(backbone, spec, s_img, ys, q_img, yq, ways, steps, lr, T, A):
     T["keras_finetune"]["head"].append(time.perf_counter() - t)
     logits = model(emb_of(q_img), training=False).numpy()
     A["keras_finetune"].append(float(np.mean(logits.argmax(1) == yq)))
+
+
+# ----------------------------------------------------------------------------- headline, report.md, plot, README rows
+def adaptation_headline(h, report) -> None:
+    """The headline's time of each other method as a multiple of metalite's, per task setting."""
+    for key, res in (get(report, "adaptation", "settings") or {}).items():
+        me = get(res, "metalite", "total_ms")
+        for m in ("tflite_odt", "keras_finetune", "pycoral_sgd"):
+            h[f"adapt_{key}_{m}_over_metalite"] = ratio(get(res, m, "total_ms"), me)
+        h[f"adapt_{key}_metalite_ms"] = me
+
+
+def adaptation_headline_lines(report, h) -> list:
+    """The headline's lines on learning a task: the other methods' time as a multiple of metalite's."""
+    L = []
+    for key in (get(report, "adaptation", "settings") or {}):
+        parts = [f"{METHODS[m]} {h[f'adapt_{key}_{m}_over_metalite']:.1f}× its time"
+                 for m in ("tflite_odt", "keras_finetune", "pycoral_sgd")
+                 if h.get(f"adapt_{key}_{m}_over_metalite") is not None]
+        if parts:
+            L.append(f"- Learning a {key} task: metalite {h[f'adapt_{key}_metalite_ms']:.1f} ms; " + ", ".join(parts)
+                     + " (accuracies in the adaptation table).")
+    return L
+
+
+def adaptation_lines(report, plot_files) -> list:
+    ad = report.get("adaptation", {})
+    fits = ", ".join(k + " " + f(r.get("metalite", {}).get("fit_ms"), "{:.1f}") + " ms"
+                     for k, r in (ad.get("settings") or {}).items() if "skipped" not in r)
+    L = ["## adaptation", "",
+         f"{ad.get('tasks_per_setting')} tasks per setting ({ad.get('shots')}-shot, {ad.get('queries')} queries per "
+         f"class), {ad.get('threads')} interpreter threads; medians of wall time in ms, accuracy on the tasks' "
+         f"queries; every part timed warm (after one untimed embedding of the task's support set). total = "
+         f"embedding + head fitting per task (median of the sums); metalite's end-to-end "
+         f"FewShotClassifier.fit (with preprocessing) median: {fits}. Runtime load (open + verify bundle, create "
+         f"interpreter): {f(ad.get('runtime_load_ms'), '{:.1f}')} ms.", ""]
+    L += [f"- **{METHODS[m]}**: {how}" for m, how in (ad.get("methods") or {}).items()]
+    L += [f"- note: {n}" for n in ad.get("notes") or []]
+    L += ["", "| task | method | embedding ms | head fitting ms | total ms | accuracy |", "|---|---|---|---|---|---|"]
+    for key, res in (ad.get("settings") or {}).items():
+        if "skipped" in res:
+            L.append(f"| {key} | | skipped: {res['skipped']} | | | |")
+            continue
+        for m, r in res.items():
+            if "skipped" in r:
+                L.append(f"| {key} | {METHODS[m]} | skipped: {r['skipped']} | | | |")
+            else:
+                L.append(f"| {key} | {METHODS[m]} | {f(r.get('embed_ms'), '{:.1f}')} | {f(r.get('head_ms'))} "
+                         f"| {f(r.get('total_ms'), '{:.1f}')} | {r['accuracy']:.3f} ± {r['accuracy_ci95']:.3f} |")
+        odt = res.get("tflite_odt", {})
+        if "loss_first" in odt:
+            L.append(f"| {key} | (ODT loss over {odt['steps']} train calls) | | | | {odt['loss_first']:.3f} → "
+                     f"{odt['loss_last']:.3f} |")
+    return L + ([f"\n![adaptation]({plot_files['adaptation']})"] if "adaptation" in plot_files else [])
+
+
+def adaptation_plot(plt, report, path) -> bool:
+    settings = get(report, "adaptation", "settings") or {}
+    keys = [k for k, r in settings.items() if "skipped" not in r]
+    if not keys:
+        return False
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.6 * len(keys), 3.6), squeeze=False)
+    parts = (("embed_ms", "embedding"), ("head_ms", "head fitting"), ("total_ms", "total"))
+    for ax, key in zip(axes[0], keys):
+        ms = [m for m in METHODS if "total_ms" in settings[key].get(m, {})]
+        for i, (field, name) in enumerate(parts):
+            ax.bar([j + (i - 1) * 0.27 for j in range(len(ms))], [settings[key][m].get(field) or 0 for m in ms],
+                   0.27, label=name)
+        names = [textwrap.fill(METHODS[m], 14) + f"\nacc {settings[key][m]['accuracy']:.2f}" for m in ms]
+        ax.set_xticks(range(len(ms)), names, fontsize=6)
+        ax.set_ylabel("ms per task (median), log scale")
+        ax.set_yscale("log")
+        ax.set_title(f"Learning a {key} task: embedding, head fitting, total", fontsize=8)
+        ax.legend(fontsize=6)
+    save(plt, fig, path)
+    return True
+
+
+def adaptation_readme_rows(report) -> list:
+    """The README's rows on learning a task, one per other method."""
+    rows = []
+    for key, res in (get(report, "adaptation", "settings") or {}).items():
+        me = res.get("metalite", {})
+        for m in ("tflite_odt", "keras_finetune", "pycoral_sgd"):
+            o = res.get(m, {})
+            if me.get("total_ms") and "total_ms" in o:
+                rows.append((f"Learn a {key} task vs {METHODS[m]}", f"{me['total_ms']:.1f} ms, acc {me['accuracy']:.2f}",
+                             f"{o['total_ms']:.1f} ms, acc {o['accuracy']:.2f}",
+                             f"{o['total_ms'] / me['total_ms']:.1f}× faster"))
+    return rows

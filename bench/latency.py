@@ -20,10 +20,14 @@ import numpy as np
 
 from . import timing as lat
 from .cost import gmacs_per_s
-from .machine import LoadWatch, version
+from .fields import f, get, ratio
+from .machine import LoadWatch, load_line, version
+from .plots import save
+from .variants import label, variant_name
 
 HERE = Path(__file__).resolve().parent
 REFERENCES = ("float_tflite", "int8_tflite")  # speed-ups are reported against these when present
+BACKEND = "ai_edge_litert"  # the headline interpreter, 1 thread
 
 
 def interpreters(build_tflite_venv: bool, say) -> dict:
@@ -165,3 +169,148 @@ def latency_section(variants, cfg, macs: dict, threads=(1, 2), batches=(1, 32), 
             sec["keras"] = {"skipped": "no float Keras model (--model FLOAT_MODEL_DIR)"}
     sec["load"] = watch.result
     return sec
+
+
+# ----------------------------------------------------------------------------- headline, report.md, plot, README rows
+def latency_headline(h, report, ship) -> None:
+    """The headline's latency figures of the shipped variant ``ship``: ms/image, GMAC/s, speed-ups, Keras ratios."""
+    lat = report.get("latency") or {}
+    for b in (1, 32):
+        cell = get(lat, "tflite", ship, BACKEND, f"b{b}_t1") or {}
+        q = cell.get("median_ms")
+        h[f"int8_ms_b{b}"], h[f"int8_gmacs_b{b}"] = q, cell.get("gmacs_per_s")
+        for ref in ("float_tflite", "int8_tflite"):
+            s = get(cell, "speedup_vs", ref) or {}
+            h[f"speedup_vs_{ref}_b{b}"] = s.get("median")
+            h[f"speedup_vs_{ref}_b{b}_iqr"] = [s["q1"], s["q3"]] if s else None
+            h[f"{ref}_ms_b{b}"] = get(lat, "tflite", ref, BACKEND, f"b{b}_t1", "median_ms")
+        for call in ("direct", "predict", "tffunction"):
+            k = get(lat, "keras", "results", f"{call}_b{b}", "median_ms")
+            h[f"keras_{call}_ms_b{b}"] = k
+            h[f"keras_{call}_over_int8_latency_b{b}"] = ratio(k, q)
+
+
+def _speedups(r) -> str:
+    """A cell's speed-ups within rounds against each reference, with quartiles."""
+    return ", ".join(f"{s['median']:.2f}× vs {ref} [{s['q1']:.2f}–{s['q3']:.2f}]" for ref, s in
+                     (r.get("speedup_vs") or {}).items())
+
+
+def latency_headline_lines(h, ship) -> list:
+    """The headline's latency lines: speed-ups within rounds, compute rate, float Keras."""
+    L = []
+    for ref, what in (("float_tflite", "float TFLite (the float model before compression)"),
+                      ("int8_tflite", "int8 TFLite of the unpruned model")):
+        if h.get(f"speedup_vs_{ref}_b1") is not None:
+            L.append(f"- Latency, {ship} vs {what} ({BACKEND}, 1 thread, interleaved rounds): "
+                     f"{h[f'speedup_vs_{ref}_b1']:.2f}× faster at batch 1 ({f(h['int8_ms_b1'], '{:.4f}')} vs "
+                     f"{f(h[f'{ref}_ms_b1'], '{:.4f}')} ms/image)"
+                     + (f", {h[f'speedup_vs_{ref}_b32']:.2f}× at batch 32" if h.get(f"speedup_vs_{ref}_b32") else "")
+                     + " (median of the ratios within each round).")
+    if h.get("int8_ms_b1") is not None and h.get("int8_gmacs_b1") is not None:
+        L.append(f"- Cost: {ship} does {h['int8_macs'] / 1e6:.2f} M multiply-accumulates per image; "
+                 f"{h['int8_ms_b1']:.4f} ms/image at batch 1 is {h['int8_gmacs_b1']:.1f} GMAC/s on one core.")
+    if h.get("keras_tffunction_over_int8_latency_b1") is not None:
+        L.append(f"- vs float Keras (TensorFlow, all cores, its own rounds; ratio of medians): "
+                 f"`tf.function(model)` {h['keras_tffunction_over_int8_latency_b1']:.1f}× slower at batch 1, "
+                 f"{f(h.get('keras_tffunction_over_int8_latency_b32'), '{:.1f}')}× at batch 32; eager `model(x)` "
+                 f"{f(h.get('keras_direct_over_int8_latency_b1'), '{:.1f}')}×; `model.predict` "
+                 f"{f(h.get('keras_predict_over_int8_latency_b1'), '{:.0f}')}× at batch 1.")
+    return L
+
+
+def interpreter_ratio_lines(report) -> list:
+    """The same variant on the two interpreters, round by round (tflite-runtime time / ai-edge-litert time)."""
+    lat = report.get("latency", {})
+    if not lat.get("ratios"):
+        return []
+    L = ["", f"{lat.get('order', '')}.", "", "| variant | batch, threads | interpreter ratio (median of rounds) | q1–q3 |",
+         "|---|---|---|---|"]
+    for v, cells in lat["ratios"].items():
+        for cell, r in cells.items():
+            name = next(k for k in r if "/" in k)
+            L.append(f"| {variant_name(report, v)} | {cell} | {name} = {r[name]:.2f} | {r['q1']:.2f}–{r['q3']:.2f} |")
+    return L
+
+
+def latency_lines(report, plot_files) -> list:
+    lat = report.get("latency", {})
+    L = ["## latency", "", f"{lat.get('unit')}. {lat.get('rounds')} rounds of {lat.get('calls_per_round')} calls "
+         f"after {lat.get('warmup')} warm-up calls. OPENBLAS_CORETYPE={lat.get('OPENBLAS_CORETYPE') or 'unset'}.", "",
+         load_line(lat.get("load")), ""]
+    if get(lat, "load", "warning"):
+        L += [f"> **Warning**: {lat['load']['warning']}.", ""]
+    for be, info in (lat.get("interpreters") or {}).items():
+        L.append(f"- {be}: {info.get('status')}" + (f" {info.get('version')}" if info.get("version") else "")
+                 + (f" (numpy {info['numpy']}, {info.get('where') or info.get('python')})" if info.get("numpy") else ""))
+        L += [f"  - {variant_name(report, v)}: {how}" for v, how in (info.get("how") or {}).items()]
+    L += interpreter_ratio_lines(report)
+    L += ["", "| variant | interpreter | batch | threads | median ms/image | quartiles over rounds | GMAC/s | "
+              "speed-up within rounds [quartiles] |", "|---|---|---|---|---|---|---|---|"]
+    for v, per in (lat.get("tflite") or {}).items():
+        for be, res in per.items():
+            if "error" in res:
+                L.append(f"| {variant_name(report, v)} | {be} | | | error: {res['error']} | | | |")
+                continue
+            for r in res.values():
+                if "median_ms" in r:
+                    L.append(f"| {variant_name(report, v)} | {be} | {r['batch']} | {r['threads']} | {r['median_ms']:.4f} | "
+                             f"{r['q1_ms']:.4f}–{r['q3_ms']:.4f} | {f(r.get('gmacs_per_s'), '{:.1f}')} | {_speedups(r)} |")
+    for r in (get(lat, "keras", "results") or {}).values():
+        L.append(f"| float Keras | TF {get(lat, 'keras', 'tensorflow')} `{r['call']}` | {r['batch']} | all cores | "
+                 f"{r['median_ms']:.4f} | {r['q1_ms']:.4f}–{r['q3_ms']:.4f} | | |")
+    if get(lat, "keras", "skipped"):
+        L.append(f"\nfloat Keras reference skipped: {lat['keras']['skipped']}")
+    return L + ([f"\n![latency]({plot_files['latency']})"] if "latency" in plot_files else [])
+
+
+def latency_plot(plt, report, path) -> bool:
+    lat = report.get("latency") or {}
+    rows = []
+    for v, per in (lat.get("tflite") or {}).items():
+        for be, res in per.items():
+            for b in (1, 32):
+                r = res.get(f"b{b}_t1") if isinstance(res, dict) else None
+                if r and "median_ms" in r:
+                    rows.append((f"{label(report, v)} · {be} · batch {b}", r))
+    for b in (1, 32):
+        r = get(lat, "keras", "results", f"tffunction_b{b}")
+        if r:
+            rows.append((f"float Keras tf.function · batch {b} (all cores)", r))
+    if not rows:
+        return False
+    fig, ax = plt.subplots(figsize=(8.5, 0.32 * len(rows) + 1.6))
+    meds = [r["median_ms"] for _, r in rows]
+    err = [[m - r["q1_ms"] for m, (_, r) in zip(meds, rows)], [r["q3_ms"] - m for m, (_, r) in zip(meds, rows)]]
+    ax.barh(range(len(rows)), meds, xerr=err, capsize=2, color="tab:blue")
+    ax.set_yticks(range(len(rows)), [n for n, _ in rows], fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xscale("log")
+    ax.set_xlabel(f"ms per image, log scale\n(median of {lat.get('rounds')} interleaved rounds; "
+                  "whiskers: quartiles over rounds)", fontsize=8)
+    ax.set_title("Backbone latency, 1 interpreter thread" + ("  [machine was busy]" if get(lat, "load", "busy")
+                                                           else ""), fontsize=9)
+    save(plt, fig, path)
+    return True
+
+
+def latency_readme_rows(h) -> list:
+    ship = h.get("shipped_label")
+    rows = []
+    for b in (1, 32):
+        if h.get(f"speedup_vs_float_tflite_b{b}") is not None:
+            rows.append((f"Latency, batch {b} (ms/image, 1 thread)", f"{h[f'int8_ms_b{b}']:.4f} ({ship})",
+                         f"{h[f'float_tflite_ms_b{b}']:.4f} (float TFLite)",
+                         f"{h[f'speedup_vs_float_tflite_b{b}']:.2f}× faster"))
+        elif h.get(f"int8_ms_b{b}") is not None:
+            rows.append((f"Latency, batch {b} (ms/image, 1 thread)", f"{h[f'int8_ms_b{b}']:.4f} ({ship})", "", ""))
+    if h.get("speedup_vs_int8_tflite_b1") is not None:
+        rows.append(("Latency, batch 1, vs the unpruned int8 model", f"{h['int8_ms_b1']:.4f}",
+                     f"{h['int8_tflite_ms_b1']:.4f}", f"{h['speedup_vs_int8_tflite_b1']:.2f}× faster"))
+    if h.get("keras_tffunction_over_int8_latency_b1") is not None:
+        rows.append(("Latency, batch 1, vs TensorFlow (float Keras `tf.function`, all cores)", f"{h['int8_ms_b1']:.4f}",
+                     f"{h['keras_tffunction_ms_b1']:.4f}", f"{h['keras_tffunction_over_int8_latency_b1']:.1f}× faster"))
+    if h.get("int8_gmacs_b1") is not None:
+        rows.append(("Compute, batch 1", f"{h['int8_macs'] / 1e6:.2f} MMAC/image, {h['int8_gmacs_b1']:.1f} GMAC/s",
+                     f"{f(h.get('float_tflite_macs') and h['float_tflite_macs'] / 1e6)} MMAC/image (float)", ""))
+    return rows

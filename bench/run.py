@@ -8,7 +8,7 @@ and PNG plots into ``out`` and returns the report dict. One module per section:
 - ``accuracy``, ``size`` (with MACs per image), ``latency`` (interleaved rounds in ``timing`` worker
   processes), ``pareto`` (held-out error vs time and bytes over several bundles), ``adaptation``
   (``adapt``), ``memory``.
-- ``headline``, then ``plots`` and ``markdown`` write the files.
+- ``report``: the headline, then the plots and report.md from every section's writers.
 
 TensorFlow is imported only for what needs it (Keras variants, conversions, the ODT and Keras alternatives).
 """
@@ -26,13 +26,12 @@ from metalite.training.datasets import HELDOUT_SPLIT
 
 from .accuracy import accuracy_section, is_heldout, load_heldout
 from .adapt import run_adaptation
-from .headline import headline
 from .latency import latency_section
 from .machine import machine_info
-from .markdown import markdown
 from .memory import memory_section
 from .pareto import pareto_section
-from .plots import plots as write_plots
+from .report import headline, markdown
+from .report import plots as write_plots
 from .size import size_section
 from .variants import find_variants
 

@@ -45,7 +45,7 @@ def test_machine_info_names_this_processor_and_the_interpreter_stack():
 
 
 def test_readme_bench_line_and_report_name_the_processor():
-    from metalite.bench.markdown import machine_lines
+    from metalite.bench.machine import machine_lines
     from metalite.bench.readme import readme_section
 
     m = {"cpu": "x", "processor": processor(XEON), "cores": 2, "python": "3.11",
