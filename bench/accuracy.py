@@ -12,7 +12,7 @@ from metalite.training.datasets import HELDOUT_SPLIT  # the classes (alphabets) 
 
 from .fields import get
 from .plots import save
-from .variants import label, variant_name
+from .variants import label
 
 
 def data_name(spec: str) -> str:
@@ -118,7 +118,7 @@ def accuracy_lines(report, plot_files) -> list:
     if keys:
         L += ["| variant | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
         for v, res in acc["results"].items():
-            L.append(f"| {variant_name(report, v)} | " + " | ".join(
+            L.append(f"| {label(report, v)} | " + " | ".join(
                 f"{res[k]['mean']:.3f} ± {res[k]['ci95']:.3f}" if k in res else "n/a" for k in keys) + " |")
     L += [f"\n- note: {n}" for n in acc.get("notes") or []]
     L += [f"\n- {k} skipped: {why}" for k, why in (acc.get("skipped") or {}).items()]

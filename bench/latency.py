@@ -23,11 +23,11 @@ from .cost import gmacs_per_s
 from .fields import f, get, ratio
 from .machine import LoadWatch, load_line, version
 from .plots import save
-from .variants import label, variant_name
+from .variants import label
 
 HERE = Path(__file__).resolve().parent
 REFERENCES = ("float_tflite", "int8_tflite")  # speed-ups are reported against these when present
-BACKEND = "ai_edge_litert"  # the headline interpreter, 1 thread
+BACKEND = "ai_edge_litert"  # the interpreter of the headline and of the Pareto goal, 1 thread
 
 
 def interpreters(build_tflite_venv: bool, say) -> dict:
@@ -229,7 +229,7 @@ def interpreter_ratio_lines(report) -> list:
     for v, cells in lat["ratios"].items():
         for cell, r in cells.items():
             name = next(k for k in r if "/" in k)
-            L.append(f"| {variant_name(report, v)} | {cell} | {name} = {r[name]:.2f} | {r['q1']:.2f}–{r['q3']:.2f} |")
+            L.append(f"| {label(report, v)} | {cell} | {name} = {r[name]:.2f} | {r['q1']:.2f}–{r['q3']:.2f} |")
     return L
 
 
@@ -243,18 +243,18 @@ def latency_lines(report, plot_files) -> list:
     for be, info in (lat.get("interpreters") or {}).items():
         L.append(f"- {be}: {info.get('status')}" + (f" {info.get('version')}" if info.get("version") else "")
                  + (f" (numpy {info['numpy']}, {info.get('where') or info.get('python')})" if info.get("numpy") else ""))
-        L += [f"  - {variant_name(report, v)}: {how}" for v, how in (info.get("how") or {}).items()]
+        L += [f"  - {label(report, v)}: {how}" for v, how in (info.get("how") or {}).items()]
     L += interpreter_ratio_lines(report)
     L += ["", "| variant | interpreter | batch | threads | median ms/image | quartiles over rounds | GMAC/s | "
               "speed-up within rounds [quartiles] |", "|---|---|---|---|---|---|---|---|"]
     for v, per in (lat.get("tflite") or {}).items():
         for be, res in per.items():
             if "error" in res:
-                L.append(f"| {variant_name(report, v)} | {be} | | | error: {res['error']} | | | |")
+                L.append(f"| {label(report, v)} | {be} | | | error: {res['error']} | | | |")
                 continue
             for r in res.values():
                 if "median_ms" in r:
-                    L.append(f"| {variant_name(report, v)} | {be} | {r['batch']} | {r['threads']} | {r['median_ms']:.4f} | "
+                    L.append(f"| {label(report, v)} | {be} | {r['batch']} | {r['threads']} | {r['median_ms']:.4f} | "
                              f"{r['q1_ms']:.4f}–{r['q3_ms']:.4f} | {f(r.get('gmacs_per_s'), '{:.1f}')} | {_speedups(r)} |")
     for r in (get(lat, "keras", "results") or {}).values():
         L.append(f"| float Keras | TF {get(lat, 'keras', 'tensorflow')} `{r['call']}` | {r['batch']} | all cores | "

@@ -184,14 +184,11 @@ def load_report(before, after, others_cores, seconds) -> dict:
     if busy:
         used = (f"other processes used {others_cores:.1f} of {cores} cores on average"
                 if others_cores is not None else f"1-minute load average {before[0]:.1f} before timing")
-        rec["warning"] = (f"the machine was busy while timing ({used}; load average {_fmt(before)} before, "
-                          f"{_fmt(after)} after): absolute times are inflated, ratios within a round are the "
+        rec["warning"] = (f"the machine was busy while timing ({used}; load average {loadavg_text(before)} before, "
+                          f"{loadavg_text(after)} after): absolute times are inflated, ratios within a round are the "
                           f"figures to trust")
     return rec
 
-
-def _fmt(la) -> str:
-    return "/".join(f"{v:.2f}" for v in la) if la else "n/a"
 
 
 # ----------------------------------------------------------------------------- report.md

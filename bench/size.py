@@ -8,7 +8,7 @@ from pathlib import Path
 from .cost import keras_macs, tflite_macs
 from .fields import f, get, kib, ratio
 from .plots import save
-from .variants import label, variant_name
+from .variants import label
 
 
 def _gz(raw: bytes) -> int:
@@ -59,7 +59,7 @@ def size_lines(report, plot_files) -> list:
     L = ["## size", "", "| variant | bytes | gzip -9 | parameters | stored sparsity | MMACs/image | what |",
          "|---|---|---|---|---|---|---|"]
     for k, s in (report.get("size") or {}).items():
-        L.append(f"| {variant_name(report, k)} | {s['bytes']} | {s['gzip_bytes']} | {s.get('parameters', '')} | "
+        L.append(f"| {label(report, k)} | {s['bytes']} | {s['gzip_bytes']} | {s.get('parameters', '')} | "
                  f"{f(s.get('sparsity'), '{:.1%}') if 'sparsity' in s else ''} | "
                  f"{f(s['macs'] / 1e6, '{:.2f}') if s.get('macs') else ''} | {s.get('what', '')} |")
     return L + ([f"\n![size]({plot_files['size']})"] if "size" in plot_files else [])

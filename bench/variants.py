@@ -170,12 +170,7 @@ def shipped(report) -> str | None:
 
 
 def label(report, key) -> str:
-    """A measured variant's label (its key when it was not measured)."""
-    return get(report, "variants", "available", key, "label") or key
-
-
-def variant_name(report, key):
-    """A measured variant's label, else its generic name (a variant listed as not measured)."""
+    """A variant's name in the report: its label as measured, else its generic name (one not measured)."""
     return get(report, "variants", "available", key, "label") or VARIANT_NAMES.get(key, key)
 
 
