@@ -1,7 +1,7 @@
 """The runtime on real arm64 code: Debian bookworm arm64 (Raspberry Pi OS's base) under qemu as a Cortex-A72,
 with the repo's current metalite.runtime on two stacks: Debian's python3 + numpy 1.24 + the aarch64
-tflite-runtime 2.14 wheel (issue 5, part 2), and a venv with numpy 2 + the aarch64 ai-edge-litert wheel
-(issue 16). Both predict as on x86; their relative cost is measured interleaved, labelled as emulated."""
+tflite-runtime 2.14 wheel (the Raspberry Pi OS stack), and a venv with numpy 2 + the aarch64 ai-edge-litert wheel
+(the recommended one). Both predict as on x86; their relative cost is measured interleaved, labelled as emulated."""
 import subprocess
 import sys
 import time

@@ -287,7 +287,7 @@ def test_readme_section_writes_only_between_markers(tmp_path):
 
 
 def test_bench_quick_on_the_shipped_omniglot_bundle(tmp_path):
-    """The CI check of issue 6: the shipped bundle benchmarks end to end, on the Omniglot fixture of
+    """The shipped bundle benchmarks end to end (CI runs it), on the Omniglot fixture of
     tests/data/omniglot (its held-out split is the fixture's own: Greek, one of the bundle's training alphabets)."""
     from click.testing import CliRunner
 

@@ -1,4 +1,4 @@
-"""Speed reports name the processor (issue 24): model, vendor, ISA features, interpreter and delegate."""
+"""Speed reports name the processor they were taken on: model, vendor, ISA features, interpreter and delegate."""
 from __future__ import annotations
 
 import json
