@@ -212,7 +212,7 @@ def test_bench_adaptation_compares_every_method(report):
 
 # ----------------------------------------------------------------------------- ODT model
 def test_odt_train_signature_reduces_loss_and_matches_numpy():
-    from metalite.bench.adapt import ODTRunner, build_odt_model
+    from metalite.bench.odt import ODTRunner, build_odt_model
 
     rng = np.random.default_rng(0)
     d, ways, shots = 12, 5, 4
@@ -235,7 +235,7 @@ def test_odt_train_signature_reduces_loss_and_matches_numpy():
 
 def test_odt_model_needs_no_flex_ops():
     from metalite.export.flatbuf import read_model
-    from metalite.bench.adapt import build_odt_model
+    from metalite.bench.odt import build_odt_model
 
     spec = headlib.HeadSpec([], [], {"steps": 0, "lr": 0.1, "scale": 1.0, "adapt": "head"})
     ops = {op.name for op in read_model(build_odt_model(spec, 8, 3), "odt").ops}
