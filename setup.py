@@ -19,7 +19,7 @@ setup(
     # with no folder of its own, so nothing in the repository root shadows the installed one
     # (DESIGN.md, "Layout").
     packages=["metalite.common", "metalite.training", "metalite.export", "metalite.runtime", "metalite.runtime.sync",
-              "metalite.tools", "metalite.fleet", "metalite.pipelines", "metalite.runtime.webui"],
+              "metalite.tools", "metalite.fleet", "metalite.pipelines", "metalite.runtime.webui", "metalite.bench"],
     package_dir={
         "metalite.common": "common",
         "metalite.training": "training",
@@ -28,6 +28,7 @@ setup(
         "metalite.tools": "tools",
         "metalite.fleet": "fleet",
         "metalite.pipelines": "pipelines",
+        "metalite.bench": "bench",
     },
     # the device page, and the install script `metalite package` puts beside the wheel
     package_data={"metalite.runtime.webui": ["page.html"], "metalite.tools": ["device_install.sh"]},

@@ -176,7 +176,7 @@ def runtime_venv(kind: str) -> Path:
     py = root / "bin" / "python"
     with _locked(root):
         if not (root / ".complete").exists():
-            from metalite.tools.runtime_env import VenvError, build_venv
+            from metalite.bench.runtime_env import VenvError, build_venv
 
             try:
                 build_venv(root, reqs, say=log, marker=json.dumps(recipe))

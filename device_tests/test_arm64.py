@@ -1,19 +1,18 @@
 """The runtime on real arm64 code: Debian bookworm arm64 (Raspberry Pi OS's base) under qemu as a Cortex-A72,
 with the repo's current metalite.runtime on two stacks: Debian's python3 + numpy 1.24 + the aarch64
 tflite-runtime 2.14 wheel (Raspberry Pi OS bookworm's stack), and a venv with numpy 2 + the aarch64 ai-edge-litert
-wheel. Both predict as on x86, gray bundles and an RGB one; their relative cost is measured interleaved, labelled
-as emulated."""
+wheel (the recommended one). Both predict as on x86, gray bundles and an RGB one; their relative cost is measured
+interleaved, labelled as emulated."""
 import subprocess
 import sys
 import time
 
 import pytest
 
+from metalite.bench import timing  # self-contained timing worker, also run inside the rootfs
+
 import envs
 from devicekit import SCRIPTS, agreement, assert_agreement, assert_colour_state, load_result, output_scale, record
-
-sys.path.insert(0, str(envs.REPO / "tools"))
-import bench_latency  # noqa: E402 - self-contained timing worker, also run inside the rootfs
 
 STACKS = {"tflite": ("tflite_runtime", "1."), "litert": ("ai_edge_litert", "2.")}
 
@@ -130,18 +129,18 @@ def test_arm64_interpreter_cost(arm64, bundle, results_dir):
     one worker process each, timed in interleaved rounds: batch 1, 1 thread, the bundle's int8 backbone.
     Recorded, labelled emulated; not asserted (qemu's cost per instruction is not a Cortex-A72's)."""
     host, inside = envs.stage_in_rootfs(arm64["rootfs"], "interp-cost", {
-        "backbone.tflite": bundle / "backbone.tflite", "bench_latency.py": envs.REPO / "tools" / "bench_latency.py"})
+        "backbone.tflite": bundle / "backbone.tflite", "timing.py": envs.REPO / "bench" / "timing.py"})
     stacks = {"ai_edge_litert": ("litert", {}), "tflite_runtime": ("tflite", {}),
               "tflite_runtime_builtin": ("tflite", {"METALITE_XNNPACK": "0"})}
     workers = {}
     try:
         for label, (kind, extra) in stacks.items():
             py, env = _python(arm64, kind)
-            cmd = arm64["runner"]([py, f"{inside}/bench_latency.py", "--serve", "--backend", STACKS[kind][0]],
+            cmd = arm64["runner"]([py, f"{inside}/timing.py", "--serve", "--backend", STACKS[kind][0]],
                                   {**env, **extra})
             workers[label] = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                               stderr=subprocess.DEVNULL, text=True)
-        got = bench_latency.interleaved(workers, {"int8": f"{inside}/backbone.tflite"}, [(1, 1)], rounds=3,
+        got = timing.interleaved(workers, {"int8": f"{inside}/backbone.tflite"}, [(1, 1)], rounds=3,
                                         calls=10, warmup=2)
     finally:
         for w in workers.values():

@@ -1,8 +1,9 @@
 """Read a .tflite flatbuffer into Python objects: ops, tensors, constant buffers.
 
-Uses the schema module that ships inside TensorFlow, loaded from its file so that TensorFlow itself is
-not imported (inspecting a bundle takes milliseconds, not the seconds a TF import costs); only the
-``flatbuffers`` package is needed at run time.
+Uses the generated TFLite schema module an installed package ships: ai-edge-litert's (so a device with the
+recommended interpreter inspects bundles without TensorFlow), else TensorFlow's. It is loaded from its file,
+so neither package is imported (inspecting a bundle takes milliseconds, not the seconds a TF import costs);
+only the ``flatbuffers`` package, a dependency of both, is needed at run time. tflite-runtime ships no schema.
 """
 from __future__ import annotations
 
@@ -21,17 +22,37 @@ _NUMPY_TYPES = {"FLOAT32": np.float32, "FLOAT16": np.float16, "INT32": np.int32,
                 "INT64": np.int64, "INT16": np.int16, "INT8": np.int8, "FLOAT64": np.float64, "UINT32": np.uint32}
 
 
+# Where each package keeps the generated schema module, in the order they are tried.
+SCHEMA_FILES = {"ai_edge_litert": ("schema_py_generated.py",),
+                "tensorflow": ("lite", "python", "schema_py_generated.py")}
+
+
+def schema_file(package: str) -> str | None:
+    """Path of ``package``'s generated TFLite schema module, or None when the package or the file is absent."""
+    try:
+        spec = importlib.util.find_spec(package)  # locates the package without importing it
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for root in spec.submodule_search_locations:
+        path = os.path.join(root, *SCHEMA_FILES[package])
+        if os.path.isfile(path):
+            return path
+    return None
+
+
 @lru_cache(maxsize=1)
 def schema():
-    """The generated TFLite schema module (``tensorflow/lite/python/schema_py_generated.py``)."""
-    spec = importlib.util.find_spec("tensorflow")  # locates the package without importing it
-    if spec is None or not spec.submodule_search_locations:
-        raise MissingExtraError("tensorflow", "train")
-    path = os.path.join(list(spec.submodule_search_locations)[0], "lite", "python", "schema_py_generated.py")
-    mspec = importlib.util.spec_from_file_location("_metalite_tflite_schema", path)
-    mod = importlib.util.module_from_spec(mspec)
-    mspec.loader.exec_module(mod)
-    return mod
+    """The generated TFLite schema module of the first package in ``SCHEMA_FILES`` that ships one."""
+    for package in SCHEMA_FILES:
+        path = schema_file(package)
+        if path is not None:
+            mspec = importlib.util.spec_from_file_location(f"_metalite_tflite_schema_{package}", path)
+            mod = importlib.util.module_from_spec(mspec)
+            mspec.loader.exec_module(mod)
+            return mod
+    raise MissingExtraError("ai-edge-litert", "litert")
 
 
 def _enum_names(cls) -> dict:

@@ -6,7 +6,7 @@
 Time: ``FewShotClassifier(bundle, num_threads=1, cache_size=0).embed(image)`` on one 64 px RGB image (so
 preprocessing and every shifted copy of test-time averaging are included), rounds interleaved over the
 bundles; the median per call of each round, then the median over rounds. Peak RSS:
-``metalite.tools.bench_memory.memory_section`` (a child process importing only ``metalite.runtime``).
+``metalite.bench.memory.memory_section`` (a child process importing only ``metalite.runtime``).
 Prints JSON, with the load average before and after and the CPU model.
 """
 from __future__ import annotations
@@ -65,7 +65,7 @@ def main(argv=None) -> int:
                              "ms_per_image_median": 1000 * statistics.median(rounds[b]),
                              "ms_per_image_rounds": [round(1000 * r, 4) for r in rounds[b]]}
     if not args.no_memory:
-        from metalite.tools.bench_memory import memory_section
+        from metalite.bench.memory import memory_section
 
         with tempfile.TemporaryDirectory() as tmp:
             for b in clfs:

@@ -9,7 +9,7 @@ uint8 image at the model's size (so no resampling), also with shift averaging (`
 shifted copies in one invoke). Times are this thread's CPU time per call (``time.thread_time``: the
 interpreter runs in the calling thread, and a busy machine's preemptions are left out). The ratios (embed /
 invoke, tta 8 / tta 0) are taken within each round, then the median over rounds. Prints Markdown naming the
-processor (``tools/bench_machine.py``) and the load average.
+processor (``bench/machine.py``) and the load average.
 """
 from __future__ import annotations
 
@@ -84,8 +84,7 @@ def main(argv=None) -> int:
     ap.add_argument("--calls", type=int, default=500)
     ap.add_argument("--json", type=Path, help="also write the figures here")
     a = ap.parse_args(argv)
-    sys.path.insert(0, str(REPO / "tools"))
-    from bench_machine import machine_info, processor_text
+    from metalite.bench.machine import machine_info, processor_text
 
     load0 = os.getloadavg()
     res = {str(b): measure(b, a.rounds, a.calls) for b in a.bundles}

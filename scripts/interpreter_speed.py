@@ -3,7 +3,7 @@
     python scripts/interpreter_speed.py models/omniglot --float-model /tmp/float.tflite \
         [--worker "LABEL=PYTHON:BACKEND[:ENV=VALUE,...]" ...] [--rounds 7 --calls 100]
 
-Each worker is a ``tools/bench_latency.py --serve`` process in its own environment, opening models through
+Each worker is a ``bench/timing.py --serve`` process in its own environment, opening models through
 the repo's current ``metalite.runtime`` (so tflite-runtime gets the int8 XNNPACK delegate as on a device;
 ``METALITE_XNNPACK=0`` in its ENV shows the interpreter's defaults). Without ``--worker``: the runtime-only
 venvs of device_tests (tflite-runtime 2.14 + numpy<2, ai-edge-litert + numpy 2), the former also with its
@@ -24,10 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
+from metalite.bench import timing
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tools"))
 sys.path.insert(0, str(REPO / "device_tests"))
-import bench_latency  # noqa: E402
 
 
 def make_float_model(bundle: Path, out: Path) -> None:
@@ -51,7 +51,7 @@ def start(spec: str, site: Path):
     label, _, rest = spec.partition("=")
     python, backend, *env = rest.split(":")
     extra = dict(kv.split("=", 1) for e in env for kv in e.split(",") if kv)
-    proc = subprocess.Popen([python, str(REPO / "tools" / "bench_latency.py"), "--serve", "--backend", backend],
+    proc = subprocess.Popen([python, str(REPO / "bench" / "timing.py"), "--serve", "--backend", backend],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
                             env=dict(os.environ, PYTHONPATH=str(site), PYTHONNOUSERSITE="1", **extra), cwd=str(site))
     return label, proc
@@ -76,7 +76,7 @@ def main(argv=None) -> int:
         workers = dict(start(w, site) for w in (a.worker or default_workers()))
         load = [open("/proc/loadavg").read().split()[0]]
         try:
-            got = bench_latency.interleaved(workers, models, [(1, 1)], a.rounds, a.calls, 10)
+            got = timing.interleaved(workers, models, [(1, 1)], a.rounds, a.calls, 10)
         finally:
             for p in workers.values():
                 p.stdin.close()

@@ -66,8 +66,7 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     if not shutil.which("valgrind") or not shutil.which("callgrind_annotate"):
         raise SystemExit("valgrind not found: apt-get install valgrind")
-    sys.path.insert(0, str(REPO / "tools"))
-    from bench_machine import machine_info, processor_text
+    from metalite.bench.machine import machine_info, processor_text
 
     print(f"Instructions per invoke (callgrind, inside {TOGGLE}, {a.invokes} invokes, batch 1, 1 thread), "
           f"host {processor_text(machine_info())}; valgrind exposes at most AVX2 to the program.\n")

@@ -11,7 +11,7 @@ comparison, with the interpreter's built-in kernels (no delegate); the full mode
 shared machine's preemptions do not inflate. Rounds interleave every model of every bundle in a shuffled order; the
 table gives medians over rounds of the per-call time, the increment each op adds, and its
 multiply-accumulates. An op's increment near zero with many MACs, or a large one with few, is what this
-is for. Prints Markdown with the processor line of ``tools/bench_machine.py`` and the load average.
+is for. Prints Markdown with the processor line of ``bench/machine.py`` and the load average.
 """
 from __future__ import annotations
 
@@ -130,8 +130,7 @@ def main(argv=None) -> int:
     ap.add_argument("--calls", type=int, default=300)
     ap.add_argument("--json", type=Path, help="also write the figures here")
     a = ap.parse_args(argv)
-    sys.path.insert(0, str(REPO / "tools"))
-    from bench_machine import machine_info, processor_text
+    from metalite.bench.machine import machine_info, processor_text
 
     with tempfile.TemporaryDirectory() as td:
         models, meta = {}, {}

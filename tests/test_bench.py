@@ -212,7 +212,7 @@ def test_bench_adaptation_compares_every_method(report):
 
 # ----------------------------------------------------------------------------- ODT model
 def test_odt_train_signature_reduces_loss_and_matches_numpy():
-    from metalite.tools.bench_adapt import ODTRunner, build_odt_model
+    from metalite.bench.odt import ODTRunner, build_odt_model
 
     rng = np.random.default_rng(0)
     d, ways, shots = 12, 5, 4
@@ -235,7 +235,7 @@ def test_odt_train_signature_reduces_loss_and_matches_numpy():
 
 def test_odt_model_needs_no_flex_ops():
     from metalite.export.flatbuf import read_model
-    from metalite.tools.bench_adapt import build_odt_model
+    from metalite.bench.odt import build_odt_model
 
     spec = headlib.HeadSpec([], [], {"steps": 0, "lr": 0.1, "scale": 1.0, "adapt": "head"})
     ops = {op.name for op in read_model(build_odt_model(spec, 8, 3), "odt").ops}
@@ -262,7 +262,7 @@ def _fake_report():
 
 
 def test_readme_section_writes_only_between_markers(tmp_path):
-    from metalite.tools.readme_bench import END, START, main, update_readme
+    from metalite.bench.readme import END, START, main, update_readme
 
     before, after = "# Title\n\nintro ✓ text\n\n", "\n\n## Later\nkeep me\n"
     readme = tmp_path / "README.md"
@@ -287,7 +287,7 @@ def test_readme_section_writes_only_between_markers(tmp_path):
 
 
 def test_bench_quick_on_the_shipped_omniglot_bundle(tmp_path):
-    """The CI check of issue 6: the shipped bundle benchmarks end to end, on the Omniglot fixture of
+    """The shipped bundle benchmarks end to end (CI runs it), on the Omniglot fixture of
     tests/data/omniglot (its held-out split is the fixture's own: Greek, one of the bundle's training alphabets)."""
     from click.testing import CliRunner
 
@@ -307,8 +307,8 @@ def test_bench_quick_on_the_shipped_omniglot_bundle(tmp_path):
 
 # ----------------------------------------------------------------------------- timing machinery
 def test_interleave_rotates_the_order_and_ratios_are_within_rounds():
-    from metalite.tools.bench_latency import interleave_calls, summarize_rounds
-    from metalite.tools.bench_latency_section import ratio_stats
+    from metalite.bench.timing import interleave_calls, summarize_rounds
+    from metalite.bench.latency import ratio_stats
 
     order = []
     fns = {n: (lambda n=n: order.append(n)) for n in "ABC"}
@@ -325,7 +325,7 @@ def test_interleave_rotates_the_order_and_ratios_are_within_rounds():
 
 
 def test_load_report_warns_only_when_others_use_the_cpu():
-    from metalite.tools.bench_machine import LoadWatch, load_report
+    from metalite.bench.machine import LoadWatch, load_report
 
     busy = load_report([3.0, 2.5, 2.0], [3.2, 2.6, 2.0], 1.5, 10.0)
     assert busy["busy"] and "1.5 of" in busy["warning"] and "3.00/2.50/2.00" in busy["warning"]
@@ -339,7 +339,7 @@ def test_load_report_warns_only_when_others_use_the_cpu():
 
 def test_macs_of_a_tflite_model_match_the_keras_count():
     from metalite.export.tflite import convert_float
-    from metalite.tools.bench_cost import gmacs_per_s, keras_macs, tflite_macs
+    from metalite.bench.cost import gmacs_per_s, keras_macs, tflite_macs
     from metalite.training.models import build_backbone
 
     m = build_backbone({"kind": "conv4", "filters": 8, "embedding_dim": 4}, (28, 28, 1))
@@ -351,7 +351,7 @@ def test_macs_of_a_tflite_model_match_the_keras_count():
 def test_variants_are_named_for_what_they_are(tmp_path):
     from metalite.export.tfcompat import tf
     from metalite.export.tflite import convert_float
-    from metalite.tools.bench_variants import compression_of, describe, fake_quant_ops, is_compressed
+    from metalite.bench.variants import compression_of, describe, fake_quant_ops, is_compressed
     from metalite.training.models import build_backbone
 
     # a graph with QUANTIZE/DEQUANTIZE ops in it is not a float model, whatever its file name says
@@ -377,7 +377,7 @@ def test_workers_time_relative_paths_and_report_a_model_they_cannot_open(tmp_pat
     interpreter cannot open is reported for that model alone instead of killing the run."""
     import sys
 
-    from metalite.tools.bench_latency_section import run_interleaved
+    from metalite.bench.latency import run_interleaved
 
     monkeypatch.chdir(Path(__file__).resolve().parents[1])
     bad = tmp_path / "not_a_model.tflite"
@@ -395,7 +395,7 @@ def test_workers_get_an_absolute_runtime_site_from_a_relative_work_dir(tmp_path,
     from the directory they run in (a relative one made tflite-runtime import the wrong code and fail)."""
     import sys
 
-    from metalite.tools import bench_latency_section as sec
+    from metalite.bench import latency as sec
 
     seen = []
     real = sec.serve_worker

@@ -209,7 +209,7 @@ def test_structured_pruning_composes_with_sparsity_pqat_and_int8(env, tmp_path):
     writes the thin float twin."""
     from metalite.export.flatbuf import read_model
     from metalite.export.tflite import convert_int8
-    from metalite.tools.bench_cost import keras_macs, tflite_macs
+    from metalite.bench.cost import keras_macs, tflite_macs
     from metalite.tools.cli import main
     from metalite.training.compress import compress
     from metalite.training.datasets import load_data

@@ -220,7 +220,7 @@ def test_folder_counts_agree_with_the_loaded_splits(tmp_path):
 
 
 def test_bench_report_names_the_training_data_and_says_held_out_only_when_it_is():
-    from metalite.tools.bench_markdown import markdown
+    from metalite.bench.report import markdown
 
     report = json.loads((REPO / "benchmarks" / "reference" / "report.json").read_text())
     report["bundle"]["training"]["data"] = "omniglot:images_background_small1.zip"

@@ -3,8 +3,8 @@
 - no import cycle between files, and none between folders;
 - layers: ``common`` imports no other folder, ``runtime`` only ``common``, ``export`` only ``runtime``,
   ``training`` only ``export`` and ``runtime``, ``fleet`` only ``runtime`` (each of them ``common`` too);
-  ``pipelines`` composes all of those, and ``tools`` (the CLI) sits on top of everything (docs/DESIGN.md,
-  "Layout and layers");
+  ``pipelines`` composes all of those, ``bench`` measures them, and ``tools`` (the CLI) sits on top of
+  everything (docs/DESIGN.md, "Layout and layers");
 - product code never reaches test code (``tests/``, ``device_tests/``), by import or by file path;
 - no private helper (``_name``) is imported from another folder.
 Imports inside functions count as much as those at the top of a file.
@@ -23,7 +23,8 @@ ROOT = Path(__file__).resolve().parents[1]
 LAYERS = {"common": set(), "runtime": {"common"}, "export": {"common", "runtime"},
           "training": {"common", "export", "runtime"}, "fleet": {"common", "runtime"},
           "pipelines": {"common", "runtime", "export", "training", "fleet"},
-          "tools": {"common", "runtime", "export", "training", "fleet", "pipelines"}}
+          "bench": {"common", "runtime", "export", "training", "fleet"},
+          "tools": {"common", "runtime", "export", "training", "fleet", "pipelines", "bench"}}
 TEST_FOLDERS = ("tests", "device_tests")
 
 

@@ -42,7 +42,7 @@ def test_wheel_install_imports_its_own_runtime_from_the_repo_root(tmp_path):
     _run([py, "-m", "pip", "install", "-q", "--no-deps", "--no-index", wheel])
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     site = tmp_path / "venv" / "lib" / f"python{sys.version_info[0]}.{sys.version_info[1]}" / "site-packages"
-    code = ("import metalite.runtime, metalite.tools.cli, metalite.tools.runtime_env as e, sys\n"
+    code = ("import metalite.runtime, metalite.tools.cli, metalite.bench.runtime_env as e, sys\n"
             "print(metalite.runtime.__file__)\n"
             f"print(e.runtime_site({str(tmp_path)!r}))\n")
     out = _run([py, "-c", code], cwd=ROOT, env=env).splitlines()  # Python puts the cwd, the repo root, first
@@ -75,8 +75,8 @@ def test_the_wheel_holds_the_packages_and_nothing_else_with_the_right_metadata(t
     info = f"metalite-{__version__}.dist-info/"
     code = [n for n in files if not n.startswith(info)]
     folders = package_folders(ROOT)
-    assert sorted({n.split("/")[1] for n in code}) == folders == ["common", "export", "fleet", "pipelines", "runtime",
-                                                                 "tools", "training"]
+    assert sorted({n.split("/")[1] for n in code}) == folders == ["bench", "common", "export", "fleet", "pipelines",
+                                                                 "runtime", "tools", "training"]
     assert all(n.startswith("metalite/") for n in code) and "metalite/__init__.py" not in files  # a namespace
     assert [n for n in code if not n.endswith(".py")] == ["metalite/runtime/webui/page.html",
                                                           "metalite/tools/device_install.sh"]
@@ -184,7 +184,7 @@ def test_the_git_url_line_installs_the_committed_package(tmp_path):
 def test_the_one_venv_builder_marks_only_finished_venvs(tmp_path):
     """``build_venv`` (``metalite bench``'s tflite-runtime venv and the device tests' venvs): a built venv runs
     and has its marker; a failed pip leaves nothing half-built behind and says why in one line."""
-    from metalite.tools.runtime_env import COMPLETE, VenvError, build_venv
+    from metalite.bench.runtime_env import COMPLETE, VenvError, build_venv
 
     said = []
     py = build_venv(tmp_path / "ok", [], say=said.append, marker="recipe")

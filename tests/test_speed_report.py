@@ -1,9 +1,9 @@
-"""Speed reports name the processor (issue 24): model, vendor, ISA features, interpreter and delegate."""
+"""Speed reports name the processor they were taken on: model, vendor, ISA features, interpreter and delegate."""
 from __future__ import annotations
 
 import json
 
-from metalite.tools.bench_machine import machine_info, processor, processor_text
+from metalite.bench.machine import machine_info, processor, processor_text
 
 XEON = ("processor\t: 0\nvendor_id\t: GenuineIntel\nmodel name\t: Intel(R) Xeon(R) Platinum 8481C CPU @ 2.70GHz\n"
         "flags\t\t: fpu sse4_1 sse4_2 avx avx2 fma avx512f avx512bw avx512vl avx512_vnni amx_int8\n\n"
@@ -45,8 +45,8 @@ def test_machine_info_names_this_processor_and_the_interpreter_stack():
 
 
 def test_readme_bench_line_and_report_name_the_processor():
-    from metalite.tools.bench_markdown import machine_lines
-    from metalite.tools.readme_bench import readme_section
+    from metalite.bench.machine import machine_lines
+    from metalite.bench.readme import readme_section
 
     m = {"cpu": "x", "processor": processor(XEON), "cores": 2, "python": "3.11",
          "interpreter_stack": {"name": "ai_edge_litert", "version": "2.3.0", "cpu_delegate": "XNNPACK, int8 path: d"}}

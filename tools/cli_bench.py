@@ -43,7 +43,7 @@ def bench_cmd(bundle, out, quick, models, pareto, data, readme):
     from pathlib import Path
 
     if readme:
-        from .readme_bench import update_readme
+        from metalite.bench.readme import update_readme
 
         src = Path(bundle)
         report = src / "report.json" if src.is_dir() else src
@@ -54,7 +54,7 @@ def bench_cmd(bundle, out, quick, models, pareto, data, readme):
         click.echo(f"{readme}: {'updated' if changed else 'up to date'}")
         return
 
-    from .bench import run_bench
+    from metalite.bench.run import run_bench
 
     report = run_bench(bundle, out, quick=quick, model_dirs=models, data_spec=data, pareto=pareto)
     h = report["headline"]

@@ -5,125 +5,29 @@ embedding the support images and fitting the head, and the accuracy on the episo
 next to it:
 
 - ``metalite``: the runtime (``FewShotClassifier`` on the bundle's int8 backbone, ``runtime.head.adapt``).
-- ``tflite_odt``: a TFLite model with on-device-training signatures (``init``/``train``/``infer``, as in
-  the LiteRT on-device training guide) that trains the same classifier on top of the same (frozen) hidden
-  layers. The ``train`` step is written with explicit gradients (softmax - one-hot, matmuls, resource
-  variables), so it converts with TFLITE_BUILTINS only (no Flex delegate needed).
+- ``tflite_odt``: a TFLite model with on-device-training signatures (``odt``) that trains the same classifier
+  on top of the same (frozen) hidden layers.
 - ``keras_finetune``: the same classifier in TF Keras (``model.fit``), prototype init, float Keras embeddings.
 - ``pycoral_sgd``: softmax regression on the raw embeddings from random init, SGD as pycoral's on-device
   backprop recipe (batch 100 sampled with replacement, 500 iterations, lr 0.01, weights ~ N(0, 0.01^2)).
 """
 from __future__ import annotations
 
-import tempfile
+import textwrap
 import time
 
 import numpy as np
 
 from metalite.runtime import head as headlib
 
+from .fields import f, get, ratio
+from .odt import ODTRunner, build_odt_model
+from .plots import save
+
+METHODS = {"metalite": "metalite runtime", "tflite_odt": "TFLite on-device training",
+           "keras_finetune": "Keras fine-tuning", "pycoral_sgd": "pycoral-style SGD"}
 PYCORAL = {"batch_size": 100, "iterations": 500, "lr": 0.01, "weight_scale": 0.01, "reg": 0.0}
 DEFAULT_FINETUNE = {"steps": 50}
-
-
-# ----------------------------------------------------------------------------- TFLite on-device training
-def _odt_module(spec: headlib.HeadSpec, embedding_dim: int, n_classes: int):
-    """The tf.Module behind ``build_odt_model``: frozen hidden layers, a trainable classifier ``w``, ``b``."""
-    from metalite.export.tfcompat import tf
-
-    scale = float(spec.adaptation.get("scale", 1.0))
-    hidden = [(tf.constant(w), tf.constant(b), a) for (w, b), a in zip(spec.weights, spec.activations)]
-    d_h = int(spec.weights[-1][0].shape[1]) if spec.weights else int(embedding_dim)
-    C = int(n_classes)
-    x_spec = tf.TensorSpec([None, int(embedding_dim)], tf.float32, name="x")
-    y_spec = tf.TensorSpec([None, C], tf.float32, name="y")
-
-    class ODTHead(tf.Module):
-        def __init__(self):
-            super().__init__()
-            self.w = tf.Variable(tf.zeros([d_h, C]), name="w")
-            self.b = tf.Variable(tf.zeros([C]), name="b")
-
-        def _hidden(self, x):
-            for w, b, a in hidden:
-                x = tf.matmul(x, w) + b
-                if a == "relu":
-                    x = tf.nn.relu(x)
-            return x
-
-        def _loss(self, logits, y):
-            z = logits - tf.reduce_max(logits, axis=1, keepdims=True)
-            logp = z - tf.math.log(tf.reduce_sum(tf.exp(z), axis=1, keepdims=True))
-            return -tf.reduce_mean(tf.reduce_sum(y * logp, axis=1)), tf.exp(logp)
-
-        @tf.function(input_signature=[x_spec, y_spec])
-        def init(self, x, y):
-            h = self._hidden(x)
-            protos = tf.matmul(y, h, transpose_a=True) / tf.reshape(tf.reduce_sum(y, axis=0), [C, 1])
-            self.w.assign(2.0 * scale * tf.transpose(protos))
-            self.b.assign(-scale * tf.reduce_sum(protos * protos, axis=1))
-            loss, _ = self._loss(tf.matmul(h, self.w) + self.b, y)
-            return {"loss": loss}
-
-        @tf.function(input_signature=[x_spec, y_spec, tf.TensorSpec([], tf.float32, name="lr")])
-        def train(self, x, y, lr):
-            h = self._hidden(x)
-            loss, p = self._loss(tf.matmul(h, self.w) + self.b, y)
-            g = (p - y) / tf.cast(tf.shape(x)[0], tf.float32)  # d mean-CE / d logits
-            self.w.assign_sub(lr * tf.matmul(h, g, transpose_a=True))
-            self.b.assign_sub(lr * tf.reduce_sum(g, axis=0))
-            return {"loss": loss}
-
-        @tf.function(input_signature=[x_spec])
-        def infer(self, x):
-            return {"logits": tf.matmul(self._hidden(x), self.w) + self.b}
-
-    return ODTHead()
-
-
-def build_odt_model(spec: headlib.HeadSpec, embedding_dim: int, n_classes: int) -> bytes:
-    """TFLite bytes with signatures ``init(x, y)``, ``train(x, y, lr)`` -> loss, ``infer(x)`` -> logits.
-
-    ``x``: (N, embedding_dim) float32 backbone embeddings; ``y``: (N, n_classes) one-hot. The head's
-    hidden layers are frozen constants; the classifier (resource variables ``w``, ``b``) is what trains.
-    ``init`` sets the classifier to the prototype classifier (as ``runtime.head.adapt`` does); ``train`` is
-    one full-batch gradient-descent step on the mean softmax cross-entropy and returns the loss before it.
-    """
-    from metalite.export.tfcompat import tf
-
-    m = _odt_module(spec, embedding_dim, n_classes)
-    with tempfile.TemporaryDirectory(prefix="metalite-odt-") as d:
-        sigs = {"init": m.init.get_concrete_function(), "train": m.train.get_concrete_function(),
-                "infer": m.infer.get_concrete_function()}
-        tf.saved_model.save(m, d, signatures=sigs)
-        conv = tf.lite.TFLiteConverter.from_saved_model(d, signature_keys=list(sigs))
-        conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-        conv.experimental_enable_resource_variables = True
-        return conv.convert()
-
-
-class ODTRunner:
-    """The ODT model in a TFLite interpreter: ``init``/``train``/``infer`` signature runners."""
-
-    def __init__(self, model: bytes, backend: str | None = None):
-        from metalite.runtime.interpreter import get_backend
-
-        be = get_backend(backend)
-        self.backend = be.name
-        self.interpreter = be.Interpreter(model_content=model)
-        self._init = self.interpreter.get_signature_runner("init")
-        self._train = self.interpreter.get_signature_runner("train")
-        self._infer = self.interpreter.get_signature_runner("infer")
-
-    def init(self, x, y) -> float:
-        return float(self._init(x=np.asarray(x, np.float32), y=np.asarray(y, np.float32))["loss"])
-
-    def train(self, x, y, lr: float) -> float:
-        return float(self._train(x=np.asarray(x, np.float32), y=np.asarray(y, np.float32),
-                                 lr=np.asarray(lr, np.float32))["loss"])
-
-    def infer(self, x) -> np.ndarray:
-        return np.asarray(self._infer(x=np.asarray(x, np.float32))["logits"])
 
 
 # ----------------------------------------------------------------------------- pycoral-style softmax regression
@@ -323,3 +227,93 @@ def _keras_task(backbone, spec, s_img, ys, q_img, yq, ways, steps, lr, T, A):
     T["keras_finetune"]["head"].append(time.perf_counter() - t)
     logits = model(emb_of(q_img), training=False).numpy()
     A["keras_finetune"].append(float(np.mean(logits.argmax(1) == yq)))
+
+
+# ----------------------------------------------------------------------------- headline, report.md, plot, README rows
+def adaptation_headline(h, report) -> None:
+    """The headline's time of each other method as a multiple of metalite's, per task setting."""
+    for key, res in (get(report, "adaptation", "settings") or {}).items():
+        me = get(res, "metalite", "total_ms")
+        for m in ("tflite_odt", "keras_finetune", "pycoral_sgd"):
+            h[f"adapt_{key}_{m}_over_metalite"] = ratio(get(res, m, "total_ms"), me)
+        h[f"adapt_{key}_metalite_ms"] = me
+
+
+def adaptation_headline_lines(report, h) -> list:
+    """The headline's lines on learning a task: the other methods' time as a multiple of metalite's."""
+    L = []
+    for key in (get(report, "adaptation", "settings") or {}):
+        parts = [f"{METHODS[m]} {h[f'adapt_{key}_{m}_over_metalite']:.1f}× its time"
+                 for m in ("tflite_odt", "keras_finetune", "pycoral_sgd")
+                 if h.get(f"adapt_{key}_{m}_over_metalite") is not None]
+        if parts:
+            L.append(f"- Learning a {key} task: metalite {h[f'adapt_{key}_metalite_ms']:.1f} ms; " + ", ".join(parts)
+                     + " (accuracies in the adaptation table).")
+    return L
+
+
+def adaptation_lines(report, plot_files) -> list:
+    ad = report.get("adaptation", {})
+    fits = ", ".join(k + " " + f(r.get("metalite", {}).get("fit_ms"), "{:.1f}") + " ms"
+                     for k, r in (ad.get("settings") or {}).items() if "skipped" not in r)
+    L = ["## adaptation", "",
+         f"{ad.get('tasks_per_setting')} tasks per setting ({ad.get('shots')}-shot, {ad.get('queries')} queries per "
+         f"class), {ad.get('threads')} interpreter threads; medians of wall time in ms, accuracy on the tasks' "
+         f"queries; every part timed warm (after one untimed embedding of the task's support set). total = "
+         f"embedding + head fitting per task (median of the sums); metalite's end-to-end "
+         f"FewShotClassifier.fit (with preprocessing) median: {fits}. Runtime load (open + verify bundle, create "
+         f"interpreter): {f(ad.get('runtime_load_ms'), '{:.1f}')} ms.", ""]
+    L += [f"- **{METHODS[m]}**: {how}" for m, how in (ad.get("methods") or {}).items()]
+    L += [f"- note: {n}" for n in ad.get("notes") or []]
+    L += ["", "| task | method | embedding ms | head fitting ms | total ms | accuracy |", "|---|---|---|---|---|---|"]
+    for key, res in (ad.get("settings") or {}).items():
+        if "skipped" in res:
+            L.append(f"| {key} | | skipped: {res['skipped']} | | | |")
+            continue
+        for m, r in res.items():
+            if "skipped" in r:
+                L.append(f"| {key} | {METHODS[m]} | skipped: {r['skipped']} | | | |")
+            else:
+                L.append(f"| {key} | {METHODS[m]} | {f(r.get('embed_ms'), '{:.1f}')} | {f(r.get('head_ms'))} "
+                         f"| {f(r.get('total_ms'), '{:.1f}')} | {r['accuracy']:.3f} ± {r['accuracy_ci95']:.3f} |")
+        odt = res.get("tflite_odt", {})
+        if "loss_first" in odt:
+            L.append(f"| {key} | (ODT loss over {odt['steps']} train calls) | | | | {odt['loss_first']:.3f} → "
+                     f"{odt['loss_last']:.3f} |")
+    return L + ([f"\n![adaptation]({plot_files['adaptation']})"] if "adaptation" in plot_files else [])
+
+
+def adaptation_plot(plt, report, path) -> bool:
+    settings = get(report, "adaptation", "settings") or {}
+    keys = [k for k, r in settings.items() if "skipped" not in r]
+    if not keys:
+        return False
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.6 * len(keys), 3.6), squeeze=False)
+    parts = (("embed_ms", "embedding"), ("head_ms", "head fitting"), ("total_ms", "total"))
+    for ax, key in zip(axes[0], keys):
+        ms = [m for m in METHODS if "total_ms" in settings[key].get(m, {})]
+        for i, (field, name) in enumerate(parts):
+            ax.bar([j + (i - 1) * 0.27 for j in range(len(ms))], [settings[key][m].get(field) or 0 for m in ms],
+                   0.27, label=name)
+        names = [textwrap.fill(METHODS[m], 14) + f"\nacc {settings[key][m]['accuracy']:.2f}" for m in ms]
+        ax.set_xticks(range(len(ms)), names, fontsize=6)
+        ax.set_ylabel("ms per task (median), log scale")
+        ax.set_yscale("log")
+        ax.set_title(f"Learning a {key} task: embedding, head fitting, total", fontsize=8)
+        ax.legend(fontsize=6)
+    save(plt, fig, path)
+    return True
+
+
+def adaptation_readme_rows(report) -> list:
+    """The README's rows on learning a task, one per other method."""
+    rows = []
+    for key, res in (get(report, "adaptation", "settings") or {}).items():
+        me = res.get("metalite", {})
+        for m in ("tflite_odt", "keras_finetune", "pycoral_sgd"):
+            o = res.get(m, {})
+            if me.get("total_ms") and "total_ms" in o:
+                rows.append((f"Learn a {key} task vs {METHODS[m]}", f"{me['total_ms']:.1f} ms, acc {me['accuracy']:.2f}",
+                             f"{o['total_ms']:.1f} ms, acc {o['accuracy']:.2f}",
+                             f"{o['total_ms'] / me['total_ms']:.1f}× faster"))
+    return rows

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .fields import get
+
 # Other processes using more than this many cores on average (or, without /proc/stat, a 1-minute load
 # average above it before timing) marks the machine busy.
 BUSY_CORES = 0.25
@@ -182,11 +184,49 @@ def load_report(before, after, others_cores, seconds) -> dict:
     if busy:
         used = (f"other processes used {others_cores:.1f} of {cores} cores on average"
                 if others_cores is not None else f"1-minute load average {before[0]:.1f} before timing")
-        rec["warning"] = (f"the machine was busy while timing ({used}; load average {_fmt(before)} before, "
-                          f"{_fmt(after)} after): absolute times are inflated, ratios within a round are the "
+        rec["warning"] = (f"the machine was busy while timing ({used}; load average {loadavg_text(before)} before, "
+                          f"{loadavg_text(after)} after): absolute times are inflated, ratios within a round are the "
                           f"figures to trust")
     return rec
 
 
-def _fmt(la) -> str:
-    return "/".join(f"{v:.2f}" for v in la) if la else "n/a"
+
+# ----------------------------------------------------------------------------- report.md
+def loadavg_text(v) -> str:
+    """'0.12/0.30/0.41' of a load average triple, or 'n/a'."""
+    return "/".join(f"{x:.2f}" for x in v) if v else "n/a"
+
+
+def load_line(load) -> str:
+    """One line on how busy the machine was while timing."""
+    if not load:
+        return ""
+    others = load.get("other_processes_cores")
+    la = loadavg_text
+    return (f"Load average (1/5/15 min) {la(load.get('loadavg_before'))} before, {la(load.get('loadavg_after'))} after "
+            f"{load.get('seconds')} s of timing" + (f"; other processes used {others:.2f} of {load.get('cores')} cores "
+                                                    "on average meanwhile" if others is not None else "") + ".")
+
+
+def _library_text(d: dict) -> str:
+    """One threadpoolctl entry, naming only what it reports (an OpenMP runtime has no version or kernel)."""
+    words = [d.get("internal_api"), d.get("version"),
+             f"kernel {d['architecture']}" if d.get("architecture") else None]
+    threads = f", {d['num_threads']} threads" if d.get("num_threads") is not None else ""
+    return " ".join(str(w) for w in words if w) + threads
+
+
+def machine_lines(report) -> list:
+    m = report.get("machine", {})
+    blas = m.get("blas") or {}
+    libs = blas.get("libraries")
+    L = ["## machine", "",
+         f"{processor_text(m)}; {m.get('cores')} cores ({m.get('cores_available')} available), "
+         f"{m.get('os')}, Python {m.get('python')}.", "",
+         "Libraries: " + ", ".join(f"{k} {v}" for k, v in (m.get("libraries") or {}).items() if v) + ".", "",
+         "BLAS: " + ("; ".join(_library_text(d) for d in libs) if libs
+                     else f"{blas.get('note', '')} numpy build: {blas.get('numpy_build_blas')}")
+         + f". OPENBLAS_CORETYPE={blas.get('OPENBLAS_CORETYPE') or 'unset'}.", ""]
+    avail = get(report, "variants", "available") or {}
+    L.append("Variants: " + "; ".join(f"**{v['label']}** ({v['source']})" for v in avail.values()) + ".")
+    return L

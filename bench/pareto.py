@@ -15,14 +15,16 @@ from pathlib import Path
 
 import numpy as np
 
-from .bench_cost import tflite_macs
-from .bench_latency import summarize_rounds
-from .bench_latency_section import ratio_stats, run_interleaved
-from .bench_machine import LoadWatch
-from .bench_variants import compression_of, describe
+from .accuracy import split_phrase
+from .cost import tflite_macs
+from .fields import get
+from .timing import summarize_rounds
+from .latency import BACKEND, ratio_stats, run_interleaved
+from .machine import LoadWatch, load_line
+from .plots import save
+from .variants import compression_of, describe
 
-SPEEDUP_GOAL, ERROR_BUDGET = 2.0, 0.01  # issue 13: >= 2x faster at <= 1 pt more error
-BACKEND = "ai_edge_litert"
+SPEEDUP_GOAL, ERROR_BUDGET = 2.0, 0.01  # the goal: >= 2x faster per image at <= 1 pt more error
 
 
 def _runs(data, n: int, seed: int = 0) -> tuple:
@@ -137,3 +139,97 @@ def _front(points) -> dict:
                    and (q["error"] < p["error"] or q["b1_t1"]["median_ms"] < p["b1_t1"]["median_ms"]) for q in points)
     return {"optimal": [p["label"] for p in points if not dominated(p)],
             "meets_goal": [p["label"] for p in points if p["meets_goal"]]}
+
+
+# ----------------------------------------------------------------------------- headline, report.md, plot, README table
+def pareto_best(report) -> dict | None:
+    """The fastest Pareto bundle that meets the goal (else the one with the largest speed-up at the least
+    error cost, flagged ``meets_goal`` False): label, speed-up, paired error difference and its CI."""
+    points = (get(report, "pareto", "points") or [])[1:]  # the first is the reference itself
+    if not points:
+        return None
+    ok = [p for p in points if p.get("meets_goal")]
+    p = (max(ok, key=lambda q: q["b1_t1"]["speedup"]["median"]) if ok
+         else min(points, key=lambda q: q["error_diff"] / max(q["b1_t1"]["speedup"]["median"] - 1, 1e-3)))
+    return {"label": p["label"], "speedup_b1": p["b1_t1"]["speedup"]["median"], "error": p["error"],
+            "error_diff": p["error_diff"], "error_diff_ci95": p["error_diff_ci95"], "meets_goal": bool(p.get("meets_goal")),
+            "reference": get(report, "pareto", "reference"), "protocol": get(report, "pareto", "protocol"),
+            "runs": get(report, "pareto", "runs"), "kib": p["bytes"] / 1024}
+
+
+def pareto_headline_lines(h) -> list:
+    """The headline's structured-pruning line: the best Pareto bundle against the reference."""
+    L = []
+    best = h.get("pareto_best")
+    if best:
+        L.append(f"- Structured pruning ({best['protocol']} error through the runtime, {best['runs']} paired runs): "
+                 f"{best['label']} is {best['speedup_b1']:.2f}× faster per image than {best['reference']} "
+                 f"(batch 1, within rounds) at {100 * best['error_diff']:+.2f} ± {100 * best['error_diff_ci95']:.2f} pt "
+                 f"error ({100 * best['error']:.2f}%, {best['kib']:.1f} KiB); "
+                 + ("meets" if best["meets_goal"] else "no bundle meets") + " the goal (pareto section).")
+    return L
+
+
+def pareto_lines(report, plot_files) -> list:
+    par = report.get("pareto") or {}
+    if not par.get("points"):
+        return ["## pareto", "", par.get("skipped") or "not measured"]
+    L = ["## pareto", "",
+         f"{par['protocol']} error through the device runtime on the "
+         f"{split_phrase({**(report.get('accuracy') or {}), 'split': par['split']})} "
+         f"({par['runs']} runs, the same runs for every bundle); Δ = paired error difference to the reference "
+         f"({par['reference']}). Latency: every bundle's backbone interleaved ({par['interpreter']}, 1 thread); "
+         f"speed-up = median of the within-round ratios to the reference. Goal: {par['goal']}.", "",
+         load_line(par.get("load")), ""]
+    if get(par, "load", "warning"):
+        L += [f"> **Warning**: {par['load']['warning']}.", ""]
+    L += ["| bundle | widths | error | Δ error vs reference | ms/image b1 | speed-up b1 [quartiles] | ms/image b32 | "
+          "KiB | MMACs | meets goal |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for p in par["points"]:
+        s = p["b1_t1"]["speedup"]
+        L.append(f"| {p['label']} | {p.get('widths') or ''} | {100 * p['error']:.2f}% ± {100 * p['ci95']:.2f} | "
+                 f"{100 * p['error_diff']:+.2f} ± {100 * p['error_diff_ci95']:.2f} pt | {p['b1_t1']['median_ms']:.4f} | "
+                 f"{s['median']:.2f}× [{s['q1']:.2f}–{s['q3']:.2f}] | {p['b32_t1']['median_ms']:.4f} | "
+                 f"{p['bytes'] / 1024:.1f} | {p['macs'] / 1e6:.2f} | {'yes' if p['meets_goal'] else 'no'} |")
+    others = sorted({b for p in par["points"] for b in p.get("other_interpreters") or {}})
+    for b in others:
+        L += ["", f"The same backbones on {b} (1 thread, batch 1, interleaved in the same rounds): "
+              + "; ".join(f"{p['label']} {p['other_interpreters'][b]['b1_t1']['median_ms']:.4f} ms "
+                          f"({p['other_interpreters'][b]['b1_t1']['speedup']['median']:.2f}×)"
+                          for p in par["points"] if b in (p.get("other_interpreters") or {})) + "."]
+    return L + ([f"\n![pareto]({plot_files['pareto']})"] if "pareto" in plot_files else [])
+
+
+def pareto_plot(plt, report, path) -> bool:
+    par = report.get("pareto") or {}
+    pts = par.get("points") or []
+    if not pts:
+        return False
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+    for ax, (xf, xl) in zip(axes, ((lambda p: p["b1_t1"]["median_ms"], "ms per image (batch 1, 1 thread, median)"),
+                                   (lambda p: p["bytes"] / 1024, "backbone.tflite KiB"))):
+        xs, ys = [xf(p) for p in pts], [100 * p["error"] for p in pts]
+        ax.errorbar(xs, ys, yerr=[100 * p["ci95"] for p in pts], fmt="o-", capsize=3)
+        for x, y, p in zip(xs, ys, pts):
+            ax.annotate(p["label"], (x, y), textcoords="offset points", xytext=(4, 4), fontsize=6)
+        ax.set_xlabel(xl, fontsize=8)
+        what = "Lake-style 20-way 1-shot" if par.get("protocol") == "lake" else f"held-out {par.get('protocol')}"
+        ax.set_ylabel(f"{what} error % (95% CI)", fontsize=8)
+    fig.suptitle(f"Held-out error vs speed and size ({par.get('runs')} runs, int8 bundles)", fontsize=9)
+    save(plt, fig, path)
+    return True
+
+
+def pareto_readme_table(report) -> list:
+    par = report.get("pareto") or {}
+    if not par.get("points"):
+        return []
+    L = ["", f"Speed against accuracy ({par['protocol']} error through the runtime, {par['runs']} runs; speed-ups "
+             f"within interleaved rounds vs {par['reference']}):", "",
+         "| int8 bundle | conv widths | error | Δ error | ms/image (batch 1) | speed-up | KiB |",
+         "|---|---|---|---|---|---|---|"]
+    for p in par["points"]:
+        widths = "-".join(str(w) for w in p["widths"]) if p.get("widths") else "as trained"
+        L.append(f"| {p['label']} | {widths} | {100 * p['error']:.2f}% | {100 * p['error_diff']:+.2f} pt | "
+                 f"{p['b1_t1']['median_ms']:.4f} | {p['b1_t1']['speedup']['median']:.2f}× | {p['bytes'] / 1024:.1f} |")
+    return L

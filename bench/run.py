@@ -3,13 +3,12 @@
 ``run_bench(bundle, out, quick=..., model_dirs=[...], pareto=[...])`` writes ``report.json``, ``report.md``
 and PNG plots into ``out`` and returns the report dict. One module per section:
 
-- ``machine`` (``bench_machine``): CPU, libraries, BLAS; how busy the machine was while timing.
-- ``variants`` (``bench_variants``): the backbones compared, each named for what it is, or why missing.
-- ``accuracy`` (``bench_accuracy``), ``size`` (``bench_size``, with MACs per image), ``latency``
-  (``bench_latency_section``: interleaved rounds in ``bench_latency`` worker processes), ``pareto``
-  (``bench_pareto``: held-out error vs time and bytes over several bundles), ``adaptation``
-  (``bench_adapt``), ``memory`` (``bench_memory``).
-- ``headline`` (``bench_headline``), then ``bench_plots`` and ``bench_markdown`` write the files.
+- ``machine``: CPU, libraries, BLAS; how busy the machine was while timing.
+- ``variants``: the backbones compared, each named for what it is, or why missing.
+- ``accuracy``, ``size`` (with MACs per image), ``latency`` (interleaved rounds in ``timing`` worker
+  processes), ``pareto`` (held-out error vs time and bytes over several bundles), ``adaptation``
+  (``adapt``), ``memory``.
+- ``report``: the headline, then the plots and report.md from every section's writers.
 
 TensorFlow is imported only for what needs it (Keras variants, conversions, the ODT and Keras alternatives).
 """
@@ -25,14 +24,16 @@ import numpy as np
 from metalite.common.files import atomic_write_text
 from metalite.training.datasets import HELDOUT_SPLIT
 
-from . import bench_adapt, bench_headline, bench_markdown, bench_plots
-from .bench_accuracy import accuracy_section, is_heldout, load_heldout
-from .bench_latency_section import latency_section
-from .bench_machine import machine_info
-from .bench_memory import memory_section
-from .bench_pareto import pareto_section
-from .bench_size import size_section
-from .bench_variants import find_variants
+from .accuracy import accuracy_section, is_heldout, load_heldout
+from .adapt import run_adaptation
+from .latency import latency_section
+from .machine import machine_info
+from .memory import memory_section
+from .pareto import pareto_section
+from .report import headline, markdown
+from .report import plots as write_plots
+from .size import size_section
+from .variants import find_variants
 
 FULL = {"episodes": 600, "configs": [(5, 1), (5, 5), (20, 1), (20, 5)], "within": True, "warmup": 10,
         "rounds": 15, "calls": 20, "keras_rounds": 7, "keras_calls": 5, "adapt_tasks": 10, "pareto_runs": 1000,
@@ -84,7 +85,7 @@ def _measure(report, bundle, data, spec, variants, cfg, threads, seed, pareto, o
         report["pareto"] = {"skipped": "pass --pareto BUNDLE (repeatable) with other compressions of the same "
                                        "model to plot held-out error against time and size"}
     say("adaptation")
-    report["adaptation"] = bench_adapt.run_adaptation(
+    report["adaptation"] = run_adaptation(
         bundle.root, data, tasks=cfg["adapt_tasks"], threads=max(threads),
         keras_backbone=variants["float_keras"].keras if "float_keras" in variants else None, seed=seed, say=say)
     say("memory")
@@ -119,11 +120,11 @@ def run_bench(bundle_path, out, quick: bool = False, model_dirs=(), data_spec: s
     trained_on = (bundle.manifest.get("training") or {}).get("data")
     if report.get("accuracy"):
         report["accuracy"].update(training_data=trained_on, heldout=is_heldout(data_spec, trained_on))
-    report["headline"] = bench_headline.headline(report)
+    report["headline"] = headline(report)
     report["elapsed_s"] = time.perf_counter() - t_start
     atomic_write_text(out / "report.json", json.dumps(report, indent=2, default=_jsonable))
-    plots = bench_plots.plots(report, out)
-    atomic_write_text(out / "report.md", bench_markdown.markdown(report, plots))
+    plots = write_plots(report, out)
+    atomic_write_text(out / "report.md", markdown(report, plots))
     say(f"wrote {out / 'report.json'}, {out / 'report.md'} and {len(plots)} plots in {report['elapsed_s']:.0f} s")
     return report
 

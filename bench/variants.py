@@ -19,6 +19,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .fields import get
+
 ORDER = ("float_keras", "float_tflite", "pruned_float_tflite", "int8_tflite", "int8_pruned_tflite")
 # A bundle whose weights are at most this sparse, with no filters removed, counts as not pruned.
 PRUNED_SPARSITY = 0.05
@@ -151,3 +153,30 @@ def _explain_missing(found, missing, compressed, fake_quant, ffile) -> None:
                                           "pruned stage" + fq)
     if "int8_pruned_tflite" not in found:
         missing["int8_pruned_tflite"] = "bundle is not pruned (its backbone is the int8 TFLite variant)"
+
+
+# ----------------------------------------------------------------------------- names in the report
+VARIANT_NAMES = {"float_keras": "float Keras", "float_tflite": "float TFLite", "int8_tflite": "int8 TFLite, not pruned",
+                 "pruned_float_tflite": "pruned float TFLite", "int8_pruned_tflite": "int8 TFLite, pruned"}
+
+
+def shipped(report) -> str | None:
+    """The variant that is the bundle's own backbone.tflite."""
+    avail = get(report, "variants", "available") or {}
+    for k in ("int8_pruned_tflite", "int8_tflite"):
+        if k in avail and (avail[k].get("source") or "").startswith("bundle"):
+            return k
+    return None
+
+
+def label(report, key) -> str:
+    """A variant's name in the report: its label as measured, else its generic name (one not measured)."""
+    return get(report, "variants", "available", key, "label") or VARIANT_NAMES.get(key, key)
+
+
+def missing_lines(report) -> list:
+    """The headline's line listing the variants not measured, each with why."""
+    missing = get(report, "variants", "missing") or {}
+    if missing:
+        return ["- Not measured: " + "; ".join(f"{VARIANT_NAMES.get(k, k)} ({why})" for k, why in missing.items()) + "."]
+    return []

@@ -1,7 +1,7 @@
 """Measure the fleet on this machine: uploads per second, the time a device takes to switch bundles, the
 outbox's cost on ``predict``. Figures for docs/fleet.md; timing is reported, never asserted.
 
-    python -m metalite.tools.bench_fleet --out runs/fleet-bench      # about 2-3 minutes on 2 cores
+    python -m metalite.bench.fleet --out runs/fleet-bench      # about 2-3 minutes on 2 cores
 
 A real ``metalite serve`` subprocess on 127.0.0.1 and real bundles (models/glyphs and models/omniglot,
 alternately published, so every sync re-embeds the support set with a different backbone). The client

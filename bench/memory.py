@@ -10,6 +10,8 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+
+from .fields import get
 MEMORY_SCRIPT = r"""
 import json, sys, time
 
@@ -88,3 +90,28 @@ def memory_section(bundle_path, tmp: Path, tflite_python=None, images: int = 200
         except Exception as e:  # noqa: BLE001
             sec["runs"][backend] = {"error": str(e)}
     return sec
+
+
+# ----------------------------------------------------------------------------- report.md, README rows
+def memory_lines(report) -> list:
+    mem = report.get("memory", {})
+    L = ["## memory", "", f"{mem.get('what')}. Peak RSS = `ru_maxrss` of the child (started from a small launcher "
+         "process); VmHWM and the other columns are the child's own /proc/self/status high-water marks.", "",
+         "| interpreter | peak RSS MiB | VmHWM MiB | python+numpy baseline MiB | after load MiB | numpy | TensorFlow imported |",
+         "|---|---|---|---|---|---|---|"]
+    for be, r in (mem.get("runs") or {}).items():
+        if "error" in r:
+            L.append(f"| {be} | error: {r['error']} | | | | | |")
+        else:
+            L.append(f"| {be} | {r['peak_rss_mib']:.1f} | {r.get('vmhwm_mib', 0):.1f} | {r['python_numpy_baseline_mib']:.1f} "
+                     f"| {r['after_load_mib']:.1f} | {r['numpy']} | {r['tensorflow_imported']} |")
+    return L
+
+
+def memory_readme_rows(report) -> list:
+    """The README's peak-RSS row."""
+    rows = []
+    peak = get(report, "memory", "runs", "ai_edge_litert", "peak_rss_mib")
+    if peak:
+        rows.append(("Peak RSS, runtime-only process (load, adapt, predict)", f"{peak:.0f} MiB", "", ""))
+    return rows

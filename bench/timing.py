@@ -4,7 +4,7 @@ Self-contained on purpose (stdlib + numpy + the interpreter package, and ``metal
 on the path): ``metalite bench`` runs this file as a worker process per interpreter, also inside another
 environment (the tflite-runtime venv, numpy<2)::
 
-    python bench_latency.py --serve --backend tflite_runtime   # JSON requests on stdin, one reply per line
+    python timing.py --serve --backend tflite_runtime   # JSON requests on stdin, one reply per line
 
 ``interleaved`` drives one ``--serve`` worker per interpreter in alternating rounds, so both interpreters
 and every model see the same machine load (the models' order rotates from round to round, the
