@@ -22,7 +22,7 @@ import zipfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-FOLDERS = ("common", "runtime", "export", "training", "fleet", "pipelines", "tools")
+FOLDERS = ("common", "runtime", "export", "training", "fleet", "pipelines", "bench", "tools")
 FIXTURE = REPO / "tests" / "data" / "omniglot"
 
 
