@@ -65,8 +65,11 @@ def pi_rootfs() -> Path:
         envs.log(f"copying {base.name} to {root.name} for the README install lines")
         envs.run(["cp", "-a", str(base), str(root)], what="cp -a rootfs", timeout=1200)
         (root / ".complete").write_text(base.name)
-    for extra in (root / "opt").glob("metalite-*"):
-        shutil.rmtree(extra)
+    for extra in (root / "opt").glob("metalite-*"):  # runtime copies, and the lock files kept beside them
+        if extra.is_dir() and not extra.is_symlink():
+            shutil.rmtree(extra)
+        else:
+            extra.unlink()
     return root
 
 
@@ -78,6 +81,7 @@ def _proxy_ca(rootfs: Path) -> dict:
     if not cert or not Path(cert).is_file():
         return {}
     inside = "/etc/ssl/host-pip-cert.pem"
+    (rootfs / inside.lstrip("/")).parent.mkdir(parents=True, exist_ok=True)  # a minimal rootfs has no /etc/ssl yet
     shutil.copy2(cert, rootfs / inside.lstrip("/"))
     return {"PIP_CERT": inside}
 
