@@ -2,7 +2,7 @@
 # Rebuild the shipped bundles models/omniglot (about 1.5 hours on 2 shared cores: train 18 min + a warm restart
 # of 71 min at load average 4-7, compress ~6,
 # export + Lake-style evaluation ~3), models/omniglot-fast (the same float model with half of its filters
-# removed: about 15 more minutes) and models/glyphs (about 15 minutes).
+# removed: about 35 more minutes: 29 of thinning fine-tuning, then QAT, export, evaluation) and models/glyphs (about 15 minutes).
 # models/omniglot uses Omniglot's full background set (30 alphabets) in ../shared/data/omniglot (tests and
 # benchmarks data; the product itself never needs that path). Its split (training/datasets.py, split seed 0)
 # holds out 8 alphabets for the Lake-style test (Arcadian, Asomtavruli, Cyrillic, Early Aramaic, Hebrew,
