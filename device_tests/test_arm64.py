@@ -14,6 +14,8 @@ from metalite.bench import timing  # self-contained timing worker, also run insi
 import envs
 from devicekit import SCRIPTS, agreement, assert_agreement, assert_colour_state, load_result, output_scale, record
 
+pytestmark = pytest.mark.device  # every test here needs a device environment
+
 STACKS = {"tflite": ("tflite_runtime", "1."), "litert": ("ai_edge_litert", "2.")}
 
 

@@ -18,6 +18,8 @@ import device_bundles as bundlelib
 import envs
 from devicekit import SCRIPTS, run_script
 
+pytestmark = pytest.mark.device  # every test here needs a device environment
+
 
 def sha(p):
     return hashlib.sha256(Path(p).read_bytes()).hexdigest()

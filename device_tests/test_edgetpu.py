@@ -7,6 +7,8 @@ import pytest
 import device_bundles as bundlelib
 from devicekit import run_script
 
+pytestmark = pytest.mark.device  # every test here needs a device environment
+
 
 @pytest.fixture(scope="session")
 def edgetpu_result(venvs, bundle, task, tmp_path_factory):

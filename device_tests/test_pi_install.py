@@ -27,6 +27,8 @@ import pytest
 import envs
 from devicekit import AGREEMENT, record
 
+pytestmark = pytest.mark.device  # every test here needs a device environment
+
 README = envs.REPO / "README.md"
 BLOCK = re.compile(r"<!-- device-install:start -->\s*```bash\n(.*?)```\s*<!-- device-install:end -->", re.S)
 PI_HOME = "/root"  # the emulated device's user (root: minbase has no other)

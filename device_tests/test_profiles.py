@@ -7,6 +7,8 @@ import pytest
 import device_bundles as bundlelib
 from devicekit import PROFILES, load_result, record, run_script
 
+pytestmark = pytest.mark.device  # every test here needs a device environment
+
 
 def _cap(mb):
     def preexec():

@@ -8,6 +8,8 @@ import pytest
 
 from devicekit import agreement, assert_agreement, assert_colour_state, output_scale, record
 
+pytestmark = pytest.mark.device  # every test here needs a device environment
+
 STACKS = {"tflite": ("tflite_runtime", "1."), "litert": ("ai_edge_litert", "2.")}
 WHOLE = {"omniglot": "whole graph", "omniglot-fast": "whole graph", "glyphs": "partial"}  # what XNNPACK takes of the shipped bundles' graphs
 
