@@ -1,6 +1,7 @@
 """Helpers of the fleet tests: tiny real bundles, a real ``metalite serve`` subprocess, a cutting TCP proxy."""
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import re
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from test_runtime import SIZE, N_SHAPES, _rewrite_manifest, shapes
+from runtime_kit import N_SHAPES, SIZE, rewrite_manifest, shapes
 
 SERVER_START_TIMEOUT = 90  # seconds; 2 shared, loaded cores
 # scale 3: confidences spread over 0.4-1.0 on the test shapes (unsure ones exist); 5 steps as a trained head would
@@ -78,7 +79,7 @@ def broken_head_bundle(src: Path, out: Path) -> Path:
     spec = headlib.load_head(out / "head.npz")
     spec.weights = [(np.zeros_like(w), np.zeros_like(b)) for w, b in spec.weights]
     headlib.save_head(spec, str(out / "head.npz"))
-    _rewrite_manifest(out, lambda m: None)
+    rewrite_manifest(out, lambda m: None)
     return out
 
 
@@ -194,3 +195,20 @@ class CuttingProxy:
 
     def close(self) -> None:
         self.sock.close()
+
+
+def request(srv, method, path, body=None, token=None, raw=None, timeout=30):
+    """(status, decoded JSON or raw bytes) of one request to the server."""
+    conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=timeout)
+    data = raw if raw is not None else None if body is None else json.dumps(body).encode()
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    conn.request(method, path, body=data, headers=headers)
+    resp = conn.getresponse()
+    out = resp.read()
+    conn.close()
+    try:
+        return resp.status, json.loads(out)
+    except ValueError:
+        return resp.status, out

@@ -11,8 +11,7 @@ import threading
 import zipfile
 from pathlib import Path
 
-from runtime_kit import SHIPPED
-from test_sync import installed_home
+from runtime_kit import SHIPPED, installed_home
 
 from metalite.runtime.webui import PageServer, Teacher
 

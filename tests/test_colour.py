@@ -143,7 +143,7 @@ def test_rgb_support_images_survive_save_and_load(rgb_bundle, tmp_path):
 
 
 def test_gray_states_stay_version_2_and_old_versions_load(tmp_path):
-    from test_sync import write_v1_state
+    from runtime_kit import write_v1_state
 
     img = np.full((28, 28), 255, np.uint8)
     img[8:20, 8:20] = 0

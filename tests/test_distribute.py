@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from test_training import make_folder
+from training_kit import make_folder
 
 TESTS = Path(__file__).resolve().parent
 TIMEOUT = 300  # seconds per subprocess (2 shared cores: TF import alone takes ~10 s)

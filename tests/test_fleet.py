@@ -27,7 +27,7 @@ import pytest
 from click.testing import CliRunner
 
 from fleetkit import CuttingProxy, Server, shared_bundles, write_pngs
-from test_runtime import shapes
+from runtime_kit import shapes
 
 from metalite.fleet import FleetRoot, enroll, export_bundle, export_model, iter_examples, latest_offer, list_devices
 from metalite.fleet import publish, revoke, rollback
@@ -227,7 +227,7 @@ def test_bad_updates_are_refused_while_the_old_version_keeps_serving(bundles, se
 
 
 def test_a_state_without_images_is_not_carried_over_and_the_device_says_why(bundles, server, tmp_path):
-    from test_sync import write_v1_state
+    from runtime_kit import write_v1_state
 
     fl = FleetRoot(server.root)
     token = enroll(fl, "old-pi")

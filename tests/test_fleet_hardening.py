@@ -7,7 +7,6 @@ tmpfs mounts (root only: skipped with the reason otherwise). The device side use
 from __future__ import annotations
 
 import base64
-import http.client
 import json
 import os
 import shutil
@@ -23,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fleetkit import Server
+from fleetkit import Server, request
 
 from metalite.fleet import FleetError, FleetRoot, enroll, publish
 from metalite.fleet.status import status, status_lines
@@ -38,23 +37,6 @@ BUNDLE = REPO / "models" / "omniglot"
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 needs_root = pytest.mark.skipif(not IS_ROOT or not sys.platform.startswith("linux"),
                                 reason="mounting a small tmpfs (full / read-only disk) needs root on Linux")
-
-
-def request(srv, method, path, body=None, token=None, raw=None, timeout=30):
-    """(status, decoded JSON or raw bytes) of one request to the server."""
-    conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=timeout)
-    data = raw if raw is not None else None if body is None else json.dumps(body).encode()
-    headers = {"Content-Type": "application/json"}
-    if token:
-        headers["Authorization"] = f"Bearer {token}"
-    conn.request(method, path, body=data, headers=headers)
-    resp = conn.getresponse()
-    out = resp.read()
-    conn.close()
-    try:
-        return resp.status, json.loads(out)
-    except ValueError:
-        return resp.status, out
 
 
 def example(i, n=4, **kw):

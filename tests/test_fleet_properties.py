@@ -17,8 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fleetkit import Server
-from test_fleet_hardening import request
+from fleetkit import Server, request
 
 from metalite.fleet import FleetRoot, enroll
 from metalite.runtime.sync import BadAnswerError, DeviceHome, FleetClient, Outbox, SyncError, fetch_class, \

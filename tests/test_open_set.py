@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from fleetkit import Server, shared_bundles, write_pngs
 from runtime_kit import SHIPPED
-from test_runtime import shapes
+from runtime_kit import shapes
 
 from metalite.runtime import FewShotClassifier, InputError, StateError
 from metalite.runtime import openset

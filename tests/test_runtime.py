@@ -20,53 +20,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from runtime_kit import N_SHAPES, SIZE, rewrite_manifest, shapes
+
 from metalite.runtime import (BundleError, DelegateError, EdgeTPUFallbackWarning, FewShotClassifier, InputError,
                               NotFittedError, StateError, UnknownClassError)
 from metalite.runtime import head as headlib
-from metalite.runtime.bundle import sha256_file
 from metalite.runtime.embedder import Embedder
 from metalite.runtime.interpreter import make_interpreter
 
 REPO = Path(__file__).resolve().parents[1]
-SIZE = 28
-N_SHAPES = 8
-
-
-# ----------------------------------------------------------------------------- synthetic data
-def shape_image(kind: int, rng: np.random.Generator, size: int = SIZE) -> np.ndarray:
-    """uint8 (size, size) image, paper 255, with ink shape ``kind`` (0..7), shifted by up to 2 px, noisy."""
-    img = np.full((size, size), 255, np.uint8)
-    dy, dx = rng.integers(-2, 3, size=2)
-    yy, xx = np.mgrid[0:size, 0:size]
-    cy, cx = size // 2 + dy, size // 2 + dx
-    k = kind % N_SHAPES
-    if k == 0:
-        m = (abs(yy - cy) <= 6) & (abs(xx - cx) <= 6)
-    elif k == 1:
-        m = abs(yy - cy) <= 2
-    elif k == 2:
-        m = abs(xx - cx) <= 2
-    elif k == 3:
-        r = np.hypot(yy - cy, xx - cx)
-        m = (r >= 6) & (r <= 9)
-    elif k == 4:
-        m = abs((yy - cy) - (xx - cx)) <= 2
-    elif k == 5:
-        m = (abs(yy - cy) <= 1) | (abs(xx - cx) <= 1)
-    elif k == 6:
-        m = (yy > cy) & (xx < cx)
-    else:
-        m = (yy // 4 + xx // 4) % 2 == 0
-    img[m] = 0
-    noise = rng.integers(0, 30, size=img.shape)
-    return np.clip(img.astype(int) + np.where(img == 0, noise, -noise), 0, 255).astype(np.uint8)
-
-
-def shapes(kinds, per_class: int, seed: int):
-    """(images uint8 (n, 28, 28), labels list of "shape{k}") with ``per_class`` images of each kind."""
-    rng = np.random.default_rng(seed)
-    imgs = np.stack([shape_image(k, rng) for k in kinds for _ in range(per_class)])
-    return imgs, [f"shape{k}" for k in kinds for _ in range(per_class)]
 
 
 # ----------------------------------------------------------------------------- runtime fixtures
@@ -104,15 +66,6 @@ def bundle_dir(tmp_path_factory, keras_backbone):
     return write_bundle(out, model, spec, rep, {"training": {"algorithm": "test"}}, progress=False)
 
 
-def _rewrite_manifest(bdir: Path, edit) -> None:
-    """Apply ``edit(manifest)`` and refresh the checksums of every listed file (a test helper, not a writer)."""
-    m = json.loads((bdir / "manifest.json").read_text())
-    edit(m)
-    for name in m["files"]:
-        m["files"][name] = {"sha256": sha256_file(bdir / name), "bytes": (bdir / name).stat().st_size}
-    (bdir / "manifest.json").write_text(json.dumps(m, indent=2))
-
-
 @pytest.fixture(scope="session")
 def edgetpu_bundle_dir(tmp_path_factory, bundle_dir):
     """The bundle plus a ``backbone_edgetpu.tflite`` (a copy of the CPU model; only libedgetpu is missing)."""
@@ -124,7 +77,7 @@ def edgetpu_bundle_dir(tmp_path_factory, bundle_dir):
         m["backbone"]["edgetpu_file"] = "backbone_edgetpu.tflite"
         m["files"]["backbone_edgetpu.tflite"] = {}
 
-    _rewrite_manifest(out, edit)
+    rewrite_manifest(out, edit)
     return out
 
 
@@ -398,7 +351,7 @@ def test_corrupt_or_foreign_state_is_refused(bundle_dir, tmp_path):
     # a state adapted with another bundle
     other = tmp_path / "other_bundle"
     shutil.copytree(bundle_dir, other)
-    _rewrite_manifest(other, lambda m: m.update(created="2000-01-01T00:00:00Z"))
+    rewrite_manifest(other, lambda m: m.update(created="2000-01-01T00:00:00Z"))
     with pytest.raises(StateError, match="different bundle"):
         FewShotClassifier.load(other, good, delegate="cpu")
 
@@ -432,7 +385,7 @@ def test_manifest_problems(bundle_dir, tmp_path):
     for i, (edit, msg) in enumerate(cases):
         d = tmp_path / f"b{i}"
         shutil.copytree(bundle_dir, d)
-        _rewrite_manifest(d, edit)
+        rewrite_manifest(d, edit)
         with pytest.raises(BundleError, match=msg):
             FewShotClassifier(d, delegate="cpu")
     (tmp_path / "b0" / "manifest.json").write_text("{not json")

@@ -8,13 +8,12 @@ import subprocess
 import sys
 import textwrap
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from fleetkit import shared_bundles
-from test_runtime import shapes
+from runtime_kit import installed_home, shapes, write_v1_state
 
 from metalite.runtime import FewShotClassifier, StateError
 from metalite.runtime import head as headlib
@@ -27,27 +26,6 @@ from metalite.runtime.sync.release import make_release
 @pytest.fixture(scope="module")
 def bundles(tmp_path_factory):
     return shared_bundles(tmp_path_factory)
-
-
-def installed_home(path: Path, bundle: Path, version: int = 1) -> DeviceHome:
-    """A device home running ``bundle`` as ``version`` (as a sync would leave it)."""
-    home = DeviceHome(path)
-    shutil.copytree(bundle, home.versions / str(version))
-    (home.root / "current.json").write_text(json.dumps({"version": version}))
-    return home
-
-
-def write_v1_state(clf, path) -> None:
-    """Save ``clf``'s state as metalite 0.1 did: state format 1, no support images."""
-    emb = clf.support_embeddings()
-    lab = np.concatenate([np.full(len(v), i) for i, v in enumerate(emb.values())])
-    old = statelib.STATE_FORMAT_VERSION
-    statelib.STATE_FORMAT_VERSION = 1
-    try:
-        statelib.save_state(path, statelib.State(clf.bundle.manifest_sha256, clf.classes,
-                                                 np.concatenate(list(emb.values())), lab, clf.head, {}))
-    finally:
-        statelib.STATE_FORMAT_VERSION = old
 
 
 # ----------------------------------------------------------------------------- state v2
