@@ -11,11 +11,11 @@ import threading
 import zipfile
 from pathlib import Path
 
+from repo_paths import REPO
 from runtime_kit import SHIPPED, installed_home
 
 from metalite.runtime.webui import PageServer, Teacher
 
-REPO = Path(__file__).resolve().parents[1]
 MINI = REPO / "tests" / "data" / "omniglot" / "mini2.zip"
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",

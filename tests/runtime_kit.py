@@ -8,12 +8,13 @@ from pathlib import Path
 
 import numpy as np
 
+from repo_paths import REPO
+
 from metalite.runtime import MetaliteError
 from metalite.runtime import state as statelib
 from metalite.runtime.bundle import sha256_file
 from metalite.runtime.sync import DeviceHome
 
-REPO = Path(__file__).resolve().parents[1]
 SHIPPED = REPO / "models" / "omniglot"
 SIZE = 28
 N_SHAPES = 8

@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from repo_paths import REPO
+
 from metalite.runtime import head as headlib
 
 SIZE = 28
@@ -293,7 +295,7 @@ def test_bench_quick_on_the_shipped_omniglot_bundle(tmp_path):
 
     from metalite.tools.cli import main
 
-    root = Path(__file__).resolve().parents[1]
+    root = REPO
     o = root / "tests" / "data" / "omniglot"
     data = f"omniglot:{o / 'mini1.zip'},{o / 'mini2.zip'}"
     res = CliRunner().invoke(main, ["bench", str(root / "models" / "omniglot"), "--quick", "--data", data,
@@ -379,7 +381,7 @@ def test_workers_time_relative_paths_and_report_a_model_they_cannot_open(tmp_pat
 
     from metalite.bench.latency import run_interleaved
 
-    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    monkeypatch.chdir(REPO)
     bad = tmp_path / "not_a_model.tflite"
     bad.write_bytes(b"not a flatbuffer")
     models = {"rel": "models/glyphs/backbone.tflite", "bad": str(bad)}
@@ -402,7 +404,7 @@ def test_workers_get_an_absolute_runtime_site_from_a_relative_work_dir(tmp_path,
     monkeypatch.setattr(sec, "serve_worker", lambda py, be, site, err: seen.append((site, err)) or real(py, be, site, err))
     monkeypatch.chdir(tmp_path)
     (tmp_path / "out").mkdir()
-    model = str(Path(__file__).resolve().parents[1] / "models" / "glyphs" / "backbone.tflite")
+    model = str(REPO / "models" / "glyphs" / "backbone.tflite")
     got, _ = sec.run_interleaved({"ai_edge_litert": sys.executable}, {"m": model}, [(1, 1)],
                                  {"rounds": 1, "calls": 1, "warmup": 0}, "out", None)
     assert "b1_t1" in got["results"]["m"]["ai_edge_litert"]

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 
+from repo_paths import REPO
+
 from metalite.bench.machine import machine_info, processor, processor_text
 
 XEON = ("processor\t: 0\nvendor_id\t: GenuineIntel\nmodel name\t: Intel(R) Xeon(R) Platinum 8481C CPU @ 2.70GHz\n"
@@ -92,13 +94,11 @@ def test_in_place_quantize_and_dequantize_match_the_textbook_formulas():
 
 def test_embed_without_cache_equals_embed_with_cache_and_the_chunked_path(tmp_path):
     """The batch-1 shortcuts (no key when the cache is off, one invoke's output used as is) change nothing."""
-    from pathlib import Path
-
     import numpy as np
 
     from metalite.runtime.classifier import FewShotClassifier
 
-    bundle = Path(__file__).resolve().parents[1] / "models" / "omniglot"
+    bundle = REPO / "models" / "omniglot"
     imgs = np.random.default_rng(5).integers(0, 256, (37, 28, 28), dtype=np.uint8)
     plain = FewShotClassifier(str(bundle), delegate="cpu", cache_size=0, tta=0)
     cached = FewShotClassifier(str(bundle), delegate="cpu", tta=0, batch_size=8)  # 37 = 4 chunks of 8 + 5

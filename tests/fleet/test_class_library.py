@@ -12,13 +12,13 @@ import re
 import urllib.error
 import urllib.request
 import zipfile
-from pathlib import Path
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
 from PIL import Image
 
+from repo_paths import REPO
 from fleetkit import Server
 
 from metalite.fleet import FleetRoot, enroll, publish
@@ -28,7 +28,6 @@ from metalite.runtime.sync import (DeviceHome, FleetClient, ServerRefusedError, 
                                    pull_class, share_class, shared_classes, sync)
 from metalite.tools.cli import main
 
-REPO = Path(__file__).resolve().parents[1]
 SHIPPED = REPO / "models" / "omniglot"
 FIXTURE = REPO / "tests" / "data" / "omniglot" / "mini1.zip"
 

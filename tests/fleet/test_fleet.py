@@ -38,7 +38,6 @@ from metalite.runtime.sync import (DeviceHome, FleetClient, ServerRefusedError, 
                                    parse_public_key, sync, upload_outbox)
 from metalite.tools.cli import main
 
-TESTS = Path(__file__).resolve().parent
 CLASSES = [f"shape{k}" for k in range(5)]
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from repo_paths import REPO
 from fleetkit import Server, request
 
 from metalite.fleet import FleetError, FleetRoot, enroll, publish
@@ -32,7 +33,6 @@ from metalite.runtime.names import bundle_file_problem, class_name_problem, term
 from metalite.runtime.sync import DeviceHome, FleetClient, ServerBusyError, UpdateRefusedError, sync
 from metalite.runtime.sync.release import make_release, verify_release
 
-REPO = Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "models" / "omniglot"
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 needs_root = pytest.mark.skipif(not IS_ROOT or not sys.platform.startswith("linux"),

@@ -18,7 +18,9 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from repo_paths import REPO
+
+ROOT = REPO
 # each product folder and the other folders it may import
 LAYERS = {"common": set(), "runtime": {"common"}, "export": {"common", "runtime"},
           "training": {"common", "export", "runtime"}, "fleet": {"common", "runtime"},

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from repo_paths import REPO
 from fleetkit import Server, broken_head_bundle
 
 from metalite.fleet import FleetRoot, enroll, export_model, latest_offer, list_releases, publish
@@ -80,7 +81,7 @@ def test_examples_are_deduplicated_and_held_out_per_class_and_device(tmp_path):
 def test_the_recipe_is_read_from_the_release_and_can_be_overridden():
     from metalite.pipelines.fleet_package import _thinning, release_recipe
 
-    shipped = open_bundle(Path(__file__).resolve().parents[1] / "models" / "omniglot").manifest
+    shipped = open_bundle(REPO / "models" / "omniglot").manifest
     r = release_recipe(shipped)
     want = {k: shipped["compression"][k] for k in ("pqat", "sparsity", "distill")}
     assert {k: r[k] for k in want} == want and r["tta"] == shipped["head"]["adaptation"]["tta"]

@@ -3,12 +3,12 @@ its life in the state, through a bundle update and the outbox to a real fleet se
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from repo_paths import DATA
 from fleetkit import Server, shared_bundles, write_pngs
 from runtime_kit import SHIPPED
 from runtime_kit import shapes
@@ -19,7 +19,7 @@ from metalite.runtime.openset import UNKNOWN
 from metalite.runtime.state import State, load_state, save_state
 from metalite.tools.cli import main
 
-FIXTURE = Path(__file__).resolve().parent / "data" / "omniglot"
+FIXTURE = DATA / "omniglot"
 SPEC = f"omniglot:{FIXTURE / 'mini1.zip'},{FIXTURE / 'mini2.zip'}"
 # docs/open_set.md, "The fixture": one class of 5 drawings, the other 19 Greek characters as unknowns
 ONE_CLASS_OTHERS_REFUSED = 0.85  # measured 0.894

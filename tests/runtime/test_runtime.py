@@ -15,11 +15,11 @@ import subprocess
 import sys
 import warnings
 import zipfile
-from pathlib import Path
 
 import numpy as np
 import pytest
 
+from repo_paths import REPO
 from runtime_kit import N_SHAPES, SIZE, rewrite_manifest, shapes
 
 from metalite.runtime import (BundleError, DelegateError, EdgeTPUFallbackWarning, FewShotClassifier, InputError,
@@ -28,7 +28,6 @@ from metalite.runtime import head as headlib
 from metalite.runtime.embedder import Embedder
 from metalite.runtime.interpreter import make_interpreter
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 # ----------------------------------------------------------------------------- runtime fixtures

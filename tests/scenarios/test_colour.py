@@ -13,6 +13,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
+from repo_paths import REPO
 from runtime_kit import SHIPPED, assert_one_line
 
 from metalite.runtime import FewShotClassifier
@@ -20,7 +21,6 @@ from metalite.runtime.errors import BundleError, InputError
 from metalite.runtime.images import as_model_input, read_image
 from metalite.runtime.state import load_state
 
-REPO = Path(__file__).resolve().parents[1]
 EMOJI = REPO / "tests" / "data" / "emoji"
 SIZE = 20
 # Two colours of exactly the same luma (0.299 R + 0.587 G + 0.114 B = 110.29): magenta and green.

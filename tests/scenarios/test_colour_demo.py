@@ -13,9 +13,10 @@ from pathlib import Path
 
 from PIL import Image
 
+from repo_paths import REPO
+
 from metalite.runtime import FewShotClassifier
 
-REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "demo_colour.py"
 # 150 px of row titles + 4 cells of 144 px + 12 px margin; 56 px of title + 3 rows of 142 px + 12 px margin
 SHEET_SIZE = (738, 494)

@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from repo_paths import REPO
 from fleetkit import Server
 
-REPO = Path(__file__).resolve().parents[1]
 GLYPHS = REPO / "models" / "glyphs"
 FLOAT_GLYPHS = REPO / "models" / "float" / "glyphs"
 

@@ -11,12 +11,12 @@ import json
 import re
 import time
 
-from pathlib import Path
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from repo_paths import REPO
 from fleetkit import Server, broken_head_bundle
 
 from metalite.fleet import FleetRoot, enroll, latest_offer, list_releases, publish
@@ -254,7 +254,7 @@ def test_bad_scheduled_update_options_and_a_second_update_are_refused_at_once(tm
     r = CliRunner().invoke(main, ["serve", "--root", str(fleet.path), "--port", "0", "--update-every", "24",
                                   "--update-args", "--steps lots"])
     assert r.exit_code == 2 and "--update-args" in r.output and "'lots' is not a valid integer" in r.output, r.output
-    publish(fleet, Path(__file__).resolve().parents[1] / "models" / "glyphs")
+    publish(fleet, REPO / "models" / "glyphs")
     (fleet.path / "updates").mkdir()
     with open(fleet.path / "updates" / ".lock", "a+b") as f:
         fcntl.flock(f.fileno(), fcntl.LOCK_EX)  # as a running update holds it

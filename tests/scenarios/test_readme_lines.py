@@ -20,7 +20,8 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from repo_paths import REPO
+
 FIXTURE = REPO / "tests" / "data" / "omniglot"
 SECTIONS = ("Workstation", "Device", "Fleet")  # headings starting with these words
 SERVER_START_TIMEOUT = 120  # seconds; 2 shared, loaded cores
@@ -30,7 +31,7 @@ QUICK = {  # command -> options appended so it runs in seconds (the README's own
     "fleet update": "--steps 3 --replay 4 --prune-steps 2 --qat-steps 2 --episodes 10",
 }
 # Lines only parsed (options, types, files exist), not run: they take minutes, and another test runs them.
-PARSED_ONLY = {"metalite bench": "tests/test_bench.py runs bench --quick on the fixture (minutes)"}
+PARSED_ONLY = {"metalite bench": "tests/bench/test_bench.py runs bench --quick on the fixture (minutes)"}
 SUBSTITUTIONS = [  # (pattern, replacement) applied to each line before it runs
     (r"omniglot:images_background_small1\.zip", f"omniglot:{FIXTURE}/mini1.zip,{FIXTURE}/mini2.zip"),
     (r"omniglot:images_background_small2\.zip", f"omniglot:{FIXTURE}/mini2.zip"),

@@ -10,14 +10,15 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from repo_paths import REPO
+
 BUNDLE = REPO / "models" / "omniglot"
 SHIM = """
 import sys
 for name in filter(None, sys.argv[1].split(",")):
     sys.modules[name] = None
+
 from metalite.tools.cli import main
 sys.argv = ["metalite", *sys.argv[2:]]
 main()

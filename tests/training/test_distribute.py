@@ -11,14 +11,13 @@ import socket
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
+from repo_paths import TESTS
 from training_kit import make_folder
 
-TESTS = Path(__file__).resolve().parent
 TIMEOUT = 300  # seconds per subprocess (2 shared cores: TF import alone takes ~10 s)
 
 PRELUDE = textwrap.dedent("""

@@ -1,19 +1,19 @@
 """Data, episodes, meta-learners, trainer and the train/evaluate CLI (workstation, TensorFlow)."""
 import json
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
 from PIL import Image
 
+from repo_paths import DATA
 from training_kit import make_folder
 
 from metalite.training.datasets import DataError, load_data
 from metalite.training.episodes import EpisodeSampler
 
-OMNIGLOT = Path(__file__).resolve().parent / "data" / "omniglot"  # real Omniglot drawings, shipped (README.md there)
+OMNIGLOT = DATA / "omniglot"  # real Omniglot drawings, shipped (README.md there)
 
 
 @pytest.fixture(scope="module")
