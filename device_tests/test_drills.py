@@ -1,4 +1,4 @@
-"""Failure drills (issue 5, part 5): a truncated model, a checksum that no longer matches, a power cut
+"""Failure drills: a truncated model, a checksum that no longer matches, a power cut
 in the middle of saving, a full disk. Each gives a one-line error naming what is wrong, and nothing
 that was there before is lost. Everything runs in the runtime-only tflite venv."""
 import hashlib

@@ -1,4 +1,4 @@
-"""The Edge TPU path on a machine without the chip (issue 5, part 4): only libedgetpu is missing."""
+"""The Edge TPU path on a machine without the chip: only libedgetpu is missing."""
 import json
 
 import numpy as np

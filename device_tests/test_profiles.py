@@ -1,5 +1,5 @@
 """Device profiles (profiles.json): the runtime loads, adapts and predicts within each device's thread
-count, address-space cap (RLIMIT_AS, set in the child before exec) and peak-RSS budget (issue 5, part 3)."""
+count, address-space cap (RLIMIT_AS, set in the child before exec) and peak-RSS budget."""
 import resource
 
 import pytest

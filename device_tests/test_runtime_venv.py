@@ -1,5 +1,5 @@
 """The runtime in a device-like environment on x86: a fresh venv with only the project (no extras),
-an interpreter package and Pillow; no TensorFlow anywhere (issue 5, part 1)."""
+an interpreter package and Pillow; no TensorFlow anywhere."""
 import json
 import subprocess
 from pathlib import Path

@@ -1,4 +1,4 @@
-"""Issue 22: the fleet link against a hostile client, a hostile server, a full disk and a read-only SD card.
+"""The fleet link against a hostile client, a hostile server, a full disk and a read-only SD card.
 
 Real ``metalite serve`` subprocesses on 127.0.0.1 with real SQLite; full and read-only disks are small
 tmpfs mounts (root only: skipped with the reason otherwise). The device side uses the shipped bundle
@@ -445,7 +445,7 @@ def test_the_device_never_writes_into_a_verified_version_directory(tmp_path):
     (home.root / "current.json").write_text(json.dumps({"version": 1}))
     listed = sorted(os.listdir(home.versions / "1"))
     imgs = _glyphs(3, 1)
-    legacy = home.versions / "1" / "state.npz"  # a home made before issue 22 kept its state in there
+    legacy = home.versions / "1" / "state.npz"  # where older homes kept their state: still found there
     FewShotClassifier(home.bundle_dir()).fit(imgs, ["a", "b", "c"]).save(legacy)
     assert home.state_path() == legacy and home.classifier().classes == ["a", "b", "c"]
     clf = home.classifier()

@@ -1,4 +1,4 @@
-"""Hypothesis properties of the fleet link (issue 22), both ways, over real HTTP on 127.0.0.1.
+"""Hypothesis properties of the fleet link, both ways, over real HTTP on 127.0.0.1.
 
 - The server (a real ``metalite serve`` with real SQLite) answers any request body with a 2xx, or a 4xx
   whose ``detail`` is one line: never a 500, never a dropped connection.

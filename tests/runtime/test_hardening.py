@@ -1,4 +1,5 @@
-"""One test per defect class of issue 12 ("hardening the device side"), on the shipped bundle.
+"""One test per defect class of the device side (hostile images, bundles, state files, CLI input), on the
+shipped bundle.
 
 Images (alpha, 16-bit, out-of-range values, the decoding budget, per-image CLI errors), bundles (zip
 extraction, malformed manifests, numbers in head.npz), state files (numbers and shapes, saving through

@@ -143,7 +143,8 @@ def test_transductive_refinement_never_moves_classes_absent_from_an_unbalanced_b
     support, head, draw = _clusters()
     q, y = draw([0], 15)  # every query of one class
     after = headlib.refine(head, support, np.arange(10), q, 0.2)
-    before = headlib.refine(head, support, np.arange(10), q, 0.2, cover=0.0)  # soft weights, as before issue 22
+    # soft weights everywhere (cover 0): the refinement that moved the classes absent from the batch
+    before = headlib.refine(head, support, np.arange(10), q, 0.2, cover=0.0)
     chosen = set(head.logits(q).argmax(1).tolist()) | set(after.logits(q).argmax(1).tolist())
     absent = [k for k in range(10) if k not in chosen]
     assert absent

@@ -1,4 +1,4 @@
-"""What a newcomer meets in the first hour (issue 27): one line for a missing extra, fleet roots kept out of
+"""What a newcomer meets in the first hour: one line for a missing extra, fleet roots kept out of
 git work trees, releases without the float backbone no device runs, counts in words."""
 from __future__ import annotations
 
