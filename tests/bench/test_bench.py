@@ -112,6 +112,7 @@ def report(tiny, thin_bundle, tmp_path_factory, folder_data):
     return out, json.loads((out / "report.json").read_text())
 
 
+@pytest.mark.slow
 def test_bench_writes_the_five_sections(report):
     out, r = report
     for name in ("machine", "accuracy", "size", "latency", "pareto", "adaptation", "memory"):
@@ -126,6 +127,7 @@ def test_bench_writes_the_five_sections(report):
     assert m["cores"] >= 1 and m["python"] and "blas" in m and "numpy" in m["libraries"]
 
 
+@pytest.mark.slow
 def test_bench_accuracy_is_sane(report):
     _, r = report
     acc = r["accuracy"]
@@ -141,6 +143,7 @@ def test_bench_accuracy_is_sane(report):
                - acc["results"]["float_tflite"]["5way1shot"]["mean"]) < 0.02
 
 
+@pytest.mark.slow
 def test_bench_size_latency_memory_are_sane(report):
     _, r = report
     s = r["size"]
@@ -169,6 +172,7 @@ def test_bench_size_latency_memory_are_sane(report):
     assert r["headline"]["float_tflite_over_int8_size"] > 1
 
 
+@pytest.mark.slow
 def test_bench_pareto_compares_the_thinner_bundle(report):
     _, r = report
     par = r["pareto"]
@@ -189,6 +193,7 @@ def test_bench_pareto_compares_the_thinner_bundle(report):
     assert best["speedup_b1"] == thin["b1_t1"]["speedup"]["median"] and best["reference"] == "not pruned"
 
 
+@pytest.mark.slow
 def test_bench_report_has_no_blanks_or_contradictions(report):
     out, r = report
     md = (out / "report.md").read_text()
@@ -201,6 +206,7 @@ def test_bench_report_has_no_blanks_or_contradictions(report):
     assert "Not measured" in head and head.count("×") >= 3
     assert "- Structured pruning (" in head and "faster per image than not pruned" in head
 
+@pytest.mark.slow
 def test_bench_adaptation_compares_every_method(report):
     _, r = report
     res = r["adaptation"]["settings"]["5way5shot"]
@@ -288,6 +294,7 @@ def test_readme_section_writes_only_between_markers(tmp_path):
     assert no_markers.read_text() == "nothing here\n"
 
 
+@pytest.mark.slow
 def test_bench_quick_on_the_shipped_omniglot_bundle(tmp_path):
     """The shipped bundle benchmarks end to end (CI runs it), on the Omniglot fixture of
     tests/data/omniglot (its held-out split is the fixture's own: Greek, one of the bundle's training alphabets)."""
@@ -339,6 +346,7 @@ def test_load_report_warns_only_when_others_use_the_cpu():
     assert set(w.result) >= {"loadavg_before", "loadavg_after", "other_processes_cores", "busy", "warning"}
 
 
+@pytest.mark.slow
 def test_macs_of_a_tflite_model_match_the_keras_count():
     from metalite.export.tflite import convert_float
     from metalite.bench.cost import gmacs_per_s, keras_macs, tflite_macs
@@ -350,6 +358,7 @@ def test_macs_of_a_tflite_model_match_the_keras_count():
     assert gmacs_per_s(2_000_000, 1.0) == pytest.approx(2.0) and gmacs_per_s(None, 1.0) is None
 
 
+@pytest.mark.slow
 def test_variants_are_named_for_what_they_are(tmp_path):
     from metalite.export.tfcompat import tf
     from metalite.export.tflite import convert_float

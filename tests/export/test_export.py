@@ -107,6 +107,7 @@ def test_batch_resize_and_static_batch_variant(model, rep, cpu_model):
     assert edgetpu.check_model(b1)["ready"]  # the dsconv backbone maps fully
 
 
+@pytest.mark.slow
 def test_qat_annotated_model_converts(rep):
     tfmot = pytest.importorskip("tensorflow_model_optimization")
     keras.utils.set_random_seed(0)
@@ -118,6 +119,7 @@ def test_qat_annotated_model_converts(rep):
         assert io["input"]["batch"] == (-1 if batch is None else 1)
 
 
+@pytest.mark.slow
 def test_manifest_and_checksums(bundle, head):
     man = json.loads((bundle / "manifest.json").read_text())
     assert man["format"] == "metalite-bundle" and man["format_version"] == 1
@@ -139,12 +141,14 @@ def test_manifest_and_checksums(bundle, head):
     assert "checksums: all files match" in render_text(info)
 
 
+@pytest.mark.slow
 def test_runtime_opens_the_bundle(bundle):
     rb = pytest.importorskip("metalite.runtime.bundle")
     b = rb.open_bundle(bundle)
     assert b.embedding_dim == EMB and tuple(b.input_shape) == (28, 28, 1)
 
 
+@pytest.mark.slow
 def test_inspect_detects_modified_file_and_reads_zip(bundle, tmp_path):
     copy = tmp_path / "copy"
     copy.mkdir()
@@ -182,6 +186,7 @@ def test_failed_conversion_leaves_nothing(tmp_path, model, rep, head, monkeypatc
     assert not (tmp_path / "out").exists() and _leftovers(tmp_path) == []
 
 
+@pytest.mark.slow
 def test_failure_after_files_written_keeps_old_bundle(tmp_path, bundle, model, rep, head, monkeypatch):
     out = tmp_path / "out"
     out.mkdir()

@@ -184,6 +184,7 @@ def test_sync_cli_shares_lists_and_pulls_classes(fleet):
     assert r.exit_code == 1 and "HTTP 404" in r.output, r.output
 
 
+@pytest.mark.slow
 def test_a_class_shared_from_another_bundle_is_the_class_taught_here(tmp_path):
     """A runs v1 (``models/glyphs``), B runs v2 (``models/omniglot``: another backbone, so only images can
     travel). B pulls two glyph classes of the held-out test split that A shared: B's classifier is then the

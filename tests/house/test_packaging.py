@@ -13,6 +13,8 @@ import pytest
 
 from repo_paths import REPO
 
+pytestmark = pytest.mark.slow  # every test builds a wheel or a fresh virtualenv and pip-installs into it
+
 ROOT = REPO
 TIMEOUT = 600
 

@@ -138,6 +138,7 @@ def _fleet(base, root: Path):
     return fleet, imgs, names
 
 
+@pytest.mark.slow
 def test_three_updates_chain_each_packaged_like_the_release(base, tmp_path):
     fleet, imgs, names = _fleet(base, tmp_path / "root")
     cli = CliRunner()
@@ -173,6 +174,7 @@ def _bundle_of(fleet, version: int, tmp_path: Path) -> Path:
     return export_bundle(fleet, version, tmp_path / f"bundle-v{version}")
 
 
+@pytest.mark.slow
 def test_rejected_candidates_are_kept_bounded_and_regatable(base, tmp_path):
     fleet, _, _ = _fleet(base, tmp_path / "root")
     bundle = base[1]
@@ -209,6 +211,7 @@ def test_rejected_candidates_are_kept_bounded_and_regatable(base, tmp_path):
     assert json.loads(r.stdout)["version"] == 3 and list_releases(fleet)[-1]["model_files"] >= 3
 
 
+@pytest.mark.slow
 def test_serve_update_every_publishes_twice_in_a_row(base, tmp_path):
     """Scheduled updates train, publish, and the next one (after new corrections) starts from the float model
     the first kept: two publishes in a row, not one publish and then ``no such file or directory``."""

@@ -1,4 +1,4 @@
-"""Colour end to end (issue 20): RGB data, a tiny RGB model trained and exported to int8, the runtime, state
+"""Colour end to end: RGB data, a tiny RGB model trained and exported to int8, the runtime, state
 files, the fleet's wire formats on a real server, and the emoji fixture.
 
 The central check: two classes that differ only in colour (same shape, same luma) are told apart by an RGB
@@ -94,6 +94,7 @@ def _paired_queries(n: int = 12, seed: int = 5):
     return out
 
 
+@pytest.mark.slow
 def test_training_on_colour_data_records_rgb_in_config_and_manifest(rgb_bundle):
     assert rgb_bundle["cfg"]["input"]["shape"] == [SIZE, SIZE, 3]
     m = json.loads((rgb_bundle["bundle"] / "manifest.json").read_text())
@@ -102,6 +103,7 @@ def test_training_on_colour_data_records_rgb_in_config_and_manifest(rgb_bundle):
     assert m["quantization_check"]["cosine_min"] > 0.9  # int8 calibration on RGB input worked
 
 
+@pytest.mark.slow
 def test_rgb_bundle_tells_apart_classes_differing_only_in_colour_and_a_gray_bundle_cannot(rgb_bundle):
     assert abs(luma(MAGENTA) - luma(GREEN)) < 0.01
     q = _paired_queries()
@@ -123,6 +125,7 @@ def test_rgb_bundle_tells_apart_classes_differing_only_in_colour_and_a_gray_bund
     assert np.mean(np.array(got) == np.array(truth)) == 0.5
 
 
+@pytest.mark.slow
 def test_rgb_support_images_survive_save_and_load(rgb_bundle, tmp_path):
     rng = np.random.default_rng(3)
     clf = FewShotClassifier(rgb_bundle["bundle"], delegate="cpu")
@@ -210,6 +213,7 @@ def test_rgb_input_forms_and_one_line_errors():
     assert_one_line(e.value, InputError)
 
 
+@pytest.mark.slow
 def test_manifest_colour_must_fit_the_channels(rgb_bundle, tmp_path):
     import shutil
 
@@ -247,6 +251,7 @@ def test_colour_augmentation_changes_colour_not_gray():
     assert Augment(hue=90.0)(rng, x[..., :1]).shape == (2, SIZE, SIZE, 1)  # gray input: colour keys do nothing
 
 
+@pytest.mark.slow
 def test_colour_classes_and_examples_travel_through_a_real_fleet_server(rgb_bundle, tmp_path):
     from fleetkit import Server
 

@@ -67,6 +67,7 @@ def _error_line(page) -> str:
     return text
 
 
+@pytest.mark.slow
 def test_teach_recognize_correct_rename_remove_through_the_page_in_chromium(tmp_path):
     home = omniglot_home(tmp_path / "home")
     imgs = greek(tmp_path / "img")
@@ -146,6 +147,7 @@ def test_teach_recognize_correct_rename_remove_through_the_page_in_chromium(tmp_
         assert "larger than the 16 MiB allowed per request" in _error_line(page)
 
 
+@pytest.mark.slow
 def test_teach_and_recognize_from_the_camera_in_chromium(tmp_path):
     """getUserMedia on localhost with chromium's fake camera (a moving test pattern) instead of a real one."""
     home = omniglot_home(tmp_path / "home")

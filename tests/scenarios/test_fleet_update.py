@@ -61,6 +61,7 @@ def _accuracy(clf, imgs, names, rows) -> float:
     return float(np.mean([p == t for p, t in zip(FewShotClassifier.predict(clf, x), y)]))
 
 
+@pytest.mark.slow
 def test_update_fine_tunes_on_what_devices_sent_and_devices_get_better(base, tmp_path):
     model, bundle = base
     srv = Server(tmp_path / "root", tmp_path / "serve.log").start()
@@ -158,6 +159,7 @@ def _fleet_with_examples(base, tmp_path):
     return fleet, bundle
 
 
+@pytest.mark.slow
 def test_a_candidate_made_worse_is_not_published(base, tmp_path):
     fleet, bundle = _fleet_with_examples(base, tmp_path)
     worse = broken_head_bundle(bundle, tmp_path / "worse")
@@ -180,6 +182,7 @@ def test_a_candidate_made_worse_is_not_published(base, tmp_path):
     assert r.exit_code == 1 and "not a fleet root" in r.output
 
 
+@pytest.mark.slow
 def test_update_killed_mid_fine_tuning_resumes_from_its_checkpoint(base, tmp_path):
     """SIGKILL during fine-tuning (after its first checkpoint), then the same command again: it continues
     the plan (data not re-streamed) from the checkpoint, not from step 0, and reaches a gate decision."""
@@ -215,6 +218,7 @@ def test_update_killed_mid_fine_tuning_resumes_from_its_checkpoint(base, tmp_pat
     assert (fleet.path / "updates" / "last.json").is_file()
 
 
+@pytest.mark.slow
 def test_serve_runs_scheduled_updates_in_a_child_and_keeps_serving(base, tmp_path):
     """``serve --update-every``: the update runs on its own (here every 2 s), says its decision in one log
     line, publishes when the gate passes, and the server answers throughout."""

@@ -52,6 +52,7 @@ def test_a_bad_data_path_fails_before_tensorflow_is_imported(tmp_path):
     assert not (tmp_path / "m").exists()
 
 
+@pytest.mark.slow
 def test_tensorflow_is_quiet_unless_verbose():
     code = ("from metalite.export.tfcompat import tf, keras\n"
             "tf.config.list_physical_devices()\n"

@@ -7,6 +7,8 @@ from click.testing import CliRunner
 
 from training_kit import make_folder
 
+pytestmark = pytest.mark.slow  # every test uses the module's trained and PQAT-compressed model (minutes to make)
+
 TINY = {"backbone": {"kind": "conv4", "filters": 8, "embedding_dim": 8}, "head": {"hidden": [8], "activation": "linear"}}
 
 

@@ -51,6 +51,7 @@ def _run_script(tmp_path, name, body, *args, env=None):
     return res.stdout
 
 
+@pytest.mark.slow
 def test_mirrored_step_equals_one_device_step_with_the_mean_gradient(folder, tmp_path):
     """One step on 2 replicas over episodes (e1, e2) == one single-device SGD step with (g1 + g2) / 2."""
     out = _run_script(tmp_path, "equivalence.py", """
@@ -103,6 +104,7 @@ def test_mirrored_step_equals_one_device_step_with_the_mean_gradient(folder, tmp
         assert abs(r["loss"] - r["ref_loss"]) < 1e-5, r
 
 
+@pytest.mark.slow
 def test_mirrored_training_checkpoints_and_resumes_like_an_uninterrupted_run(folder, tmp_path):
     out = _run_script(tmp_path, "mirrored_train.py", """
         from metalite.training import distribute
@@ -203,6 +205,7 @@ def _run_workers(tmp_path, folder, out, steps, resume):
     return outputs
 
 
+@pytest.mark.slow
 def test_two_workers_on_localhost_train_in_sync_and_resume(folder, tmp_path):
     out = tmp_path / "m"
     logs = _run_workers(tmp_path, folder, out, 3, resume=False)

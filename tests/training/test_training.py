@@ -108,6 +108,7 @@ def _tiny(kind="conv4"):
     return bb, build_head({"hidden": [8]}, 8)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("algorithm", ["protonet", "anil", "fomaml", "reptile"])
 def test_loss_falls_on_a_tiny_problem(folder, algorithm):
     from metalite.training.algorithms import make_learner
@@ -242,6 +243,7 @@ def _settings(folder, **kw):
     return s
 
 
+@pytest.mark.slow
 def test_train_writes_a_model_dir_and_resumes(folder, tmp_path):
     from metalite.training.modeldir import load_model_dir
     from metalite.training.trainer import train
@@ -256,6 +258,7 @@ def test_train_writes_a_model_dir_and_resumes(folder, tmp_path):
     assert (out / "checkpoints" / "ckpt-9.index").exists()
 
 
+@pytest.mark.slow
 def test_ctrl_c_leaves_checkpoint_and_usable_model(folder, tmp_path, monkeypatch):
     from metalite.training import algorithms
     from metalite.training.modeldir import load_model_dir
@@ -279,6 +282,7 @@ def test_ctrl_c_leaves_checkpoint_and_usable_model(folder, tmp_path, monkeypatch
     assert (out / "checkpoints" / "ckpt-20.index").exists()
 
 
+@pytest.mark.slow
 def test_cli_train_evaluate_and_errors(folder, tmp_path):
     from metalite.tools.cli import main
     r = CliRunner()
@@ -307,6 +311,7 @@ def test_cli_train_evaluate_and_errors(folder, tmp_path):
     assert not (tmp_path / "x").exists()
 
 
+@pytest.mark.slow
 def test_train_init_starts_from_a_model_and_records_how_much_training_came_before(folder, tmp_path):
     """``--init`` is a warm restart: the run starts from the given float model's weights (not random ones)
     and its config says so, with the episodes behind those weights counted through a chain of restarts."""
