@@ -80,6 +80,19 @@ def test_readme_lines_are_found():
     assert not any(c.startswith(("scp ", "sh metalite-device")) for c in cmds)  # the Pi's lines run on the emulated Pi
 
 
+def test_the_readme_test_command_is_what_ci_runs_and_runs_everything():
+    """The README's test line and .ci/run run the same pytest command, and it deselects nothing (--all)."""
+    def pytest_commands(text):
+        code = [line.split("#")[0].strip() for line in text.splitlines()]
+        return [c[c.index("python -m pytest"):] for c in code if "python -m pytest" in c]
+
+    readme_text = (REPO / "README.md").read_text().splitlines()
+    readme = pytest_commands("\n".join(line for line in readme_text if line.startswith("pip install")))
+    ci = pytest_commands((REPO / ".ci" / "run").read_text())
+    assert len(ci) == 1 and readme == ci, (readme, ci)
+    assert re.search(r"python -m pytest (.* )?--all\b", ci[0]), ci[0]
+
+
 def _quick(line: str) -> str:
     for pat, rep in SUBSTITUTIONS:
         line = re.sub(pat, rep, line)
@@ -188,6 +201,7 @@ def _parse_only(cmd: str, cwd: Path) -> str:
     return ""
 
 
+@pytest.mark.slow
 def test_every_readme_shell_line_runs(tmp_path):
     run = _Run(tmp_path)
     (tmp_path / "models").symlink_to(REPO / "models")
