@@ -48,7 +48,7 @@ setup(
         "serve": ["fastapi>=0.100", "uvicorn>=0.23", "cryptography>=3.4"],
         "sync": ["cryptography>=3.4"],
         "dev": ["pytest", "pytest-timeout", "ai-edge-litert", "fastapi>=0.100", "uvicorn>=0.23", "cryptography>=3.4",
-                "hypothesis", "scikit-learn",
+                "hypothesis", "scikit-learn", "ruff",
                 "playwright"],  # playwright drives Debian's chromium in tests/scenarios/test_device_page.py
     },
     entry_points={"console_scripts": ["metalite=metalite.tools.cli:main"]},

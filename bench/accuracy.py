@@ -8,7 +8,9 @@ from __future__ import annotations
 import textwrap
 from pathlib import Path
 
-from metalite.training.datasets import HELDOUT_SPLIT  # the classes (alphabets) no training stage saw
+from metalite.training.datasets import (
+    HELDOUT_SPLIT,  # the classes (alphabets) no training stage saw
+)
 
 from .fields import get
 from .plots import save

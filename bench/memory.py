@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from .fields import get
+
 MEMORY_SCRIPT = r"""
 import json, sys, time
 

@@ -18,10 +18,10 @@ import numpy as np
 from .accuracy import split_phrase
 from .cost import tflite_macs
 from .fields import get
-from .timing import summarize_rounds
 from .latency import BACKEND, ratio_stats, run_interleaved
 from .machine import LoadWatch, load_line
 from .plots import save
+from .timing import summarize_rounds
 from .variants import compression_of, describe
 
 SPEEDUP_GOAL, ERROR_BUDGET = 2.0, 0.01  # the goal: >= 2x faster per image at <= 1 pt more error

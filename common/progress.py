@@ -18,7 +18,7 @@ class Task:
     def close(self) -> None:
         """The work ended (finished, failed or interrupted)."""
 
-    def __enter__(self) -> "Task":
+    def __enter__(self) -> Task:
         return self
 
     def __exit__(self, *exc) -> bool:

@@ -20,7 +20,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import device_bundles as bundlelib  # noqa: E402
 import envs  # noqa: E402
-
 from devicekit import load_result, run_script  # noqa: E402
 
 

@@ -169,12 +169,12 @@ def build_tiny_bundle(out: Path, channels: int = 1) -> Path:
 
 def _tiny_main(out: Path, channels: int = 1) -> None:
     os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-    from metalite.export.tfcompat import tf, keras  # noqa: F401  (sets up tf_keras)
-    from metalite.training.models import build_backbone
     from metalite.export.bundle import write_bundle
-    from metalite.tools.progress import ConsoleProgress
+    from metalite.export.tfcompat import keras, tf  # noqa: F401  (sets up tf_keras)
     from metalite.runtime.head import HeadSpec
     from metalite.runtime.preprocess import to_model_input
+    from metalite.tools.progress import ConsoleProgress
+    from metalite.training.models import build_backbone
 
     r = TINY_RECIPE
     tf.random.set_seed(r["seed"])

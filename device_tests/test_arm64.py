@@ -4,15 +4,22 @@ tflite-runtime 2.14 wheel (Raspberry Pi OS bookworm's stack), and a venv with nu
 wheel (the recommended one). Both predict as on x86, gray bundles and an RGB one; their relative cost is measured
 interleaved, labelled as emulated."""
 import subprocess
-import sys
 import time
 
 import pytest
 
-from metalite.bench import timing  # self-contained timing worker, also run inside the rootfs
-
 import envs
-from devicekit import SCRIPTS, agreement, assert_agreement, assert_colour_state, load_result, output_scale, record
+from devicekit import (
+    SCRIPTS,
+    agreement,
+    assert_agreement,
+    assert_colour_state,
+    load_result,
+    output_scale,
+    record,
+)
+
+from metalite.bench import timing  # self-contained timing worker, also run inside the rootfs
 
 pytestmark = pytest.mark.device  # every test here needs a device environment
 

@@ -15,8 +15,8 @@ from fastapi import Depends, FastAPI, Header, HTTPException, Request
 from fastapi.responses import FileResponse, JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from metalite.runtime.version import __version__
 from metalite.runtime.sync.release import is_sha256
+from metalite.runtime.version import __version__
 
 from . import classes, devices, examples, releases
 from .errors import FleetError, RequestRefused

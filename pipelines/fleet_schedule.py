@@ -48,7 +48,7 @@ class UpdateScheduler:
         self._proc = None
         self._thread = threading.Thread(target=self._loop, name="fleet-update-scheduler", daemon=True)
 
-    def start(self) -> "UpdateScheduler":
+    def start(self) -> UpdateScheduler:
         self.say(f"scheduled updates: every {self.every_s / 3600:g} h ({' '.join(self.args) or 'default options'})")
         self._thread.start()
         return self

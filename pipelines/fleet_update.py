@@ -34,8 +34,16 @@ from metalite.common.progress import as_progress
 from metalite.runtime.plural import plural
 
 from .fleet_data import write_fleet_data, write_replay
-from .fleet_gate import (UNSEEN_CLASSES, UNSEEN_EPISODES, UNSEEN_WAYS, decision_text, fleet_holdout_accuracy, gate,
-                         paired_unseen, unseen_classes)
+from .fleet_gate import (
+    UNSEEN_CLASSES,
+    UNSEEN_EPISODES,
+    UNSEEN_WAYS,
+    decision_text,
+    fleet_holdout_accuracy,
+    gate,
+    paired_unseen,
+    unseen_classes,
+)
 from .fleet_package import compress_export, keep_float_model, release_recipe
 
 KEEP_REJECTED = 3  # rejected candidates kept under updates/rejected/ (the newest)

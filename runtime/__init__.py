@@ -10,8 +10,16 @@ or TensorFlow's as a last resort) is imported when the first classifier is creat
 from .bundle import Bundle, open_bundle
 from .cache import EmbeddingCache
 from .classifier import FewShotClassifier
-from .errors import (BundleError, DelegateError, InputError, InterpreterNotFoundError, MetaliteError,
-                     NotFittedError, StateError, UnknownClassError)
+from .errors import (
+                     BundleError,
+                     DelegateError,
+                     InputError,
+                     InterpreterNotFoundError,
+                     MetaliteError,
+                     NotFittedError,
+                     StateError,
+                     UnknownClassError,
+)
 from .interpreter import EdgeTPUFallbackWarning
 from .version import __version__
 

@@ -25,7 +25,8 @@ from .embedder import Embedder
 from .errors import BundleError, InputError, NotFittedError, StateError, UnknownClassError
 from .images import as_model_input, is_path
 from .interpreter import get_backend, open_backbone
-from .labels import normalize_label as _norm_label, preview, short_repr
+from .labels import normalize_label as _norm_label
+from .labels import preview, short_repr
 from .preprocess import to_pixels
 from .state import State, load_state, save_state
 
@@ -217,14 +218,14 @@ class FewShotClassifier:
         hidden = [self._hidden(head, support[c]) for c in classes]
         return setting or openset.calibrate(hidden, self._unknown_rate), openset.prototypes(hidden)
 
-    def _commit(self, classes: list, support: dict, images: dict) -> "FewShotClassifier":
+    def _commit(self, classes: list, support: dict, images: dict) -> FewShotClassifier:
         head = self._adapt(classes, support) if classes else None
         unknown, protos = self._open_set(head, classes, support)
         self._classes, self._support, self._images, self.head = classes, support, images, head
         self.unknown, self._protos = unknown, protos
         return self
 
-    def set_unknown(self, unknown) -> "FewShotClassifier":
+    def set_unknown(self, unknown) -> FewShotClassifier:
         """Turn open-set answers on (``"auto"`` or a target rate, recalibrating from the support set) or off (None)."""
         try:
             rate = openset.check_rate(unknown)
@@ -234,7 +235,7 @@ class FewShotClassifier:
         self.unknown, self._protos = self._open_set(self.head, self._classes, self._support)
         return self
 
-    def fit(self, images, labels=None, seed=None) -> "FewShotClassifier":
+    def fit(self, images, labels=None, seed=None) -> FewShotClassifier:
         """Learn these classes, replacing any learned before.
 
         Args:
@@ -277,7 +278,7 @@ class FewShotClassifier:
         lab = np.array([index[l] for l in labels])
         return self._commit(classes, _group(emb, lab, classes), _group(self._pixels(x), lab, classes))
 
-    def add_class(self, label, images) -> "FewShotClassifier":
+    def add_class(self, label, images) -> FewShotClassifier:
         """Learn one more class, keeping the others; refits the head on all stored support embeddings.
 
         If ``label`` is already known, ``images`` are added to its support set.
@@ -306,7 +307,7 @@ class FewShotClassifier:
             classes.append(label)
         return self._commit(classes, support, kept)
 
-    def remove_class(self, label) -> "FewShotClassifier":
+    def remove_class(self, label) -> FewShotClassifier:
         """Forget one class and refit the head on the others (no images needed).
 
         Returns:
@@ -321,7 +322,7 @@ class FewShotClassifier:
         kept = {c: v for c, v in self._images.items() if c != label}
         return self._commit([c for c in self._classes if c != label], support, kept)
 
-    def rename_class(self, label, new_label) -> "FewShotClassifier":
+    def rename_class(self, label, new_label) -> FewShotClassifier:
         """Give a learned class another label; its column, support set and the adapted head stay as they are.
 
         Raises:
@@ -485,7 +486,7 @@ class FewShotClassifier:
 
     @classmethod
     def load(cls, bundle_dir, path, num_threads: int | None = None, delegate: str = "auto",
-             **kwargs) -> "FewShotClassifier":
+             **kwargs) -> FewShotClassifier:
         """Open ``bundle_dir`` and restore a state saved by ``save``.
 
         Args:

@@ -6,7 +6,10 @@ so ``except ValueError`` keeps working for bad bundles, bad state files and bad 
 """
 from __future__ import annotations
 
-from metalite.common.errors import MetaliteError, one_line  # the family's base and its one-line form
+from metalite.common.errors import (  # the family's base and its one-line form
+    MetaliteError,
+    one_line,
+)
 
 __all__ = ["MetaliteError", "one_line", "BundleError", "StateError", "InputError", "NotFittedError",
            "UnknownClassError", "DelegateError", "InterpreterNotFoundError", "MissingExtraError", "missing_extra",

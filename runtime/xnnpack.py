@@ -29,7 +29,7 @@ class _Options(ctypes.Structure):
     _fields_ = [("raw", ctypes.c_uint8 * _OPTIONS_BYTES)]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _library(backend_name: str):
     """The interpreter's own shared library (already loaded by its package) with the XNNPACK C API, or None."""
     mod_name = WRAPPER_MODULES.get(backend_name)
@@ -72,7 +72,7 @@ class XNNPackDelegate:
             self._ptr = None
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def default_flags(backend_name: str) -> int | None:
     """The flags of the backend's default XNNPACK delegate, or None if its library doesn't export the C API."""
     lib = _library(backend_name)

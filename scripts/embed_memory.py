@@ -11,7 +11,6 @@ import argparse
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 BUNDLE = Path(__file__).resolve().parents[1] / "models" / "omniglot"

@@ -7,7 +7,6 @@ temporary directory, the shipped ``models/omniglot`` bundle.
 """
 from __future__ import annotations
 
-import base64
 import http.client
 import http.server
 import json

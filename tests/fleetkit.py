@@ -44,8 +44,8 @@ def build_bundles(d: Path) -> dict:
     embeddings, v1's followed by a fixed 16->24 isometry (orthonormal rows), so it separates the test
     shapes exactly as well as v1 and an update must re-embed the images. bad: v2 with a useless head.
     """
-    from metalite.training.models import build_backbone
     from metalite.export.tfcompat import keras
+    from metalite.training.models import build_backbone
 
     base = build_backbone({"kind": "conv4", "filters": 16, "embedding_dim": 16}, input_shape=(SIZE, SIZE, 1))
     rng = np.random.default_rng(1)  # Glorot-uniform kernels from numpy: the same bundle whatever ran before
@@ -106,7 +106,7 @@ class Server:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self) -> "Server":
+    def start(self) -> Server:
         offset = self.log.stat().st_size if self.log.exists() else 0
         with open(self.log, "ab") as err:
             self.proc = subprocess.Popen(

@@ -7,7 +7,16 @@ from __future__ import annotations
 
 import click
 
-from . import cli_bench, cli_compress, cli_device, cli_export, cli_fleet, cli_package, cli_runtime, cli_train
+from . import (
+    cli_bench,
+    cli_compress,
+    cli_device,
+    cli_export,
+    cli_fleet,
+    cli_package,
+    cli_runtime,
+    cli_train,
+)
 from .clikit import verbose_option
 
 

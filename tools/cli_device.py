@@ -12,7 +12,14 @@ from pathlib import Path
 
 import click
 
-from .cli_runtime import DELEGATE_CHOICE, UNKNOWN_HELP, UnknownSetting, emit_rows, prediction_rows, support_folders
+from .cli_runtime import (
+    DELEGATE_CHOICE,
+    UNKNOWN_HELP,
+    UnknownSetting,
+    emit_rows,
+    prediction_rows,
+    support_folders,
+)
 from .clikit import fail_cleanly, plural
 
 HOME = click.option("--home", required=True, envvar="METALITE_HOME", type=click.Path(file_okay=False, path_type=Path),
@@ -100,7 +107,13 @@ def sync_cmd(server, token, pubkey, home, allow_unsigned, allow_older, max_accur
 
 def _class_library(home, server, token, timeout, offline, shares, pulls, replace, listing, delegate, as_json):
     """The class-library steps of ``metalite sync`` (``metalite.runtime.sync.classes``)."""
-    from metalite.runtime.sync import FleetClient, SyncError, pull_class, share_class, shared_classes
+    from metalite.runtime.sync import (
+        FleetClient,
+        SyncError,
+        pull_class,
+        share_class,
+        shared_classes,
+    )
 
     if offline:
         raise SyncError("class library: the server is not reachable; nothing shared or pulled")
@@ -203,7 +216,6 @@ def device_predict_cmd(images, home, as_json, delegate, unknown):
     """
     from metalite.runtime.errors import InputError
     from metalite.runtime.images import as_model_input
-
     from metalite.runtime.sync.outbox import KINDS, OutboxUnavailableWarning
 
     h = _home(home)
@@ -324,7 +336,8 @@ def device_serve_cmd(home, host, port, token, self_signed, tls_cert, tls_key, ma
     """
     from metalite.runtime.interpreter import describe
     from metalite.runtime.sync import DeviceHome
-    from metalite.runtime.webui import PageServer, Teacher, Watcher, lan_address, self_signed as make_cert, tls_context
+    from metalite.runtime.webui import PageServer, Teacher, Watcher, lan_address, tls_context
+    from metalite.runtime.webui import self_signed as make_cert
 
     if no_page and watch_dir is None:
         raise click.UsageError("--no-page needs --watch")

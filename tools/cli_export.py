@@ -75,9 +75,20 @@ def _int8_accuracy(data_spec, size, channels, head_spec, episodes, split_seed=0)
     def evaluate(tflite_bytes):
         from metalite.export.tflite import run_int8
         from metalite.runtime.tta import shift_average
-        from metalite.training.datasets import HELDOUT_SPLIT, describe_split, emoji_split, load_data, parse_spec
+        from metalite.training.datasets import (
+            HELDOUT_SPLIT,
+            describe_split,
+            emoji_split,
+            load_data,
+            parse_spec,
+        )
         from metalite.training.evaluate import episode_settings, evaluate_embeddings
-        from metalite.training.lake import embedding_classifier, lake_alphabets, lake_error, lake_runs
+        from metalite.training.lake import (
+            embedding_classifier,
+            lake_alphabets,
+            lake_error,
+            lake_runs,
+        )
 
         held = load_data(data_spec, size, HELDOUT_SPLIT, seed=split_seed, channels=channels)
         tta = int(head_spec.adaptation.get("tta", 0))

@@ -166,7 +166,6 @@ def update_cmd(root, model_dir, candidate, candidate_model, steps, strategy, rep
     update starts from it); rejected candidates are kept. Interrupted? Run it again: it resumes.
     """
     need("cryptography", "serve")
-    from metalite.fleet.status import gate_text
 
     from metalite.pipelines.fleet_update import update
 

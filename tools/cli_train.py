@@ -5,7 +5,13 @@ import json
 
 import click
 
-from metalite.training.settings import ALGORITHMS, BACKBONES, MAX_DEFAULT_WAYS, STRATEGIES, TrainSettings
+from metalite.training.settings import (
+    ALGORITHMS,
+    BACKBONES,
+    MAX_DEFAULT_WAYS,
+    STRATEGIES,
+    TrainSettings,
+)
 
 from .clikit import console_progress, fail_cleanly, plural, verbose_option
 

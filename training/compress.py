@@ -26,7 +26,13 @@ from .datasets import HELDOUT_SPLIT, describe_split, portable_spec, representati
 from .distill import DISTILL_LOSSES, make_distill_loss
 from .errors import CompressError
 from .loop import run_episodes
-from .modeldir import PRUNED_WEIGHTS, head_spec_from_keras, load_model_dir, read_config, save_model_dir
+from .modeldir import (
+    PRUNED_WEIGHTS,
+    head_spec_from_keras,
+    load_model_dir,
+    read_config,
+    save_model_dir,
+)
 from .pruning import PruningSchedule, finish_pruning, prune_wrap, quantize_pqat, weight_report
 from .settings import hparams_of
 from .structured import parse_fractions, thin_backbone

@@ -87,7 +87,7 @@ class FewShotData:
         x = 1.0 - self.images.astype(np.float32) / 255.0
         return x[..., None] if x.ndim == 3 else x
 
-    def subset(self, classes) -> "FewShotData":
+    def subset(self, classes) -> FewShotData:
         """A FewShotData with only ``classes`` (indices), relabelled 0..len-1."""
         classes = list(classes)
         idx = np.concatenate([self._index[c] for c in classes]) if classes else np.zeros(0, int)

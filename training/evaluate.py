@@ -13,8 +13,8 @@ from metalite.runtime import openset
 from metalite.runtime.head import HeadSpec, adapt, hidden_forward
 
 from .datasets import FewShotData
-from .errors import DataError
 from .episodes import EpisodeSampler
+from .errors import DataError
 
 
 def embed_all(embed_fn, data: FewShotData, batch: int = 256) -> np.ndarray:

@@ -76,7 +76,7 @@ def _group(cp: int, block_group: str) -> str:
     return block_group
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _font_tables() -> dict:
     """{font: {code point: character to type}} for glyphs each font really has (non-empty, not .notdef).
 
@@ -113,7 +113,7 @@ def _font_tables() -> dict:
     return tables
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _pil_font(name: str, size: int):
     from PIL import ImageFont
 
@@ -264,7 +264,7 @@ def _shape_distances(feats: np.ndarray) -> np.ndarray:
     return np.maximum(denom - 2 * feats @ feats.T, 0.0) / denom
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def glyph_classes() -> tuple[tuple[int, str, tuple[str, ...]], ...]:
     """The deduplicated classes: (code point, group, fonts that have the glyph), in code point order.
 

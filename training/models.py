@@ -68,7 +68,7 @@ def _dsconv(inp, widths):
     return x
 
 
-def build_backbone(cfg: dict, input_shape=(28, 28, 1)) -> "keras.Model":
+def build_backbone(cfg: dict, input_shape=(28, 28, 1)) -> keras.Model:
     """Backbone from ``cfg`` ({"kind", "filters", "embedding_dim"}, optional "widths"); output is a flat embedding."""
     cfg = {**DEFAULT_BACKBONE, **(cfg or {})}
     if cfg["kind"] not in BACKBONES:
@@ -83,7 +83,7 @@ def build_backbone(cfg: dict, input_shape=(28, 28, 1)) -> "keras.Model":
     return keras.Model(inp, x, name=f"backbone_{cfg['kind']}")
 
 
-def build_head(cfg: dict, embedding_dim: int) -> "keras.Sequential":
+def build_head(cfg: dict, embedding_dim: int) -> keras.Sequential:
     """The meta-learned hidden Dense layers of the head (may be empty)."""
     cfg = {**DEFAULT_HEAD, **(cfg or {})}
     layers = [keras.layers.Dense(int(u), activation=cfg["activation"], name=f"head_dense{i}")

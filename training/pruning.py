@@ -19,8 +19,9 @@ PRUNABLE = ("Conv2D", "DepthwiseConv2D", "Dense")
 
 
 def _tfmot():
-    from metalite.export.tfcompat import tf  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TF-MOT imports keras)
     import tensorflow_model_optimization as tfmot
+
+    from metalite.export.tfcompat import tf  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TF-MOT imports keras)
 
     return tfmot
 
@@ -68,7 +69,9 @@ def prune_wrap(backbone, sparsity: float, steps: int):
 
 def _prune_wrappers(model):
     _tfmot()
-    from tensorflow_model_optimization.python.core.sparsity.keras.pruning_wrapper import PruneLowMagnitude
+    from tensorflow_model_optimization.python.core.sparsity.keras.pruning_wrapper import (
+        PruneLowMagnitude,
+    )
 
     return [l for l in model.layers if isinstance(l, PruneLowMagnitude)]
 

@@ -52,7 +52,7 @@ def hparams_of(algorithm: str, hparams: dict | None = None) -> dict:
     return {**DEFAULT_HPARAMS[algorithm], **(hparams or {})}
 
 
-def resolve(out, settings, resume: bool = False) -> "TrainSettings":
+def resolve(out, settings, resume: bool = False) -> TrainSettings:
     """``settings`` (a ``TrainSettings`` or a dict of its fields, None values meaning the default) with what
     depends on the data filled in, or the run saved in ``out`` for ``resume`` (``steps`` and ``strategy`` of
     ``settings`` may override it)."""
@@ -80,7 +80,7 @@ def default_augment(spec: str) -> dict:
     return found.augment() if found is not None else dict(DEFAULT_AUGMENT)
 
 
-def default_ways(s: "TrainSettings", train_data) -> int:
+def default_ways(s: TrainSettings, train_data) -> int:
     """``s.ways``, or when unset as many training classes as can fill an episode, at most MAX_DEFAULT_WAYS."""
     if s.ways is not None:
         return int(s.ways)
@@ -199,7 +199,7 @@ class TrainSettings:
             raise KeyError(key)
         return getattr(self, key)
 
-    def replace(self, **changes) -> "TrainSettings":
+    def replace(self, **changes) -> TrainSettings:
         """A copy with ``changes``, checked again."""
         return replace(self, **changes)
 
@@ -213,7 +213,7 @@ class TrainSettings:
         return json.loads(json.dumps(asdict(self)))
 
     @classmethod
-    def from_json(cls, d: dict) -> "TrainSettings":
+    def from_json(cls, d: dict) -> TrainSettings:
         """The settings ``to_json`` wrote (fields it lacks take their defaults: older run files)."""
         if not isinstance(d, dict):
             raise SettingsError(f"run settings must be a JSON object, got {type(d).__name__}")

@@ -22,7 +22,15 @@ from . import settings as run_settings
 from .algorithms import make_learner
 from .augment import Augment
 from .datasets import load_data
-from .distribute import DistributedLearner, cleanup, describe, make_strategy, weights_digest, worker_info, write_root
+from .distribute import (
+    DistributedLearner,
+    cleanup,
+    describe,
+    make_strategy,
+    weights_digest,
+    worker_info,
+    write_root,
+)
 from .episodes import EpisodeSampler, check_episode_fits
 from .errors import Interrupted, ModelDirError
 from .evaluate import embed_all, episode_settings, evaluate_embeddings, keras_embed_fn

@@ -57,7 +57,7 @@ def tf_check():
 def run_cli(argv, env=None):
     exe = os.path.join(os.path.dirname(sys.executable), "metalite")
     t = time.perf_counter()
-    p = subprocess.run([exe] + argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True,
+    p = subprocess.run([exe] + argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                        env=env)
     return {"argv": argv, "returncode": p.returncode, "stdout": p.stdout, "stderr": p.stderr,
             "seconds": time.perf_counter() - t}

@@ -16,8 +16,14 @@ flow, the home layout, the HTTP API and the security model.
 from .agent import SyncResult, sync, upload_outbox
 from .classes import fetch_class, pull_class, share_class, shared_classes
 from .client import FleetClient
-from .errors import (BadAnswerError, ServerBusyError, ServerRefusedError, ServerUnreachableError, SyncError,
-                     UpdateRefusedError)
+from .errors import (
+                     BadAnswerError,
+                     ServerBusyError,
+                     ServerRefusedError,
+                     ServerUnreachableError,
+                     SyncError,
+                     UpdateRefusedError,
+)
 from .health import support_accuracy
 from .home import DeviceHome
 from .install import install_bundle

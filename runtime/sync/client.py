@@ -19,8 +19,14 @@ import urllib.request
 from pathlib import Path
 
 from ..names import terminal_safe
-from .errors import (BadAnswerError, ServerBusyError, ServerRefusedError, ServerUnreachableError, SyncError,
-                     UpdateRefusedError)
+from .errors import (
+    BadAnswerError,
+    ServerBusyError,
+    ServerRefusedError,
+    ServerUnreachableError,
+    SyncError,
+    UpdateRefusedError,
+)
 
 _CHUNK = 1 << 16
 MAX_ANSWER = 1 << 20  # bytes of a JSON answer unless the call says more (a shared class: ``classes.MAX_CLASS_ANSWER``)

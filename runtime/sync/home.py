@@ -23,8 +23,8 @@ import os
 import shutil
 import sqlite3
 import tempfile
-import warnings
 import time
+import warnings
 from pathlib import Path
 
 from metalite.common.files import atomic_write, fsync_dir

@@ -65,7 +65,7 @@ def _support_id(label, img: np.ndarray) -> str:
     return "s" + hashlib.sha256(_json_or_none(label).encode() + b"\0" + img.tobytes()).hexdigest()[:40]
 
 
-_OPEN: "weakref.WeakSet" = weakref.WeakSet()
+_OPEN: weakref.WeakSet = weakref.WeakSet()
 
 
 @atexit.register

@@ -77,7 +77,7 @@ class ReportingClassifier(FewShotClassifier):
                 self._keep_unsure(x, 1.0 / total, best, refused)
         return [UNKNOWN if r else self._classes[k] for k, r in zip(best, refused)]
 
-    def correct(self, images, label, learn: bool = True) -> "ReportingClassifier":
+    def correct(self, images, label, learn: bool = True) -> ReportingClassifier:
         """Record that ``images`` show ``label`` (a user's correction) and, if ``learn``, add them to its class.
 
         Args:

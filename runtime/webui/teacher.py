@@ -18,7 +18,7 @@ from collections import OrderedDict
 import numpy as np
 
 from ..errors import InputError, UnknownClassError
-from ..images import as_model_input, read_image_bytes, DRAFT_FACTOR
+from ..images import DRAFT_FACTOR, as_model_input, read_image_bytes
 from ..interpreter import describe
 from ..labels import normalize_label, short_repr
 from ..preprocess import to_pixels

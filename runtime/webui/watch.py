@@ -92,7 +92,7 @@ class Watcher:
         while not self._stop.wait(self.interval):
             self.poll()
 
-    def start(self) -> "Watcher":
+    def start(self) -> Watcher:
         """Poll in a background thread until ``stop``."""
         self._thread = threading.Thread(target=self._run, name="metalite-watch", daemon=True)
         self._thread.start()

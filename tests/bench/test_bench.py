@@ -59,10 +59,10 @@ def folder_data(tmp_path_factory):
 def tiny(tmp_path_factory, folder_data):
     """(bundle dir, model dir) of a random Conv4-16 backbone with a one-layer linear head."""
     from metalite.export.bundle import write_bundle
+    from metalite.export.tfcompat import tf
     from metalite.training.datasets import load_data
     from metalite.training.modeldir import save_model_dir
     from metalite.training.models import build_backbone
-    from metalite.export.tfcompat import tf
 
     tf.random.set_seed(0)
     bcfg = {"kind": "conv4", "filters": 16, "embedding_dim": 16}
@@ -242,8 +242,8 @@ def test_odt_train_signature_reduces_loss_and_matches_numpy():
 
 
 def test_odt_model_needs_no_flex_ops():
-    from metalite.export.flatbuf import read_model
     from metalite.bench.odt import build_odt_model
+    from metalite.export.flatbuf import read_model
 
     spec = headlib.HeadSpec([], [], {"steps": 0, "lr": 0.1, "scale": 1.0, "adapt": "head"})
     ops = {op.name for op in read_model(build_odt_model(spec, 8, 3), "odt").ops}
@@ -316,8 +316,8 @@ def test_bench_quick_on_the_shipped_omniglot_bundle(tmp_path):
 
 # ----------------------------------------------------------------------------- timing machinery
 def test_interleave_rotates_the_order_and_ratios_are_within_rounds():
-    from metalite.bench.timing import interleave_calls, summarize_rounds
     from metalite.bench.latency import ratio_stats
+    from metalite.bench.timing import interleave_calls, summarize_rounds
 
     order = []
     fns = {n: (lambda n=n: order.append(n)) for n in "ABC"}
@@ -348,8 +348,8 @@ def test_load_report_warns_only_when_others_use_the_cpu():
 
 @pytest.mark.slow
 def test_macs_of_a_tflite_model_match_the_keras_count():
-    from metalite.export.tflite import convert_float
     from metalite.bench.cost import gmacs_per_s, keras_macs, tflite_macs
+    from metalite.export.tflite import convert_float
     from metalite.training.models import build_backbone
 
     m = build_backbone({"kind": "conv4", "filters": 8, "embedding_dim": 4}, (28, 28, 1))
@@ -360,9 +360,9 @@ def test_macs_of_a_tflite_model_match_the_keras_count():
 
 @pytest.mark.slow
 def test_variants_are_named_for_what_they_are(tmp_path):
+    from metalite.bench.variants import compression_of, describe, fake_quant_ops, is_compressed
     from metalite.export.tfcompat import tf
     from metalite.export.tflite import convert_float
-    from metalite.bench.variants import compression_of, describe, fake_quant_ops, is_compressed
     from metalite.training.models import build_backbone
 
     # a graph with QUANTIZE/DEQUANTIZE ops in it is not a float model, whatever its file name says

@@ -6,7 +6,6 @@ import json
 import os
 import stat
 import zipfile
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,9 +17,9 @@ from metalite.export import edgetpu, tflite  # noqa: E402
 from metalite.export.errors import ExportError  # noqa: E402
 from metalite.export.flatbuf import read_model  # noqa: E402
 from metalite.export.inspect import inspect_bundle, render_text  # noqa: E402
+from metalite.export.tfcompat import keras, tf  # noqa: E402
 from metalite.runtime.head import HeadSpec  # noqa: E402
 from metalite.training.models import build_backbone  # noqa: E402
-from metalite.export.tfcompat import keras, tf  # noqa: E402
 
 EMB = 16
 

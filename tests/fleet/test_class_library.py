@@ -18,14 +18,23 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from repo_paths import REPO
 from fleetkit import Server
+from repo_paths import REPO
 
 from metalite.fleet import FleetRoot, enroll, publish
 from metalite.runtime import FewShotClassifier
 from metalite.runtime.state import load_state
-from metalite.runtime.sync import (DeviceHome, FleetClient, ServerRefusedError, SyncError, parse_public_key,
-                                   pull_class, share_class, shared_classes, sync)
+from metalite.runtime.sync import (
+    DeviceHome,
+    FleetClient,
+    ServerRefusedError,
+    SyncError,
+    parse_public_key,
+    pull_class,
+    share_class,
+    shared_classes,
+    sync,
+)
 from metalite.tools.cli import main
 
 SHIPPED = REPO / "models" / "omniglot"

@@ -29,13 +29,31 @@ from click.testing import CliRunner
 from fleetkit import CuttingProxy, Server, shared_bundles, write_pngs
 from runtime_kit import shapes
 
-from metalite.fleet import FleetRoot, enroll, export_bundle, export_model, iter_examples, latest_offer, list_devices
-from metalite.fleet import publish, revoke, rollback
+from metalite.fleet import (
+    FleetRoot,
+    enroll,
+    export_bundle,
+    export_model,
+    iter_examples,
+    latest_offer,
+    list_devices,
+    publish,
+    revoke,
+    rollback,
+)
 from metalite.runtime import FewShotClassifier
 from metalite.runtime.bundle import open_bundle
 from metalite.runtime.state import load_state
-from metalite.runtime.sync import (DeviceHome, FleetClient, ServerRefusedError, ServerUnreachableError, apply_offer,
-                                   parse_public_key, sync, upload_outbox)
+from metalite.runtime.sync import (
+    DeviceHome,
+    FleetClient,
+    ServerRefusedError,
+    ServerUnreachableError,
+    apply_offer,
+    parse_public_key,
+    sync,
+    upload_outbox,
+)
 from metalite.tools.cli import main
 
 CLASSES = [f"shape{k}" for k in range(5)]

@@ -15,22 +15,21 @@ import stat
 import subprocess
 import sys
 import time
-import urllib.parse
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from repo_paths import REPO
 from fleetkit import Server, request
+from repo_paths import REPO
 
 from metalite.fleet import FleetError, FleetRoot, enroll, publish
 from metalite.fleet.status import status, status_lines
 from metalite.runtime.bundle import open_bundle, sha256_file
 from metalite.runtime.errors import BundleError
 from metalite.runtime.names import bundle_file_problem, class_name_problem, terminal_safe
-from metalite.runtime.sync import DeviceHome, FleetClient, ServerBusyError, UpdateRefusedError, sync
+from metalite.runtime.sync import DeviceHome, FleetClient, UpdateRefusedError, sync
 from metalite.runtime.sync.release import make_release, verify_release
 
 BUNDLE = REPO / "models" / "omniglot"
@@ -353,7 +352,6 @@ def _glyphs(n: int, seed: int) -> np.ndarray:
 def test_a_read_only_device_home_keeps_predicting_and_says_once_that_nothing_is_recorded(tmp_path):
     from PIL import Image
 
-    from metalite.runtime import FewShotClassifier
 
     imgs = _glyphs(4, 0)
     paths = []

@@ -20,8 +20,17 @@ from hypothesis import strategies as st
 from fleetkit import Server, request
 
 from metalite.fleet import FleetRoot, enroll
-from metalite.runtime.sync import BadAnswerError, DeviceHome, FleetClient, Outbox, SyncError, fetch_class, \
-    shared_classes, sync
+from metalite.runtime.sync import (
+    BadAnswerError,
+    DeviceHome,
+    FleetClient,
+    Outbox,
+    SyncError,
+    fetch_class,
+    shared_classes,
+    sync,
+)
+
 
 def profile(n: int):
     return settings(derandomize=True, deadline=None, suppress_health_check=list(HealthCheck), database=None,

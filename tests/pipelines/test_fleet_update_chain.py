@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from repo_paths import REPO
 from fleetkit import Server, broken_head_bundle
+from repo_paths import REPO
 
 from metalite.fleet import FleetRoot, enroll, export_model, latest_offer, list_releases, publish
 from metalite.fleet.examples import ingest

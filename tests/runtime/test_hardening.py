@@ -25,13 +25,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from runtime_kit import REPO, SIZE, assert_one_line, bar_image, bars, copy_bundle, rehash
+
 from metalite.common.files import STALE_TEMP_AGE, remove_stale_temps
-from metalite.runtime import BundleError, FewShotClassifier, InputError, StateError, UnknownClassError
+from metalite.runtime import (
+    BundleError,
+    FewShotClassifier,
+    InputError,
+    StateError,
+    UnknownClassError,
+)
 from metalite.runtime import head as headlib
 from metalite.runtime.images import as_model_input, read_image
 from metalite.runtime.state import load_state
-
-from runtime_kit import REPO, SIZE, assert_one_line, bar_image, bars, copy_bundle, rehash
 
 PIL = pytest.importorskip("PIL")
 from PIL import Image  # noqa: E402

@@ -8,13 +8,11 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from repo_paths import DATA
 from fleetkit import Server, shared_bundles, write_pngs
-from runtime_kit import SHIPPED
-from runtime_kit import shapes
+from repo_paths import DATA
+from runtime_kit import SHIPPED, shapes
 
-from metalite.runtime import FewShotClassifier, InputError, StateError
-from metalite.runtime import openset
+from metalite.runtime import FewShotClassifier, InputError, StateError, openset
 from metalite.runtime.openset import UNKNOWN
 from metalite.runtime.state import State, load_state, save_state
 from metalite.tools.cli import main

@@ -11,7 +11,6 @@ import copy
 import io
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,13 +20,20 @@ from hypothesis import HealthCheck, event, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 from hypothesis.extra import numpy as hnp  # noqa: E402
 
-from metalite.runtime import (BundleError, FewShotClassifier, InputError, MetaliteError,  # noqa: E402
-                              NotFittedError, StateError, UnknownClassError)
+from runtime_kit import SIZE, assert_one_line, bars, copy_bundle, rehash  # noqa: E402
+
+from metalite.runtime import (  # noqa: E402
+    BundleError,
+    FewShotClassifier,
+    InputError,
+    MetaliteError,
+    NotFittedError,
+    StateError,
+    UnknownClassError,
+)
 from metalite.runtime.bundle import open_bundle  # noqa: E402
 from metalite.runtime.images import as_model_input, read_image  # noqa: E402
 from metalite.runtime.state import _arrays_digest  # noqa: E402
-
-from runtime_kit import SIZE, assert_one_line, bars, copy_bundle, rehash  # noqa: E402
 
 SETTINGS = dict(deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
 SHAPE = (SIZE, SIZE, 1)

@@ -22,13 +22,19 @@ import pytest
 from repo_paths import REPO
 from runtime_kit import N_SHAPES, SIZE, rewrite_manifest, shapes
 
-from metalite.runtime import (BundleError, DelegateError, EdgeTPUFallbackWarning, FewShotClassifier, InputError,
-                              NotFittedError, StateError, UnknownClassError)
+from metalite.runtime import (
+    BundleError,
+    DelegateError,
+    EdgeTPUFallbackWarning,
+    FewShotClassifier,
+    InputError,
+    NotFittedError,
+    StateError,
+    UnknownClassError,
+)
 from metalite.runtime import head as headlib
 from metalite.runtime.embedder import Embedder
 from metalite.runtime.interpreter import make_interpreter
-
-
 
 # ----------------------------------------------------------------------------- runtime fixtures
 HEAD_ADAPTATION = {"steps": 5, "lr": 0.01, "scale": 100.0, "adapt": "head"}
@@ -37,9 +43,9 @@ HEAD_ADAPTATION = {"steps": 5, "lr": 0.01, "scale": 100.0, "adapt": "head"}
 @pytest.fixture(scope="session")
 def keras_backbone():
     """(tf_keras Conv4 backbone with random weights, float32 (64, 28, 28, 1) representative model input)."""
+    from metalite.export.tfcompat import tf
     from metalite.runtime.preprocess import to_model_input
     from metalite.training.models import build_backbone
-    from metalite.export.tfcompat import tf
 
     tf.random.set_seed(0)
     model = build_backbone({"kind": "conv4", "filters": 16, "embedding_dim": 16}, input_shape=(SIZE, SIZE, 1))

@@ -18,8 +18,17 @@ from runtime_kit import installed_home, shapes, write_v1_state
 from metalite.runtime import FewShotClassifier, StateError
 from metalite.runtime import head as headlib
 from metalite.runtime import state as statelib
-from metalite.runtime.sync import (DeviceHome, Outbox, ReportingClassifier, SyncError, UpdateRefusedError,
-                                   parse_public_key, support_accuracy, sync, verify_release)
+from metalite.runtime.sync import (
+    DeviceHome,
+    Outbox,
+    ReportingClassifier,
+    SyncError,
+    UpdateRefusedError,
+    parse_public_key,
+    support_accuracy,
+    sync,
+    verify_release,
+)
 from metalite.runtime.sync.release import make_release
 
 

@@ -78,8 +78,8 @@ def test_refine_pulls_prototypes_toward_their_query_clusters():
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory):
     from metalite.export.bundle import write_bundle
-    from metalite.training.models import build_backbone
     from metalite.export.tfcompat import tf
+    from metalite.training.models import build_backbone
 
     tf.random.set_seed(0)
     model = build_backbone({"kind": "conv4", "filters": 8, "embedding_dim": 8}, input_shape=(SIZE, SIZE, 1))

@@ -256,7 +256,14 @@ def test_colour_classes_and_examples_travel_through_a_real_fleet_server(rgb_bund
     from fleetkit import Server
 
     from metalite.fleet import FleetRoot, enroll, iter_examples, publish
-    from metalite.runtime.sync import DeviceHome, FleetClient, parse_public_key, pull_class, share_class, sync
+    from metalite.runtime.sync import (
+        DeviceHome,
+        FleetClient,
+        parse_public_key,
+        pull_class,
+        share_class,
+        sync,
+    )
     from metalite.runtime.sync.classes import fetch_class
     from metalite.runtime.sync.wire import decode_image as from_wire
     from metalite.runtime.sync.wire import encode_image as to_wire

@@ -3,7 +3,6 @@ git work trees, releases without the float backbone no device runs, counts in wo
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -13,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from repo_paths import REPO
 from fleetkit import Server
+from repo_paths import REPO
 
 GLYPHS = REPO / "models" / "glyphs"
 FLOAT_GLYPHS = REPO / "models" / "float" / "glyphs"

@@ -11,13 +11,12 @@ import json
 import re
 import time
 
-
 import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from repo_paths import REPO
 from fleetkit import Server, broken_head_bundle
+from repo_paths import REPO
 
 from metalite.fleet import FleetRoot, enroll, latest_offer, list_releases, publish
 from metalite.runtime import FewShotClassifier

@@ -11,7 +11,14 @@ from click.testing import CliRunner
 from metalite.export.errors import ExportError
 from metalite.runtime.errors import MetaliteError
 from metalite.tools.clikit import fail_cleanly
-from metalite.training.errors import CompressError, DataError, Interrupted, ModelDirError, SettingsError, StrategyError
+from metalite.training.errors import (
+    CompressError,
+    DataError,
+    Interrupted,
+    ModelDirError,
+    SettingsError,
+    StrategyError,
+)
 
 TIMEOUT = 300  # seconds per subprocess (TensorFlow's import alone takes ~10 s on 2 busy cores)
 

@@ -102,8 +102,13 @@ def test_load_compressed_round_trip_gives_same_embeddings(env, tmp_path):
     from metalite.training.datasets import load_data
     from metalite.training.episodes import EpisodeSampler
     from metalite.training.loop import run_episodes
-    from metalite.training.modeldir import PRUNED_WEIGHTS, head_spec_from_keras, load_model_dir, read_config, \
-        save_model_dir
+    from metalite.training.modeldir import (
+        PRUNED_WEIGHTS,
+        head_spec_from_keras,
+        load_model_dir,
+        read_config,
+        save_model_dir,
+    )
     from metalite.training.models import build_head
 
     cfg, student, spec = load_model_dir(env["float"])
@@ -209,9 +214,9 @@ def test_structured_pruning_composes_with_sparsity_pqat_and_int8(env, tmp_path):
     """--structured 0.5 then 50% sparsity then PQAT: a thinner backbone (widths in the config), rebuilt by
     load_model_dir, still sparse after int8 conversion, with fewer MACs than the float model; export --float
     writes the thin float twin."""
+    from metalite.bench.cost import keras_macs, tflite_macs
     from metalite.export.flatbuf import read_model
     from metalite.export.tflite import convert_int8
-    from metalite.bench.cost import keras_macs, tflite_macs
     from metalite.tools.cli import main
     from metalite.training.compress import compress
     from metalite.training.datasets import load_data

@@ -140,6 +140,7 @@ def test_mirrored_training_checkpoints_and_resumes_like_an_uninterrupted_run(fol
     assert run["strategy"] == "mirrored" and run["steps"] == 6
     # 4 steps, Ctrl-C, resume to 6 == 6 steps in one go (weights, optimizer state, sampler state all restored)
     import numpy as np
+
     from metalite.export.tfcompat import tf
     a = tf.train.load_checkpoint(str(tmp_path / "a" / "checkpoints" / "ckpt-6"))
     b = tf.train.load_checkpoint(str(tmp_path / "b" / "checkpoints" / "ckpt-6"))

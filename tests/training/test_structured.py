@@ -117,9 +117,9 @@ def test_widths_in_the_config_are_checked():
 
 
 def test_thinned_dsconv_int8_is_all_edgetpu_mappable_and_cheaper():
+    from metalite.bench.cost import keras_macs, tflite_macs
     from metalite.export.edgetpu import check_model
     from metalite.export.tflite import convert_int8
-    from metalite.bench.cost import keras_macs, tflite_macs
     from metalite.training.models import build_backbone
 
     cfg = {"kind": "dsconv", "filters": 32, "embedding_dim": 16}

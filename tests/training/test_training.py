@@ -111,8 +111,8 @@ def _tiny(kind="conv4"):
 @pytest.mark.slow
 @pytest.mark.parametrize("algorithm", ["protonet", "anil", "fomaml", "reptile"])
 def test_loss_falls_on_a_tiny_problem(folder, algorithm):
-    from metalite.training.algorithms import make_learner
     from metalite.export.tfcompat import tf
+    from metalite.training.algorithms import make_learner
     tf.keras.utils.set_random_seed(0)
     data = load_data(f"folder:{folder}", 28, "all")
     bb, hd = _tiny()
@@ -122,8 +122,8 @@ def test_loss_falls_on_a_tiny_problem(folder, algorithm):
     episodes = [fixed.sample() for _ in range(4)]
 
     def query_loss():  # loss after the device's own adaptation, on fixed episodes
-        from metalite.training.modeldir import head_spec_from_keras
         from metalite.runtime.head import adapt
+        from metalite.training.modeldir import head_spec_from_keras
         spec = head_spec_from_keras(hd, "linear", learner.device_adaptation())
         losses = []
         for ep in episodes:
@@ -142,10 +142,10 @@ def test_loss_falls_on_a_tiny_problem(folder, algorithm):
 
 def test_anil_inner_loop_is_the_device_adaptation_and_touches_only_the_head(folder):
     """TF's differentiable inner loop and the numpy device adaptation give the same head."""
+    from metalite.export.tfcompat import tf
     from metalite.runtime.head import adapt
     from metalite.training.algorithms import make_learner
     from metalite.training.modeldir import head_spec_from_keras
-    from metalite.export.tfcompat import tf
     bb, hd = _tiny()
     learner = make_learner("anil", bb, hd, {"inner_steps": 3, "inner_lr": 0.2})
     ep = EpisodeSampler(load_data(f"folder:{folder}", 28, "all"), 5, 2, 2, seed=3).sample()
@@ -168,8 +168,8 @@ def test_anil_inner_loop_is_the_device_adaptation_and_touches_only_the_head(fold
 
 
 def _linear_learner(algorithm, hp):
-    from metalite.training.algorithms import make_learner
     from metalite.export.tfcompat import keras
+    from metalite.training.algorithms import make_learner
     inp = keras.Input((2, 2, 1))
     bb = keras.Model(inp, keras.layers.Dense(2, use_bias=False)(keras.layers.Flatten()(inp)))
     hd = keras.Sequential([]); hd.build((None, 2))
@@ -373,11 +373,17 @@ def test_folder_training_reads_every_image_file_adapt_accepts(tmp_path):
 def test_train_settings_round_trip_through_json_and_refuse_what_cannot_run():
     """TrainSettings -> to_json -> (a JSON text) -> from_json is the same settings, for any valid settings; a
     value that cannot run is refused when made, in one line naming it and what is allowed."""
-    from hypothesis import given, settings as hsettings
+    from hypothesis import given
+    from hypothesis import settings as hsettings
     from hypothesis import strategies as st
 
     from metalite.training.augment import NONE
-    from metalite.training.settings import ALGORITHMS, SUPPORTED_ALGORITHMS, SettingsError, TrainSettings
+    from metalite.training.settings import (
+        ALGORITHMS,
+        SUPPORTED_ALGORITHMS,
+        SettingsError,
+        TrainSettings,
+    )
 
     counts = st.integers(1, 10 ** 6)
     valid = st.builds(
