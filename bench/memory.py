@@ -60,7 +60,7 @@ print(json.dumps({"ru_maxrss_kib": resource.getrusage(resource.RUSAGE_CHILDREN).
 
 def _child_rss(python, args, env, cwd) -> tuple:
     """(ru_maxrss KiB of the child running ``args``, its JSON report), measured through LAUNCHER."""
-    p = subprocess.run([python, "-c", LAUNCHER, python, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    p = subprocess.run([python, "-c", LAUNCHER, python, *args], capture_output=True,
                        env=env, text=True, timeout=600, cwd=str(cwd))
     if p.returncode != 0:
         raise RuntimeError((p.stderr.strip().splitlines() or ["?"])[-1][:300])

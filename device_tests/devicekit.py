@@ -30,7 +30,7 @@ def record(results_dir: Path, name: str, data: dict) -> None:
 def run_script(python, script: str, args: list, *, timeout: float = 600, preexec_fn=None, env=None,
                check: bool = True) -> subprocess.CompletedProcess:
     cmd = [str(python), str(SCRIPTS / script), *map(str, args)]
-    p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=timeout,
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
                        preexec_fn=preexec_fn, env=env, cwd="/")  # not the repo: its metalite/ would shadow
     if check and p.returncode != 0:
         pytest.fail(f"{' '.join(cmd)} failed (exit {p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}",

@@ -47,7 +47,7 @@ def main(argv=None) -> int:
     clfs = {b: FewShotClassifier(b, num_threads=1, delegate="cpu", cache_size=0) for b in args.bundles}
     load_before = os.getloadavg()
     rounds = {b: [] for b in clfs}
-    for b, clf in clfs.items():
+    for clf in clfs.values():
         clf.embed(img)  # warm-up
     for _ in range(args.rounds):
         for b, clf in clfs.items():

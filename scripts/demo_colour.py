@@ -128,14 +128,14 @@ def contact_sheet(rows: list, results: list, support_artist: int, title: str, su
 
     draw.text((PAD, HEADER_H + THUMB // 2 - 16), "taught", font=big, fill=INK)
     draw.text((PAD, HEADER_H + THUMB // 2 + 4), f"({ARTISTS[support_artist]})", font=small, fill=GREY)
-    for col, (name, support, by) in enumerate(rows):
+    for col, (name, support, _by) in enumerate(rows):
         x, y = cell(col, 0, support)
         draw.text((x + PAD, y), _fit(draw, name, small, CELL_W - 2 * PAD), font=small, fill=INK)
     for row, artist in enumerate(artists, 1):
         y0 = HEADER_H + row * CELL_H + THUMB // 2
         draw.text((PAD, y0 - 16), "asked", font=big, fill=INK)
         draw.text((PAD, y0 + 4), f"({ARTISTS[artist]})", font=small, fill=GREY)
-        for col, (name, support, by) in enumerate(rows):
+        for col, (name, _support, by) in enumerate(rows):
             r = answer[ARTISTS[artist], name]
             x, y = cell(col, row, by[artist])
             _mark(draw, x + PAD, y + 1, r["right"])

@@ -77,7 +77,7 @@ def uploads(drawing: bytes, n: int) -> dict:
         return rgb
 
     out = {"drawing": [], "camera": [], "photo": []}
-    for i in range(n):
+    for _ in range(n):
         a = np.roll(glyph, tuple(rng.integers(-2, 3, 2)), axis=(0, 1))  # moved by up to 2 pixels, and a speck
         r, c = rng.integers(0, 12, 2)
         a[r:r + 3, c:c + 3] = 0

@@ -275,7 +275,7 @@ def d_head_numbers(py, w):
 
 
 def d_state_numbers(py, w):
-    st = _state(py, w)
+    _state(py, w)
     r = child(py, w, '''
         from metalite.runtime import StateError
         import hashlib

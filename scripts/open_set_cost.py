@@ -29,7 +29,7 @@ for rep in range(40):
 for k, v in t.items():
     print(f"predict 1 image, unknown {k}: median {1000 * np.median(v):.2f} ms (40 calls, interleaved)")
 f = {k: [] for k in clfs}
-for rep in range(10):
+for _ in range(10):
     for k, c in clfs.items():
         t0 = time.perf_counter()
         c.fit(sup)

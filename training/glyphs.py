@@ -360,7 +360,7 @@ def _render(classes, image_size: int = 28, samples_per_class: int = 20, seed: in
     canvas = max(CANVAS, image_size)
     images = np.empty((len(classes), samples_per_class, image_size, image_size), np.uint8)
     with as_progress(progress).task("rendering glyphs", len(classes)) as task:
-        for k, (cp, _group_, fonts) in enumerate(classes):
+        for k, (cp, _, fonts) in enumerate(classes):
             images[k] = _to_pixels(_render_class(cp, fonts, samples_per_class, seed, canvas), image_size)
             task.advance(1)
     return images

@@ -57,7 +57,7 @@ def tf_check():
 def run_cli(argv, env=None):
     exe = os.path.join(os.path.dirname(sys.executable), "metalite")
     t = time.perf_counter()
-    p = subprocess.run([exe] + argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    p = subprocess.run([exe] + argv, capture_output=True, text=True,
                        env=env)
     return {"argv": argv, "returncode": p.returncode, "stdout": p.stdout, "stderr": p.stderr,
             "seconds": time.perf_counter() - t}
@@ -94,7 +94,7 @@ def main():
         t = time.perf_counter()
         clf = FewShotClassifier(a.bundle, num_threads=a.threads, delegate=a.delegate)
         res["open_seconds"] = time.perf_counter() - t
-    res["warnings"] = ["%s: %s" % (w.category.__name__, w.message) for w in caught]
+    res["warnings"] = [f"{w.category.__name__}: {w.message}" for w in caught]
     res["backend"], res["device"] = clf.backend, clf.device
     res["acceleration"] = clf.acceleration.as_dict()
     try:

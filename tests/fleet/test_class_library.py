@@ -166,7 +166,7 @@ def test_class_library_refusals_are_one_line_and_change_nothing(fleet):
 def test_sync_cli_shares_lists_and_pulls_classes(fleet):
     chars = greek()
     names = sorted(chars)
-    srv, tokens, d = fleet["srv"], fleet["tokens"], fleet["dir"]
+    srv, tokens = fleet["srv"], fleet["tokens"]
     a, b = fleet["homes"]["pi-a"], fleet["homes"]["pi-b"]
     if not a.state_path().is_file():
         _teach(a, chars, names[:5], shots=2)

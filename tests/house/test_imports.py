@@ -149,7 +149,7 @@ def test_each_folder_imports_only_the_layers_below_it():
 def test_product_code_never_reaches_test_code():
     files, _, _, errors = _graph()
     test_path = re.compile(r"(^|[/\\])(device_tests|tests)([/\\]|$)")
-    for module, path in files.items():
+    for path in files.values():
         tree = ast.parse(path.read_text())
         docs = _docstring_nodes(tree)
         for node in ast.walk(tree):

@@ -135,7 +135,7 @@ def test_lake_needs_drawers_and_big_alphabets():
 
 def test_lake_runs_paired_per_run_use_one_drawer_for_support_and_another_for_queries():
     data = _data({"A": 25, "B": 20})
-    for g, s, q in lake_runs(data, runs=12, seed=1, pairing="run"):
+    for _, s, q in lake_runs(data, runs=12, seed=1, pairing="run"):
         assert len(set(data.drawers[s])) == 1 and len(set(data.drawers[q])) == 1  # one person each
         assert data.drawers[s][0] != data.drawers[q][0]
         np.testing.assert_array_equal(data.labels[s], data.labels[q])

@@ -172,7 +172,8 @@ def _linear_learner(algorithm, hp):
     from metalite.training.algorithms import make_learner
     inp = keras.Input((2, 2, 1))
     bb = keras.Model(inp, keras.layers.Dense(2, use_bias=False)(keras.layers.Flatten()(inp)))
-    hd = keras.Sequential([]); hd.build((None, 2))
+    hd = keras.Sequential([])
+    hd.build((None, 2))
     learner = make_learner(algorithm, bb, hd, hp)
     learner.optimizer = keras.optimizers.SGD(1.0)
     return learner, bb
@@ -187,8 +188,10 @@ def _np_loss(W, Wc, bc, x, y):
 def _fd_grad(f, params, i, eps=1e-3):
     g = np.zeros_like(params[i])
     for idx in np.ndindex(g.shape):
-        hi = [p.copy() for p in params]; lo = [p.copy() for p in params]
-        hi[i][idx] += eps; lo[i][idx] -= eps
+        hi = [p.copy() for p in params]
+        lo = [p.copy() for p in params]
+        hi[i][idx] += eps
+        lo[i][idx] -= eps
         g[idx] = (f(*hi) - f(*lo)) / (2 * eps)
     return g
 
@@ -207,7 +210,9 @@ def test_fomaml_outer_gradient_matches_a_hand_computation():
     Wc, bc = 2 * e.T, -np.sum(e**2, 1)  # prototypes = the single support embedding per class
     params = [W.copy(), Wc, bc]
     for _ in range(steps):
-        f = lambda a, b, c: _np_loss(a, b, c, xs, ys)
+        def f(a, b, c):
+            return _np_loss(a, b, c, xs, ys)
+
         grads = [_fd_grad(f, params, i) for i in range(3)]
         params = [p - lr * g for p, g in zip(params, grads)]
     g_outer = _fd_grad(lambda a, b, c: _np_loss(a, b, c, xq, yq), params, 0)
@@ -253,7 +258,7 @@ def test_train_writes_a_model_dir_and_resumes(folder, tmp_path):
     assert cfg["versions"]["tensorflow"] and cfg["seed"] == 0
     _, bb, spec = load_model_dir(out)
     assert bb.output_shape[-1] == 8 and spec.adaptation["steps"] == 0
-    cfg2 = train(out, {"steps": 9}, resume=True, progress=False, log=lambda m: None)
+    train(out, {"steps": 9}, resume=True, progress=False, log=lambda m: None)
     assert json.loads((out / "checkpoints" / "run.json").read_text())["steps"] == 9
     assert (out / "checkpoints" / "ckpt-9.index").exists()
 
