@@ -130,9 +130,9 @@ def keras_latency(model, cfg, input_shape) -> dict:
     for b in (1, 32):
         x = rng.random((b, *input_shape), dtype=np.float32)
         xt = tf.constant(x)
-        fns = {f"predict_b{b}": lambda: model.predict(x, batch_size=b, verbose=0),  # noqa: B023 -- called in this iteration
-               f"direct_b{b}": lambda: model(xt, training=False).numpy(),  # noqa: B023 -- called in this iteration
-               f"tffunction_b{b}": lambda: fn(xt).numpy()}  # noqa: B023 -- called in this iteration
+        fns = {f"predict_b{b}": lambda x=x, b=b: model.predict(x, batch_size=b, verbose=0),
+               f"direct_b{b}": lambda xt=xt: model(xt, training=False).numpy(),
+               f"tffunction_b{b}": lambda xt=xt: fn(xt).numpy()}
         rounds = lat.interleave_calls(fns, cfg["keras_rounds"], cfg["keras_calls"], min(cfg["warmup"], 3), per=b)
         for k, vals in rounds.items():
             res[k] = {**lat.summarize_rounds(vals), "batch": b, "call": calls[k.rsplit("_", 1)[0]]}

@@ -127,10 +127,10 @@ def _serve(backend: str) -> int:
         x = (rng.random(shape, dtype=np.float32) if dtype.kind == "f"
              else rng.integers(np.iinfo(dtype).min, np.iinfo(dtype).max, size=shape).astype(dtype))
 
-        def call():
-            it.set_tensor(din["index"], x)  # noqa: B023 -- called in this iteration
-            it.invoke()  # noqa: B023 -- called in this iteration
-            it.get_tensor(dout["index"])  # noqa: B023 -- called in this iteration
+        def call(it=it, din=din, dout=dout, x=x):  # this iteration's interpreter and input, bound when made
+            it.set_tensor(din["index"], x)
+            it.invoke()
+            it.get_tensor(dout["index"])
 
         times = time_calls(call, int(req["warmup"]), int(req["calls"]))
         sys.stdout.write(json.dumps({"times_s": times, "how": how, "version": backend_version(backend),

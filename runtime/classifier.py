@@ -185,7 +185,7 @@ class FewShotClassifier:
             try:
                 x = as_model_input(block, self.bundle.input_shape, self.bundle.preprocess)
             except InputError as e:  # name the image by its index in the whole input, not in the block
-                raise InputError(_IMAGE_INDEX.sub(lambda m: f"image {int(m.group(1)) + start}", str(e), 1)) from None  # noqa: B023 -- called in this iteration
+                raise InputError(_IMAGE_INDEX.sub(lambda m, start=start: f"image {int(m.group(1)) + start}", str(e), 1)) from None
             out.append(self._embed_input(x))
         return np.concatenate(out)
 

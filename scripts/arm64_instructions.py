@@ -101,7 +101,7 @@ def main(argv=None) -> int:
         shutil.copy(b / "backbone.tflite", work / name)
         lib = _library_range(run, rootfs, site, name)
         with ThreadPoolExecutor(2) as ex:  # the two runs at once: counts do not depend on load
-            (base, _), (n, acc) = ex.map(lambda k: _count(run, site, work, name, k, lib), (0, a.invokes))  # noqa: B023 -- called in this iteration
+            (base, _), (n, acc) = ex.map(lambda k, name=name, lib=lib: _count(run, site, work, name, k, lib), (0, a.invokes))
         totals[str(b)] = (n - base) / a.invokes
         print(f"| `{b}` | {totals[str(b)] / 1e6:.3f} | {acc} |", flush=True)
     if len(totals) > 1:
