@@ -1,4 +1,5 @@
 """The Edge TPU path on a machine without the chip: only libedgetpu is missing."""
+
 import json
 
 import numpy as np
@@ -35,7 +36,9 @@ def test_auto_falls_back_with_one_warning(edgetpu_result):
 def test_edgetpu_delegate_is_a_clear_error(edgetpu_result):
     r = edgetpu_result["tpu-edgetpu"]
     assert r.get("is_delegate_error"), r
-    assert "\n" not in r["message"] and "libedgetpu" in r["message"] and "install" in r["message"], r["message"]
+    assert (
+        "\n" not in r["message"] and "libedgetpu" in r["message"] and "install" in r["message"]
+    ), r["message"]
     r = edgetpu_result["plain-edgetpu"]
     assert r.get("is_delegate_error"), r
     assert "backbone_edgetpu.tflite" in r["message"] and "\n" not in r["message"], r["message"]

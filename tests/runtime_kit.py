@@ -1,5 +1,6 @@
 """Helpers of the runtime tests: the shipped bundle (no TensorFlow needed), manifest edits, synthetic ink
 images (bars, shapes), device homes and old state files, and the one-line error check."""
+
 from __future__ import annotations
 
 import json
@@ -31,7 +32,10 @@ def rehash(bdir: Path, manifest: dict | None = None) -> None:
     m = manifest if manifest is not None else json.loads((bdir / "manifest.json").read_text())
     for name in list(m.get("files", {})):
         if (bdir / name).is_file():
-            m["files"][name] = {"sha256": sha256_file(bdir / name), "bytes": (bdir / name).stat().st_size}
+            m["files"][name] = {
+                "sha256": sha256_file(bdir / name),
+                "bytes": (bdir / name).stat().st_size,
+            }
     (bdir / "manifest.json").write_text(json.dumps(m, indent=1))
 
 
@@ -39,7 +43,7 @@ def bar_image(k: int, size: int = SIZE) -> np.ndarray:
     """uint8 (size, size) paper-white image with a black horizontal bar at height ``k`` (0..3)."""
     img = np.full((size, size), 255, np.uint8)
     top = 2 + 6 * (k % 4) * size // SIZE
-    img[top:top + 4 * size // SIZE, 3 * size // SIZE:25 * size // SIZE] = 0
+    img[top : top + 4 * size // SIZE, 3 * size // SIZE : 25 * size // SIZE] = 0
     return img
 
 
@@ -97,7 +101,10 @@ def rewrite_manifest(bdir: Path, edit) -> None:
     m = json.loads((bdir / "manifest.json").read_text())
     edit(m)
     for name in m["files"]:
-        m["files"][name] = {"sha256": sha256_file(bdir / name), "bytes": (bdir / name).stat().st_size}
+        m["files"][name] = {
+            "sha256": sha256_file(bdir / name),
+            "bytes": (bdir / name).stat().st_size,
+        }
     (bdir / "manifest.json").write_text(json.dumps(m, indent=2))
 
 
@@ -116,7 +123,16 @@ def write_v1_state(clf, path) -> None:
     old = statelib.STATE_FORMAT_VERSION
     statelib.STATE_FORMAT_VERSION = 1
     try:
-        statelib.save_state(path, statelib.State(clf.bundle.manifest_sha256, clf.classes,
-                                                 np.concatenate(list(emb.values())), lab, clf.head, {}))
+        statelib.save_state(
+            path,
+            statelib.State(
+                clf.bundle.manifest_sha256,
+                clf.classes,
+                np.concatenate(list(emb.values())),
+                lab,
+                clf.head,
+                {},
+            ),
+        )
     finally:
         statelib.STATE_FORMAT_VERSION = old

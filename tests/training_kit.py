@@ -1,4 +1,5 @@
 """Helpers of the training tests: a small synthetic ``folder:`` dataset (class folders of ink blobs, no TensorFlow)."""
+
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ def _shape_image(cls, rng, size=28):
     for _ in range(3):
         y, x = crng.integers(4, size - 8, 2) + rng.integers(-1, 2, 2)
         h, w = crng.integers(3, 8, 2)
-        img[y:y + h, x:x + w] = 0
+        img[y : y + h, x : x + w] = 0
     return img
 
 

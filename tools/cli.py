@@ -3,6 +3,7 @@
 Command modules import TensorFlow only inside their commands, so ``metalite adapt``/``predict``
 start fast and work on a device with no TensorFlow.
 """
+
 from __future__ import annotations
 
 import click
@@ -35,7 +36,16 @@ def main():
     """
 
 
-for _module in (cli_train, cli_compress, cli_export, cli_runtime, cli_bench, cli_fleet, cli_device, cli_package):
+for _module in (
+    cli_train,
+    cli_compress,
+    cli_export,
+    cli_runtime,
+    cli_bench,
+    cli_fleet,
+    cli_device,
+    cli_package,
+):
     _module.register(main)
 
 

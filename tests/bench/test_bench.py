@@ -5,6 +5,7 @@ model-directory writers; the held-out data is a small synthetic ``folder:`` data
 distinct random stroke patterns, 20 images each), so the test needs no download. Only sanity of values
 is asserted, never speed.
 """
+
 from __future__ import annotations
 
 import json
@@ -37,7 +38,9 @@ def _class_images(c: int, rng: np.random.Generator) -> np.ndarray:
             img[ys, xs] = 0
             img[np.clip(ys + 1, 0, SIZE - 1), xs] = 0
         noise = rng.integers(0, 25, size=img.shape)
-        out.append(np.clip(img.astype(int) + np.where(img == 0, noise, -noise), 0, 255).astype(np.uint8))
+        out.append(
+            np.clip(img.astype(int) + np.where(img == 0, noise, -noise), 0, 255).astype(np.uint8)
+        )
     return np.stack(out)
 
 
@@ -69,16 +72,35 @@ def tiny(tmp_path_factory, folder_data):
     model = build_backbone(bcfg, input_shape=(SIZE, SIZE, 1))
     rng = np.random.default_rng(0)
     w = (np.eye(16) + 0.1 * rng.standard_normal((16, 16))).astype(np.float32)
-    spec = headlib.HeadSpec([(w, np.zeros(16, np.float32))], ["linear"],
-                            {"steps": 5, "lr": 0.01, "scale": 1.0, "adapt": "head"})
+    spec = headlib.HeadSpec(
+        [(w, np.zeros(16, np.float32))],
+        ["linear"],
+        {"steps": 5, "lr": 0.01, "scale": 1.0, "adapt": "head"},
+    )
     rep = load_data(folder_data, SIZE, "train", progress=False).inputs()[::10][:64]
     base = tmp_path_factory.mktemp("benchmodels")
-    bundle = write_bundle(base / "bundle", model, spec, rep,
-                          {"training": {"algorithm": "test", "data": folder_data}}, progress=False)
-    mdir = save_model_dir(base / "model", {"algorithm": "test", "data": folder_data, "backbone": bcfg,
-                                           "head": {"hidden": [16], "activation": "linear"},
-                                           "input": {"shape": [SIZE, SIZE, 1]}, "stage": "float",
-                                           "adaptation": spec.adaptation}, model, spec)
+    bundle = write_bundle(
+        base / "bundle",
+        model,
+        spec,
+        rep,
+        {"training": {"algorithm": "test", "data": folder_data}},
+        progress=False,
+    )
+    mdir = save_model_dir(
+        base / "model",
+        {
+            "algorithm": "test",
+            "data": folder_data,
+            "backbone": bcfg,
+            "head": {"hidden": [16], "activation": "linear"},
+            "input": {"shape": [SIZE, SIZE, 1]},
+            "stage": "float",
+            "adaptation": spec.adaptation,
+        },
+        model,
+        spec,
+    )
     return bundle, mdir
 
 
@@ -93,9 +115,17 @@ def thin_bundle(tiny, tmp_path_factory, folder_data):
     cfg, backbone, spec = load_model_dir(tiny[1])
     thin, _, summary = thin_backbone(backbone, cfg["backbone"], (SIZE, SIZE, 1), 0.5, "l1", "layer")
     rep = load_data(folder_data, SIZE, "train", progress=False).inputs()[::10][:64]
-    return write_bundle(tmp_path_factory.mktemp("thin") / "bundle", thin, spec, rep,
-                        {"training": {"algorithm": "test", "data": folder_data},
-                         "compression": {"stage": "pruned", "sparsity": 0.0, "structured": summary}}, progress=False)
+    return write_bundle(
+        tmp_path_factory.mktemp("thin") / "bundle",
+        thin,
+        spec,
+        rep,
+        {
+            "training": {"algorithm": "test", "data": folder_data},
+            "compression": {"stage": "pruned", "sparsity": 0.0, "structured": summary},
+        },
+        progress=False,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -106,8 +136,22 @@ def report(tiny, thin_bundle, tmp_path_factory, folder_data):
 
     bundle, mdir = tiny
     out = tmp_path_factory.mktemp("bench") / "out"
-    res = CliRunner().invoke(main, ["bench", str(bundle), "--quick", "--out", str(out), "--model", str(mdir),
-                                    "--pareto", str(thin_bundle), "--data", folder_data])
+    res = CliRunner().invoke(
+        main,
+        [
+            "bench",
+            str(bundle),
+            "--quick",
+            "--out",
+            str(out),
+            "--model",
+            str(mdir),
+            "--pareto",
+            str(thin_bundle),
+            "--data",
+            folder_data,
+        ],
+    )
     assert res.exit_code == 0, res.output + repr(res.exception)
     return out, json.loads((out / "report.json").read_text())
 
@@ -118,11 +162,24 @@ def test_bench_writes_the_five_sections(report):
     for name in ("machine", "accuracy", "size", "latency", "pareto", "adaptation", "memory"):
         assert name in r, name
     md = (out / "report.md").read_text()
-    for name in ("## accuracy", "## size", "## latency", "## pareto", "## adaptation", "## memory", "## machine",
-                 "## Headline"):
+    for name in (
+        "## accuracy",
+        "## size",
+        "## latency",
+        "## pareto",
+        "## adaptation",
+        "## memory",
+        "## machine",
+        "## Headline",
+    ):
         assert name in md
-    assert {p.name for p in out.glob("*.png")} == {"accuracy.png", "latency.png", "adaptation.png", "size.png",
-                                                   "pareto.png"}
+    assert {p.name for p in out.glob("*.png")} == {
+        "accuracy.png",
+        "latency.png",
+        "adaptation.png",
+        "size.png",
+        "pareto.png",
+    }
     m = r["machine"]
     assert m["cores"] >= 1 and m["python"] and "blas" in m and "numpy" in m["libraries"]
 
@@ -131,7 +188,9 @@ def test_bench_writes_the_five_sections(report):
 def test_bench_accuracy_is_sane(report):
     _, r = report
     acc = r["accuracy"]
-    assert acc["split"] == "test" and acc["classes"] >= 5  # folder data: the held-out classes of the split
+    assert (
+        acc["split"] == "test" and acc["classes"] >= 5
+    )  # folder data: the held-out classes of the split
     assert {"float_keras", "float_tflite", "int8_tflite"} <= set(acc["results"])
     for variant, res in acc["results"].items():
         five = res["5way1shot"]
@@ -139,8 +198,13 @@ def test_bench_accuracy_is_sane(report):
     # 20-way does not fit 6 held-out classes: skipped with a reason, not an error
     assert "20way1shot" in acc["skipped"]
     # float Keras and float TFLite embed identically (same weights), so they score the same episodes alike
-    assert abs(acc["results"]["float_keras"]["5way1shot"]["mean"]
-               - acc["results"]["float_tflite"]["5way1shot"]["mean"]) < 0.02
+    assert (
+        abs(
+            acc["results"]["float_keras"]["5way1shot"]["mean"]
+            - acc["results"]["float_tflite"]["5way1shot"]["mean"]
+        )
+        < 0.02
+    )
 
 
 @pytest.mark.slow
@@ -157,13 +221,17 @@ def test_bench_size_latency_memory_are_sane(report):
     litert = lat["tflite"]["int8_tflite"]["ai_edge_litert"]
     for cell in ("b1_t1", "b32_t1", "b1_t2", "b32_t2"):
         c = litert[cell]
-        assert c["median_ms"] > 0 and c["q1_ms"] <= c["median_ms"] <= c["q3_ms"] and c["rounds"] == 5
+        assert (
+            c["median_ms"] > 0 and c["q1_ms"] <= c["median_ms"] <= c["q3_ms"] and c["rounds"] == 5
+        )
         assert len(c["round_medians_ms"]) == 5 and c["gmacs_per_s"] > 0
         # interleaved with float TFLite in the same rounds: the ratio within each round is reported
         sp = c["speedup_vs"]["float_tflite"]
         assert sp["rounds"] == 5 and sp["q1"] <= sp["median"] <= sp["q3"]
     load = lat["load"]
-    assert set(load) >= {"loadavg_before", "loadavg_after", "busy", "warning"} and load["seconds"] > 0
+    assert (
+        set(load) >= {"loadavg_before", "loadavg_after", "busy", "warning"} and load["seconds"] > 0
+    )
     assert lat["interpreters"]["tflite_runtime"]["status"]  # subprocess, or why not installed
     assert lat["keras"]["results"]["direct_b1"]["median_ms"] > 0
     mem = r["memory"]["runs"]["ai_edge_litert"]
@@ -180,17 +248,30 @@ def test_bench_pareto_compares_the_thinner_bundle(report):
     assert par["protocol"].endswith("way1shot") and par["runs"] == 100
     ref, thin = par["points"]
     assert ref["label"] == "not pruned" and thin["label"] == "50% of filters removed"
-    assert thin["widths"] == [8, 8, 8, 16] and thin["macs"] < ref["macs"] / 2 and thin["bytes"] < ref["bytes"]
+    assert (
+        thin["widths"] == [8, 8, 8, 16]
+        and thin["macs"] < ref["macs"] / 2
+        and thin["bytes"] < ref["bytes"]
+    )
     assert ref["error_diff"] == 0 and ref["b1_t1"]["speedup"]["median"] == 1.0
     assert 0 <= thin["error"] <= 1 and thin["b1_t1"]["speedup"]["rounds"] == 5
     assert set(par["front"]) == {"optimal", "meets_goal"} and par["front"]["optimal"]
-    others = {b for b, i in r["latency"]["interpreters"].items() if i.get("python") and b != par["interpreter"]}
-    assert set(thin["other_interpreters"]) == others  # every interpreter the latency section found times the bundles too
+    others = {
+        b
+        for b, i in r["latency"]["interpreters"].items()
+        if i.get("python") and b != par["interpreter"]
+    }
+    assert (
+        set(thin["other_interpreters"]) == others
+    )  # every interpreter the latency section found times the bundles too
     for b in others:
         assert thin["other_interpreters"][b]["b1_t1"]["median_ms"] > 0
     best = r["headline"]["pareto_best"]  # the one thinner bundle is the headline's, met goal or not
     assert best["label"] == thin["label"] and best["meets_goal"] == thin["meets_goal"]
-    assert best["speedup_b1"] == thin["b1_t1"]["speedup"]["median"] and best["reference"] == "not pruned"
+    assert (
+        best["speedup_b1"] == thin["b1_t1"]["speedup"]["median"]
+        and best["reference"] == "not pruned"
+    )
 
 
 @pytest.mark.slow
@@ -205,6 +286,7 @@ def test_bench_report_has_no_blanks_or_contradictions(report):
     assert set(missing) == {"pruned_float_tflite", "int8_pruned_tflite"}
     assert "Not measured" in head and head.count("×") >= 3
     assert "- Structured pruning (" in head and "faster per image than not pruned" in head
+
 
 @pytest.mark.slow
 def test_bench_adaptation_compares_every_method(report):
@@ -224,15 +306,20 @@ def test_odt_train_signature_reduces_loss_and_matches_numpy():
 
     rng = np.random.default_rng(0)
     d, ways, shots = 12, 5, 4
-    spec = headlib.HeadSpec([(rng.standard_normal((d, 8)).astype(np.float32) * 0.5, np.zeros(8, np.float32))],
-                            ["relu"], {"steps": 0, "lr": 0.1, "scale": 0.05, "adapt": "classifier"})
+    spec = headlib.HeadSpec(
+        [(rng.standard_normal((d, 8)).astype(np.float32) * 0.5, np.zeros(8, np.float32))],
+        ["relu"],
+        {"steps": 0, "lr": 0.1, "scale": 0.05, "adapt": "classifier"},
+    )
     centers = rng.standard_normal((ways, d))
     y = np.repeat(np.arange(ways), shots)
     x = (centers[y] + rng.standard_normal((len(y), d))).astype(np.float32)
     onehot = np.eye(ways, dtype=np.float32)[y]
     odt = ODTRunner(build_odt_model(spec, d, ways))
     first = odt.init(x, onehot)
-    losses = [odt.train(x, onehot, 0.05) for _ in range(20)]  # each returns the loss before its step
+    losses = [
+        odt.train(x, onehot, 0.05) for _ in range(20)
+    ]  # each returns the loss before its step
     assert losses[0] == pytest.approx(first, rel=1e-5)
     assert all(b < a for a, b in zip(losses, losses[1:])), losses
     assert losses[-1] < 0.95 * losses[0], losses
@@ -252,21 +339,50 @@ def test_odt_model_needs_no_flex_ops():
 
 # ----------------------------------------------------------------------------- README section
 def _fake_report():
-    cell = {"median_ms": 0.5, "gmacs_per_s": 2.0, "speedup_vs": {"float_tflite": {"median": 4.0, "q1": 3.9, "q3": 4.1}}}
-    return {"mode": "full", "machine": {"cpu": "Test CPU", "cores": 2, "python": "3.11"},
-            "variants": {"available": {"int8_tflite": {"source": "bundle backbone.tflite", "label": "int8 TFLite"},
-                                       "float_tflite": {"source": "converted", "label": "float TFLite"}}},
-            "latency": {"tflite": {"int8_tflite": {"ai_edge_litert": {"b1_t1": cell, "b32_t1": {"median_ms": 0.25}}},
-                                   "float_tflite": {"ai_edge_litert": {"b1_t1": {"median_ms": 2.0}}}},
-                        "keras": {"results": {"tffunction_b1": {"median_ms": 10.0}, "direct_b32": {"median_ms": 1.0}}},
-                        "load": {"loadavg_before": [0.1, 0.2, 0.3], "other_processes_cores": 0.05, "busy": False,
-                                 "warning": None}},
-            "size": {"int8_tflite": {"bytes": 1000, "gzip_bytes": 900, "macs": 1000000},
-                     "float_tflite": {"bytes": 4000, "macs": 1000000}},
-            "accuracy": {"results": {"int8_tflite": {"5way1shot": {"mean": 0.9, "ci95": 0.01}}}},
-            "adaptation": {"settings": {"20way5shot": {"metalite": {"total_ms": 10.0, "accuracy": 0.8},
-                                                       "pycoral_sgd": {"total_ms": 50.0, "accuracy": 0.7}}}},
-            "memory": {"runs": {"ai_edge_litert": {"peak_rss_mib": 50.0}}}}
+    cell = {
+        "median_ms": 0.5,
+        "gmacs_per_s": 2.0,
+        "speedup_vs": {"float_tflite": {"median": 4.0, "q1": 3.9, "q3": 4.1}},
+    }
+    return {
+        "mode": "full",
+        "machine": {"cpu": "Test CPU", "cores": 2, "python": "3.11"},
+        "variants": {
+            "available": {
+                "int8_tflite": {"source": "bundle backbone.tflite", "label": "int8 TFLite"},
+                "float_tflite": {"source": "converted", "label": "float TFLite"},
+            }
+        },
+        "latency": {
+            "tflite": {
+                "int8_tflite": {"ai_edge_litert": {"b1_t1": cell, "b32_t1": {"median_ms": 0.25}}},
+                "float_tflite": {"ai_edge_litert": {"b1_t1": {"median_ms": 2.0}}},
+            },
+            "keras": {
+                "results": {"tffunction_b1": {"median_ms": 10.0}, "direct_b32": {"median_ms": 1.0}}
+            },
+            "load": {
+                "loadavg_before": [0.1, 0.2, 0.3],
+                "other_processes_cores": 0.05,
+                "busy": False,
+                "warning": None,
+            },
+        },
+        "size": {
+            "int8_tflite": {"bytes": 1000, "gzip_bytes": 900, "macs": 1000000},
+            "float_tflite": {"bytes": 4000, "macs": 1000000},
+        },
+        "accuracy": {"results": {"int8_tflite": {"5way1shot": {"mean": 0.9, "ci95": 0.01}}}},
+        "adaptation": {
+            "settings": {
+                "20way5shot": {
+                    "metalite": {"total_ms": 10.0, "accuracy": 0.8},
+                    "pycoral_sgd": {"total_ms": 50.0, "accuracy": 0.7},
+                }
+            }
+        },
+        "memory": {"runs": {"ai_edge_litert": {"peak_rss_mib": 50.0}}},
+    }
 
 
 def test_readme_section_writes_only_between_markers(tmp_path):
@@ -280,12 +396,34 @@ def test_readme_section_writes_only_between_markers(tmp_path):
     assert update_readme(readme, rep, plot="bench/latency.png") is True
     text = readme.read_text(encoding="utf-8")
     assert text.startswith(before + START + "\n") and text.endswith(END + after)
-    body = text[len(before) + len(START):text.index(END)]
+    body = text[len(before) + len(START) : text.index(END)]
     assert "old stuff" not in body
-    assert "4.00× faster" in body and "20.0× faster" in body and "4.0× smaller" in body and "5.0× faster" in body
-    assert "load average 0.10/0.20/0.30" in body and "Warning" not in body and "![latency](bench/latency.png)" in body
+    assert (
+        "4.00× faster" in body
+        and "20.0× faster" in body
+        and "4.0× smaller" in body
+        and "5.0× faster" in body
+    )
+    assert (
+        "load average 0.10/0.20/0.30" in body
+        and "Warning" not in body
+        and "![latency](bench/latency.png)" in body
+    )
     assert update_readme(readme, rep, plot="bench/latency.png") is False  # idempotent
-    assert main(["--readme", str(readme), "--report", str(rep), "--plot", "bench/latency.png", "--check"]) == 0
+    assert (
+        main(
+            [
+                "--readme",
+                str(readme),
+                "--report",
+                str(rep),
+                "--plot",
+                "bench/latency.png",
+                "--check",
+            ]
+        )
+        == 0
+    )
 
     no_markers = tmp_path / "OTHER.md"
     no_markers.write_text("nothing here\n")
@@ -305,8 +443,18 @@ def test_bench_quick_on_the_shipped_omniglot_bundle(tmp_path):
     root = REPO
     o = root / "tests" / "data" / "omniglot"
     data = f"omniglot:{o / 'mini1.zip'},{o / 'mini2.zip'}"
-    res = CliRunner().invoke(main, ["bench", str(root / "models" / "omniglot"), "--quick", "--data", data,
-                                    "--out", str(tmp_path)])
+    res = CliRunner().invoke(
+        main,
+        [
+            "bench",
+            str(root / "models" / "omniglot"),
+            "--quick",
+            "--data",
+            data,
+            "--out",
+            str(tmp_path),
+        ],
+    )
     assert res.exit_code == 0, res.output
     rep = json.loads((tmp_path / "report.json").read_text())
     for section in ("accuracy", "size", "latency", "adaptation", "memory"):
@@ -340,10 +488,18 @@ def test_load_report_warns_only_when_others_use_the_cpu():
     assert busy["busy"] and "1.5 of" in busy["warning"] and "3.00/2.50/2.00" in busy["warning"]
     idle = load_report([0.1, 0.1, 0.1], [0.9, 0.3, 0.1], 0.02, 10.0)
     assert not idle["busy"] and idle["warning"] is None
-    assert load_report([2.0, 1.0, 1.0], None, None, 1.0)["busy"]  # no /proc/stat: the load average decides
+    assert load_report([2.0, 1.0, 1.0], None, None, 1.0)[
+        "busy"
+    ]  # no /proc/stat: the load average decides
     with LoadWatch() as w:
         sum(range(10000))
-    assert set(w.result) >= {"loadavg_before", "loadavg_after", "other_processes_cores", "busy", "warning"}
+    assert set(w.result) >= {
+        "loadavg_before",
+        "loadavg_after",
+        "other_processes_cores",
+        "busy",
+        "warning",
+    }
 
 
 @pytest.mark.slow
@@ -369,13 +525,22 @@ def test_variants_are_named_for_what_they_are(tmp_path):
     m = build_backbone({"kind": "conv4", "filters": 4, "embedding_dim": 4}, (28, 28, 1))
     conv = tf.lite.TFLiteConverter.from_keras_model(m)
     conv.optimizations = [tf.lite.Optimize.DEFAULT]
-    conv.representative_dataset = lambda: ([np.random.default_rng(0).random((1, 28, 28, 1), np.float32)]
-                                           for _ in range(4))
-    (tmp_path / "q.tflite").write_bytes(conv.convert())  # int8 inside, float in and out: QUANTIZE + DEQUANTIZE
+    conv.representative_dataset = lambda: (
+        [np.random.default_rng(0).random((1, 28, 28, 1), np.float32)] for _ in range(4)
+    )
+    (tmp_path / "q.tflite").write_bytes(
+        conv.convert()
+    )  # int8 inside, float in and out: QUANTIZE + DEQUANTIZE
     (tmp_path / "f.tflite").write_bytes(convert_float(m))
     assert fake_quant_ops(tmp_path / "q.tflite") >= 2 and fake_quant_ops(tmp_path / "f.tflite") == 0
-    thin = {"compression": {"stage": "pqat", "pqat": True, "sparsity": 0.5,
-                            "structured": {"fraction": 0.5, "widths": [32, 32, 32, 64]}}}
+    thin = {
+        "compression": {
+            "stage": "pqat",
+            "pqat": True,
+            "sparsity": 0.5,
+            "structured": {"fraction": 0.5, "widths": [32, 32, 32, 64]},
+        }
+    }
     c = compression_of(thin)
     assert c["structured"] == 0.5 and c["widths"] == [32, 32, 32, 64] and is_compressed(thin)
     assert describe(c) == "50% of filters removed + 50% sparse"
@@ -394,8 +559,14 @@ def test_workers_time_relative_paths_and_report_a_model_they_cannot_open(tmp_pat
     bad = tmp_path / "not_a_model.tflite"
     bad.write_bytes(b"not a flatbuffer")
     models = {"rel": "models/glyphs/backbone.tflite", "bad": str(bad)}
-    got, _ = run_interleaved({"ai_edge_litert": sys.executable}, models, [(1, 1)],
-                             {"rounds": 2, "calls": 2, "warmup": 1}, tmp_path, None)
+    got, _ = run_interleaved(
+        {"ai_edge_litert": sys.executable},
+        models,
+        [(1, 1)],
+        {"rounds": 2, "calls": 2, "warmup": 1},
+        tmp_path,
+        None,
+    )
     res = got["results"]
     assert len(res["rel"]["ai_edge_litert"]["b1_t1"]["round_medians_ms"]) == 2
     assert "error" in res["bad"]["ai_edge_litert"]
@@ -410,11 +581,21 @@ def test_workers_get_an_absolute_runtime_site_from_a_relative_work_dir(tmp_path,
 
     seen = []
     real = sec.serve_worker
-    monkeypatch.setattr(sec, "serve_worker", lambda py, be, site, err: seen.append((site, err)) or real(py, be, site, err))
+    monkeypatch.setattr(
+        sec,
+        "serve_worker",
+        lambda py, be, site, err: seen.append((site, err)) or real(py, be, site, err),
+    )
     monkeypatch.chdir(tmp_path)
     (tmp_path / "out").mkdir()
     model = str(REPO / "models" / "glyphs" / "backbone.tflite")
-    got, _ = sec.run_interleaved({"ai_edge_litert": sys.executable}, {"m": model}, [(1, 1)],
-                                 {"rounds": 1, "calls": 1, "warmup": 0}, "out", None)
+    got, _ = sec.run_interleaved(
+        {"ai_edge_litert": sys.executable},
+        {"m": model},
+        [(1, 1)],
+        {"rounds": 1, "calls": 1, "warmup": 0},
+        "out",
+        None,
+    )
     assert "b1_t1" in got["results"]["m"]["ai_edge_litert"]
     assert seen and all(Path(site).is_absolute() and Path(err).is_absolute() for site, err in seen)

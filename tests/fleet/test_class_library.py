@@ -3,6 +3,7 @@ bundle, and real Omniglot drawings of the Greek alphabet from the test fixture (
 alphabets that bundle learned from; the characters are new to the devices). Device A learns characters
 and shares one; device B, which never saw it, pulls it and must recognize the drawings A did not share
 (other people's drawings of the same character)."""
+
 from __future__ import annotations
 
 import base64
@@ -64,7 +65,10 @@ def fleet(tmp_path_factory):
     homes = {}
     for n, tok in tokens.items():
         homes[n] = DeviceHome(d / n)
-        assert sync(homes[n], srv.url, tok, key, delegate="cpu", share_support=False).update.status == "switched"
+        assert (
+            sync(homes[n], srv.url, tok, key, delegate="cpu", share_support=False).update.status
+            == "switched"
+        )
     yield {"srv": srv, "tokens": tokens, "homes": homes, "key": key, "dir": d}
     srv.stop()
 
@@ -86,14 +90,16 @@ def test_a_class_shared_by_one_device_classifies_held_out_drawings_on_another(fl
     a, b = fleet["homes"]["pi-a"], fleet["homes"]["pi-b"]
     ca = FleetClient(fleet["srv"].url, fleet["tokens"]["pi-a"])
     cb = FleetClient(fleet["srv"].url, fleet["tokens"]["pi-b"])
-    _teach(a, chars, names[:5], shots=2)           # A: five characters, two drawings each
-    _teach(b, chars, names[5:15], shots=1)         # B: ten other characters, one drawing each
+    _teach(a, chars, names[:5], shots=2)  # A: five characters, two drawings each
+    _teach(b, chars, names[5:15], shots=1)  # B: ten other characters, one drawing each
     shared = names[0]
 
     got = share_class(a, ca, shared)
     assert got == {"name": shared, "images": 2, "replaced": False}
     listed = shared_classes(cb)
-    assert [(c["name"], c["images"], c["device"], c["version"]) for c in listed] == [(shared, 2, "pi-a", 1)]
+    assert [(c["name"], c["images"], c["device"], c["version"]) for c in listed] == [
+        (shared, 2, "pi-a", 1)
+    ]
 
     before = load_state(b.state_path())
     assert shared not in before.classes
@@ -102,8 +108,12 @@ def test_a_class_shared_by_one_device_classifies_held_out_drawings_on_another(fl
     after = load_state(b.state_path())  # saved, with the shared images kept like any taught class
     assert after.classes == before.classes + [shared]
     kept = after.images[np.asarray(after.support_labels) == after.classes.index(shared)]
-    st_a = load_state(a.state_path())  # what A keeps (its 28x28 model-input pixels) is what B now keeps
-    assert np.array_equal(kept, st_a.images[np.asarray(st_a.support_labels) == st_a.classes.index(shared)])
+    st_a = load_state(
+        a.state_path()
+    )  # what A keeps (its 28x28 model-input pixels) is what B now keeps
+    assert np.array_equal(
+        kept, st_a.images[np.asarray(st_a.support_labels) == st_a.classes.index(shared)]
+    )
 
     # the 18 drawings of the shared character that A did not share, by other people, among B's classes
     clf = b.classifier(delegate="cpu")
@@ -112,8 +122,12 @@ def test_a_class_shared_by_one_device_classifies_held_out_drawings_on_another(fl
     hits = float(np.mean([p == shared for p in pred]))
     others = [img for n in names[5:15] for _, img in chars[n][1:4]]
     other_pred = FewShotClassifier.predict(clf, others)
-    other_hits = float(np.mean([p == n for p, n in zip(other_pred, [n for n in names[5:15] for _ in range(3)])]))
-    print(f"pulled class: {hits:.3f} of 18 held-out drawings; B's own classes: {other_hits:.3f} of 30 (11-way)")
+    other_hits = float(
+        np.mean([p == n for p, n in zip(other_pred, [n for n in names[5:15] for _ in range(3)])])
+    )
+    print(
+        f"pulled class: {hits:.3f} of 18 held-out drawings; B's own classes: {other_hits:.3f} of 30 (11-way)"
+    )
     assert hits >= 0.75  # chance is 1/11
     assert other_hits >= 0.75  # the pulled class does not swallow B's own classes
 
@@ -146,17 +160,31 @@ def test_class_library_refusals_are_one_line_and_change_nothing(fleet):
     with pytest.raises(SyncError, match="already has a class"):
         pull_class(c, cc, names[0], delegate="cpu")  # C taught names[0] itself
     assert c.state_path().read_bytes() == state_before
-    got = pull_class(c, cc, names[0], replace=True, delegate="cpu")  # A's two drawings replace C's one
-    assert got["images"] == 2 and load_state(c.state_path()).classes == [names[1], names[16], names[0]]
+    got = pull_class(
+        c, cc, names[0], replace=True, delegate="cpu"
+    )  # A's two drawings replace C's one
+    assert got["images"] == 2 and load_state(c.state_path()).classes == [
+        names[1],
+        names[16],
+        names[0],
+    ]
 
     # too many images, bad pixels: refused by the server with the reason, nothing stored
     img = {"height": 28, "width": 28, "pixels": base64.b64encode(bytes(784)).decode()}
-    for body, status, words in (({"name": "big", "images": [img] * 65}, 413, "at most 64 images"),
-                                ({"name": "bad", "images": [{**img, "pixels": "!!"}]}, 422, "base64"),
-                                ({"name": "", "images": [img]}, 422, "non-empty string")):
-        req = urllib.request.Request(fleet["srv"].url + "/v1/classes", data=json.dumps(body).encode(), method="POST",
-                                     headers={"Authorization": f"Bearer {fleet['tokens']['pi-c']}",
-                                              "Content-Type": "application/json"})
+    for body, status, words in (
+        ({"name": "big", "images": [img] * 65}, 413, "at most 64 images"),
+        ({"name": "bad", "images": [{**img, "pixels": "!!"}]}, 422, "base64"),
+        ({"name": "", "images": [img]}, 422, "non-empty string"),
+    ):
+        req = urllib.request.Request(
+            fleet["srv"].url + "/v1/classes",
+            data=json.dumps(body).encode(),
+            method="POST",
+            headers={
+                "Authorization": f"Bearer {fleet['tokens']['pi-c']}",
+                "Content-Type": "application/json",
+            },
+        )
         with pytest.raises(urllib.error.HTTPError) as err:
             urllib.request.urlopen(req, timeout=30)
         assert err.value.code == status and words in json.loads(err.value.read())["detail"]
@@ -174,21 +202,41 @@ def test_sync_cli_shares_lists_and_pulls_classes(fleet):
         _teach(b, chars, names[5:15], shots=1)
 
     def run(name, *extra):
-        return CliRunner().invoke(main, ["sync", "--server", srv.url, "--token", tokens[name], "--pubkey",
-                                         str(srv.root / "public_key.txt"), "--home", str(fleet["homes"][name].root),
-                                         "--delegate", "cpu", "--no-share-support", *extra])
+        return CliRunner().invoke(
+            main,
+            [
+                "sync",
+                "--server",
+                srv.url,
+                "--token",
+                tokens[name],
+                "--pubkey",
+                str(srv.root / "public_key.txt"),
+                "--home",
+                str(fleet["homes"][name].root),
+                "--delegate",
+                "cpu",
+                "--no-share-support",
+                *extra,
+            ],
+        )
 
     r = run("pi-a", "--share-class", names[2])
     assert r.exit_code == 0 and f"shared class {names[2]!r} (2 images)" in r.stdout, r.output
     r = run("pi-b", "--list-classes", "--pull-class", names[2])
     assert r.exit_code == 0, r.output
-    assert f"pulled class {names[2]!r} (2 images)" in r.stdout and f"{names[2]}  2 images, from pi-a (v1)" in r.stdout
+    assert (
+        f"pulled class {names[2]!r} (2 images)" in r.stdout
+        and f"{names[2]}  2 images, from pi-a (v1)" in r.stdout
+    )
     assert names[2] in load_state(b.state_path()).classes
     st = CliRunner().invoke(main, ["fleet", "status", "--root", str(srv.root)])
     assert st.exit_code == 0 and f"{names[2]} (2 images, pi-a)" in st.stdout, st.output
     assert re.search(r"class library: \d+ shared classes: ", st.stdout), st.stdout
     r = run("pi-b", "--pull-class", names[2])
-    assert r.exit_code == 1 and r.output.count("\n") <= 2 and "already has a class" in r.output, r.output
+    assert r.exit_code == 1 and r.output.count("\n") <= 2 and "already has a class" in r.output, (
+        r.output
+    )
     r = run("pi-b", "--pull-class", "no such class")
     assert r.exit_code == 1 and "HTTP 404" in r.output, r.output
 
@@ -202,7 +250,11 @@ def test_a_class_shared_from_another_bundle_is_the_class_taught_here(tmp_path):
     from metalite.training.datasets import load_data
 
     glyphs = load_data("glyphs", 28, "test")
-    shots, a_classes, b_classes = 5, [100, 200], [150, 250, 350, 450]  # spread over the 731 test classes
+    shots, a_classes, b_classes = (
+        5,
+        [100, 200],
+        [150, 250, 350, 450],
+    )  # spread over the 731 test classes
     srv = Server(tmp_path / "root", tmp_path / "serve.log").start()
     try:
         root, key = FleetRoot(srv.root), parse_public_key(srv.public_key())
@@ -211,10 +263,16 @@ def test_a_class_shared_from_another_bundle_is_the_class_taught_here(tmp_path):
             publish(root, bundle)
             token = enroll(root, name)
             homes[name] = (DeviceHome(tmp_path / name), FleetClient(srv.url, token), token)
-            assert sync(homes[name][0], srv.url, token, key, delegate="cpu").update.status == "switched"
+            assert (
+                sync(homes[name][0], srv.url, token, key, delegate="cpu").update.status
+                == "switched"
+            )
         (a, ca, _), (b, cb, tb) = homes["pi-a"], homes["pi-b"]
         assert (a.version, b.version) == (1, 2)
-        support = {glyphs.class_names[c]: glyphs.images[glyphs.indices_of(c)[:shots]] for c in a_classes + b_classes}
+        support = {
+            glyphs.class_names[c]: glyphs.images[glyphs.indices_of(c)[:shots]]
+            for c in a_classes + b_classes
+        }
         for home, classes in ((a, a_classes), (b, b_classes)):
             clf = home.classifier(delegate="cpu")
             clf.fit({glyphs.class_names[c]: support[glyphs.class_names[c]] for c in classes})
@@ -225,15 +283,30 @@ def test_a_class_shared_from_another_bundle_is_the_class_taught_here(tmp_path):
             pull_class(b, cb, name, delegate="cpu")
 
         clf = b.classifier(delegate="cpu")
-        taught = FewShotClassifier(b.bundle_dir(), delegate="cpu").fit({n: support[n] for n in clf.classes})
-        held = {glyphs.class_names[c]: glyphs.images[glyphs.indices_of(c)[shots:]] for c in b_classes + a_classes}
+        taught = FewShotClassifier(b.bundle_dir(), delegate="cpu").fit(
+            {n: support[n] for n in clf.classes}
+        )
+        held = {
+            glyphs.class_names[c]: glyphs.images[glyphs.indices_of(c)[shots:]]
+            for c in b_classes + a_classes
+        }
         x = np.concatenate(list(held.values()))
-        np.testing.assert_allclose(FewShotClassifier.predict_proba(clf, x), taught.predict_proba(x), atol=1e-5)
-        right = np.array([p == t for p, t in zip(FewShotClassifier.predict(clf, x), [n for n, v in held.items()
-                                                                                    for _ in v])])
+        np.testing.assert_allclose(
+            FewShotClassifier.predict_proba(clf, x), taught.predict_proba(x), atol=1e-5
+        )
+        right = np.array(
+            [
+                p == t
+                for p, t in zip(
+                    FewShotClassifier.predict(clf, x), [n for n, v in held.items() for _ in v]
+                )
+            ]
+        )
         pulled = np.arange(len(x)) >= len(x) - sum(len(held[n]) for n in shared)
-        print(f"\nB (v2) on the pulled classes' {pulled.sum()} held-out images: {right[pulled].mean():.3f}; "
-              f"on all {len(x)}: {right.mean():.3f} (6 classes, chance 0.167)")
+        print(
+            f"\nB (v2) on the pulled classes' {pulled.sum()} held-out images: {right[pulled].mean():.3f}; "
+            f"on all {len(x)}: {right.mean():.3f} (6 classes, chance 0.167)"
+        )
         assert right[pulled].mean() >= 0.7 and right.mean() >= 0.7
         assert sync(b, srv.url, tb, key, delegate="cpu").shared == shots * len(b_classes)
     finally:

@@ -4,6 +4,7 @@ Bundles: v1 and v2 are different random Conv4 backbones (16-d and 24-d embedding
 ``write_bundle``, so an update really re-embeds the device's support images; "bad" is v2 with a head
 that cannot tell classes apart (it verifies, but must fail the device's health check).
 """
+
 from __future__ import annotations
 
 import base64
@@ -95,7 +96,9 @@ def _accuracy(clf, seed=3) -> float:
 
 
 # ----------------------------------------------------------------------------- the whole flow
-def test_enroll_publish_sync_adapt_outbox_upload_then_switch_keeping_classes(bundles, server, tmp_path):
+def test_enroll_publish_sync_adapt_outbox_upload_then_switch_keeping_classes(
+    bundles, server, tmp_path
+):
     cli, root = CliRunner(), str(server.root)
     r = cli.invoke(main, ["fleet", "enroll", "pi-1", "--root", root])
     assert r.exit_code == 0, r.output
@@ -103,17 +106,42 @@ def test_enroll_publish_sync_adapt_outbox_upload_then_switch_keeping_classes(bun
     assert token.startswith("mlt_") and len(token) > 40
     db_bytes = b"".join(p.read_bytes() for p in server.root.glob("fleet.sqlite*"))
     assert token.encode() not in db_bytes  # stored as a hash only
-    r = cli.invoke(main, ["fleet", "publish", str(bundles["v1"]), "--root", root, "--note", "first"])
+    r = cli.invoke(
+        main, ["fleet", "publish", str(bundles["v1"]), "--root", root, "--note", "first"]
+    )
     assert r.exit_code == 0 and "published v1" in r.stdout, r.output
 
     home_dir = tmp_path / "pi-1"
-    sync_args = ["sync", "--server", server.url, "--token", token, "--pubkey", str(server.root / "public_key.txt"),
-                 "--home", str(home_dir), "--delegate", "cpu", "--no-share-support"]
+    sync_args = [
+        "sync",
+        "--server",
+        server.url,
+        "--token",
+        token,
+        "--pubkey",
+        str(server.root / "public_key.txt"),
+        "--home",
+        str(home_dir),
+        "--delegate",
+        "cpu",
+        "--no-share-support",
+    ]
     r = cli.invoke(main, sync_args)
     assert r.exit_code == 0 and "switched to v1" in r.stdout, r.output
     sup, lab = shapes(range(5), 5, seed=1)
     write_pngs(tmp_path / "support", sup, lab)
-    r = cli.invoke(main, ["device", "adapt", str(tmp_path / "support"), "--home", str(home_dir), "--delegate", "cpu"])
+    r = cli.invoke(
+        main,
+        [
+            "device",
+            "adapt",
+            str(tmp_path / "support"),
+            "--home",
+            str(home_dir),
+            "--delegate",
+            "cpu",
+        ],
+    )
     assert r.exit_code == 0 and "5 classes" in r.stdout, r.output
 
     # unsure predictions (below the threshold) go to the outbox, confident ones do not
@@ -129,7 +157,10 @@ def test_enroll_publish_sync_adapt_outbox_upload_then_switch_keeping_classes(bun
     rows = home.outbox().oldest(1000)
     assert len(rows) == len(unsure) and {r["kind"] for r in rows} == {"unsure"}
     assert [r["predicted"] for r in rows] == [clf.classes[k] for k in proba[unsure].argmax(axis=1)]
-    assert all(np.array_equal(np.frombuffer(r["pixels"], np.uint8).reshape(28, 28), qry[i]) for r, i in zip(rows, unsure))
+    assert all(
+        np.array_equal(np.frombuffer(r["pixels"], np.uint8).reshape(28, 28), qry[i])
+        for r, i in zip(rows, unsure)
+    )
     clf.correct(qry[0], "shape0")  # a user's correction: recorded and learned
     home.save(clf)
     sent = {r["id"]: r for r in home.outbox().oldest(1000)}
@@ -141,8 +172,14 @@ def test_enroll_publish_sync_adapt_outbox_upload_then_switch_keeping_classes(bun
     got = {e["example_id"]: e for e in iter_examples(FleetRoot(server.root))}
     assert set(got) == set(sent)
     for i, e in got.items():
-        assert e["device"] == "pi-1" and e["kind"] == sent[i]["kind"] and e["label"] == sent[i]["label"]
-        assert np.array_equal(e["image"], np.frombuffer(sent[i]["pixels"], np.uint8).reshape(28, 28))
+        assert (
+            e["device"] == "pi-1"
+            and e["kind"] == sent[i]["kind"]
+            and e["label"] == sent[i]["label"]
+        )
+        assert np.array_equal(
+            e["image"], np.frombuffer(sent[i]["pixels"], np.uint8).reshape(28, 28)
+        )
     assert [e["label"] for e in got.values() if e["kind"] == "correction"] == ["shape0"]
 
     # v2 (another backbone, another embedding size): the device re-embeds its support images and keeps its classes
@@ -161,7 +198,12 @@ def test_enroll_publish_sync_adapt_outbox_upload_then_switch_keeping_classes(bun
 
     r = cli.invoke(main, ["fleet", "status", "--root", root, "--json"])
     dev = json.loads(r.stdout)["devices"][0]
-    assert (dev["name"], dev["version"], dev["examples"], dev["last_event"]) == ("pi-1", 2, len(sent), "switched")
+    assert (dev["name"], dev["version"], dev["examples"], dev["last_event"]) == (
+        "pi-1",
+        2,
+        len(sent),
+        "switched",
+    )
     r = cli.invoke(main, ["fleet", "status", "--root", root])
     assert r.exit_code == 0 and "pi-1" in r.stdout and "v2" in r.stdout
 
@@ -189,20 +231,51 @@ def test_bad_updates_are_refused_while_the_old_version_keeps_serving(bundles, se
     publish(fl, bundles["v2"])
 
     def still_v1(result, words):
-        assert result.update.status in ("refused", "failed") and words in result.update.reason, result.update
-        assert home.version == 1 and sorted(os.listdir(home.versions)) == ["1"] and not list(home.tmp.iterdir())
+        assert result.update.status in ("refused", "failed") and words in result.update.reason, (
+            result.update
+        )
+        assert (
+            home.version == 1
+            and sorted(os.listdir(home.versions)) == ["1"]
+            and not list(home.tmp.iterdir())
+        )
         assert home.classifier(delegate="cpu").predict(qry) == before
         dev = next(d for d in list_devices(fl) if d["name"] == "pi")
-        assert dev["version"] == 1 and dev["last_event"] == result.update.status and words in dev["last_reason"]
+        assert (
+            dev["version"] == 1
+            and dev["last_event"] == result.update.status
+            and words in dev["last_reason"]
+        )
 
-    wrong = Ed25519PrivateKey.generate().public_key().public_bytes(serialization.Encoding.Raw,
-                                                                    serialization.PublicFormat.Raw)
+    wrong = (
+        Ed25519PrivateKey.generate()
+        .public_key()
+        .public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    )
     still_v1(_sync(home, server, token, key=wrong), "signature does not match")
-    r = CliRunner().invoke(main, ["sync", "--server", server.url, "--token", token, "--pubkey", wrong.hex(),
-                                  "--home", str(home.root), "--delegate", "cpu"])
+    r = CliRunner().invoke(
+        main,
+        [
+            "sync",
+            "--server",
+            server.url,
+            "--token",
+            token,
+            "--pubkey",
+            wrong.hex(),
+            "--home",
+            str(home.root),
+            "--delegate",
+            "cpu",
+        ],
+    )
     assert r.exit_code == 3 and "refused" in r.stdout, r.output
 
-    sha = fl.db().execute("SELECT sha256 FROM release_files WHERE version = 2 AND name = 'backbone.tflite'").fetchone()[0]
+    sha = (
+        fl.db()
+        .execute("SELECT sha256 FROM release_files WHERE version = 2 AND name = 'backbone.tflite'")
+        .fetchone()[0]
+    )
     blob = fl.blobs.path(sha)
     original = blob.read_bytes()
     tampered = bytearray(original)
@@ -212,7 +285,9 @@ def test_bad_updates_are_refused_while_the_old_version_keeps_serving(bundles, se
     blob.write_bytes(original[: len(original) // 2])
     still_v1(_sync(home, server, token), "the signed release says")
     blob.write_bytes(original)
-    proxy = CuttingProxy(server.port, limit=8000)  # the connection dies inside backbone.tflite's body
+    proxy = CuttingProxy(
+        server.port, limit=8000
+    )  # the connection dies inside backbone.tflite's body
     try:
         still_v1(_sync(home, server, token, url=proxy.url), "truncated download")
     finally:
@@ -224,7 +299,9 @@ def test_bad_updates_are_refused_while_the_old_version_keeps_serving(bundles, se
     fl.db().execute("UPDATE releases SET signature = ? WHERE version = 2", (signature,))
     still_v1(_sync(home, server, token, key=None), "no server public key")
 
-    publish(fl, bundles["bad"])  # v3: verifies and is signed, but its head cannot tell the classes apart
+    publish(
+        fl, bundles["bad"]
+    )  # v3: verifies and is signed, but its head cannot tell the classes apart
     still_v1(_sync(home, server, token), "health check failed")
 
     rollback(fl, 2)  # v4 = v2's files
@@ -236,14 +313,18 @@ def test_bad_updates_are_refused_while_the_old_version_keeps_serving(bundles, se
 
     client = FleetClient(server.url, token)
     key = parse_public_key(server.public_key())
-    old = apply_offer(home, client, v1_offer, key, delegate="cpu")  # a replayed, genuinely signed older release
+    old = apply_offer(
+        home, client, v1_offer, key, delegate="cpu"
+    )  # a replayed, genuinely signed older release
     assert old.status == "refused" and "older" in old.reason and home.version == 4
     back = apply_offer(home, client, v1_offer, key, allow_older=True, delegate="cpu")
     assert back.status == "switched" and home.version == 1
     assert home.classifier(delegate="cpu").classes == CLASSES
 
 
-def test_a_state_without_images_is_not_carried_over_and_the_device_says_why(bundles, server, tmp_path):
+def test_a_state_without_images_is_not_carried_over_and_the_device_says_why(
+    bundles, server, tmp_path
+):
     from runtime_kit import write_v1_state
 
     fl = FleetRoot(server.root)
@@ -253,7 +334,9 @@ def test_a_state_without_images_is_not_carried_over_and_the_device_says_why(bund
     write_v1_state(home.classifier(delegate="cpu"), home.state_path())  # as metalite 0.1 saved it
     publish(fl, bundles["v2"])
     r = _sync(home, server, token)
-    assert r.update.status == "refused" and "state format 1" in r.update.reason and home.version == 1
+    assert (
+        r.update.status == "refused" and "state format 1" in r.update.reason and home.version == 1
+    )
     assert "adapt again" in list_devices(fl)[0]["last_reason"]
 
 
@@ -268,11 +351,26 @@ def _count(root: Path) -> int:
 
 def _half_sent_upload(port: int, token: str, ids: list) -> socket.socket:
     """Send the headers and half the body of a valid upload, then nothing more (the server waits for the rest)."""
-    body = json.dumps({"examples": [{"id": i, "kind": "unsure", "height": 28, "width": 28,
-                                     "pixels": base64.b64encode(bytes(784)).decode()} for i in ids]}).encode()
+    body = json.dumps(
+        {
+            "examples": [
+                {
+                    "id": i,
+                    "kind": "unsure",
+                    "height": 28,
+                    "width": 28,
+                    "pixels": base64.b64encode(bytes(784)).decode(),
+                }
+                for i in ids
+            ]
+        }
+    ).encode()
     s = socket.create_connection(("127.0.0.1", port))
-    s.sendall(f"POST /v1/examples HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
-              f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body[: len(body) // 2])
+    s.sendall(
+        f"POST /v1/examples HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+        + body[: len(body) // 2]
+    )
     return s
 
 
@@ -284,7 +382,13 @@ def test_server_killed_mid_upload_loses_and_duplicates_nothing(server, tmp_path)
     home = DeviceHome(tmp_path / "home")
     outbox = home.outbox()
     pixels = np.random.default_rng(0).integers(0, 256, (2500, 28, 28), dtype=np.uint8)
-    ids = outbox.add("unsure", pixels, predicted=["shape1"] * 2500, confidences=np.linspace(0, 0.5, 2500), version=1)
+    ids = outbox.add(
+        "unsure",
+        pixels,
+        predicted=["shape1"] * 2500,
+        confidences=np.linspace(0, 0.5, 2500),
+        version=1,
+    )
     partial_ids = [f"partial{i:04d}" for i in range(32)]
     half = _half_sent_upload(server.port, token, partial_ids)
 
@@ -304,22 +408,30 @@ def test_server_killed_mid_upload_loses_and_duplicates_nothing(server, tmp_path)
     server.stop(signal.SIGKILL)
     t.join(120)
     half.close()
-    assert failure and isinstance(failure[0], ServerUnreachableError), failure  # it really was cut mid-stream
+    assert failure and isinstance(failure[0], ServerUnreachableError), (
+        failure
+    )  # it really was cut mid-stream
     stored, acked = _count(server.root), 2500 - outbox.pending()
-    assert 600 <= stored and acked <= stored <= acked + 64  # at most the one batch whose answer was lost
+    assert (
+        600 <= stored and acked <= stored <= acked + 64
+    )  # at most the one batch whose answer was lost
 
     server.start()  # same root, same port
     uploaded, duplicates = upload_outbox(outbox, FleetClient(server.url, token))
     assert outbox.pending() == 0
     assert duplicates == stored - acked and uploaded == 2500 - stored
     rows = list(iter_examples(FleetRoot(server.root)))
-    assert sorted(r["example_id"] for r in rows) == sorted(ids)  # every example once, none of the half-sent ones
+    assert sorted(r["example_id"] for r in rows) == sorted(
+        ids
+    )  # every example once, none of the half-sent ones
     by_id = dict(zip(ids, pixels))
     assert all(np.array_equal(r["image"], by_id[r["example_id"]]) for r in rows)
     assert FleetRoot(server.root).db().execute("PRAGMA integrity_check").fetchone()[0] == "ok"
 
 
-def test_offline_device_keeps_its_outbox_across_a_restart_and_drains_it_later(bundles, server, tmp_path):
+def test_offline_device_keeps_its_outbox_across_a_restart_and_drains_it_later(
+    bundles, server, tmp_path
+):
     fl = FleetRoot(server.root)
     token = enroll(fl, "pi")
     publish(fl, bundles["v1"])
@@ -334,12 +446,14 @@ def test_offline_device_keeps_its_outbox_across_a_restart_and_drains_it_later(bu
         home = DeviceHome({str(home.root)!r})
         clf = home.classifier(delegate="cpu")
         clf.threshold = 1.01  # everything is 'unsure'
-        q = np.load({str(tmp_path / 'qry.npy')!r})
+        q = np.load({str(tmp_path / "qry.npy")!r})
         clf.predict(q)
         clf.correct(q[0], "shape0", learn=False)
         os.kill(os.getpid(), signal.SIGKILL)  # no clean shutdown
     """)
-    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    res = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300
+    )
     assert res.returncode == -signal.SIGKILL, res.stderr[-3000:]
 
     r = _sync(DeviceHome(home.root), server, token)  # the server is down
@@ -384,8 +498,10 @@ def test_fifty_devices_sync_at_once(bundles, server, tmp_path):
     t0 = time.perf_counter()
     first = _all_at_once(lambda i: _sync(homes[i], server, tokens[i]), n)
     t_first = time.perf_counter() - t0
-    assert all(not isinstance(r, Exception) and not r.offline and r.uploaded == 10 and r.running == 1
-               for r in first), [r for r in first if isinstance(r, Exception) or r.running != 1][:3]
+    assert all(
+        not isinstance(r, Exception) and not r.offline and r.uploaded == 10 and r.running == 1
+        for r in first
+    ), [r for r in first if isinstance(r, Exception) or r.running != 1][:3]
     sup, lab = shapes(range(5), 3, seed=1)
     for h in homes:
         h.save(h.classifier(delegate="cpu").fit(sup, lab))
@@ -393,14 +509,18 @@ def test_fifty_devices_sync_at_once(bundles, server, tmp_path):
     t0 = time.perf_counter()
     second = _all_at_once(lambda i: _sync(homes[i], server, tokens[i]), n)
     t_second = time.perf_counter() - t0
-    assert all(not isinstance(r, Exception) and r.update.status == "switched" and r.running == 2 for r in second), \
-        [r for r in second if isinstance(r, Exception) or r.running != 2][:3]
+    assert all(
+        not isinstance(r, Exception) and r.update.status == "switched" and r.running == 2
+        for r in second
+    ), [r for r in second if isinstance(r, Exception) or r.running != 2][:3]
     assert all(h.classifier(delegate="cpu").classes == CLASSES for h in homes[:5])
     devices = list_devices(fl)
     assert len(devices) == n and all(d["version"] == 2 and d["examples"] == 10 for d in devices)
     assert sum(1 for _ in iter_examples(fl)) == 10 * n
-    print(f"\n50 devices: first sync (install v1 + upload 10 each) {t_first:.1f} s, "
-          f"update to v2 (download, re-embed, switch) {t_second:.1f} s")
+    print(
+        f"\n50 devices: first sync (install v1 + upload 10 each) {t_first:.1f} s, "
+        f"update to v2 (download, re-embed, switch) {t_second:.1f} s"
+    )
 
 
 # ----------------------------------------------------------------------------- the API's guards
@@ -408,7 +528,9 @@ def _request(srv, method, path, body=None, token=None, headers=None):
     h = dict(headers or {})
     if token:
         h["Authorization"] = f"Bearer {token}"
-    data = None if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
+    data = (
+        None if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
+    )
     req = urllib.request.Request(srv.url + path, data=data, method=method, headers=h)
     try:
         with urllib.request.urlopen(req, timeout=30) as r:
@@ -418,8 +540,14 @@ def _request(srv, method, path, body=None, token=None, headers=None):
 
 
 def _example(i, n_bytes=784, **kw):
-    return {"id": f"ex{i:08d}", "kind": "unsure", "height": 28, "width": 28,
-            "pixels": base64.b64encode(bytes(n_bytes)).decode(), **kw}
+    return {
+        "id": f"ex{i:08d}",
+        "kind": "unsure",
+        "height": 28,
+        "width": 28,
+        "pixels": base64.b64encode(bytes(n_bytes)).decode(),
+        **kw,
+    }
 
 
 def test_tokens_revocation_size_limits_and_blob_names(bundles, server, tmp_path):
@@ -429,7 +557,10 @@ def test_tokens_revocation_size_limits_and_blob_names(bundles, server, tmp_path)
     assert _request(server, "GET", "/v1/health")[0] == 200
     assert _request(server, "GET", "/v1/releases/latest")[0] == 401
     assert _request(server, "POST", "/v1/examples", {"examples": [_example(1)]})[0] == 401
-    assert _request(server, "POST", "/v1/examples", {"examples": [_example(1)]}, token="mlt_guess")[0] == 401
+    assert (
+        _request(server, "POST", "/v1/examples", {"examples": [_example(1)]}, token="mlt_guess")[0]
+        == 401
+    )
     assert _request(server, "GET", "/v1/releases/latest", token=token)[0] == 200
 
     revoke(fl, "pi-2")
@@ -437,47 +568,93 @@ def test_tokens_revocation_size_limits_and_blob_names(bundles, server, tmp_path)
     with pytest.raises(ServerRefusedError, match="revoked") as exc:
         _sync(DeviceHome(tmp_path / "pi-2"), server, other)
     assert exc.value.status == 403
-    r = CliRunner().invoke(main, ["sync", "--server", server.url, "--token", other, "--pubkey", server.public_key(),
-                                  "--home", str(tmp_path / "pi-2")])
+    r = CliRunner().invoke(
+        main,
+        [
+            "sync",
+            "--server",
+            server.url,
+            "--token",
+            other,
+            "--pubkey",
+            server.public_key(),
+            "--home",
+            str(tmp_path / "pi-2"),
+        ],
+    )
     assert r.exit_code == 1 and "revoked" in r.output and len(r.output.strip().splitlines()) == 1
     renewed = enroll(fl, "pi-2", rotate=True)
     assert _request(server, "GET", "/v1/releases/latest", token=renewed)[0] == 200
     assert _request(server, "GET", "/v1/releases/latest", token=other)[0] == 401
 
-    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as s:  # refused on the header alone
-        s.sendall(f"POST /v1/examples HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
-                  f"Content-Length: {5 << 20}\r\n\r\n".encode())
+    with socket.create_connection(
+        ("127.0.0.1", server.port), timeout=30
+    ) as s:  # refused on the header alone
+        s.sendall(
+            f"POST /v1/examples HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
+            f"Content-Length: {5 << 20}\r\n\r\n".encode()
+        )
         assert s.recv(4096).split(b" ")[1] == b"413"
     # no Content-Length (chunked): 16 valid 512x512 examples, 5.6 MB; the server stops reading at 4 MiB and
     # answers 413 (the client may see that, or the reset that follows when it is still sending)
-    large = {"examples": [_example(100 + i, n_bytes=512 * 512, height=512, width=512) for i in range(16)]}
+    large = {
+        "examples": [_example(100 + i, n_bytes=512 * 512, height=512, width=512) for i in range(16)]
+    }
     data = json.dumps(large).encode()
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
     try:
-        conn.request("POST", "/v1/examples", body=iter([data[i:i + 65536] for i in range(0, len(data), 65536)]),
-                     headers={"Authorization": f"Bearer {token}", "Transfer-Encoding": "chunked"})
+        conn.request(
+            "POST",
+            "/v1/examples",
+            body=iter([data[i : i + 65536] for i in range(0, len(data), 65536)]),
+            headers={"Authorization": f"Bearer {token}", "Transfer-Encoding": "chunked"},
+        )
         assert conn.getresponse().status == 413
     except (ConnectionResetError, BrokenPipeError):
         pass
     finally:
         conn.close()
     assert fl.db().execute("SELECT count(*) FROM examples").fetchone()[0] == 0
-    assert _request(server, "POST", "/v1/examples", {"examples": [_example(i) for i in range(257)]},
-                    token=token)[0] == 413
+    assert (
+        _request(
+            server,
+            "POST",
+            "/v1/examples",
+            {"examples": [_example(i) for i in range(257)]},
+            token=token,
+        )[0]
+        == 413
+    )
 
-    status, body = _request(server, "POST", "/v1/examples",
-                            {"examples": [_example(1, label="a"), _example(2, n_bytes=10), {"id": 5}]}, token=token)
+    status, body = _request(
+        server,
+        "POST",
+        "/v1/examples",
+        {"examples": [_example(1, label="a"), _example(2, n_bytes=10), {"id": 5}]},
+        token=token,
+    )
     answer = json.loads(body)
     assert status == 200 and answer["stored"] == 1 and len(answer["rejected"]) == 2
-    assert "784" in answer["rejected"][0]["reason"] and answer["ids"] == ["ex00000001", "ex00000002"]
-    answer = json.loads(_request(server, "POST", "/v1/examples", {"examples": [_example(1, label="a")]}, token=token)[1])
+    assert "784" in answer["rejected"][0]["reason"] and answer["ids"] == [
+        "ex00000001",
+        "ex00000002",
+    ]
+    answer = json.loads(
+        _request(
+            server, "POST", "/v1/examples", {"examples": [_example(1, label="a")]}, token=token
+        )[1]
+    )
     assert (answer["stored"], answer["duplicates"]) == (0, 1)  # a retry is a no-op
 
     files = fl.db().execute("SELECT sha256 FROM release_files").fetchall()
     assert _request(server, "GET", f"/v1/blobs/{files[0][0]}", token=token)[0] == 200
     image_sha = fl.db().execute("SELECT image_sha256 FROM examples").fetchone()[0]
-    for path in (f"/v1/blobs/{image_sha}", "/v1/blobs/" + "0" * 64, "/v1/blobs/..%2F..%2Ffleet.sqlite",
-                 "/v1/blobs/../../fleet.sqlite"):
+    for path in (
+        f"/v1/blobs/{image_sha}",
+        "/v1/blobs/" + "0" * 64,
+        "/v1/blobs/..%2F..%2Ffleet.sqlite",
+        "/v1/blobs/../../fleet.sqlite",
+    ):
         assert _request(server, "GET", path, token=token)[0] == 404, path
 
 
@@ -485,7 +662,9 @@ def test_tokens_revocation_size_limits_and_blob_names(bundles, server, tmp_path)
 def test_publish_keeps_the_model_directory_and_admin_errors_are_one_line(bundles, tmp_path):
     model = tmp_path / "model"
     (model / "checkpoints").mkdir(parents=True)
-    (model / "config.json").write_text(json.dumps({"format": "metalite-model", "format_version": 1}))
+    (model / "config.json").write_text(
+        json.dumps({"format": "metalite-model", "format_version": 1})
+    )
     (model / "backbone.weights.h5").write_bytes(os.urandom(3000))
     (model / "checkpoints" / "ckpt-1.index").write_bytes(b"x")
     fl = FleetRoot(tmp_path / "root", create=True)
@@ -493,8 +672,13 @@ def test_publish_keeps_the_model_directory_and_admin_errors_are_one_line(bundles
     assert r["version"] == 1 and r["model_files"] == 2
     out = export_model(fl, 1, tmp_path / "restored")
     assert sorted(p.name for p in out.rglob("*")) == ["backbone.weights.h5", "config.json"]
-    assert (out / "backbone.weights.h5").read_bytes() == (model / "backbone.weights.h5").read_bytes()
-    assert open_bundle(export_bundle(fl, 1, tmp_path / "bundle")).manifest_sha256 == r["manifest_sha256"]
+    assert (out / "backbone.weights.h5").read_bytes() == (
+        model / "backbone.weights.h5"
+    ).read_bytes()
+    assert (
+        open_bundle(export_bundle(fl, 1, tmp_path / "bundle")).manifest_sha256
+        == r["manifest_sha256"]
+    )
     assert rollback(fl, 1)["model_files"] == 2
 
     cli = CliRunner()
@@ -504,28 +688,73 @@ def test_publish_keeps_the_model_directory_and_admin_errors_are_one_line(bundles
         (["fleet", "revoke", "ghost", "--root", str(fl.path)], "no device named 'ghost'"),
         (["fleet", "enroll", "a/b", "--root", str(fl.path)], "device name 'a/b'"),
         (["fleet", "publish", str(tmp_path / "model"), "--root", str(fl.path)], "cannot publish"),
-        (["fleet", "publish", str(bundles["v1"]), "--root", str(fl.path), "--model", str(tmp_path)],
-         "not a metalite model directory"),
+        (
+            [
+                "fleet",
+                "publish",
+                str(bundles["v1"]),
+                "--root",
+                str(fl.path),
+                "--model",
+                str(tmp_path),
+            ],
+            "not a metalite model directory",
+        ),
         (["fleet", "rollback", "--root", str(fl.path), "--to", "9"], "no release v9"),
-        (["sync", "--server", "ftp://x", "--token", "t", "--home", str(tmp_path / "h")], "http:// or https://"),
-        (["sync", "--server", "http://127.0.0.1:9", "--token", "t", "--pubkey", "zz", "--home", str(tmp_path / "h")],
-         "64 hex digits"),
+        (
+            ["sync", "--server", "ftp://x", "--token", "t", "--home", str(tmp_path / "h")],
+            "http:// or https://",
+        ),
+        (
+            [
+                "sync",
+                "--server",
+                "http://127.0.0.1:9",
+                "--token",
+                "t",
+                "--pubkey",
+                "zz",
+                "--home",
+                str(tmp_path / "h"),
+            ],
+            "64 hex digits",
+        ),
         (["device", "status", "--home", str(tmp_path / "h2")], None),
-        (["device", "predict", str(model / "config.json"), "--home", str(tmp_path / "h3")], "no bundle yet"),
+        (
+            ["device", "predict", str(model / "config.json"), "--home", str(tmp_path / "h3")],
+            "no bundle yet",
+        ),
     ]
     for args, words in cases:
         r = cli.invoke(main, args)
         if words is None:
             assert r.exit_code == 0 and "no bundle yet" in r.output, r.output
             continue
-        assert r.exit_code == 1 and words in r.output and len(r.output.strip().splitlines()) == 1, (args, r.output)
+        assert r.exit_code == 1 and words in r.output and len(r.output.strip().splitlines()) == 1, (
+            args,
+            r.output,
+        )
     assert not missing.exists()
     enroll(fl, "pi")
     r = cli.invoke(main, ["fleet", "enroll", "pi", "--root", str(fl.path)])
     assert r.exit_code == 1 and "already enrolled" in r.output
-    with socket.socket() as s:  # a port nobody listens on: the device is offline, which is not an error
+    with (
+        socket.socket() as s
+    ):  # a port nobody listens on: the device is offline, which is not an error
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    r = cli.invoke(main, ["sync", "--server", f"http://127.0.0.1:{port}", "--token", "t", "--pubkey", "0" * 64,
-                          "--home", str(tmp_path / "h")])
+    r = cli.invoke(
+        main,
+        [
+            "sync",
+            "--server",
+            f"http://127.0.0.1:{port}",
+            "--token",
+            "t",
+            "--pubkey",
+            "0" * 64,
+            "--home",
+            str(tmp_path / "h"),
+        ],
+    )
     assert r.exit_code == 0 and "offline" in r.stdout, r.output

@@ -9,6 +9,7 @@
 - no private helper (``_name``) is imported from another folder.
 Imports inside functions count as much as those at the top of a file.
 """
+
 from __future__ import annotations
 
 import ast
@@ -22,11 +23,16 @@ from repo_paths import REPO
 
 ROOT = REPO
 # each product folder and the other folders it may import
-LAYERS = {"common": set(), "runtime": {"common"}, "export": {"common", "runtime"},
-          "training": {"common", "export", "runtime"}, "fleet": {"common", "runtime"},
-          "pipelines": {"common", "runtime", "export", "training", "fleet"},
-          "bench": {"common", "runtime", "export", "training", "fleet"},
-          "tools": {"common", "runtime", "export", "training", "fleet", "pipelines", "bench"}}
+LAYERS = {
+    "common": set(),
+    "runtime": {"common"},
+    "export": {"common", "runtime"},
+    "training": {"common", "export", "runtime"},
+    "fleet": {"common", "runtime"},
+    "pipelines": {"common", "runtime", "export", "training", "fleet"},
+    "bench": {"common", "runtime", "export", "training", "fleet"},
+    "tools": {"common", "runtime", "export", "training", "fleet", "pipelines", "bench"},
+}
 TEST_FOLDERS = ("tests", "device_tests")
 
 
@@ -45,7 +51,10 @@ def _product_files() -> dict:
 def _docstring_nodes(tree) -> set:
     nodes = set()
     for node in ast.walk(tree):
-        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.body:
+        if (
+            isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+            and node.body
+        ):
             first = node.body[0]
             if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
                 nodes.add(id(first.value))
@@ -65,15 +74,19 @@ def _imports(path: Path, module: str, known=()) -> list:
             found += [(a.name, [], node.lineno) for a in node.names]
         elif isinstance(node, ast.ImportFrom):
             base = package.split(".")
-            base = base[:len(base) - node.level + 1] if node.level else []
+            base = base[: len(base) - node.level + 1] if node.level else []
             target = ".".join(base + ([node.module] if node.module else []))
             names = [a.name for a in node.names]
             attrs = [n for n in names if f"{target}.{n}" not in known]
             if attrs or not names:
                 found.append((target, attrs, node.lineno))
             found += [(f"{target}.{n}", [], node.lineno) for n in names if f"{target}.{n}" in known]
-        elif (isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", "")) == "import_module"
-              and node.args and isinstance(node.args[0], ast.Constant)):
+        elif (
+            isinstance(node, ast.Call)
+            and getattr(node.func, "attr", getattr(node.func, "id", "")) == "import_module"
+            and node.args
+            and isinstance(node.args[0], ast.Constant)
+        ):
             found.append((node.args[0].value, [], node.lineno))
     return found
 
@@ -84,13 +97,21 @@ def _graph():
     for module, path in files.items():
         for target, names, line in _imports(path, module, files):
             where = f"{path.relative_to(ROOT)}:{line}"
-            if target.split(".")[0] in TEST_FOLDERS + ("conftest", "devicekit", "envs", "device_bundles"):
+            if target.split(".")[0] in TEST_FOLDERS + (
+                "conftest",
+                "devicekit",
+                "envs",
+                "device_bundles",
+            ):
                 errors.append(f"{where} imports test code ({target})")
             if target in files and target != module:
                 edges[module].add(target)
                 if _folder(target) != _folder(module):
-                    private += [f"{where} imports {n} from {target}" for n in names
-                                if n.startswith("_") and not n.endswith("__")]
+                    private += [
+                        f"{where} imports {n} from {target}"
+                        for n in names
+                        if n.startswith("_") and not n.endswith("__")
+                    ]
     return files, edges, private, errors
 
 
@@ -135,14 +156,20 @@ def test_no_import_cycle_between_files_or_folders():
     assert _cycles(edges) == []
     folders = {}
     for m, targets in edges.items():
-        folders.setdefault(_folder(m), set()).update(_folder(t) for t in targets if _folder(t) != _folder(m))
+        folders.setdefault(_folder(m), set()).update(
+            _folder(t) for t in targets if _folder(t) != _folder(m)
+        )
     assert _cycles(folders) == []
 
 
 def test_each_folder_imports_only_the_layers_below_it():
     _, edges, _, _ = _graph()
-    upward = [f"{m} -> {t}" for m, targets in edges.items() for t in targets
-              if _folder(t) != _folder(m) and _folder(t) not in LAYERS[_folder(m)]]
+    upward = [
+        f"{m} -> {t}"
+        for m, targets in edges.items()
+        for t in targets
+        if _folder(t) != _folder(m) and _folder(t) not in LAYERS[_folder(m)]
+    ]
     assert upward == []
 
 
@@ -153,9 +180,15 @@ def test_product_code_never_reaches_test_code():
         tree = ast.parse(path.read_text())
         docs = _docstring_nodes(tree)
         for node in ast.walk(tree):
-            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docs:
+            if (
+                isinstance(node, ast.Constant)
+                and isinstance(node.value, str)
+                and id(node) not in docs
+            ):
                 if test_path.search(node.value) or node.value in TEST_FOLDERS:
-                    errors.append(f"{path.relative_to(ROOT)}:{node.lineno} names a test folder: {node.value!r}")
+                    errors.append(
+                        f"{path.relative_to(ROOT)}:{node.lineno} names a test folder: {node.value!r}"
+                    )
     assert errors == []
 
 
@@ -170,7 +203,9 @@ def test_the_checks_see_what_they_check(tmp_path, monkeypatch):
         (tmp_path / folder).mkdir()
     (tmp_path / "training" / "a.py").write_text("from . import b\nfrom metalite.tools import cli\n")
     (tmp_path / "training" / "b.py").write_text("def f():\n    from .a import x\n")
-    (tmp_path / "tools" / "cli.py").write_text("import importlib\nimportlib.import_module('device_tests.envs')\n")
+    (tmp_path / "tools" / "cli.py").write_text(
+        "import importlib\nimportlib.import_module('device_tests.envs')\n"
+    )
     (tmp_path / "runtime" / "c.py").write_text("from metalite.training.b import _helper\n")
     monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
     _, edges, private, errors = _graph()

@@ -1,5 +1,6 @@
 """A device home from a bundle on disk, no fleet: ``metalite device install`` (``install_bundle``), then
 ``device adapt`` / ``device predict`` on the shipped Omniglot bundles with real Omniglot drawings (the fixture)."""
+
 from __future__ import annotations
 
 import json
@@ -40,7 +41,7 @@ def task(tmp_path_factory) -> dict:
         chars = sorted({n.split("/")[-2] for n in names})[:WAYS]
         truth = {}
         for c in chars:
-            files = [n for n in names if n.split("/")[-2] == c][:SHOTS + QUERIES]
+            files = [n for n in names if n.split("/")[-2] == c][: SHOTS + QUERIES]
             for i, n in enumerate(files):
                 p = d / ("support" / Path(c) if i < SHOTS else "query") / (f"{c}-{Path(n).name}")
                 p.parent.mkdir(parents=True, exist_ok=True)
@@ -80,27 +81,41 @@ def test_install_adapt_predict_then_a_newer_bundle_keeps_the_classes(task, tmp_p
     assert r.exit_code == 0 and f"{WAYS} classes learned" in r.stdout, r.output
     got = _predict(home, task)
     assert got == _reference(OMNIGLOT, task)
-    assert np.mean(np.array(got) == np.array(task["truth"])) >= 0.8, (got, task["truth"])  # a trained model
+    assert np.mean(np.array(got) == np.array(task["truth"])) >= 0.8, (
+        got,
+        task["truth"],
+    )  # a trained model
 
-    again = _cli("device", "install", OMNIGLOT, "--home", home)  # the running bundle: nothing changes
-    assert again.exit_code == 0 and "v1 running" in again.stdout and "nothing to do" in again.stderr, again.output
+    again = _cli(
+        "device", "install", OMNIGLOT, "--home", home
+    )  # the running bundle: nothing changes
+    assert (
+        again.exit_code == 0 and "v1 running" in again.stdout and "nothing to do" in again.stderr
+    ), again.output
     assert DeviceHome(home).version == 1
 
-    r = _cli("device", "install", FAST, "--home", home)  # another backbone: the classes are re-embedded
+    r = _cli(
+        "device", "install", FAST, "--home", home
+    )  # another backbone: the classes are re-embedded
     assert r.exit_code == 0 and "v2 running" in r.stdout, r.output
     assert "health check" in r.stderr, r.stderr
     status = json.loads(_cli("device", "status", "--home", home, "--json").stdout)
     assert status["version"] == 2 and status["previous"] == 1 and len(status["classes"]) == WAYS
     assert status["support_images"] == WAYS * SHOTS
     assert _predict(home, task) == _reference(FAST, task)
-    assert sorted(p.name for p in (home / "versions").iterdir()) == ["1", "2"]  # the previous one is kept
+    assert sorted(p.name for p in (home / "versions").iterdir()) == [
+        "1",
+        "2",
+    ]  # the previous one is kept
 
 
 def test_install_bundle_api_counts_versions_and_reports_progress(tmp_path):
     home, lines = DeviceHome(tmp_path / "home"), Lines()
     assert install_bundle(home, OMNIGLOT, lines) == 1
     assert install_bundle(home, FAST, lines) == 2  # no classes yet: nothing to carry
-    assert install_bundle(home, OMNIGLOT, lines) == 3  # back to the first bundle is a new version, not v1
+    assert (
+        install_bundle(home, OMNIGLOT, lines) == 3
+    )  # back to the first bundle is a new version, not v1
     assert any("v3 installed" in x for x in lines.lines), lines.lines
     assert home.current()["previous"] == 2 and not list(home.tmp.iterdir())
     with home.sync_lock():  # one install or sync at a time
@@ -113,7 +128,9 @@ def test_a_corrupt_bundle_or_a_failing_health_check_changes_nothing(task, tmp_pa
     home = tmp_path / "home"
     assert _cli("device", "install", OMNIGLOT, "--home", home).exit_code == 0
     assert _cli("device", "adapt", task["support"], "--home", home).exit_code == 0
-    before = {p: p.read_bytes() for p in home.rglob("*") if p.is_file() and "outbox.sqlite" not in p.name}
+    before = {
+        p: p.read_bytes() for p in home.rglob("*") if p.is_file() and "outbox.sqlite" not in p.name
+    }
 
     corrupt = tmp_path / "corrupt"
     corrupt.mkdir()
@@ -142,7 +159,9 @@ def test_a_corrupt_bundle_or_a_failing_health_check_changes_nothing(task, tmp_pa
         install_bundle(home, useless)
     assert_one_line(e.value, UpdateRefusedError)
 
-    after = {p: p.read_bytes() for p in home.rglob("*") if p.is_file() and "outbox.sqlite" not in p.name}
+    after = {
+        p: p.read_bytes() for p in home.rglob("*") if p.is_file() and "outbox.sqlite" not in p.name
+    }
     assert after == before and not list((home / "tmp").iterdir())
     assert _predict(home, task) == _reference(OMNIGLOT, task)
 
@@ -164,7 +183,9 @@ def test_the_home_records_its_format_and_refuses_a_newer_one(tmp_path):
         _ = home.version  # reading the property is what must raise
     assert_one_line(e.value, SyncError)
     assert "upgrade metalite" in str(e.value)
-    (home.root / "current.json").write_text(json.dumps({"version": 1}))  # as metalite 0.1.0 wrote it: format 1
+    (home.root / "current.json").write_text(
+        json.dumps({"version": 1})
+    )  # as metalite 0.1.0 wrote it: format 1
     assert home.version == 1
 
 
@@ -188,12 +209,15 @@ def test_versions_doc_matches_the_code():
 
     def says(reads, writes):
         return f"reads {', '.join(map(str, reads))}, writes {writes}"
-    assert cells == [says(bundle.BUNDLE_FORMAT_VERSIONS, BUNDLE_FORMAT_VERSION),
-                     says([HEAD_FORMAT_VERSION], HEAD_FORMAT_VERSION),
-                     says(state.STATE_FORMAT_VERSIONS, state.STATE_FORMAT_VERSION)
-                     + f" (gray), {state.COLOR_STATE_FORMAT_VERSION} (colour)",
-                     says([HOME_FORMAT_VERSION], HOME_FORMAT_VERSION),
-                     says([RELEASE_FORMAT_VERSION], RELEASE_FORMAT_VERSION),
-                     says(range(1, SCHEMA_VERSION + 1), SCHEMA_VERSION),
-                     says([MODEL_FORMAT_VERSION], MODEL_FORMAT_VERSION)]
+
+    assert cells == [
+        says(bundle.BUNDLE_FORMAT_VERSIONS, BUNDLE_FORMAT_VERSION),
+        says([HEAD_FORMAT_VERSION], HEAD_FORMAT_VERSION),
+        says(state.STATE_FORMAT_VERSIONS, state.STATE_FORMAT_VERSION)
+        + f" (gray), {state.COLOR_STATE_FORMAT_VERSION} (colour)",
+        says([HOME_FORMAT_VERSION], HOME_FORMAT_VERSION),
+        says([RELEASE_FORMAT_VERSION], RELEASE_FORMAT_VERSION),
+        says(range(1, SCHEMA_VERSION + 1), SCHEMA_VERSION),
+        says([MODEL_FORMAT_VERSION], MODEL_FORMAT_VERSION),
+    ]
     assert f"## {__version__}" in (REPO / "CHANGELOG.md").read_text()

@@ -6,6 +6,7 @@ extraction, malformed manifests, numbers in head.npz), state files (numbers and 
 symlinks / onto special files / keeping the mode, stale temporaries), labels, and scale (memory of
 adaptation, error messages at many classes). The property-based versions are in test_properties.py.
 """
+
 from __future__ import annotations
 
 import enum
@@ -64,9 +65,17 @@ def state(clf, tmp_path_factory):
 
 
 def _run(code: str, *args, timeout=120) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO / "tests"), os.environ.get("PYTHONPATH", "")]))
-    return subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True,
-                          env=env, timeout=timeout)
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join([str(REPO / "tests"), os.environ.get("PYTHONPATH", "")]),
+    )
+    return subprocess.run(
+        [sys.executable, "-c", code, *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+    )
 
 
 # ----------------------------------------------------------------------------- images
@@ -92,7 +101,9 @@ def test_alpha_is_composited_onto_the_paper(tmp_path):
 
 
 def test_16bit_data_is_scaled_not_clipped(tmp_path):
-    ink = np.minimum(bar_image(2), np.linspace(40, 255, SIZE).astype(np.uint8)[None])  # a bar on a gray ramp
+    ink = np.minimum(
+        bar_image(2), np.linspace(40, 255, SIZE).astype(np.uint8)[None]
+    )  # a bar on a gray ramp
     ref = as_model_input(ink, SHAPE)
     wide = ink.astype(np.uint16) * 257
     np.testing.assert_allclose(as_model_input(wide, SHAPE), ref, atol=1e-6)
@@ -106,15 +117,18 @@ def test_16bit_data_is_scaled_not_clipped(tmp_path):
     np.testing.assert_allclose(as_model_input(rgba16, SHAPE), ref, atol=1e-6)
 
 
-@pytest.mark.parametrize("array, words", [
-    (np.full((5, 5), 300, np.int32), "int32 pixel values span [300, 300]"),
-    (np.full((5, 5), -3, np.int8), "expected 0..255"),
-    (np.full((5, 5), -1.0), "float pixel values span"),
-    (np.full((5, 5), 1e30, np.float32), "float pixel values span"),
-    (np.full((5, 5), np.inf), "NaN or infinite"),
-    (np.zeros((5, 5), np.complex64), "unsupported dtype complex64"),
-    (np.zeros((5, 5), "datetime64[s]"), "unsupported dtype"),
-])
+@pytest.mark.parametrize(
+    "array, words",
+    [
+        (np.full((5, 5), 300, np.int32), "int32 pixel values span [300, 300]"),
+        (np.full((5, 5), -3, np.int8), "expected 0..255"),
+        (np.full((5, 5), -1.0), "float pixel values span"),
+        (np.full((5, 5), 1e30, np.float32), "float pixel values span"),
+        (np.full((5, 5), np.inf), "NaN or infinite"),
+        (np.zeros((5, 5), np.complex64), "unsupported dtype complex64"),
+        (np.zeros((5, 5), "datetime64[s]"), "unsupported dtype"),
+    ],
+)
 def test_out_of_range_pixels_are_refused(array, words):
     with pytest.raises(InputError) as info:
         as_model_input(array, SHAPE)
@@ -126,8 +140,15 @@ def _blank_png(path: Path, width: int, height: int) -> None:
     """A white gray PNG of any size written row by row (13000 x 13000 is ~190 KB, made in about a second)."""
     comp, row = zlib.compressobj(9), b"\x00" + b"\xff" * width
     with open(path, "wb") as f:
+
         def chunk(kind: bytes, data: bytes):
-            f.write(struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data)))
+            f.write(
+                struct.pack(">I", len(data))
+                + kind
+                + data
+                + struct.pack(">I", zlib.crc32(kind + data))
+            )
+
         f.write(b"\x89PNG\r\n\x1a\n")
         chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
         parts = [comp.compress(row) for _ in range(height)]
@@ -142,19 +163,25 @@ def test_decoding_budget_refuses_from_the_header(tmp_path):
     assert path.stat().st_size < 400_000
     # VmHWM, not ru_maxrss: Linux keeps ru_maxrss across exec, so a child of a large pytest process
     # (TensorFlow loaded by earlier tests) would report its parent's size.
-    code = ("import sys\n"
-            "from metalite.runtime.images import as_model_input\n"
-            "from metalite.runtime import InputError\n"
-            "try:\n"
-            "    as_model_input(sys.argv[1], (28, 28, 1)); print('decoded')\n"
-            "except InputError as e:\n"
-            "    print('refused', e)\n"
-            "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0]\n"
-            "print('peak_kib', hwm.split()[1])\n")
+    code = (
+        "import sys\n"
+        "from metalite.runtime.images import as_model_input\n"
+        "from metalite.runtime import InputError\n"
+        "try:\n"
+        "    as_model_input(sys.argv[1], (28, 28, 1)); print('decoded')\n"
+        "except InputError as e:\n"
+        "    print('refused', e)\n"
+        "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0]\n"
+        "print('peak_kib', hwm.split()[1])\n"
+    )
     r = _run(code, path)
     assert r.returncode == 0, r.stderr[-2000:]
     lines = r.stdout.strip().splitlines()
-    assert lines[0].startswith("refused") and "13000x13000" in lines[0] and "decoding budget" in lines[0], r.stdout
+    assert (
+        lines[0].startswith("refused")
+        and "13000x13000" in lines[0]
+        and "decoding budget" in lines[0]
+    ), r.stdout
     assert "DecompressionBomb" not in r.stderr
     peak_mib = int(lines[-1].split()[1]) / 1024
     assert peak_mib < 150, f"peak RSS {peak_mib:.0f} MiB while refusing a 13000x13000 PNG"
@@ -169,7 +196,9 @@ def test_decoding_budget_is_configurable_and_checked_before_load(tmp_path, monke
     real = ImageFile.ImageFile.load
     monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self: loads.append(1) or real(self))
     monkeypatch.setenv("METALITE_MAX_IMAGE_PIXELS", "50000")
-    with pytest.raises(InputError, match=r"300x200 image \(60,000 pixels\) exceeds the decoding budget of 50,000") as info:
+    with pytest.raises(
+        InputError, match=r"300x200 image \(60,000 pixels\) exceeds the decoding budget of 50,000"
+    ) as info:
         read_image(path)
     assert_one_line(info.value, InputError)
     assert not loads  # refused from the header alone
@@ -179,7 +208,9 @@ def test_decoding_budget_is_configurable_and_checked_before_load(tmp_path, monke
 
 def test_jpeg_is_decoded_at_reduced_size(tmp_path):
     rng = np.random.default_rng(0)
-    big = np.kron(np.where(rng.random((40, 30)) < 0.3, 0, 255), np.ones((100, 100))).astype(np.uint8)  # 4000x3000
+    big = np.kron(np.where(rng.random((40, 30)) < 0.3, 0, 255), np.ones((100, 100))).astype(
+        np.uint8
+    )  # 4000x3000
     path = tmp_path / "photo.jpg"
     Image.fromarray(big).save(path, quality=95)
     small = read_image(path, min_size=(112, 112))
@@ -214,16 +245,32 @@ def test_predict_reports_each_image(bundle, state, tmp_path):
     _blank_png(huge, 5000, 4000)
     images = [good[0], broken, tmp_path / "missing.png", huge, tmp_path, good[1]]
     runner = CliRunner()
-    r = runner.invoke(_cli(), ["predict", str(bundle), "--state", str(state), "--delegate", "cpu", *map(str, images)])
+    r = runner.invoke(
+        _cli(),
+        ["predict", str(bundle), "--state", str(state), "--delegate", "cpu", *map(str, images)],
+    )
     assert r.exit_code == 1, r.output
     out = r.stdout.strip().splitlines()
     assert [l.split("\t")[:2] for l in out] == [[str(good[0]), "bar3"], [str(good[1]), "bar0"]]
     err = r.stderr.strip().splitlines()
     assert len(err) == 5 and err[-1] == "Error: 4 of 6 images could not be classified", err
-    assert "broken.png: cannot decode image" in err[0] and "missing.png: no such image file" in err[1]
+    assert (
+        "broken.png: cannot decode image" in err[0] and "missing.png: no such image file" in err[1]
+    )
     assert "exceeds the decoding budget" in err[2] and "not a regular file" in err[3]
-    r = runner.invoke(_cli(), ["predict", str(bundle), "--state", str(state), "--delegate", "cpu", "--json",
-                               *map(str, images)])
+    r = runner.invoke(
+        _cli(),
+        [
+            "predict",
+            str(bundle),
+            "--state",
+            str(state),
+            "--delegate",
+            "cpu",
+            "--json",
+            *map(str, images),
+        ],
+    )
     assert r.exit_code == 1
     rows = json.loads(r.stdout)  # strict JSON: no NaN
     assert [row["image"] for row in rows] == list(map(str, images))
@@ -252,8 +299,16 @@ def test_device_predict_reports_each_image(bundle, tmp_path):
     good = tmp_path / "q1.png"
     Image.fromarray(bar_image(1)).save(good)
     (tmp_path / "bad.png").write_bytes(b"GIF89a nope")
-    args = ["predict", str(good), str(tmp_path / "bad.png"), str(tmp_path / "missing.png"), "--home",
-            str(tmp_path / "home"), "--delegate", "cpu"]
+    args = [
+        "predict",
+        str(good),
+        str(tmp_path / "bad.png"),
+        str(tmp_path / "missing.png"),
+        "--home",
+        str(tmp_path / "home"),
+        "--delegate",
+        "cpu",
+    ]
     r = CliRunner().invoke(device_group, args + ["--json"])
     assert r.exit_code == 1, r.output
     rows = json.loads(r.stdout)
@@ -274,7 +329,9 @@ def _zip(bdir: Path, zpath: Path, extra: dict | None = None, replace: dict | Non
 
 def test_zip_unpacks_only_listed_files_within_their_sizes(bundle, tmp_path, monkeypatch):
     monkeypatch.setenv("METALITE_CACHE", str(tmp_path / "cache"))
-    zpath = _zip(bundle, tmp_path / "extra.zip", extra={"junk.bin": b"\0" * (50 << 20), "notes.txt": b"hi"})
+    zpath = _zip(
+        bundle, tmp_path / "extra.zip", extra={"junk.bin": b"\0" * (50 << 20), "notes.txt": b"hi"}
+    )
     assert zpath.stat().st_size < (1 << 20)
     c = FewShotClassifier(zpath, delegate="cpu")
     listed = set(json.loads((bundle / "manifest.json").read_text())["files"]) | {"manifest.json"}
@@ -299,28 +356,82 @@ def test_zip_unpacks_only_listed_files_within_their_sizes(bundle, tmp_path, monk
             z.writestr(n, data)
     with pytest.raises(BundleError, match=r"head\.npz: listed in manifest\.json but missing from"):
         FewShotClassifier(missing, delegate="cpu")
-    assert not [p for p in (tmp_path / "cache" / "bundles").iterdir() if p.name.startswith(".extract-")]
+    assert not [
+        p for p in (tmp_path / "cache" / "bundles").iterdir() if p.name.startswith(".extract-")
+    ]
 
 
 MANIFEST_EDITS = [
     ("input is a string", lambda m: m.update(input="28x28"), "field 'input' must be an object"),
-    ("files is a list", lambda m: m.update(files=["backbone.tflite"]), "field 'files' has the wrong type"),
-    ("bytes is a string", lambda m: m["files"]["head.npz"].update(bytes="many"), "bytes must be an integer"),
-    ("sha256 is a number", lambda m: m["files"]["head.npz"].update(sha256=12), "has no valid sha256"),
-    ("file name with a path", lambda m: m["files"].update({"../x": m["files"]["head.npz"]}), "unsafe or invalid"),
-    ("backbone.file is a number", lambda m: m["backbone"].update(file=5), "backbone.file must be a file name"),
+    (
+        "files is a list",
+        lambda m: m.update(files=["backbone.tflite"]),
+        "field 'files' has the wrong type",
+    ),
+    (
+        "bytes is a string",
+        lambda m: m["files"]["head.npz"].update(bytes="many"),
+        "bytes must be an integer",
+    ),
+    (
+        "sha256 is a number",
+        lambda m: m["files"]["head.npz"].update(sha256=12),
+        "has no valid sha256",
+    ),
+    (
+        "file name with a path",
+        lambda m: m["files"].update({"../x": m["files"]["head.npz"]}),
+        "unsafe or invalid",
+    ),
+    (
+        "backbone.file is a number",
+        lambda m: m["backbone"].update(file=5),
+        "backbone.file must be a file name",
+    ),
     ("head.file is null", lambda m: m["head"].update(file=None), "head.file must be a file name"),
-    ("preprocess is a list", lambda m: m["input"].update(preprocess=[1, 2]), "preprocess must be an object"),
-    ("range reversed", lambda m: m["input"]["preprocess"].update(range=[1.0, 0.0]), "finite lo < hi"),
-    ("range NaN", lambda m: m["input"]["preprocess"].update(range=[float("nan"), 1.0]), "finite lo < hi"),
-    ("invert is a string", lambda m: m["input"]["preprocess"].update(invert="yes"), "invert must be true or false"),
-    ("scale NaN", lambda m: m["input"]["quantization"].update(scale=float("nan")), "scale must be a finite number"),
-    ("scale infinite", lambda m: m["output"]["quantization"].update(scale=float("inf")), "scale must be a finite"),
-    ("zero_point huge", lambda m: m["input"]["quantization"].update(zero_point=1e300), "zero_point must be an integer"),
+    (
+        "preprocess is a list",
+        lambda m: m["input"].update(preprocess=[1, 2]),
+        "preprocess must be an object",
+    ),
+    (
+        "range reversed",
+        lambda m: m["input"]["preprocess"].update(range=[1.0, 0.0]),
+        "finite lo < hi",
+    ),
+    (
+        "range NaN",
+        lambda m: m["input"]["preprocess"].update(range=[float("nan"), 1.0]),
+        "finite lo < hi",
+    ),
+    (
+        "invert is a string",
+        lambda m: m["input"]["preprocess"].update(invert="yes"),
+        "invert must be true or false",
+    ),
+    (
+        "scale NaN",
+        lambda m: m["input"]["quantization"].update(scale=float("nan")),
+        "scale must be a finite number",
+    ),
+    (
+        "scale infinite",
+        lambda m: m["output"]["quantization"].update(scale=float("inf")),
+        "scale must be a finite",
+    ),
+    (
+        "zero_point huge",
+        lambda m: m["input"]["quantization"].update(zero_point=1e300),
+        "zero_point must be an integer",
+    ),
     ("shape has a float", lambda m: m["input"].update(shape=[28, 28.0, 1]), "input.shape must be"),
     ("shape has a bool", lambda m: m["input"].update(shape=[28, True, 1]), "input.shape must be"),
     ("embedding_dim bool", lambda m: m["output"].update(embedding_dim=True), "has the wrong type"),
-    ("format_version true", lambda m: m.update(format_version=True), "format_version True is not supported"),
+    (
+        "format_version true",
+        lambda m: m.update(format_version=True),
+        "format_version True is not supported",
+    ),
 ]
 
 
@@ -336,8 +447,16 @@ def test_malformed_manifest_is_one_bundle_error(bundle, tmp_path, what, edit, wo
     assert words in str(info.value), str(info.value)
 
 
-@pytest.mark.parametrize("text", ["[" * 100_000 + "]" * 100_000, '{"a":' * 50_000 + "1" + "}" * 50_000,
-                                  " " * (2 << 20) + "{}", "\udcff", "null"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "[" * 100_000 + "]" * 100_000,
+        '{"a":' * 50_000 + "1" + "}" * 50_000,
+        " " * (2 << 20) + "{}",
+        "\udcff",
+        "null",
+    ],
+)
 def test_absurd_manifest_text_is_one_bundle_error(tmp_path, text):
     d = copy_bundle(tmp_path / "b")
     (d / "manifest.json").write_bytes(text.encode("utf-8", "surrogateescape"))
@@ -364,22 +483,65 @@ def _with_config(arrays: dict, **adaptation) -> dict:
 
 
 HEAD_EDITS = [
-    ("NaN weight", lambda a: {**a, "W0": np.where(np.eye(64, dtype=bool), np.nan, a["W0"]).astype(np.float32)},
-     "W0 has NaN, infinite or huge values"),
-    ("huge weight", lambda a: {**a, "b0": np.full(64, 1e30, np.float32)}, "b0 has NaN, infinite or huge"),
-    ("negative steps", lambda a: _with_config(a, steps=-1), "steps must be an integer in [0, 1000]"),
-    ("enormous steps", lambda a: _with_config(a, steps=10 ** 9), "steps must be an integer in [0, 1000]"),
+    (
+        "NaN weight",
+        lambda a: {**a, "W0": np.where(np.eye(64, dtype=bool), np.nan, a["W0"]).astype(np.float32)},
+        "W0 has NaN, infinite or huge values",
+    ),
+    (
+        "huge weight",
+        lambda a: {**a, "b0": np.full(64, 1e30, np.float32)},
+        "b0 has NaN, infinite or huge",
+    ),
+    (
+        "negative steps",
+        lambda a: _with_config(a, steps=-1),
+        "steps must be an integer in [0, 1000]",
+    ),
+    (
+        "enormous steps",
+        lambda a: _with_config(a, steps=10**9),
+        "steps must be an integer in [0, 1000]",
+    ),
     ("float steps", lambda a: _with_config(a, steps=2.5), "steps must be an integer"),
     ("NaN lr", lambda a: _with_config(a, lr=float("nan")), "adaptation.lr must be a number"),
     ("string lr", lambda a: _with_config(a, lr="0.1"), "adaptation.lr must be a number"),
     ("zero scale", lambda a: _with_config(a, scale=0), "adaptation.scale must be a number in (0"),
-    ("unknown adapt", lambda a: _with_config(a, adapt="backbone"), "adaptation.adapt must be one of"),
-    ("W0 wrong width", lambda a: {**a, "W0": np.zeros((64, 32), np.float32)}, "b0 has shape (64,), W0 gives 32"),
-    ("W0 wrong input", lambda a: {**a, "W0": np.zeros((32, 64), np.float32)}, "first layer takes 32 inputs"),
-    ("int weights", lambda a: {**a, "W0": np.zeros((64, 64), np.int32)}, "W0 must be a 2-d float array"),
-    ("object array", lambda a: {**a, "W0": np.array([None, 1], dtype=object)}, "not a readable .npz"),
-    ("no config", lambda a: {k: v for k, v in a.items() if k != "config"}, "no JSON 'config' entry"),
-    ("deep config", lambda a: {**a, "config": np.array("[" * 100_000 + "]" * 100_000)}, "not valid JSON"),
+    (
+        "unknown adapt",
+        lambda a: _with_config(a, adapt="backbone"),
+        "adaptation.adapt must be one of",
+    ),
+    (
+        "W0 wrong width",
+        lambda a: {**a, "W0": np.zeros((64, 32), np.float32)},
+        "b0 has shape (64,), W0 gives 32",
+    ),
+    (
+        "W0 wrong input",
+        lambda a: {**a, "W0": np.zeros((32, 64), np.float32)},
+        "first layer takes 32 inputs",
+    ),
+    (
+        "int weights",
+        lambda a: {**a, "W0": np.zeros((64, 64), np.int32)},
+        "W0 must be a 2-d float array",
+    ),
+    (
+        "object array",
+        lambda a: {**a, "W0": np.array([None, 1], dtype=object)},
+        "not a readable .npz",
+    ),
+    (
+        "no config",
+        lambda a: {k: v for k, v in a.items() if k != "config"},
+        "no JSON 'config' entry",
+    ),
+    (
+        "deep config",
+        lambda a: {**a, "config": np.array("[" * 100_000 + "]" * 100_000)},
+        "not valid JSON",
+    ),
     ("layers missing", lambda a: {k: v for k, v in a.items() if k != "b0"}, "b0 is missing"),
 ]
 
@@ -433,20 +595,68 @@ def _write_state(path: Path, arrays: dict, meta: dict, rehash_arrays: bool = Tru
 
 STATE_EDITS = [
     ("NaN classifier", lambda a, m: ({**a, "clf_W": a["clf_W"] * np.nan}, m), "clf_W has NaN"),
-    ("huge bias", lambda a, m: ({**a, "clf_b": a["clf_b"] + 1e30}, m), "clf_b has NaN, infinite or huge"),
+    (
+        "huge bias",
+        lambda a, m: ({**a, "clf_b": a["clf_b"] + 1e30}, m),
+        "clf_b has NaN, infinite or huge",
+    ),
     ("NaN support", lambda a, m: ({**a, "support": a["support"] * np.nan}, m), "support has NaN"),
-    ("head does not chain", lambda a, m: ({**a, "clf_W": np.zeros((32, 4), np.float32)}, m), "classifier shapes"),
-    ("hidden layer wrong", lambda a, m: ({**a, "W0": np.zeros((64, 32), np.float32)}, m), "b0 has shape"),
-    ("label out of range", lambda a, m: ({**a, "support_labels": a["support_labels"] + 3}, m), "must lie in [0, 4)"),
-    ("class without rows", lambda a, m: ({**a, "support_labels": a["support_labels"] % 3}, m), "no support embeddings"),
-    ("float label", lambda a, m: (a, {**m, "classes": [1.5, "a", "b", "c"]}), "label 1.5 is a float"),
-    ("bool label", lambda a, m: (a, {**m, "classes": [True, "a", "b", "c"]}), "label True is a bool"),
-    ("duplicate labels", lambda a, m: (a, {**m, "classes": ["a", "a", "b", "c"]}), "duplicate labels"),
-    ("classes a dict", lambda a, m: (a, {**m, "classes": {"a": 1}}), "'classes' must be a non-empty list"),
-    ("n_layers mismatch", lambda a, m: (a, {**m, "n_layers": 2}), "do not describe the same layers"),
+    (
+        "head does not chain",
+        lambda a, m: ({**a, "clf_W": np.zeros((32, 4), np.float32)}, m),
+        "classifier shapes",
+    ),
+    (
+        "hidden layer wrong",
+        lambda a, m: ({**a, "W0": np.zeros((64, 32), np.float32)}, m),
+        "b0 has shape",
+    ),
+    (
+        "label out of range",
+        lambda a, m: ({**a, "support_labels": a["support_labels"] + 3}, m),
+        "must lie in [0, 4)",
+    ),
+    (
+        "class without rows",
+        lambda a, m: ({**a, "support_labels": a["support_labels"] % 3}, m),
+        "no support embeddings",
+    ),
+    (
+        "float label",
+        lambda a, m: (a, {**m, "classes": [1.5, "a", "b", "c"]}),
+        "label 1.5 is a float",
+    ),
+    (
+        "bool label",
+        lambda a, m: (a, {**m, "classes": [True, "a", "b", "c"]}),
+        "label True is a bool",
+    ),
+    (
+        "duplicate labels",
+        lambda a, m: (a, {**m, "classes": ["a", "a", "b", "c"]}),
+        "duplicate labels",
+    ),
+    (
+        "classes a dict",
+        lambda a, m: (a, {**m, "classes": {"a": 1}}),
+        "'classes' must be a non-empty list",
+    ),
+    (
+        "n_layers mismatch",
+        lambda a, m: (a, {**m, "n_layers": 2}),
+        "do not describe the same layers",
+    ),
     ("unknown activation", lambda a, m: (a, {**m, "activations": ["gelu"]}), "unknown activation"),
-    ("adaptation a list", lambda a, m: (a, {**m, "adaptation": [1]}), "'adaptation' must be an object"),
-    ("format_version 99", lambda a, m: (a, {**m, "format_version": 99}), "format_version 99 is not supported"),
+    (
+        "adaptation a list",
+        lambda a, m: (a, {**m, "adaptation": [1]}),
+        "'adaptation' must be an object",
+    ),
+    (
+        "format_version 99",
+        lambda a, m: (a, {**m, "format_version": 99}),
+        "format_version 99 is not supported",
+    ),
     ("meta not JSON", None, "corrupt metadata"),
 ]
 
@@ -471,8 +681,11 @@ def test_overflowing_head_never_yields_nan(clf):
     head = clf.head
     try:
         w, b = head.classifier
-        clf.head = headlib.AdaptedHead([(np.full_like(head.weights[0][0], 1e12), head.weights[0][1])],
-                                       head.activations, (np.full_like(w, 1e30), b))
+        clf.head = headlib.AdaptedHead(
+            [(np.full_like(head.weights[0][0], 1e12), head.weights[0][1])],
+            head.activations,
+            (np.full_like(w, 1e30), b),
+        )
         with pytest.raises(InputError, match="non-finite scores") as info:
             clf.predict_proba(bar_image(0))
         assert_one_line(info.value, InputError)
@@ -495,11 +708,17 @@ def test_save_writes_through_symlinks_and_keeps_the_mode(clf, tmp_path):
     chain.symlink_to(link)
     before = real.stat().st_ino
     clf.save(chain)
-    assert chain.is_symlink() and link.is_symlink() and os.readlink(link) == os.path.relpath(real, tmp_path)
+    assert (
+        chain.is_symlink()
+        and link.is_symlink()
+        and os.readlink(link) == os.path.relpath(real, tmp_path)
+    )
     assert real.stat().st_ino != before  # replaced (atomically), not rewritten in place
     assert stat.S_IMODE(real.stat().st_mode) == 0o640
     assert load_state(link).classes == clf.classes
-    assert sorted(p.name for p in real.parent.iterdir()) == ["state.npz"]  # the temporary was next to the target
+    assert sorted(p.name for p in real.parent.iterdir()) == [
+        "state.npz"
+    ]  # the temporary was next to the target
     # a dangling link gets its target created
     dangling = tmp_path / "dangling.npz"
     dangling.symlink_to(tmp_path / "real" / "new.npz")
@@ -520,8 +739,12 @@ def test_save_refuses_special_files(clf, tmp_path):
     (tmp_path / "adir").mkdir()
     null_link = tmp_path / "null.npz"
     null_link.symlink_to("/dev/null")
-    for target, kind in [(fifo, "FIFO"), (tmp_path / "adir", "directory"), (null_link, "character device"),
-                         (Path("/dev/null"), "character device")]:
+    for target, kind in [
+        (fifo, "FIFO"),
+        (tmp_path / "adir", "directory"),
+        (null_link, "character device"),
+        (Path("/dev/null"), "character device"),
+    ]:
         with pytest.raises(StateError, match=f"is a {kind}, not a regular file") as info:
             clf.save(target)
         assert_one_line(info.value, StateError)
@@ -563,8 +786,15 @@ def test_crashed_saves_leave_no_temporaries_behind(clf, tmp_path):
     clf.save(target)
     good = target.read_bytes()
     # a save killed in the middle (power cut): its temporary stays, the old state is intact
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
-    p = subprocess.Popen([sys.executable, "-c", CRASH_MID_SAVE, str(target)], stdout=subprocess.PIPE, text=True, env=env)
+    env = dict(
+        os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])
+    )
+    p = subprocess.Popen(
+        [sys.executable, "-c", CRASH_MID_SAVE, str(target)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     assert p.stdout.readline().strip() == "writing"
     p.send_signal(signal.SIGKILL)
     p.wait()
@@ -572,15 +802,23 @@ def test_crashed_saves_leave_no_temporaries_behind(clf, tmp_path):
     assert len(crashed) == 1 and target.read_bytes() == good
     # more leftovers: two crashed ones of old (ours), a live save's (locked), and files that are not ours
     old = time.time() - 2 * STALE_TEMP_AGE
-    names = {"stale": ".state.npz.abcdefgh.tmp", "locked": ".state.npz.0123456789abcdef.tmp",
-             "fresh": ".state.npz.qwertyui.tmp", "other": ".other.npz.abcdefgh.tmp", "odd": ".state.npz.a-b.tmp"}
+    names = {
+        "stale": ".state.npz.abcdefgh.tmp",
+        "locked": ".state.npz.0123456789abcdef.tmp",
+        "fresh": ".state.npz.qwertyui.tmp",
+        "other": ".other.npz.abcdefgh.tmp",
+        "odd": ".state.npz.a-b.tmp",
+    }
     for key, name in names.items():
         (tmp_path / name).write_bytes(b"x" * 1000)
         if key != "fresh":
             os.utime(tmp_path / name, (old, old))
     os.utime(crashed[0], (old, old))
-    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(tmp_path / names["locked"])],
-                              stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(tmp_path / names["locked"])],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "locked"
         clf.save(target)
@@ -588,7 +826,9 @@ def test_crashed_saves_leave_no_temporaries_behind(clf, tmp_path):
         holder.kill()
         holder.wait()
     left = sorted(q.name for q in tmp_path.iterdir())
-    assert left == sorted(["state.npz", names["locked"], names["fresh"], names["other"], names["odd"]]), left
+    assert left == sorted(
+        ["state.npz", names["locked"], names["fresh"], names["other"], names["odd"]]
+    ), left
     assert remove_stale_temps(tmp_path, "state.npz") == [names["locked"]]  # its holder is gone now
     assert load_state(target).classes == clf.classes
 
@@ -598,18 +838,30 @@ class Color(enum.IntEnum):
     RED = 7
 
 
-@pytest.mark.parametrize("label, words", [
-    (None, "label None is a NoneType"), (1.5, "label 1.5 is a float"), ((1, 2), "is a tuple"),
-    (b"x", "is a bytes"), (True, "label True is a bool"), (np.float32(2), "is a float"),
-    (np.bool_(False), "label False is a bool"), (frozenset(), "is a frozenset"),
-])
+@pytest.mark.parametrize(
+    "label, words",
+    [
+        (None, "label None is a NoneType"),
+        (1.5, "label 1.5 is a float"),
+        ((1, 2), "is a tuple"),
+        (b"x", "is a bytes"),
+        (True, "label True is a bool"),
+        (np.float32(2), "is a float"),
+        (np.bool_(False), "label False is a bool"),
+        (frozenset(), "is a frozenset"),
+    ],
+)
 def test_labels_other_than_str_and_int_are_refused_at_fit(bundle, label, words):
     c = FewShotClassifier(bundle, delegate="cpu")
     sup, lab = bars(2)
     c.fit(sup, lab)
     before = c.classes
-    for call in (lambda: c.fit(sup, [label, "other"]), lambda: c.add_class(label, sup[:1]),
-                 lambda: c.fit({label: sup[:1], "b": sup[1:]}), lambda: c.remove_class(label)):
+    for call in (
+        lambda: c.fit(sup, [label, "other"]),
+        lambda: c.add_class(label, sup[:1]),
+        lambda: c.fit({label: sup[:1], "b": sup[1:]}),
+        lambda: c.remove_class(label),
+    ):
         with pytest.raises(InputError, match="labels must be str or int") as info:
             call()
         assert_one_line(info.value, InputError)
@@ -627,14 +879,22 @@ def test_label_normalisation(bundle, tmp_path):
     c.add_class("4", sup[1:2])  # a different class: str and int never collide
     assert c.classes == [4, 7, "x", "4"]
     c.save(tmp_path / "s.npz")
-    assert FewShotClassifier.load(bundle, tmp_path / "s.npz", delegate="cpu").classes == [4, 7, "x", "4"]
+    assert FewShotClassifier.load(bundle, tmp_path / "s.npz", delegate="cpu").classes == [
+        4,
+        7,
+        "x",
+        "4",
+    ]
 
 
 # ----------------------------------------------------------------------------- scale
 def _adapt_peak(n_classes: int, steps: int, dim: int = 16) -> tuple:
     rng = np.random.default_rng(0)
-    spec = headlib.HeadSpec([(np.eye(dim, dtype=np.float32), np.zeros(dim, np.float32))], ["linear"],
-                            {"steps": steps, "lr": 0.1, "scale": 1.0, "adapt": "head"})
+    spec = headlib.HeadSpec(
+        [(np.eye(dim, dtype=np.float32), np.zeros(dim, np.float32))],
+        ["linear"],
+        {"steps": steps, "lr": 0.1, "scale": 1.0, "adapt": "head"},
+    )
     emb = rng.standard_normal((n_classes, dim)).astype(np.float32)
     tracemalloc.start()
     try:
@@ -661,7 +921,9 @@ def test_blocked_adaptation_equals_the_full_batch_formula(monkeypatch):
     full, _ = _adapt_peak(300, 4)
     monkeypatch.setattr(headlib, "ROW_BLOCK_ELEMENTS", 1000)  # 3 rows per block
     blocked, _ = _adapt_peak(300, 4)
-    for a, b in zip([*full.classifier, *full.weights[0]], [*blocked.classifier, *blocked.weights[0]]):
+    for a, b in zip(
+        [*full.classifier, *full.weights[0]], [*blocked.classifier, *blocked.weights[0]]
+    ):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 

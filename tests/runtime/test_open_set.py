@@ -1,5 +1,6 @@
 """Open-set answers ("none of these"): the calibrated threshold on real Omniglot drawings with the shipped bundle,
 its life in the state, through a bundle update and the outbox to a real fleet server on 127.0.0.1."""
+
 from __future__ import annotations
 
 import json
@@ -70,7 +71,9 @@ def test_a_lower_target_rate_refuses_fewer_and_what_one_image_per_class_can_prom
     clf.fit({f"c{c}": _images(greek, c, 0, 1) for c in range(5)})
     assert clf.unknown["rule"] == "nearest-class" and clf.unknown["threshold"] > 0
     others = greek.images[np.isin(greek.labels, range(5, 20))]
-    assert clf.is_unknown(others).mean() > 0.3  # docs/open_set.md: about 40% of unknowns at 1 shot, 1% target
+    assert (
+        clf.is_unknown(others).mean() > 0.3
+    )  # docs/open_set.md: about 40% of unknowns at 1 shot, 1% target
     # one class, one image: nothing to measure, nothing refused (docs/open_set.md says so)
     clf.fit({"only": _images(greek, 0, 0, 1)})
     assert clf.unknown["rule"] == "none" and clf.unknown["threshold"] is None
@@ -104,9 +107,15 @@ def test_threshold_survives_save_and_load_and_old_states_still_load(greek, clf, 
     clf.save(tmp_path / "s.npz")
     st = load_state(tmp_path / "s.npz")
     assert st.unknown == clf.unknown and st.unknown["rate"] == 0.05
-    back = FewShotClassifier.load(SHIPPED, tmp_path / "s.npz", delegate="cpu")  # no unknown given: the state's
+    back = FewShotClassifier.load(
+        SHIPPED, tmp_path / "s.npz", delegate="cpu"
+    )  # no unknown given: the state's
     q = greek.images[::5]
-    assert back.unknown == clf.unknown and back.predict(q) == clf.predict(q) and UNKNOWN in back.predict(q)
+    assert (
+        back.unknown == clf.unknown
+        and back.predict(q) == clf.predict(q)
+        and UNKNOWN in back.predict(q)
+    )
     off = FewShotClassifier.load(SHIPPED, tmp_path / "s.npz", delegate="cpu", unknown=None)
     assert off.unknown is None and UNKNOWN not in off.predict(q)
     # a state written before open-set answers existed (no meta.unknown) loads with them off; asked for, they are
@@ -118,36 +127,90 @@ def test_threshold_survives_save_and_load_and_old_states_still_load(greek, clf, 
     # a class named like the open-set answer (possible before it existed) loads, but not with unknown on
     clash = {**st.__dict__, "unknown": None, "classes": [UNKNOWN, *st.classes[1:]]}
     save_state(tmp_path / "clash.npz", State(**clash))
-    assert FewShotClassifier.load(SHIPPED, tmp_path / "clash.npz", delegate="cpu").classes[0] == UNKNOWN
+    assert (
+        FewShotClassifier.load(SHIPPED, tmp_path / "clash.npz", delegate="cpu").classes[0]
+        == UNKNOWN
+    )
     with pytest.raises(StateError, match="rename it"):
         FewShotClassifier.load(SHIPPED, tmp_path / "clash.npz", delegate="cpu", unknown="auto")
     # a setting that does not fit is refused in one line
     with pytest.raises(StateError, match="unknown.threshold"):
-        save_state(tmp_path / "bad.npz", State(**{**st.__dict__, "unknown": {**st.unknown, "threshold": -1.0}}))
+        save_state(
+            tmp_path / "bad.npz",
+            State(**{**st.__dict__, "unknown": {**st.unknown, "threshold": -1.0}}),
+        )
 
 
 def test_cli_adapt_and_predict_with_unknown(greek, tmp_path):
     from PIL import Image
 
-    write_pngs(tmp_path / "support", np.concatenate([_images(greek, c, 0, 5) for c in (0, 1)]),
-               ["alpha"] * 5 + ["beta"] * 5)
+    write_pngs(
+        tmp_path / "support",
+        np.concatenate([_images(greek, c, 0, 5) for c in (0, 1)]),
+        ["alpha"] * 5 + ["beta"] * 5,
+    )
     queries = [tmp_path / "q_known.png", tmp_path / "q_other.png"]
     Image.fromarray(_images(greek, 0, 10, 11)[0]).save(queries[0])
     Image.fromarray(_images(greek, 15, 0, 1)[0]).save(queries[1])
     cli = CliRunner()
-    r = cli.invoke(main, ["adapt", str(SHIPPED), str(tmp_path / "support"), "--out", str(tmp_path / "s.npz"),
-                          "--delegate", "cpu", "--unknown", "auto"])
+    r = cli.invoke(
+        main,
+        [
+            "adapt",
+            str(SHIPPED),
+            str(tmp_path / "support"),
+            "--out",
+            str(tmp_path / "s.npz"),
+            "--delegate",
+            "cpu",
+            "--unknown",
+            "auto",
+        ],
+    )
     assert r.exit_code == 0 and "open set: threshold" in r.stdout, r.output
-    r = cli.invoke(main, ["predict", str(SHIPPED), *map(str, queries), "--state", str(tmp_path / "s.npz"),
-                          "--delegate", "cpu", "--json"])
+    r = cli.invoke(
+        main,
+        [
+            "predict",
+            str(SHIPPED),
+            *map(str, queries),
+            "--state",
+            str(tmp_path / "s.npz"),
+            "--delegate",
+            "cpu",
+            "--json",
+        ],
+    )
     rows = json.loads(r.stdout)
     assert r.exit_code == 0 and [x["label"] for x in rows] == ["alpha", UNKNOWN], r.output
     assert rows[1]["nearest"] in ("alpha", "beta") and 0 < rows[1]["confidence"] <= 1
-    r = cli.invoke(main, ["predict", str(SHIPPED), *map(str, queries), "--state", str(tmp_path / "s.npz"),
-                          "--delegate", "cpu", "--unknown", "off"])
+    r = cli.invoke(
+        main,
+        [
+            "predict",
+            str(SHIPPED),
+            *map(str, queries),
+            "--state",
+            str(tmp_path / "s.npz"),
+            "--delegate",
+            "cpu",
+            "--unknown",
+            "off",
+        ],
+    )
     assert r.exit_code == 0 and UNKNOWN not in r.stdout, r.output
-    r = cli.invoke(main, ["predict", str(SHIPPED), str(queries[0]), "--state", str(tmp_path / "s.npz"),
-                          "--unknown", "0.9"])
+    r = cli.invoke(
+        main,
+        [
+            "predict",
+            str(SHIPPED),
+            str(queries[0]),
+            "--state",
+            str(tmp_path / "s.npz"),
+            "--unknown",
+            "0.9",
+        ],
+    )
     assert r.exit_code == 2 and "0.9" in r.output
 
 
@@ -165,12 +228,35 @@ def test_evaluate_open_set_protocol_on_the_fixture(greek, clf):
     assert res["false_rejection"]["mean"] < 0.1 and res["unknown_rejected"]["mean"] > 0.7
     one = evaluate_open_set(emb, greek, clf.head_spec, 5, 1, 5, episodes=30, seed=0)
     assert one["rules"] == {"nearest-class": 30} and one["auroc"]["mean"] > 0.8
-    r = CliRunner().invoke(main, ["evaluate", str(SHIPPED), "--data", SPEC, "--split", "test", "--open-set", "--shots", "5",
-                                  "--queries", "5", "--episodes", "20", "--json"])
+    r = CliRunner().invoke(
+        main,
+        [
+            "evaluate",
+            str(SHIPPED),
+            "--data",
+            SPEC,
+            "--split",
+            "test",
+            "--open-set",
+            "--shots",
+            "5",
+            "--queries",
+            "5",
+            "--episodes",
+            "20",
+            "--json",
+        ],
+    )
     assert r.exit_code == 0, r.output
-    got = json.loads(r.stdout[r.stdout.index("{"):])
-    assert got["auroc"]["mean"] > 0.9 and got["rate"] == openset.DEFAULT_RATE and got["split"] == "test"
-    r = CliRunner().invoke(main, ["evaluate", str(SHIPPED), "--data", SPEC, "--skip-alphabet", "Klingon"])
+    got = json.loads(r.stdout[r.stdout.index("{") :])
+    assert (
+        got["auroc"]["mean"] > 0.9
+        and got["rate"] == openset.DEFAULT_RATE
+        and got["split"] == "test"
+    )
+    r = CliRunner().invoke(
+        main, ["evaluate", str(SHIPPED), "--data", SPEC, "--skip-alphabet", "Klingon"]
+    )
     assert r.exit_code == 2 and "Klingon" in r.output
 
 
@@ -199,7 +285,9 @@ def server(tmp_path):
     srv.stop()
 
 
-def test_unknowns_reach_the_server_as_their_own_kind_and_an_update_recalibrates(bundles, server, tmp_path):
+def test_unknowns_reach_the_server_as_their_own_kind_and_an_update_recalibrates(
+    bundles, server, tmp_path
+):
     from metalite.fleet import FleetRoot, enroll, iter_examples, publish
     from metalite.runtime.sync import DeviceHome, parse_public_key, sync
 
@@ -208,11 +296,28 @@ def test_unknowns_reach_the_server_as_their_own_kind_and_an_update_recalibrates(
     publish(fl, bundles["v1"])
     home_dir = tmp_path / "door"
     key = parse_public_key(server.public_key())
-    assert sync(DeviceHome(home_dir), server.url, token, key, delegate="cpu", share_support=False).running == 1
+    assert (
+        sync(
+            DeviceHome(home_dir), server.url, token, key, delegate="cpu", share_support=False
+        ).running
+        == 1
+    )
     sup, lab = shapes(range(3), 5, seed=1)
     write_pngs(tmp_path / "support", sup, lab)
-    r = cli.invoke(main, ["device", "adapt", str(tmp_path / "support"), "--home", str(home_dir), "--delegate", "cpu",
-                          "--unknown", "auto"])
+    r = cli.invoke(
+        main,
+        [
+            "device",
+            "adapt",
+            str(tmp_path / "support"),
+            "--home",
+            str(home_dir),
+            "--delegate",
+            "cpu",
+            "--unknown",
+            "auto",
+        ],
+    )
     assert r.exit_code == 0 and "open set: threshold" in r.stdout, r.output
     r = cli.invoke(main, ["device", "status", "--home", str(home_dir), "--json"])
     v1_setting = json.loads(r.stdout)["unknown"]
@@ -230,20 +335,41 @@ def test_unknowns_reach_the_server_as_their_own_kind_and_an_update_recalibrates(
     rows = home.outbox().oldest(100)
     unknown_rows = [x for x in rows if x["kind"] == "unknown"]
     assert len(unknown_rows) == 6 and all(x["predicted"] in lab for x in unknown_rows)
-    assert [np.frombuffer(x["pixels"], np.uint8).reshape(28, 28).tolist() for x in unknown_rows] == strangers.tolist()
+    assert [
+        np.frombuffer(x["pixels"], np.uint8).reshape(28, 28).tolist() for x in unknown_rows
+    ] == strangers.tolist()
     assert not any(x["kind"] == "unsure" and x["predicted"] == UNKNOWN for x in rows)
     home.close()
     write_pngs(tmp_path / "strangers", strangers[:2], ["s", "s"])
     pngs = sorted(str(p) for p in (tmp_path / "strangers").rglob("*.png"))
-    r = cli.invoke(main, ["device", "predict", *pngs, "--home", str(home_dir), "--delegate", "cpu", "--json"])
-    assert r.exit_code == 0 and [x["label"] for x in json.loads(r.stdout)] == [UNKNOWN] * 2, r.output
+    r = cli.invoke(
+        main, ["device", "predict", *pngs, "--home", str(home_dir), "--delegate", "cpu", "--json"]
+    )
+    assert r.exit_code == 0 and [x["label"] for x in json.loads(r.stdout)] == [UNKNOWN] * 2, (
+        r.output
+    )
     assert "2 unknown" in r.stderr, r.stderr
-    r = cli.invoke(main, ["device", "predict", *pngs, "--home", str(home_dir), "--delegate", "cpu", "--unknown", "off"])
+    r = cli.invoke(
+        main,
+        [
+            "device",
+            "predict",
+            *pngs,
+            "--home",
+            str(home_dir),
+            "--delegate",
+            "cpu",
+            "--unknown",
+            "off",
+        ],
+    )
     assert r.exit_code == 0 and UNKNOWN not in r.stdout and "unknown" not in r.stderr, r.output
     rows = DeviceHome(home_dir).outbox().oldest(100)
     assert sum(x["kind"] == "unknown" for x in rows) == 8
 
-    publish(fl, bundles["v2"])  # another backbone (24-d): the update re-embeds the support set and recalibrates
+    publish(
+        fl, bundles["v2"]
+    )  # another backbone (24-d): the update re-embeds the support set and recalibrates
     res = sync(DeviceHome(home_dir), server.url, token, key, delegate="cpu", share_support=False)
     assert res.update.status == "switched" and res.uploaded == len(rows), res
     got = list(iter_examples(fl, kinds=["unknown"]))
@@ -251,8 +377,12 @@ def test_unknowns_reach_the_server_as_their_own_kind_and_an_update_recalibrates(
     assert [e["image"].tolist() for e in got] == strangers.tolist() + strangers[:2].tolist()
     r = cli.invoke(main, ["fleet", "status", "--root", str(server.root)])
     assert r.exit_code == 0 and "8 unknown" in r.stdout, r.output
-    assert json.loads(cli.invoke(main, ["fleet", "status", "--root", str(server.root), "--json"]).stdout)[
-        "examples"]["unknown"] == 8
+    assert (
+        json.loads(
+            cli.invoke(main, ["fleet", "status", "--root", str(server.root), "--json"]).stdout
+        )["examples"]["unknown"]
+        == 8
+    )
 
     st = load_state(DeviceHome(home_dir).state_path())
     assert st.support.shape[1] == 24 and st.unknown["rate"] == openset.DEFAULT_RATE

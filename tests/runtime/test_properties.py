@@ -5,6 +5,7 @@ Example counts are bounded (``max_examples``, no deadline) so the file runs in w
 Inputs are mutations of the shipped bundle's real files (so parsing gets past the first check) mixed
 with arbitrary JSON values, arrays of any dtype and shape, and random bytes.
 """
+
 from __future__ import annotations
 
 import copy
@@ -39,12 +40,23 @@ SETTINGS = dict(deadline=None, suppress_health_check=list(HealthCheck), derandom
 SHAPE = (SIZE, SIZE, 1)
 
 # ----------------------------------------------------------------------------- strategies
-scalars = st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70), st.floats(allow_nan=True),
-                    st.text(max_size=12), st.sampled_from([0, 1, -1, 28, 64, 0.5, "head.npz", "backbone.tflite",
-                                                           "L", "area", [0.0, 1.0], [28, 28, 1]]))
-json_values = st.recursive(scalars, lambda inner: st.one_of(st.lists(inner, max_size=4),
-                                                            st.dictionaries(st.text(max_size=8), inner, max_size=4)),
-                           max_leaves=12)
+scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**70), 2**70),
+    st.floats(allow_nan=True),
+    st.text(max_size=12),
+    st.sampled_from(
+        [0, 1, -1, 28, 64, 0.5, "head.npz", "backbone.tflite", "L", "area", [0.0, 1.0], [28, 28, 1]]
+    ),
+)
+json_values = st.recursive(
+    scalars,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
 
 
 def _paths(obj, prefix=()):
@@ -65,7 +77,9 @@ def mutated(draw, base, max_edits=3):
     fresh = lambda: copy.deepcopy(draw(json_values))  # noqa: E731  (drawn lists may be shared: never edit them)
     for _ in range(draw(st.integers(1, max_edits))):
         paths = list(_paths(obj))
-        depth = draw(st.sampled_from(sorted({len(q) for q in paths})))  # shallow paths as often as deep ones
+        depth = draw(
+            st.sampled_from(sorted({len(q) for q in paths}))
+        )  # shallow paths as often as deep ones
         path = draw(st.sampled_from([q for q in paths if len(q) == depth]))
         if not path:
             if draw(st.booleans()):
@@ -86,27 +100,43 @@ def mutated(draw, base, max_edits=3):
     return obj
 
 
-any_dtype = st.one_of(hnp.scalar_dtypes(), hnp.byte_string_dtypes(), hnp.unicode_string_dtypes(),
-                      st.just(np.dtype(object)), st.just(np.dtype(np.float16)), st.just(np.dtype(np.uint16)))
+any_dtype = st.one_of(
+    hnp.scalar_dtypes(),
+    hnp.byte_string_dtypes(),
+    hnp.unicode_string_dtypes(),
+    st.just(np.dtype(object)),
+    st.just(np.dtype(np.float16)),
+    st.just(np.dtype(np.uint16)),
+)
 
 
 def any_array(max_dims=5, max_side=6):
-    return hnp.arrays(any_dtype, hnp.array_shapes(min_dims=0, max_dims=max_dims, min_side=0, max_side=max_side))
+    return hnp.arrays(
+        any_dtype, hnp.array_shapes(min_dims=0, max_dims=max_dims, min_side=0, max_side=max_side)
+    )
 
 
 def float_array(max_side=70):
     """Float images of any size up to ``max_side``, values anywhere (pixel ranges, huge, NaN, infinite)."""
     special = [0.0, 0.5, 1.0, 255.0, float(np.float32(1e30))]  # exactly representable in float32
     values = st.floats(allow_nan=True, allow_infinity=True, width=32) | st.sampled_from(special)
-    return hnp.arrays(st.sampled_from([np.float32, np.float64]),
-                      hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=max_side), elements=values)
+    return hnp.arrays(
+        st.sampled_from([np.float32, np.float64]),
+        hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=max_side),
+        elements=values,
+    )
 
 
 def pixel_array():
     """Image-like arrays: the dtypes images come in, 2 to 4 dimensions, channel counts 1 to 5."""
-    dtype = st.sampled_from([np.uint8, np.uint16, np.bool_, np.float32, np.float64, np.int64, np.int8])
+    dtype = st.sampled_from(
+        [np.uint8, np.uint16, np.bool_, np.float32, np.float64, np.int64, np.int8]
+    )
     shape = st.tuples(st.integers(1, 40), st.integers(1, 40)).flatmap(
-        lambda hw: st.sampled_from([hw, (*hw, 1), (*hw, 3), (*hw, 4), (2, *hw), (2, *hw, 4), (*hw, 2), (*hw, 5)]))
+        lambda hw: st.sampled_from(
+            [hw, (*hw, 1), (*hw, 3), (*hw, 4), (2, *hw), (2, *hw, 4), (*hw, 2), (*hw, 5)]
+        )
+    )
     return hnp.arrays(dtype, shape)
 
 
@@ -120,11 +150,13 @@ def near_miss(draw, a):
     if how == "axis" and a.ndim:
         axis = draw(st.integers(0, a.ndim - 1))
         n = max(0, a.shape[axis] + draw(st.sampled_from([-1, 1, -a.shape[axis]])))
-        return np.resize(a, a.shape[:axis] + (n,) + a.shape[axis + 1:])
+        return np.resize(a, a.shape[:axis] + (n,) + a.shape[axis + 1 :])
     if how == "transpose":
         return a.T.copy()
     if how == "dtype":
-        return a.astype(draw(st.sampled_from([np.float16, np.float64, np.int64, np.uint8, np.bool_])))
+        return a.astype(
+            draw(st.sampled_from([np.float16, np.float64, np.int64, np.uint8, np.bool_]))
+        )
     with np.errstate(all="ignore"):
         return (a * draw(st.sampled_from([1e30, -1e30, np.nan, np.inf, 0.0, -1.0]))).astype(a.dtype)
 
@@ -137,7 +169,9 @@ def image_files(draw):
     mode = draw(st.sampled_from(["L", "RGB", "RGBA", "LA", "P", "1", "I;16", "I", "F", "CMYK"]))
     fmt = draw(st.sampled_from(["PNG", "GIF", "BMP", "TIFF", "JPEG", "WEBP", "PPM"]))
     w, h = draw(st.integers(1, 40)), draw(st.integers(1, 40))
-    im = Image.frombytes(mode, (w, h), draw(st.binary(min_size=4 * w * h * 4, max_size=4 * w * h * 4)))
+    im = Image.frombytes(
+        mode, (w, h), draw(st.binary(min_size=4 * w * h * 4, max_size=4 * w * h * 4))
+    )
     buf = io.BytesIO()
     try:
         im.save(buf, format=fmt)
@@ -146,7 +180,7 @@ def image_files(draw):
     data = bytearray(buf.getvalue())
     damage = draw(st.sampled_from(["none", "none", "truncate", "flip"]))
     if damage == "truncate":
-        data = data[:draw(st.integers(0, len(data) - 1))]
+        data = data[: draw(st.integers(0, len(data) - 1))]
     elif damage == "flip" and data:
         i = draw(st.integers(0, len(data) - 1))
         data[i] ^= draw(st.integers(1, 255))
@@ -166,8 +200,15 @@ def base(tmp_path_factory):
         state = {k: z[k] for k in z.files}
     with np.load(bdir / "head.npz") as z:
         head = {k: z[k] for k in z.files}
-    return {"root": root, "bundle": bdir, "clf": clf, "manifest": json.loads((bdir / "manifest.json").read_text()),
-            "state": state, "head": head, "support": sup}
+    return {
+        "root": root,
+        "bundle": bdir,
+        "clf": clf,
+        "manifest": json.loads((bdir / "manifest.json").read_text()),
+        "state": state,
+        "head": head,
+        "support": sup,
+    }
 
 
 def _exercise(clf, support) -> None:
@@ -207,12 +248,16 @@ def test_any_manifest_opens_or_is_one_bundle_error(base, data):
 def head_contents(draw, pristine):
     arrays = dict(pristine)
     cfg = json.loads(str(arrays["config"]))
-    choice = draw(st.sampled_from(["array", "config", "array", "both", "drop"]))  # Hypothesis favours the first
+    choice = draw(
+        st.sampled_from(["array", "config", "array", "both", "drop"])
+    )  # Hypothesis favours the first
     if choice in ("config", "both"):
         arrays["config"] = np.array(json.dumps(draw(mutated(cfg))))
     if choice in ("array", "both"):
         name = draw(st.sampled_from(["W0", "b0", "W1", "config", "extra"]))
-        arrays[name] = draw(st.one_of(any_array(), float_array(), near_miss(arrays.get(name, arrays["b0"]))))
+        arrays[name] = draw(
+            st.one_of(any_array(), float_array(), near_miss(arrays.get(name, arrays["b0"])))
+        )
     if choice == "drop":
         arrays.pop(draw(st.sampled_from(sorted(arrays))))
     return arrays
@@ -228,7 +273,9 @@ def test_any_head_npz_loads_or_is_one_bundle_error(base, data):
     try:
         with open(bdir / "head.npz", "wb") as f:
             np.savez(f, **arrays)
-    except Exception:  # numpy cannot even write it (an object array that does not pickle): nothing to test
+    except (
+        Exception
+    ):  # numpy cannot even write it (an object array that does not pickle): nothing to test
         event("unwritable")
         return
     rehash(bdir)
@@ -246,15 +293,25 @@ def test_any_head_npz_loads_or_is_one_bundle_error(base, data):
 def state_contents(draw, pristine):
     arrays = dict(pristine)
     meta = json.loads(str(arrays.pop("meta")))
-    choice = draw(st.sampled_from(["array", "meta", "array", "both", "drop"]))  # Hypothesis favours the first
+    choice = draw(
+        st.sampled_from(["array", "meta", "array", "both", "drop"])
+    )  # Hypothesis favours the first
     if choice in ("meta", "both"):
         meta = draw(mutated({k: v for k, v in meta.items() if k != "arrays_sha256"}))
     if choice in ("array", "both"):
-        name = draw(st.sampled_from(["support", "support_labels", "clf_W", "clf_b", "W0", "b0", "W1", "images"]))
-        arrays[name] = draw(st.one_of(any_array(), float_array(), near_miss(arrays.get(name, arrays["clf_b"]))))
+        name = draw(
+            st.sampled_from(
+                ["support", "support_labels", "clf_W", "clf_b", "W0", "b0", "W1", "images"]
+            )
+        )
+        arrays[name] = draw(
+            st.one_of(any_array(), float_array(), near_miss(arrays.get(name, arrays["clf_b"])))
+        )
     if choice == "drop":
         arrays.pop(draw(st.sampled_from(sorted(arrays))))
-    if isinstance(meta, dict) and draw(st.sampled_from([True] * 9 + [False])):  # mostly a matching checksum
+    if isinstance(meta, dict) and draw(
+        st.sampled_from([True] * 9 + [False])
+    ):  # mostly a matching checksum
         try:
             meta["arrays_sha256"] = _arrays_digest(arrays)
         except (TypeError, ValueError):
@@ -291,9 +348,17 @@ def test_any_state_file_loads_or_is_one_state_error(base, data):
 
 
 @settings(max_examples=100, **SETTINGS)
-@given(images=st.one_of(any_array(), float_array(), pixel_array(), pixel_array(),
-                        st.lists(any_array(max_dims=3) | float_array() | pixel_array() | scalars, max_size=3),
-                        scalars, json_values))
+@given(
+    images=st.one_of(
+        any_array(),
+        float_array(),
+        pixel_array(),
+        pixel_array(),
+        st.lists(any_array(max_dims=3) | float_array() | pixel_array() | scalars, max_size=3),
+        scalars,
+        json_values,
+    )
+)
 def test_any_image_input_is_model_input_or_one_input_error(images):
     try:
         x = as_model_input(images, SHAPE)
@@ -310,7 +375,14 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 
 @settings(max_examples=80, **SETTINGS)
-@given(data=st.one_of(image_files(), image_files(), st.binary(max_size=300).map(lambda b: PNG + b), st.binary(max_size=300)))
+@given(
+    data=st.one_of(
+        image_files(),
+        image_files(),
+        st.binary(max_size=300).map(lambda b: PNG + b),
+        st.binary(max_size=300),
+    )
+)
 def test_any_image_file_decodes_or_is_one_input_error(tmp_path_factory, data):
     if data is None:  # Pillow cannot write that mode in that format
         event("unsavable")

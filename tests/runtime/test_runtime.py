@@ -4,6 +4,7 @@ One session-scoped bundle (Conv4, 16 filters, 16-d embedding, random weights, on
 layer, 5 adaptation steps) is built once; its random features separate simple ink shapes well enough
 for few-shot tests. Everything else copies or edits that bundle.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -48,12 +49,20 @@ def keras_backbone():
     from metalite.training.models import build_backbone
 
     tf.random.set_seed(0)
-    model = build_backbone({"kind": "conv4", "filters": 16, "embedding_dim": 16}, input_shape=(SIZE, SIZE, 1))
+    model = build_backbone(
+        {"kind": "conv4", "filters": 16, "embedding_dim": 16}, input_shape=(SIZE, SIZE, 1)
+    )
     # Kernels drawn from numpy: TensorFlow's initializers depend on what ran before in the process, and
     # some draws separate the test shapes too poorly for the few-shot assertions (a flaky test).
     rng = np.random.default_rng(0)
-    model.set_weights([(rng.standard_normal(w.shape) * np.sqrt(2.0 / np.prod(w.shape[:-1]))).astype(np.float32)
-                       if w.ndim == 4 else w for w in model.get_weights()])
+    model.set_weights(
+        [
+            (rng.standard_normal(w.shape) * np.sqrt(2.0 / np.prod(w.shape[:-1]))).astype(np.float32)
+            if w.ndim == 4
+            else w
+            for w in model.get_weights()
+        ]
+    )
     imgs, _ = shapes(range(N_SHAPES), 8, seed=0)
     return model, to_model_input(imgs, (SIZE, SIZE))
 
@@ -216,17 +225,27 @@ def test_add_and_remove_class_equal_fit_on_union(bundle_dir):
     sup, lab = shapes(range(4), 3, seed=9)
     qry, _ = shapes(range(4), 2, seed=10)
     union = FewShotClassifier(bundle_dir, delegate="cpu").fit(sup, lab)
-    added = FewShotClassifier(bundle_dir, delegate="cpu").fit(sup[:9], lab[:9]).add_class("shape3", sup[9:])
+    added = (
+        FewShotClassifier(bundle_dir, delegate="cpu")
+        .fit(sup[:9], lab[:9])
+        .add_class("shape3", sup[9:])
+    )
     _same_fit(union, added, qry)
     extra, extra_lab = shapes([6], 3, seed=11)
-    removed = FewShotClassifier(bundle_dir, delegate="cpu").fit(np.concatenate([sup, extra]), lab + extra_lab)
+    removed = FewShotClassifier(bundle_dir, delegate="cpu").fit(
+        np.concatenate([sup, extra]), lab + extra_lab
+    )
     assert removed.remove_class("shape6") is removed
     _same_fit(union, removed, qry)
     # removing from the middle keeps the column order of the others
     mid = FewShotClassifier(bundle_dir, delegate="cpu").fit(sup, lab).remove_class("shape1")
     assert mid.classes == ["shape0", "shape2", "shape3"]
     keep = [i for i, l in enumerate(lab) if l != "shape1"]
-    _same_fit(FewShotClassifier(bundle_dir, delegate="cpu").fit(sup[keep], [lab[i] for i in keep]), mid, qry)
+    _same_fit(
+        FewShotClassifier(bundle_dir, delegate="cpu").fit(sup[keep], [lab[i] for i in keep]),
+        mid,
+        qry,
+    )
     # labels of any hashable type; numpy scalars become Python scalars
     ints = FewShotClassifier(bundle_dir, delegate="cpu").fit(sup, np.repeat(np.arange(4), 3))
     assert ints.classes == [0, 1, 2, 3] and all(type(p) is int for p in ints.predict(qry))
@@ -375,7 +394,9 @@ def test_checksum_mismatch_names_the_file(bundle_dir, tmp_path):
     with pytest.raises(BundleError, match=r"backbone\.tflite: size 100 bytes"):
         FewShotClassifier(bad, delegate="cpu")
     (bad / "backbone.tflite").unlink()
-    with pytest.raises(BundleError, match=r"backbone\.tflite: listed in manifest\.json but missing"):
+    with pytest.raises(
+        BundleError, match=r"backbone\.tflite: listed in manifest\.json but missing"
+    ):
         FewShotClassifier(bad, delegate="cpu")
 
 
@@ -384,8 +405,14 @@ def test_manifest_problems(bundle_dir, tmp_path):
         (lambda m: m.update(format_version=99), "format_version 99 is not supported"),
         (lambda m: m.update(format="something-else"), "format is 'something-else'"),
         (lambda m: m["output"].pop("embedding_dim"), "missing field 'output.embedding_dim'"),
-        (lambda m: m["input"]["quantization"].update(scale=0.5), r"backbone\.tflite: input quantization"),
-        (lambda m: m["output"].update(embedding_dim=8), "does not match manifest.json embedding_dim"),
+        (
+            lambda m: m["input"]["quantization"].update(scale=0.5),
+            r"backbone\.tflite: input quantization",
+        ),
+        (
+            lambda m: m["output"].update(embedding_dim=8),
+            "does not match manifest.json embedding_dim",
+        ),
     ]
     for i, (edit, msg) in enumerate(cases):
         d = tmp_path / f"b{i}"
@@ -411,7 +438,9 @@ def test_zipped_bundle(bundle_dir, tmp_path, monkeypatch, clf):
         c = FewShotClassifier(zpath, delegate="cpu")
         np.testing.assert_array_equal(c.embed(imgs), clf.embed(imgs))
     assert len(list((tmp_path / "cache" / "bundles").iterdir())) == 1
-    assert c.bundle.manifest_sha256 == clf.bundle.manifest_sha256  # a state saved with the dir loads with the zip
+    assert (
+        c.bundle.manifest_sha256 == clf.bundle.manifest_sha256
+    )  # a state saved with the dir loads with the zip
     (tmp_path / "junk.zip").write_bytes(b"PK\x03\x04 broken")
     with pytest.raises(BundleError):
         FewShotClassifier(tmp_path / "junk.zip")
@@ -419,7 +448,9 @@ def test_zipped_bundle(bundle_dir, tmp_path, monkeypatch, clf):
 
 # ----------------------------------------------------------------------------- Edge TPU / interpreter
 @pytest.mark.skipif(_libedgetpu_present(), reason="libedgetpu is installed here")
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # TF Delegate.__del__ after a failed load
+@pytest.mark.filterwarnings(
+    "ignore::pytest.PytestUnraisableExceptionWarning"
+)  # TF Delegate.__del__ after a failed load
 def test_edgetpu_required_but_missing(bundle_dir, edgetpu_bundle_dir):
     with pytest.raises(DelegateError, match="no Edge TPU model"):
         FewShotClassifier(bundle_dir, delegate="edgetpu")
@@ -431,7 +462,9 @@ def test_edgetpu_required_but_missing(bundle_dir, edgetpu_bundle_dir):
 
 
 @pytest.mark.skipif(_libedgetpu_present(), reason="libedgetpu is installed here")
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # TF Delegate.__del__ after a failed load
+@pytest.mark.filterwarnings(
+    "ignore::pytest.PytestUnraisableExceptionWarning"
+)  # TF Delegate.__del__ after a failed load
 def test_auto_falls_back_to_cpu_with_one_warning(edgetpu_bundle_dir, bundle_dir):
     with warnings.catch_warnings(record=True) as rec:
         warnings.simplefilter("always")
@@ -443,15 +476,21 @@ def test_auto_falls_back_to_cpu_with_one_warning(edgetpu_bundle_dir, bundle_dir)
     assert len(fallbacks) == 1, [str(w.message) for w in rec]
     assert "libedgetpu" in str(fallbacks[0].message)
     assert c.device == "cpu"
-    with warnings.catch_warnings(record=True) as rec:  # no Edge TPU model in the bundle: nothing to warn about
+    with warnings.catch_warnings(
+        record=True
+    ) as rec:  # no Edge TPU model in the bundle: nothing to warn about
         warnings.simplefilter("always")
         assert FewShotClassifier(bundle_dir, delegate="auto").device == "cpu"
     assert not [w for w in rec if issubclass(w.category, EdgeTPUFallbackWarning)]
 
 
 def _run_python(code: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    env = dict(
+        os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])
+    )
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120
+    )
 
 
 def test_importing_runtime_never_imports_tensorflow():
@@ -468,8 +507,10 @@ def test_importing_runtime_never_imports_tensorflow():
     assert r.returncode == 0 and "ok" in r.stdout, r.stderr[-2000:]
 
 
-@pytest.mark.skipif(not any(importlib.util.find_spec(m) for m in ("ai_edge_litert", "tflite_runtime")),
-                    reason="only TensorFlow's interpreter is installed (then it is the lazy fallback)")
+@pytest.mark.skipif(
+    not any(importlib.util.find_spec(m) for m in ("ai_edge_litert", "tflite_runtime")),
+    reason="only TensorFlow's interpreter is installed (then it is the lazy fallback)",
+)
 def test_fit_predict_without_tensorflow(bundle_dir):
     code = (
         "import sys, numpy as np\n"
@@ -510,8 +551,20 @@ def test_cli_adapt_and_predict(bundle_dir, tmp_path):
         Image.fromarray(img).save(paths[-1])
     state = tmp_path / "out" / "state.npz"
     runner = CliRunner()
-    r = runner.invoke(group, ["adapt", str(bundle_dir), str(tmp_path / "support"), "--out", str(state),
-                              "--delegate", "cpu", "--threads", "1"])
+    r = runner.invoke(
+        group,
+        [
+            "adapt",
+            str(bundle_dir),
+            str(tmp_path / "support"),
+            "--out",
+            str(state),
+            "--delegate",
+            "cpu",
+            "--threads",
+            "1",
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert "adapted 3 classes from 9 images" in r.output and state.is_file()
     r = runner.invoke(group, ["predict", str(bundle_dir), "--state", str(state), *paths, "--json"])
@@ -522,7 +575,9 @@ def test_cli_adapt_and_predict(bundle_dir, tmp_path):
     r = runner.invoke(group, ["predict", str(bundle_dir), "--state", str(state), paths[0]])
     assert r.exit_code == 0 and r.output.split("\t")[1] == qlab[0]
     (tmp_path / "support" / "empty_class").mkdir()
-    r = runner.invoke(group, ["adapt", str(bundle_dir), str(tmp_path / "support"), "--out", str(state)])
+    r = runner.invoke(
+        group, ["adapt", str(bundle_dir), str(tmp_path / "support"), "--out", str(state)]
+    )
     assert r.exit_code != 0 and "has no images" in r.output
     r = runner.invoke(group, ["predict", str(bundle_dir), "--state", paths[0], paths[0]])
     assert r.exit_code == 1 and "Error:" in r.output and "Traceback" not in r.output
@@ -538,7 +593,9 @@ def test_acceleration_says_what_runs_the_backbone(clf):
     # ai-edge-litert and tf.lite take the int8 graph whole onto their default XNNPACK delegate
     assert acc.delegate == "xnnpack" and acc.delegated == "whole graph", acc
     text = describe(acc)
-    assert f"{acc.interpreter} {acc.version} on the CPU, XNNPACK delegate (whole graph" in text, text
+    assert f"{acc.interpreter} {acc.version} on the CPU, XNNPACK delegate (whole graph" in text, (
+        text
+    )
 
 
 def test_native_log_lines_go_to_the_logger(capfd, caplog):
@@ -548,10 +605,15 @@ def test_native_log_lines_go_to_the_logger(capfd, caplog):
     from metalite.runtime.nativelog import native_stderr_to_log
 
     with caplog.at_level(logging.INFO, logger="metalite.runtime"), native_stderr_to_log():
-        os.write(2, b"INFO: Created TensorFlow Lite XNNPACK delegate for CPU.\nERROR: something real\n")
+        os.write(
+            2, b"INFO: Created TensorFlow Lite XNNPACK delegate for CPU.\nERROR: something real\n"
+        )
     err = capfd.readouterr().err
     assert "ERROR: something real" in err and "XNNPACK" not in err
-    assert any("interpreter: INFO: Created TensorFlow Lite XNNPACK" in r.getMessage() for r in caplog.records)
+    assert any(
+        "interpreter: INFO: Created TensorFlow Lite XNNPACK" in r.getMessage()
+        for r in caplog.records
+    )
 
 
 def test_cli_quiet_unless_verbose(bundle_dir, tmp_path):
@@ -565,11 +627,31 @@ def test_cli_quiet_unless_verbose(bundle_dir, tmp_path):
         Image.fromarray(img).save(tmp_path / "support" / l / f"{i}.png")
     out = {}
     for flag in ([], ["--verbose"]):
-        p = subprocess.run([sys.executable, "-m", "metalite.tools.cli_runtime", "adapt", str(bundle_dir),
-                            str(tmp_path / "support"), "--out", str(tmp_path / "s.npz"), "--delegate", "cpu", *flag],
-                           capture_output=True, text=True, timeout=300, cwd=str(tmp_path))
+        p = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "metalite.tools.cli_runtime",
+                "adapt",
+                str(bundle_dir),
+                str(tmp_path / "support"),
+                "--out",
+                str(tmp_path / "s.npz"),
+                "--delegate",
+                "cpu",
+                *flag,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            cwd=str(tmp_path),
+        )
         assert p.returncode == 0, p.stderr
         out[bool(flag)] = p.stderr
     assert "XNNPACK" not in out[False] and "INFO" not in out[False], out[False]
-    assert "interpreter: INFO: Created TensorFlow Lite XNNPACK delegate for CPU." in out[True], out[True]
-    assert "backbone.tflite: " in out[True] and "XNNPACK delegate (whole graph" in out[True], out[True]
+    assert "interpreter: INFO: Created TensorFlow Lite XNNPACK delegate for CPU." in out[True], out[
+        True
+    ]
+    assert "backbone.tflite: " in out[True] and "XNNPACK delegate (whole graph" in out[True], out[
+        True
+    ]

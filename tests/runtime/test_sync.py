@@ -1,5 +1,6 @@
 """The device side of the fleet without a server: state v2 (kept support images), outbox, reporting
 classifier, release checks, health check, device home, and ``metalite.runtime.sync`` without ``cryptography``."""
+
 from __future__ import annotations
 
 import json
@@ -51,12 +52,22 @@ def test_state_keeps_support_images_that_reembed_to_the_same_embeddings(bundles,
     assert meta["format_version"] == 2 and meta["images"] is True
     st = statelib.load_state(tmp_path / "s.npz")
     assert st.classes == ["shape0", "shape2", "shape3", "shape4"]
-    assert st.images.dtype == np.uint8 and st.images.shape == (len(st.support), 28, 28) == (12, 28, 28)
+    assert st.images.dtype == np.uint8 and st.images.shape == (len(st.support), 28, 28) == (
+        12,
+        28,
+        28,
+    )
     lab = np.array(lab)
-    expect = np.concatenate([sup[lab == "shape0"], extra[:1], sup[lab == "shape2"], sup[lab == "shape3"], extra])
-    assert np.array_equal(st.images, expect)  # 28x28 uint8 input is kept exactly, rows aligned with support
+    expect = np.concatenate(
+        [sup[lab == "shape0"], extra[:1], sup[lab == "shape2"], sup[lab == "shape3"], extra]
+    )
+    assert np.array_equal(
+        st.images, expect
+    )  # 28x28 uint8 input is kept exactly, rows aligned with support
     fresh = FewShotClassifier(bundles["v1"], delegate="cpu", cache_size=0)
-    assert np.allclose(fresh.embed(st.images), st.support, atol=1e-6)  # same int8 input -> same embeddings
+    assert np.allclose(
+        fresh.embed(st.images), st.support, atol=1e-6
+    )  # same int8 input -> same embeddings
     loaded = FewShotClassifier.load(bundles["v1"], tmp_path / "s.npz", delegate="cpu")
     for a, b in zip(loaded.support_images().values(), clf.support_images().values()):
         assert np.array_equal(a, b)
@@ -79,15 +90,28 @@ def test_version_1_state_still_loads_and_is_saved_without_images(bundles, tmp_pa
     write_v1_state(clf, tmp_path / "v1.npz")
     assert json.loads(str(np.load(tmp_path / "v1.npz")["meta"]))["format_version"] == 1
     old = FewShotClassifier.load(bundles["v1"], tmp_path / "v1.npz", delegate="cpu")
-    assert old.predict(sup) == clf.predict(sup) and all(v is None for v in old.support_images().values())
-    old.add_class("new", sup[:1])  # the new class's images are known, the old ones are not: saved without any
+    assert old.predict(sup) == clf.predict(sup) and all(
+        v is None for v in old.support_images().values()
+    )
+    old.add_class(
+        "new", sup[:1]
+    )  # the new class's images are known, the old ones are not: saved without any
     old.save(tmp_path / "again.npz")
     st = statelib.load_state(tmp_path / "again.npz")
     assert st.images is None and st.classes == ["shape0", "shape1", "shape2", "new"]
     with pytest.raises(StateError, match="support images must be uint8"):
-        statelib.save_state(tmp_path / "x.npz", statelib.State(st.bundle_manifest_sha256, st.classes, st.support,
-                                                               st.support_labels, st.head, {},
-                                                               np.zeros((1, 28, 28), np.uint8)))
+        statelib.save_state(
+            tmp_path / "x.npz",
+            statelib.State(
+                st.bundle_manifest_sha256,
+                st.classes,
+                st.support,
+                st.support_labels,
+                st.head,
+                {},
+                np.zeros((1, 28, 28), np.uint8),
+            ),
+        )
     assert not (tmp_path / "x.npz").exists()
 
 
@@ -100,7 +124,9 @@ def test_outbox_is_bounded_persistent_and_forgets_only_what_it_is_told(tmp_path)
     more = ob.add("unsure", px[:3])  # 7 rows > 5: the two oldest *unsure* go
     assert len(set(u + c + more)) == 7
     assert [r["id"] for r in ob.oldest(10)] == [u[2], c[0], *more] and ob.dropped == 2
-    ob.add("correction", px[:5], labels=["x"] * 5)  # 10 rows: 4 unsure go, then the oldest correction
+    ob.add(
+        "correction", px[:5], labels=["x"] * 5
+    )  # 10 rows: 4 unsure go, then the oldest correction
     rows = ob.oldest(10)
     assert [r["kind"] for r in rows] == ["correction"] * 5 and ob.dropped == 7
     ob.close()
@@ -133,14 +159,18 @@ def test_queued_rows_are_committed_in_order_by_the_next_waiting_add_and_by_close
     ob = Outbox(tmp_path / "o.sqlite")
     for _ in range(3):
         ob.add("unsure", px, wait=False)
-    ob.add("correction", px, labels=["a"])  # returns once it and the three queued before are committed
+    ob.add(
+        "correction", px, labels=["a"]
+    )  # returns once it and the three queued before are committed
     assert on_disk(tmp_path / "o.sqlite") == ["unsure"] * 3 + ["correction"]
     ob.add("unsure", px, wait=False)
     ob.close()
     assert on_disk(tmp_path / "o.sqlite")[-1] == "unsure" and ob.write_errors == 0
 
 
-def test_reporting_classifier_records_unsure_and_corrections_and_predict_never_fails(bundles, tmp_path):
+def test_reporting_classifier_records_unsure_and_corrections_and_predict_never_fails(
+    bundles, tmp_path
+):
     ob = Outbox(tmp_path / "o.sqlite")
     clf = ReportingClassifier(bundles["v1"], outbox=ob, threshold=0.0, version=7, delegate="cpu")
     sup, lab = shapes(range(5), 5, seed=1)
@@ -149,7 +179,9 @@ def test_reporting_classifier_records_unsure_and_corrections_and_predict_never_f
     base = FewShotClassifier.predict_proba(clf, qry)
     assert np.array_equal(clf.predict_proba(qry), base) and ob.pending() == 0  # nothing below 0
     assert clf.predict(qry) == FewShotClassifier.predict(clf, qry)
-    assert clf.predict(qry, transductive=True) == FewShotClassifier.predict(clf, qry, transductive=True)
+    assert clf.predict(qry, transductive=True) == FewShotClassifier.predict(
+        clf, qry, transductive=True
+    )
     clf.threshold = float(np.median(base.max(axis=1)))
     clf.predict(qry)
     low = np.flatnonzero(base.max(axis=1) < clf.threshold)
@@ -172,7 +204,10 @@ def test_reporting_classifier_records_unsure_and_corrections_and_predict_never_f
         clf.threshold = 1.01
         assert clf.predict(qry) == FewShotClassifier.predict(clf, qry)
         clf.predict(qry)
-    assert clf.outbox_errors == 2 * len(qry) and len([w for w in caught if "outbox" in str(w.message)]) == 1
+    assert (
+        clf.outbox_errors == 2 * len(qry)
+        and len([w for w in caught if "outbox" in str(w.message)]) == 1
+    )
 
 
 # ----------------------------------------------------------------------------- releases and health
@@ -182,7 +217,10 @@ def test_release_signature_and_fields_are_checked(tmp_path):
 
     key = Ed25519PrivateKey.generate()
     pub = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    files = {"manifest.json": {"sha256": "a" * 64, "bytes": 10}, "backbone.tflite": {"sha256": "b" * 64, "bytes": 5}}
+    files = {
+        "manifest.json": {"sha256": "a" * 64, "bytes": 10},
+        "backbone.tflite": {"sha256": "b" * 64, "bytes": 5},
+    }
     data = make_release(3, "a" * 64, files, "2026-01-01T00:00:00Z", "note")
     sig = key.sign(data).hex()
     assert verify_release(data, sig, pub)["version"] == 3
@@ -192,8 +230,10 @@ def test_release_signature_and_fields_are_checked(tmp_path):
         ((data, "zz", pub), "not hex"),
         ((data, sig, None), "no server public key"),
     ]
-    for bad_files, words in (({**files, "../x": files["manifest.json"]}, "bad file entry"),
-                             ({"backbone.tflite": files["backbone.tflite"]}, "incomplete")):
+    for bad_files, words in (
+        ({**files, "../x": files["manifest.json"]}, "bad file entry"),
+        ({"backbone.tflite": files["backbone.tflite"]}, "incomplete"),
+    ):
         doc = make_release(3, "a" * 64, bad_files, "t")
         cases.append(((doc, key.sign(doc).hex(), pub), words))
     doc = make_release(4, "c" * 64, files, "t")
@@ -216,10 +256,16 @@ def test_health_check_is_leave_one_out_bounded_and_catches_a_useless_head(bundle
     acc, method, n = support_accuracy(clf.head_spec, support)
     assert (method, n) == ("leave-one-out", 25) and acc >= 0.8
     assert support_accuracy(clf.head_spec, support, max_queries=7)[2] == 7
-    assert support_accuracy(clf.head_spec, {c: v[:1] for c, v in support.items()})[:2] == (1.0, "resubstitution")
+    assert support_accuracy(clf.head_spec, {c: v[:1] for c, v in support.items()})[:2] == (
+        1.0,
+        "resubstitution",
+    )
     spec = clf.head_spec
-    useless = headlib.HeadSpec([(np.zeros_like(w), np.zeros_like(b)) for w, b in spec.weights], spec.activations,
-                               spec.adaptation)
+    useless = headlib.HeadSpec(
+        [(np.zeros_like(w), np.zeros_like(b)) for w, b in spec.weights],
+        spec.activations,
+        spec.adaptation,
+    )
     assert support_accuracy(useless, support)[0] <= 0.3
 
 
@@ -263,7 +309,9 @@ def test_runtime_sync_imports_and_works_without_cryptography(bundles, tmp_path):
         heavy = ("tensorflow", "fastapi", "uvicorn", "starlette", "cryptography", "metalite.fleet", "metalite.training")
         print("LOADED", sorted(m for m in sys.modules if sys.modules[m] is not None and m.startswith(heavy)))
     """)
-    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    res = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     assert "ERROR this command needs cryptography: pip install 'metalite[sync]'" in res.stdout
     assert "PENDING 3" in res.stdout and "LOADED []" in res.stdout, res.stdout

@@ -1,4 +1,5 @@
 """Device-side accuracy options: shift averaging (runtime.tta) and transductive refinement (head.refine)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -15,7 +16,9 @@ def test_shifted_moves_ink_and_fills_paper():
     x = np.zeros((1, 5, 5, 1), np.float32)
     x[0, 0, 0] = x[0, 2, 2] = 1
     y = shifted(x, 1, -1)
-    assert np.argwhere(y[0, ..., 0]).tolist() == [[3, 1]]  # (0, 0) left the image; nothing wraps around
+    assert np.argwhere(y[0, ..., 0]).tolist() == [
+        [3, 1]
+    ]  # (0, 0) left the image; nothing wraps around
     np.testing.assert_array_equal(shifted(x, 0, 0), x)
 
 
@@ -52,19 +55,25 @@ def _soft_kmeans(hs, hq, scale, iterations):
 def test_refine_is_soft_kmeans_over_the_queries():
     rng = np.random.default_rng(1)
     w = rng.standard_normal((8, 6)).astype(np.float32)
-    spec = headlib.HeadSpec([(w, np.zeros(6, np.float32))], ["linear"], {"steps": 0, "lr": 0.5, "scale": 0.5})
+    spec = headlib.HeadSpec(
+        [(w, np.zeros(6, np.float32))], ["linear"], {"steps": 0, "lr": 0.5, "scale": 0.5}
+    )
     s, q, y = rng.standard_normal((5, 8)), rng.standard_normal((9, 8)), np.arange(5)
     head = headlib.adapt(spec, s, y, 5)
     refined = headlib.refine(head, s, y, q, 0.5, iterations=3)
     d = _soft_kmeans((s @ w).astype(np.float32), (q @ w).astype(np.float32), 0.5, 3)
     np.testing.assert_array_equal(refined.logits(q).argmax(1), d.argmin(1))
-    assert not np.allclose(refined.classifier[0], head.classifier[0])  # the queries moved the prototypes
+    assert not np.allclose(
+        refined.classifier[0], head.classifier[0]
+    )  # the queries moved the prototypes
 
 
 def test_refine_pulls_prototypes_toward_their_query_clusters():
     """Support drawings off-centre, queries around the true centres: refinement fixes the boundary."""
     spec = headlib.HeadSpec([], [], {"steps": 0, "lr": 0.5, "scale": 1.0})
-    support = np.array([[0.9, 0.0], [3.0, 0.0]])  # class 0 drawn too far right, class 1 too far right
+    support = np.array(
+        [[0.9, 0.0], [3.0, 0.0]]
+    )  # class 0 drawn too far right, class 1 too far right
     queries = np.array([[-0.1, 0.0], [0.0, 0.0], [0.1, 0.0], [1.8, 0.0], [1.9, 0.0], [2.0, 0.0]])
     truth = np.array([0, 0, 0, 1, 1, 1])
     head = headlib.adapt(spec, support, np.arange(2), 2)
@@ -75,6 +84,7 @@ def test_refine_pulls_prototypes_toward_their_query_clusters():
 
 # ---- through the classifier, on a real tiny bundle ---------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory):
     from metalite.export.bundle import write_bundle
@@ -82,7 +92,9 @@ def bundle(tmp_path_factory):
     from metalite.training.models import build_backbone
 
     tf.random.set_seed(0)
-    model = build_backbone({"kind": "conv4", "filters": 8, "embedding_dim": 8}, input_shape=(SIZE, SIZE, 1))
+    model = build_backbone(
+        {"kind": "conv4", "filters": 8, "embedding_dim": 8}, input_shape=(SIZE, SIZE, 1)
+    )
     rep = np.random.default_rng(0).random((32, SIZE, SIZE, 1)).astype(np.float32)
     spec = headlib.HeadSpec([], [], {"steps": 0, "lr": 0.5, "scale": 1.0, "tta": 4})
     return write_bundle(tmp_path_factory.mktemp("b") / "tta", model, spec, rep, {}, progress=False)
@@ -93,7 +105,7 @@ def _images(n, seed):
     imgs = np.full((n, SIZE, SIZE), 255, np.uint8)
     for i in range(n):
         y, x = rng.integers(4, 20, 2)
-        imgs[i, y:y + 6, x:x + 3] = 0
+        imgs[i, y : y + 6, x : x + 3] = 0
     return imgs
 
 
@@ -102,8 +114,13 @@ def test_classifier_uses_the_bundles_tta_and_keeps_it_in_its_state(bundle, tmp_p
     plain, averaged = FewShotClassifier(bundle, tta=0), FewShotClassifier(bundle)
     assert (plain.tta, averaged.tta) == (0, 4)
     x = 1.0 - imgs[..., None].astype(np.float32) / 255.0
-    want = np.mean([plain.embed(np.rint(255 * (1 - shifted(x, dy, dx)[..., 0])).astype(np.uint8))
-                    for dy, dx in [(0, 0)] + SHIFTS[4]], axis=0)
+    want = np.mean(
+        [
+            plain.embed(np.rint(255 * (1 - shifted(x, dy, dx)[..., 0])).astype(np.uint8))
+            for dy, dx in [(0, 0)] + SHIFTS[4]
+        ],
+        axis=0,
+    )
     np.testing.assert_allclose(averaged.embed(imgs), want, rtol=1e-5, atol=1e-6)
     plain.fit(imgs[:3], ["a", "b", "c"]).save(tmp_path / "s.npz")
     restored = FewShotClassifier.load(bundle, tmp_path / "s.npz")
@@ -117,7 +134,9 @@ def test_transductive_predict_is_opt_in(bundle):
     imgs = _images(12, 1)
     clf = FewShotClassifier(bundle, tta=0).fit(imgs[:4], [0, 1, 2, 3])
     emb = clf.embed(imgs[4:])
-    expect = headlib.refine(clf.head, clf.embed(imgs[:4]), np.arange(4), emb, 1.0).logits(emb).argmax(1)
+    expect = (
+        headlib.refine(clf.head, clf.embed(imgs[:4]), np.arange(4), emb, 1.0).logits(emb).argmax(1)
+    )
     assert clf.predict(imgs[4:], transductive=True) == [int(i) for i in expect]
     assert clf.predict(imgs[4:]) == [int(i) for i in clf.head.logits(emb).argmax(1)]
     p = clf.predict_proba(imgs[4:], transductive=True)
@@ -136,6 +155,7 @@ def _clusters(seed=0, n_classes=10, dim=16, spread=0.7, scale=0.2):
     def draw(classes, k):
         y = np.repeat(classes, k)
         return (centres[y] + spread * rng.standard_normal((len(y), dim))).astype(np.float32), y
+
     return support, head, draw
 
 
@@ -151,7 +171,9 @@ def test_transductive_refinement_never_moves_classes_absent_from_an_unbalanced_b
     w0, b0 = head.classifier
     np.testing.assert_allclose(after.classifier[0][:, absent], w0[:, absent], rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(after.classifier[1][absent], b0[absent], rtol=1e-5, atol=1e-5)
-    assert not np.allclose(before.classifier[0][:, absent], w0[:, absent], atol=1e-2)  # soft weights moved them
+    assert not np.allclose(
+        before.classifier[0][:, absent], w0[:, absent], atol=1e-2
+    )  # soft weights moved them
 
 
 def test_transductive_refinement_helps_balanced_batches_and_costs_nothing_on_unbalanced_ones():
@@ -159,7 +181,11 @@ def test_transductive_refinement_helps_balanced_batches_and_costs_nothing_on_unb
     gain = {(n, cover): [] for n in ("one", "two", "balanced") for cover in (0.0, headlib.COVER)}
     for seed in range(20):
         support, head, draw = _clusters(seed)
-        for name, classes, k in (("one", [0], 15), ("two", [0, 1], 8), ("balanced", list(range(10)), 5)):
+        for name, classes, k in (
+            ("one", [0], 15),
+            ("two", [0, 1], 8),
+            ("balanced", list(range(10)), 5),
+        ):
             q, y = draw(classes, k)
             for cover in (0.0, headlib.COVER):
                 refined = headlib.refine(head, support, np.arange(10), q, 0.2, cover=cover)

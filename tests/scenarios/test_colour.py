@@ -3,6 +3,7 @@ files, the fleet's wire formats on a real server, and the emoji fixture.
 
 The central check: two classes that differ only in colour (same shape, same luma) are told apart by an RGB
 bundle through ``FewShotClassifier``, and not by a gray one, which sees identical input."""
+
 from __future__ import annotations
 
 import json
@@ -25,8 +26,16 @@ EMOJI = REPO / "tests" / "data" / "emoji"
 SIZE = 20
 # Two colours of exactly the same luma (0.299 R + 0.587 G + 0.114 B = 110.29): magenta and green.
 MAGENTA, GREEN = (240, 20, 235), (3, 185, 7)
-HUES = [(220, 30, 30), (30, 160, 40), (40, 60, 220), (230, 200, 20), (150, 40, 190), (20, 190, 200),
-        MAGENTA, GREEN]
+HUES = [
+    (220, 30, 30),
+    (30, 160, 40),
+    (40, 60, 220),
+    (230, 200, 20),
+    (150, 40, 190),
+    (20, 190, 200),
+    MAGENTA,
+    GREEN,
+]
 SHAPES = ("square", "disc", "hbar", "vbar", "cross")
 
 
@@ -41,10 +50,14 @@ def draw(shape: str, colour, rng, size: int = SIZE) -> np.ndarray:
     r = size * 0.28 + rng.integers(-1, 2)
     yy, xx = np.mgrid[:size, :size]
     dy, dx = np.abs(yy - c[0]), np.abs(xx - c[1])
-    mask = {"square": (dy <= r) & (dx <= r), "disc": dy ** 2 + dx ** 2 <= r ** 2,
-            "hbar": (dy <= r / 3) & (dx <= r), "vbar": (dx <= r / 3) & (dy <= r),
-            "cross": ((dy <= r / 3) & (dx <= r)) | ((dx <= r / 3) & (dy <= r)),
-            "ring": (dy ** 2 + dx ** 2 <= r ** 2) & (dy ** 2 + dx ** 2 >= (r / 2) ** 2)}[shape]
+    mask = {
+        "square": (dy <= r) & (dx <= r),
+        "disc": dy**2 + dx**2 <= r**2,
+        "hbar": (dy <= r / 3) & (dx <= r),
+        "vbar": (dx <= r / 3) & (dy <= r),
+        "cross": ((dy <= r / 3) & (dx <= r)) | ((dx <= r / 3) & (dy <= r)),
+        "ring": (dy**2 + dx**2 <= r**2) & (dy**2 + dx**2 >= (r / 2) ** 2),
+    }[shape]
     img[mask] = colour
     return img
 
@@ -65,14 +78,35 @@ def rgb_bundle(tmp_path_factory):
             d.mkdir(parents=True)
             for i in range(6):
                 Image.fromarray(draw(s, colour, rng)).save(d / f"{i}.png")
-    settings = {"data": f"folder:{root / 'data'}", "image_size": SIZE, "steps": 40, "ways": 5, "shots": 1,
-                "queries": 3, "val_every": 1000, "val_episodes": 5, "checkpoint_every": 1000,
-                "augment": {"shift": 1.0, "hue": 0.0},
-                "backbone": {"kind": "conv4", "filters": 16, "embedding_dim": 16},
-                "head": {"hidden": [], "activation": "linear"}}
+    settings = {
+        "data": f"folder:{root / 'data'}",
+        "image_size": SIZE,
+        "steps": 40,
+        "ways": 5,
+        "shots": 1,
+        "queries": 3,
+        "val_every": 1000,
+        "val_episodes": 5,
+        "checkpoint_every": 1000,
+        "augment": {"shift": 1.0, "hue": 0.0},
+        "backbone": {"kind": "conv4", "filters": 16, "embedding_dim": 16},
+        "head": {"hidden": [], "activation": "linear"},
+    }
     cfg = train(root / "float", settings, progress=False, log=lambda m: None)
-    res = CliRunner().invoke(main, ["export", str(root / "float"), "--out", str(root / "bundle"),
-                                    "--eval-episodes", "0", "--representative", "60", "--quiet"])
+    res = CliRunner().invoke(
+        main,
+        [
+            "export",
+            str(root / "float"),
+            "--out",
+            str(root / "bundle"),
+            "--eval-episodes",
+            "0",
+            "--representative",
+            "60",
+            "--quiet",
+        ],
+    )
     assert res.exit_code == 0, res.output
     yield {"root": root, "bundle": root / "bundle", "cfg": cfg}
     mp.undo()
@@ -99,16 +133,22 @@ def test_training_on_colour_data_records_rgb_in_config_and_manifest(rgb_bundle):
     assert rgb_bundle["cfg"]["input"]["shape"] == [SIZE, SIZE, 3]
     m = json.loads((rgb_bundle["bundle"] / "manifest.json").read_text())
     assert m["input"]["shape"] == [SIZE, SIZE, 3]
-    assert m["input"]["preprocess"]["color"] == "RGB" and m["input"]["preprocess"]["background"] == [255, 255, 255]
+    assert m["input"]["preprocess"]["color"] == "RGB" and m["input"]["preprocess"][
+        "background"
+    ] == [255, 255, 255]
     assert m["quantization_check"]["cosine_min"] > 0.9  # int8 calibration on RGB input worked
 
 
 @pytest.mark.slow
-def test_rgb_bundle_tells_apart_classes_differing_only_in_colour_and_a_gray_bundle_cannot(rgb_bundle):
+def test_rgb_bundle_tells_apart_classes_differing_only_in_colour_and_a_gray_bundle_cannot(
+    rgb_bundle,
+):
     assert abs(luma(MAGENTA) - luma(GREEN)) < 0.01
     q = _paired_queries()
-    support = {"magenta": draw("ring", MAGENTA, np.random.default_rng(99))[None],
-               "green": draw("ring", GREEN, np.random.default_rng(99))[None]}
+    support = {
+        "magenta": draw("ring", MAGENTA, np.random.default_rng(99))[None],
+        "green": draw("ring", GREEN, np.random.default_rng(99))[None],
+    }
     truth = ["magenta"] * len(q["magenta"]) + ["green"] * len(q["green"])
     queries = np.concatenate([q["magenta"], q["green"]])
 
@@ -121,7 +161,9 @@ def test_rgb_bundle_tells_apart_classes_differing_only_in_colour_and_a_gray_bund
     n = len(q["magenta"])
     assert np.abs(x[:n] - x[n:]).max() < 1e-4  # the gray model's input is the same for both colours
     got = gray.predict(queries)
-    assert got[:n] == got[n:]  # so each pair gets one answer: right for one colour, wrong for the other
+    assert (
+        got[:n] == got[n:]
+    )  # so each pair gets one answer: right for one colour, wrong for the other
     assert np.mean(np.array(got) == np.array(truth)) == 0.5
 
 
@@ -129,12 +171,21 @@ def test_rgb_bundle_tells_apart_classes_differing_only_in_colour_and_a_gray_bund
 def test_rgb_support_images_survive_save_and_load(rgb_bundle, tmp_path):
     rng = np.random.default_rng(3)
     clf = FewShotClassifier(rgb_bundle["bundle"], delegate="cpu")
-    clf.fit({"red": np.stack([draw("disc", HUES[0], rng) for _ in range(2)]), "blue": draw("disc", HUES[2], rng)})
+    clf.fit(
+        {
+            "red": np.stack([draw("disc", HUES[0], rng) for _ in range(2)]),
+            "blue": draw("disc", HUES[2], rng),
+        }
+    )
     clf.save(tmp_path / "s.npz")
     st = load_state(tmp_path / "s.npz")
     with np.load(tmp_path / "s.npz") as z:
         meta = json.loads(str(z["meta"]))
-    assert meta["format_version"] == 3 and st.images.shape == (3, SIZE, SIZE, 3) and st.images.dtype == np.uint8
+    assert (
+        meta["format_version"] == 3
+        and st.images.shape == (3, SIZE, SIZE, 3)
+        and st.images.dtype == np.uint8
+    )
     kept = clf.support_images()
     back = FewShotClassifier.load(rgb_bundle["bundle"], tmp_path / "s.npz", delegate="cpu")
     assert all(np.array_equal(kept[c], back.support_images()[c]) for c in ("red", "blue"))
@@ -181,7 +232,9 @@ def test_colour_key_transparency_is_composited_onto_the_background(tmp_path, mod
     for shape in ((24, 24, 1), (24, 24, 3)):
         x = as_model_input(str(p), shape)
         assert x.shape == (1, *shape)
-        assert np.all(x[0, :4] == 0) and np.all(x[0, :, :4] == 0)  # the black key is background, not ink
+        assert np.all(x[0, :4] == 0) and np.all(
+            x[0, :, :4] == 0
+        )  # the black key is background, not ink
         assert x[0, 12, 12].min() > 0.2  # the square is ink
     rgb = as_model_input(str(p), (24, 24, 3))[0, 12, 12]
     if mode == "RGB":
@@ -196,18 +249,29 @@ def test_rgb_input_forms_and_one_line_errors():
     a = as_model_input(img, (SIZE, SIZE, 3))
     rgba = np.concatenate([img, np.full((SIZE, SIZE, 1), 255, np.uint8)], -1)
     assert np.allclose(as_model_input(rgba, (SIZE, SIZE, 3)), a)
-    assert np.allclose(as_model_input([img.astype(np.float32) / 255], (SIZE, SIZE, 3)), a, atol=1e-6)
+    assert np.allclose(
+        as_model_input([img.astype(np.float32) / 255], (SIZE, SIZE, 3)), a, atol=1e-6
+    )
     gray = np.full((SIZE, SIZE), 100, np.uint8)
     g = as_model_input(gray, (SIZE, SIZE, 3))
-    assert g.shape == (1, SIZE, SIZE, 3) and np.allclose(g, 1 - 100 / 255)  # gray repeated on the channels
+    assert g.shape == (1, SIZE, SIZE, 3) and np.allclose(
+        g, 1 - 100 / 255
+    )  # gray repeated on the channels
     transparent = rgba.copy()
     transparent[..., 3] = 0
-    assert np.all(as_model_input(transparent, (SIZE, SIZE, 3)) == 0)  # fully transparent: background
+    assert np.all(
+        as_model_input(transparent, (SIZE, SIZE, 3)) == 0
+    )  # fully transparent: background
     with pytest.raises(InputError) as e:
         as_model_input(np.moveaxis(img, -1, 0), (SIZE, SIZE, 3))
     assert_one_line(e.value, InputError)
     assert "channel-first" in str(e.value)
-    assert as_model_input(np.moveaxis(img, -1, 0), (28, 28, 1)).shape == (3, 28, 28, 1)  # gray: a batch, as before
+    assert as_model_input(np.moveaxis(img, -1, 0), (28, 28, 1)).shape == (
+        3,
+        28,
+        28,
+        1,
+    )  # gray: a batch, as before
     with pytest.raises(InputError) as e:
         as_model_input(np.zeros((SIZE, SIZE, 2), np.uint8), (SIZE, SIZE, 3))
     assert_one_line(e.value, InputError)
@@ -239,16 +303,30 @@ def test_colour_augmentation_changes_colour_not_gray():
     from metalite.training.augment import Augment
 
     rng = np.random.default_rng(0)
-    x = 1 - np.stack([draw("disc", HUES[0], rng), np.full((SIZE, SIZE, 3), 128, np.uint8)]).astype(np.float32) / 255
+    x = (
+        1
+        - np.stack([draw("disc", HUES[0], rng), np.full((SIZE, SIZE, 3), 128, np.uint8)]).astype(
+            np.float32
+        )
+        / 255
+    )
     aug = Augment(hue=60.0, saturation=0.3)
     y = aug(np.random.default_rng(1), x)
     assert y.shape == x.shape and y.min() >= 0 and y.max() <= 1
     assert np.abs(y[0] - x[0]).max() > 0.05  # the red disc changed colour
     assert np.allclose(y[1], x[1], atol=1e-5)  # a gray image has no hue or saturation to change
     tinted = Augment(background=0.5)(np.random.default_rng(2), x[:1])
-    corner, centre = np.abs(tinted[0, 0, 0] - x[0, 0, 0]).max(), np.abs(tinted[0, 10, 10] - x[0, 10, 10]).max()
+    corner, centre = (
+        np.abs(tinted[0, 0, 0] - x[0, 0, 0]).max(),
+        np.abs(tinted[0, 10, 10] - x[0, 10, 10]).max(),
+    )
     assert corner > 0 and centre == 0  # background tinted, the disc left alone
-    assert Augment(hue=90.0)(rng, x[..., :1]).shape == (2, SIZE, SIZE, 1)  # gray input: colour keys do nothing
+    assert Augment(hue=90.0)(rng, x[..., :1]).shape == (
+        2,
+        SIZE,
+        SIZE,
+        1,
+    )  # gray input: colour keys do nothing
 
 
 @pytest.mark.slow
@@ -271,8 +349,9 @@ def test_colour_classes_and_examples_travel_through_a_real_fleet_server(rgb_bund
     img = draw("square", HUES[3], np.random.default_rng(4))
     assert np.array_equal(from_wire(to_wire(img)), img) and to_wire(img)["channels"] == 3
     gray_wire = to_wire(img[..., 0])
-    assert gray_wire["channels"] == 1 and np.array_equal(from_wire({k: v for k, v in gray_wire.items()
-                                                                    if k != "channels"}), img[..., 0])
+    assert gray_wire["channels"] == 1 and np.array_equal(
+        from_wire({k: v for k, v in gray_wire.items() if k != "channels"}), img[..., 0]
+    )
 
     srv = Server(tmp_path / "root", tmp_path / "serve.log").start()
     try:
@@ -285,8 +364,12 @@ def test_colour_classes_and_examples_travel_through_a_real_fleet_server(rgb_bund
             sync(homes[n], srv.url, tokens[n], key, delegate="cpu", share_support=False)
         rng = np.random.default_rng(8)
         a = homes["pi-a"].classifier(delegate="cpu")
-        a.fit({"magenta": np.stack([draw("ring", MAGENTA, rng) for _ in range(2)]),
-               "green": np.stack([draw("ring", GREEN, rng) for _ in range(2)])})
+        a.fit(
+            {
+                "magenta": np.stack([draw("ring", MAGENTA, rng) for _ in range(2)]),
+                "green": np.stack([draw("ring", GREEN, rng) for _ in range(2)]),
+            }
+        )
         homes["pi-a"].save(a)
         share_class(homes["pi-a"], FleetClient(srv.url, tokens["pi-a"]), "magenta")
         got = fetch_class(FleetClient(srv.url, tokens["pi-b"]), "magenta")
@@ -332,11 +415,16 @@ def test_a_gray_folder_stays_gray_even_in_rgb_files(tmp_path, monkeypatch):
         d.mkdir(parents=True)
         for i in range(2):
             g = np.full((16, 16), 255, np.uint8)
-            g[c * 4:c * 4 + 4] = 0
+            g[c * 4 : c * 4 + 4] = 0
             Image.fromarray(np.repeat(g[..., None], 3, -1), "RGB").save(d / f"{i}.png")
     data = load_data(f"folder:{tmp_path / 'f'}", 16, "all")
     assert data.channels == 1 and data.images.shape == (6, 16, 16)
-    assert load_data(f"folder:{tmp_path / 'f'}", 16, "all", channels=3).images.shape == (6, 16, 16, 3)
+    assert load_data(f"folder:{tmp_path / 'f'}", 16, "all", channels=3).images.shape == (
+        6,
+        16,
+        16,
+        3,
+    )
 
 
 def test_cross_artist_episodes_and_baselines_on_the_fixture(tmp_path, monkeypatch):
@@ -346,16 +434,32 @@ def test_cross_artist_episodes_and_baselines_on_the_fixture(tmp_path, monkeypatc
     monkeypatch.setenv("METALITE_CACHE", str(tmp_path / "cache"))
     data = load_data(f"emoji:{EMOJI}", 32, "all")
     eps = cd.episodes(data, 5, 50, seed=1)
-    for s, q in eps:  # the same concepts in the same order, every support by one artist, every query by another
+    for (
+        s,
+        q,
+    ) in (
+        eps
+    ):  # the same concepts in the same order, every support by one artist, every query by another
         assert np.array_equal(data.labels[s], data.labels[q]) and len(set(data.labels[s])) == 5
-        assert len(set(data.drawers[s])) == len(set(data.drawers[q])) == 1 and data.drawers[s[0]] != data.drawers[q[0]]
-    again = cd.episodes(data, 5, 50, seed=1)  # reproducible: every method can answer the same episodes
-    assert all(np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1]) for a, b in zip(eps, again))
+        assert (
+            len(set(data.drawers[s])) == len(set(data.drawers[q])) == 1
+            and data.drawers[s[0]] != data.drawers[q[0]]
+        )
+    again = cd.episodes(
+        data, 5, 50, seed=1
+    )  # reproducible: every method can answer the same episodes
+    assert all(
+        np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1]) for a, b in zip(eps, again)
+    )
     hist = cd.histogram_features(data)
     assert hist.shape == (len(data.images), 512) and np.allclose(hist.sum(1), 1)
     for feats, metric in ((cd.pixel_features(data), "l2"), (hist, "l1")):
         r = cd.score(cd.nearest_neighbour(feats, metric), data, eps)
-        assert 0.2 < r["mean"] <= 1.0 and r["episodes"] == 50 and set(r["per_category"]) == set(data.groups)
+        assert (
+            0.2 < r["mean"] <= 1.0
+            and r["episodes"] == 50
+            and set(r["per_category"]) == set(data.groups)
+        )
     # a perfect classifier scores 1, one that always answers 0 scores 1/ways: the scoring itself is right
     assert cd.score(lambda s, q: np.arange(len(q)), data, eps)["mean"] == 1.0
     assert cd.score(lambda s, q: np.zeros(len(q), int), data, eps)["mean"] == pytest.approx(0.2)

@@ -6,6 +6,7 @@ page's one-line errors for a 50 MB file and a corrupt image. The others talk HTT
 beyond localhost, CSRF and Host checks, the body limit, atomic state changes and the watch mode.
 Screenshots go to ``$METALITE_PAGE_SCREENSHOTS`` when set (docs/device_page.md), else to a temporary folder.
 """
+
 from __future__ import annotations
 
 import base64
@@ -40,8 +41,10 @@ def b64(path: Path) -> dict:
 
 
 def _classes_on_page(page) -> dict:
-    return {card.get_attribute("data-label"): card.query_selector(".count").inner_text()
-            for card in page.query_selector_all("#classes .cls")}
+    return {
+        card.get_attribute("data-label"): card.query_selector(".count").inner_text()
+        for card in page.query_selector_all("#classes .cls")
+    }
 
 
 def _recognize(page, path: Path) -> str:
@@ -86,21 +89,33 @@ def test_teach_recognize_correct_rename_remove_through_the_page_in_chromium(tmp_
         _teach(page, "gamma", imgs["character03"][:3])
         page.click("#result .fix button.correct:has-text('gamma')")
         page.wait_for_selector("#notice:has-text('corrected to gamma')")
-        assert _classes_on_page(page) == {"alpha": "3 images", "beta": "3 images", "gamma": "4 images"}
+        assert _classes_on_page(page) == {
+            "alpha": "3 images",
+            "beta": "3 images",
+            "gamma": "4 images",
+        }
         corrections = [r for r in home.outbox().oldest(100) if r["kind"] == "correction"]
         assert [(r["label"], r["version"]) for r in corrections] == [("gamma", 1)]
         # ReportingClassifier.correct records what the classifier says at correction time (gamma is known by now)
         assert corrections[0]["predicted"] in NAMES.values() and corrections[0]["height"] == 28
         st = load_state(home.state_path())
-        assert st.classes == ["alpha", "beta", "gamma"] and np.bincount(st.support_labels).tolist() == [3, 3, 4]
+        assert st.classes == ["alpha", "beta", "gamma"] and np.bincount(
+            st.support_labels
+        ).tolist() == [3, 3, 4]
         # held-out drawings (other people's) of the three characters
-        held_out = [(NAMES[c], p) for c in NAMES for p in imgs[c][3:] if p != imgs["character03"][3]]
+        held_out = [
+            (NAMES[c], p) for c in NAMES for p in imgs[c][3:] if p != imgs["character03"][3]
+        ]
         right = sum(_recognize(page, p) == label for label, p in held_out)
         assert right >= len(held_out) - 1, f"{right}/{len(held_out)} held-out drawings recognized"
         assert "answered in" in page.inner_text("#result .time")
         page.screenshot(path=str(shots / "device_page_desktop.png"), full_page=True)
-        phone = browser.new_page(viewport={"width": 390, "height": 844}, device_scale_factor=2, is_mobile=True,
-                                 has_touch=True)
+        phone = browser.new_page(
+            viewport={"width": 390, "height": 844},
+            device_scale_factor=2,
+            is_mobile=True,
+            has_touch=True,
+        )
         phone.goto(server.url)
         phone.wait_for_selector("#classes .cls")
         _recognize(phone, imgs["character01"][4])
@@ -111,7 +126,11 @@ def test_teach_recognize_correct_rename_remove_through_the_page_in_chromium(tmp_
         # a reload shows the same classes (from the saved state)
         page.reload()
         page.wait_for_selector("#classes .cls")
-        assert _classes_on_page(page) == {"alpha": "3 images", "beta": "3 images", "gamma": "4 images"}
+        assert _classes_on_page(page) == {
+            "alpha": "3 images",
+            "beta": "3 images",
+            "gamma": "4 images",
+        }
         # rename and remove
         card = "#classes .cls[data-label='beta']"
         page.click(f"{card} button.rename")
@@ -136,7 +155,9 @@ def test_teach_recognize_correct_rename_remove_through_the_page_in_chromium(tmp_
         page.fill("#teach-label", "gamma")
         page.set_input_files("#teach-files", str(tmp_path / "broken.png"))
         page.click("#teach-go")
-        page.wait_for_function("() => document.getElementById('error').textContent.includes('broken.png')")
+        page.wait_for_function(
+            "() => document.getElementById('error').textContent.includes('broken.png')"
+        )
         assert "broken.png: cannot decode image" in _error_line(page)
         assert _classes_on_page(page) == {"beta (β)": "3 images", "gamma": "4 images"}
         # the server's own limit, for a client that skips the page's check: the page shows its one line
@@ -169,7 +190,10 @@ def test_teach_and_recognize_from_the_camera_in_chromium(tmp_path):
         page.click("#teach-go")
         page.wait_for_selector("#notice:has-text('taught 2 images to pattern')")
         st = load_state(home.state_path())
-        assert st.classes == ["alpha", "pattern"] and np.bincount(st.support_labels).tolist() == [2, 2]
+        assert st.classes == ["alpha", "pattern"] and np.bincount(st.support_labels).tolist() == [
+            2,
+            2,
+        ]
         page.click("#camera-recognize")
         page.wait_for_selector("#result .time")
         assert page.inner_text("#result .answer .name") == "pattern"
@@ -191,10 +215,14 @@ def test_the_page_beyond_localhost_asks_for_the_token_and_takes_it_from_the_addr
         page.click("#token-save")
         page.wait_for_selector("#classes .empty")
         assert not page.is_visible("#token-card")
-        other = browser.new_context().new_page()  # a fresh browser profile, as a phone opening the printed address
+        other = (
+            browser.new_context().new_page()
+        )  # a fresh browser profile, as a phone opening the printed address
         other.goto(url + "#token=phone-token-1")
         other.wait_for_selector("#classes .empty")
-        assert other.evaluate("location.hash") == "" and other.evaluate("localStorage.getItem('metalite-token')")
+        assert other.evaluate("location.hash") == "" and other.evaluate(
+            "localStorage.getItem('metalite-token')"
+        )
 
 
 def test_beyond_localhost_every_api_request_needs_the_token(tmp_path):
@@ -207,10 +235,22 @@ def test_beyond_localhost_every_api_request_needs_the_token(tmp_path):
         teach = {"label": "a", "images": [b64(greek(tmp_path / "img")["character01"][0])]}
         status, body = call(server, "POST", "/api/teach", teach, {"X-CSRF-Token": csrf})
         assert status == 401 and not home.state_path().exists()
-        status, body = call(server, "POST", "/api/teach", teach, {"X-CSRF-Token": csrf, "X-Metalite-Token": "wrong"})
+        status, body = call(
+            server, "POST", "/api/teach", teach, {"X-CSRF-Token": csrf, "X-Metalite-Token": "wrong"}
+        )
         assert status == 401
-        status, body = call(server, "POST", "/api/teach", teach, {"X-CSRF-Token": csrf, "X-Metalite-Token": "s3cret-token"})
-        assert status == 200 and body["classes"] == 1 and load_state(home.state_path()).classes == ["a"]
+        status, body = call(
+            server,
+            "POST",
+            "/api/teach",
+            teach,
+            {"X-CSRF-Token": csrf, "X-Metalite-Token": "s3cret-token"},
+        )
+        assert (
+            status == 200
+            and body["classes"] == 1
+            and load_state(home.state_path()).classes == ["a"]
+        )
 
 
 def test_state_changes_need_the_csrf_token_and_the_same_origin_and_localhost_names(tmp_path):
@@ -220,16 +260,26 @@ def test_state_changes_need_the_csrf_token_and_the_same_origin_and_localhost_nam
         assert not server.access.needs_token
         csrf = page_csrf(server)
         teach = {"label": "a", "images": [b64(img)]}
-        for headers, why in (({}, "CSRF"), ({"X-CSRF-Token": "guess"}, "CSRF"),
-                             ({"X-CSRF-Token": csrf, "Origin": "http://evil.example"}, "another origin"),
-                             ({"X-CSRF-Token": csrf, "Sec-Fetch-Site": "cross-site"}, "cross-site"),
-                             ({"X-CSRF-Token": csrf, "Host": "evil.example:80"}, "localhost")):
+        for headers, why in (
+            ({}, "CSRF"),
+            ({"X-CSRF-Token": "guess"}, "CSRF"),
+            ({"X-CSRF-Token": csrf, "Origin": "http://evil.example"}, "another origin"),
+            ({"X-CSRF-Token": csrf, "Sec-Fetch-Site": "cross-site"}, "cross-site"),
+            ({"X-CSRF-Token": csrf, "Host": "evil.example:80"}, "localhost"),
+        ):
             status, body = call(server, "POST", "/api/teach", teach, headers)
             assert status == 403 and why in body["error"], (headers, body)
-        status, body = call(server, "POST", "/api/teach", raw=b"label=a", headers={
-            "X-CSRF-Token": csrf, "Content-Type": "application/x-www-form-urlencoded"})
+        status, body = call(
+            server,
+            "POST",
+            "/api/teach",
+            raw=b"label=a",
+            headers={"X-CSRF-Token": csrf, "Content-Type": "application/x-www-form-urlencoded"},
+        )
         assert status == 415
-        status, body = call(server, "GET", "/", headers={"Host": "rebound.example"})  # DNS rebinding
+        status, body = call(
+            server, "GET", "/", headers={"Host": "rebound.example"}
+        )  # DNS rebinding
         assert status == 403 and isinstance(body, dict)
         assert not home.state_path().exists()
         status, body = call(server, "POST", "/api/teach", teach, {"X-CSRF-Token": csrf})
@@ -241,27 +291,53 @@ def test_oversized_and_corrupt_uploads_are_one_line_errors_and_change_nothing(tm
     imgs = greek(tmp_path / "img")["character01"]
     with serving(home) as server:
         csrf = {"X-CSRF-Token": page_csrf(server)}
-        assert call(server, "POST", "/api/teach", {"label": "a", "images": [b64(imgs[0])]}, csrf)[0] == 200
+        assert (
+            call(server, "POST", "/api/teach", {"label": "a", "images": [b64(imgs[0])]}, csrf)[0]
+            == 200
+        )
         before = home.state_path().read_bytes()
-        big = {"label": "a", "images": [{"name": "big.png", "data": base64.b64encode(bytes(50 << 20)).decode()}]}
+        big = {
+            "label": "a",
+            "images": [{"name": "big.png", "data": base64.b64encode(bytes(50 << 20)).decode()}],
+        }
         status, body = call(server, "POST", "/api/teach", big, csrf)
-        assert status == 413 and body["error"].startswith("upload of 66.7 MiB is larger than the 16 MiB"), body
+        assert status == 413 and body["error"].startswith(
+            "upload of 66.7 MiB is larger than the 16 MiB"
+        ), body
         from PIL import Image
+
         buf = io.BytesIO()
-        Image.new("L", (5000, 5000), 255).save(buf, "PNG")  # 25 Mpx: above the runtime's 4096 x 4096 budget
-        cases = [({"name": "x.png", "data": base64.b64encode(b"not an image at all").decode()}, "x.png: cannot decode"),
-                 ({"name": "y.png", "data": "%%%"}, "not base64"),
-                 ({"name": "wide.png", "data": base64.b64encode(buf.getvalue()).decode()}, "decoding budget")]
+        Image.new("L", (5000, 5000), 255).save(
+            buf, "PNG"
+        )  # 25 Mpx: above the runtime's 4096 x 4096 budget
+        cases = [
+            (
+                {"name": "x.png", "data": base64.b64encode(b"not an image at all").decode()},
+                "x.png: cannot decode",
+            ),
+            ({"name": "y.png", "data": "%%%"}, "not base64"),
+            (
+                {"name": "wide.png", "data": base64.b64encode(buf.getvalue()).decode()},
+                "decoding budget",
+            ),
+        ]
         for image, why in cases:
-            for route, body in (("/api/teach", {"label": "a", "images": [b64(imgs[1]), image]}),
-                                ("/api/recognize", {"image": image})):
+            for route, body in (
+                ("/api/teach", {"label": "a", "images": [b64(imgs[1]), image]}),
+                ("/api/recognize", {"image": image}),
+            ):
                 status, answer = call(server, "POST", route, body, csrf)
-                assert status == 400 and why in answer["error"] and "\n" not in answer["error"], (route, answer)
-        for route, body, why in (("/api/teach", {"label": "", "images": [b64(imgs[1])]}, "empty"),
-                                 ("/api/teach", {"label": None, "images": [b64(imgs[1])]}, "label None"),
-                                 ("/api/correct", {"id": 99, "label": "a"}, "no recent answer"),
-                                 ("/api/remove", {"label": "zzz"}, "unknown class"),
-                                 ("/api/rename", {"label": "a", "new_label": "a" * 101}, "longer than 100")):
+                assert status == 400 and why in answer["error"] and "\n" not in answer["error"], (
+                    route,
+                    answer,
+                )
+        for route, body, why in (
+            ("/api/teach", {"label": "", "images": [b64(imgs[1])]}, "empty"),
+            ("/api/teach", {"label": None, "images": [b64(imgs[1])]}, "label None"),
+            ("/api/correct", {"id": 99, "label": "a"}, "no recent answer"),
+            ("/api/remove", {"label": "zzz"}, "unknown class"),
+            ("/api/rename", {"label": "a", "new_label": "a" * 101}, "longer than 100"),
+        ):
             status, answer = call(server, "POST", route, body, csrf)
             assert status == 400 and why in answer["error"], (route, answer)
         status, answer = call(server, "POST", "/api/teach", raw=b"{not json", headers=csrf)
@@ -269,7 +345,9 @@ def test_oversized_and_corrupt_uploads_are_one_line_errors_and_change_nothing(tm
         assert home.state_path().read_bytes() == before
 
 
-def test_a_save_that_fails_leaves_the_saved_state_and_the_classifier_as_they_were(tmp_path, monkeypatch):
+def test_a_save_that_fails_leaves_the_saved_state_and_the_classifier_as_they_were(
+    tmp_path, monkeypatch
+):
     home = omniglot_home(tmp_path / "home")
     imgs = greek(tmp_path / "img")
     teacher = Teacher(home, delegate="cpu")
@@ -285,7 +363,9 @@ def test_a_save_that_fails_leaves_the_saved_state_and_the_classifier_as_they_wer
     with pytest.raises(OSError):
         teacher.rename("a", "z")
     assert home.state_path().read_bytes() == before
-    assert teacher.clf.classes == ["a"] and [c["label"] for c in teacher.status()["classes"]] == ["a"]
+    assert teacher.clf.classes == ["a"] and [c["label"] for c in teacher.status()["classes"]] == [
+        "a"
+    ]
     with pytest.raises(InputError) as e:
         teacher.teach("b", [("x.png", b"garbage")])
     assert_one_line(e.value, InputError)
@@ -303,7 +383,9 @@ def test_rename_keeps_the_head_and_refuses_a_name_in_use(tmp_path):
     teacher.rename("beta", "B")
     after = teacher.recognize(query.name, query.read_bytes())
     assert [a["confidence"] for a in after["top"]] == [a["confidence"] for a in before["top"]]
-    assert [a["label"] for a in after["top"]] == [{"beta": "B"}.get(a["label"], a["label"]) for a in before["top"]]
+    assert [a["label"] for a in after["top"]] == [
+        {"beta": "B"}.get(a["label"], a["label"]) for a in before["top"]
+    ]
     with pytest.raises(InputError, match="exists already"):
         teacher.rename("alpha", "gamma")
     assert load_state(home.state_path()).classes == ["alpha", "B", "gamma"]
@@ -323,12 +405,16 @@ def test_a_sync_that_switches_the_version_is_picked_up_at_the_next_request(tmp_p
     query = imgs["character01"][4]
     answer = teacher.recognize(query.name, query.read_bytes())
     staging = home.staging(2)
-    shutil.copytree(home.bundle_dir(1), staging, dirs_exist_ok=True, ignore=shutil.ignore_patterns("state.npz"))
+    shutil.copytree(
+        home.bundle_dir(1), staging, dirs_exist_ok=True, ignore=shutil.ignore_patterns("state.npz")
+    )
     with home.lock():
         home.install(staging, 2, "")  # as a sync does (its state would be re-embedded; here: none)
     st = teacher.status()
     assert st["version"] == 2 and st["classes"] == [] and teacher.clf.version == 2
-    with pytest.raises(InputError, match="no recent answer"):  # answers of the old version are forgotten
+    with pytest.raises(
+        InputError, match="no recent answer"
+    ):  # answers of the old version are forgotten
         teacher.correct(answer["id"], "alpha")
     teacher.teach("beta", [(p.name, p.read_bytes()) for p in imgs["character02"][:2]])
     assert load_state(home.state_path(2)).classes == ["beta"]
@@ -342,12 +428,16 @@ def test_watch_mode_writes_a_json_line_per_new_image_and_goes_on_past_unreadable
         teacher.teach(name, [(p.name, p.read_bytes()) for p in imgs[c][:3]])
     shots = tmp_path / "shots"
     shots.mkdir()
-    (shots / "old.png").write_bytes(imgs["character01"][3].read_bytes())  # there before the watch: not new
+    (shots / "old.png").write_bytes(
+        imgs["character01"][3].read_bytes()
+    )  # there before the watch: not new
     out = io.StringIO()
     watcher = Watcher(teacher, shots, out)
     (shots / "1.png").write_bytes(imgs["character01"][4].read_bytes())
     (shots / "2.png").write_bytes(b"half a file")
-    (shots / ".3.png.tmp").write_bytes(imgs["character02"][4].read_bytes())  # being written: skipped
+    (shots / ".3.png.tmp").write_bytes(
+        imgs["character02"][4].read_bytes()
+    )  # being written: skipped
     (shots / "notes.txt").write_text("not an image")
     assert watcher.poll() == 0  # first sight: wait until a file stops changing
     assert watcher.poll() == 2
@@ -359,8 +449,12 @@ def test_watch_mode_writes_a_json_line_per_new_image_and_goes_on_past_unreadable
     assert rows[0]["label"] == "alpha" and rows[2]["label"] == "beta" and rows[0]["version"] == 1
     assert 0 < rows[0]["confidence"] <= 1 and len(rows[0]["top"]) == 3
     assert "cannot decode image" in rows[1]["error"] and "label" not in rows[1]
-    (shots / "1.png").write_bytes(imgs["character03"][4].read_bytes())  # written again (a camera's latest.jpg)
-    os.utime(shots / "1.png", ns=(1, 1))  # another mtime even if the file system's clock ticks coarsely
+    (shots / "1.png").write_bytes(
+        imgs["character03"][4].read_bytes()
+    )  # written again (a camera's latest.jpg)
+    os.utime(
+        shots / "1.png", ns=(1, 1)
+    )  # another mtime even if the file system's clock ticks coarsely
     watcher.poll()
     assert watcher.poll() == 1 and json.loads(out.getvalue().splitlines()[-1])["label"] == "gamma"
     data = (shots / "3.png").read_bytes()
@@ -379,8 +473,12 @@ def test_access_rules():
     assert Access("127.0.0.1").local and Access("::1").local and Access("localhost").local
     assert not Access("0.0.0.0").local and not Access("192.168.1.5").local
     a = Access("127.0.0.1")
-    ok = {"Host": "localhost:8080", "X-CSRF-Token": a.csrf, "Content-Type": "application/json",
-          "Origin": "http://localhost:8080"}
+    ok = {
+        "Host": "localhost:8080",
+        "X-CSRF-Token": a.csrf,
+        "Content-Type": "application/json",
+        "Origin": "http://localhost:8080",
+    }
     assert a.refuse("POST", "/api/teach", ok) is None
     assert a.refuse("GET", "/", {"Host": "[::1]:8080"}) is None
     assert a.refuse("POST", "/api/teach", dict(ok, Origin="http://localhost:9999"))[0] == 403
@@ -389,8 +487,19 @@ def test_access_rules():
 # ----------------------------------------------------------------------------- the command
 def _start(args, tmp_path) -> tuple:
     """``metalite device serve ARGS`` in a subprocess; (process, the first stderr lines up to 'serving ...')."""
-    proc = subprocess.Popen([sys.executable, "-c", "from metalite.tools.cli import main; main()", "device", "serve",
-                             *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "from metalite.tools.cli import main; main()",
+            "device",
+            "serve",
+            *map(str, args),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     lines = []
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -414,14 +523,18 @@ def _stop(proc) -> None:
 
 def test_serve_command_over_https_with_a_self_signed_certificate_and_the_printed_token(tmp_path):
     home = omniglot_home(tmp_path / "home")
-    proc, lines = _start(["--home", home.root, "--host", "0.0.0.0", "--port", 0, "--self-signed"], tmp_path)
+    proc, lines = _start(
+        ["--home", home.root, "--host", "0.0.0.0", "--port", 0, "--self-signed"], tmp_path
+    )
     try:
         served = next((l for l in lines if l.startswith("serving")), None)
         assert served, lines
         port = int(re.search(r":(\d+)/", served).group(1))
         token = re.search(r"access token: (\S+)", served).group(1)
         assert any(f"#token={token}" in l for l in lines) and "XNNPACK" in lines[0]
-        ctx = ssl.create_default_context(cafile=str(home.root / "tls" / "cert.pem"))  # the certificate it made
+        ctx = ssl.create_default_context(
+            cafile=str(home.root / "tls" / "cert.pem")
+        )  # the certificate it made
         ctx.check_hostname = True
         conn = http.client.HTTPSConnection("127.0.0.1", port, context=ctx, timeout=30)
         conn.request("GET", "/api/status", headers={"X-Metalite-Token": token})
@@ -437,10 +550,27 @@ def test_serve_command_over_https_with_a_self_signed_certificate_and_the_printed
 
 def test_serve_command_refuses_a_short_token_and_watches_without_a_page(tmp_path):
     home = omniglot_home(tmp_path / "home")
-    done = subprocess.run([sys.executable, "-c", "from metalite.tools.cli import main; main()", "device", "serve",
-                           "--home", str(home.root), "--token", "1234", "--port", "0"],
-                          capture_output=True, text=True, timeout=120)
-    assert done.returncode == 1 and done.stderr.strip().splitlines()[-1].startswith("Error: the access token must")
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from metalite.tools.cli import main; main()",
+            "device",
+            "serve",
+            "--home",
+            str(home.root),
+            "--token",
+            "1234",
+            "--port",
+            "0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 1 and done.stderr.strip().splitlines()[-1].startswith(
+        "Error: the access token must"
+    )
     imgs = greek(tmp_path / "img")
     teacher = Teacher(home, delegate="cpu")
     teacher.teach("alpha", [(p.name, p.read_bytes()) for p in imgs["character01"][:2]])
@@ -448,7 +578,9 @@ def test_serve_command_refuses_a_short_token_and_watches_without_a_page(tmp_path
     home.close()
     shots, log = tmp_path / "shots", tmp_path / "watch.jsonl"
     shots.mkdir()
-    proc, lines = _start(["--home", home.root, "--watch", shots, "--watch-log", log, "--no-page"], tmp_path)
+    proc, lines = _start(
+        ["--home", home.root, "--watch", shots, "--watch-log", log, "--no-page"], tmp_path
+    )
     try:
         assert lines and lines[-1].startswith("watching"), lines
         (shots / "a.png").write_bytes(imgs["character02"][5].read_bytes())

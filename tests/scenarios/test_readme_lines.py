@@ -7,6 +7,7 @@ key, device home) become the real ones of a server started by the first ``serve`
 becomes the full ``sync`` line. Other sections may come and go: only the named ones are read. A line that
 stops working, prints a traceback or lets the interpreter's INFO chatter through fails the test.
 """
+
 from __future__ import annotations
 
 import os
@@ -30,12 +31,20 @@ QUICK = {  # command -> options appended so it runs in seconds (the README's own
     "fleet update": "--steps 3 --replay 4 --prune-steps 2 --qat-steps 2 --episodes 10",
 }
 # Lines only parsed (options, types, files exist), not run: they take minutes, and another test runs them.
-PARSED_ONLY = {"metalite bench": "tests/bench/test_bench.py runs bench --quick on the fixture (minutes)"}
+PARSED_ONLY = {
+    "metalite bench": "tests/bench/test_bench.py runs bench --quick on the fixture (minutes)"
+}
 SUBSTITUTIONS = [  # (pattern, replacement) applied to each line before it runs
-    (r"omniglot:images_background_small1\.zip", f"omniglot:{FIXTURE}/mini1.zip,{FIXTURE}/mini2.zip"),
+    (
+        r"omniglot:images_background_small1\.zip",
+        f"omniglot:{FIXTURE}/mini1.zip,{FIXTURE}/mini2.zip",
+    ),
     (r"omniglot:images_background_small2\.zip", f"omniglot:{FIXTURE}/mini2.zip"),
     (r"--steps \d+", "--steps 3"),
-    (r"--episodes \d+", "--episodes 3 --queries 5"),  # the fixture's characters have 6 drawings each
+    (
+        r"--episodes \d+",
+        "--episodes 3 --queries 5",
+    ),  # the fixture's characters have 6 drawings each
     # the shipped glyph models replay the built-in glyphs (minutes to render on a fresh machine): the fleet runs
     # on the bundle and float model the Workstation lines just made from the fixture instead
     (r"models/glyphs --model models/float/glyphs", "runs/bundle --model runs/proto"),
@@ -74,19 +83,26 @@ def test_readme_lines_are_found():
     found = {s for s, _ in lines}
     assert found == set(SECTIONS), found  # a renamed section must be renamed here too
     cmds = [line for _, line in lines]
-    assert any(c.startswith("metalite train") for c in cmds) and any(c.startswith("metalite serve") for c in cmds)
+    assert any(c.startswith("metalite train") for c in cmds) and any(
+        c.startswith("metalite serve") for c in cmds
+    )
     assert all(not c.endswith("\\") for c in cmds)
-    assert not any(c.startswith(("scp ", "sh metalite-device")) for c in cmds)  # the Pi's lines run on the emulated Pi
+    assert not any(
+        c.startswith(("scp ", "sh metalite-device")) for c in cmds
+    )  # the Pi's lines run on the emulated Pi
 
 
 def test_the_readme_test_command_is_what_ci_runs_and_runs_everything():
     """The README's test line and .ci/run run the same pytest command, and it deselects nothing (--all)."""
+
     def pytest_commands(text):
         code = [line.split("#")[0].strip() for line in text.splitlines()]
-        return [c[c.index("python -m pytest"):] for c in code if "python -m pytest" in c]
+        return [c[c.index("python -m pytest") :] for c in code if "python -m pytest" in c]
 
     readme_text = (REPO / "README.md").read_text().splitlines()
-    readme = pytest_commands("\n".join(line for line in readme_text if line.startswith("pip install")))
+    readme = pytest_commands(
+        "\n".join(line for line in readme_text if line.startswith("pip install"))
+    )
     ci = pytest_commands((REPO / ".ci" / "run").read_text())
     assert len(ci) == 1 and readme == ci, (readme, ci)
     assert re.search(r"python -m pytest (.* )?--all\b", ci[0]), ci[0]
@@ -126,8 +142,12 @@ class _Run:
     def __init__(self, work: Path):
         self.work, self.servers, self.vars = work, [], {}
         bin_dir = Path(sys.executable).parent
-        self.env = {**os.environ, "HOME": str(work / "home"), "PYTHONUNBUFFERED": "1",
-                    "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+        self.env = {
+            **os.environ,
+            "HOME": str(work / "home"),
+            "PYTHONUNBUFFERED": "1",
+            "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+        }
         (work / "home").mkdir()
 
     def expand(self, line: str) -> str:
@@ -139,20 +159,34 @@ class _Run:
         full = f"metalite sync --server {v.get('url', '')} --token {token} --pubkey {v.get('key', '')} --home {home}"
         line = line.replace("metalite sync ...", full)
         line = line.replace("http://host:8765", v.get("url", "http://host:8765"))
-        line = re.sub(r"--token TOKEN\b", f"--token {token}", line).replace("--pubkey KEY", f"--pubkey {v.get('key')}")
+        line = re.sub(r"--token TOKEN\b", f"--token {token}", line).replace(
+            "--pubkey KEY", f"--pubkey {v.get('key')}"
+        )
         return line.replace("/var/lib/metalite", str(home))
 
     def shell(self, line: str, timeout: int = 600) -> subprocess.CompletedProcess:
-        return subprocess.run(["bash", "-euo", "pipefail", "-c", line], cwd=self.work, env=self.env,
-                              capture_output=True, text=True, timeout=timeout)
+        return subprocess.run(
+            ["bash", "-euo", "pipefail", "-c", line],
+            cwd=self.work,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
 
     def serve(self, line: str) -> str:
         """A ``metalite serve`` line in the background on a free port; the text it printed up to serving."""
         log = self.work / f"serve-{len(self.servers)}.log"
         code = line.partition(" #")[0]
         with open(log, "wb") as err:
-            proc = subprocess.Popen(["bash", "-c", f"exec {code} --port 0"], cwd=self.work, env=self.env,
-                                    stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
+            proc = subprocess.Popen(
+                ["bash", "-c", f"exec {code} --port 0"],
+                cwd=self.work,
+                env=self.env,
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+                start_new_session=True,
+            )
         self.servers.append(proc)
         deadline = time.monotonic() + SERVER_START_TIMEOUT
         while time.monotonic() < deadline:
@@ -164,7 +198,9 @@ class _Run:
                 return text
             assert proc.poll() is None, f"{line}\n{text[-2000:]}"
             time.sleep(0.2)
-        raise AssertionError(f"{line}: no 'serving' line in {SERVER_START_TIMEOUT} s\n{log.read_text()[-2000:]}")
+        raise AssertionError(
+            f"{line}: no 'serving' line in {SERVER_START_TIMEOUT} s\n{log.read_text()[-2000:]}"
+        )
 
     def stop(self) -> None:
         for proc in self.servers:
@@ -214,7 +250,9 @@ def test_every_readme_shell_line_runs(tmp_path):
                 out = _parse_only(cmd, tmp_path)
             elif cmd.startswith("metalite serve"):
                 text = run.serve(cmd)
-                if len(run.servers) > 1:  # a later serve line (scheduled updates): it starts; stop it again
+                if (
+                    len(run.servers) > 1
+                ):  # a later serve line (scheduled updates): it starts; stop it again
                     os.killpg(run.servers[-1].pid, signal.SIGTERM)
                     run.servers[-1].wait(30)
                 out = text
@@ -228,22 +266,35 @@ def test_every_readme_shell_line_runs(tmp_path):
                     run.vars["token2"] = two.stdout.strip().splitlines()[-1]
             timings.append((round(time.monotonic() - t, 1), line[:60]))
             assert "Traceback" not in out, f"[{section}] {line}\n{out[-3000:]}"
-            if "--verbose" not in cmd:  # --verbose shows the interpreter's lines, as the README says
-                assert not re.search(r"^INFO: ", out, re.M), f"[{section}] {line}: interpreter chatter\n{out[-2000:]}"
+            if (
+                "--verbose" not in cmd
+            ):  # --verbose shows the interpreter's lines, as the README says
+                assert not re.search(r"^INFO: ", out, re.M), (
+                    f"[{section}] {line}: interpreter chatter\n{out[-2000:]}"
+                )
     finally:
         run.stop()
-    print(f"README lines: {len(timings)} in {time.monotonic() - t0:.0f} s; slowest {sorted(timings)[-3:]}")
-    assert (tmp_path / "runs" / "bundle" / "manifest.json").exists() and (tmp_path / "state.npz").exists()
-    assert not (REPO / "fleet" / "signing_key.pem").exists()  # the example's root is outside the checkout
+    print(
+        f"README lines: {len(timings)} in {time.monotonic() - t0:.0f} s; slowest {sorted(timings)[-3:]}"
+    )
+    assert (tmp_path / "runs" / "bundle" / "manifest.json").exists() and (
+        tmp_path / "state.npz"
+    ).exists()
+    assert not (
+        REPO / "fleet" / "signing_key.pem"
+    ).exists()  # the example's root is outside the checkout
     assert (tmp_path / "home" / "metalite-fleet" / "signing_key.pem").exists()
 
 
-@pytest.mark.parametrize("bad", [
-    "metalite train --data omniglot:images_background_small1.zip --no-such-option --out runs/x",
-    "metalite evaluate models/omniglot --protocol lake",
-    "metalite bench models/omniglot --quick --data omniglot:nowhere.zip --out runs/bench",
-    "metalite bench models/omniglot --quick --no-such-option --out runs/bench",
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "metalite train --data omniglot:images_background_small1.zip --no-such-option --out runs/x",
+        "metalite evaluate models/omniglot --protocol lake",
+        "metalite bench models/omniglot --quick --data omniglot:nowhere.zip --out runs/bench",
+        "metalite bench models/omniglot --quick --no-such-option --out runs/bench",
+    ],
+)
 def test_a_broken_line_fails(tmp_path, bad):
     """The runner is not a rubber stamp: a line that fails as typed fails here (run, or parsed only)."""
     run = _Run(tmp_path)

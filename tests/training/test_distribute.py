@@ -4,6 +4,7 @@ TensorFlow fixes its devices (and a multi-worker cluster) when it first initiali
 that needs two logical CPU devices or a TF_CONFIG runs in a fresh subprocess of its own, bounded
 by a timeout and killed on failure.
 """
+
 import json
 import os
 import re
@@ -36,7 +37,12 @@ def folder(tmp_path_factory):
 
 
 def _env(tmp_path, **extra):
-    env = {**os.environ, "METALITE_CACHE": str(tmp_path / "cache"), "PYTHONUNBUFFERED": "1", **extra}
+    env = {
+        **os.environ,
+        "METALITE_CACHE": str(tmp_path / "cache"),
+        "PYTHONUNBUFFERED": "1",
+        **extra,
+    }
     env.pop("TF_CONFIG", None)
     env.update(extra)
     return env
@@ -45,8 +51,13 @@ def _env(tmp_path, **extra):
 def _run_script(tmp_path, name, body, *args, env=None):
     script = tmp_path / name
     script.write_text(PRELUDE.format(tests=str(TESTS)) + textwrap.dedent(body))
-    res = subprocess.run([sys.executable, str(script), *map(str, args)], capture_output=True, text=True,
-                         timeout=TIMEOUT, env=env or _env(tmp_path))
+    res = subprocess.run(
+        [sys.executable, str(script), *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        env=env or _env(tmp_path),
+    )
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-5000:]
     return res.stdout
 
@@ -54,7 +65,10 @@ def _run_script(tmp_path, name, body, *args, env=None):
 @pytest.mark.slow
 def test_mirrored_step_equals_one_device_step_with_the_mean_gradient(folder, tmp_path):
     """One step on 2 replicas over episodes (e1, e2) == one single-device SGD step with (g1 + g2) / 2."""
-    out = _run_script(tmp_path, "equivalence.py", """
+    out = _run_script(
+        tmp_path,
+        "equivalence.py",
+        """
         from metalite.training.algorithms import make_learner
         from metalite.training.datasets import load_data
         from metalite.training.distribute import DistributedLearner
@@ -94,7 +108,9 @@ def test_mirrored_step_equals_one_device_step_with_the_mean_gradient(folder, tmp
                                   for a, b, g in zip(dist.variables, init, grads[0])),
             }
         print("RESULT " + json.dumps(results))
-    """, folder)
+    """,
+        folder,
+    )
     results = json.loads(out.split("RESULT ", 1)[1])
     for algorithm, r in results.items():
         assert r["replicas"] == 2, r
@@ -106,7 +122,10 @@ def test_mirrored_step_equals_one_device_step_with_the_mean_gradient(folder, tmp
 
 @pytest.mark.slow
 def test_mirrored_training_checkpoints_and_resumes_like_an_uninterrupted_run(folder, tmp_path):
-    out = _run_script(tmp_path, "mirrored_train.py", """
+    out = _run_script(
+        tmp_path,
+        "mirrored_train.py",
+        """
         from metalite.training import distribute
         from metalite.training.trainer import Interrupted, train
         folder, tmp = sys.argv[1], sys.argv[2]
@@ -131,7 +150,10 @@ def test_mirrored_training_checkpoints_and_resumes_like_an_uninterrupted_run(fol
         train(tmp + "/a", {}, resume=True, progress=False, log=logs.append)
         train(tmp + "/b", s, progress=False, log=logs.append)
         print("RESULT " + json.dumps(logs))
-    """, folder, tmp_path)
+    """,
+        folder,
+        tmp_path,
+    )
     logs = json.loads(out.split("RESULT ", 1)[1])
     assert any("MirroredStrategy: 2 replica(s)" in m for m in logs), logs
     assert any(m.startswith("interrupted at step 4") for m in logs), logs
@@ -142,12 +164,19 @@ def test_mirrored_training_checkpoints_and_resumes_like_an_uninterrupted_run(fol
     import numpy as np
 
     from metalite.export.tfcompat import tf
+
     a = tf.train.load_checkpoint(str(tmp_path / "a" / "checkpoints" / "ckpt-6"))
     b = tf.train.load_checkpoint(str(tmp_path / "b" / "checkpoints" / "ckpt-6"))
-    names = [n for n in a.get_variable_to_shape_map() if "/.ATTRIBUTES/VARIABLE_VALUE" in n and not n.startswith("save_counter")]
+    names = [
+        n
+        for n in a.get_variable_to_shape_map()
+        if "/.ATTRIBUTES/VARIABLE_VALUE" in n and not n.startswith("save_counter")
+    ]
     assert any("backbone" in n for n in names) and any("optimizer" in n for n in names)
     for n in names:
-        np.testing.assert_allclose(a.get_tensor(n), b.get_tensor(n), rtol=1e-4, atol=1e-5, err_msg=n)
+        np.testing.assert_allclose(
+            a.get_tensor(n), b.get_tensor(n), rtol=1e-4, atol=1e-5, err_msg=n
+        )
     assert (tmp_path / "a" / "config.json").exists()
 
 
@@ -188,9 +217,25 @@ def _run_workers(tmp_path, folder, out, steps, resume):
     wtmp = tmp_path / "worker-tmp"
     wtmp.mkdir(exist_ok=True)
     env = _env(tmp_path, TMPDIR=str(wtmp))
-    procs = [subprocess.Popen([sys.executable, str(script), str(i), ports, str(out), str(folder), str(steps),
-                               "1" if resume else "0"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True, env=env) for i in range(2)]
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                str(script),
+                str(i),
+                ports,
+                str(out),
+                str(folder),
+                str(steps),
+                "1" if resume else "0",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+        )
+        for i in range(2)
+    ]
     outputs = []
     try:
         for p in procs:
@@ -210,11 +255,18 @@ def _run_workers(tmp_path, folder, out, steps, resume):
 def test_two_workers_on_localhost_train_in_sync_and_resume(folder, tmp_path):
     out = tmp_path / "m"
     logs = _run_workers(tmp_path, folder, out, 3, resume=False)
-    digests = [re.findall(r"final weights digest (\w+) after step 3 \(episodes per step: 2\)", o) for o in logs]
+    digests = [
+        re.findall(r"final weights digest (\w+) after step 3 \(episodes per step: 2\)", o)
+        for o in logs
+    ]
     assert digests[0] and digests[0] == digests[1], logs  # both workers hold bit-identical weights
     assert "worker 0 (chief)" in logs[0] and "worker 1" in logs[1] and "(chief)" not in logs[1]
     ck = out / "checkpoints"
-    assert (ck / "ckpt-3.index").exists() and (ck / "sampler-3.json").exists() and (out / "config.json").exists()
+    assert (
+        (ck / "ckpt-3.index").exists()
+        and (ck / "sampler-3.json").exists()
+        and (out / "config.json").exists()
+    )
     assert json.loads((ck / "run.json").read_text())["strategy"] == "multiworker"
 
     logs = _run_workers(tmp_path, folder, out, 5, resume=True)
@@ -226,9 +278,25 @@ def test_two_workers_on_localhost_train_in_sync_and_resume(folder, tmp_path):
 
 def test_fomaml_and_reptile_are_refused_under_a_strategy(folder, tmp_path):
     from metalite.tools.cli import main
+
     for algorithm in ("fomaml", "reptile"):
-        res = CliRunner().invoke(main, ["train", "--data", f"folder:{folder}", "--algorithm", algorithm,
-                                        "--strategy", "mirrored", "--out", str(tmp_path / "x")])
-        assert res.exit_code != 0 and "--strategy mirrored supports protonet and anil only" in res.output, res.output
+        res = CliRunner().invoke(
+            main,
+            [
+                "train",
+                "--data",
+                f"folder:{folder}",
+                "--algorithm",
+                algorithm,
+                "--strategy",
+                "mirrored",
+                "--out",
+                str(tmp_path / "x"),
+            ],
+        )
+        assert (
+            res.exit_code != 0
+            and "--strategy mirrored supports protonet and anil only" in res.output
+        ), res.output
         assert "Traceback" not in res.output and len(res.output.strip().splitlines()) == 1
     assert not (tmp_path / "x").exists()

@@ -1,4 +1,5 @@
 """The built-in glyphs dataset: class list, determinism, pixel convention, distortion, deduplication, cache."""
+
 import numpy as np
 import pytest
 
@@ -69,8 +70,12 @@ def test_no_duplicate_classes(classes):
     np.fill_diagonal(d, np.inf)
     # what dedup prevents: Latin A and Greek Alpha (same outline) as two classes
     fonts = tuple(f for f in _by_char(classes, "A")[0][2] if 0x0391 in glyphs._font_tables()[f])
-    pair = glyphs._render([(ord("A"), "Latin", fonts), (0x0391, "Greek", fonts)],
-                          image_size=28, samples_per_class=30, seed=0)
+    pair = glyphs._render(
+        [(ord("A"), "Latin", fonts), (0x0391, "Greek", fonts)],
+        image_size=28,
+        samples_per_class=30,
+        seed=0,
+    )
     dup = _mean_image_distance(pair)[0, 1]
     assert dup < 0.04
     i, j = np.unravel_index(np.argmin(d), d.shape)
@@ -100,12 +105,15 @@ def test_load_glyphs_caches(tmp_path, monkeypatch, classes):
 
     monkeypatch.setattr(glyphs, "_render", spy)
     monkeypatch.setattr(glyphs, "glyph_classes", lambda: classes[:50])
-    imgs, names, groups = glyphs.load_glyphs(image_size=20, samples_per_class=3, seed=1,
-                                             cache_dir=tmp_path, progress=False)
+    imgs, names, groups = glyphs.load_glyphs(
+        image_size=20, samples_per_class=3, seed=1, cache_dir=tmp_path, progress=False
+    )
     assert imgs.shape == (50, 3, 20, 20) and imgs.dtype == np.uint8
     assert names[0].startswith("U+0021 ") and len(groups) == 50
     files = list(tmp_path.glob("*.npz"))
     assert len(files) == 1 and not list(tmp_path.glob("*.tmp"))
-    again = glyphs.load_glyphs(image_size=20, samples_per_class=3, seed=1, cache_dir=tmp_path, progress=False)
+    again = glyphs.load_glyphs(
+        image_size=20, samples_per_class=3, seed=1, cache_dir=tmp_path, progress=False
+    )
     assert len(calls) == 1
     assert np.array_equal(again[0], imgs) and again[1] == names and again[2] == groups

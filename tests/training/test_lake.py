@@ -1,4 +1,5 @@
 """Omniglot drawers and splits, augmentation in the sampler, and Lake et al.'s one-shot runs."""
+
 import io
 import json
 import zipfile
@@ -23,7 +24,7 @@ def _drawing(char: int, drawer: int, size: int = 32) -> np.ndarray:
     for _ in range(3):
         y, x = crng.integers(4, size - 10, 2) + drng.integers(-1, 2, 2)
         h, w = crng.integers(2, 8, 2)
-        img[y:y + h, x:x + w] = 0
+        img[y : y + h, x : x + w] = 0
     return img
 
 
@@ -37,7 +38,9 @@ def omniglot_zip(path, alphabets=ALPHABETS, drawers=4, root="images_background")
                 for d in range(1, drawers + 1):
                     buf = io.BytesIO()
                     Image.fromarray(_drawing(char, d)).save(buf, "PNG")
-                    zf.writestr(f"{root}/{alphabet}/character{k:02d}/{char:04d}_{d:02d}.png", buf.getvalue())
+                    zf.writestr(
+                        f"{root}/{alphabet}/character{k:02d}/{char:04d}_{d:02d}.png", buf.getvalue()
+                    )
     return path
 
 
@@ -49,8 +52,12 @@ def _cache(tmp_path, monkeypatch):
 @pytest.fixture
 def two_zips(tmp_path):
     """Two zips sharing one alphabet file for file (as Omniglot's small1/small2 share Greek and Latin)."""
-    a = omniglot_zip(tmp_path / "a.zip", {k: ALPHABETS[k] for k in ("Aleph", "Gimel", "Dalet")}, root="small1")
-    b = omniglot_zip(tmp_path / "b.zip", {k: ALPHABETS[k] for k in ("Aleph", "Beta", "Heh")}, root="small2")
+    a = omniglot_zip(
+        tmp_path / "a.zip", {k: ALPHABETS[k] for k in ("Aleph", "Gimel", "Dalet")}, root="small1"
+    )
+    b = omniglot_zip(
+        tmp_path / "b.zip", {k: ALPHABETS[k] for k in ("Aleph", "Beta", "Heh")}, root="small2"
+    )
     return f"omniglot:{a},{b}"
 
 
@@ -88,16 +95,19 @@ def _data(alphabets, drawers=3):
     return FewShotData(images, np.array(labels), names, groups, drawers=np.array(draw))
 
 
-
 def test_split_seed_holds_out_other_alphabets_and_never_mixes_splits(tmp_path):
     z = omniglot_zip(tmp_path / "o.zip", {**ALPHABETS, "Vav": 21, "Zayin": 20, "Het": 8})
     tests = []
     for seed in range(4):
-        parts = {s: set(load_data(f"omniglot:{z}", 28, s, seed=seed).groups) for s in ("train", "val", "test")}
+        parts = {
+            s: set(load_data(f"omniglot:{z}", 28, s, seed=seed).groups)
+            for s in ("train", "val", "test")
+        }
         assert not (parts["train"] & parts["test"]) and not (parts["train"] & parts["val"])
         assert not (parts["val"] & parts["test"])
         tests.append(frozenset(parts["test"]))
     assert len(set(tests)) > 1  # another seed is another fold
+
 
 def test_lake_runs_are_within_alphabet_with_different_drawers():
     data = _data({"A": 25, "B": 20, "C": 19})
@@ -107,11 +117,15 @@ def test_lake_runs_are_within_alphabet_with_different_drawers():
     for g, s, q in runs:
         assert len(s) == len(q) == 20
         assert {data.groups[c] for c in data.labels[s]} == {g}
-        np.testing.assert_array_equal(data.labels[s], data.labels[q])  # query k is support k's character
+        np.testing.assert_array_equal(
+            data.labels[s], data.labels[q]
+        )  # query k is support k's character
         assert len(set(data.labels[s])) == 20
         assert np.all(data.drawers[s] != data.drawers[q])
     again = lake_runs(data, runs=30, seed=3)
-    assert all(np.array_equal(a[1], b[1]) and np.array_equal(a[2], b[2]) for a, b in zip(runs, again))
+    assert all(
+        np.array_equal(a[1], b[1]) and np.array_equal(a[2], b[2]) for a, b in zip(runs, again)
+    )
 
 
 def test_lake_error_scores_the_classifier():
@@ -124,13 +138,18 @@ def test_lake_error_scores_the_classifier():
 
 
 def test_lake_needs_drawers_and_big_alphabets():
-    no_drawers = FewShotData(np.zeros((40, 4, 4), np.uint8), np.repeat(np.arange(20), 2), [str(i) for i in range(20)],
-                             ["A"] * 20)
-    with pytest.raises(DataError, match="no alphabet has 20 characters drawn by at least two people"):
+    no_drawers = FewShotData(
+        np.zeros((40, 4, 4), np.uint8),
+        np.repeat(np.arange(20), 2),
+        [str(i) for i in range(20)],
+        ["A"] * 20,
+    )
+    with pytest.raises(
+        DataError, match="no alphabet has 20 characters drawn by at least two people"
+    ):
         lake_runs(no_drawers)
     with pytest.raises(DataError, match="no alphabet has 20"):
         lake_runs(_data({"A": 19, "B": 19}))
-
 
 
 def test_lake_runs_paired_per_run_use_one_drawer_for_support_and_another_for_queries():
@@ -149,10 +168,14 @@ def test_lake_runs_paired_per_run_use_one_drawer_for_support_and_another_for_que
 def test_lake_error_reports_the_spread_over_alphabets_and_the_worst():
     data = _data({"A": 20, "B": 20})
     runs = lake_runs(data, runs=10)
-    res = lake_error(lambda s, y, q: np.where(y < 10, y, 0) if data.groups[data.labels[s[0]]] == "B" else y, runs)
+    res = lake_error(
+        lambda s, y, q: np.where(y < 10, y, 0) if data.groups[data.labels[s[0]]] == "B" else y, runs
+    )
     assert res["alphabets"] == {"A": 0.0, "B": pytest.approx(0.5)}
     assert res["worst_alphabet"] == "B" and res["worst_error"] == pytest.approx(0.5)
-    assert res["alphabet_mean"] == pytest.approx(0.25) and res["alphabet_sd"] == pytest.approx(np.std([0, .5], ddof=1))
+    assert res["alphabet_mean"] == pytest.approx(0.25) and res["alphabet_sd"] == pytest.approx(
+        np.std([0, 0.5], ddof=1)
+    )
     assert res["alphabets_ci95"]["A"] == 0.0
 
 
@@ -160,24 +183,34 @@ def test_nearest_neighbour_baseline_on_the_same_episodes():
     from metalite.training.evaluate import evaluate_embeddings, nearest_neighbour, pixel_features
 
     data = _data({"A": 6})
-    data.images[:] = (data.labels[:, None, None] * 40).astype(np.uint8)  # each class one flat gray level
+    data.images[:] = (data.labels[:, None, None] * 40).astype(
+        np.uint8
+    )  # each class one flat gray level
     feats = pixel_features(data)
     assert feats.shape == (len(data.images), 16)
     res = evaluate_embeddings(feats, data, None, 5, 1, 1, episodes=20, classify=nearest_neighbour)
     assert res["mean"] == 1.0
-    np.testing.assert_array_equal(nearest_neighbour(np.eye(2), np.array([7, 9]), np.array([[0.1, 0.9]])), [9])
+    np.testing.assert_array_equal(
+        nearest_neighbour(np.eye(2), np.array([7, 9]), np.array([[0.1, 0.9]])), [9]
+    )
 
 
 def test_digits_spec_gives_framed_ink_on_paper_digits():
     data = load_data("digits", 28, "all")
-    assert data.num_classes == 10 and data.images.shape == (1797, 28, 28) and data.images.dtype == np.uint8
+    assert (
+        data.num_classes == 10
+        and data.images.shape == (1797, 28, 28)
+        and data.images.dtype == np.uint8
+    )
     mean = data.images.astype(float).mean(0)
     assert mean[:4].min() == 255 and mean[-4:].min() == 255  # a paper frame around every digit
     assert mean[10:18, 10:18].mean() < 200  # ink in the middle
     with pytest.raises(DataError, match="unknown data spec 'digit'"):
         load_data("digit", 28)
 
+
 # ---- augmentation ------------------------------------------------------------------------------------
+
 
 def test_warp_shifts_and_fills_with_paper():
     x = np.zeros((1, 7, 7, 1), np.float32)
@@ -216,8 +249,12 @@ def test_sampler_mixes_hard_episodes_and_augments():
     assert all(len({data.groups[c] for c in hard.sample().classes}) == 1 for _ in range(10))
     mixed = EpisodeSampler(data, 5, 1, 1, seed=0, within_group=0.5)
     one_group = [len({data.groups[c] for c in mixed.sample().classes}) == 1 for _ in range(200)]
-    assert 0.4 < np.mean(one_group) < 0.75  # half hard, plus random episodes that happen to be one alphabet
-    wide = EpisodeSampler(data, 12, 1, 1, seed=0, within_group=0.5)  # no alphabet has 12: fill from few
+    assert (
+        0.4 < np.mean(one_group) < 0.75
+    )  # half hard, plus random episodes that happen to be one alphabet
+    wide = EpisodeSampler(
+        data, 12, 1, 1, seed=0, within_group=0.5
+    )  # no alphabet has 12: fill from few
     assert len({data.groups[c] for c in wide.sample().classes}) <= 3
     with pytest.raises(DataError, match="between 0 and 1"):
         EpisodeSampler(data, 5, 1, 1, within_group=2)
@@ -229,6 +266,7 @@ def test_sampler_mixes_hard_episodes_and_augments():
 
 # ---- the CLI on a model directory and on a bundle ------------------------------------------------------
 
+
 def test_evaluate_lake_on_model_dir_and_bundle(tmp_path):
     from click.testing import CliRunner
 
@@ -237,27 +275,98 @@ def test_evaluate_lake_on_model_dir_and_bundle(tmp_path):
     z = omniglot_zip(tmp_path / "o.zip")
     spec = f"omniglot:{z}"
     run = CliRunner().invoke
-    r = run(main, ["train", "--data", spec, "--ways", "5", "--queries", "1", "--steps", "6", "--val-every", "6",
-                   "--filters", "8", "--embedding-dim", "8", "--head-hidden", "", "--augment", "shift=1,stroke=0.3",
-                   "--within-alphabet", "0.5", "--out", str(tmp_path / "m")])
+    r = run(
+        main,
+        [
+            "train",
+            "--data",
+            spec,
+            "--ways",
+            "5",
+            "--queries",
+            "1",
+            "--steps",
+            "6",
+            "--val-every",
+            "6",
+            "--filters",
+            "8",
+            "--embedding-dim",
+            "8",
+            "--head-hidden",
+            "",
+            "--augment",
+            "shift=1,stroke=0.3",
+            "--within-alphabet",
+            "0.5",
+            "--out",
+            str(tmp_path / "m"),
+        ],
+    )
     assert r.exit_code == 0, r.output
-    assert json.loads((tmp_path / "m" / "config.json").read_text())["train"]["augment"] == {"shift": 1.0, "stroke": 0.3}
-    r = run(main, ["evaluate", str(tmp_path / "m"), "--protocol", "lake", "--runs", "20", "--json", "--pixel-baseline"])
+    assert json.loads((tmp_path / "m" / "config.json").read_text())["train"]["augment"] == {
+        "shift": 1.0,
+        "stroke": 0.3,
+    }
+    r = run(
+        main,
+        [
+            "evaluate",
+            str(tmp_path / "m"),
+            "--protocol",
+            "lake",
+            "--runs",
+            "20",
+            "--json",
+            "--pixel-baseline",
+        ],
+    )
     assert r.exit_code == 0, r.output
-    res = json.loads(r.output[r.output.index("{"):])
+    res = json.loads(r.output[r.output.index("{") :])
     assert res["protocol"] == "lake" and res["runs"] == 20 and 0 <= res["error"] <= 1
     assert res["pairing"] == "character" and res["worst_alphabet"] in res["alphabets"]
     assert res["pixel_baseline"]["runs"] == 20 and 0 <= res["pixel_baseline"]["error"] <= 1
-    r = run(main, ["evaluate", str(tmp_path / "m"), "--protocol", "lake", "--runs", "4", "--pairing", "run"])
-    assert r.exit_code == 0 and "drawers paired per run" in r.output and "worst" in r.output, r.output
+    r = run(
+        main,
+        ["evaluate", str(tmp_path / "m"), "--protocol", "lake", "--runs", "4", "--pairing", "run"],
+    )
+    assert r.exit_code == 0 and "drawers paired per run" in r.output and "worst" in r.output, (
+        r.output
+    )
     assert set(res["alphabets"]) <= {"Aleph", "Beta"} and "Keras" in res["measured"]
-    r = run(main, ["export", str(tmp_path / "m"), "--out", str(tmp_path / "b"), "--eval-episodes", "0", "--quiet"])
+    r = run(
+        main,
+        [
+            "export",
+            str(tmp_path / "m"),
+            "--out",
+            str(tmp_path / "b"),
+            "--eval-episodes",
+            "0",
+            "--quiet",
+        ],
+    )
     assert r.exit_code == 0, r.output
     r = run(main, ["evaluate", str(tmp_path / "b"), "--protocol", "lake", "--runs", "20", "--json"])
-    assert r.exit_code != 0 and "trained on omniglot:o.zip; pass --data" in r.output  # manifests hold no paths
-    r = run(main, ["evaluate", str(tmp_path / "b"), "--protocol", "lake", "--runs", "20", "--json", "--data", spec])
+    assert (
+        r.exit_code != 0 and "trained on omniglot:o.zip; pass --data" in r.output
+    )  # manifests hold no paths
+    r = run(
+        main,
+        [
+            "evaluate",
+            str(tmp_path / "b"),
+            "--protocol",
+            "lake",
+            "--runs",
+            "20",
+            "--json",
+            "--data",
+            spec,
+        ],
+    )
     assert r.exit_code == 0, r.output
-    int8 = json.loads(r.output[r.output.index("{"):])
+    int8 = json.loads(r.output[r.output.index("{") :])
     assert "bundle through the runtime" in int8["measured"] and 0 <= int8["error"] <= 1
     assert int8["split"] == "test" and set(int8["alphabets"]) == set(res["alphabets"])
     r = run(main, ["train", "--data", spec, "--augment", "spin=3", "--out", str(tmp_path / "x")])

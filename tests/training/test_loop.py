@@ -1,4 +1,5 @@
 """The one episodic loop (training/loop.py) and the progress display (tools/progress.py), without TensorFlow."""
+
 import io
 import math
 
@@ -57,12 +58,22 @@ def test_loop_runs_steps_with_cosine_rate_moving_averages_and_hooks():
     out = run_episodes(learner, sampler, 20, 0.5, hooks=hooks)
     lrs = learner.optimizer.learning_rate.values
     assert len(lrs) == 20 and sampler.drawn == 20
-    assert lrs[0] == pytest.approx(0.5) and lrs[10] == pytest.approx(0.25) and lrs[-1] == pytest.approx(cosine_lr(0.5, 19, 20))
+    assert (
+        lrs[0] == pytest.approx(0.5)
+        and lrs[10] == pytest.approx(0.25)
+        and lrs[-1] == pytest.approx(cosine_lr(0.5, 19, 20))
+    )
     assert all(a > b for a, b in zip(lrs, lrs[1:]))
     # hooks in order, before then after each step; the first step sets the average, later ones move it by 10%
-    assert hooks.calls[:4] == [("before", 0), ("after", 1, 1.0, 1.0), ("before", 1), ("after", 2, round(losses[1], 6),
-                                                                                         round(0.9 + 0.1 * losses[1], 6))]
-    assert out["steps"] == 20 and out["loss"] == pytest.approx(np.mean(losses[-2:]))  # the last 10% of the steps
+    assert hooks.calls[:4] == [
+        ("before", 0),
+        ("after", 1, 1.0, 1.0),
+        ("before", 1),
+        ("after", 2, round(losses[1], 6), round(0.9 + 0.1 * losses[1], 6)),
+    ]
+    assert out["steps"] == 20 and out["loss"] == pytest.approx(
+        np.mean(losses[-2:])
+    )  # the last 10% of the steps
     assert out["acc"] == pytest.approx(1.0 - np.mean(losses[-2:]))
 
 
@@ -70,7 +81,9 @@ def test_loop_resumes_at_start_and_keeps_the_schedule_of_the_whole_run():
     learner = _Learner([0.5] * 5)
     out = run_episodes(learner, _Sampler(), 10, 1.0, start=5)
     assert out["steps"] == 5
-    assert learner.optimizer.learning_rate.values == [pytest.approx(cosine_lr(1.0, s, 10)) for s in range(5, 10)]
+    assert learner.optimizer.learning_rate.values == [
+        pytest.approx(cosine_lr(1.0, s, 10)) for s in range(5, 10)
+    ]
     assert cosine_lr(1.0, 10, 10) == pytest.approx(0.0) and cosine_lr(2.0, 0, 10) == 2.0
     assert math.isnan(run_episodes(_Learner([]), _Sampler(), 3, 1.0, start=3)["loss"])
 
@@ -95,6 +108,7 @@ class _Tasks(Progress):
 
             def __exit__(self, *a):
                 events.append(("close",))
+
         return T()
 
 
@@ -155,4 +169,6 @@ def test_glyph_rendering_reports_each_class():
     classes = [(cp, "Latin", ("DejaVuSans",)) for cp in (0x41, 0x42, 0x43)]
     images = glyphs._render(classes, image_size=12, samples_per_class=2, progress=p)
     assert images.shape == (3, 2, 12, 12)
-    assert p.events[0] == ("task", "rendering glyphs", 3, 0) and [e[0] for e in p.events[1:]] == ["advance"] * 3 + ["close"]
+    assert p.events[0] == ("task", "rendering glyphs", 3, 0) and [e[0] for e in p.events[1:]] == [
+        "advance"
+    ] * 3 + ["close"]

@@ -1,4 +1,5 @@
 """Structured pruning (training/structured.py): channel groups, filter selection, exact thinning, Edge TPU ops."""
+
 import numpy as np
 import pytest
 
@@ -13,8 +14,14 @@ def _random_bn(model, seed=0):
     for layer in model.layers:
         if type(layer).__name__ == "BatchNormalization":
             n = layer.gamma.shape[0]
-            layer.set_weights([rng.uniform(0.5, 2, n), rng.normal(0, 0.3, n), rng.normal(0, 0.1, n),
-                               rng.uniform(0.5, 2, n)])
+            layer.set_weights(
+                [
+                    rng.uniform(0.5, 2, n),
+                    rng.normal(0, 0.3, n),
+                    rng.normal(0, 0.1, n),
+                    rng.uniform(0.5, 2, n),
+                ]
+            )
 
 
 def _silence(model, groups, keep):
@@ -45,7 +52,9 @@ def test_thinned_backbone_computes_what_the_kept_filters_computed(kind, n_groups
     assert tcfg["widths"] == [len(k) for k in keep] + [12] == summary["widths"]
     assert sum(tcfg["widths"][:-1]) < sum(g.width for g in groups[:-1])
     x = np.random.default_rng(1).random((3, *SHAPE)).astype(np.float32)
-    np.testing.assert_allclose(thin(x, training=False).numpy(), full(x, training=False).numpy(), atol=1e-5)
+    np.testing.assert_allclose(
+        thin(x, training=False).numpy(), full(x, training=False).numpy(), atol=1e-5
+    )
     # the config alone rebuilds the thinner shape (what load_model_dir / export do)
     rebuilt = build_backbone(tcfg, SHAPE)
     assert [w.shape for w in rebuilt.weights] == [w.shape for w in thin.weights]
@@ -57,7 +66,11 @@ def test_scores_pick_the_weakest_filters_and_scopes_differ():
 
     m = build_backbone({"kind": "conv4", "filters": 8, "embedding_dim": 8}, SHAPE)
     groups = S.channel_groups(m)
-    gammas = [np.arange(1, 9, dtype=np.float32), np.full(8, 5.0, np.float32), np.full(8, 0.5, np.float32)]
+    gammas = [
+        np.arange(1, 9, dtype=np.float32),
+        np.full(8, 5.0, np.float32),
+        np.full(8, 0.5, np.float32),
+    ]
     gammas[1][[2, 6]] = 0.01
     for g, gm in zip(groups, gammas):
         bn = m.get_layer(g.bn)
@@ -66,11 +79,19 @@ def test_scores_pick_the_weakest_filters_and_scopes_differ():
     scores = S.filter_scores(m, groups, "bn")
     per_layer = S.select_filters(scores, 0.25, "layer")
     assert [len(k) for k in per_layer] == [6, 6, 6]
-    assert list(per_layer[0]) == [2, 3, 4, 5, 6, 7] and 2 not in per_layer[1] and 6 not in per_layer[1]
+    assert (
+        list(per_layer[0]) == [2, 3, 4, 5, 6, 7] and 2 not in per_layer[1] and 6 not in per_layer[1]
+    )
     glob = S.select_filters(scores, 0.25, "global")
     assert sum(len(k) for k in glob) == 18 and min(len(k) for k in glob) >= 1
-    assert [len(k) for k in glob] == [4, 6, 8]  # the flat third layer ranks above the first layer's weak half
-    assert 2 not in glob[1] and 6 not in glob[1]  # relative to their layer these two are by far the weakest
+    assert [len(k) for k in glob] == [
+        4,
+        6,
+        8,
+    ]  # the flat third layer ranks above the first layer's weak half
+    assert (
+        2 not in glob[1] and 6 not in glob[1]
+    )  # relative to their layer these two are by far the weakest
     per = S.select_filters(scores, [0.5, 0.25, 0.0], "layer")  # one fraction per layer
     assert [len(k) for k in per] == [4, 6, 8]
     assert S.parse_fractions("0.5,0.25,0") == [0.5, 0.25, 0.0] and S.parse_fractions("0.5") == 0.5
@@ -101,7 +122,9 @@ def test_per_layer_fractions_thin_only_the_layers_asked():
 
 def test_kept_counts_round_to_the_channel_block():
     assert [S.round_width(n, 64, 16) for n in (38, 40, 41, 24, 3, 64)] == [32, 48, 48, 32, 16, 64]
-    assert S.round_width(5, 16, 16) == 5 and S.round_width(38, 64, 1) == 38  # narrow layer / no rounding
+    assert (
+        S.round_width(5, 16, 16) == 5 and S.round_width(38, 64, 1) == 38
+    )  # narrow layer / no rounding
     scores = [np.arange(64, dtype=float)] * 3
     assert [len(k) for k in S.select_filters(scores, 0.4, "layer", multiple=16)] == [32, 32, 32]
 
@@ -109,11 +132,21 @@ def test_kept_counts_round_to_the_channel_block():
 def test_widths_in_the_config_are_checked():
     from metalite.training.models import build_backbone, conv_widths
 
-    assert conv_widths({"kind": "dsconv", "filters": 32, "embedding_dim": 16}) == [16, 32, 32, 32, 16]
-    assert conv_widths({"kind": "conv4", "filters": 8, "embedding_dim": 8, "widths": [3, 4, 5, 8]}) == [3, 4, 5, 8]
+    assert conv_widths({"kind": "dsconv", "filters": 32, "embedding_dim": 16}) == [
+        16,
+        32,
+        32,
+        32,
+        16,
+    ]
+    assert conv_widths(
+        {"kind": "conv4", "filters": 8, "embedding_dim": 8, "widths": [3, 4, 5, 8]}
+    ) == [3, 4, 5, 8]
     for bad in ([3, 4, 8], [3, 4, 5, 6], [0, 4, 5, 8]):
         with pytest.raises(ValueError):
-            build_backbone({"kind": "conv4", "filters": 8, "embedding_dim": 8, "widths": bad}, SHAPE)
+            build_backbone(
+                {"kind": "conv4", "filters": 8, "embedding_dim": 8, "widths": bad}, SHAPE
+            )
 
 
 def test_thinned_dsconv_int8_is_all_edgetpu_mappable_and_cheaper():

@@ -1,4 +1,5 @@
 """Data, episodes, meta-learners, trainer and the train/evaluate CLI (workstation, TensorFlow)."""
+
 import json
 import re
 
@@ -28,23 +29,38 @@ def _cache(tmp_path, monkeypatch):
 
 # ---- data -----------------------------------------------------------------------------------------
 
+
 def test_omniglot_zip_is_alphabet_aware_and_splits_are_disjoint():
     spec = f"omniglot:{OMNIGLOT / 'mini1.zip'},{OMNIGLOT / 'mini2.zip'}"
     full = load_data(spec, 28, "all")
-    assert full.num_classes == 44 and len(full.images) == 20 * 20 + 24 * 6 and len(set(full.groups)) == 5
+    assert (
+        full.num_classes == 44
+        and len(full.images) == 20 * 20 + 24 * 6
+        and len(set(full.groups)) == 5
+    )
     assert full.images.dtype == np.uint8 and full.images.shape[1:] == (28, 28)
     assert full.images.mean() > 180  # paper stays white, ink dark (Omniglot convention)
-    tr, va, te = load_data(spec, 28, "train"), load_data(spec, 28, "val"), load_data(spec, 28, "test")
-    assert set(tr.groups).isdisjoint(va.groups) and set(tr.groups).isdisjoint(te.groups)  # whole alphabets held out
+    tr, va, te = (
+        load_data(spec, 28, "train"),
+        load_data(spec, 28, "val"),
+        load_data(spec, 28, "test"),
+    )
+    assert set(tr.groups).isdisjoint(va.groups) and set(tr.groups).isdisjoint(
+        te.groups
+    )  # whole alphabets held out
     assert tr.num_classes + va.num_classes + te.num_classes == 44
     assert set(te.groups) == {"Greek"}  # the one alphabet with Lake's 20 characters
     rot = load_data(spec, 28, "val", rotations=True)
     assert rot.num_classes == 4 * va.num_classes
-    np.testing.assert_array_equal(rot.images[rot.labels == va.num_classes][0], np.rot90(va.images[va.labels == 0][0]))
+    np.testing.assert_array_equal(
+        rot.images[rot.labels == va.num_classes][0], np.rot90(va.images[va.labels == 0][0])
+    )
 
 
 def test_two_zips_combine(tmp_path):
-    one, two = (load_data(f"omniglot:{OMNIGLOT / name}", 28, "all") for name in ("mini1.zip", "mini2.zip"))
+    one, two = (
+        load_data(f"omniglot:{OMNIGLOT / name}", 28, "all") for name in ("mini1.zip", "mini2.zip")
+    )
     both = load_data(f"omniglot:{OMNIGLOT / 'mini1.zip'},{OMNIGLOT / 'mini2.zip'}", 28, "all")
     # mini2 repeats 6 Greek characters of mini1 drawing for drawing (as small2 does small1's Greek): kept once
     assert (one.num_classes, two.num_classes, both.num_classes) == (32, 18, 32 + 18 - 6)
@@ -102,8 +118,10 @@ def test_within_alphabet_episodes():
 
 # ---- meta-learners ----------------------------------------------------------------------------------
 
+
 def _tiny(kind="conv4"):
     from metalite.training.models import build_backbone, build_head
+
     bb = build_backbone({"kind": kind, "filters": 8, "embedding_dim": 8})
     return bb, build_head({"hidden": [8]}, 8)
 
@@ -113,6 +131,7 @@ def _tiny(kind="conv4"):
 def test_loss_falls_on_a_tiny_problem(folder, algorithm):
     from metalite.export.tfcompat import tf
     from metalite.training.algorithms import make_learner
+
     tf.keras.utils.set_random_seed(0)
     data = load_data(f"folder:{folder}", 28, "all")
     bb, hd = _tiny()
@@ -124,10 +143,14 @@ def test_loss_falls_on_a_tiny_problem(folder, algorithm):
     def query_loss():  # loss after the device's own adaptation, on fixed episodes
         from metalite.runtime.head import adapt
         from metalite.training.modeldir import head_spec_from_keras
+
         spec = head_spec_from_keras(hd, "linear", learner.device_adaptation())
         losses = []
         for ep in episodes:
-            e_s, e_q = bb(ep.support_x, training=False).numpy(), bb(ep.query_x, training=False).numpy()
+            e_s, e_q = (
+                bb(ep.support_x, training=False).numpy(),
+                bb(ep.query_x, training=False).numpy(),
+            )
             p = adapt(spec, e_s, ep.support_y, ep.ways).predict_proba(e_q)
             losses.append(-np.log(p[np.arange(len(ep.query_y)), ep.query_y] + 1e-9).mean())
         return float(np.mean(losses))
@@ -146,23 +169,41 @@ def test_anil_inner_loop_is_the_device_adaptation_and_touches_only_the_head(fold
     from metalite.runtime.head import adapt
     from metalite.training.algorithms import make_learner
     from metalite.training.modeldir import head_spec_from_keras
+
     bb, hd = _tiny()
     learner = make_learner("anil", bb, hd, {"inner_steps": 3, "inner_lr": 0.2})
     ep = EpisodeSampler(load_data(f"folder:{folder}", 28, "all"), 5, 2, 2, seed=3).sample()
     before = [v.numpy().copy() for v in bb.variables + hd.variables]
     e_s = bb(ep.support_x, training=False)
-    fast = learner.adapt_head(e_s, tf.constant(ep.support_y, tf.int32), 5, [tf.identity(v) for v in hd.trainable_variables])
+    fast = learner.adapt_head(
+        e_s,
+        tf.constant(ep.support_y, tf.int32),
+        5,
+        [tf.identity(v) for v in hd.trainable_variables],
+    )
     after = [v.numpy() for v in bb.variables + hd.variables]
     for x, y in zip(before, after):
-        np.testing.assert_array_equal(x, y)  # inner loop works on copies; nothing in the model moved
+        np.testing.assert_array_equal(
+            x, y
+        )  # inner loop works on copies; nothing in the model moved
     assert not np.allclose(fast[0].numpy(), hd.trainable_variables[0].numpy())  # the head did adapt
-    dev = adapt(head_spec_from_keras(hd, "linear", learner.device_adaptation()), e_s.numpy(), ep.support_y, 5)
+    dev = adapt(
+        head_spec_from_keras(hd, "linear", learner.device_adaptation()),
+        e_s.numpy(),
+        ep.support_y,
+        5,
+    )
     np.testing.assert_allclose(dev.weights[0][0], fast[0].numpy(), rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(dev.classifier[0], fast[-2].numpy(), rtol=1e-4, atol=1e-5)
     # and ANIL's outer gradient reaches the backbone (second order through the inner loop)
     with tf.GradientTape() as tape:
-        loss, _ = learner.query_loss(tf.constant(ep.support_x), tf.constant(ep.support_y, tf.int32),
-                                     tf.constant(ep.query_x), tf.constant(ep.query_y, tf.int32), 5)
+        loss, _ = learner.query_loss(
+            tf.constant(ep.support_x),
+            tf.constant(ep.support_y, tf.int32),
+            tf.constant(ep.query_x),
+            tf.constant(ep.query_y, tf.int32),
+            5,
+        )
     grads = tape.gradient(loss, learner.variables)
     assert all(g is not None for g in grads)
 
@@ -170,6 +211,7 @@ def test_anil_inner_loop_is_the_device_adaptation_and_touches_only_the_head(fold
 def _linear_learner(algorithm, hp):
     from metalite.export.tfcompat import keras
     from metalite.training.algorithms import make_learner
+
     inp = keras.Input((2, 2, 1))
     bb = keras.Model(inp, keras.layers.Dense(2, use_bias=False)(keras.layers.Flatten()(inp)))
     hd = keras.Sequential([])
@@ -200,6 +242,7 @@ def test_fomaml_outer_gradient_matches_a_hand_computation():
     """Independent numpy computation with finite differences: inner SGD from the prototype
     classifier, then the query gradient at the adapted weights is the outer gradient."""
     from metalite.training.episodes import Episode
+
     rng = np.random.default_rng(0)
     xs, xq = rng.normal(size=(2, 2, 2, 1)).astype("f4"), rng.normal(size=(4, 2, 2, 1)).astype("f4")
     ys, yq = np.array([0, 1]), np.array([0, 0, 1, 1])
@@ -210,6 +253,7 @@ def test_fomaml_outer_gradient_matches_a_hand_computation():
     Wc, bc = 2 * e.T, -np.sum(e**2, 1)  # prototypes = the single support embedding per class
     params = [W.copy(), Wc, bc]
     for _ in range(steps):
+
         def f(a, b, c):
             return _np_loss(a, b, c, xs, ys)
 
@@ -222,6 +266,7 @@ def test_fomaml_outer_gradient_matches_a_hand_computation():
 
 def test_reptile_moves_weights_toward_the_adapted_ones():
     from metalite.training.episodes import Episode
+
     rng = np.random.default_rng(1)
     xs, xq = rng.normal(size=(2, 2, 2, 1)).astype("f4"), rng.normal(size=(4, 2, 2, 1)).astype("f4")
     ys, yq = np.array([0, 1]), np.array([0, 0, 1, 1])
@@ -235,15 +280,29 @@ def test_reptile_moves_weights_toward_the_adapted_ones():
         grads = [_fd_grad(lambda a, b, c: _np_loss(a, b, c, xa, ya), params, i) for i in range(3)]
         params = [p - 0.1 * g for p, g in zip(params, grads)]
     learner.train_step(Episode(xs, ys, xq, yq, 2, np.arange(2)))
-    np.testing.assert_allclose(bb.trainable_variables[0].numpy(), W + 0.25 * (params[0] - W), rtol=2e-2, atol=2e-4)
+    np.testing.assert_allclose(
+        bb.trainable_variables[0].numpy(), W + 0.25 * (params[0] - W), rtol=2e-2, atol=2e-4
+    )
 
 
 # ---- trainer and CLI --------------------------------------------------------------------------------
 
+
 def _settings(folder, **kw):
-    s = {"data": f"folder:{folder}", "algorithm": "protonet", "ways": 3, "shots": 1, "queries": 2, "steps": 6,
-         "val_every": 3, "checkpoint_every": 3, "val_episodes": 10, "val_ways": 2,
-         "backbone": {"kind": "conv4", "filters": 8, "embedding_dim": 8}, "head": {"hidden": [8], "activation": "linear"}}
+    s = {
+        "data": f"folder:{folder}",
+        "algorithm": "protonet",
+        "ways": 3,
+        "shots": 1,
+        "queries": 2,
+        "steps": 6,
+        "val_every": 3,
+        "checkpoint_every": 3,
+        "val_episodes": 10,
+        "val_ways": 2,
+        "backbone": {"kind": "conv4", "filters": 8, "embedding_dim": 8},
+        "head": {"hidden": [8], "activation": "linear"},
+    }
     s.update(kw)
     return s
 
@@ -252,9 +311,14 @@ def _settings(folder, **kw):
 def test_train_writes_a_model_dir_and_resumes(folder, tmp_path):
     from metalite.training.modeldir import load_model_dir
     from metalite.training.trainer import train
+
     out = tmp_path / "m"
     cfg = train(out, _settings(folder), progress=False, log=lambda m: None)
-    assert cfg["algorithm"] == "protonet" and cfg["data"] == f"folder:{folder}" and cfg["input"]["shape"] == [28, 28, 1]
+    assert (
+        cfg["algorithm"] == "protonet"
+        and cfg["data"] == f"folder:{folder}"
+        and cfg["input"]["shape"] == [28, 28, 1]
+    )
     assert cfg["versions"]["tensorflow"] and cfg["seed"] == 0
     _, bb, spec = load_model_dir(out)
     assert bb.output_shape[-1] == 8 and spec.adaptation["steps"] == 0
@@ -268,6 +332,7 @@ def test_ctrl_c_leaves_checkpoint_and_usable_model(folder, tmp_path, monkeypatch
     from metalite.training import algorithms
     from metalite.training.modeldir import load_model_dir
     from metalite.training.trainer import Interrupted, train
+
     calls = {"n": 0}
     real = algorithms.ProtoNet.train_step
 
@@ -276,10 +341,16 @@ def test_ctrl_c_leaves_checkpoint_and_usable_model(folder, tmp_path, monkeypatch
         if calls["n"] == 5:
             raise KeyboardInterrupt
         return real(self, ep)
+
     monkeypatch.setattr(algorithms.ProtoNet, "train_step", flaky)
     out = tmp_path / "m"
     with pytest.raises(Interrupted, match="interrupted at step 4"):
-        train(out, _settings(folder, steps=20, val_every=100, checkpoint_every=100), progress=False, log=lambda m: None)
+        train(
+            out,
+            _settings(folder, steps=20, val_every=100, checkpoint_every=100),
+            progress=False,
+            log=lambda m: None,
+        )
     assert (out / "checkpoints" / "ckpt-4.index").exists()
     load_model_dir(out)  # usable although no validation had run yet
     monkeypatch.setattr(algorithms.ProtoNet, "train_step", real)
@@ -290,25 +361,78 @@ def test_ctrl_c_leaves_checkpoint_and_usable_model(folder, tmp_path, monkeypatch
 @pytest.mark.slow
 def test_cli_train_evaluate_and_errors(folder, tmp_path):
     from metalite.tools.cli import main
+
     r = CliRunner()
     out = tmp_path / "m"
-    res = r.invoke(main, ["train", "--data", f"folder:{folder}", "--steps", "4", "--ways", "3", "--queries", "2",
-                          "--filters", "8", "--embedding-dim", "8", "--head-hidden", "8", "--val-every", "2",
-                          "--out", str(out)])
+    res = r.invoke(
+        main,
+        [
+            "train",
+            "--data",
+            f"folder:{folder}",
+            "--steps",
+            "4",
+            "--ways",
+            "3",
+            "--queries",
+            "2",
+            "--filters",
+            "8",
+            "--embedding-dim",
+            "8",
+            "--head-hidden",
+            "8",
+            "--val-every",
+            "2",
+            "--out",
+            str(out),
+        ],
+    )
     assert res.exit_code == 0, res.output
-    res = r.invoke(main, ["evaluate", str(out), "--data", f"folder:{folder}", "--split", "all", "--ways", "3",
-                          "--queries", "2", "--episodes", "20", "--json"])
+    res = r.invoke(
+        main,
+        [
+            "evaluate",
+            str(out),
+            "--data",
+            f"folder:{folder}",
+            "--split",
+            "all",
+            "--ways",
+            "3",
+            "--queries",
+            "2",
+            "--episodes",
+            "20",
+            "--json",
+        ],
+    )
     assert res.exit_code == 0, res.output
-    acc = json.loads(res.output[res.output.index("{"):])
+    acc = json.loads(res.output[res.output.index("{") :])
     assert 0.0 <= acc["mean"] <= 1.0 and acc["episodes"] == 20 and acc["ci95"] >= 0
     for args, msg in [
-        (["train", "--data", f"folder:{tmp_path / 'missing'}", "--out", str(tmp_path / "x")], "no such file"),
-        (["train", "--data", f"folder:{folder}", "--ways", "50", "--out", str(tmp_path / "x")], "fewer than --ways 50"),
-        (["train", "--algorithm", "maml2", "--out", str(tmp_path / "x")], "Invalid value for '--algorithm'"),
+        (
+            ["train", "--data", f"folder:{tmp_path / 'missing'}", "--out", str(tmp_path / "x")],
+            "no such file",
+        ),
+        (
+            ["train", "--data", f"folder:{folder}", "--ways", "50", "--out", str(tmp_path / "x")],
+            "fewer than --ways 50",
+        ),
+        (
+            ["train", "--algorithm", "maml2", "--out", str(tmp_path / "x")],
+            "Invalid value for '--algorithm'",
+        ),
         (["evaluate", str(tmp_path / "nomodel")], "no such model directory"),
         (["evaluate", str(folder)], "not a metalite model directory"),
-        (["train", "--data", f"folder:{folder}", "--out", str(out)], "pass --force to replace it"),  # like export
-        (["train", "--data", f"folder:{folder}", "--out", str(folder)], "not a metalite model directory"),
+        (
+            ["train", "--data", f"folder:{folder}", "--out", str(out)],
+            "pass --force to replace it",
+        ),  # like export
+        (
+            ["train", "--data", f"folder:{folder}", "--out", str(folder)],
+            "not a metalite model directory",
+        ),
     ]:
         res = r.invoke(main, args)
         assert res.exit_code != 0 and msg in res.output, (args, res.output)
@@ -324,27 +448,67 @@ def test_train_init_starts_from_a_model_and_records_how_much_training_came_befor
     from metalite.training.modeldir import load_model_dir
 
     r = CliRunner()
-    small = ["--data", f"folder:{folder}", "--ways", "3", "--queries", "2", "--filters", "8", "--embedding-dim", "8",
-             "--head-hidden", "8", "--val-every", "2"]
+    small = [
+        "--data",
+        f"folder:{folder}",
+        "--ways",
+        "3",
+        "--queries",
+        "2",
+        "--filters",
+        "8",
+        "--embedding-dim",
+        "8",
+        "--head-hidden",
+        "8",
+        "--val-every",
+        "2",
+    ]
     base, warm, again = tmp_path / "base", tmp_path / "warm", tmp_path / "again"
     assert r.invoke(main, ["train", *small, "--steps", "4", "--out", str(base)]).exit_code == 0
-    res = r.invoke(main, ["train", *small, "--steps", "2", "--lr", "0", "--init", str(base), "--out", str(warm)])
+    res = r.invoke(
+        main,
+        ["train", *small, "--steps", "2", "--lr", "0", "--init", str(base), "--out", str(warm)],
+    )
     assert res.exit_code == 0, res.output
     (_, b0, _), (_, b1, _) = load_model_dir(base), load_model_dir(warm)
     # with a learning rate of 0 the warm run keeps the trainable weights it started from (batch-norm
     # statistics still move: they are not learned by the optimizer)
-    assert all(np.array_equal(x.numpy(), y.numpy()) for x, y in zip(b0.trainable_weights, b1.trainable_weights))
-    assert json.loads((warm / "config.json").read_text())["train"]["warm_start"] == {"model": "base", "episodes": 4}
-    res = r.invoke(main, ["train", *small, "--steps", "2", "--init", str(warm), "--out", str(again)])
+    assert all(
+        np.array_equal(x.numpy(), y.numpy())
+        for x, y in zip(b0.trainable_weights, b1.trainable_weights)
+    )
+    assert json.loads((warm / "config.json").read_text())["train"]["warm_start"] == {
+        "model": "base",
+        "episodes": 4,
+    }
+    res = r.invoke(
+        main, ["train", *small, "--steps", "2", "--init", str(warm), "--out", str(again)]
+    )
     assert res.exit_code == 0, res.output
-    assert json.loads((again / "config.json").read_text())["train"]["warm_start"] == {"model": "warm", "episodes": 6}
-    res = r.invoke(main, ["train", *small, "--init", str(tmp_path / "nothing"), "--out", str(tmp_path / "x")])
+    assert json.loads((again / "config.json").read_text())["train"]["warm_start"] == {
+        "model": "warm",
+        "episodes": 6,
+    }
+    res = r.invoke(
+        main, ["train", *small, "--init", str(tmp_path / "nothing"), "--out", str(tmp_path / "x")]
+    )
     assert res.exit_code != 0 and "does not exist" in res.output and "Traceback" not in res.output
 
 
 def test_every_pipeline_command_is_registered():
     from metalite.tools.cli import main
-    assert {"train", "evaluate", "compress", "export", "inspect", "adapt", "predict", "bench"} <= set(main.commands)
+
+    assert {
+        "train",
+        "evaluate",
+        "compress",
+        "export",
+        "inspect",
+        "adapt",
+        "predict",
+        "bench",
+    } <= set(main.commands)
 
 
 def test_folder_training_reads_every_image_file_adapt_accepts(tmp_path):
@@ -359,8 +523,10 @@ def test_folder_training_reads_every_image_file_adapt_accepts(tmp_path):
         (root / f"class{c}").mkdir(parents=True)
         for i in range(3):
             px = rng.integers(0, 256, (16, 16), dtype=np.uint8)
-            Image.fromarray(px).save(root / f"class{c}" / f"{i}{ext.upper() if i == 2 else ext}",
-                                     **({"lossless": True} if ext == ".webp" else {}))
+            Image.fromarray(px).save(
+                root / f"class{c}" / f"{i}{ext.upper() if i == 2 else ext}",
+                **({"lossless": True} if ext == ".webp" else {}),
+            )
     Image.fromarray(np.zeros((16, 16), np.uint8)).save(root / "class0" / ".hidden.png")
     (root / ".thumbnails").mkdir()
     Image.fromarray(np.zeros((16, 16), np.uint8)).save(root / ".thumbnails" / "t.png")
@@ -390,23 +556,49 @@ def test_train_settings_round_trip_through_json_and_refuse_what_cannot_run():
         TrainSettings,
     )
 
-    counts = st.integers(1, 10 ** 6)
+    counts = st.integers(1, 10**6)
     valid = st.builds(
         lambda algorithm, distributed, **kw: TrainSettings(
-            algorithm=algorithm, strategy=distributed if algorithm in SUPPORTED_ALGORITHMS else "default", **kw),
-        algorithm=st.sampled_from(ALGORITHMS), distributed=st.sampled_from(["default", "mirrored", "multiworker"]),
+            algorithm=algorithm,
+            strategy=distributed if algorithm in SUPPORTED_ALGORITHMS else "default",
+            **kw,
+        ),
+        algorithm=st.sampled_from(ALGORITHMS),
+        distributed=st.sampled_from(["default", "mirrored", "multiworker"]),
         data=st.sampled_from(["glyphs", "digits"]),
-        backbone=st.fixed_dictionaries({"kind": st.sampled_from(["conv4", "dsconv"]), "filters": counts,
-                                        "embedding_dim": counts}),
-        head=st.fixed_dictionaries({"hidden": st.lists(counts, max_size=3),
-                                    "activation": st.sampled_from(["linear", "relu"])}),
-        image_size=counts, ways=st.none() | st.integers(2, 1000), shots=counts, queries=counts, steps=counts,
-        seed=st.integers(-10 ** 9, 10 ** 9), rotations=st.none() | st.booleans(),
-        within_alphabet=st.floats(0, 1), channels=st.sampled_from([None, 1, 3]),
-        augment=st.none() | st.dictionaries(st.sampled_from(sorted(NONE)), st.floats(0, 50), max_size=4),
-        hparams=st.fixed_dictionaries({}, optional={"lr": st.floats(1e-6, 1.0), "inner_steps": st.integers(0, 9)}),
-        val_every=counts, val_episodes=counts, checkpoint_every=counts, split_seed=st.integers(0, 99),
-        init=st.none() | st.text(max_size=20))
+        backbone=st.fixed_dictionaries(
+            {
+                "kind": st.sampled_from(["conv4", "dsconv"]),
+                "filters": counts,
+                "embedding_dim": counts,
+            }
+        ),
+        head=st.fixed_dictionaries(
+            {
+                "hidden": st.lists(counts, max_size=3),
+                "activation": st.sampled_from(["linear", "relu"]),
+            }
+        ),
+        image_size=counts,
+        ways=st.none() | st.integers(2, 1000),
+        shots=counts,
+        queries=counts,
+        steps=counts,
+        seed=st.integers(-(10**9), 10**9),
+        rotations=st.none() | st.booleans(),
+        within_alphabet=st.floats(0, 1),
+        channels=st.sampled_from([None, 1, 3]),
+        augment=st.none()
+        | st.dictionaries(st.sampled_from(sorted(NONE)), st.floats(0, 50), max_size=4),
+        hparams=st.fixed_dictionaries(
+            {}, optional={"lr": st.floats(1e-6, 1.0), "inner_steps": st.integers(0, 9)}
+        ),
+        val_every=counts,
+        val_episodes=counts,
+        checkpoint_every=counts,
+        split_seed=st.integers(0, 99),
+        init=st.none() | st.text(max_size=20),
+    )
 
     @hsettings(max_examples=200, deadline=None)
     @given(valid)
@@ -415,20 +607,30 @@ def test_train_settings_round_trip_through_json_and_refuse_what_cannot_run():
         assert again == s and again.to_json() == s.to_json()
 
     round_trip()
-    for bad, words in [({"algorithm": "maml2"}, "unknown algorithm 'maml2'; choose one of protonet, anil"),
-                       ({"steps": 0}, "--steps must be at least 1, got 0"), ({"shots": True}, "--shots must be"),
-                       ({"channels": 2}, "--channels must be 1 (gray) or 3 (RGB), got 2"),
-                       ({"backbone": {"kind": "resnet"}}, "kind must be one of conv4, dsconv"),
-                       ({"head": {"hidden": [64], "activation": "tanh"}}, "choose one of linear, relu"),
-                       ({"algorithm": "reptile", "strategy": "mirrored"}, "supports protonet and anil only"),
-                       ({"within_alphabet": 2}, "in [0, 1], got 2"), ({"data": "mnist"}, "unknown data spec")]:
+    for bad, words in [
+        ({"algorithm": "maml2"}, "unknown algorithm 'maml2'; choose one of protonet, anil"),
+        ({"steps": 0}, "--steps must be at least 1, got 0"),
+        ({"shots": True}, "--shots must be"),
+        ({"channels": 2}, "--channels must be 1 (gray) or 3 (RGB), got 2"),
+        ({"backbone": {"kind": "resnet"}}, "kind must be one of conv4, dsconv"),
+        ({"head": {"hidden": [64], "activation": "tanh"}}, "choose one of linear, relu"),
+        ({"algorithm": "reptile", "strategy": "mirrored"}, "supports protonet and anil only"),
+        ({"within_alphabet": 2}, "in [0, 1], got 2"),
+        ({"data": "mnist"}, "unknown data spec"),
+    ]:
         with pytest.raises(ValueError, match=re.escape(words)) as e:
             TrainSettings(**bad)
         assert "\n" not in str(e.value), bad
     with pytest.raises(SettingsError, match="unknown run settings colour"):
         TrainSettings.from_json({"colour": True})
-    old = {k: v for k, v in TrainSettings().to_json().items() if k not in ("split_seed", "channels", "init")}
-    assert TrainSettings.from_json({**old, "within_alphabet": True}).within_alphabet == 1.0  # an older run file
+    old = {
+        k: v
+        for k, v in TrainSettings().to_json().items()
+        if k not in ("split_seed", "channels", "init")
+    }
+    assert (
+        TrainSettings.from_json({**old, "within_alphabet": True}).within_alphabet == 1.0
+    )  # an older run file
 
 
 def test_the_train_command_takes_its_choices_and_defaults_from_the_settings():
@@ -436,9 +638,17 @@ def test_the_train_command_takes_its_choices_and_defaults_from_the_settings():
     from metalite.training.settings import ALGORITHMS, STRATEGIES, TrainSettings
 
     d, params = TrainSettings(), {p.name: p for p in main.commands["train"].params}
-    assert tuple(params["algorithm"].type.choices) == ALGORITHMS and params["algorithm"].default == d.algorithm
+    assert (
+        tuple(params["algorithm"].type.choices) == ALGORITHMS
+        and params["algorithm"].default == d.algorithm
+    )
     assert tuple(params["strategy"].type.choices) == STRATEGIES
-    assert (params["filters"].default, params["embedding_dim"].default) == (d.backbone["filters"],
-                                                                            d.backbone["embedding_dim"])
+    assert (params["filters"].default, params["embedding_dim"].default) == (
+        d.backbone["filters"],
+        d.backbone["embedding_dim"],
+    )
     assert params["image_size"].default == d.image_size and params["data"].default == d.data
-    assert f"[default: {d.steps}," in params["steps"].help and f"[default: {d.queries}]" in params["queries"].help
+    assert (
+        f"[default: {d.steps}," in params["steps"].help
+        and f"[default: {d.queries}]" in params["queries"].help
+    )
