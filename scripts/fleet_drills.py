@@ -79,11 +79,11 @@ def server_drills(d: Path) -> None:
             "JSON nested 100,000 deep",
             "HTTP %d %s" % post(port, "/v1/report", token, b"[" * 100000 + b"]" * 100000),
         )
-        ex = lambda i, **kw: {
+        ex = lambda i, **kw: {  # noqa: E731
             "id": f"ex-{i:08d}",
             "kind": "unsure",
             "height": 2,
-            "width": 2,  # noqa: E731
+            "width": 2,
             "pixels": "AAECAw==",
             **kw,
         }

@@ -519,9 +519,9 @@ def compress(
     train_data, sampler = _sampler(p, progress)
     stages = _Stages(p, log, progress)
     teacher, teacher_head, student, student_head, teacher_spec = _models(p)
-    head_spec = lambda: head_spec_from_keras(
+    head_spec = lambda: head_spec_from_keras(  # noqa: E731
         student_head,
-        p.cfg["head"].get("activation", "linear"),  # noqa: E731
+        p.cfg["head"].get("activation", "linear"),
         dict(p.cfg["adaptation"]),
     )
     stages.measure("float", "float", teacher_spec, teacher)
