@@ -618,6 +618,13 @@ class FewShotClassifier:
             raise StateError(
                 f"{path}: its head layers do not match the bundle's {clf.bundle.head_path.name}"
             )
+        size = tuple(clf.bundle.input_shape[:2])
+        if st.images is not None and tuple(st.images.shape[1:3]) != size:
+            # kept images are at the bundle's input size; others could never be saved beside new ones
+            raise StateError(
+                f"{path}: its support images are {st.images.shape[1]}x{st.images.shape[2]}, "
+                f"the bundle takes {size[0]}x{size[1]}"
+            )
         classes = list(st.classes)
         support = _group(st.support, st.support_labels, classes)
         images = (
