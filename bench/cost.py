@@ -4,6 +4,7 @@ MACs count the convolution and fully connected layers only (everything else is a
 next to them); a zero weight still counts, because no interpreter skips it: only removing filters
 (structured pruning) lowers this number.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -22,7 +23,9 @@ def tflite_macs(data: bytes, what: str = "model") -> int:
         out = m.tensors[op.outputs[0]].shape
         if op.name == "CONV_2D":  # weights (Cout, kh, kw, Cin), output (N, H, W, Cout)
             total += int(np.prod(out[1:])) * int(np.prod(w[1:]))
-        elif op.name == "DEPTHWISE_CONV_2D":  # weights (1, kh, kw, C), one kh*kw filter per output channel
+        elif (
+            op.name == "DEPTHWISE_CONV_2D"
+        ):  # weights (1, kh, kw, C), one kh*kw filter per output channel
             total += int(np.prod(out[1:])) * int(w[1] * w[2])
         else:  # weights (out, in), per input row
             total += int(np.prod(w))

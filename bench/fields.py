@@ -2,6 +2,7 @@
 
 Every section's writers read the report through these, so a figure that was not measured comes out as
 None (or "n/a"), never as an error or a blank."""
+
 from __future__ import annotations
 
 

@@ -7,6 +7,7 @@ A real ``metalite serve`` subprocess on 127.0.0.1 and real bundles (models/glyph
 alternately published, so every sync re-embeds the support set with a different backbone). The client
 threads and the server share this machine's cores.
 """
+
 from __future__ import annotations
 
 import json
@@ -49,8 +50,20 @@ class Server:
 
     def __init__(self, root: Path):
         self.log = open(root.parent / "serve.log", "wb")
-        self.proc = subprocess.Popen([sys.executable, "-m", "metalite.tools.cli", "serve", "--root", str(root),
-                                      "--port", "0"], stdout=subprocess.DEVNULL, stderr=self.log)
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "metalite.tools.cli",
+                "serve",
+                "--root",
+                str(root),
+                "--port",
+                "0",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=self.log,
+        )
         for _ in range(600):
             m = re.search(r"on (http://127\.0\.0\.1:\d+)", (root.parent / "serve.log").read_text())
             if m:
@@ -80,7 +93,11 @@ def bench_uploads(fleet, server: Server, tmp: Path, devices: int, per_device: in
     jobs = []
     for i in range(devices):
         ob = Outbox(tmp / f"up{i}.sqlite", capacity=per_device)
-        ob.add("unsure", rng.integers(0, 256, (per_device, 28, 28), dtype=np.uint8), predicted=["x"] * per_device)
+        ob.add(
+            "unsure",
+            rng.integers(0, 256, (per_device, 28, 28), dtype=np.uint8),
+            predicted=["x"] * per_device,
+        )
         jobs.append((ob, FleetClient(server.url, enroll(fleet, f"uploader{i}"))))
     t0, server_cpu, client_cpu = time.perf_counter(), server.cpu_seconds(), time.process_time()
     threads = [threading.Thread(target=upload_outbox, args=job) for job in jobs]
@@ -92,9 +109,16 @@ def bench_uploads(fleet, server: Server, tmp: Path, devices: int, per_device: in
     server_cpu, client_cpu = server.cpu_seconds() - server_cpu, time.process_time() - client_cpu
     left = sum(ob.pending() for ob, _ in jobs)
     n = devices * per_device - left
-    return {"devices": devices, "examples": n, "seconds": dt, "examples_per_s": n / dt,
-            "requests_per_s": n / 64 / dt, "left_in_outboxes": left,
-            "server_cpu_ms_per_example": 1e3 * server_cpu / n, "client_cpu_ms_per_example": 1e3 * client_cpu / n}
+    return {
+        "devices": devices,
+        "examples": n,
+        "seconds": dt,
+        "examples_per_s": n / dt,
+        "requests_per_s": n / 64 / dt,
+        "left_in_outboxes": left,
+        "server_cpu_ms_per_example": 1e3 * server_cpu / n,
+        "client_cpu_ms_per_example": 1e3 * client_cpu / n,
+    }
 
 
 def bench_switch(fleet, server: Server, tmp: Path, rounds: int, classes: int, shots: int) -> dict:
@@ -118,10 +142,13 @@ def bench_switch(fleet, server: Server, tmp: Path, rounds: int, classes: int, sh
             raise RuntimeError(f"round {r}: {u}")
         runs.append({"to": bundles[(r + 1) % 2].name, **u.seconds, "health": u.health})
     phases = ("download", "verify", "reembed", "switch", "total")
-    return {"support_images": classes * shots, "rounds": runs,
-            "median": {p: float(np.median([x[p] for x in runs])) for p in phases},
-            "min": {p: float(np.min([x[p] for x in runs])) for p in phases},
-            "max": {p: float(np.max([x[p] for x in runs])) for p in phases}}
+    return {
+        "support_images": classes * shots,
+        "rounds": runs,
+        "median": {p: float(np.median([x[p] for x in runs])) for p in phases},
+        "min": {p: float(np.min([x[p] for x in runs])) for p in phases},
+        "max": {p: float(np.max([x[p] for x in runs])) for p in phases},
+    }
 
 
 def _block(predict, queries: np.ndarray, batch: int, outbox) -> tuple:
@@ -129,7 +156,7 @@ def _block(predict, queries: np.ndarray, batch: int, outbox) -> tuple:
     stops after the last call; the CPU time also covers committing the rows the block queued."""
     w, c = time.perf_counter(), time.process_time()
     for i in range(0, len(queries), batch):
-        predict(queries[i:i + batch] if batch > 1 else queries[i])
+        predict(queries[i : i + batch] if batch > 1 else queries[i])
     wall = time.perf_counter() - w
     if outbox is not None:
         outbox.flush()
@@ -156,43 +183,74 @@ def bench_outbox(tmp: Path, rounds: int, calls: int) -> dict:
     variants = {}
     for batch in (1, 32):
         variants[f"plain_b{batch}"] = (plain.predict, batch, None)
-        for pct, threshold, durable in ((0, 0.0, False), (20, float(conf[len(conf) // 5]), False), (100, 1.01, False),
-                                        (100, 1.01, True)):
+        for pct, threshold, durable in (
+            (0, 0.0, False),
+            (20, float(conf[len(conf) // 5]), False),
+            (100, 1.01, False),
+            (100, 1.01, True),
+        ):
             if durable and batch > 1:
                 continue
             name = f"outbox_{pct}pct{'_durable' if durable else ''}_b{batch}"
-            ob = Outbox(tmp / f"{name}.sqlite", durable=durable)  # default capacity (1000), as on a device
+            ob = Outbox(
+                tmp / f"{name}.sqlite", durable=durable
+            )  # default capacity (1000), as on a device
             clf = ReportingClassifier(bundle, outbox=ob, threshold=threshold, **opts).fit(sup, lab)
             variants[name] = (clf.predict, batch, ob)
     wall, cpu = {k: [] for k in variants}, {k: [] for k in variants}
     order = list(variants)
     for r in range(rounds):  # A B C ..., ... C B A, A B C ...
-        for k in (order if r % 2 == 0 else order[::-1]):
+        for k in order if r % 2 == 0 else order[::-1]:
             predict, batch, outbox = variants[k]
             w, c = _block(predict, queries, batch, outbox)
             wall[k].append(w)
             cpu[k].append(c)
 
     def overhead(t):
-        return {k: 100.0 * float(np.median(np.array(v) / np.array(t[f"plain_b{variants[k][1]}"]) - 1.0))
-                for k, v in t.items() if not k.startswith("plain")}
+        return {
+            k: 100.0 * float(np.median(np.array(v) / np.array(t[f"plain_b{variants[k][1]}"]) - 1.0))
+            for k, v in t.items()
+            if not k.startswith("plain")
+        }
 
-    return {"images_per_round": len(queries), "rounds": rounds,
-            "recorded_fraction": {k: (v[2].pending() + v[2].dropped) / (rounds * len(queries))
-                                  for k, v in variants.items() if v[2]},
-            "ms_per_image_wall": {k: {"median": 1e3 * float(np.median(v)), "min": 1e3 * float(np.min(v)),
-                                      "max": 1e3 * float(np.max(v))} for k, v in wall.items()},
-            "ms_per_image_cpu": {k: {"median": 1e3 * float(np.median(v))} for k, v in cpu.items()},
-            "overhead_pct_wall": overhead(wall), "overhead_pct_cpu": overhead(cpu)}
+    return {
+        "images_per_round": len(queries),
+        "rounds": rounds,
+        "recorded_fraction": {
+            k: (v[2].pending() + v[2].dropped) / (rounds * len(queries))
+            for k, v in variants.items()
+            if v[2]
+        },
+        "ms_per_image_wall": {
+            k: {
+                "median": 1e3 * float(np.median(v)),
+                "min": 1e3 * float(np.min(v)),
+                "max": 1e3 * float(np.max(v)),
+            }
+            for k, v in wall.items()
+        },
+        "ms_per_image_cpu": {k: {"median": 1e3 * float(np.median(v))} for k, v in cpu.items()},
+        "overhead_pct_wall": overhead(wall),
+        "overhead_pct_cpu": overhead(cpu),
+    }
 
 
 @click.command()
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Report directory.")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="Report directory.",
+)
 @click.option("--devices", default=8, show_default=True, help="Concurrent uploading devices.")
-@click.option("--per-device", default=10000, show_default=True, help="Examples each device uploads.")
+@click.option(
+    "--per-device", default=10000, show_default=True, help="Examples each device uploads."
+)
 @click.option("--switch-rounds", default=6, show_default=True)
 @click.option("--ab-rounds", default=40, show_default=True)
-@click.option("--parts", default="uploads,switch,outbox", show_default=True, help="Which measurements to run.")
+@click.option(
+    "--parts", default="uploads,switch,outbox", show_default=True, help="Which measurements to run."
+)
 def main(out, devices, per_device, switch_rounds, ab_rounds, parts):
     """Run the fleet measurements and write OUT/fleet_bench.json."""
     from metalite.fleet import FleetRoot
@@ -211,7 +269,9 @@ def main(out, devices, per_device, switch_rounds, ab_rounds, parts):
                     report["uploads"] = bench_uploads(fleet, server, tmp, devices, per_device)
                 if "switch" in parts:
                     click.echo("bundle switches ...", err=True)
-                    report["switch"] = bench_switch(fleet, server, tmp, switch_rounds, classes=20, shots=5)
+                    report["switch"] = bench_switch(
+                        fleet, server, tmp, switch_rounds, classes=20, shots=5
+                    )
             finally:
                 server.stop()
         if "outbox" in parts:
@@ -228,23 +288,36 @@ def summary(report: dict) -> list:
     lines = []
     if "uploads" in report:
         u = report["uploads"]
-        lines.append(f"uploads: {u['examples_per_s']:.0f} examples/s ({u['requests_per_s']:.1f} requests of 64/s), "
-                     f"{u['devices']} devices, {u['examples']} examples in {u['seconds']:.1f} s; server CPU "
-                     f"{u['server_cpu_ms_per_example']:.3f} ms/example (= {1 / u['server_cpu_ms_per_example']:.0f}k "
-                     f"examples/s per core), client CPU {u['client_cpu_ms_per_example']:.3f} ms/example")
+        lines.append(
+            f"uploads: {u['examples_per_s']:.0f} examples/s ({u['requests_per_s']:.1f} requests of 64/s), "
+            f"{u['devices']} devices, {u['examples']} examples in {u['seconds']:.1f} s; server CPU "
+            f"{u['server_cpu_ms_per_example']:.3f} ms/example (= {1 / u['server_cpu_ms_per_example']:.0f}k "
+            f"examples/s per core), client CPU {u['client_cpu_ms_per_example']:.3f} ms/example"
+        )
     if "switch" in report:
         s = report["switch"]
-        lines.append(f"switch ({s['support_images']} support images), median s: "
-                     + ", ".join(f"{k} {v:.3f}" for k, v in s["median"].items())
-                     + f"; total min {s['min']['total']:.3f} max {s['max']['total']:.3f}")
+        lines.append(
+            f"switch ({s['support_images']} support images), median s: "
+            + ", ".join(f"{k} {v:.3f}" for k, v in s["median"].items())
+            + f"; total min {s['min']['total']:.3f} max {s['max']['total']:.3f}"
+        )
     if "outbox" in report:
         o = report["outbox"]
-        lines.append("predict, ms/image median wall: "
-                     + ", ".join(f"{k} {v['median']:.3f}" for k, v in o["ms_per_image_wall"].items()))
-        lines.append("outbox overhead (wall / CPU): " + ", ".join(
-            f"{k} {o['overhead_pct_wall'][k]:+.1f}% / {o['overhead_pct_cpu'][k]:+.1f}% "
-            f"({100 * o['recorded_fraction'][k]:.0f}% recorded)" for k in o["overhead_pct_wall"]))
-    lines.append(f"load average: start {' '.join(report['loadavg_start'])}, end {' '.join(report['loadavg_end'])}")
+        lines.append(
+            "predict, ms/image median wall: "
+            + ", ".join(f"{k} {v['median']:.3f}" for k, v in o["ms_per_image_wall"].items())
+        )
+        lines.append(
+            "outbox overhead (wall / CPU): "
+            + ", ".join(
+                f"{k} {o['overhead_pct_wall'][k]:+.1f}% / {o['overhead_pct_cpu'][k]:+.1f}% "
+                f"({100 * o['recorded_fraction'][k]:.0f}% recorded)"
+                for k in o["overhead_pct_wall"]
+            )
+        )
+    lines.append(
+        f"load average: start {' '.join(report['loadavg_start'])}, end {' '.join(report['loadavg_end'])}"
+    )
     return lines
 
 

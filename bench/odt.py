@@ -5,6 +5,7 @@ It trains the same classifier on top of the same (frozen) hidden layers as ``run
 ``train`` step is written with explicit gradients (softmax - one-hot, matmuls, resource variables), so it
 converts with TFLITE_BUILTINS only (no Flex delegate needed).
 """
+
 from __future__ import annotations
 
 import tempfile
@@ -19,7 +20,9 @@ def _odt_module(spec: headlib.HeadSpec, embedding_dim: int, n_classes: int):
     from metalite.export.tfcompat import tf
 
     scale = float(spec.adaptation.get("scale", 1.0))
-    hidden = [(tf.constant(w), tf.constant(b), a) for (w, b), a in zip(spec.weights, spec.activations)]
+    hidden = [
+        (tf.constant(w), tf.constant(b), a) for (w, b), a in zip(spec.weights, spec.activations)
+    ]
     d_h = int(spec.weights[-1][0].shape[1]) if spec.weights else int(embedding_dim)
     C = int(n_classes)
     x_spec = tf.TensorSpec([None, int(embedding_dim)], tf.float32, name="x")
@@ -46,7 +49,9 @@ def _odt_module(spec: headlib.HeadSpec, embedding_dim: int, n_classes: int):
         @tf.function(input_signature=[x_spec, y_spec])
         def init(self, x, y):
             h = self._hidden(x)
-            protos = tf.matmul(y, h, transpose_a=True) / tf.reshape(tf.reduce_sum(y, axis=0), [C, 1])
+            protos = tf.matmul(y, h, transpose_a=True) / tf.reshape(
+                tf.reduce_sum(y, axis=0), [C, 1]
+            )
             self.w.assign(2.0 * scale * tf.transpose(protos))
             self.b.assign(-scale * tf.reduce_sum(protos * protos, axis=1))
             loss, _ = self._loss(tf.matmul(h, self.w) + self.b, y)
@@ -80,8 +85,11 @@ def build_odt_model(spec: headlib.HeadSpec, embedding_dim: int, n_classes: int) 
 
     m = _odt_module(spec, embedding_dim, n_classes)
     with tempfile.TemporaryDirectory(prefix="metalite-odt-") as d:
-        sigs = {"init": m.init.get_concrete_function(), "train": m.train.get_concrete_function(),
-                "infer": m.infer.get_concrete_function()}
+        sigs = {
+            "init": m.init.get_concrete_function(),
+            "train": m.train.get_concrete_function(),
+            "infer": m.infer.get_concrete_function(),
+        }
         tf.saved_model.save(m, d, signatures=sigs)
         conv = tf.lite.TFLiteConverter.from_saved_model(d, signature_keys=list(sigs))
         conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
@@ -106,8 +114,13 @@ class ODTRunner:
         return float(self._init(x=np.asarray(x, np.float32), y=np.asarray(y, np.float32))["loss"])
 
     def train(self, x, y, lr: float) -> float:
-        return float(self._train(x=np.asarray(x, np.float32), y=np.asarray(y, np.float32),
-                                 lr=np.asarray(lr, np.float32))["loss"])
+        return float(
+            self._train(
+                x=np.asarray(x, np.float32),
+                y=np.asarray(y, np.float32),
+                lr=np.asarray(lr, np.float32),
+            )["loss"]
+        )
 
     def infer(self, x) -> np.ndarray:
         return np.asarray(self._infer(x=np.asarray(x, np.float32))["logits"])

@@ -1,6 +1,7 @@
 """Shared plotting helpers of ``metalite bench``: matplotlib without a display, and saving a figure.
 
 Each section module draws its own plot; ``report.plots`` writes them."""
+
 from __future__ import annotations
 
 

@@ -12,6 +12,7 @@ and PNG plots into ``out`` and returns the report dict. One module per section:
 
 TensorFlow is imported only for what needs it (Keras variants, conversions, the ODT and Keras alternatives).
 """
+
 from __future__ import annotations
 
 import json
@@ -35,12 +36,32 @@ from .report import plots as write_plots
 from .size import size_section
 from .variants import find_variants
 
-FULL = {"episodes": 600, "configs": [(5, 1), (5, 5), (20, 1), (20, 5)], "within": True, "warmup": 10,
-        "rounds": 15, "calls": 20, "keras_rounds": 7, "keras_calls": 5, "adapt_tasks": 10, "pareto_runs": 1000,
-        "build_tflite_venv": True}
-QUICK = {"episodes": 100, "configs": [(5, 1), (20, 1)], "within": True, "warmup": 3,
-         "rounds": 5, "calls": 5, "keras_rounds": 3, "keras_calls": 2, "adapt_tasks": 3, "pareto_runs": 100,
-         "build_tflite_venv": False}
+FULL = {
+    "episodes": 600,
+    "configs": [(5, 1), (5, 5), (20, 1), (20, 5)],
+    "within": True,
+    "warmup": 10,
+    "rounds": 15,
+    "calls": 20,
+    "keras_rounds": 7,
+    "keras_calls": 5,
+    "adapt_tasks": 10,
+    "pareto_runs": 1000,
+    "build_tflite_venv": True,
+}
+QUICK = {
+    "episodes": 100,
+    "configs": [(5, 1), (20, 1)],
+    "within": True,
+    "warmup": 3,
+    "rounds": 5,
+    "calls": 5,
+    "keras_rounds": 3,
+    "keras_calls": 2,
+    "adapt_tasks": 3,
+    "pareto_runs": 100,
+    "build_tflite_venv": False,
+}
 
 
 def _say(msg):
@@ -57,17 +78,21 @@ def bench_data(manifest: dict, data_spec: str | None) -> str:
         return data_spec
     recorded = (manifest.get("training") or {}).get("data") or "glyphs"
     if recorded.strip() != "glyphs":
-        raise DataError(f"the bundle was trained on {recorded}; pass --data {spec_with_dirs(recorded)} with where those "
-                        "files are on this machine")
+        raise DataError(
+            f"the bundle was trained on {recorded}; pass --data {spec_with_dirs(recorded)} with where those "
+            "files are on this machine"
+        )
     return recorded
 
 
 def _representative(data_spec, size):
     """representative(n): n float32 training images of ``data_spec`` (to quantize the float model)."""
+
     def pick(n):
         from metalite.training.datasets import load_data, representative_inputs
 
         return representative_inputs(load_data(data_spec, size, "train"), n)
+
     return pick
 
 
@@ -78,23 +103,49 @@ def _measure(report, bundle, data, spec, variants, cfg, threads, seed, pareto, o
     macs = {k: s.get("macs") for k, s in report["size"].items()}
     report["latency"] = latency_section(variants, cfg, macs, threads, say=say, tmp=out / "variants")
     if pareto:
-        paths = list(dict.fromkeys(Path(p).resolve() for p in [bundle.root, *pareto]))  # BUNDLE may be listed too
-        pythons = {b: i["python"] for b, i in report["latency"]["interpreters"].items() if i.get("python")}
-        report["pareto"] = pareto_section(paths, data, cfg, say, tmp=out / "variants", pythons=pythons)
+        paths = list(
+            dict.fromkeys(Path(p).resolve() for p in [bundle.root, *pareto])
+        )  # BUNDLE may be listed too
+        pythons = {
+            b: i["python"] for b, i in report["latency"]["interpreters"].items() if i.get("python")
+        }
+        report["pareto"] = pareto_section(
+            paths, data, cfg, say, tmp=out / "variants", pythons=pythons
+        )
     else:
-        report["pareto"] = {"skipped": "pass --pareto BUNDLE (repeatable) with other compressions of the same "
-                                       "model to plot held-out error against time and size"}
+        report["pareto"] = {
+            "skipped": "pass --pareto BUNDLE (repeatable) with other compressions of the same "
+            "model to plot held-out error against time and size"
+        }
     say("adaptation")
     report["adaptation"] = run_adaptation(
-        bundle.root, data, tasks=cfg["adapt_tasks"], threads=max(threads),
-        keras_backbone=variants["float_keras"].keras if "float_keras" in variants else None, seed=seed, say=say)
+        bundle.root,
+        data,
+        tasks=cfg["adapt_tasks"],
+        threads=max(threads),
+        keras_backbone=variants["float_keras"].keras if "float_keras" in variants else None,
+        seed=seed,
+        say=say,
+    )
     say("memory")
-    report["memory"] = memory_section(bundle.root, out / "variants",
-                                      report["latency"]["interpreters"]["tflite_runtime"].get("python"))
+    report["memory"] = memory_section(
+        bundle.root,
+        out / "variants",
+        report["latency"]["interpreters"]["tflite_runtime"].get("python"),
+    )
 
 
-def run_bench(bundle_path, out, quick: bool = False, model_dirs=(), data_spec: str | None = None,
-              threads=(1, 2), seed: int = 0, pareto=(), say=_say) -> dict:
+def run_bench(
+    bundle_path,
+    out,
+    quick: bool = False,
+    model_dirs=(),
+    data_spec: str | None = None,
+    threads=(1, 2),
+    seed: int = 0,
+    pareto=(),
+    say=_say,
+) -> dict:
     from metalite.runtime import head as headlib
     from metalite.runtime.bundle import open_bundle
 
@@ -106,26 +157,43 @@ def run_bench(bundle_path, out, quick: bool = False, model_dirs=(), data_spec: s
     spec = headlib.load_head(bundle.head_path)
     data_spec = bench_data(bundle.manifest, data_spec)
     size = int(bundle.input_shape[0])
-    report = {"format": "metalite-bench", "format_version": 2, "mode": "quick" if quick else "full",
-              "bundle": {"path": str(bundle_path), "manifest_sha256": bundle.manifest_sha256,
-                         "training": bundle.manifest.get("training"), "compression": bundle.manifest.get("compression")},
-              "machine": machine_info(), "settings": dict(cfg)}
+    report = {
+        "format": "metalite-bench",
+        "format_version": 2,
+        "mode": "quick" if quick else "full",
+        "bundle": {
+            "path": str(bundle_path),
+            "manifest_sha256": bundle.manifest_sha256,
+            "training": bundle.manifest.get("training"),
+            "compression": bundle.manifest.get("compression"),
+        },
+        "machine": machine_info(),
+        "settings": dict(cfg),
+    }
     say(f"variants ({report['mode']} run)")
-    variants, missing = find_variants(bundle, list(model_dirs), out / "variants", data_spec,
-                                      _representative(data_spec, size))
-    report["variants"] = {"available": {k: v.as_dict() for k, v in variants.items()}, "missing": missing}
+    variants, missing = find_variants(
+        bundle, list(model_dirs), out / "variants", data_spec, _representative(data_spec, size)
+    )
+    report["variants"] = {
+        "available": {k: v.as_dict() for k, v in variants.items()},
+        "missing": missing,
+    }
     say(f"held-out data {data_spec} ({HELDOUT_SPLIT} classes)")
     data = load_heldout(data_spec, size)
     _measure(report, bundle, data, spec, variants, cfg, threads, seed, list(pareto), out, say)
     trained_on = (bundle.manifest.get("training") or {}).get("data")
     if report.get("accuracy"):
-        report["accuracy"].update(training_data=trained_on, heldout=is_heldout(data_spec, trained_on))
+        report["accuracy"].update(
+            training_data=trained_on, heldout=is_heldout(data_spec, trained_on)
+        )
     report["headline"] = headline(report)
     report["elapsed_s"] = time.perf_counter() - t_start
     atomic_write_text(out / "report.json", json.dumps(report, indent=2, default=_jsonable))
     plots = write_plots(report, out)
     atomic_write_text(out / "report.md", markdown(report, plots))
-    say(f"wrote {out / 'report.json'}, {out / 'report.md'} and {len(plots)} plots in {report['elapsed_s']:.0f} s")
+    say(
+        f"wrote {out / 'report.json'}, {out / 'report.md'} and {len(plots)} plots in {report['elapsed_s']:.0f} s"
+    )
     return report
 
 

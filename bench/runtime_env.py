@@ -10,6 +10,7 @@
 - ``build_venv(root, requirements)``: the one venv builder (the device tests build theirs with it too): a
   fresh venv with pip and the requirements, counted as built only once its ``.complete`` marker exists.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -24,7 +25,9 @@ from metalite.common.errors import MetaliteError
 from metalite.common.files import atomic_write_text, cache_root
 
 TFLITE_REQUIREMENTS = ["numpy<2", "tflite-runtime"]
-COMPLETE = ".complete"  # a venv counts as built once this marker exists: an interrupted build is redone
+COMPLETE = (
+    ".complete"  # a venv counts as built once this marker exists: an interrupted build is redone
+)
 
 
 class VenvError(MetaliteError, RuntimeError):
@@ -41,18 +44,28 @@ def runtime_site(folder) -> Path:
         name = package.__name__.split(".")[1]
         if not (site / "metalite" / name / "__init__.py").is_file():
             (site / "metalite").mkdir(parents=True, exist_ok=True)
-            shutil.copytree(Path(package.__file__).parent, site / "metalite" / name, dirs_exist_ok=True,
-                            ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+            shutil.copytree(
+                Path(package.__file__).parent,
+                site / "metalite" / name,
+                dirs_exist_ok=True,
+                ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
+            )
     return site
 
 
 def _venv_dir() -> Path:
-    recipe = {"python": sys.version.split()[0], "executable": sys.executable, "requirements": TFLITE_REQUIREMENTS}
+    recipe = {
+        "python": sys.version.split()[0],
+        "executable": sys.executable,
+        "requirements": TFLITE_REQUIREMENTS,
+    }
     key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
     return cache_root("venvs") / f"tflite-runtime-{key}"
 
 
-def build_venv(root, requirements: list, say=print, marker: str | None = None, timeout: float = 1200) -> Path:
+def build_venv(
+    root, requirements: list, say=print, marker: str | None = None, timeout: float = 1200
+) -> Path:
     """A fresh venv at ``root`` (replacing whatever is there) with pip and ``requirements``; returns its python.
 
     ``marker``: the text of its ``.complete`` file (default: the requirements as JSON). Raises ``VenvError``
@@ -64,8 +77,13 @@ def build_venv(root, requirements: list, say=print, marker: str | None = None, t
     venv.EnvBuilder(with_pip=True, clear=True).create(root)
     py = root / "bin" / "python"
     if requirements:
-        p = subprocess.run([str(py), "-m", "pip", "install", "-q", *requirements], stdout=subprocess.PIPE,
-                           stderr=subprocess.STDOUT, text=True, timeout=timeout)
+        p = subprocess.run(
+            [str(py), "-m", "pip", "install", "-q", *requirements],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            timeout=timeout,
+        )
         if p.returncode != 0:
             shutil.rmtree(root, ignore_errors=True)
             raise VenvError((p.stdout.strip().splitlines() or ["pip failed"])[-1][:300])

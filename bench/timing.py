@@ -12,6 +12,7 @@ interpreters' order alternates); a worker opens models the way the runtime does 
 ``open_model``: XNNPACK with int8) when it can import it. ``interleave_calls`` does the same for
 callables in this process (the float Keras model).
 """
+
 from __future__ import annotations
 
 import json
@@ -26,8 +27,14 @@ def stats(times_s, per: int = 1) -> dict:
     """Median, quartiles and IQR in ms per image of repeated timings (seconds per call of ``per`` images)."""
     t = np.asarray(times_s, np.float64) * 1000.0 / max(1, per)
     q1, med, q3 = np.percentile(t, [25, 50, 75])
-    return {"median_ms": float(med), "q1_ms": float(q1), "q3_ms": float(q3), "iqr_ms": float(q3 - q1),
-            "min_ms": float(t.min()), "runs": int(len(t))}
+    return {
+        "median_ms": float(med),
+        "q1_ms": float(q1),
+        "q3_ms": float(q3),
+        "iqr_ms": float(q3 - q1),
+        "min_ms": float(t.min()),
+        "runs": int(len(t)),
+    }
 
 
 def time_calls(fn, warmup: int, runs: int) -> list:
@@ -46,8 +53,15 @@ def summarize_rounds(round_ms) -> dict:
     """Median, quartiles, IQR, min and max over per-round medians (ms per image)."""
     v = np.asarray(round_ms, np.float64)
     q1, med, q3 = np.percentile(v, [25, 50, 75])
-    return {"median_ms": float(med), "q1_ms": float(q1), "q3_ms": float(q3), "iqr_ms": float(q3 - q1),
-            "min_ms": float(v.min()), "max_ms": float(v.max()), "rounds": int(len(v))}
+    return {
+        "median_ms": float(med),
+        "q1_ms": float(q1),
+        "q3_ms": float(q3),
+        "iqr_ms": float(q3 - q1),
+        "min_ms": float(v.min()),
+        "max_ms": float(v.max()),
+        "rounds": int(len(v)),
+    }
 
 
 def interleave_calls(fns: dict, rounds: int, calls: int, warmup: int, per: int = 1) -> dict:
@@ -70,6 +84,7 @@ def import_interpreter(backend: str):
         from tflite_runtime.interpreter import Interpreter
     elif backend == "tensorflow":
         import tensorflow as tf
+
         Interpreter = tf.lite.Interpreter
     else:
         raise ValueError(f"unknown interpreter {backend!r}")
@@ -80,8 +95,13 @@ def backend_version(backend: str) -> str | None:
     try:
         from importlib.metadata import version
 
-        return version({"ai_edge_litert": "ai-edge-litert", "tflite_runtime": "tflite-runtime",
-                        "tensorflow": "tensorflow"}[backend])
+        return version(
+            {
+                "ai_edge_litert": "ai-edge-litert",
+                "tflite_runtime": "tflite-runtime",
+                "tensorflow": "tensorflow",
+            }[backend]
+        )
     except Exception:
         return None
 
@@ -95,8 +115,9 @@ def _open(model_path: str, backend: str, threads: int):
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return import_interpreter(backend)(model_path=str(model_path), num_threads=int(threads)), \
-                f"{backend} Interpreter defaults (metalite.runtime not importable)"
+            return import_interpreter(backend)(
+                model_path=str(model_path), num_threads=int(threads)
+            ), f"{backend} Interpreter defaults (metalite.runtime not importable)"
     interp, acc = open_model(model_path, int(threads), None, get_backend(backend))
     return interp, describe(acc)
 
@@ -124,22 +145,38 @@ def _serve(backend: str) -> int:
             din = it.get_input_details()[0]
         dtype = np.dtype(din["dtype"])
         shape = [int(s) for s in din["shape"]]
-        x = (rng.random(shape, dtype=np.float32) if dtype.kind == "f"
-             else rng.integers(np.iinfo(dtype).min, np.iinfo(dtype).max, size=shape).astype(dtype))
+        x = (
+            rng.random(shape, dtype=np.float32)
+            if dtype.kind == "f"
+            else rng.integers(np.iinfo(dtype).min, np.iinfo(dtype).max, size=shape).astype(dtype)
+        )
 
-        def call():
+        def call(
+            it=it, din=din, dout=dout, x=x
+        ):  # this iteration's interpreter and input, bound when made
             it.set_tensor(din["index"], x)
             it.invoke()
             it.get_tensor(dout["index"])
 
         times = time_calls(call, int(req["warmup"]), int(req["calls"]))
-        sys.stdout.write(json.dumps({"times_s": times, "how": how, "version": backend_version(backend),
-                                     "numpy": np.__version__}) + "\n")
+        sys.stdout.write(
+            json.dumps(
+                {
+                    "times_s": times,
+                    "how": how,
+                    "version": backend_version(backend),
+                    "numpy": np.__version__,
+                }
+            )
+            + "\n"
+        )
         sys.stdout.flush()
     return 0
 
 
-def interleaved(workers: dict, models: dict, cells, rounds: int, calls: int, warmup: int, say=None) -> dict:
+def interleaved(
+    workers: dict, models: dict, cells, rounds: int, calls: int, warmup: int, say=None
+) -> dict:
     """Time every model on every worker in ``rounds`` alternating rounds.
 
     Args:
@@ -162,13 +199,23 @@ def interleaved(workers: dict, models: dict, cells, rounds: int, calls: int, war
             path = models[v]
             for batch, threads in cells:
                 cell = f"b{batch}_t{threads}"
-                for b in (names if r % 2 == 0 else names[::-1]):
+                for b in names if r % 2 == 0 else names[::-1]:
                     if "error" in res[v][b]:
                         continue
                     try:
                         w = workers[b]
-                        w.stdin.write(json.dumps({"model": str(path), "batch": batch, "threads": threads,
-                                                  "warmup": warmup, "calls": calls}) + "\n")
+                        w.stdin.write(
+                            json.dumps(
+                                {
+                                    "model": str(path),
+                                    "batch": batch,
+                                    "threads": threads,
+                                    "warmup": warmup,
+                                    "calls": calls,
+                                }
+                            )
+                            + "\n"
+                        )
                         w.stdin.flush()
                         out = json.loads(w.stdout.readline())
                         if "error" in out:
@@ -184,8 +231,12 @@ def interleaved(workers: dict, models: dict, cells, rounds: int, calls: int, war
     ratios = {}
     for (v, b, cell), rs in per_round.items():
         batch, threads = (int(t[1:]) for t in cell.split("_"))
-        res[v][b][cell] = {**stats([t for x in rs for t in x], per=batch), "batch": batch, "threads": threads,
-                           "round_medians_ms": [float(np.median(x)) * 1000 / batch for x in rs]}
+        res[v][b][cell] = {
+            **stats([t for x in rs for t in x], per=batch),
+            "batch": batch,
+            "threads": threads,
+            "round_medians_ms": [float(np.median(x)) * 1000 / batch for x in rs],
+        }
     for v in models:
         if len(names) < 2 or any("error" in res[v][b] for b in names[:2]):
             continue
@@ -195,8 +246,12 @@ def interleaved(workers: dict, models: dict, cells, rounds: int, calls: int, war
             rb = res[v][b].get(cell)
             if isinstance(ra, dict) and rb and "round_medians_ms" in ra:
                 q = np.asarray(rb["round_medians_ms"]) / np.asarray(ra["round_medians_ms"])
-                ratios[v][cell] = {f"{b}/{a}": float(np.median(q)), "q1": float(np.percentile(q, 25)),
-                                   "q3": float(np.percentile(q, 75)), "rounds": int(len(q))}
+                ratios[v][cell] = {
+                    f"{b}/{a}": float(np.median(q)),
+                    "q1": float(np.percentile(q, 25)),
+                    "q3": float(np.percentile(q, 75)),
+                    "rounds": int(len(q)),
+                }
     return {"results": res, "ratios": ratios, "workers": seen}
 
 
@@ -204,7 +259,9 @@ def main(argv) -> int:
     import argparse
 
     ap = argparse.ArgumentParser(description="latency worker of metalite bench")
-    ap.add_argument("--serve", action="store_true", required=True, help="answer timing requests on stdin")
+    ap.add_argument(
+        "--serve", action="store_true", required=True, help="answer timing requests on stdin"
+    )
     ap.add_argument("--backend", required=True, help="ai_edge_litert, tflite_runtime or tensorflow")
     a = ap.parse_args(argv)
     return _serve(a.backend)

@@ -15,6 +15,7 @@ baseline of an uncompressed bundle, the pruned float of a compressed one. Older 
 graph run in float (fake-quant ops) instead, which is not a float model: it is reported as such and never
 passed off as a baseline.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -34,7 +35,11 @@ class Variant:
         self.key, self.label, self.path, self.keras, self.source = key, label, path, keras, source
 
     def as_dict(self):
-        return {"label": self.label, "file": str(self.path) if self.path else None, "source": self.source}
+        return {
+            "label": self.label,
+            "file": str(self.path) if self.path else None,
+            "source": self.source,
+        }
 
 
 def compression_of(manifest: dict) -> dict:
@@ -44,8 +49,12 @@ def compression_of(manifest: dict) -> dict:
     sp = comp.get("sparsity")
     if sp is None:
         sp = (manifest.get("backbone") or {}).get("weight_sparsity") or 0.0
-    return {"structured": float(st.get("fraction") or 0.0), "sparsity": float(sp or 0.0),
-            "qat": bool(comp.get("pqat")), "widths": st.get("widths")}
+    return {
+        "structured": float(st.get("fraction") or 0.0),
+        "sparsity": float(sp or 0.0),
+        "qat": bool(comp.get("pqat")),
+        "widths": st.get("widths"),
+    }
 
 
 def is_compressed(manifest: dict) -> bool:
@@ -67,7 +76,9 @@ def fake_quant_ops(path) -> int:
     """How many QUANTIZE / DEQUANTIZE / FAKE_QUANT ops a .tflite holds (a QAT graph exported in float)."""
     from metalite.export.flatbuf import read_model
 
-    return sum(op.name in FAKE_QUANT_OPS for op in read_model(Path(path).read_bytes(), str(path)).ops)
+    return sum(
+        op.name in FAKE_QUANT_OPS for op in read_model(Path(path).read_bytes(), str(path)).ops
+    )
 
 
 def _model_dirs(model_dirs, missing) -> dict:
@@ -85,7 +96,9 @@ def _model_dirs(model_dirs, missing) -> dict:
                 cfg, backbone, _ = load_pruned_float(md)
                 out.setdefault("compressed", (md, cfg, backbone))
         except Exception as e:  # noqa: BLE001 - reported, the rest of the bench goes on
-            missing.setdefault("float_keras", f"--model {md}: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
+            missing.setdefault(
+                "float_keras", f"--model {md}: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
+            )
     return out
 
 
@@ -102,62 +115,106 @@ def find_variants(bundle, model_dirs, vdir: Path, data_spec: str, representative
     dirs = _model_dirs(model_dirs, missing)
     vdir.mkdir(parents=True, exist_ok=True)
     if compressed:
-        found["int8_pruned_tflite"] = Variant("int8_pruned_tflite", f"int8 TFLite, {describe(comp)}",
-                                              bundle.backbone_path, source="bundle backbone.tflite")
+        found["int8_pruned_tflite"] = Variant(
+            "int8_pruned_tflite",
+            f"int8 TFLite, {describe(comp)}",
+            bundle.backbone_path,
+            source="bundle backbone.tflite",
+        )
     else:
-        found["int8_tflite"] = Variant("int8_tflite", "int8 TFLite, not pruned", bundle.backbone_path,
-                                       source="bundle backbone.tflite")
+        found["int8_tflite"] = Variant(
+            "int8_tflite",
+            "int8 TFLite, not pruned",
+            bundle.backbone_path,
+            source="bundle backbone.tflite",
+        )
     ffile = (m.get("backbone") or {}).get("float_file")
     fpath = bundle.root / ffile if ffile and (bundle.root / ffile).is_file() else None
     fq = fake_quant_ops(fpath) if fpath else 0
     if fpath and not fq:  # export --float: the bundle's own weights in float32
         if compressed:
-            found["pruned_float_tflite"] = Variant("pruned_float_tflite", f"float TFLite, {describe(comp)}", fpath,
-                                                   source=f"bundle {ffile} (the compressed weights in float32)")
+            found["pruned_float_tflite"] = Variant(
+                "pruned_float_tflite",
+                f"float TFLite, {describe(comp)}",
+                fpath,
+                source=f"bundle {ffile} (the compressed weights in float32)",
+            )
         else:
-            found["float_tflite"] = Variant("float_tflite", "float TFLite", fpath, source=f"bundle {ffile}")
+            found["float_tflite"] = Variant(
+                "float_tflite", "float TFLite", fpath, source=f"bundle {ffile}"
+            )
     if "float" in dirs:
         md, _, backbone = dirs["float"]
-        found["float_keras"] = Variant("float_keras", "float Keras", keras=backbone, source=f"model dir {md}")
+        found["float_keras"] = Variant(
+            "float_keras", "float Keras", keras=backbone, source=f"model dir {md}"
+        )
         if "float_tflite" not in found:
             p = vdir / "float.tflite"
             p.write_bytes(convert_float(backbone))
-            found["float_tflite"] = Variant("float_tflite", "float TFLite", p, source=f"converted from {md}")
+            found["float_tflite"] = Variant(
+                "float_tflite", "float TFLite", p, source=f"converted from {md}"
+            )
         if compressed:
             p = vdir / "int8.tflite"
             p.write_bytes(convert_int8(backbone, representative(200), batch=None))
-            found["int8_tflite"] = Variant("int8_tflite", "int8 TFLite, not pruned", p,
-                                           source=f"post-training int8 of {md} (200 training images)")
+            found["int8_tflite"] = Variant(
+                "int8_tflite",
+                "int8 TFLite, not pruned",
+                p,
+                source=f"post-training int8 of {md} (200 training images)",
+            )
     if "compressed" in dirs and compressed and "pruned_float_tflite" not in found:
         md, cfg, backbone = dirs["compressed"]
         p = vdir / "pruned_float.tflite"
         p.write_bytes(convert_float(backbone))
-        found["pruned_float_tflite"] = Variant("pruned_float_tflite", f"float TFLite, {describe(comp)}", p,
-                                               source=f"pruned stage of {md} (before quantization-aware training)")
+        found["pruned_float_tflite"] = Variant(
+            "pruned_float_tflite",
+            f"float TFLite, {describe(comp)}",
+            p,
+            source=f"pruned stage of {md} (before quantization-aware training)",
+        )
     _explain_missing(found, missing, compressed, fq, ffile)
-    return {k: found[k] for k in ORDER if k in found}, {k: v for k, v in missing.items() if k not in found}
+    return {k: found[k] for k in ORDER if k in found}, {
+        k: v for k, v in missing.items() if k not in found
+    }
 
 
 def _explain_missing(found, missing, compressed, fake_quant, ffile) -> None:
-    fq = (f"; the bundle's {ffile} is the quantization-aware graph run in float ({fake_quant} fake-quant ops), "
-          "not a float model, so it is not used" if fake_quant else "")
+    fq = (
+        f"; the bundle's {ffile} is the quantization-aware graph run in float ({fake_quant} fake-quant ops), "
+        "not a float model, so it is not used"
+        if fake_quant
+        else ""
+    )
     if "float_keras" not in found:
-        missing.setdefault("float_keras", "no float model directory: pass --model FLOAT_MODEL_DIR (needs TensorFlow)")
+        missing.setdefault(
+            "float_keras",
+            "no float model directory: pass --model FLOAT_MODEL_DIR (needs TensorFlow)",
+        )
     if "float_tflite" not in found:
         missing["float_tflite"] = "no float model directory (--model) to convert" + fq
     if "int8_tflite" not in found:
         missing["int8_tflite"] = "no float model directory (--model) to quantize without pruning"
     if "pruned_float_tflite" not in found:
-        missing["pruned_float_tflite"] = ("bundle is not pruned" if not compressed else
-                                          "no compressed model directory (--model COMPRESSED_DIR) for the "
-                                          "pruned stage" + fq)
+        missing["pruned_float_tflite"] = (
+            "bundle is not pruned"
+            if not compressed
+            else "no compressed model directory (--model COMPRESSED_DIR) for the pruned stage" + fq
+        )
     if "int8_pruned_tflite" not in found:
-        missing["int8_pruned_tflite"] = "bundle is not pruned (its backbone is the int8 TFLite variant)"
+        missing["int8_pruned_tflite"] = (
+            "bundle is not pruned (its backbone is the int8 TFLite variant)"
+        )
 
 
 # ----------------------------------------------------------------------------- names in the report
-VARIANT_NAMES = {"float_keras": "float Keras", "float_tflite": "float TFLite", "int8_tflite": "int8 TFLite, not pruned",
-                 "pruned_float_tflite": "pruned float TFLite", "int8_pruned_tflite": "int8 TFLite, pruned"}
+VARIANT_NAMES = {
+    "float_keras": "float Keras",
+    "float_tflite": "float TFLite",
+    "int8_tflite": "int8 TFLite, not pruned",
+    "pruned_float_tflite": "pruned float TFLite",
+    "int8_pruned_tflite": "int8 TFLite, pruned",
+}
 
 
 def shipped(report) -> str | None:
@@ -178,5 +235,9 @@ def missing_lines(report) -> list:
     """The headline's line listing the variants not measured, each with why."""
     missing = get(report, "variants", "missing") or {}
     if missing:
-        return ["- Not measured: " + "; ".join(f"{VARIANT_NAMES.get(k, k)} ({why})" for k, why in missing.items()) + "."]
+        return [
+            "- Not measured: "
+            + "; ".join(f"{VARIANT_NAMES.get(k, k)} ({why})" for k, why in missing.items())
+            + "."
+        ]
     return []

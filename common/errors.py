@@ -3,6 +3,7 @@
 Each part derives its own errors from ``MetaliteError`` and the builtin that fits (``ValueError`` mostly), so
 ``except MetaliteError`` catches them all and ``except ValueError`` keeps working (docs/DESIGN.md, "Errors").
 """
+
 from __future__ import annotations
 
 

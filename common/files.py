@@ -22,6 +22,7 @@ minus the umask, like any file. It writes ``.<name>.<random>.tmp`` next to the t
 the old file or the new one, never half of one. Temporaries that a crashed write left behind (ours by
 name, unlocked, older than ``STALE_TEMP_AGE`` seconds) are deleted by the next write to the same name.
 """
+
 from __future__ import annotations
 
 import errno
@@ -37,10 +38,22 @@ from pathlib import Path
 from .errors import FileRefusedError
 from .locks import try_lock
 
-__all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_text", "replace_dir", "cache_root", "fsync_dir",
-           "replace_refusal", "new_temp", "remove_stale_temps", "STALE_TEMP_AGE"]
+__all__ = [
+    "atomic_write",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "replace_dir",
+    "cache_root",
+    "fsync_dir",
+    "replace_refusal",
+    "new_temp",
+    "remove_stale_temps",
+    "STALE_TEMP_AGE",
+]
 
-STALE_TEMP_AGE = 60.0  # seconds; a live save holds its temporary's lock, this only covers its first instant
+STALE_TEMP_AGE = (
+    60.0  # seconds; a live save holds its temporary's lock, this only covers its first instant
+)
 _TEMP_TOKEN = re.compile(r"[A-Za-z0-9_]{8,32}")
 _O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
@@ -81,7 +94,11 @@ def remove_stale_temps(directory, name: str, min_age: float = STALE_TEMP_AGE) ->
         return removed
     for ent in entries:
         n = ent.name
-        if not (n.startswith(prefix) and n.endswith(".tmp") and _TEMP_TOKEN.fullmatch(n[len(prefix):-4])):
+        if not (
+            n.startswith(prefix)
+            and n.endswith(".tmp")
+            and _TEMP_TOKEN.fullmatch(n[len(prefix) : -4])
+        ):
             continue
         try:
             st = ent.stat(follow_symlinks=False)
@@ -101,8 +118,13 @@ def remove_stale_temps(directory, name: str, min_age: float = STALE_TEMP_AGE) ->
     return removed
 
 
-_KINDS = ((stat.S_ISDIR, "directory"), (stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"),
-          (stat.S_ISFIFO, "FIFO"), (stat.S_ISSOCK, "socket"))
+_KINDS = (
+    (stat.S_ISDIR, "directory"),
+    (stat.S_ISCHR, "character device"),
+    (stat.S_ISBLK, "block device"),
+    (stat.S_ISFIFO, "FIFO"),
+    (stat.S_ISSOCK, "socket"),
+)
 
 
 def _save_target(path: Path):
@@ -116,7 +138,9 @@ def _save_target(path: Path):
         kind = next((k for test, k in _KINDS if test(st.st_mode)), "special file")
         raise FileRefusedError(f"{path}: is a {kind}, not a regular file; refusing to replace it")
     if not os.access(target, os.W_OK):
-        raise PermissionError(errno.EACCES, "the file is read-only; refusing to replace it", str(path))
+        raise PermissionError(
+            errno.EACCES, "the file is read-only; refusing to replace it", str(path)
+        )
     return target, st
 
 

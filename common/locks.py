@@ -6,6 +6,7 @@ lock file by path, while temporaries need their own open descriptor locked (a cl
 ``try_lock``), and it would be one more package to install on a device. Where ``fcntl`` does not exist
 (not POSIX) locking is a no-op and callers fall back on what else protects them (a temporary's age).
 """
+
 from __future__ import annotations
 
 import contextlib

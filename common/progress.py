@@ -6,6 +6,7 @@ shows nothing: library callers get silence unless they pass a display (the CLI p
 ``metalite.tools.progress.ConsoleProgress``), and ``as_progress`` turns None/False into it. It lives in
 ``metalite.common`` because every other part, the runtime included, may import that.
 """
+
 from __future__ import annotations
 
 
@@ -18,7 +19,7 @@ class Task:
     def close(self) -> None:
         """The work ended (finished, failed or interrupted)."""
 
-    def __enter__(self) -> "Task":
+    def __enter__(self) -> Task:
         return self
 
     def __exit__(self, *exc) -> bool:
@@ -46,4 +47,6 @@ def as_progress(progress) -> Progress:
         return progress
     if progress is None or progress is False:
         return SILENT
-    raise TypeError(f"progress must be a metalite.common.progress.Progress or None, got {progress!r}")
+    raise TypeError(
+        f"progress must be a metalite.common.progress.Progress or None, got {progress!r}"
+    )

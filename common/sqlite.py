@@ -4,6 +4,7 @@ Connections are opened in autocommit mode (``isolation_level=None``) and every w
 ``transaction``: ``BEGIN IMMEDIATE`` takes the write lock at once, so concurrent writers queue on the busy
 timeout instead of failing to upgrade a read lock, and any exception rolls the whole write back.
 """
+
 from __future__ import annotations
 
 import contextlib

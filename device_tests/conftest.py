@@ -6,6 +6,7 @@ saying what to install (see envs.py). Caches live in ``$METALITE_DEVICE_CACHE`` 
 ``models/omniglot`` / ``models/glyphs`` / ``models/emoji`` an error instead of falling back to the tiny test bundle
 (or its RGB twin).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -20,7 +21,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import device_bundles as bundlelib  # noqa: E402
 import envs  # noqa: E402
-
 from devicekit import load_result, run_script  # noqa: E402
 
 
@@ -41,6 +41,7 @@ def pytest_configure(config):
             return envs.default_log_write(msg)
         with capman.global_and_fixture_disabled():
             envs.default_log_write(msg)
+
     envs.LOG_WRITE = write
 
 
@@ -58,6 +59,7 @@ def venvs():
         if kind not in out:
             out[kind] = _need(envs.runtime_venv, kind)
         return out[kind]
+
     return get
 
 
@@ -92,8 +94,11 @@ def bundles(device_cache) -> dict:
     if os.environ.get("METALITE_REQUIRE_SHIPPED_BUNDLES") == "1":
         missing = [n for n in bundlelib.SHIPPED if n not in shipped]
         if missing:
-            pytest.fail(f"shipped bundles missing: {', '.join('models/' + n for n in missing)} "
-                        "(run the export step that produces them)", pytrace=False)
+            pytest.fail(
+                f"shipped bundles missing: {', '.join('models/' + n for n in missing)} "
+                "(run the export step that produces them)",
+                pytrace=False,
+            )
     if shipped:
         return shipped
     try:
@@ -103,13 +108,26 @@ def bundles(device_cache) -> dict:
 
 
 def _tiny_bundle(device_cache: Path, channels: int) -> Path:
-    recipe = bundlelib.TINY_RECIPE if channels == 1 else {**bundlelib.TINY_RECIPE, "channels": channels,
-                                                          "size": bundlelib.TINY_RGB_SIZE}
-    key = envs.recipe_key({**recipe, "src": _src_digest(
-        envs.REPO / "export", envs.REPO / "runtime" / "head.py", envs.REPO / "training" / "models.py")})
+    recipe = (
+        bundlelib.TINY_RECIPE
+        if channels == 1
+        else {**bundlelib.TINY_RECIPE, "channels": channels, "size": bundlelib.TINY_RGB_SIZE}
+    )
+    key = envs.recipe_key(
+        {
+            **recipe,
+            "src": _src_digest(
+                envs.REPO / "export",
+                envs.REPO / "runtime" / "head.py",
+                envs.REPO / "training" / "models.py",
+            ),
+        }
+    )
     out = device_cache / f"bundle-tiny{'' if channels == 1 else '-rgb'}-{key}"
     if not (out / "manifest.json").is_file():
-        envs.log(f"building the tiny {'RGB ' if channels == 3 else ''}test bundle (TensorFlow, about 1 minute)")
+        envs.log(
+            f"building the tiny {'RGB ' if channels == 3 else ''}test bundle (TensorFlow, about 1 minute)"
+        )
     return bundlelib.build_tiny_bundle(out, channels)
 
 
@@ -128,8 +146,10 @@ def colour_bundle(device_cache) -> tuple:
     if shipped is not None:
         return bundlelib.SHIPPED_COLOUR, shipped
     if os.environ.get("METALITE_REQUIRE_SHIPPED_BUNDLES") == "1":
-        pytest.fail(f"shipped bundle missing: models/{bundlelib.SHIPPED_COLOUR} (run the export step that produces it)",
-                    pytrace=False)
+        pytest.fail(
+            f"shipped bundle missing: models/{bundlelib.SHIPPED_COLOUR} (run the export step that produces it)",
+            pytrace=False,
+        )
     try:
         return "tiny-rgb", _tiny_bundle(device_cache, 3)
     except (RuntimeError, FileNotFoundError) as e:
@@ -172,11 +192,25 @@ def x86_run(venvs, tmp_path_factory):
         key = (kind, str(bundle), str(task))
         if key not in cache:
             out = tmp_path_factory.mktemp(f"run-{kind}-{Path(bundle).name}")
-            run_script(venvs(kind), "device_run.py",
-                       ["--bundle", bundle, "--task", Path(task) / "task.npz", "--out", out,
-                        "--threads", "2", "--cli-task", task])
+            run_script(
+                venvs(kind),
+                "device_run.py",
+                [
+                    "--bundle",
+                    bundle,
+                    "--task",
+                    Path(task) / "task.npz",
+                    "--out",
+                    out,
+                    "--threads",
+                    "2",
+                    "--cli-task",
+                    task,
+                ],
+            )
             cache[key] = load_result(out)
         return cache[key]
+
     return get
 
 

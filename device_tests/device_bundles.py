@@ -15,6 +15,7 @@
 - :func:`resign`: recompute ``files`` checksums in a manifest (to build a bundle whose checksums
   pass but whose content is broken).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -34,8 +35,15 @@ SHIPPED = ("omniglot", "omniglot-fast", "glyphs")
 SHIPPED_COLOUR = "emoji"
 # Real handwritten characters for the tasks: the Omniglot fixture shipped with the tests (its README.md).
 OMNIGLOT_DIR = Path(os.environ.get("METALITE_OMNIGLOT_DIR") or REPO / "tests" / "data" / "omniglot")
-TINY_RECIPE = {"kind": "conv4", "filters": 16, "embedding_dim": 16, "head": [16], "seed": 0, "rep": 48,
-               "version": 3}
+TINY_RECIPE = {
+    "kind": "conv4",
+    "filters": 16,
+    "embedding_dim": 16,
+    "head": [16],
+    "seed": 0,
+    "rep": 48,
+    "version": 3,
+}
 TASK_WAYS, TASK_SHOTS, TASK_QUERIES = 20, 5, 10
 # Colour emoji for the colour task: the fixture shipped with the tests (its README.md), 10 concepts drawn by
 # three artists (01 Noto, 02 Twemoji, 03 OpenMoji); taught from one artist, asked with the others' drawings.
@@ -50,7 +58,9 @@ def sha256(path) -> str:
 
 def shipped_bundles() -> dict:
     """{name: path} of the bundles shipped in ``models/`` that exist now."""
-    return {n: REPO / "models" / n for n in SHIPPED if (REPO / "models" / n / "manifest.json").is_file()}
+    return {
+        n: REPO / "models" / n for n in SHIPPED if (REPO / "models" / n / "manifest.json").is_file()
+    }
 
 
 def shipped_colour_bundle() -> Path | None:
@@ -62,8 +72,10 @@ def shipped_colour_bundle() -> Path | None:
 def omniglot_zips() -> list:
     zips = sorted(OMNIGLOT_DIR.glob("*.zip"))
     if not zips:
-        raise FileNotFoundError(f"no Omniglot zips in {OMNIGLOT_DIR} (the fixture of tests/data/omniglot; "
-                                "METALITE_OMNIGLOT_DIR overrides it)")
+        raise FileNotFoundError(
+            f"no Omniglot zips in {OMNIGLOT_DIR} (the fixture of tests/data/omniglot; "
+            "METALITE_OMNIGLOT_DIR overrides it)"
+        )
     return zips
 
 
@@ -87,14 +99,18 @@ def omniglot_images(n_classes: int | None, per_class: int, exclude=()):
             for name in sorted(z.namelist()):
                 parts = name.split("/")
                 if len(parts) == 4 and parts[3].endswith(".png"):
-                    chars.setdefault(f"{parts[1]}.{parts[2]}", {}).setdefault(parts[3], z.read(name))
+                    chars.setdefault(f"{parts[1]}.{parts[2]}", {}).setdefault(
+                        parts[3], z.read(name)
+                    )
     keys = [k for k in sorted(chars) if len(chars[k]) >= per_class and k not in exclude][:n_classes]
     if n_classes is not None and len(keys) < n_classes:
         raise ValueError(f"only {len(keys)} characters with {per_class} drawings in {OMNIGLOT_DIR}")
     return keys, [[_read_png(chars[k][f]) for f in sorted(chars[k])[:per_class]] for k in keys]
 
 
-def make_task(out: Path, ways: int = TASK_WAYS, shots: int = TASK_SHOTS, queries: int = TASK_QUERIES) -> Path:
+def make_task(
+    out: Path, ways: int = TASK_WAYS, shots: int = TASK_SHOTS, queries: int = TASK_QUERIES
+) -> Path:
     """Write a ``ways``-way task to ``out``: folders of PNGs and ``task.npz``; returns ``out``."""
     if (out / "task.npz").is_file():
         return out
@@ -112,7 +128,9 @@ def emoji_images() -> dict:
     out: dict = {}
     for f in files:
         with Image.open(f) as im:
-            out.setdefault(f.parent.name, {})[f.stem.rsplit("_", 1)[1]] = np.asarray(im.convert("RGB"), np.uint8)
+            out.setdefault(f.parent.name, {})[f.stem.rsplit("_", 1)[1]] = np.asarray(
+                im.convert("RGB"), np.uint8
+            )
     return out
 
 
@@ -121,8 +139,10 @@ def make_colour_task(out: Path) -> Path:
     the Noto drawing, its queries Twemoji's and OpenMoji's; returns ``out``."""
     if (out / "task.npz").is_file():
         return out
-    classes = [(concept, [by[COLOUR_SUPPORT_ARTIST]], [by[a] for a in COLOUR_QUERY_ARTISTS])
-               for concept, by in sorted(emoji_images().items())]
+    classes = [
+        (concept, [by[COLOUR_SUPPORT_ARTIST]], [by[a] for a in COLOUR_QUERY_ARTISTS])
+        for concept, by in sorted(emoji_images().items())
+    ]
     return write_task(out, classes)
 
 
@@ -144,8 +164,14 @@ def write_task(out: Path, classes) -> Path:
                     sx.append(a), sy.append(label)
                 else:
                     qx.append(a), qy.append(label), qpaths.append(f"query/{label}/{i:02d}.png")
-    np.savez(tmp / "task.npz", support_images=np.stack(sx), support_labels=np.array(sy),
-             query_images=np.stack(qx), query_labels=np.array(qy), query_paths=np.array(qpaths))
+    np.savez(
+        tmp / "task.npz",
+        support_images=np.stack(sx),
+        support_labels=np.array(sy),
+        query_images=np.stack(qx),
+        query_labels=np.array(qy),
+        query_paths=np.array(qpaths),
+    )
     shutil.rmtree(out, ignore_errors=True)
     os.rename(tmp, out)
     return out
@@ -156,25 +182,37 @@ def build_tiny_bundle(out: Path, channels: int = 1) -> Path:
     ``channels=3`` an RGB one of the fixture's size, calibrated on the emoji fixture."""
     if (out / "manifest.json").is_file():
         return out
-    cmd = [sys.executable, str(Path(__file__).resolve()), "tiny" if channels == 1 else "tiny-rgb", str(out)]
-    p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=900,
-                       env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES=""))
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "tiny" if channels == 1 else "tiny-rgb",
+        str(out),
+    ]
+    p = subprocess.run(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=900,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES=""),
+    )
     if p.returncode != 0 or not (out / "manifest.json").is_file():
         tail = "\n".join(p.stdout.splitlines()[-30:])
         raise RuntimeError(
             "building the tiny test bundle failed; it needs the workstation install "
-            f"(pip install '{REPO}[train]') and export/bundle.py:\n{tail}")
+            f"(pip install '{REPO}[train]') and export/bundle.py:\n{tail}"
+        )
     return out
 
 
 def _tiny_main(out: Path, channels: int = 1) -> None:
     os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-    from metalite.export.tfcompat import tf, keras  # noqa: F401  (sets up tf_keras)
-    from metalite.training.models import build_backbone
     from metalite.export.bundle import write_bundle
-    from metalite.tools.progress import ConsoleProgress
+    from metalite.export.tfcompat import keras, tf  # noqa: F401  (sets up tf_keras)
     from metalite.runtime.head import HeadSpec
     from metalite.runtime.preprocess import to_model_input
+    from metalite.tools.progress import ConsoleProgress
+    from metalite.training.models import build_backbone
 
     r = TINY_RECIPE
     tf.random.set_seed(r["seed"])
@@ -190,7 +228,9 @@ def _tiny_main(out: Path, channels: int = 1) -> None:
         size = (TINY_RGB_SIZE, TINY_RGB_SIZE)
         model = build_backbone(cfg, input_shape=(*size, 3))
         # The fixture has no emoji beside the task's: every drawing calibrates (the bundle is untrained anyway).
-        rep = to_model_input(np.stack([a for by in emoji_images().values() for a in by.values()]), size, channels=3)
+        rep = to_model_input(
+            np.stack([a for by in emoji_images().values() for a in by.values()]), size, channels=3
+        )
     rng = np.random.default_rng(r["seed"])
     d, h = r["embedding_dim"], r["head"][0]
     # Untrained embeddings are small; scale the (linear) hidden layer so that squared distances
@@ -199,10 +239,16 @@ def _tiny_main(out: Path, channels: int = 1) -> None:
     dist = np.sqrt(((e[:, None] - e[None]) ** 2).sum(-1))
     gain = 2.0 / float(np.median(dist[np.triu_indices(len(e), 1)]))
     w0 = (gain * (np.eye(d, h) + 0.1 * rng.standard_normal((d, h)))).astype(np.float32)
-    spec = HeadSpec([(w0, np.zeros(h, np.float32))], ["linear"],
-                    {"steps": 10, "lr": 0.1, "scale": 1.0, "adapt": "head"})
-    meta = {"training": {"algorithm": "none (untrained test bundle)", "data": "omniglot"},
-            "compression": {}, "accuracy": {}}
+    spec = HeadSpec(
+        [(w0, np.zeros(h, np.float32))],
+        ["linear"],
+        {"steps": 10, "lr": 0.1, "scale": 1.0, "adapt": "head"},
+    )
+    meta = {
+        "training": {"algorithm": "none (untrained test bundle)", "data": "omniglot"},
+        "compression": {},
+        "accuracy": {},
+    }
     out.parent.mkdir(parents=True, exist_ok=True)
     write_bundle(out, model, spec, rep, meta=meta, progress=ConsoleProgress(), overwrite=True)
 

@@ -1,4 +1,5 @@
 """Helpers shared by the device tests (a uniquely named module, so `tests/` may have its own conftest)."""
+
 from __future__ import annotations
 
 import json
@@ -27,14 +28,31 @@ def record(results_dir: Path, name: str, data: dict) -> None:
     envs.log(f"{name}: {json.dumps(data, sort_keys=True)}")
 
 
-def run_script(python, script: str, args: list, *, timeout: float = 600, preexec_fn=None, env=None,
-               check: bool = True) -> subprocess.CompletedProcess:
+def run_script(
+    python,
+    script: str,
+    args: list,
+    *,
+    timeout: float = 600,
+    preexec_fn=None,
+    env=None,
+    check: bool = True,
+) -> subprocess.CompletedProcess:
     cmd = [str(python), str(SCRIPTS / script), *map(str, args)]
-    p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=timeout,
-                       preexec_fn=preexec_fn, env=env, cwd="/")  # not the repo: its metalite/ would shadow
+    p = subprocess.run(
+        cmd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        preexec_fn=preexec_fn,
+        env=env,
+        cwd="/",
+    )  # not the repo: its metalite/ would shadow
     if check and p.returncode != 0:
-        pytest.fail(f"{' '.join(cmd)} failed (exit {p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}",
-                    pytrace=False)
+        pytest.fail(
+            f"{' '.join(cmd)} failed (exit {p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}",
+            pytrace=False,
+        )
     return p
 
 
@@ -51,7 +69,9 @@ def load_result(out: Path) -> dict:
 
 
 def output_scale(bundle_dir: Path) -> float:
-    return float(json.loads((bundle_dir / "manifest.json").read_text())["output"]["quantization"]["scale"])
+    return float(
+        json.loads((bundle_dir / "manifest.json").read_text())["output"]["quantization"]["scale"]
+    )
 
 
 def agreement(ref: dict, other: dict, scale: float) -> dict:
@@ -81,11 +101,15 @@ def assert_agreement(a: dict, what: str, trained: bool, same_kernels: bool = Tru
     if trained and a["labels_agree"] < need:
         problems.append(f"labels agree on {a['labels_agree']:.3f} < {need}")
     if any(g > c["flip_max_top2_gap"] for g in a["flips_gaps"]):
-        problems.append(f"a label differs where the reference was not a near-tie (top-2 gaps {a['flips_gaps']})")
+        problems.append(
+            f"a label differs where the reference was not a near-tie (top-2 gaps {a['flips_gaps']})"
+        )
     if a["proba_max_abs"] > c["proba_max_abs"]:
         problems.append(f"probabilities differ by {a['proba_max_abs']:.4f} > {c['proba_max_abs']}")
     if a["embedding_max_lsb"] > c["embedding_max_lsb"] + 1e-3:
-        problems.append(f"int8 embeddings differ by {a['embedding_max_lsb']:.2f} steps > {c['embedding_max_lsb']}")
+        problems.append(
+            f"int8 embeddings differ by {a['embedding_max_lsb']:.2f} steps > {c['embedding_max_lsb']}"
+        )
     assert not problems, f"{what}: " + "; ".join(problems) + f" ({a})"
 
 
@@ -96,13 +120,16 @@ def assert_colour_state(result: dict, task: Path) -> None:
 
     from metalite.runtime.state import COLOR_STATE_FORMAT_VERSION, load_state
 
-    assert result["state_format_version"] == COLOR_STATE_FORMAT_VERSION, result["state_format_version"]
+    assert result["state_format_version"] == COLOR_STATE_FORMAT_VERSION, result[
+        "state_format_version"
+    ]
     assert result["state_images_kept"] is True  # by the classifier the run loaded from that file
     st = load_state(result["out_dir"] / "state.npz")
     with np.load(task / "task.npz") as t:
         sx, sy = t["support_images"], [str(s) for s in t["support_labels"]]
     assert st.images is not None and st.images.dtype == np.uint8 and st.images.shape == sx.shape, (
-        None if st.images is None else (st.images.dtype, st.images.shape))
+        None if st.images is None else (st.images.dtype, st.images.shape)
+    )
     for col, label in enumerate(st.classes):
         given = sx[[i for i, y in enumerate(sy) if y == label]]
         assert np.array_equal(st.images[st.support_labels == col], given), label

@@ -19,6 +19,7 @@ interrupted build is redone, never half-used.
 Whatever is missing is installed (apt-get, pip). What cannot be done raises :class:`EnvError` with a
 message that says what to install.
 """
+
 from __future__ import annotations
 
 import functools
@@ -75,16 +76,21 @@ def _locked(path: Path):
     return file_lock(Path(str(path) + ".lock"))
 
 
-def run(cmd, *, what: str, timeout: float = 1800, quiet: bool = False, **kw) -> subprocess.CompletedProcess:
+def run(
+    cmd, *, what: str, timeout: float = 1800, quiet: bool = False, **kw
+) -> subprocess.CompletedProcess:
     """Run a build step; on failure raise EnvError with the step, the command and its output's tail."""
     t0 = time.time()
     try:
-        p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                           timeout=timeout, **kw)
+        p = subprocess.run(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout, **kw
+        )
     except FileNotFoundError as e:
         raise EnvError(f"{what}: {e.filename} not found") from None
     except subprocess.TimeoutExpired:
-        raise EnvError(f"{what}: timed out after {timeout:.0f} s: {' '.join(map(str, cmd))}") from None
+        raise EnvError(
+            f"{what}: timed out after {timeout:.0f} s: {' '.join(map(str, cmd))}"
+        ) from None
     if p.returncode != 0:
         tail = "\n".join(p.stdout.splitlines()[-25:])
         raise EnvError(f"{what} failed (exit {p.returncode}): {' '.join(map(str, cmd))}\n{tail}")
@@ -96,22 +102,37 @@ def run(cmd, *, what: str, timeout: float = 1800, quiet: bool = False, **kw) -> 
 # ----------------------------------------------------------------------------------------- host tools
 def ensure_apt_tools() -> None:
     """qemu-user-static, debootstrap and binfmt-support, installed with apt-get when missing."""
-    need = {"qemu-aarch64-static": "qemu-user-static", "debootstrap": "debootstrap",
-            "update-binfmts": "binfmt-support"}
+    need = {
+        "qemu-aarch64-static": "qemu-user-static",
+        "debootstrap": "debootstrap",
+        "update-binfmts": "binfmt-support",
+    }
     path = os.environ.get("PATH", "") + ":/usr/sbin:/sbin"
     missing = [pkg for exe, pkg in need.items() if not shutil.which(exe, path=path)]
     if not missing:
         return
     hint = f"install them with: apt-get install {' '.join(APT_PACKAGES)}"
     if os.geteuid() != 0 or not shutil.which("apt-get"):
-        raise EnvError(f"missing {', '.join(missing)} and not root with apt-get to install them; {hint}")
+        raise EnvError(
+            f"missing {', '.join(missing)} and not root with apt-get to install them; {hint}"
+        )
     log(f"installing {' '.join(missing)} with apt-get")
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
     try:
-        run(["apt-get", "install", "-y", "-q", *missing], what="apt-get install", env=env, timeout=900)
+        run(
+            ["apt-get", "install", "-y", "-q", *missing],
+            what="apt-get install",
+            env=env,
+            timeout=900,
+        )
     except EnvError:
         run(["apt-get", "update", "-q"], what="apt-get update", env=env, timeout=600)
-        run(["apt-get", "install", "-y", "-q", *missing], what="apt-get install", env=env, timeout=900)
+        run(
+            ["apt-get", "install", "-y", "-q", *missing],
+            what="apt-get install",
+            env=env,
+            timeout=900,
+        )
     still = [pkg for exe, pkg in need.items() if not shutil.which(exe, path=path)]
     if still:
         raise EnvError(f"apt-get install did not provide {', '.join(still)}; {hint}")
@@ -120,7 +141,9 @@ def ensure_apt_tools() -> None:
 def _exe(name: str) -> str:
     p = shutil.which(name, path=os.environ.get("PATH", "") + ":/usr/sbin:/sbin")
     if not p:
-        raise EnvError(f"{name} not found; install it with: apt-get install {' '.join(APT_PACKAGES)}")
+        raise EnvError(
+            f"{name} not found; install it with: apt-get install {' '.join(APT_PACKAGES)}"
+        )
     return p
 
 
@@ -135,7 +158,9 @@ VENV_RECIPES = {
 
 def package_folders() -> list:
     """The repository folders that install as ``metalite.<name>`` (read from setup.py's ``package_dir``)."""
-    return sorted(set(re.findall(r'"metalite\.[a-z_.]+":\s*"([a-z_]+)"', (REPO / "setup.py").read_text())))
+    return sorted(
+        set(re.findall(r'"metalite\.[a-z_.]+":\s*"([a-z_]+)"', (REPO / "setup.py").read_text()))
+    )
 
 
 def _repo_copy(dst: Path) -> Path:
@@ -190,18 +215,40 @@ def runtime_venv(kind: str) -> Path:
             # Not editable, from a copy: exactly what a device gets from a wheel of the repo. No extras,
             # so numpy and click are its only dependencies (already there or tiny).
             first = not stamp.exists()
-            run([str(py), "-m", "pip", "install", "-q", *([] if first else ["--force-reinstall", "--no-deps"]),
-                 str(copy)], what=f"pip install metalite into {root.name}", timeout=600)
+            run(
+                [
+                    str(py),
+                    "-m",
+                    "pip",
+                    "install",
+                    "-q",
+                    *([] if first else ["--force-reinstall", "--no-deps"]),
+                    str(copy),
+                ],
+                what=f"pip install metalite into {root.name}",
+                timeout=600,
+            )
             shutil.rmtree(copy, ignore_errors=True)
             stamp.write_text(src)
     return py
 
 
 # ----------------------------------------------------------------------------------------- arm64
-ROOTFS_RECIPE = {"kind": "rootfs", "suite": "bookworm", "arch": "arm64", "variant": "minbase",
-                 "include": ["python3", "python3-numpy"], "mirror": DEBIAN_MIRROR}
-WHEEL_RECIPE = {"kind": "wheel", "req": "tflite-runtime==2.14.0", "platform": "manylinux_2_34_aarch64",
-                "python": "3.11", "impl": "cp"}
+ROOTFS_RECIPE = {
+    "kind": "rootfs",
+    "suite": "bookworm",
+    "arch": "arm64",
+    "variant": "minbase",
+    "include": ["python3", "python3-numpy"],
+    "mirror": DEBIAN_MIRROR,
+}
+WHEEL_RECIPE = {
+    "kind": "wheel",
+    "req": "tflite-runtime==2.14.0",
+    "platform": "manylinux_2_34_aarch64",
+    "python": "3.11",
+    "impl": "cp",
+}
 
 
 def arm64_rootfs() -> Path:
@@ -215,8 +262,12 @@ def arm64_rootfs() -> Path:
             _umount_all(root)
             shutil.rmtree(root)
         r = ROOTFS_RECIPE
-        cmd = [_exe("debootstrap"), f"--arch={r['arch']}", f"--variant={r['variant']}",
-               f"--include={','.join(r['include'])}"]
+        cmd = [
+            _exe("debootstrap"),
+            f"--arch={r['arch']}",
+            f"--variant={r['variant']}",
+            f"--include={','.join(r['include'])}",
+        ]
         if binfmt_aarch64_ok():
             # debootstrap's second stage runs arm64 maintainer scripts in a chroot: needs binfmt_misc.
             log(f"debootstrap arm64 bookworm into {root} (about 3-5 minutes)")
@@ -224,12 +275,21 @@ def arm64_rootfs() -> Path:
         else:
             # No binfmt_misc (e.g. an unprivileged container): first stage only, then unpack every
             # downloaded .deb by hand. No maintainer scripts run, which python3 + numpy don't need.
-            log(f"binfmt_misc for aarch64 not available: debootstrap --foreign + dpkg-deb -x into {root}")
-            run(cmd + ["--foreign", r["suite"], str(root), r["mirror"]], what="debootstrap --foreign arm64",
-                timeout=2400)
+            log(
+                f"binfmt_misc for aarch64 not available: debootstrap --foreign + dpkg-deb -x into {root}"
+            )
+            run(
+                cmd + ["--foreign", r["suite"], str(root), r["mirror"]],
+                what="debootstrap --foreign arm64",
+                timeout=2400,
+            )
             for deb in sorted((root / "var" / "cache" / "apt" / "archives").glob("*.deb")):
-                run([_exe("dpkg-deb"), "-x", str(deb), str(root)], what=f"unpack {deb.name}", timeout=300,
-                    quiet=True)
+                run(
+                    [_exe("dpkg-deb"), "-x", str(deb), str(root)],
+                    what=f"unpack {deb.name}",
+                    timeout=300,
+                    quiet=True,
+                )
         _umount_all(root)
         if not (root / "usr" / "bin" / "python3").exists():
             raise EnvError(f"debootstrap finished but {root}/usr/bin/python3 is missing")
@@ -258,9 +318,28 @@ def arm64_wheel() -> Path:
         d.mkdir(parents=True, exist_ok=True)
         w = WHEEL_RECIPE
         log("pip download the aarch64 tflite-runtime wheel")
-        run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
-             "--platform", w["platform"], "--python-version", w["python"], "--implementation", w["impl"],
-             "-d", str(d), w["req"]], what="pip download tflite-runtime aarch64", timeout=900)
+        run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "-q",
+                "--no-deps",
+                "--only-binary=:all:",
+                "--platform",
+                w["platform"],
+                "--python-version",
+                w["python"],
+                "--implementation",
+                w["impl"],
+                "-d",
+                str(d),
+                w["req"],
+            ],
+            what="pip download tflite-runtime aarch64",
+            timeout=900,
+        )
         found = sorted(d.glob("tflite_runtime-*.whl"))
         if not found:
             raise EnvError(f"pip download left no tflite_runtime wheel in {d}")
@@ -275,7 +354,9 @@ def _copy_runtime(site: Path) -> None:
         shutil.rmtree(pkg)
     pkg.mkdir(parents=True)
     for name in ("runtime", "common"):
-        shutil.copytree(REPO / name, pkg / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        shutil.copytree(
+            REPO / name, pkg / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
+        )
 
 
 def arm64_site(rootfs: Path) -> str:
@@ -301,10 +382,20 @@ def arm64_site(rootfs: Path) -> str:
     return inside
 
 
-ARM64_LITERT_RECIPE = {"kind": "arm64-litert-venv", "reqs": ["numpy>=2", "ai-edge-litert"], "python": "3.11",
-                       "impl": "cp", "platforms": ["manylinux_2_36_aarch64", "manylinux_2_34_aarch64",
-                                                   "manylinux_2_28_aarch64", "manylinux_2_27_aarch64",
-                                                   "manylinux_2_17_aarch64", "manylinux2014_aarch64"]}
+ARM64_LITERT_RECIPE = {
+    "kind": "arm64-litert-venv",
+    "reqs": ["numpy>=2", "ai-edge-litert"],
+    "python": "3.11",
+    "impl": "cp",
+    "platforms": [
+        "manylinux_2_36_aarch64",
+        "manylinux_2_34_aarch64",
+        "manylinux_2_28_aarch64",
+        "manylinux_2_27_aarch64",
+        "manylinux_2_17_aarch64",
+        "manylinux2014_aarch64",
+    ],
+}
 
 
 def arm64_litert_venv(rootfs: Path, runner) -> dict:
@@ -324,12 +415,32 @@ def arm64_litert_venv(rootfs: Path, runner) -> dict:
             if root.exists():
                 shutil.rmtree(root)
             log(f"arm64 venv {inside}: {' '.join(r['reqs'])} (aarch64 wheels, about 30 MB)")
-            run(runner(["python3", "-m", "venv", "--without-pip", inside]), what="python3 -m venv (arm64)",
-                timeout=300)
+            run(
+                runner(["python3", "-m", "venv", "--without-pip", inside]),
+                what="python3 -m venv (arm64)",
+                timeout=300,
+            )
             plat = [a for p in r["platforms"] for a in ("--platform", p)]
-            run([sys.executable, "-m", "pip", "install", "-q", "--only-binary=:all:", *plat, "--python-version",
-                 r["python"], "--implementation", r["impl"], "--target", str(site), *r["reqs"]],
-                what="pip install --target (aarch64 ai-edge-litert)", timeout=1200)
+            run(
+                [
+                    sys.executable,
+                    "-m",
+                    "pip",
+                    "install",
+                    "-q",
+                    "--only-binary=:all:",
+                    *plat,
+                    "--python-version",
+                    r["python"],
+                    "--implementation",
+                    r["impl"],
+                    "--target",
+                    str(site),
+                    *r["reqs"],
+                ],
+                what="pip install --target (aarch64 ai-edge-litert)",
+                timeout=1200,
+            )
             (root / ".complete").write_text(json.dumps(r))
         _copy_runtime(site)
     return {"python": f"{inside}/bin/python", "site": f"{inside}/lib/python3.11/site-packages"}
@@ -339,16 +450,22 @@ def binfmt_aarch64_ok() -> bool:
     """True if the kernel runs aarch64 ELF files through qemu (binfmt_misc), enabling it if possible."""
     bm = Path("/proc/sys/fs/binfmt_misc")
     if not (bm / "register").exists():
-        subprocess.run(["mount", "-t", "binfmt_misc", "binfmt_misc", str(bm)],
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.run(
+            ["mount", "-t", "binfmt_misc", "binfmt_misc", str(bm)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
     if not (bm / "register").exists():
         return False
     entry = bm / "qemu-aarch64"
     if not entry.exists() or "enabled" not in entry.read_text():
         ub = shutil.which("update-binfmts", path=os.environ.get("PATH", "") + ":/usr/sbin")
         if ub:
-            subprocess.run([ub, "--enable", "qemu-aarch64"], stdout=subprocess.DEVNULL,
-                           stderr=subprocess.DEVNULL)
+            subprocess.run(
+                [ub, "--enable", "qemu-aarch64"],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
     return entry.exists() and "enabled" in entry.read_text()
 
 
@@ -374,9 +491,14 @@ def emulated_cpuinfo(rootfs: Path) -> None:
     cannot parse (it crashes); without any cpuinfo XNNPACK does not start. The rootfs's /proc is not
     mounted, so this plain file is what the device reads (chroot, and ``qemu -L``, which looks in the
     rootfs first)."""
-    entry = ("processor\t: {i}\nBogoMIPS\t: 108.00\nFeatures\t: {f}\nCPU implementer\t: 0x41\n"
-             "CPU architecture: 8\nCPU variant\t: 0x0\nCPU part\t: {p}\nCPU revision\t: 3\n")
-    text = "\n".join(entry.format(i=i, f=EMULATED_CPU["features"], p=EMULATED_CPU["part"]) for i in range(_host_cpus()))
+    entry = (
+        "processor\t: {i}\nBogoMIPS\t: 108.00\nFeatures\t: {f}\nCPU implementer\t: 0x41\n"
+        "CPU architecture: 8\nCPU variant\t: 0x0\nCPU part\t: {p}\nCPU revision\t: 3\n"
+    )
+    text = "\n".join(
+        entry.format(i=i, f=EMULATED_CPU["features"], p=EMULATED_CPU["part"])
+        for i in range(_host_cpus())
+    )
     target = rootfs / "proc" / "cpuinfo"
     if not target.parent.is_mount() and (not target.exists() or target.read_text() != text):
         target.parent.mkdir(exist_ok=True)
@@ -393,7 +515,12 @@ def arm64_runner(rootfs: Path):
     Paths given to the command must be paths *inside* the rootfs (see :func:`stage_in_rootfs`).
     """
     emulated_cpuinfo(rootfs)
-    env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": "/root", "QEMU_CPU": EMULATED_CPU["qemu"]}
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "LANG": "C.UTF-8",
+        "HOME": "/root",
+        "QEMU_CPU": EMULATED_CPU["qemu"],
+    }
     probe = ["python3", "-c", "import platform,numpy;print(platform.machine(),numpy.__version__)"]
     tried = []
     if os.geteuid() == 0 and binfmt_aarch64_ok():
@@ -401,18 +528,38 @@ def arm64_runner(rootfs: Path):
         # Debian's binfmt-support, so nothing needs copying into the chroot. QEMU_CPU is read by each
         # emulated exec, so it goes both outside (env's own start) and inside (env -i's children).
         def chroot_cmd(argv, extra_env=None, sys_mount=True):
-            inner = [_exe("chroot"), str(rootfs), "/usr/bin/env", "-i",
-                     *[f"{k}={v}" for k, v in {**env, **(extra_env or {})}.items()], *argv]
+            inner = [
+                _exe("chroot"),
+                str(rootfs),
+                "/usr/bin/env",
+                "-i",
+                *[f"{k}={v}" for k, v in {**env, **(extra_env or {})}.items()],
+                *argv,
+            ]
             if not sys_mount:
                 return ["/usr/bin/env", f"QEMU_CPU={env['QEMU_CPU']}", *inner]
             script = f'mount -o bind,ro /sys "{rootfs}/sys" && exec "$@"'
-            return ["/usr/bin/env", f"QEMU_CPU={env['QEMU_CPU']}", _exe("unshare"), "--mount",
-                    "--propagation", "private", "sh", "-c", script, "sh", *inner]
+            return [
+                "/usr/bin/env",
+                f"QEMU_CPU={env['QEMU_CPU']}",
+                _exe("unshare"),
+                "--mount",
+                "--propagation",
+                "private",
+                "sh",
+                "-c",
+                script,
+                "sh",
+                *inner,
+            ]
+
         for sys_mount in (True, False):
             cmd = functools.partial(chroot_cmd, sys_mount=sys_mount)
             p = subprocess.run(cmd(probe), capture_output=True, text=True, timeout=300)
             if p.returncode == 0 and p.stdout.startswith("aarch64"):
-                return cmd, "chroot+binfmt" + (" (+ /sys)" if sys_mount else " (no /sys: XNNPACK cannot start)")
+                return cmd, "chroot+binfmt" + (
+                    " (+ /sys)" if sys_mount else " (no /sys: XNNPACK cannot start)"
+                )
             tried.append(f"chroot{' + /sys' if sys_mount else ''}: {p.stderr.strip()[-300:]}")
 
     qemu = _exe("qemu-aarch64-static")
@@ -426,14 +573,27 @@ def arm64_runner(rootfs: Path):
                 break
             t = os.readlink(real)
             real = Path(str(rootfs) + t) if t.startswith("/") else real.parent / t
-        return ["/usr/bin/env", "-i", *[f"{k}={v}" for k, v in {**env, **(extra_env or {})}.items()],
-                qemu, "-cpu", env["QEMU_CPU"], "-L", str(rootfs), real, *argv[1:]]
+        return [
+            "/usr/bin/env",
+            "-i",
+            *[f"{k}={v}" for k, v in {**env, **(extra_env or {})}.items()],
+            qemu,
+            "-cpu",
+            env["QEMU_CPU"],
+            "-L",
+            str(rootfs),
+            real,
+            *argv[1:],
+        ]
+
     p = subprocess.run(qemu_cmd(probe), capture_output=True, text=True, timeout=300)
     if p.returncode == 0 and p.stdout.startswith("aarch64"):
         return qemu_cmd, "qemu-aarch64-static -L"
     tried.append(f"qemu -L: {p.stderr.strip()[-300:]}")
-    raise EnvError("cannot run arm64 python in the rootfs; need root + binfmt_misc, or "
-                   f"qemu-user-static (apt-get install {' '.join(APT_PACKAGES)}): " + " | ".join(tried))
+    raise EnvError(
+        "cannot run arm64 python in the rootfs; need root + binfmt_misc, or "
+        f"qemu-user-static (apt-get install {' '.join(APT_PACKAGES)}): " + " | ".join(tried)
+    )
 
 
 def stage_in_rootfs(rootfs: Path, name: str, files: dict) -> tuple:

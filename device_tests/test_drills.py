@@ -1,6 +1,7 @@
-"""Failure drills (issue 5, part 5): a truncated model, a checksum that no longer matches, a power cut
+"""Failure drills: a truncated model, a checksum that no longer matches, a power cut
 in the middle of saving, a full disk. Each gives a one-line error naming what is wrong, and nothing
 that was there before is lost. Everything runs in the runtime-only tflite venv."""
+
 import hashlib
 import json
 import os
@@ -17,6 +18,8 @@ import pytest
 import device_bundles as bundlelib
 import envs
 from devicekit import SCRIPTS, run_script
+
+pytestmark = pytest.mark.device  # every test here needs a device environment
 
 
 def sha(p):
@@ -41,13 +44,17 @@ def copy(bundle, tmp_path):
 
 def drill(py, *args, preexec_fn=None, timeout=300):
     p = run_script(py, "drills.py", list(args), preexec_fn=preexec_fn, timeout=timeout, check=False)
-    assert p.stdout.strip(), f"drills.py {args[0]} printed nothing (exit {p.returncode}):\n{p.stderr[-3000:]}"
+    assert p.stdout.strip(), (
+        f"drills.py {args[0]} printed nothing (exit {p.returncode}):\n{p.stderr[-3000:]}"
+    )
     return json.loads(p.stdout.strip().splitlines()[-1])
 
 
 def cli(py, *args):
     exe = Path(py).parent / "metalite"
-    p = subprocess.run([str(exe), *map(str, args)], capture_output=True, text=True, timeout=300, cwd="/")
+    p = subprocess.run(
+        [str(exe), *map(str, args)], capture_output=True, text=True, timeout=300, cwd="/"
+    )
     return p
 
 
@@ -88,7 +95,14 @@ def test_truncated_backbone(py, copy, task, tmp_path, saved_state):
     # (a) as found on the device: the manifest's size and checksum catch it
     assert_one_line_error(drill(py, "open", copy), "BundleError", "backbone.tflite", "truncated")
     # the CLI says the same in one line, no traceback; nothing was changed or lost
-    p = cli(py, "predict", copy, "--state", st, task / "query" / os.listdir(task / "query")[0] / "00.png")
+    p = cli(
+        py,
+        "predict",
+        copy,
+        "--state",
+        st,
+        task / "query" / os.listdir(task / "query")[0] / "00.png",
+    )
     assert_clean_cli_failure(p, "backbone.tflite")
     assert snapshot(copy) == files and sha(st) == before_state
 
@@ -103,7 +117,9 @@ def test_truncated_backbone_with_valid_checksums(venvs, copy):
     tfl.write_bytes(data[: len(data) // 2])
     bundlelib.resign(copy)
     files = snapshot(copy)
-    assert_one_line_error(drill(venvs("litert"), "open", copy), "BundleError", "backbone.tflite", "cannot load")
+    assert_one_line_error(
+        drill(venvs("litert"), "open", copy), "BundleError", "backbone.tflite", "cannot load"
+    )
     assert snapshot(copy) == files
 
 
@@ -136,18 +152,32 @@ def test_power_cut_while_saving(py, bundle, task, saved_state):
     rng = random.Random(5)
     seen = 0
     for round_ in range(4):
-        proc = subprocess.Popen([str(py), str(SCRIPTS / "drills.py"), "save-loop", str(bundle),
-                                 str(task / "task.npz"), str(st)], stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True, cwd="/")
+        proc = subprocess.Popen(
+            [
+                str(py),
+                str(SCRIPTS / "drills.py"),
+                "save-loop",
+                str(bundle),
+                str(task / "task.npz"),
+                str(st),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd="/",
+        )
         for _ in range(2):  # let it complete a couple of saves, then cut the power at a random time
             line = proc.stdout.readline()
-            assert line.startswith("saved"), (line, proc.stderr.read() if proc.poll() is not None else "")
+            assert line.startswith("saved"), (
+                line,
+                proc.stderr.read() if proc.poll() is not None else "",
+            )
         time.sleep(rng.uniform(0.0, 0.05))
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
         r = drill(py, "load", bundle, task / "task.npz", st)
         assert r["ok"], f"round {round_}: the state no longer loads after a kill: {r}"
-        extra = r["classes"][len(base["classes"]):]
+        extra = r["classes"][len(base["classes"]) :]
         assert r["classes"][: len(base["classes"])] == base["classes"]
         assert extra == [f"extra{i:03d}" for i in range(len(extra))] and len(extra) >= 2, extra
         seen += 1
@@ -170,8 +200,17 @@ def test_truncated_temp_file_and_truncated_state(py, bundle, task, saved_state, 
     # what a non-atomic writer would have left: the state itself cut short -> clear StateError
     cut = tmp_path / "cut.npz"
     cut.write_bytes(data[: len(data) // 2])
-    assert_one_line_error(drill(py, "load", bundle, task / "task.npz", cut), "StateError", "cut.npz")
-    p = cli(py, "predict", bundle, "--state", cut, task / "query" / os.listdir(task / "query")[0] / "00.png")
+    assert_one_line_error(
+        drill(py, "load", bundle, task / "task.npz", cut), "StateError", "cut.npz"
+    )
+    p = cli(
+        py,
+        "predict",
+        bundle,
+        "--state",
+        cut,
+        task / "query" / os.listdir(task / "query")[0] / "00.png",
+    )
     assert_clean_cli_failure(p, "cut.npz")
 
 
@@ -180,9 +219,16 @@ def small_disk(tmp_path):
     """A 64 KiB tmpfs if this machine lets us mount one (root), else None (RLIMIT_FSIZE is used)."""
     mnt = tmp_path / "disk"
     mnt.mkdir()
-    ok = os.geteuid() == 0 and subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)],
-                                              capture_output=True).returncode == 0
-    envs.log(f"full-disk drill: {'1 MiB tmpfs' if ok else 'RLIMIT_FSIZE (tmpfs mount not permitted)'}")
+    ok = (
+        os.geteuid() == 0
+        and subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True
+        ).returncode
+        == 0
+    )
+    envs.log(
+        f"full-disk drill: {'1 MiB tmpfs' if ok else 'RLIMIT_FSIZE (tmpfs mount not permitted)'}"
+    )
     yield mnt, ok
     if ok:
         subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
@@ -190,8 +236,11 @@ def small_disk(tmp_path):
 
 def _fsize(limit):
     def preexec():
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # get EFBIG from write() instead of being killed
+        signal.signal(
+            signal.SIGXFSZ, signal.SIG_IGN
+        )  # get EFBIG from write() instead of being killed
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
     return preexec
 
 
@@ -224,7 +273,9 @@ def test_full_disk_on_save(py, bundle, task, small_disk):
     assert sha(st) == before
     back = drill(py, "load", bundle, task / "task.npz", st)
     assert back["ok"] and back["proba"] == base["proba"]
-    assert sorted(p.name for p in mnt.iterdir()) == sorted(["state.npz"] + (["filler"] if tmpfs else []))
+    assert sorted(p.name for p in mnt.iterdir()) == sorted(
+        ["state.npz"] + (["filler"] if tmpfs else [])
+    )
     if tmpfs:  # the CLI on the full disk: one line, exit != 0, old state intact
         p = cli(py, "adapt", bundle, task / "support", "--out", st)
         # (np.savez's ZipFile, left open when a write fails, prints "Exception ignored ... Traceback" when

@@ -1,4 +1,5 @@
-"""The Edge TPU path on a machine without the chip (issue 5, part 4): only libedgetpu is missing."""
+"""The Edge TPU path on a machine without the chip: only libedgetpu is missing."""
+
 import json
 
 import numpy as np
@@ -6,6 +7,8 @@ import pytest
 
 import device_bundles as bundlelib
 from devicekit import run_script
+
+pytestmark = pytest.mark.device  # every test here needs a device environment
 
 
 @pytest.fixture(scope="session")
@@ -33,7 +36,9 @@ def test_auto_falls_back_with_one_warning(edgetpu_result):
 def test_edgetpu_delegate_is_a_clear_error(edgetpu_result):
     r = edgetpu_result["tpu-edgetpu"]
     assert r.get("is_delegate_error"), r
-    assert "\n" not in r["message"] and "libedgetpu" in r["message"] and "install" in r["message"], r["message"]
+    assert (
+        "\n" not in r["message"] and "libedgetpu" in r["message"] and "install" in r["message"]
+    ), r["message"]
     r = edgetpu_result["plain-edgetpu"]
     assert r.get("is_delegate_error"), r
     assert "backbone_edgetpu.tflite" in r["message"] and "\n" not in r["message"], r["message"]

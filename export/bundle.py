@@ -4,6 +4,7 @@ Atomic: everything is built in a hidden ``.<name>.partial-*`` directory next to 
 into place at the end, so an interrupted export never leaves a directory that looks like a bundle. An
 existing bundle is replaced only when ``overwrite=True``, and only at that final rename.
 """
+
 from __future__ import annotations
 
 import datetime as _dt
@@ -50,7 +51,9 @@ def _prepare(out_dir, overwrite: bool) -> Path:
     return out
 
 
-def _edgetpu(tmp: Path, backbone_model, representative, cpu_bytes: bytes, compile_it: bool, say) -> dict:
+def _edgetpu(
+    tmp: Path, backbone_model, representative, cpu_bytes: bytes, compile_it: bool, say
+) -> dict:
     """Edge TPU report (of the static batch-1 model if compiling, else of the CPU model with batch 1 assumed)
     and, if asked, the compiled ``backbone_edgetpu.tflite``; returns the manifest's ``edgetpu`` section."""
     section = {"report_file": "edgetpu_report.json", "file": None}
@@ -68,12 +71,18 @@ def _edgetpu(tmp: Path, backbone_model, representative, cpu_bytes: bytes, compil
             section["file"] = "backbone_edgetpu.tflite"
         shutil.rmtree(scratch)
         report["compiler"] = {k: v for k, v in result.items() if k != "output"}
-        section["compiler"] = {"status": result["status"], "message": result["message"],
-                               "version": result["stats"].get("version")}
+        section["compiler"] = {
+            "status": result["status"],
+            "message": result["message"],
+            "version": result["stats"].get("version"),
+        }
     else:
         report = _etpu.check_model(cpu_bytes, "backbone.tflite", static_batch=True)
-        section["compiler"] = {"status": "not_requested", "message": "not compiled (export --edgetpu compiles)",
-                               "version": None}
+        section["compiler"] = {
+            "status": "not_requested",
+            "message": "not compiled (export --edgetpu compiles)",
+            "version": None,
+        }
     atomic_write_bytes(tmp / "edgetpu_report.json", json.dumps(report, indent=2).encode())
     section.update(ready=report["ready"], summary=_etpu.summarize(report))
     return section
@@ -84,15 +93,31 @@ def _manifest(io: dict, head_spec, meta: dict, files: dict, extra: dict) -> dict
 
     head_cfg = head_spec.config()
     return {
-        "format": BUNDLE_FORMAT, "format_version": BUNDLE_FORMAT_VERSION, "metalite_version": __version__,
-        "created": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z"),
-        "input": {"shape": io["input"]["shape"], "dtype": io["input"]["dtype"], "layout": "NHWC",
-                  "preprocess": preprocess_settings(int(io["input"]["shape"][-1])),
-                  "quantization": io["input"]["quantization"]},
-        "output": {"embedding_dim": int(io["output"]["shape"][-1]), "dtype": io["output"]["dtype"],
-                   "quantization": io["output"]["quantization"]},
+        "format": BUNDLE_FORMAT,
+        "format_version": BUNDLE_FORMAT_VERSION,
+        "metalite_version": __version__,
+        "created": _dt.datetime.now(_dt.timezone.utc)
+        .replace(microsecond=0)
+        .isoformat()
+        .replace("+00:00", "Z"),
+        "input": {
+            "shape": io["input"]["shape"],
+            "dtype": io["input"]["dtype"],
+            "layout": "NHWC",
+            "preprocess": preprocess_settings(int(io["input"]["shape"][-1])),
+            "quantization": io["input"]["quantization"],
+        },
+        "output": {
+            "embedding_dim": int(io["output"]["shape"][-1]),
+            "dtype": io["output"]["dtype"],
+            "quantization": io["output"]["quantization"],
+        },
         "backbone": extra["backbone"],
-        "head": {"file": "head.npz", "layers": head_cfg["layers"], "adaptation": head_cfg["adaptation"]},
+        "head": {
+            "file": "head.npz",
+            "layers": head_cfg["layers"],
+            "adaptation": head_cfg["adaptation"],
+        },
         **{k: meta.get(k, {}) for k in META_SECTIONS},
         "quantization_check": extra["check"],
         "edgetpu": extra["edgetpu"],
@@ -105,19 +130,25 @@ def _float_bytes(backbone_model, float_model) -> bytes:
     fake-quantized (QAT) graph, which would be float in name only."""
     model = backbone_model if float_model is True else float_model
     if _tfl.is_quantize_annotated(model):
-        raise ExportError("the float comparison model must be a plain float backbone, not a quantization-aware one "
-                          "(pass its float twin: metalite.training.pruning.float_twin)")
+        raise ExportError(
+            "the float comparison model must be a plain float backbone, not a quantization-aware one "
+            "(pass its float twin: metalite.training.pruning.float_twin)"
+        )
     return _tfl.convert_float(model)
 
 
-def _build(tmp: Path, backbone_model, head_spec, rep, meta, edgetpu, float_model, say, evaluate=None) -> dict:
+def _build(
+    tmp: Path, backbone_model, head_spec, rep, meta, edgetpu, float_model, say, evaluate=None
+) -> dict:
     from metalite.runtime.head import save_head
 
     from .inspect import weight_stats
 
     dim = int(backbone_model.outputs[0].shape[-1])
     if head_spec.weights and int(head_spec.weights[0][0].shape[0]) != dim:
-        raise ExportError(f"head expects {head_spec.weights[0][0].shape[0]}-d embeddings, backbone gives {dim}")
+        raise ExportError(
+            f"head expects {head_spec.weights[0][0].shape[0]}-d embeddings, backbone gives {dim}"
+        )
     say(f"converting the backbone to full-integer int8 ({len(rep)} representative images)")
     cpu = _tfl.convert_int8(backbone_model, rep, batch=None)
     io = _tfl.io_details(cpu)
@@ -126,35 +157,68 @@ def _build(tmp: Path, backbone_model, head_spec, rep, meta, edgetpu, float_model
     _tfl.interpreter(cpu, batch=32)  # the runtime resizes to 32: prove it allocates
     atomic_write_bytes(tmp / "backbone.tflite", cpu)
     say("checking int8 embeddings against the Keras model")
-    check = _tfl.cosine_agreement(_tfl.run_int8(cpu, rep, batch=min(32, len(rep))),
-                                  np.asarray(backbone_model(rep, training=False)))
-    check = {"cosine_min": check["min"], "cosine_mean": check["mean"], "images": check["n"],
-             "reference": "keras model, representative images"}
+    check = _tfl.cosine_agreement(
+        _tfl.run_int8(cpu, rep, batch=min(32, len(rep))),
+        np.asarray(backbone_model(rep, training=False)),
+    )
+    check = {
+        "cosine_min": check["min"],
+        "cosine_mean": check["mean"],
+        "images": check["n"],
+        "reference": "keras model, representative images",
+    }
     if evaluate is not None:
-        say("measuring few-shot accuracy of the int8 backbone (head-only adaptation, held-out classes)")
+        say(
+            "measuring few-shot accuracy of the int8 backbone (head-only adaptation, held-out classes)"
+        )
         meta = {**meta, "accuracy": {**meta.get("accuracy", {}), **evaluate(cpu)}}
     head_path = tmp / "head.npz"
     atomic_write(head_path, lambda f: save_head(head_spec, f))
-    backbone = {"file": "backbone.tflite", "batch": "dynamic", "edgetpu_file": None, "float_file": None,
-                "qat": _tfl.is_quantize_annotated(backbone_model), "weight_sparsity": weight_stats(cpu)["sparsity"]}
+    backbone = {
+        "file": "backbone.tflite",
+        "batch": "dynamic",
+        "edgetpu_file": None,
+        "float_file": None,
+        "qat": _tfl.is_quantize_annotated(backbone_model),
+        "weight_sparsity": weight_stats(cpu)["sparsity"],
+    }
     if float_model is not None and float_model is not False:
         say("converting the float32 comparison model")
         atomic_write_bytes(tmp / "backbone_float.tflite", _float_bytes(backbone_model, float_model))
         backbone["float_file"] = "backbone_float.tflite"
     section = _edgetpu(tmp, backbone_model, rep, cpu, edgetpu, say)
     backbone["edgetpu_file"] = section.pop("file")
-    files = {p.name: {"sha256": sha256_bytes(p.read_bytes()), "bytes": p.stat().st_size}
-             for p in sorted(tmp.iterdir()) if p.is_file()}
+    files = {
+        p.name: {"sha256": sha256_bytes(p.read_bytes()), "bytes": p.stat().st_size}
+        for p in sorted(tmp.iterdir())
+        if p.is_file()
+    }
     bad = next((bundle_file_problem(n) for n in files if bundle_file_problem(n)), None)
-    if bad:  # the rule open_bundle, fleet publish and the device apply: caught here, not on the device
+    if (
+        bad
+    ):  # the rule open_bundle, fleet publish and the device apply: caught here, not on the device
         raise ExportError(f"cannot write the bundle: {bad}")
-    manifest = _manifest(io, head_spec, meta or {}, files, {"backbone": backbone, "check": check, "edgetpu": section})
-    atomic_write_bytes(tmp / "manifest.json", json.dumps(manifest, indent=2).encode())  # written last
+    manifest = _manifest(
+        io, head_spec, meta or {}, files, {"backbone": backbone, "check": check, "edgetpu": section}
+    )
+    atomic_write_bytes(
+        tmp / "manifest.json", json.dumps(manifest, indent=2).encode()
+    )  # written last
     return manifest
 
 
-def write_bundle(out_dir, backbone_model, head_spec, representative, meta: dict | None = None, edgetpu: bool = False,
-                 float_model=None, progress=None, overwrite: bool = False, evaluate=None) -> Path:
+def write_bundle(
+    out_dir,
+    backbone_model,
+    head_spec,
+    representative,
+    meta: dict | None = None,
+    edgetpu: bool = False,
+    float_model=None,
+    progress=None,
+    overwrite: bool = False,
+    evaluate=None,
+) -> Path:
     """Export ``backbone_model`` (tf_keras, float or QAT/PQAT-annotated) and ``head_spec`` as a bundle at ``out_dir``.
 
     ``representative``: float32 (N, H, W, C) model-input images (C = 1 gray, 3 RGB) for calibration and the
@@ -170,7 +234,9 @@ def write_bundle(out_dir, backbone_model, head_spec, representative, meta: dict 
     meta = dict(meta or {})
     unknown = set(meta) - set(META_SECTIONS)
     if unknown:
-        raise ExportError(f"unknown meta sections {sorted(unknown)}; expected {', '.join(META_SECTIONS)}")
+        raise ExportError(
+            f"unknown meta sections {sorted(unknown)}; expected {', '.join(META_SECTIONS)}"
+        )
     log = as_progress(progress).log
     say = lambda msg: log(f"export: {msg}")  # noqa: E731
     out = _prepare(out_dir, overwrite)
@@ -179,18 +245,26 @@ def write_bundle(out_dir, backbone_model, head_spec, representative, meta: dict 
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
         umask = os.umask(0)
         os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it 0700; a bundle is as readable as any new directory
+        os.chmod(
+            tmp, 0o777 & ~umask
+        )  # mkdtemp makes it 0700; a bundle is as readable as any new directory
     except OSError as e:
         raise ExportError(f"cannot write to {out.parent}: {e.strerror}") from None
     try:
-        manifest = _build(tmp, backbone_model, head_spec, rep, meta, edgetpu, float_model, say, evaluate)
+        manifest = _build(
+            tmp, backbone_model, head_spec, rep, meta, edgetpu, float_model, say, evaluate
+        )
         replace_dir(tmp, out)  # an old bundle is set aside first and removed only after
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise ExportError(f"writing the bundle failed: {e.strerror or e} ({e.filename or out})") from None
+        raise ExportError(
+            f"writing the bundle failed: {e.strerror or e} ({e.filename or out})"
+        ) from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    say(f"wrote {out} ({sum(f['bytes'] for f in manifest['files'].values())} bytes); "
-        f"Edge TPU: {manifest['edgetpu']['compiler']['message'] if edgetpu else manifest['edgetpu']['summary']}")
+    say(
+        f"wrote {out} ({sum(f['bytes'] for f in manifest['files'].values())} bytes); "
+        f"Edge TPU: {manifest['edgetpu']['compiler']['message'] if edgetpu else manifest['edgetpu']['summary']}"
+    )
     return out

@@ -1,4 +1,5 @@
 """The one error type of metalite.export, in the ``MetaliteError`` family: a one-line, user-facing message."""
+
 from metalite.common.errors import MetaliteError
 
 

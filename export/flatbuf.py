@@ -5,6 +5,7 @@ recommended interpreter inspects bundles without TensorFlow), else TensorFlow's.
 so neither package is imported (inspecting a bundle takes milliseconds, not the seconds a TF import costs);
 only the ``flatbuffers`` package, a dependency of both, is needed at run time. tflite-runtime ships no schema.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -18,13 +19,24 @@ from metalite.runtime.errors import MissingExtraError
 
 from .errors import ExportError
 
-_NUMPY_TYPES = {"FLOAT32": np.float32, "FLOAT16": np.float16, "INT32": np.int32, "UINT8": np.uint8,
-                "INT64": np.int64, "INT16": np.int16, "INT8": np.int8, "FLOAT64": np.float64, "UINT32": np.uint32}
+_NUMPY_TYPES = {
+    "FLOAT32": np.float32,
+    "FLOAT16": np.float16,
+    "INT32": np.int32,
+    "UINT8": np.uint8,
+    "INT64": np.int64,
+    "INT16": np.int16,
+    "INT8": np.int8,
+    "FLOAT64": np.float64,
+    "UINT32": np.uint32,
+}
 
 
 # Where each package keeps the generated schema module, in the order they are tried.
-SCHEMA_FILES = {"ai_edge_litert": ("schema_py_generated.py",),
-                "tensorflow": ("lite", "python", "schema_py_generated.py")}
+SCHEMA_FILES = {
+    "ai_edge_litert": ("schema_py_generated.py",),
+    "tensorflow": ("lite", "python", "schema_py_generated.py"),
+}
 
 
 def schema_file(package: str) -> str | None:
@@ -48,7 +60,9 @@ def schema():
     for package in SCHEMA_FILES:
         path = schema_file(package)
         if path is not None:
-            mspec = importlib.util.spec_from_file_location(f"_metalite_tflite_schema_{package}", path)
+            mspec = importlib.util.spec_from_file_location(
+                f"_metalite_tflite_schema_{package}", path
+            )
             mod = importlib.util.module_from_spec(mspec)
             mspec.loader.exec_module(mod)
             return mod
@@ -106,8 +120,10 @@ def read_model(data: bytes, what: str = "model") -> TFLiteModel:
     for i, t in enumerate(g.tensors):
         buf = m.buffers[t.buffer] if m.buffers and t.buffer < len(m.buffers) else None
         raw = None if buf is None else buf.data
-        if buf is not None and raw is None and getattr(buf, "size", 0):  # large models keep data outside
-            raw = bytes(data[buf.offset:buf.offset + buf.size])
+        if (
+            buf is not None and raw is None and getattr(buf, "size", 0)
+        ):  # large models keep data outside
+            raw = bytes(data[buf.offset : buf.offset + buf.size])
         dtype = types.get(t.type, str(t.type))
         arr = None
         if raw is not None and len(raw) and dtype in _NUMPY_TYPES:
@@ -116,14 +132,29 @@ def read_model(data: bytes, what: str = "model") -> TFLiteModel:
             if int(np.prod(shape)) == arr.size:
                 arr = arr.reshape(shape)
         q = t.quantization
-        tensors.append(Tensor(
-            i, (t.name or b"").decode() if isinstance(t.name, bytes) else str(t.name), dtype,
-            [int(d) for d in (t.shape if t.shape is not None else [])],
-            [int(d) for d in (t.shapeSignature if t.shapeSignature is not None else (t.shape if t.shape is not None else []))],
-            raw is not None and len(raw) > 0,
-            [float(x) for x in (q.scale if q is not None and q.scale is not None else [])],
-            [int(x) for x in (q.zeroPoint if q is not None and q.zeroPoint is not None else [])],
-            arr))
+        tensors.append(
+            Tensor(
+                i,
+                (t.name or b"").decode() if isinstance(t.name, bytes) else str(t.name),
+                dtype,
+                [int(d) for d in (t.shape if t.shape is not None else [])],
+                [
+                    int(d)
+                    for d in (
+                        t.shapeSignature
+                        if t.shapeSignature is not None
+                        else (t.shape if t.shape is not None else [])
+                    )
+                ],
+                raw is not None and len(raw) > 0,
+                [float(x) for x in (q.scale if q is not None and q.scale is not None else [])],
+                [
+                    int(x)
+                    for x in (q.zeroPoint if q is not None and q.zeroPoint is not None else [])
+                ],
+                arr,
+            )
+        )
     ops = []
     for i, o in enumerate(g.operators or []):
         code = m.operatorCodes[o.opcodeIndex]
@@ -132,9 +163,18 @@ def read_model(data: bytes, what: str = "model") -> TFLiteModel:
         if name == "CUSTOM":
             cc = code.customCode
             name = "CUSTOM:" + (cc.decode() if isinstance(cc, bytes) else str(cc))
-        ops.append(Op(i, name, [int(x) for x in (o.inputs if o.inputs is not None else [])],
-                      [int(x) for x in (o.outputs if o.outputs is not None else [])], o.builtinOptions))
-    return TFLiteModel(tensors, ops, [int(x) for x in g.inputs], [int(x) for x in g.outputs], len(m.subgraphs))
+        ops.append(
+            Op(
+                i,
+                name,
+                [int(x) for x in (o.inputs if o.inputs is not None else [])],
+                [int(x) for x in (o.outputs if o.outputs is not None else [])],
+                o.builtinOptions,
+            )
+        )
+    return TFLiteModel(
+        tensors, ops, [int(x) for x in g.inputs], [int(x) for x in g.outputs], len(m.subgraphs)
+    )
 
 
 def activation_name(options) -> str:

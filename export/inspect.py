@@ -4,6 +4,7 @@ ops, input/output quantization, Edge TPU readiness and checksum verification.
 ``inspect_bundle`` reads the .tflite flatbuffers directly (no TensorFlow import, no interpreter), so it is
 quick; ``runtime_check`` opens the backbone with ``metalite.runtime`` to say how it would run here.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -32,12 +33,21 @@ def read_bundle_files(path) -> dict:
     if p.is_file() and zipfile.is_zipfile(p):
         with zipfile.ZipFile(p) as z:
             names = [n for n in z.namelist() if not n.endswith("/")]
-            mans = sorted((n for n in names if n.rsplit("/", 1)[-1] == "manifest.json"), key=lambda n: n.count("/"))
+            mans = sorted(
+                (n for n in names if n.rsplit("/", 1)[-1] == "manifest.json"),
+                key=lambda n: n.count("/"),
+            )
             if not mans:
                 raise ExportError(f"{p}: no manifest.json in the zip, not a metalite bundle")
             prefix = mans[0][: -len("manifest.json")]
-            return {n[len(prefix):]: z.read(n) for n in names if n.startswith(prefix) and "/" not in n[len(prefix):]}
-    raise ExportError(f"{p}: not a bundle directory or .zip" if p.exists() else f"{p}: no such file or directory")
+            return {
+                n[len(prefix) :]: z.read(n)
+                for n in names
+                if n.startswith(prefix) and "/" not in n[len(prefix) :]
+            }
+    raise ExportError(
+        f"{p}: not a bundle directory or .zip" if p.exists() else f"{p}: no such file or directory"
+    )
 
 
 def weight_stats(data: bytes, name: str = "model") -> dict:
@@ -52,13 +62,25 @@ def weight_stats(data: bytes, name: str = "model") -> dict:
         if pos is None or pos >= len(op.inputs) or op.inputs[pos] < 0:
             continue
         t = m.tensors[op.inputs[pos]]
-        while t.data is None and getattr(producer.get(t.index), "name", "") in ("QUANTIZE", "DEQUANTIZE"):
+        while t.data is None and getattr(producer.get(t.index), "name", "") in (
+            "QUANTIZE",
+            "DEQUANTIZE",
+        ):
             t = m.tensors[producer[t.index].inputs[0]]
         if t.data is None:
             continue
         z = int(np.count_nonzero(t.data == 0))
-        rows.append({"op": op.name, "tensor": t.name, "shape": t.shape, "dtype": t.dtype, "size": int(t.data.size),
-                     "zeros": z, "sparsity": z / max(t.data.size, 1)})
+        rows.append(
+            {
+                "op": op.name,
+                "tensor": t.name,
+                "shape": t.shape,
+                "dtype": t.dtype,
+                "size": int(t.data.size),
+                "zeros": z,
+                "sparsity": z / max(t.data.size, 1),
+            }
+        )
         zeros, total = zeros + z, total + int(t.data.size)
     return {"tensors": rows, "sparsity": zeros / total if total else 0.0, "weights": total}
 
@@ -69,8 +91,10 @@ def model_kind(summary: dict) -> str:
     if any(o.startswith("CUSTOM:edgetpu") for o in ops):
         return "compiled for the Edge TPU"
     if dtype.startswith("float") and ("QUANTIZE" in ops or "DEQUANTIZE" in ops):
-        return ("float32 in and out but fake-quantized: weights and activations pass QUANTIZE/DEQUANTIZE ops (a "
-                "quantization-aware graph converted as is, not a float model)")
+        return (
+            "float32 in and out but fake-quantized: weights and activations pass QUANTIZE/DEQUANTIZE ops (a "
+            "quantization-aware graph converted as is, not a float model)"
+        )
     if dtype.startswith("float"):
         return "float32, no quantization (for comparison only)"
     return f"{dtype} in and out, full-integer quantized (what the device runs)"
@@ -82,12 +106,22 @@ def tflite_summary(data: bytes, name: str) -> dict:
 
     def io(i):
         t = m.tensors[i]
-        return {"name": t.name, "dtype": t.dtype.lower(), "shape": t.shape_signature,
-                "quantization": {"scale": t.scale[0], "zero_point": t.zero_point[0]} if t.scale else None}
+        return {
+            "name": t.name,
+            "dtype": t.dtype.lower(),
+            "shape": t.shape_signature,
+            "quantization": {"scale": t.scale[0], "zero_point": t.zero_point[0]}
+            if t.scale
+            else None,
+        }
 
-    return {"ops": dict(Counter(op.name for op in m.ops)), "n_ops": len(m.ops),
-            "input": io(m.inputs[0]) if m.inputs else None, "output": io(m.outputs[0]) if m.outputs else None,
-            "weights": weight_stats(data, name)}
+    return {
+        "ops": dict(Counter(op.name for op in m.ops)),
+        "n_ops": len(m.ops),
+        "input": io(m.inputs[0]) if m.inputs else None,
+        "output": io(m.outputs[0]) if m.outputs else None,
+        "weights": weight_stats(data, name),
+    }
 
 
 def verify_checksums(manifest: dict, files: dict) -> dict:
@@ -111,8 +145,10 @@ def inspect_bundle(path) -> dict:
         manifest = json.loads(files["manifest.json"])
     except (KeyError, ValueError) as e:
         raise ExportError(f"{path}: manifest.json is not valid JSON ({e})") from None
-    sizes = {n: {"bytes": len(b), "gzip_bytes": len(gzip.compress(b, compresslevel=9, mtime=0))}
-             for n, b in files.items()}
+    sizes = {
+        n: {"bytes": len(b), "gzip_bytes": len(gzip.compress(b, compresslevel=9, mtime=0))}
+        for n, b in files.items()
+    }
     models = {n: tflite_summary(b, n) for n, b in files.items() if n.endswith(".tflite")}
     if "edgetpu_report.json" in files:
         report = json.loads(files["edgetpu_report.json"])
@@ -120,12 +156,28 @@ def inspect_bundle(path) -> dict:
         report = _etpu.check_model(files["backbone.tflite"], "backbone.tflite", static_batch=True)
     else:
         report = None
-    edgetpu = None if report is None else {
-        "ready": report["ready"], "summary": _etpu.summarize(report), "first_unsupported": report["first_unsupported"],
-        "compiled_file": "backbone_edgetpu.tflite" if "backbone_edgetpu.tflite" in files else None,
-        "compiler": report.get("compiler", {}).get("message") or manifest.get("edgetpu", {}).get("compiler", {}).get("message")}
-    return {"path": str(path), "manifest": manifest, "sizes": sizes, "models": models, "edgetpu": edgetpu,
-            "checksums": verify_checksums(manifest, files)}
+    edgetpu = (
+        None
+        if report is None
+        else {
+            "ready": report["ready"],
+            "summary": _etpu.summarize(report),
+            "first_unsupported": report["first_unsupported"],
+            "compiled_file": "backbone_edgetpu.tflite"
+            if "backbone_edgetpu.tflite" in files
+            else None,
+            "compiler": report.get("compiler", {}).get("message")
+            or manifest.get("edgetpu", {}).get("compiler", {}).get("message"),
+        }
+    )
+    return {
+        "path": str(path),
+        "manifest": manifest,
+        "sizes": sizes,
+        "models": models,
+        "edgetpu": edgetpu,
+        "checksums": verify_checksums(manifest, files),
+    }
 
 
 def runtime_check(path) -> dict:
@@ -162,18 +214,24 @@ def _training_line(t: dict) -> str:
     extras = [f"{t.get('steps')} steps"]
     if t.get("warm_start"):
         ws = t["warm_start"]
-        extras[0] += f" from the weights of {ws.get('model')} ({ws.get('episodes')} episodes before)"
+        extras[0] += (
+            f" from the weights of {ws.get('model')} ({ws.get('episodes')} episodes before)"
+        )
     if t.get("rotations"):
         extras.append("rotations as classes")
     if t.get("within_alphabet"):
         extras.append(f"{_pct(float(t['within_alphabet']))} within-alphabet episodes")
     if t.get("augment"):
-        extras.append("augmented (" + ", ".join(f"{k} {v:g}" for k, v in t["augment"].items()) + ")")
+        extras.append(
+            "augmented (" + ", ".join(f"{k} {v:g}" for k, v in t["augment"].items()) + ")"
+        )
     hp = t.get("hparams") or {}
     filters = f"widths {bb['widths']}" if bb.get("widths") else f"{bb.get('filters')} filters"
-    return (f"training: {t.get('algorithm')} on {t.get('data')}, {t.get('ways')}-way {t.get('shots')}-shot episodes "
-            f"with {t.get('queries')} queries, {', '.join(extras)}; backbone {bb.get('kind')} ({filters}, "
-            f"{bb.get('embedding_dim')}-d embedding); lr {hp.get('lr')}, seed {t.get('seed')}")
+    return (
+        f"training: {t.get('algorithm')} on {t.get('data')}, {t.get('ways')}-way {t.get('shots')}-shot episodes "
+        f"with {t.get('queries')} queries, {', '.join(extras)}; backbone {bb.get('kind')} ({filters}, "
+        f"{bb.get('embedding_dim')}-d embedding); lr {hp.get('lr')}, seed {t.get('seed')}"
+    )
 
 
 def _compression_lines(c: dict) -> list:
@@ -183,15 +241,21 @@ def _compression_lines(c: dict) -> list:
     what, done = [], []
     st = c.get("structured") or {}
     if st:
-        what.append(f"structured pruning: {st.get('filters_removed')} of {st.get('filters_prunable')} filters removed "
-                    f"({st.get('score')} scores, per {st.get('scope')}), widths {st.get('widths_before')} -> {st.get('widths')}")
+        what.append(
+            f"structured pruning: {st.get('filters_removed')} of {st.get('filters_prunable')} filters removed "
+            f"({st.get('score')} scores, per {st.get('scope')}), widths {st.get('widths_before')} -> {st.get('widths')}"
+        )
         done.append(f"{steps.get('structured', '?')} (structured)")
     if c.get("sparsity"):
-        what.append(f"magnitude pruning to {_pct(c.get('sparsity'))} per conv/dense kernel "
-                    f"({_pct(c.get('kernel_sparsity'))} of their weights are zero)")
+        what.append(
+            f"magnitude pruning to {_pct(c.get('sparsity'))} per conv/dense kernel "
+            f"({_pct(c.get('kernel_sparsity'))} of their weights are zero)"
+        )
         done.append(f"{steps.get('prune', '?')} (pruning)")
     if c.get("pqat"):
-        what.append(("pruning-preserving " if c.get("sparsity") else "") + "quantization-aware training")
+        what.append(
+            ("pruning-preserving " if c.get("sparsity") else "") + "quantization-aware training"
+        )
     if c.get("distill"):
         what.append(f"distilled from the float model ({c['distill']} loss)")
     if c.get("pqat"):
@@ -199,11 +263,17 @@ def _compression_lines(c: dict) -> list:
     lines = [f"compression: {', '.join(what)}; fine-tuned {' + '.join(done) or 0} steps"]
     stages = c.get("stages") or {}
     for task in sorted({k for r in stages.values() for k in r}):
-        cells = [f"{_STAGE_NAMES.get(name, name)} {_pct(r[task]['mean'])}" for name, r in stages.items() if task in r]
+        cells = [
+            f"{_STAGE_NAMES.get(name, name)} {_pct(r[task]['mean'])}"
+            for name, r in stages.items()
+            if task in r
+        ]
         lines.append(f"  {task} after each stage: " + ", ".join(cells))
     if stages and sum(int(v or 0) for v in steps.values()):
-        lines.append(f"  (the stages after float had {sum(int(v or 0) for v in steps.values())} more fine-tuning "
-                     "episodes than the float model: a gain is that training, not compression)")
+        lines.append(
+            f"  (the stages after float had {sum(int(v or 0) for v in steps.values())} more fine-tuning "
+            "episodes than the float model: a gain is that training, not compression)"
+        )
     return lines
 
 
@@ -212,20 +282,26 @@ def _accuracy_lines(accuracy: dict) -> list:
     for task, acc in (accuracy or {}).items():
         if not isinstance(acc, dict):
             continue
-        source = acc.get("data") or (f"alphabets {', '.join(acc['held_out']['test'])}" if acc.get("held_out") else "")
+        source = acc.get("data") or (
+            f"alphabets {', '.join(acc['held_out']['test'])}" if acc.get("held_out") else ""
+        )
         if "mean" in acc:
-            lines.append(f"accuracy {task}: {_pct(acc['mean'])} ± {100 * acc.get('ci95', float('nan')):.1f} "
-                         f"({acc.get('episodes')} episodes; {source})")
+            lines.append(
+                f"accuracy {task}: {_pct(acc['mean'])} ± {100 * acc.get('ci95', float('nan')):.1f} "
+                f"({acc.get('episodes')} episodes; {source})"
+            )
         elif "error" in acc:
-            lines.append(f"Lake-style error {task}: {_pct(acc['error'])} ± {100 * acc.get('ci95', float('nan')):.1f} "
-                         f"({acc.get('runs')} runs of {acc.get('ways')}-way 1-shot; {source})")
+            lines.append(
+                f"Lake-style error {task}: {_pct(acc['error'])} ± {100 * acc.get('ci95', float('nan')):.1f} "
+                f"({acc.get('runs')} runs of {acc.get('ways')}-way 1-shot; {source})"
+            )
     return lines
 
 
 def _describe(m: dict) -> list:
     inp, out, head = m.get("input", {}), m.get("output", {}), m.get("head", {})
     pre = inp.get("preprocess", {})
-    q = lambda d: (f"scale {d['scale']:.6g}, zero point {d['zero_point']}" if d else "not quantized")  # noqa: E731
+    q = lambda d: f"scale {d['scale']:.6g}, zero point {d['zero_point']}" if d else "not quantized"  # noqa: E731
     layers = ", ".join(f"{l['units']} {l['activation']}" for l in head.get("layers", [])) or "none"
     ad = head.get("adaptation", {})
     lines = [
@@ -238,15 +314,19 @@ def _describe(m: dict) -> list:
         f"output: {out.get('dtype')} embedding of {out.get('embedding_dim')}; {q(out.get('quantization'))}",
         f"head: hidden layers [{layers}]; adaptation {ad.get('steps')} steps, lr {ad.get('lr')}, "
         f"scale {ad.get('scale')}, adapts {ad.get('adapt')}, shift averaging (tta) {ad.get('tta', 0)} copies"
-        + "".join(f", {k} {v}" for k, v in ad.items() if k not in ("steps", "lr", "scale", "adapt", "tta")),
+        + "".join(
+            f", {k} {v}" for k, v in ad.items() if k not in ("steps", "lr", "scale", "adapt", "tta")
+        ),
     ]
     if m.get("training"):
         lines.append(_training_line(m["training"]))
     lines += _compression_lines(m.get("compression") or {}) + _accuracy_lines(m.get("accuracy"))
     qc = m.get("quantization_check")
     if qc:
-        lines.append(f"int8 vs Keras embeddings: cosine min {qc['cosine_min']:.4f}, mean {qc['cosine_mean']:.4f} "
-                     f"on {qc['images']} images")
+        lines.append(
+            f"int8 vs Keras embeddings: cosine min {qc['cosine_min']:.4f}, mean {qc['cosine_mean']:.4f} "
+            f"on {qc['images']} images"
+        )
     return lines
 
 
@@ -264,20 +344,33 @@ def render_text(info: dict) -> str:
         for side in ("input", "output"):
             d = mdl[side]
             qq = d["quantization"]
-            out.append(f"  {side}: {d['dtype']} {d['shape']}" + (f", scale {qq['scale']:.6g} zero point "
-                                                                 f"{qq['zero_point']}" if qq else ""))
+            out.append(
+                f"  {side}: {d['dtype']} {d['shape']}"
+                + (f", scale {qq['scale']:.6g} zero point {qq['zero_point']}" if qq else "")
+            )
         out.append(f"  weights: {w['weights']} values, {w['sparsity']:.1%} exact zeros")
         for t in w["tensors"]:
-            out.append(f"    {t['op']:18s} {str(t['shape']):18s} {t['dtype']:6s} sparsity {t['sparsity']:.1%}")
+            out.append(
+                f"    {t['op']:18s} {str(t['shape']):18s} {t['dtype']:6s} sparsity {t['sparsity']:.1%}"
+            )
     e = info["edgetpu"]
     if e:
         out.append(f"Edge TPU: {'ready' if e['ready'] else 'not fully mappable'} - {e['summary']}")
-        out.append(f"  compiled: {e['compiled_file'] or 'no'}" + (f" ({e['compiler']})" if e.get("compiler") else ""))
+        out.append(
+            f"  compiled: {e['compiled_file'] or 'no'}"
+            + (f" ({e['compiler']})" if e.get("compiler") else "")
+        )
     rt = info.get("runtime")
     if rt:
-        out.append("runtime on this machine: " + (rt.get("summary") or f"cannot open the backbone: {rt.get('error')}"))
+        out.append(
+            "runtime on this machine: "
+            + (rt.get("summary") or f"cannot open the backbone: {rt.get('error')}")
+        )
     c = info["checksums"]
-    out.append("checksums: " + ("all files match the manifest" if c["ok"] else "FAILED: " + "; ".join(c["problems"])))
+    out.append(
+        "checksums: "
+        + ("all files match the manifest" if c["ok"] else "FAILED: " + "; ".join(c["problems"]))
+    )
     if c["unlisted"]:
         out.append(f"  files not in the manifest: {', '.join(c['unlisted'])}")
     return "\n".join(out)

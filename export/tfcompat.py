@@ -6,6 +6,7 @@ lines (the oneDNN notice, twice; CUDA probing on a CPU-only install) reach stder
 applies, so the import runs with file descriptor 2 on a temporary file (shown if the import fails); later
 C++ logging is limited to fatal errors and the Python loggers to errors.
 """
+
 import os
 import sys
 import tempfile

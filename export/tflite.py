@@ -4,6 +4,7 @@ Int8 weights, activations, input and output (TFLITE_BUILTINS_INT8 only, so a mod
 fully quantized fails here rather than on the device). The CPU model keeps a dynamic batch dimension
 so the runtime can ``resize_tensor_input`` to any batch; the Edge TPU variant has a static batch of 1.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -32,8 +33,10 @@ def input_hw(model) -> tuple:
 def _check_representative(model, images) -> np.ndarray:
     x = np.asarray(images, dtype=np.float32)
     if x.ndim != 4 or tuple(x.shape[1:]) != input_hw(model):
-        raise ExportError(f"representative images must have shape (N, {', '.join(map(str, input_hw(model)))}), "
-                          f"got {x.shape}")
+        raise ExportError(
+            f"representative images must have shape (N, {', '.join(map(str, input_hw(model)))}), "
+            f"got {x.shape}"
+        )
     if len(x) == 0 or not np.all(np.isfinite(x)):
         raise ExportError("representative images must be a non-empty array of finite values")
     return x
@@ -73,12 +76,17 @@ def convert_int8(model, representative, batch: int | None = None) -> bytes:
     conv.inference_input_type = tf.int8
     conv.inference_output_type = tf.int8
     try:
-        with warnings.catch_warnings(), _quiet():  # "Statistics for quantized inputs were expected" for QAT models
+        with (
+            warnings.catch_warnings(),
+            _quiet(),
+        ):  # "Statistics for quantized inputs were expected" for QAT models
             warnings.simplefilter("ignore", UserWarning)
             data = conv.convert()
     except Exception as e:  # converter errors are long MLIR dumps; keep the first line
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ExportError(f"full-integer conversion failed (an op without an int8 kernel?): {first}") from e
+        raise ExportError(
+            f"full-integer conversion failed (an op without an int8 kernel?): {first}"
+        ) from e
     check_int8_io(data)
     return data
 
@@ -114,8 +122,12 @@ def io_details(data: bytes) -> dict:
 
     def one(d):
         scale, zp = d["quantization"]
-        return {"shape": [int(s) for s in d["shape"][1:]], "batch": int(d["shape_signature"][0]),
-                "dtype": np.dtype(d["dtype"]).name, "quantization": {"scale": float(scale), "zero_point": int(zp)}}
+        return {
+            "shape": [int(s) for s in d["shape"][1:]],
+            "batch": int(d["shape_signature"][0]),
+            "dtype": np.dtype(d["dtype"]).name,
+            "quantization": {"scale": float(scale), "zero_point": int(zp)},
+        }
 
     ins, outs = it.get_input_details(), it.get_output_details()
     if len(ins) != 1 or len(outs) != 1:
@@ -129,8 +141,10 @@ def check_int8_io(data: bytes) -> None:
     for side in ("input", "output"):
         d = io[side]
         if d["dtype"] != "int8" or d["quantization"]["scale"] <= 0:
-            raise ExportError(f"converted model's {side} is {d['dtype']} (scale {d['quantization']['scale']}), "
-                              "expected quantized int8")
+            raise ExportError(
+                f"converted model's {side} is {d['dtype']} (scale {d['quantization']['scale']}), "
+                "expected quantized int8"
+            )
 
 
 def run_int8(data: bytes, images: np.ndarray, batch: int | None = None) -> np.ndarray:
@@ -147,5 +161,9 @@ def cosine_agreement(a: np.ndarray, b: np.ndarray) -> dict:
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     num = np.sum(a * b, axis=1)
     den = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
-    cos = np.where(den > 0, num / np.maximum(den, 1e-12), np.where(np.linalg.norm(a - b, axis=1) == 0, 1.0, 0.0))
+    cos = np.where(
+        den > 0,
+        num / np.maximum(den, 1e-12),
+        np.where(np.linalg.norm(a - b, axis=1) == 0, 1.0, 0.0),
+    )
     return {"min": float(cos.min()), "mean": float(cos.mean()), "n": int(len(cos))}

@@ -5,6 +5,7 @@ directory (SQLite + content-addressed blobs + an Ed25519 key). Imports ``metalit
 checks, the release format); the runtime never imports this package. FastAPI/uvicorn (extra ``serve``)
 are imported only by ``app``/``serve``. docs/fleet.md describes the flow, layout, API and security model.
 """
+
 from .devices import enroll, list_devices, revoke
 from .errors import FleetError
 from .examples import counts, iter_examples
@@ -12,5 +13,19 @@ from .releases import export_bundle, export_model, latest_offer, list_releases, 
 from .root import FleetRoot
 from .status import status
 
-__all__ = ["FleetRoot", "FleetError", "enroll", "revoke", "list_devices", "publish", "rollback", "latest_offer",
-           "list_releases", "export_bundle", "export_model", "iter_examples", "counts", "status"]
+__all__ = [
+    "FleetRoot",
+    "FleetError",
+    "enroll",
+    "revoke",
+    "list_devices",
+    "publish",
+    "rollback",
+    "latest_offer",
+    "list_releases",
+    "export_bundle",
+    "export_model",
+    "iter_examples",
+    "counts",
+    "status",
+]

@@ -6,6 +6,7 @@ A client's mistake is a 4xx naming the field; a full disk is a 507, a database t
 503 (both with ``Retry-After``): never a 500. Blobs are looked up by a
 sha256 that must belong to a published release: a client never names a path, and uploads are never served.
 """
+
 import asyncio
 import json
 import sqlite3
@@ -15,8 +16,8 @@ from fastapi import Depends, FastAPI, Header, HTTPException, Request
 from fastapi.responses import FileResponse, JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from metalite.runtime.version import __version__
 from metalite.runtime.sync.release import is_sha256
+from metalite.runtime.version import __version__
 
 from . import classes, devices, examples, releases
 from .errors import FleetError, RequestRefused
@@ -24,15 +25,17 @@ from .errors import FleetError, RequestRefused
 
 def _device_auth(root):
     """The dependency that turns ``Authorization: Bearer <token>`` into the device row (401/403 otherwise)."""
+
     def device(authorization: Optional[str] = Header(None)):
         if not authorization or not authorization.startswith("Bearer "):
             raise HTTPException(401, "missing bearer token", headers={"WWW-Authenticate": "Bearer"})
-        dev = devices.authenticate(root, authorization[len("Bearer "):].strip())
+        dev = devices.authenticate(root, authorization[len("Bearer ") :].strip())
         if dev is None:
             raise HTTPException(401, "unknown device token", headers={"WWW-Authenticate": "Bearer"})
         if dev["revoked"] is not None:
             raise HTTPException(403, f"the token of device {dev['name']!r} was revoked")
         return dev
+
     return device
 
 
@@ -42,7 +45,10 @@ def _parse(data: bytes) -> dict:
         body = json.loads(data)
     except RecursionError:
         raise HTTPException(400, "request body is nested too deeply") from None
-    except (UnicodeDecodeError, ValueError):  # ValueError also for an integer of more than 4300 digits
+    except (
+        UnicodeDecodeError,
+        ValueError,
+    ):  # ValueError also for an integer of more than 4300 digits
         raise HTTPException(400, "request body is not JSON") from None
     if not isinstance(body, dict):
         raise HTTPException(422, "request body must be a JSON object")
@@ -52,6 +58,7 @@ def _parse(data: bytes) -> dict:
 def _json_body(max_body: int, body_timeout: float):
     """The dependency that reads a JSON object body of at most ``max_body`` bytes within ``body_timeout``
     seconds (413/408/400/422 otherwise)."""
+
     async def read(request: Request) -> bytes:
         data = bytearray()
         async for chunk in request.stream():
@@ -67,8 +74,11 @@ def _json_body(max_body: int, body_timeout: float):
         try:
             data = await asyncio.wait_for(read(request), body_timeout)
         except asyncio.TimeoutError:
-            raise HTTPException(408, f"request body not received within {body_timeout:g} s") from None
+            raise HTTPException(
+                408, f"request body not received within {body_timeout:g} s"
+            ) from None
         return await run_in_threadpool(_parse, data)
+
     return json_body
 
 
@@ -79,7 +89,10 @@ def _storage_error(request: Request, exc: sqlite3.Error):
     if "full" in text:
         status, detail = 507, "the server's disk is full; nothing was stored, try again later"
     else:
-        status, detail = 503, f"the server's database cannot be written now ({text}); try again later"
+        status, detail = (
+            503,
+            f"the server's database cannot be written now ({text}); try again later",
+        )
     return JSONResponse({"detail": detail}, status_code=status, headers={"Retry-After": "600"})
 
 
@@ -96,7 +109,9 @@ def create_app(root, max_body: int = 4 << 20, body_timeout: float = 60.0):
     app = FastAPI(title="metalite fleet", version=__version__, docs_url=None, redoc_url=None)
     app.add_exception_handler(RequestRefused, _refused)
     app.add_exception_handler(sqlite3.Error, _storage_error)
-    app.add_exception_handler(FleetError, _fleet_error)  # the database cannot be opened (FleetRoot.db)
+    app.add_exception_handler(
+        FleetError, _fleet_error
+    )  # the database cannot be opened (FleetRoot.db)
     device, json_body = _device_auth(root), _json_body(max_body, body_timeout)
 
     @app.get("/v1/health")
@@ -124,7 +139,7 @@ def create_app(root, max_body: int = 4 << 20, body_timeout: float = 60.0):
     def upload(dev=Depends(device), body=Depends(json_body)):
         batch = body.get("examples")
         if not isinstance(batch, list):
-            raise HTTPException(422, "expected {\"examples\": [...]}")
+            raise HTTPException(422, 'expected {"examples": [...]}')
         if len(batch) > examples.MAX_BATCH:
             raise HTTPException(413, f"at most {examples.MAX_BATCH} examples per request")
         return examples.ingest(root, dev["id"], batch)
@@ -143,8 +158,14 @@ def _class_routes(app, root, device, json_body) -> None:
 
     @app.post("/v1/classes", status_code=201)
     def share_class(dev=Depends(device), body=Depends(json_body)):
-        return classes.share(root, dev["id"], body.get("name"), body.get("images"), body.get("version"),
-                             body.get("replace", False))
+        return classes.share(
+            root,
+            dev["id"],
+            body.get("name"),
+            body.get("images"),
+            body.get("version"),
+            body.get("replace", False),
+        )
 
     @app.get("/v1/classes")
     def list_classes(dev=Depends(device)):

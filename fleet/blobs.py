@@ -3,6 +3,7 @@
 Holds bundle files and model-directory files. Uploaded images are small and many; they live in the
 database's ``images`` table (also keyed by sha256), so one fsync commits a whole upload batch.
 """
+
 from __future__ import annotations
 
 import hashlib

@@ -5,6 +5,7 @@ survives a crash or power cut. Write transactions start with ``BEGIN IMMEDIATE``
 so concurrent writers queue on the busy timeout instead of failing to upgrade a read lock
 (``metalite.common.sqlite``).
 """
+
 from __future__ import annotations
 
 import sqlite3
@@ -55,8 +56,11 @@ def connect(path) -> sqlite3.Connection:
     version = conn.execute("PRAGMA user_version").fetchone()[0]
     if version > SCHEMA_VERSION:
         conn.close()
-        raise sqlite3.DatabaseError(f"{path}: schema version {version} is newer than this metalite ({SCHEMA_VERSION})")
+        raise sqlite3.DatabaseError(
+            f"{path}: schema version {version} is newer than this metalite ({SCHEMA_VERSION})"
+        )
     if version < SCHEMA_VERSION:  # idempotent DDL in one transaction, so racing first starts agree
-        conn.executescript(f"BEGIN IMMEDIATE;\n{SCHEMA}\nPRAGMA user_version = {SCHEMA_VERSION};\nCOMMIT;")
+        conn.executescript(
+            f"BEGIN IMMEDIATE;\n{SCHEMA}\nPRAGMA user_version = {SCHEMA_VERSION};\nCOMMIT;"
+        )
     return conn
-

@@ -1,4 +1,5 @@
 """Devices: enroll (a token shown once, stored as its sha256), revoke, authenticate, record reports, status."""
+
 from __future__ import annotations
 
 import hashlib
@@ -35,12 +36,17 @@ def enroll(root, name: str, rotate: bool = False) -> str:
         if rotate:
             if row is None:
                 raise FleetError(f"no device named {name!r} to rotate; enroll it first")
-            conn.execute("UPDATE devices SET token_sha256 = ?, revoked = NULL WHERE id = ?", (_hash(token), row["id"]))
+            conn.execute(
+                "UPDATE devices SET token_sha256 = ?, revoked = NULL WHERE id = ?",
+                (_hash(token), row["id"]),
+            )
         elif row is not None:
             raise FleetError(f"device {name!r} is already enrolled; --rotate gives it a new token")
         else:
-            conn.execute("INSERT INTO devices (name, token_sha256, created) VALUES (?, ?, ?)",
-                         (name, _hash(token), time.time()))
+            conn.execute(
+                "INSERT INTO devices (name, token_sha256, created) VALUES (?, ?, ?)",
+                (name, _hash(token), time.time()),
+            )
     return token
 
 
@@ -48,16 +54,23 @@ def revoke(root, name: str) -> None:
     """Refuse ``name``'s token from now on (its data stays). Raises FleetError if unknown."""
     conn = root.db()
     with transaction(conn):
-        cur = conn.execute("UPDATE devices SET revoked = ? WHERE name = ? AND revoked IS NULL", (time.time(), name))
+        cur = conn.execute(
+            "UPDATE devices SET revoked = ? WHERE name = ? AND revoked IS NULL", (time.time(), name)
+        )
         if cur.rowcount == 0:
             known = conn.execute("SELECT revoked FROM devices WHERE name = ?", (name,)).fetchone()
-            raise FleetError(f"device {name!r} is already revoked" if known else f"no device named {name!r}")
+            raise FleetError(
+                f"device {name!r} is already revoked" if known else f"no device named {name!r}"
+            )
 
 
 def authenticate(root, token: str):
     """The device row for ``token`` (a ``sqlite3.Row``), or None if no device has it."""
-    return root.db().execute("SELECT id, name, revoked FROM devices WHERE token_sha256 = ?",
-                             (_hash(token),)).fetchone()
+    return (
+        root.db()
+        .execute("SELECT id, name, revoked FROM devices WHERE token_sha256 = ?", (_hash(token),))
+        .fetchone()
+    )
 
 
 def _text(body: dict, key: str, n: int = 500):
@@ -86,24 +99,38 @@ def record_report(root, device_id: int, body: dict) -> None:
     Raises RequestRefused (422, naming the field) for a field of the wrong type or range; nothing is stored then.
     """
     now, event = time.time(), body.get("event")
-    version, pending, offered = _count(body, "version"), _count(body, "pending"), _count(body, "offered")
+    version, pending, offered = (
+        _count(body, "version"),
+        _count(body, "pending"),
+        _count(body, "offered"),
+    )
     platform, reason = _text(body, "platform", 100), _text(body, "reason")
     if event is not None and event not in EVENTS:
         raise RequestRefused(f"event must be one of {', '.join(EVENTS)} or null", 422)
     conn = root.db()
     with transaction(conn):
-        conn.execute("UPDATE devices SET last_seen = ?, version = ?, pending = ?, has_state = ?, platform = ? "
-                     "WHERE id = ?", (now, version, pending, int(body.get("has_state") is True), platform, device_id))
+        conn.execute(
+            "UPDATE devices SET last_seen = ?, version = ?, pending = ?, has_state = ?, platform = ? "
+            "WHERE id = ?",
+            (now, version, pending, int(body.get("has_state") is True), platform, device_id),
+        )
         if event is not None:
             detail = json.dumps({k: body.get(k) for k in ("health", "seconds")})[:4000]
-            conn.execute("INSERT INTO events (device_id, at, event, version, offered, reason, detail) "
-                         "VALUES (?,?,?,?,?,?,?)", (device_id, now, event, version, offered, reason, detail))
-            conn.execute("UPDATE devices SET last_event = ?, last_reason = ?, last_event_at = ? WHERE id = ?",
-                         (event, reason, now, device_id))
+            conn.execute(
+                "INSERT INTO events (device_id, at, event, version, offered, reason, detail) "
+                "VALUES (?,?,?,?,?,?,?)",
+                (device_id, now, event, version, offered, reason, detail),
+            )
+            conn.execute(
+                "UPDATE devices SET last_event = ?, last_reason = ?, last_event_at = ? WHERE id = ?",
+                (event, reason, now, device_id),
+            )
 
 
 def list_devices(root) -> list:
     """Every device as a dict (no token hashes), by name."""
-    rows = root.db().execute("SELECT name, created, revoked, last_seen, version, pending, has_state, platform, "
-                             "examples, last_event, last_reason, last_event_at FROM devices ORDER BY name")
+    rows = root.db().execute(
+        "SELECT name, created, revoked, last_seen, version, pending, has_state, platform, "
+        "examples, last_event, last_reason, last_event_at FROM devices ORDER BY name"
+    )
     return [dict(r) for r in rows]

@@ -1,4 +1,5 @@
 """Errors of ``metalite.fleet`` (the server side); one-line messages, ``MetaliteError`` like the runtime's."""
+
 from __future__ import annotations
 
 from metalite.common.errors import MetaliteError

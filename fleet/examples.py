@@ -6,6 +6,7 @@ stored once per content as a binary PGM (``P5``; ``P6`` PPM for colour) in the `
 sha256. The rows and images of one upload commit in one transaction: after a crash an upload is there
 completely or not at all.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -20,7 +21,10 @@ from metalite.runtime.names import class_name_problem
 from metalite.runtime.sync.outbox import KINDS
 from metalite.runtime.sync.wire import WireError, decode_image
 
-LABELLED = ("correction", "support")  # the kinds that carry a true label: what a fleet update learns from
+LABELLED = (
+    "correction",
+    "support",
+)  # the kinds that carry a true label: what a fleet update learns from
 MAX_BATCH = 256
 _ID = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
 
@@ -44,7 +48,9 @@ def from_pgm(data: bytes) -> np.ndarray:
 
 
 INT64 = (-(1 << 63), (1 << 63) - 1)  # what SQLite stores as an integer
-MAX_DEVICE_EXAMPLES = 200_000  # per device (quota; docs/fleet.md): beyond it, examples are rejected one by one
+MAX_DEVICE_EXAMPLES = (
+    200_000  # per device (quota; docs/fleet.md): beyond it, examples are rejected one by one
+)
 
 
 def _int_in(v, lo: int, hi: int) -> bool:
@@ -52,7 +58,9 @@ def _int_in(v, lo: int, hi: int) -> bool:
 
 
 def _number_in(v, lo: float, hi: float) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and lo <= v <= hi  # False for NaN
+    return (
+        isinstance(v, (int, float)) and not isinstance(v, bool) and lo <= v <= hi
+    )  # False for NaN
 
 
 def label_problem(v) -> str | None:
@@ -115,25 +123,49 @@ def ingest(root, device_id: int, examples: list, quota: int = MAX_DEVICE_EXAMPLE
             if reason is None and have + stored >= quota:
                 reason = f"this device's quota of {quota} stored examples is reached"
             if reason is not None:
-                rid = e["id"] if isinstance(e, dict) and isinstance(e.get("id"), str) and _ID.match(e["id"]) else None
+                rid = (
+                    e["id"]
+                    if isinstance(e, dict) and isinstance(e.get("id"), str) and _ID.match(e["id"])
+                    else None
+                )
                 rejected.append({"id": rid, "reason": reason})
                 if rid is not None:
                     ids.append(rid)
                 continue
-            pgm = to_pgm(image.tobytes(), image.shape[0], image.shape[1], 1 if image.ndim == 2 else 3)
+            pgm = to_pgm(
+                image.tobytes(), image.shape[0], image.shape[1], 1 if image.ndim == 2 else 3
+            )
             sha = hashlib.sha256(pgm).hexdigest()
             cur = conn.execute(
                 "INSERT OR IGNORE INTO examples (device_id, example_id, kind, label, predicted, confidence, version, "
                 "created, received, height, width, image_sha256) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-                (device_id, e["id"], e["kind"], json.dumps(e.get("label")), json.dumps(e.get("predicted")),
-                 e.get("confidence"), e.get("version"), e.get("created"), now, e["height"], e["width"], sha))
+                (
+                    device_id,
+                    e["id"],
+                    e["kind"],
+                    json.dumps(e.get("label")),
+                    json.dumps(e.get("predicted")),
+                    e.get("confidence"),
+                    e.get("version"),
+                    e.get("created"),
+                    now,
+                    e["height"],
+                    e["width"],
+                    sha,
+                ),
+            )
             if cur.rowcount:
-                conn.execute("INSERT OR IGNORE INTO images (sha256, data) VALUES (?, ?)", (sha, pgm))
+                conn.execute(
+                    "INSERT OR IGNORE INTO images (sha256, data) VALUES (?, ?)", (sha, pgm)
+                )
                 stored += 1
             else:
                 dup += 1
             ids.append(e["id"])
-        conn.execute("UPDATE devices SET last_seen = ?, examples = examples + ? WHERE id = ?", (now, stored, device_id))
+        conn.execute(
+            "UPDATE devices SET last_seen = ?, examples = examples + ? WHERE id = ?",
+            (now, stored, device_id),
+        )
     return {"ids": ids, "stored": stored, "duplicates": dup, "rejected": rejected}
 
 
@@ -154,7 +186,9 @@ def iter_examples(root, kinds=None, after: int = 0, page: int = 256):
             "SELECT e.seq, d.name AS device, e.example_id, e.kind, e.label, e.predicted, e.confidence, e.version, "
             "e.created, e.received, i.data FROM examples e JOIN devices d ON d.id = e.device_id "
             f"JOIN images i ON i.sha256 = e.image_sha256 WHERE e.seq > ? AND e.kind IN ({marks}) "
-            "ORDER BY e.seq LIMIT ?", (after, *kinds, page)).fetchall()
+            "ORDER BY e.seq LIMIT ?",
+            (after, *kinds, page),
+        ).fetchall()
         if not rows:
             return
         for r in rows:
@@ -167,7 +201,9 @@ def iter_examples(root, kinds=None, after: int = 0, page: int = 256):
 
 def counts(root) -> dict:
     """{kind: number of stored examples}."""
-    return {r[0]: r[1] for r in root.db().execute("SELECT kind, count(*) FROM examples GROUP BY kind")}
+    return {
+        r[0]: r[1] for r in root.db().execute("SELECT kind, count(*) FROM examples GROUP BY kind")
+    }
 
 
 def newest_seq(root) -> int:
@@ -178,5 +214,10 @@ def newest_seq(root) -> int:
 def labelled_since(root, seq: int) -> int:
     """How many labelled examples (``LABELLED`` kinds) arrived after ``seq``."""
     marks = ",".join("?" * len(LABELLED))
-    return int(root.db().execute(f"SELECT count(*) FROM examples WHERE seq > ? AND kind IN ({marks})",
-                                 (seq, *LABELLED)).fetchone()[0])
+    return int(
+        root.db()
+        .execute(
+            f"SELECT count(*) FROM examples WHERE seq > ? AND kind IN ({marks})", (seq, *LABELLED)
+        )
+        .fetchone()[0]
+    )

@@ -2,6 +2,7 @@
 
 ``public_key.txt`` holds the public key as 64 hex digits: what devices pass as ``--pubkey``.
 """
+
 from __future__ import annotations
 
 import os
@@ -24,8 +25,9 @@ def _create(path: Path) -> bool:
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    pem = Ed25519PrivateKey.generate().private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                                     serialization.NoEncryption())
+    pem = Ed25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
     fd, tmp = tempfile.mkstemp(prefix=".key-", dir=path.parent)  # mode 0600
     try:
         with os.fdopen(fd, "wb") as f:

@@ -6,6 +6,7 @@ resets it), so connections that send nothing stay open forever and count toward 
 request within ``HEADER_TIMEOUT`` seconds of opening (or of the previous answer) or it is closed; the
 body then has ``body_timeout`` (``app._json_body``).
 """
+
 from __future__ import annotations
 
 from uvicorn.protocols.http.h11_impl import H11Protocol

@@ -9,6 +9,7 @@ Layout (docs/fleet.md)::
 
 Never inside a git work tree unless git ignores it there (``exposed_in_git``): a new root there is refused.
 """
+
 from __future__ import annotations
 
 import os
@@ -57,18 +58,24 @@ class FleetRoot:
                 if not create:
                     raise FleetError(f"{self.path}: not a fleet root (no {DB_FILE}); check --root")
                 if self.exposed_in is not None:
-                    raise FleetError(f"{self.path} is inside the git work tree {self.exposed_in}, where `git add` "
-                                     "would pick up its signing key, database and uploaded images; use a root outside "
-                                     "it (e.g. ~/metalite-fleet) or git-ignore it")
+                    raise FleetError(
+                        f"{self.path} is inside the git work tree {self.exposed_in}, where `git add` "
+                        "would pick up its signing key, database and uploaded images; use a root outside "
+                        "it (e.g. ~/metalite-fleet) or git-ignore it"
+                    )
                 self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
-                os.close(os.open(db_file, os.O_WRONLY | os.O_CREAT, 0o600))  # sqlite gives -wal/-shm this mode
+                os.close(
+                    os.open(db_file, os.O_WRONLY | os.O_CREAT, 0o600)
+                )  # sqlite gives -wal/-shm this mode
             _owner_only(self.path, 0o700)
             for f in (db_file, self.path / (DB_FILE + "-wal"), self.path / (DB_FILE + "-shm")):
                 if f.exists():
                     _owner_only(f, 0o600)
             self.blobs = BlobStore(self.path / "blobs")
         except OSError as e:
-            raise FleetError(f"cannot set up the fleet root {self.path}: {e.strerror or e}") from None
+            raise FleetError(
+                f"cannot set up the fleet root {self.path}: {e.strerror or e}"
+            ) from None
         self._local = threading.local()
         self._key = None
         self._key_lock = threading.Lock()
@@ -81,8 +88,10 @@ class FleetRoot:
             try:
                 conn = self._local.conn = dblib.connect(self.path / DB_FILE)
             except sqlite3.Error as e:
-                raise FleetError(f"{self.path / DB_FILE}: cannot open the fleet database ({e}); "
-                                 "is the file system read-only or full?") from None
+                raise FleetError(
+                    f"{self.path / DB_FILE}: cannot open the fleet database ({e}); "
+                    "is the file system read-only or full?"
+                ) from None
         return conn
 
     def signing_key(self) -> tuple:
@@ -110,10 +119,18 @@ def exposed_in_git(path) -> Path | None:
     git = shutil.which("git")
     if git is None:  # cannot ask: assume the worst
         return tree
-    for name in ("signing_key.pem", DB_FILE, "blobs/ab/ab12"):  # what the root holds, each kind of it
+    for name in (
+        "signing_key.pem",
+        DB_FILE,
+        "blobs/ab/ab12",
+    ):  # what the root holds, each kind of it
         try:
-            done = subprocess.run([git, "-C", str(tree), "check-ignore", "-q", "--no-index", str(path / name)],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=10)
+            done = subprocess.run(
+                [git, "-C", str(tree), "check-ignore", "-q", "--no-index", str(path / name)],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                timeout=10,
+            )
         except (OSError, subprocess.SubprocessError):
             return tree
         if done.returncode != 0:

@@ -4,6 +4,7 @@
 A connection must send each request's headers within ``protocol.HEADER_TIMEOUT`` s and its body within
 60 s; up to ``MAX_CONNECTIONS`` are served at once (docs/fleet.md, "Load").
 """
+
 from __future__ import annotations
 
 import socket
@@ -12,7 +13,9 @@ from .app import create_app
 from .protocol import HEADER_TIMEOUT, DeadlineH11Protocol
 from .root import FleetRoot
 
-MAX_CONNECTIONS = 4096  # open connections served at once; idle ones are closed after protocol.HEADER_TIMEOUT
+MAX_CONNECTIONS = (
+    4096  # open connections served at once; idle ones are closed after protocol.HEADER_TIMEOUT
+)
 FILE_RESERVE = 128  # file descriptors kept for the database, blobs and the listening socket
 
 
@@ -41,16 +44,25 @@ def connection_limit(most: int = MAX_CONNECTIONS) -> int:
     return max(16, min(most, soft - FILE_RESERVE))
 
 
-def serve(root_dir, host: str = "127.0.0.1", port: int = 8765, max_body: int = 4 << 20, say=print,
-          on_start=None, header_timeout: float = HEADER_TIMEOUT) -> None:
+def serve(
+    root_dir,
+    host: str = "127.0.0.1",
+    port: int = 8765,
+    max_body: int = 4 << 20,
+    say=print,
+    on_start=None,
+    header_timeout: float = HEADER_TIMEOUT,
+) -> None:
     """Serve the fleet at ``root_dir`` until interrupted (SIGINT/SIGTERM stop it cleanly); ``on_start()`` is
     called once the root exists and the socket is bound (e.g. to start scheduled updates)."""
     import uvicorn
 
     root = FleetRoot(root_dir, create=True)  # refuses to create a root a git work tree would commit
     if root.exposed_in is not None:
-        say(f"WARNING: {root.path} is inside the git work tree {root.exposed_in} and not ignored: `git add` would "
-            "commit the private signing key and the uploaded images; move the root out (e.g. ~/metalite-fleet)")
+        say(
+            f"WARNING: {root.path} is inside the git work tree {root.exposed_in} and not ignored: `git add` would "
+            "commit the private signing key and the uploaded images; move the root out (e.g. ~/metalite-fleet)"
+        )
     _, public, created = root.signing_key()
     say(f"{'created' if created else 'using'} signing key {root.path / 'signing_key.pem'}")
     say(f"public key: {public}")
@@ -59,7 +71,15 @@ def serve(root_dir, host: str = "127.0.0.1", port: int = 8765, max_body: int = 4
     say(f"serving {root.path} on http://{shown}:{sock.getsockname()[1]}")
     if on_start is not None:
         on_start()
-    protocol = type("FleetH11Protocol", (DeadlineH11Protocol,), {"header_timeout": float(header_timeout)})
-    config = uvicorn.Config(create_app(root, max_body), log_level="warning", access_log=False, http=protocol,
-                            timeout_keep_alive=5, limit_concurrency=connection_limit())
+    protocol = type(
+        "FleetH11Protocol", (DeadlineH11Protocol,), {"header_timeout": float(header_timeout)}
+    )
+    config = uvicorn.Config(
+        create_app(root, max_body),
+        log_level="warning",
+        access_log=False,
+        http=protocol,
+        timeout_keep_alive=5,
+        limit_concurrency=connection_limit(),
+    )
     uvicorn.Server(config).run(sockets=[sock])

@@ -5,6 +5,7 @@ slice of them for the gate, and a replay sample of the original training classes
     data/val/<class>/*.png        original validation classes (model selection while fine-tuning)
     data/fleet_holdout/<class>/   the held-out fleet examples; labels.json: folder -> label; pixels.json
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -32,7 +33,9 @@ def _pixels_digest(img: np.ndarray) -> str:
 
 def _digest(ex: dict) -> str:
     """The content of a labelled example (label and pixels): a correction also sent as support is one image."""
-    return hashlib.sha256(json.dumps(ex["label"]).encode() + b"|" + _pixels_digest(ex["image"]).encode()).hexdigest()
+    return hashlib.sha256(
+        json.dumps(ex["label"]).encode() + b"|" + _pixels_digest(ex["image"]).encode()
+    ).hexdigest()
 
 
 def choose_holdout(items: list) -> set:
@@ -103,13 +106,23 @@ def write_fleet_data(root, data: Path, last_seq: int, size: int) -> dict:
         _save_png(data / part / _slug(ex["label"], slugs) / f"{ex['seq']:09d}.png", ex["image"])
         counts["holdout" if part == "fleet_holdout" else "train"] += 1
         pixels.add(_pixels_digest(ex["image"]))
-    (data / "labels.json").write_text(json.dumps({v: json.loads(k) for k, v in slugs.items()}, indent=1))
-    (data / "pixels.json").write_text(json.dumps(sorted(pixels)))  # what the fleet sent: not "unseen" classes
-    held_classes = {p.name for p in (data / "fleet_holdout").iterdir()} if (data / "fleet_holdout").is_dir() else set()
+    (data / "labels.json").write_text(
+        json.dumps({v: json.loads(k) for k, v in slugs.items()}, indent=1)
+    )
+    (data / "pixels.json").write_text(
+        json.dumps(sorted(pixels))
+    )  # what the fleet sent: not "unseen" classes
+    held_classes = (
+        {p.name for p in (data / "fleet_holdout").iterdir()}
+        if (data / "fleet_holdout").is_dir()
+        else set()
+    )
     return {**counts, "classes": len(slugs), "holdout_classes": len(held_classes)}
 
 
-def write_replay(data_spec: str, size: int, data: Path, replay: int, val_classes: int, seed: int = 0) -> dict:
+def write_replay(
+    data_spec: str, size: int, data: Path, replay: int, val_classes: int, seed: int = 0
+) -> dict:
     """A replay sample of the original training classes into ``data/train`` and validation classes into ``data/val``."""
     from metalite.training.datasets import load_data
 
@@ -132,5 +145,8 @@ def _images_by_class(folder: Path, limit: int | None = None) -> dict:
 
     if not folder.is_dir():
         return {}
-    return {name: np.stack([np.asarray(Image.open(f)) for f in files[:limit]])
-            for name, files in class_folders(folder) if files}
+    return {
+        name: np.stack([np.asarray(Image.open(f)) for f in files[:limit]])
+        for name, files in class_folders(folder)
+        if files
+    }

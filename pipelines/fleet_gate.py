@@ -1,6 +1,7 @@
 """The gate of a fleet update: candidate against current, both through the device runtime, on (a) the held-out
 fleet examples and (b) paired N-way 1-shot episodes on test classes of groups no device sent images of.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,7 +11,10 @@ import numpy as np
 from .fleet_data import _images_by_class, _pixels_digest
 
 MAX_SUPPORT = 20  # support images per fleet class when evaluating (a) through the runtime
-UNSEEN_WAYS, UNSEEN_EPISODES = 20, 600  # "no damage": 20-way 1-shot, paired, on classes no one trained on
+UNSEEN_WAYS, UNSEEN_EPISODES = (
+    20,
+    600,
+)  # "no damage": 20-way 1-shot, paired, on classes no one trained on
 UNSEEN_CLASSES = 300  # at most this many of them (a seeded draw): every image is embedded (1 + tta) times per bundle
 
 
@@ -19,7 +23,11 @@ def fleet_holdout_accuracy(bundle, data: Path) -> tuple:
     from metalite.runtime import FewShotClassifier
 
     held = _images_by_class(data / "fleet_holdout")
-    support = {c: v for c, v in _images_by_class(data / "train", MAX_SUPPORT).items() if c.startswith("fleet-")}
+    support = {
+        c: v
+        for c, v in _images_by_class(data / "train", MAX_SUPPORT).items()
+        if c.startswith("fleet-")
+    }
     classes = [c for c in held if c in support]
     if len(classes) < 2:
         return None, 0, len(classes)
@@ -39,23 +47,34 @@ def original_val_accuracy(bundle, data_spec: str, size: int, episodes: int, seed
 
     val = load_data(data_spec, size, "val")
     clf = FewShotClassifier(bundle, delegate="cpu")
-    emb = np.concatenate([clf.embed(val.images[i:i + 256]) for i in range(0, len(val.images), 256)])
+    emb = np.concatenate(
+        [clf.embed(val.images[i : i + 256]) for i in range(0, len(val.images), 256)]
+    )
     queries = 5 if min(val.counts()) >= 6 else 1
-    return evaluate_embeddings(emb, val, load_head(Path(bundle) / "head.npz"), 5, 1, queries, episodes, seed)["mean"]
+    return evaluate_embeddings(
+        emb, val, load_head(Path(bundle) / "head.npz"), 5, 1, queries, episodes, seed
+    )["mean"]
 
 
-def unseen_classes(data_spec: str, size: int, fleet_pixels: set, max_classes: int = UNSEEN_CLASSES, seed: int = 0):
+def unseen_classes(
+    data_spec: str, size: int, fleet_pixels: set, max_classes: int = UNSEEN_CLASSES, seed: int = 0
+):
     """The test split of ``data_spec`` without every group (alphabet) that has an image the fleet sent: classes that
     neither the original training, its validation, nor this update touched; at most ``max_classes`` of them."""
     from metalite.training.datasets import load_data
 
     test = load_data(data_spec, size, "test")
-    touched = {test.groups[int(test.labels[i])] for i in range(len(test.images))
-               if _pixels_digest(test.images[i]) in fleet_pixels}
+    touched = {
+        test.groups[int(test.labels[i])]
+        for i in range(len(test.images))
+        if _pixels_digest(test.images[i]) in fleet_pixels
+    }
     keep = [c for c in range(test.num_classes) if test.groups[c] not in touched]
     if len(keep) < 2:
-        raise ValueError(f"{data_spec}: fewer than 2 test classes left outside the {len(touched)} groups the fleet "
-                         "sent images of; nothing to check for damage on")
+        raise ValueError(
+            f"{data_spec}: fewer than 2 test classes left outside the {len(touched)} groups the fleet "
+            "sent images of; nothing to check for damage on"
+        )
     if len(keep) > max_classes:
         keep = sorted(np.random.default_rng(seed).permutation(keep)[:max_classes].tolist())
     return test.subset(keep), sorted(touched)
@@ -74,7 +93,11 @@ def paired_unseen(bundles: list, data, ways: int, episodes: int, seed: int = 0) 
     embs, heads = [], []
     for b in bundles:
         clf = FewShotClassifier(b, delegate="cpu")
-        embs.append(np.concatenate([clf.embed(data.images[i:i + 256]) for i in range(0, len(data.images), 256)]))
+        embs.append(
+            np.concatenate(
+                [clf.embed(data.images[i : i + 256]) for i in range(0, len(data.images), 256)]
+            )
+        )
         heads.append(load_head(Path(b) / "head.npz"))
     sampler = EpisodeSampler(data, ways, 1, queries, seed=seed)
     ys, yq = np.arange(ways), np.repeat(np.arange(ways), queries)
@@ -84,9 +107,17 @@ def paired_unseen(bundles: list, data, ways: int, episodes: int, seed: int = 0) 
         for a, e, h in zip(accs, embs, heads):
             a.append(float((adapt(h, e[s_idx], ys, ways).logits(e[q_idx]).argmax(1) == yq).mean()))
     diff = mean_ci95(np.asarray(accs[1]) - np.asarray(accs[0]))
-    return {"current": float(np.mean(accs[0])), "candidate": float(np.mean(accs[1])), "diff": diff[0],
-            "ci95": diff[1], "ways": ways, "shots": 1, "queries": queries, "episodes": episodes,
-            "classes": data.num_classes}
+    return {
+        "current": float(np.mean(accs[0])),
+        "candidate": float(np.mean(accs[1])),
+        "diff": diff[0],
+        "ci95": diff[1],
+        "ways": ways,
+        "shots": 1,
+        "queries": queries,
+        "episodes": episodes,
+        "classes": data.num_classes,
+    }
 
 
 def gate(metrics: dict, max_drop: float = 0.0) -> str | None:
@@ -98,20 +129,26 @@ def gate(metrics: dict, max_drop: float = 0.0) -> str | None:
     if v["current"] is None:
         return "cannot compare on the held-out fleet examples (fewer than 2 classes with held-out examples)"
     if v["candidate"] < v["current"] - max_drop - 1e-9:
-        return (f"candidate is worse on the held-out fleet examples: {100 * v['candidate']:.2f}% < "
-                f"{100 * v['current']:.2f}% (allowed drop {100 * max_drop:.2f} pt, {v['images']} images)")
+        return (
+            f"candidate is worse on the held-out fleet examples: {100 * v['candidate']:.2f}% < "
+            f"{100 * v['current']:.2f}% (allowed drop {100 * max_drop:.2f} pt, {v['images']} images)"
+        )
     u = metrics["unseen"]
     if u["diff"] < -(max_drop + u["ci95"]) - 1e-9:
-        return (f"candidate damages classes no one trained on: {u['ways']}-way 1-shot {100 * u['current']:.2f}% -> "
-                f"{100 * u['candidate']:.2f}% (paired {100 * u['diff']:+.2f} pt, allowed -{100 * max_drop:.2f} pt "
-                f"- CI {100 * u['ci95']:.2f} pt, {u['episodes']} episodes)")
+        return (
+            f"candidate damages classes no one trained on: {u['ways']}-way 1-shot {100 * u['current']:.2f}% -> "
+            f"{100 * u['candidate']:.2f}% (paired {100 * u['diff']:+.2f} pt, allowed -{100 * max_drop:.2f} pt "
+            f"- CI {100 * u['ci95']:.2f} pt, {u['episodes']} episodes)"
+        )
     return None
 
 
 def decision_text(m: dict, max_drop: float) -> str:
     """The figures and thresholds of a decision in one line."""
     v, u = m["fleet_holdout"], m["unseen"]
-    return (f"held-out fleet examples {100 * v['current']:.1f}% -> {100 * v['candidate']:.1f}% ({v['images']} images, "
-            f"{v['classes']} classes, allowed drop {100 * max_drop:.2f} pt); unseen {u['ways']}-way 1-shot "
-            f"{100 * u['current']:.2f}% -> {100 * u['candidate']:.2f}% (paired {100 * u['diff']:+.2f} "
-            f"± {100 * u['ci95']:.2f} pt, {u['episodes']} episodes, allowed -{100 * max_drop:.2f} pt - CI)")
+    return (
+        f"held-out fleet examples {100 * v['current']:.1f}% -> {100 * v['candidate']:.1f}% ({v['images']} images, "
+        f"{v['classes']} classes, allowed drop {100 * max_drop:.2f} pt); unseen {u['ways']}-way 1-shot "
+        f"{100 * u['current']:.2f}% -> {100 * u['candidate']:.2f}% (paired {100 * u['diff']:+.2f} "
+        f"± {100 * u['ci95']:.2f} pt, {u['episodes']} episodes, allowed -{100 * max_drop:.2f} pt - CI)"
+    )

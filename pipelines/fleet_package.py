@@ -2,6 +2,7 @@
 compression stage, sparsity, distillation, widths and compression steps (read from the release's manifest),
 and the fine-tuned float model kept self-contained beside it.
 """
+
 from __future__ import annotations
 
 import json
@@ -15,10 +16,16 @@ def release_recipe(manifest: dict, overrides: dict | None = None) -> dict:
     comp, train = manifest.get("compression") or {}, manifest.get("training") or {}
     ad = (manifest.get("head") or {}).get("adaptation") or {}
     steps = comp.get("steps") or {}
-    r = {"tta": int(ad.get("tta") or 0), "pqat": bool(comp.get("pqat")), "sparsity": float(comp.get("sparsity") or 0),
-         "distill": comp.get("distill") or None, "widths": (train.get("backbone") or {}).get("widths"),
-         "prune_steps": int(steps.get("prune") or 0), "qat_steps": int(steps.get("qat") or 0),
-         "structured_steps": int(steps.get("structured") or 0)}
+    r = {
+        "tta": int(ad.get("tta") or 0),
+        "pqat": bool(comp.get("pqat")),
+        "sparsity": float(comp.get("sparsity") or 0),
+        "distill": comp.get("distill") or None,
+        "widths": (train.get("backbone") or {}).get("widths"),
+        "prune_steps": int(steps.get("prune") or 0),
+        "qat_steps": int(steps.get("qat") or 0),
+        "structured_steps": int(steps.get("structured") or 0),
+    }
     r.update({k: v for k, v in (overrides or {}).items() if v is not None})
     return r
 
@@ -49,25 +56,50 @@ def compress_export(work: Path, cfg: dict, recipe: dict, say, progress) -> Path:
         if (work / "pqat").exists() and not (work / "pqat" / "config.json").is_file():
             shutil.rmtree(work / "pqat")
         if not (work / "pqat" / "config.json").is_file():
-            say(f"compressing like the release: sparsity {recipe['sparsity']:g}, PQAT {recipe['pqat']}, "
+            say(
+                f"compressing like the release: sparsity {recipe['sparsity']:g}, PQAT {recipe['pqat']}, "
                 f"prune {recipe['prune_steps']} + QAT {recipe['qat_steps']} steps"
-                + (f", thinned to widths {recipe['widths']}" if thin else ""))
-            compress(work / "float", work / "pqat", sparsity=recipe["sparsity"],
-                     prune_steps=max(1, recipe["prune_steps"]), qat_steps=recipe["qat_steps"], qat=recipe["pqat"],
-                     distill=bool(recipe["distill"]), distill_loss=recipe["distill"] or "mse", episodes=50,
-                     eval_ways=(5,), int8_check=False, progress=progress, log=say,
-                     structured=thin or 0.0, structured_steps=recipe["structured_steps"] if thin else None,
-                     structured_multiple=1)
+                + (f", thinned to widths {recipe['widths']}" if thin else "")
+            )
+            compress(
+                work / "float",
+                work / "pqat",
+                sparsity=recipe["sparsity"],
+                prune_steps=max(1, recipe["prune_steps"]),
+                qat_steps=recipe["qat_steps"],
+                qat=recipe["pqat"],
+                distill=bool(recipe["distill"]),
+                distill_loss=recipe["distill"] or "mse",
+                episodes=50,
+                eval_ways=(5,),
+                int8_check=False,
+                progress=progress,
+                log=say,
+                structured=thin or 0.0,
+                structured_steps=recipe["structured_steps"] if thin else None,
+                structured_multiple=1,
+            )
         source = work / "pqat"
     else:
         source = work / "float"
     mcfg, backbone, head_spec = load_model_dir(source)
     if thin and mcfg["backbone"].get("widths") != list(recipe["widths"]):
-        raise ValueError(f"thinning gave widths {mcfg['backbone'].get('widths')}, the release has {recipe['widths']}")
+        raise ValueError(
+            f"thinning gave widths {mcfg['backbone'].get('widths')}, the release has {recipe['widths']}"
+        )
     head_spec.adaptation["tta"] = int(recipe["tta"])
-    reps = representative_inputs(load_data(mcfg["data"], int(mcfg["input"]["shape"][0]), "train"), 200)
-    return write_bundle(work / "bundle", backbone, head_spec, reps, meta_from_config(mcfg), progress=progress,
-                        overwrite=True)
+    reps = representative_inputs(
+        load_data(mcfg["data"], int(mcfg["input"]["shape"][0]), "train"), 200
+    )
+    return write_bundle(
+        work / "bundle",
+        backbone,
+        head_spec,
+        reps,
+        meta_from_config(mcfg),
+        progress=progress,
+        overwrite=True,
+    )
 
 
 def keep_float_model(work: Path, cfg: dict, recipe: dict, plan: dict, dest: Path) -> Path:
@@ -80,7 +112,11 @@ def keep_float_model(work: Path, cfg: dict, recipe: dict, plan: dict, dest: Path
     mcfg = json.loads((dest / "config.json").read_text())
     mcfg["data"] = cfg["data"]
     mcfg["adaptation"] = {**(mcfg.get("adaptation") or {}), "tta": int(recipe["tta"])}
-    mcfg["fleet_update"] = {"base": plan["base"], "last_seq": plan["last_seq"], "examples": plan.get("examples"),
-                            "recipe": recipe}
+    mcfg["fleet_update"] = {
+        "base": plan["base"],
+        "last_seq": plan["last_seq"],
+        "examples": plan.get("examples"),
+        "recipe": recipe,
+    }
     atomic_write_text(dest / "config.json", json.dumps(mcfg, indent=1))
     return dest

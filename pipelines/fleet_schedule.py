@@ -8,6 +8,7 @@ arrived since the last decided update (its ``last_seq`` in ``updates/last.json``
 data would only spend hours of CPU. One log line per decision; the whole
 output of the last run is in ``ROOT/updates/scheduled.log``.
 """
+
 from __future__ import annotations
 
 import json
@@ -24,7 +25,9 @@ def new_examples(root) -> tuple:
     from metalite.fleet.examples import labelled_since, newest_seq
 
     try:
-        used = int(json.loads((Path(root) / "updates" / "last.json").read_text()).get("last_seq") or 0)
+        used = int(
+            json.loads((Path(root) / "updates" / "last.json").read_text()).get("last_seq") or 0
+        )
     except (OSError, ValueError, TypeError):
         used = 0
     fleet = FleetRoot(root)
@@ -46,10 +49,14 @@ class UpdateScheduler:
         self.runs = 0
         self._stop = threading.Event()
         self._proc = None
-        self._thread = threading.Thread(target=self._loop, name="fleet-update-scheduler", daemon=True)
+        self._thread = threading.Thread(
+            target=self._loop, name="fleet-update-scheduler", daemon=True
+        )
 
-    def start(self) -> "UpdateScheduler":
-        self.say(f"scheduled updates: every {self.every_s / 3600:g} h ({' '.join(self.args) or 'default options'})")
+    def start(self) -> UpdateScheduler:
+        self.say(
+            f"scheduled updates: every {self.every_s / 3600:g} h ({' '.join(self.args) or 'default options'})"
+        )
         self._thread.start()
         return self
 
@@ -76,15 +83,34 @@ class UpdateScheduler:
             return f"skipped: no labelled examples arrived since the last update (up to #{newest})"
         log = self.root / "updates" / "scheduled.log"
         log.parent.mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable, "-m", "metalite.tools.cli", "fleet", "update", "--root", str(self.root), *self.args]
+        cmd = [
+            sys.executable,
+            "-m",
+            "metalite.tools.cli",
+            "fleet",
+            "update",
+            "--root",
+            str(self.root),
+            *self.args,
+        ]
         t0 = time.monotonic()
         with open(log, "wb") as out:
-            self._proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            self._proc = subprocess.Popen(
+                cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            )
             code = self._proc.wait()
         self.runs += 1
         lines = [l.strip() for l in log.read_text("utf-8", "replace").splitlines() if l.strip()]
-        decision = next((l for l in reversed(lines) if l.startswith(("published v", "kept v"))), None)
-        if code == 0 and decision:  # "published vN (...) in S s" says its time; "kept vN: why" does not
-            return decision if decision.startswith("published") else f"{decision} ({time.monotonic() - t0:.0f} s)"
+        decision = next(
+            (l for l in reversed(lines) if l.startswith(("published v", "kept v"))), None
+        )
+        if (
+            code == 0 and decision
+        ):  # "published vN (...) in S s" says its time; "kept vN: why" does not
+            return (
+                decision
+                if decision.startswith("published")
+                else f"{decision} ({time.monotonic() - t0:.0f} s)"
+            )
         why = lines[-1] if lines else "no output"
         return f"failed (exit {code}): {why[:300]} (full output in {log})"

@@ -20,6 +20,7 @@ Work directory (resumable; a rerun for the same base version and examples picks 
     ROOT/updates/last.json the last decision with its figures (``fleet status`` shows it)
     ROOT/updates/rejected/<id>/{bundle,model,metrics.json}  the last rejected candidates (re-gate: --candidate)
 """
+
 from __future__ import annotations
 
 import json
@@ -34,12 +35,29 @@ from metalite.common.progress import as_progress
 from metalite.runtime.plural import plural
 
 from .fleet_data import write_fleet_data, write_replay
-from .fleet_gate import (UNSEEN_CLASSES, UNSEEN_EPISODES, UNSEEN_WAYS, decision_text, fleet_holdout_accuracy, gate,
-                         paired_unseen, unseen_classes)
+from .fleet_gate import (
+    UNSEEN_CLASSES,
+    UNSEEN_EPISODES,
+    UNSEEN_WAYS,
+    decision_text,
+    fleet_holdout_accuracy,
+    gate,
+    paired_unseen,
+    unseen_classes,
+)
 from .fleet_package import compress_export, keep_float_model, release_recipe
 
 KEEP_REJECTED = 3  # rejected candidates kept under updates/rejected/ (the newest)
-RECIPE_KEYS = ("tta", "pqat", "sparsity", "distill", "widths", "prune_steps", "qat_steps", "structured_steps")
+RECIPE_KEYS = (
+    "tta",
+    "pqat",
+    "sparsity",
+    "distill",
+    "widths",
+    "prune_steps",
+    "qat_steps",
+    "structured_steps",
+)
 
 
 @dataclass(frozen=True)
@@ -76,7 +94,15 @@ class UpdateOptions:
     def __post_init__(self):
         from metalite.fleet import FleetError
 
-        least = {"steps": 1, "replay": 0, "val_classes": 0, "ways": 2, "episodes": 10, "unseen": 2, "keep_rejected": 0}
+        least = {
+            "steps": 1,
+            "replay": 0,
+            "val_classes": 0,
+            "ways": 2,
+            "episodes": 10,
+            "unseen": 2,
+            "keep_rejected": 0,
+        }
         for name, low in least.items():
             v = getattr(self, name)
             if type(v) is not int or v < low:
@@ -84,11 +110,15 @@ class UpdateOptions:
         if not (isinstance(self.lr_scale, (int, float)) and self.lr_scale > 0):
             raise FleetError(f"update option lr_scale must be a number > 0, got {self.lr_scale!r}")
         if not (isinstance(self.max_drop, (int, float)) and 0 <= self.max_drop <= 1):
-            raise FleetError(f"update option max_drop must be a number in [0, 1], got {self.max_drop!r}")
+            raise FleetError(
+                f"update option max_drop must be a number in [0, 1], got {self.max_drop!r}"
+            )
         unknown = sorted(set(self.recipe) - set(RECIPE_KEYS))
         if unknown:
-            raise FleetError(f"update option recipe: unknown keys {', '.join(unknown)} "
-                             f"(known: {', '.join(RECIPE_KEYS)})")
+            raise FleetError(
+                f"update option recipe: unknown keys {', '.join(unknown)} "
+                f"(known: {', '.join(RECIPE_KEYS)})"
+            )
         for name in ("model_dir", "candidate", "candidate_model"):
             if getattr(self, name) is not None:
                 object.__setattr__(self, name, Path(getattr(self, name)))
@@ -108,15 +138,31 @@ def _fine_tune(work: Path, cfg: dict, opts: UpdateOptions, say, progress) -> Non
     if "lr" in hparams:
         hparams["lr"] = float(hparams["lr"]) * opts.lr_scale
     settings = TrainSettings(
-        data=f"folder:{work / 'data'}", algorithm=cfg["algorithm"], backbone=cfg["backbone"], head=cfg["head"],
-        image_size=int(cfg["input"]["shape"][0]), shots=shots, queries=2,
-        ways=max(2, min(int(tr.get("ways") or 20), usable)), steps=opts.steps, seed=int(cfg.get("seed", 0)),
-        rotations=False, within_alphabet=0.0, augment=tr.get("augment") or {}, hparams=hparams,
-        val_every=opts.steps, val_episodes=100, checkpoint_every=max(1, opts.steps // 4),
-        strategy=opts.strategy or TrainSettings.strategy, init=str(work / "base"))
+        data=f"folder:{work / 'data'}",
+        algorithm=cfg["algorithm"],
+        backbone=cfg["backbone"],
+        head=cfg["head"],
+        image_size=int(cfg["input"]["shape"][0]),
+        shots=shots,
+        queries=2,
+        ways=max(2, min(int(tr.get("ways") or 20), usable)),
+        steps=opts.steps,
+        seed=int(cfg.get("seed", 0)),
+        rotations=False,
+        within_alphabet=0.0,
+        augment=tr.get("augment") or {},
+        hparams=hparams,
+        val_every=opts.steps,
+        val_episodes=100,
+        checkpoint_every=max(1, opts.steps // 4),
+        strategy=opts.strategy or TrainSettings.strategy,
+        init=str(work / "base"),
+    )
     resume = (work / "float" / "checkpoints" / "run.json").is_file()
-    say(("resuming" if resume else "starting")
-        + f" fine-tuning: {plural(opts.steps, 'step')} on {plural(data.num_classes, 'class')}")
+    say(
+        ("resuming" if resume else "starting")
+        + f" fine-tuning: {plural(opts.steps, 'step')} on {plural(data.num_classes, 'class')}"
+    )
     train(work / "float", settings, resume=resume, progress=progress, log=say)
 
 
@@ -150,24 +196,33 @@ def _prepare(root, work: Path, plan: dict, opts: UpdateOptions, say) -> dict:
         shutil.rmtree(work / "current", ignore_errors=True)
         export_bundle(root, plan["base"], work / "current")
         if opts.model_dir is not None:
-            shutil.copytree(opts.model_dir, work / "base", ignore=shutil.ignore_patterns("checkpoints"))
+            shutil.copytree(
+                opts.model_dir, work / "base", ignore=shutil.ignore_patterns("checkpoints")
+            )
         else:
             export_model(root, plan["base"], work / "base")
         plan["done"].append("base")
         _save_plan(work, plan)
     cfg = read_config(work / "base")
     if cfg.get("stage", "float") != "float":
-        raise ValueError(f"{work / 'base'}: the update starts from a float model, this one is {cfg['stage']!r}")
+        raise ValueError(
+            f"{work / 'base'}: the update starts from a float model, this one is {cfg['stage']!r}"
+        )
     if "data" not in plan["done"]:
         shutil.rmtree(work / "data", ignore_errors=True)
         size = int(cfg["input"]["shape"][0])
-        say(f"streaming the fleet's labelled examples (up to #{plan['last_seq']}), de-duplicated by content")
+        say(
+            f"streaming the fleet's labelled examples (up to #{plan['last_seq']}), de-duplicated by content"
+        )
         plan["examples"] = write_fleet_data(root, work / "data", plan["last_seq"], size)
         if plan["examples"]["train"] == 0 or plan["examples"]["holdout"] == 0:
-            raise ValueError(f"too few labelled examples from the fleet to update and evaluate ({plan['examples']})")
+            raise ValueError(
+                f"too few labelled examples from the fleet to update and evaluate ({plan['examples']})"
+            )
         say(f"replaying {opts.replay} original training classes from {cfg['data']}")
-        plan["replay"] = write_replay(cfg["data"], size, work / "data", opts.replay, opts.val_classes,
-                                      int(cfg.get("seed", 0)))
+        plan["replay"] = write_replay(
+            cfg["data"], size, work / "data", opts.replay, opts.val_classes, int(cfg.get("seed", 0))
+        )
         plan["done"].append("data")
         _save_plan(work, plan)
     return cfg
@@ -178,18 +233,32 @@ def _evaluate(work: Path, plan: dict, candidate: Path, cfg: dict, opts: UpdateOp
     ways, episodes = opts.ways, opts.episodes
     current = work / "current"
     size = int(cfg["input"]["shape"][0])
-    m = {"base": plan["base"], "last_seq": plan["last_seq"], "examples": plan.get("examples"),
-         "replay": plan.get("replay")}
+    m = {
+        "base": plan["base"],
+        "last_seq": plan["last_seq"],
+        "examples": plan.get("examples"),
+        "replay": plan.get("replay"),
+    }
     say("evaluating current and candidate on the held-out fleet examples")
     fa = [fleet_holdout_accuracy(b, work / "data") for b in (current, candidate)]
-    m["fleet_holdout"] = {"current": fa[0][0], "candidate": fa[1][0], "images": fa[1][1], "classes": fa[1][2]}
+    m["fleet_holdout"] = {
+        "current": fa[0][0],
+        "candidate": fa[1][0],
+        "images": fa[1][1],
+        "classes": fa[1][2],
+    }
     pixels = set(json.loads((work / "data" / "pixels.json").read_text()))
     data, touched = unseen_classes(cfg["data"], size, pixels, opts.unseen)
-    say(f"evaluating on {data.num_classes} classes no one trained on ({cfg['data']} test split without the "
+    say(
+        f"evaluating on {data.num_classes} classes no one trained on ({cfg['data']} test split without the "
         f"{len(touched)} groups the fleet sent images of): {episodes} paired {min(ways, data.num_classes)}-way "
-        f"1-shot episodes")
-    m["unseen"] = {**paired_unseen([current, candidate], data, ways, episodes), "data": f"{cfg['data']} test",
-                   "groups_left_out": touched}
+        f"1-shot episodes"
+    )
+    m["unseen"] = {
+        **paired_unseen([current, candidate], data, ways, episodes),
+        "data": f"{cfg['data']} test",
+        "groups_left_out": touched,
+    }
     return m
 
 
@@ -198,8 +267,11 @@ def _exclusive(updates: Path):
     from metalite.fleet import FleetError
 
     updates.mkdir(parents=True, exist_ok=True)
-    return file_lock(updates / ".lock", blocking=False,
-                     busy=FleetError(f"another fleet update of {updates.parent} is running"))
+    return file_lock(
+        updates / ".lock",
+        blocking=False,
+        busy=FleetError(f"another fleet update of {updates.parent} is running"),
+    )
 
 
 def update(root, options: UpdateOptions | None = None, say=print, progress=None) -> dict:
@@ -222,22 +294,34 @@ def update(root, options: UpdateOptions | None = None, say=print, progress=None)
         raise FleetError("nothing to update: no release published yet")
     candidate_model, model_dir = opts.candidate_model, opts.model_dir
     kept = opts.candidate.resolve().parent if opts.candidate is not None else None
-    if kept is not None and candidate_model is None and kept.parent == (root.path / "updates" / "rejected").resolve() \
-            and (kept / "model").is_dir():
-        candidate_model = kept / "model"  # a kept rejected candidate: updates/rejected/<id>/{bundle,model}
+    if (
+        kept is not None
+        and candidate_model is None
+        and kept.parent == (root.path / "updates" / "rejected").resolve()
+        and (kept / "model").is_dir()
+    ):
+        candidate_model = (
+            kept / "model"
+        )  # a kept rejected candidate: updates/rejected/<id>/{bundle,model}
     if opts.candidate is not None and model_dir is None and candidate_model is not None:
-        model_dir = candidate_model  # its data and input size; the current release may keep no float model
+        model_dir = (
+            candidate_model  # its data and input size; the current release may keep no float model
+        )
     opts = replace(opts, model_dir=model_dir, candidate_model=candidate_model)
     try:
         with _exclusive(root.path / "updates"):
             return _run(root, offer["version"], opts, say, as_progress(progress), t0)
     except FleetError:
         raise
-    except ValueError as e:  # the training side's one-line errors (data, model directory, compression, export)
+    except (
+        ValueError
+    ) as e:  # the training side's one-line errors (data, model directory, compression, export)
         raise FleetError(f"update failed: {one_line(e)}") from None
 
 
-def _keep_rejected(updates: Path, base: int, bundle: Path, model: Path | None, m: dict, keep: int) -> Path | None:
+def _keep_rejected(
+    updates: Path, base: int, bundle: Path, model: Path | None, m: dict, keep: int
+) -> Path | None:
     """Move a rejected candidate (bundle, float model, figures) to ``updates/rejected/v<base>-<time>/``; keep the
     newest ``keep``."""
     if keep <= 0:
@@ -247,9 +331,13 @@ def _keep_rejected(updates: Path, base: int, bundle: Path, model: Path | None, m
     dest.mkdir(parents=True, exist_ok=True)
     shutil.copytree(bundle, dest / "bundle", dirs_exist_ok=True)
     if model is not None:
-        shutil.copytree(model, dest / "model", dirs_exist_ok=True, ignore=shutil.ignore_patterns("checkpoints"))
+        shutil.copytree(
+            model, dest / "model", dirs_exist_ok=True, ignore=shutil.ignore_patterns("checkpoints")
+        )
     atomic_write_text(dest / "metrics.json", json.dumps(m, indent=1))
-    for old in sorted((p for p in rej.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime)[:-keep]:
+    for old in sorted((p for p in rej.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime)[
+        :-keep
+    ]:
         shutil.rmtree(old, ignore_errors=True)
     return dest
 
@@ -274,19 +362,30 @@ def _run(root, base: int, opts: UpdateOptions, say, progress, t0: float) -> dict
         float_model = keep_float_model(work, cfg, recipe, plan, work / "release_model")
     m = _evaluate(work, plan, Path(candidate), cfg, opts, say)
     m["recipe"] = recipe
-    m["float_model"] = "kept with the release" if float_model is not None else \
-        "none (gated with --candidate and no --candidate-model): the next update cannot start from this version"
+    m["float_model"] = (
+        "kept with the release"
+        if float_model is not None
+        else "none (gated with --candidate and no --candidate-model): the next update cannot start from this version"
+    )
     reason = gate(m, opts.max_drop)
     m["seconds"] = round(time.time() - t0, 1)
     m["figures"] = decision_text(m, opts.max_drop)
     if reason is None:
-        r = publish(root, candidate, model_dir=float_model, note=f"fleet update of v{base}", metrics=m)
-        m.update(decision="published", version=r["version"], reason="within the thresholds on both measures")
+        r = publish(
+            root, candidate, model_dir=float_model, note=f"fleet update of v{base}", metrics=m
+        )
+        m.update(
+            decision="published",
+            version=r["version"],
+            reason="within the thresholds on both measures",
+        )
     else:
         m.update(decision="kept", version=base, reason=reason)
         kept = _keep_rejected(updates, base, Path(candidate), float_model, m, opts.keep_rejected)
         m["rejected"] = None if kept is None else str(kept / "bundle")
-    shutil.rmtree(work, ignore_errors=True)  # decided: the next update starts afresh with the examples then
+    shutil.rmtree(
+        work, ignore_errors=True
+    )  # decided: the next update starts afresh with the examples then
     updates.mkdir(exist_ok=True)
     atomic_write_text(updates / "last.json", json.dumps(m, indent=1))
     return m

@@ -9,6 +9,7 @@ cache directory keyed by the zip's sha256 (``$METALITE_CACHE`` or ``$XDG_CACHE_H
 them together at ``MAX_ZIP_EXPANSION`` times the zip's size; the extracted files are then verified like a
 directory.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -83,7 +84,9 @@ def _get(manifest: dict, dotted: str, kind=None):
     cur, seen = manifest, []
     for part in dotted.split("."):
         if not isinstance(cur, dict):
-            raise BundleError(f"{MANIFEST}: field {'.'.join(seen)!r} must be an object, got {type(cur).__name__}")
+            raise BundleError(
+                f"{MANIFEST}: field {'.'.join(seen)!r} must be an object, got {type(cur).__name__}"
+            )
         if part not in cur:
             raise BundleError(f"{MANIFEST}: missing field {dotted!r}")
         cur = cur[part]
@@ -97,7 +100,9 @@ def _section(manifest: dict, key: str) -> dict:
     """``manifest[key]`` if it is an object, ``{}`` if absent; BundleError for anything else."""
     value = manifest.get(key, {})
     if not isinstance(value, dict):
-        raise BundleError(f"{MANIFEST}: field {key!r} must be an object, got {type(value).__name__}")
+        raise BundleError(
+            f"{MANIFEST}: field {key!r} must be an object, got {type(value).__name__}"
+        )
     return value
 
 
@@ -109,9 +114,13 @@ def _quant(manifest: dict, which: str) -> tuple:
     scale = _get(manifest, f"{which}.quantization.scale", (int, float))
     zp = _get(manifest, f"{which}.quantization.zero_point", (int, float))
     if not (_finite(scale) and scale > 0):
-        raise BundleError(f"{MANIFEST}: {which}.quantization.scale must be a finite number > 0, got {scale!r}")
+        raise BundleError(
+            f"{MANIFEST}: {which}.quantization.scale must be a finite number > 0, got {scale!r}"
+        )
     if not (_finite(zp) and zp == int(zp) and -128 <= zp <= 255):
-        raise BundleError(f"{MANIFEST}: {which}.quantization.zero_point must be an integer in [-128, 255], got {zp!r}")
+        raise BundleError(
+            f"{MANIFEST}: {which}.quantization.zero_point must be an integer in [-128, 255], got {zp!r}"
+        )
     return float(scale), int(zp)
 
 
@@ -119,23 +128,37 @@ def _files(manifest: dict) -> dict:
     """The ``files`` table checked: plain file names -> {"sha256": 64 hex digits, "bytes": int >= 0}."""
     files = _get(manifest, "files", dict)
     for name, info in files.items():
-        if not name or name in (".", "..", MANIFEST) or Path(name).name != name or "\\" in name or "\0" in name:
+        if (
+            not name
+            or name in (".", "..", MANIFEST)
+            or Path(name).name != name
+            or "\\" in name
+            or "\0" in name
+        ):
             raise BundleError(f"{MANIFEST}: unsafe or invalid file name {name[:80]!r} in 'files'")
         problem = bundle_file_problem(name)
         if problem:
             raise BundleError(f"{MANIFEST}: {problem}")
-        if not isinstance(info, dict) or not isinstance(info.get("sha256"), str) or not _SHA256.fullmatch(info["sha256"]):
+        if (
+            not isinstance(info, dict)
+            or not isinstance(info.get("sha256"), str)
+            or not _SHA256.fullmatch(info["sha256"])
+        ):
             raise BundleError(f"{MANIFEST}: files[{name!r}] has no valid sha256")
         size = info.get("bytes")
         if isinstance(size, bool) or not isinstance(size, int) or size < 0:
-            raise BundleError(f"{MANIFEST}: files[{name!r}].bytes must be an integer >= 0, got {str(size)[:40]}")
+            raise BundleError(
+                f"{MANIFEST}: files[{name!r}].bytes must be an integer >= 0, got {str(size)[:40]}"
+            )
     return files
 
 
 def _load_manifest(raw: bytes, where: str) -> dict:
     """Parse manifest.json's bytes into a dict; one-line BundleError if it is not a JSON object."""
     if len(raw) > MAX_MANIFEST_BYTES:
-        raise BundleError(f"{MANIFEST} in {where}: {len(raw)} bytes, more than the {MAX_MANIFEST_BYTES} allowed")
+        raise BundleError(
+            f"{MANIFEST} in {where}: {len(raw)} bytes, more than the {MAX_MANIFEST_BYTES} allowed"
+        )
     try:
         manifest = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
@@ -172,14 +195,18 @@ def _extract_listed(zf: zipfile.ZipFile, prefix: str, dest: Path, zpath: Path) -
     """Unpack manifest.json and the files it lists (nothing else) from ``zf`` into ``dest``."""
     minfo = zf.getinfo(prefix + MANIFEST)
     if minfo.file_size > MAX_MANIFEST_BYTES:
-        raise BundleError(f"{MANIFEST} in {zpath}: {minfo.file_size} bytes, more than the {MAX_MANIFEST_BYTES} allowed")
+        raise BundleError(
+            f"{MANIFEST} in {zpath}: {minfo.file_size} bytes, more than the {MAX_MANIFEST_BYTES} allowed"
+        )
     with zf.open(minfo) as f:
         raw = f.read(MAX_MANIFEST_BYTES + 1)
     files = _files(_load_manifest(raw, str(zpath)))
     budget = MAX_ZIP_EXPANSION * max(1, zpath.stat().st_size)
     if sum(info["bytes"] for info in files.values()) > budget:
-        raise BundleError(f"{zpath}: the files listed in {MANIFEST} would expand to more than "
-                          f"{MAX_ZIP_EXPANSION} times the zip's size")
+        raise BundleError(
+            f"{zpath}: the files listed in {MANIFEST} would expand to more than "
+            f"{MAX_ZIP_EXPANSION} times the zip's size"
+        )
     dest.mkdir(parents=True, exist_ok=True)
     (dest / MANIFEST).write_bytes(raw)
     for name, info in files.items():
@@ -188,8 +215,10 @@ def _extract_listed(zf: zipfile.ZipFile, prefix: str, dest: Path, zpath: Path) -
         except KeyError:
             raise BundleError(f"{name}: listed in {MANIFEST} but missing from {zpath}") from None
         if member.file_size != info["bytes"]:
-            raise BundleError(f"{name}: {member.file_size} bytes in {zpath}, {MANIFEST} records {info['bytes']}; "
-                              "the file is truncated or was changed")
+            raise BundleError(
+                f"{name}: {member.file_size} bytes in {zpath}, {MANIFEST} records {info['bytes']}; "
+                "the file is truncated or was changed"
+            )
         _copy_member(zf, member, dest / name, info["bytes"])
 
 
@@ -204,7 +233,9 @@ def _extract_zip(zpath: Path) -> Path:
         names = _safe_members(zf, str(zpath))
         manifests = [n for n in names if Path(n).name == MANIFEST]
         if len(manifests) != 1 or len(Path(manifests[0]).parts) > 2:
-            raise BundleError(f"{zpath}: expected exactly one {MANIFEST} at the top of the zip (or in one folder)")
+            raise BundleError(
+                f"{zpath}: expected exactly one {MANIFEST} at the top of the zip (or in one folder)"
+            )
         prefix = manifests[0][: -len(MANIFEST)]
         inner = Path(manifests[0]).parent
         for root in (cache_root("bundles"), Path(tempfile.gettempdir()) / "metalite-bundles"):
@@ -223,14 +254,23 @@ def _extract_zip(zpath: Path) -> Path:
                 except OSError:  # another process extracted it first
                     if not (target / inner / MANIFEST).is_file():
                         raise
-            except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError, RuntimeError) as e:
+            except (
+                zipfile.BadZipFile,
+                OSError,
+                EOFError,
+                ValueError,
+                NotImplementedError,
+                RuntimeError,
+            ) as e:
                 if isinstance(e, BundleError):
                     raise
                 raise BundleError(f"{zpath}: cannot extract ({one_line(e)[:160]})") from None
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
             return target / inner
-    raise BundleError(f"{zpath}: no writable directory to extract the bundle into (set METALITE_CACHE)")
+    raise BundleError(
+        f"{zpath}: no writable directory to extract the bundle into (set METALITE_CACHE)"
+    )
 
 
 def open_bundle(path, verify: bool = True) -> Bundle:
@@ -276,12 +316,16 @@ def _check_file(root: Path, name: str, info: dict, verify: bool) -> None:
         return
     size = fpath.stat().st_size
     if info["bytes"] != size:
-        raise BundleError(f"{name}: size {size} bytes does not match {MANIFEST} ({info['bytes']} bytes); "
-                          "the file is truncated or was changed")
+        raise BundleError(
+            f"{name}: size {size} bytes does not match {MANIFEST} ({info['bytes']} bytes); "
+            "the file is truncated or was changed"
+        )
     actual = sha256_file(fpath)
     if actual != info["sha256"].lower():
-        raise BundleError(f"{name}: sha256 mismatch ({actual[:12]}… != {info['sha256'][:12]}… in {MANIFEST}); "
-                          "the file is corrupt or was changed")
+        raise BundleError(
+            f"{name}: sha256 mismatch ({actual[:12]}… != {info['sha256'][:12]}… in {MANIFEST}); "
+            "the file is corrupt or was changed"
+        )
 
 
 def _preprocess(manifest: dict, channels: int) -> dict:
@@ -289,23 +333,39 @@ def _preprocess(manifest: dict, channels: int) -> dict:
     pre = settings(channels)
     given = _section(manifest, "input").get("preprocess") or {}
     if not isinstance(given, dict):
-        raise BundleError(f"{MANIFEST}: input.preprocess must be an object, got {type(given).__name__}")
+        raise BundleError(
+            f"{MANIFEST}: input.preprocess must be an object, got {type(given).__name__}"
+        )
     pre.update(given)
     if pre["color"] not in COLOR_CHANNELS or pre["resize"] != "area":
-        raise BundleError(f"{MANIFEST}: input.preprocess color={str(pre['color'])[:20]!r} resize={str(pre['resize'])[:20]!r} "
-                          f"is not supported (this runtime knows color {' or '.join(map(repr, COLOR_CHANNELS))}, "
-                          "resize 'area')")
+        raise BundleError(
+            f"{MANIFEST}: input.preprocess color={str(pre['color'])[:20]!r} resize={str(pre['resize'])[:20]!r} "
+            f"is not supported (this runtime knows color {' or '.join(map(repr, COLOR_CHANNELS))}, "
+            "resize 'area')"
+        )
     if COLOR_CHANNELS[pre["color"]] != channels:
-        raise BundleError(f"{MANIFEST}: input.preprocess color {pre['color']!r} does not fit input.shape's {channels} "
-                          f"channel{'s' if channels > 1 else ''}")
+        raise BundleError(
+            f"{MANIFEST}: input.preprocess color {pre['color']!r} does not fit input.shape's {channels} "
+            f"channel{'s' if channels > 1 else ''}"
+        )
     if not isinstance(pre["invert"], bool):
-        raise BundleError(f"{MANIFEST}: input.preprocess.invert must be true or false, got {str(pre['invert'])[:20]}")
+        raise BundleError(
+            f"{MANIFEST}: input.preprocess.invert must be true or false, got {str(pre['invert'])[:20]}"
+        )
     rng = pre["range"]
-    if not (isinstance(rng, list) and len(rng) == 2 and all(_finite(v) for v in rng) and rng[0] < rng[1]):
-        raise BundleError(f"{MANIFEST}: input.preprocess.range must be [lo, hi] with finite lo < hi, got {str(rng)[:60]}")
+    if not (
+        isinstance(rng, list) and len(rng) == 2 and all(_finite(v) for v in rng) and rng[0] < rng[1]
+    ):
+        raise BundleError(
+            f"{MANIFEST}: input.preprocess.range must be [lo, hi] with finite lo < hi, got {str(rng)[:60]}"
+        )
     bg = pre.get("background", list(BACKGROUND))
-    if not (isinstance(bg, list) and len(bg) == 3 and all(_finite(v) and 0 <= v <= 255 for v in bg)):
-        raise BundleError(f"{MANIFEST}: input.preprocess.background must be [r, g, b] in 0..255, got {str(bg)[:60]}")
+    if not (
+        isinstance(bg, list) and len(bg) == 3 and all(_finite(v) and 0 <= v <= 255 for v in bg)
+    ):
+        raise BundleError(
+            f"{MANIFEST}: input.preprocess.background must be [r, g, b] in 0..255, got {str(bg)[:60]}"
+        )
     return pre
 
 
@@ -315,8 +375,10 @@ def _parse(src: Path, root: Path, manifest: dict, manifest_sha: str, verify: boo
         raise BundleError(f"{MANIFEST}: format is {str(fmt)[:40]!r}, expected {BUNDLE_FORMAT!r}")
     ver = manifest.get("format_version")
     if ver not in BUNDLE_FORMAT_VERSIONS or isinstance(ver, bool):
-        raise BundleError(f"{MANIFEST}: format_version {str(ver)[:20]} is not supported by this runtime "
-                          f"(supported: {', '.join(map(str, BUNDLE_FORMAT_VERSIONS))}); upgrade metalite")
+        raise BundleError(
+            f"{MANIFEST}: format_version {str(ver)[:20]} is not supported by this runtime "
+            f"(supported: {', '.join(map(str, BUNDLE_FORMAT_VERSIONS))}); upgrade metalite"
+        )
     files = _files(manifest)
     for name, info in files.items():
         _check_file(root, name, info, verify)
@@ -326,7 +388,9 @@ def _parse(src: Path, root: Path, manifest: dict, manifest_sha: str, verify: boo
         if name is None and not required:
             return None
         if not isinstance(name, str):
-            raise BundleError(f"{MANIFEST}: {section}.{key} must be a file name, got {type(name).__name__}")
+            raise BundleError(
+                f"{MANIFEST}: {section}.{key} must be a file name, got {type(name).__name__}"
+            )
         if name not in files:
             if required:
                 raise BundleError(f"{name[:80]}: not listed in {MANIFEST} 'files' (no checksum)")
@@ -338,16 +402,33 @@ def _parse(src: Path, root: Path, manifest: dict, manifest_sha: str, verify: boo
     edgetpu = listed("backbone", "edgetpu_file", None, False)
 
     shape = _get(manifest, "input.shape", list)
-    if len(shape) != 3 or not all(isinstance(s, int) and not isinstance(s, bool) and 0 < s <= 1 << 16 for s in shape):
-        raise BundleError(f"{MANIFEST}: input.shape must be [H, W, C] of positive ints, got {str(shape)[:60]}")
+    if len(shape) != 3 or not all(
+        isinstance(s, int) and not isinstance(s, bool) and 0 < s <= 1 << 16 for s in shape
+    ):
+        raise BundleError(
+            f"{MANIFEST}: input.shape must be [H, W, C] of positive ints, got {str(shape)[:60]}"
+        )
     if shape[2] not in CHANNELS:
-        raise BundleError(f"{MANIFEST}: input.shape {shape} has {shape[2]} channels; this runtime supports 1 (gray) "
-                          "or 3 (RGB)")
+        raise BundleError(
+            f"{MANIFEST}: input.shape {shape} has {shape[2]} channels; this runtime supports 1 (gray) "
+            "or 3 (RGB)"
+        )
     pre = _preprocess(manifest, shape[2])
     dim = _get(manifest, "output.embedding_dim", int)
     if dim < 1:
         raise BundleError(f"{MANIFEST}: output.embedding_dim must be >= 1, got {dim}")
-    return Bundle(source=str(src), root=root, manifest=manifest, manifest_sha256=manifest_sha,
-                  input_shape=tuple(shape), preprocess=pre, input_quantization=_quant(manifest, "input"),
-                  output_quantization=_quant(manifest, "output"), embedding_dim=int(dim),
-                  backbone_path=backbone, head_path=head, edgetpu_path=edgetpu, files=dict(files))
+    return Bundle(
+        source=str(src),
+        root=root,
+        manifest=manifest,
+        manifest_sha256=manifest_sha,
+        input_shape=tuple(shape),
+        preprocess=pre,
+        input_quantization=_quant(manifest, "input"),
+        output_quantization=_quant(manifest, "output"),
+        embedding_dim=int(dim),
+        backbone_path=backbone,
+        head_path=head,
+        edgetpu_path=edgetpu,
+        files=dict(files),
+    )

@@ -5,6 +5,7 @@ as a file, a uint8 array or a float array (anything that preprocesses to the sam
 once. ``fit`` after ``fit``, ``add_class`` and re-fitting never recompute a support embedding that is
 still cached.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -74,7 +75,9 @@ class EmbeddingCache:
         Returns:
           float32 (N, D).
         """
-        if self.maxsize == 0:  # caching off: no keys to hash (at batch 1 hashing costs as much as quantizing)
+        if (
+            self.maxsize == 0
+        ):  # caching off: no keys to hash (at batch 1 hashing costs as much as quantizing)
             self.misses += len(x)
             return np.asarray(compute(x), np.float32)
         keys = [image_key(img) for img in x]

@@ -9,6 +9,7 @@ Labels are ``str`` or ``int`` (``metalite.runtime.labels``): ``bool`` is refused
 same class as ``1``), numpy integers and strings become plain ``int``/``str``, anything else (float,
 None, tuple, bytes) is an ``InputError`` at ``fit``/``add_class``.
 """
+
 from __future__ import annotations
 
 import re
@@ -25,11 +26,14 @@ from .embedder import Embedder
 from .errors import BundleError, InputError, NotFittedError, StateError, UnknownClassError
 from .images import as_model_input, is_path
 from .interpreter import get_backend, open_backbone
-from .labels import normalize_label as _norm_label, preview, short_repr
+from .labels import normalize_label as _norm_label
+from .labels import preview, short_repr
 from .preprocess import to_pixels
 from .state import State, load_state, save_state
 
-_QUERY_BLOCK = 256  # images embedded / queries scored at a time: memory O(block), not O(n) or O(n * C)
+_QUERY_BLOCK = (
+    256  # images embedded / queries scored at a time: memory O(block), not O(n) or O(n * C)
+)
 
 
 def _group(rows: np.ndarray, lab: np.ndarray, classes: list) -> dict:
@@ -45,28 +49,34 @@ _IMAGE_INDEX = re.compile(r"^image (\d+)")
 def _blocks(images):
     """``[(start, part)]`` of a batch longer than ``_QUERY_BLOCK`` (an array batch or a list), else None."""
     if isinstance(images, np.ndarray):
-        batch = images.ndim == 4 or (images.ndim == 3 and images.shape[-1] > 4)  # as ``as_model_input`` reads it
+        batch = images.ndim == 4 or (
+            images.ndim == 3 and images.shape[-1] > 4
+        )  # as ``as_model_input`` reads it
         n = len(images) if batch else 0
     else:
         n = len(images) if isinstance(images, (list, tuple)) else 0
     if n <= _QUERY_BLOCK:
         return None
-    return [(s, images[s:s + _QUERY_BLOCK]) for s in range(0, n, _QUERY_BLOCK)]
+    return [(s, images[s : s + _QUERY_BLOCK]) for s in range(0, n, _QUERY_BLOCK)]
 
 
 def _check_label(label):
     """A label to learn: ``normalize_label``, and never ``openset.UNKNOWN`` (predict's answer for "none of these")."""
     label = _norm_label(label)
     if label == openset.UNKNOWN:
-        raise InputError(f"{label!r} cannot be a class label: it is what predict answers for images of no learned class")
+        raise InputError(
+            f"{label!r} cannot be a class label: it is what predict answers for images of no learned class"
+        )
     return label
 
 
 def _finite_rows(logits: np.ndarray) -> None:
     bad = np.flatnonzero(~np.isfinite(logits).all(axis=1))
     if len(bad):
-        raise InputError(f"the adapted head gives non-finite scores for image {bad[0]}"
-                         f"{f' and {len(bad) - 1} more' if len(bad) > 1 else ''}; its weights overflow on this input")
+        raise InputError(
+            f"the adapted head gives non-finite scores for image {bad[0]}"
+            f"{f' and {len(bad) - 1} more' if len(bad) > 1 else ''}; its weights overflow on this input"
+        )
 
 
 class FewShotClassifier:
@@ -98,8 +108,16 @@ class FewShotClassifier:
       BundleError, DelegateError, InterpreterNotFoundError.
     """
 
-    def __init__(self, bundle_dir, num_threads: int | None = None, delegate: str = "auto",
-                 batch_size: int = 32, cache_size: int = 4096, tta: int | None = None, unknown=None):
+    def __init__(
+        self,
+        bundle_dir,
+        num_threads: int | None = None,
+        delegate: str = "auto",
+        batch_size: int = 32,
+        cache_size: int = 4096,
+        tta: int | None = None,
+        unknown=None,
+    ):
         try:
             self._unknown_rate = openset.check_rate(unknown)
         except ValueError as e:
@@ -107,13 +125,21 @@ class FewShotClassifier:
         self.bundle = open_bundle(bundle_dir)
         try:
             self.head_spec = headlib.load_head(self.bundle.head_path)
-            self.tta = ttalib.check_copies(self.head_spec.adaptation.get("tta", 0) if tta is None else tta)
+            self.tta = ttalib.check_copies(
+                self.head_spec.adaptation.get("tta", 0) if tta is None else tta
+            )
         except ValueError as e:
-            raise BundleError(f"{self.bundle.head_path.name}: {e} (bundle {self.bundle.source})") from None
+            raise BundleError(
+                f"{self.bundle.head_path.name}: {e} (bundle {self.bundle.source})"
+            ) from None
         backend = get_backend()
-        interp, self.device, self.acceleration = open_backbone(self.bundle, num_threads, delegate, backend)
+        interp, self.device, self.acceleration = open_backbone(
+            self.bundle, num_threads, delegate, backend
+        )
         self.backend = backend.name
-        name = (self.bundle.edgetpu_path if self.device == "edgetpu" else self.bundle.backbone_path).name
+        name = (
+            self.bundle.edgetpu_path if self.device == "edgetpu" else self.bundle.backbone_path
+        ).name
         self.embedder = Embedder(interp, max_batch=batch_size, name=name)
         self._check_model(name)
         self.cache = EmbeddingCache(cache_size)
@@ -122,23 +148,37 @@ class FewShotClassifier:
         self._support: dict = {}  # label -> float32 (k, D)
         self._images: dict = {}  # label -> uint8 (k, H, W[, 3]) support pixels, or None if not known (old state)
         self.unknown: dict | None = None
-        self._protos: np.ndarray | None = None  # (C, d) head-output prototypes, kept while unknown is on
+        self._protos: np.ndarray | None = (
+            None  # (C, d) head-output prototypes, kept while unknown is on
+        )
 
     def _check_model(self, name: str) -> None:
         b, e = self.bundle, self.embedder
         if e.input_shape != b.input_shape:
-            raise BundleError(f"{name}: input shape {list(e.input_shape)} does not match manifest.json {list(b.input_shape)}")
+            raise BundleError(
+                f"{name}: input shape {list(e.input_shape)} does not match manifest.json {list(b.input_shape)}"
+            )
         if e.embedding_dim != b.embedding_dim:
-            raise BundleError(f"{name}: output size {e.embedding_dim} does not match manifest.json embedding_dim {b.embedding_dim}")
-        for which, mine, theirs in (("input", e.input_quantization, b.input_quantization),
-                                    ("output", e.output_quantization, b.output_quantization)):
-            if mine is not None and (not np.isclose(mine[0], theirs[0], rtol=1e-5, atol=0) or mine[1] != theirs[1]):
-                raise BundleError(f"{name}: {which} quantization (scale {mine[0]:.6g}, zero_point {mine[1]}) does not "
-                                  f"match manifest.json (scale {theirs[0]:.6g}, zero_point {theirs[1]})")
+            raise BundleError(
+                f"{name}: output size {e.embedding_dim} does not match manifest.json embedding_dim {b.embedding_dim}"
+            )
+        for which, mine, theirs in (
+            ("input", e.input_quantization, b.input_quantization),
+            ("output", e.output_quantization, b.output_quantization),
+        ):
+            if mine is not None and (
+                not np.isclose(mine[0], theirs[0], rtol=1e-5, atol=0) or mine[1] != theirs[1]
+            ):
+                raise BundleError(
+                    f"{name}: {which} quantization (scale {mine[0]:.6g}, zero_point {mine[1]}) does not "
+                    f"match manifest.json (scale {theirs[0]:.6g}, zero_point {theirs[1]})"
+                )
         layers = self.head_spec.weights
         if layers and layers[0][0].shape[0] != b.embedding_dim:
-            raise BundleError(f"{b.head_path.name}: first layer takes {layers[0][0].shape[0]} inputs, "
-                              f"the backbone gives {b.embedding_dim}")
+            raise BundleError(
+                f"{b.head_path.name}: first layer takes {layers[0][0].shape[0]} inputs, "
+                f"the backbone gives {b.embedding_dim}"
+            )
 
     # ------------------------------------------------------------------ properties
     @property
@@ -163,8 +203,12 @@ class FewShotClassifier:
         if len(x) <= _QUERY_BLOCK:
             return ttalib.shift_average(self.embedder, x, self.tta)
         # in blocks: shift averaging holds 1 + tta copies of what it embeds (9 x 31 MB for 10,000 images)
-        return np.concatenate([ttalib.shift_average(self.embedder, x[s:s + _QUERY_BLOCK], self.tta)
-                               for s in range(0, len(x), _QUERY_BLOCK)])
+        return np.concatenate(
+            [
+                ttalib.shift_average(self.embedder, x[s : s + _QUERY_BLOCK], self.tta)
+                for s in range(0, len(x), _QUERY_BLOCK)
+            ]
+        )
 
     def embed(self, images) -> np.ndarray:
         """Embed images with the backbone (cached by image content).
@@ -178,13 +222,21 @@ class FewShotClassifier:
         """
         blocks = _blocks(images)
         if blocks is None:
-            return self._embed_input(as_model_input(images, self.bundle.input_shape, self.bundle.preprocess))
+            return self._embed_input(
+                as_model_input(images, self.bundle.input_shape, self.bundle.preprocess)
+            )
         out = []  # block by block: converting and resizing all of a 10,000-image array first cost +1.2 GiB
         for start, block in blocks:
             try:
                 x = as_model_input(block, self.bundle.input_shape, self.bundle.preprocess)
-            except InputError as e:  # name the image by its index in the whole input, not in the block
-                raise InputError(_IMAGE_INDEX.sub(lambda m: f"image {int(m.group(1)) + start}", str(e), 1)) from None
+            except (
+                InputError
+            ) as e:  # name the image by its index in the whole input, not in the block
+                raise InputError(
+                    _IMAGE_INDEX.sub(
+                        lambda m, start=start: f"image {int(m.group(1)) + start}", str(e), 1
+                    )
+                ) from None
             out.append(self._embed_input(x))
         return np.concatenate(out)
 
@@ -208,7 +260,9 @@ class FewShotClassifier:
             raise InputError(f"adaptation failed: {e}") from None
 
     def _hidden(self, head: headlib.AdaptedHead, emb: np.ndarray) -> np.ndarray:
-        return headlib.hidden_forward(head.weights, head.activations, np.asarray(emb, np.float32))[-1]
+        return headlib.hidden_forward(head.weights, head.activations, np.asarray(emb, np.float32))[
+            -1
+        ]
 
     def _open_set(self, head, classes: list, support: dict, setting: dict | None = None) -> tuple:
         """(setting, prototypes) for this head and support set: ``setting`` kept if given, else calibrated."""
@@ -217,14 +271,14 @@ class FewShotClassifier:
         hidden = [self._hidden(head, support[c]) for c in classes]
         return setting or openset.calibrate(hidden, self._unknown_rate), openset.prototypes(hidden)
 
-    def _commit(self, classes: list, support: dict, images: dict) -> "FewShotClassifier":
+    def _commit(self, classes: list, support: dict, images: dict) -> FewShotClassifier:
         head = self._adapt(classes, support) if classes else None
         unknown, protos = self._open_set(head, classes, support)
         self._classes, self._support, self._images, self.head = classes, support, images, head
         self.unknown, self._protos = unknown, protos
         return self
 
-    def set_unknown(self, unknown) -> "FewShotClassifier":
+    def set_unknown(self, unknown) -> FewShotClassifier:
         """Turn open-set answers on (``"auto"`` or a target rate, recalibrating from the support set) or off (None)."""
         try:
             rate = openset.check_rate(unknown)
@@ -234,7 +288,7 @@ class FewShotClassifier:
         self.unknown, self._protos = self._open_set(self.head, self._classes, self._support)
         return self
 
-    def fit(self, images, labels=None, seed=None) -> "FewShotClassifier":
+    def fit(self, images, labels=None, seed=None) -> FewShotClassifier:
         """Learn these classes, replacing any learned before.
 
         Args:
@@ -265,7 +319,10 @@ class FewShotClassifier:
             raise InputError("fit needs labels (or a mapping {label: images})")
         if isinstance(labels, (str, bytes)):
             labels = [labels]
-        labels = [_check_label(l) for l in (labels.tolist() if isinstance(labels, np.ndarray) else list(labels))]
+        labels = [
+            _check_label(l)
+            for l in (labels.tolist() if isinstance(labels, np.ndarray) else list(labels))
+        ]
         if not labels:
             raise InputError("empty support set: no labels given")
         x = as_model_input(images, self.bundle.input_shape, self.bundle.preprocess)
@@ -275,9 +332,11 @@ class FewShotClassifier:
         classes = list(dict.fromkeys(labels))
         index = {c: i for i, c in enumerate(classes)}
         lab = np.array([index[l] for l in labels])
-        return self._commit(classes, _group(emb, lab, classes), _group(self._pixels(x), lab, classes))
+        return self._commit(
+            classes, _group(emb, lab, classes), _group(self._pixels(x), lab, classes)
+        )
 
-    def add_class(self, label, images) -> "FewShotClassifier":
+    def add_class(self, label, images) -> FewShotClassifier:
         """Learn one more class, keeping the others; refits the head on all stored support embeddings.
 
         If ``label`` is already known, ``images`` are added to its support set.
@@ -306,7 +365,7 @@ class FewShotClassifier:
             classes.append(label)
         return self._commit(classes, support, kept)
 
-    def remove_class(self, label) -> "FewShotClassifier":
+    def remove_class(self, label) -> FewShotClassifier:
         """Forget one class and refit the head on the others (no images needed).
 
         Returns:
@@ -316,12 +375,14 @@ class FewShotClassifier:
         """
         label = _norm_label(label)
         if label not in self._support:
-            raise UnknownClassError(f"unknown class {short_repr(label)}; known classes: {preview(self._classes)}")
+            raise UnknownClassError(
+                f"unknown class {short_repr(label)}; known classes: {preview(self._classes)}"
+            )
         support = {c: v for c, v in self._support.items() if c != label}
         kept = {c: v for c, v in self._images.items() if c != label}
         return self._commit([c for c in self._classes if c != label], support, kept)
 
-    def rename_class(self, label, new_label) -> "FewShotClassifier":
+    def rename_class(self, label, new_label) -> FewShotClassifier:
         """Give a learned class another label; its column, support set and the adapted head stay as they are.
 
         Raises:
@@ -330,11 +391,15 @@ class FewShotClassifier:
         """
         label, new_label = _norm_label(label), _norm_label(new_label)
         if label not in self._support:
-            raise UnknownClassError(f"unknown class {short_repr(label)}; known classes: {preview(self._classes)}")
+            raise UnknownClassError(
+                f"unknown class {short_repr(label)}; known classes: {preview(self._classes)}"
+            )
         if new_label == label:
             return self
         if new_label in self._support:
-            raise InputError(f"class {short_repr(new_label)} exists already; add the images to it instead")
+            raise InputError(
+                f"class {short_repr(new_label)} exists already; add the images to it instead"
+            )
 
         def renamed(d: dict) -> dict:
             return {new_label if c == label else c: v for c, v in d.items()}
@@ -346,7 +411,9 @@ class FewShotClassifier:
     # ------------------------------------------------------------------ prediction
     def _require_fit(self, what: str) -> headlib.AdaptedHead:
         if self.head is None:
-            raise NotFittedError(f"{what} before fit: call fit(images, labels) or add_class(label, images) first")
+            raise NotFittedError(
+                f"{what} before fit: call fit(images, labels) or add_class(label, images) first"
+            )
         return self.head
 
     def _head_for(self, what: str, emb: np.ndarray, transductive: bool) -> headlib.AdaptedHead:
@@ -354,12 +421,16 @@ class FewShotClassifier:
         if not transductive:
             return head
         sup = np.concatenate([self._support[c] for c in self._classes])
-        lab = np.concatenate([np.full(len(self._support[c]), i, np.int64) for i, c in enumerate(self._classes)])
+        lab = np.concatenate(
+            [np.full(len(self._support[c]), i, np.int64) for i, c in enumerate(self._classes)]
+        )
         return headlib.refine(head, sup, lab, emb, float(self.head_spec.adaptation["scale"]))
 
     def _logits(self, head: headlib.AdaptedHead, emb: np.ndarray) -> np.ndarray:
         """Scores (n, C), computed ``_QUERY_BLOCK`` queries at a time; InputError for non-finite ones."""
-        logits = np.concatenate([head.logits(emb[s:s + _QUERY_BLOCK]) for s in range(0, len(emb), _QUERY_BLOCK)])
+        logits = np.concatenate(
+            [head.logits(emb[s : s + _QUERY_BLOCK]) for s in range(0, len(emb), _QUERY_BLOCK)]
+        )
         _finite_rows(logits)
         return logits
 
@@ -396,7 +467,7 @@ class FewShotClassifier:
         head = self._head_for("predict", emb, transductive)
         best = []
         for s in range(0, len(emb), _QUERY_BLOCK):  # argmax per block: memory O(block * C)
-            logits = head.logits(emb[s:s + _QUERY_BLOCK])
+            logits = head.logits(emb[s : s + _QUERY_BLOCK])
             _finite_rows(logits)
             best.extend(np.argmax(logits, axis=1).tolist())
         labels = [self._classes[i] for i in best]
@@ -413,9 +484,21 @@ class FewShotClassifier:
     def unknown_distance_of(self, emb: np.ndarray) -> np.ndarray:
         """(n,) squared distance of embeddings to the nearest class prototype in head space (the open-set score)."""
         if self._protos is None:
-            raise NotFittedError("open-set scores need fit and unknown on (FewShotClassifier(..., unknown='auto'))")
-        return np.concatenate([openset.nearest_distance(self._hidden(self.head, emb[s:s + _QUERY_BLOCK]), self._protos)
-                               for s in range(0, len(emb), _QUERY_BLOCK)]) if len(emb) else np.zeros(0, np.float32)
+            raise NotFittedError(
+                "open-set scores need fit and unknown on (FewShotClassifier(..., unknown='auto'))"
+            )
+        return (
+            np.concatenate(
+                [
+                    openset.nearest_distance(
+                        self._hidden(self.head, emb[s : s + _QUERY_BLOCK]), self._protos
+                    )
+                    for s in range(0, len(emb), _QUERY_BLOCK)
+                ]
+            )
+            if len(emb)
+            else np.zeros(0, np.float32)
+        )
 
     def is_unknown(self, images) -> np.ndarray:
         """(n,) bool: which images ``predict`` would answer ``openset.UNKNOWN`` for (all False with unknown off)."""
@@ -448,15 +531,19 @@ class FewShotClassifier:
         try:
             emb = self._embed_input(np.concatenate(xs))
             head = self._head_for("predict_proba_each", emb, transductive)
-        except InputError as e:  # the whole batch (e.g. the backbone gave NaN): every usable image fails with it
+        except (
+            InputError
+        ) as e:  # the whole batch (e.g. the backbone gave NaN): every usable image fails with it
             return [e if r is None else r for r in out]
         for s in range(0, len(good), _QUERY_BLOCK):
-            logits = head.logits(emb[s:s + _QUERY_BLOCK])
-            for i, row in zip(good[s:s + _QUERY_BLOCK], logits):
+            logits = head.logits(emb[s : s + _QUERY_BLOCK])
+            for i, row in zip(good[s : s + _QUERY_BLOCK], logits):
                 if np.all(np.isfinite(row)):
                     out[i] = headlib.softmax(row[None])[0].astype(np.float32)
                 else:
-                    out[i] = InputError("the adapted head gives non-finite scores for this image; its weights overflow on it")
+                    out[i] = InputError(
+                        "the adapted head gives non-finite scores for this image; its weights overflow on it"
+                    )
         return out
 
     # ------------------------------------------------------------------ persistence
@@ -467,7 +554,10 @@ class FewShotClassifier:
     def support_images(self) -> dict:
         """Return ``{label: uint8 support pixels}`` in column order: (k, H, W) gray, or (k, H, W, 3) for an RGB
         bundle; None for a class whose images are unknown (restored from a version-1 state). ``save`` keeps these."""
-        return {c: None if self._images.get(c) is None else self._images[c].copy() for c in self._classes}
+        return {
+            c: None if self._images.get(c) is None else self._images[c].copy()
+            for c in self._classes
+        }
 
     def save(self, path) -> None:
         """Save the adapted state (labels, support embeddings and images, adapted head) to ``path`` atomically.
@@ -477,15 +567,29 @@ class FewShotClassifier:
         """
         head = self._require_fit("save")
         sup = np.concatenate([self._support[c] for c in self._classes])
-        lab = np.concatenate([np.full(len(self._support[c]), i, np.int64) for i, c in enumerate(self._classes)])
+        lab = np.concatenate(
+            [np.full(len(self._support[c]), i, np.int64) for i, c in enumerate(self._classes)]
+        )
         kept = [self._images.get(c) for c in self._classes]
         images = None if any(k is None for k in kept) else np.concatenate(kept)
-        save_state(path, State(self.bundle.manifest_sha256, list(self._classes), sup, lab, head,
-                               dict(self.head_spec.adaptation, tta=self.tta), images, self.unknown))
+        save_state(
+            path,
+            State(
+                self.bundle.manifest_sha256,
+                list(self._classes),
+                sup,
+                lab,
+                head,
+                dict(self.head_spec.adaptation, tta=self.tta),
+                images,
+                self.unknown,
+            ),
+        )
 
     @classmethod
-    def load(cls, bundle_dir, path, num_threads: int | None = None, delegate: str = "auto",
-             **kwargs) -> "FewShotClassifier":
+    def load(
+        cls, bundle_dir, path, num_threads: int | None = None, delegate: str = "auto", **kwargs
+    ) -> FewShotClassifier:
         """Open ``bundle_dir`` and restore a state saved by ``save``.
 
         Args:
@@ -508,21 +612,39 @@ class FewShotClassifier:
             except ValueError as e:
                 raise StateError(f"{path}: {e}") from None
         spec = clf.head_spec
-        if ([w.shape for w, _ in st.head.weights] != [w.shape for w, _ in spec.weights]
-                or list(st.head.activations) != list(spec.activations)):
-            raise StateError(f"{path}: its head layers do not match the bundle's {clf.bundle.head_path.name}")
+        if [w.shape for w, _ in st.head.weights] != [w.shape for w, _ in spec.weights] or list(
+            st.head.activations
+        ) != list(spec.activations):
+            raise StateError(
+                f"{path}: its head layers do not match the bundle's {clf.bundle.head_path.name}"
+            )
+        size = tuple(clf.bundle.input_shape[:2])
+        if st.images is not None and tuple(st.images.shape[1:3]) != size:
+            # kept images are at the bundle's input size; others could never be saved beside new ones
+            raise StateError(
+                f"{path}: its support images are {st.images.shape[1]}x{st.images.shape[2]}, "
+                f"the bundle takes {size[0]}x{size[1]}"
+            )
         classes = list(st.classes)
         support = _group(st.support, st.support_labels, classes)
-        images = (dict.fromkeys(classes) if st.images is None else _group(st.images, st.support_labels, classes))
+        images = (
+            dict.fromkeys(classes)
+            if st.images is None
+            else _group(st.images, st.support_labels, classes)
+        )
         clf._classes, clf._support, clf._images, clf.head = classes, support, images, st.head
         keep = None
         if "unknown" not in kwargs and st.unknown is not None:
             clf._unknown_rate, keep = st.unknown["rate"], st.unknown
         clf.unknown, clf._protos = clf._open_set(st.head, classes, support, keep)
         if clf.unknown is not None and openset.UNKNOWN in classes:
-            raise StateError(f"{path}: a class is named {openset.UNKNOWN!r}, the open-set answer; rename it to use unknown")
+            raise StateError(
+                f"{path}: a class is named {openset.UNKNOWN!r}, the open-set answer; rename it to use unknown"
+            )
         return clf
 
     def __repr__(self) -> str:
-        return (f"FewShotClassifier(bundle={self.bundle.source!r}, device={self.device!r}, "
-                f"backend={self.backend!r}, classes={len(self._classes)})")
+        return (
+            f"FewShotClassifier(bundle={self.bundle.source!r}, device={self.device!r}, "
+            f"backend={self.backend!r}, classes={len(self._classes)})"
+        )

@@ -5,6 +5,7 @@ of ``max_batch`` images; the input is resized (``resize_tensor_input`` + ``alloc
 the chunk size changes. A model with a static batch (the Edge TPU's batch 1) is run in a loop, the last
 chunk zero-padded.
 """
+
 from __future__ import annotations
 
 import threading
@@ -55,7 +56,9 @@ class Embedder:
         self.max_batch = max(1, int(max_batch))
         inputs, outputs = interpreter.get_input_details(), interpreter.get_output_details()
         if len(inputs) != 1 or len(outputs) != 1:
-            raise BundleError(f"{name}: expected 1 input and 1 output tensor, found {len(inputs)} and {len(outputs)}")
+            raise BundleError(
+                f"{name}: expected 1 input and 1 output tensor, found {len(inputs)} and {len(outputs)}"
+            )
         self._in, self._out = inputs[0], outputs[0]
         shape = [int(s) for s in self._in["shape"]]
         sig = [int(s) for s in self._in.get("shape_signature", shape)]
@@ -109,14 +112,22 @@ class Embedder:
         """
         x = np.asarray(x, np.float32)
         if x.ndim != 4 or tuple(x.shape[1:]) != self.input_shape:
-            raise InputError(f"model input must have shape (N, {', '.join(map(str, self.input_shape))}), got {x.shape}")
+            raise InputError(
+                f"model input must have shape (N, {', '.join(map(str, self.input_shape))}), got {x.shape}"
+            )
         n = len(x)
         if n == 0:
             return np.zeros((0, self.embedding_dim), np.float32)
-        q = x if self.input_quantization is None else quantize(x, *self.input_quantization, self.in_dtype)
+        q = (
+            x
+            if self.input_quantization is None
+            else quantize(x, *self.input_quantization, self.in_dtype)
+        )
         with self._lock:
             step = self.max_batch if self.dynamic_batch else self._batch
-            if n == step or (self.dynamic_batch and n < step):  # one invoke: its output is the result
+            if n == step or (
+                self.dynamic_batch and n < step
+            ):  # one invoke: its output is the result
                 self._set_batch(n)
                 out = self._run(q)
             else:
@@ -130,13 +141,13 @@ class Embedder:
         n = len(q)
         out = np.empty((n, self.embedding_dim), self.out_dtype)
         for start in range(0, n, step):
-            chunk = q[start:start + step]
+            chunk = q[start : start + step]
             if self.dynamic_batch:
                 self._set_batch(len(chunk))
-                out[start:start + len(chunk)] = self._run(chunk)
+                out[start : start + len(chunk)] = self._run(chunk)
             else:
                 pad = self._batch - len(chunk)
                 if pad:
                     chunk = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), chunk.dtype)])
-                out[start:start + self._batch - pad] = self._run(chunk)[: self._batch - pad]
+                out[start : start + self._batch - pad] = self._run(chunk)[: self._batch - pad]
         return out

@@ -4,13 +4,28 @@ Every class derives from ``MetaliteError`` (``metalite.common.errors``, the base
 it to catch them all) and from the builtin that fits,
 so ``except ValueError`` keeps working for bad bundles, bad state files and bad input.
 """
+
 from __future__ import annotations
 
-from metalite.common.errors import MetaliteError, one_line  # the family's base and its one-line form
+from metalite.common.errors import (  # the family's base and its one-line form
+    MetaliteError,
+    one_line,
+)
 
-__all__ = ["MetaliteError", "one_line", "BundleError", "StateError", "InputError", "NotFittedError",
-           "UnknownClassError", "DelegateError", "InterpreterNotFoundError", "MissingExtraError", "missing_extra",
-           "EXTRA_OF_MODULE"]
+__all__ = [
+    "MetaliteError",
+    "one_line",
+    "BundleError",
+    "StateError",
+    "InputError",
+    "NotFittedError",
+    "UnknownClassError",
+    "DelegateError",
+    "InterpreterNotFoundError",
+    "MissingExtraError",
+    "missing_extra",
+    "EXTRA_OF_MODULE",
+]
 
 
 class BundleError(MetaliteError, ValueError):
@@ -51,10 +66,15 @@ class MissingExtraError(MetaliteError, ImportError):
 
 # top-level module -> (the name users know it by, the extra that installs it)
 EXTRA_OF_MODULE = {
-    "tensorflow": ("tensorflow", "train"), "tf_keras": ("tf-keras", "train"),
-    "tensorflow_model_optimization": ("tensorflow-model-optimization", "train"), "matplotlib": ("matplotlib", "train"),
-    "absl": ("tensorflow", "train"), "PIL": ("pillow", "images"), "fastapi": ("fastapi", "serve"),
-    "uvicorn": ("uvicorn", "serve"), "cryptography": ("cryptography", "serve"),
+    "tensorflow": ("tensorflow", "train"),
+    "tf_keras": ("tf-keras", "train"),
+    "tensorflow_model_optimization": ("tensorflow-model-optimization", "train"),
+    "matplotlib": ("matplotlib", "train"),
+    "absl": ("tensorflow", "train"),
+    "PIL": ("pillow", "images"),
+    "fastapi": ("fastapi", "serve"),
+    "uvicorn": ("uvicorn", "serve"),
+    "cryptography": ("cryptography", "serve"),
 }
 
 

@@ -10,6 +10,7 @@ embedding to the classes, ``steps`` an int in [0, ``MAX_STEPS``], ``lr`` in [0, 
 (0, 1e6]. Adaptation holds O(n*d + C*d) memory for n support rows, C classes and width d: the
 softmax over classes is computed in blocks of rows (``ROW_BLOCK_ELEMENTS`` logits at a time).
 """
+
 from __future__ import annotations
 
 import json
@@ -26,7 +27,9 @@ ADAPT_MODES = ("head", "classifier")
 MAX_STEPS = 1000
 MAX_ABS_WEIGHT = 1e12
 MAX_LR_SCALE = 1e6
-ROW_BLOCK_ELEMENTS = 1 << 22  # logits per block of support rows during adaptation (16 MiB of float32)
+ROW_BLOCK_ELEMENTS = (
+    1 << 22
+)  # logits per block of support rows during adaptation (16 MiB of float32)
 
 
 @dataclass
@@ -41,7 +44,10 @@ class HeadSpec:
         return {
             "format": HEAD_FORMAT,
             "format_version": HEAD_FORMAT_VERSION,
-            "layers": [{"units": int(w.shape[1]), "activation": a} for (w, _), a in zip(self.weights, self.activations)],
+            "layers": [
+                {"units": int(w.shape[1]), "activation": a}
+                for (w, _), a in zip(self.weights, self.activations)
+            ],
             "adaptation": dict(self.adaptation),
         }
 
@@ -58,10 +64,16 @@ def save_head(spec: HeadSpec, path) -> None:
 
 def _number(ad: dict, key: str, lo: float, hi: float, lo_open: bool) -> float:
     v = ad.get(key)
-    if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real) or not np.isfinite(v) or not (
-            (lo < v if lo_open else lo <= v) and v <= hi):
+    if (
+        isinstance(v, (bool, np.bool_))
+        or not isinstance(v, numbers.Real)
+        or not np.isfinite(v)
+        or not ((lo < v if lo_open else lo <= v) and v <= hi)
+    ):
         side = "(" if lo_open else "["
-        raise ValueError(f"adaptation.{key} must be a number in {side}{lo:g}, {hi:g}], got {v!r}"[:200])
+        raise ValueError(
+            f"adaptation.{key} must be a number in {side}{lo:g}, {hi:g}], got {v!r}"[:200]
+        )
     return float(v)
 
 
@@ -72,20 +84,30 @@ def check_adaptation(ad) -> dict:
     out = dict(DEFAULT_ADAPTATION)
     out.update(ad)
     steps = out["steps"]
-    if isinstance(steps, (bool, np.bool_)) or not isinstance(steps, numbers.Integral) or not 0 <= steps <= MAX_STEPS:
-        raise ValueError(f"adaptation.steps must be an integer in [0, {MAX_STEPS}], got {steps!r}"[:200])
+    if (
+        isinstance(steps, (bool, np.bool_))
+        or not isinstance(steps, numbers.Integral)
+        or not 0 <= steps <= MAX_STEPS
+    ):
+        raise ValueError(
+            f"adaptation.steps must be an integer in [0, {MAX_STEPS}], got {steps!r}"[:200]
+        )
     out["steps"] = int(steps)
     out["lr"] = _number(out, "lr", 0.0, MAX_LR_SCALE, lo_open=False)
     out["scale"] = _number(out, "scale", 0.0, MAX_LR_SCALE, lo_open=True)
     if out["adapt"] not in ADAPT_MODES:
-        raise ValueError(f"adaptation.adapt must be one of {', '.join(ADAPT_MODES)}, got {out['adapt']!r}"[:200])
+        raise ValueError(
+            f"adaptation.adapt must be one of {', '.join(ADAPT_MODES)}, got {out['adapt']!r}"[:200]
+        )
     return out
 
 
 def check_float_array(a, name: str, ndim: int) -> np.ndarray:
     """``a`` as float32 if it is an ``ndim``-d float array, finite and within ``MAX_ABS_WEIGHT``; else ValueError."""
     if not isinstance(a, np.ndarray) or a.dtype.kind != "f" or a.ndim != ndim:
-        kind = f"{a.dtype} array of shape {a.shape}" if isinstance(a, np.ndarray) else type(a).__name__
+        kind = (
+            f"{a.dtype} array of shape {a.shape}" if isinstance(a, np.ndarray) else type(a).__name__
+        )
         raise ValueError(f"{name} must be a {ndim}-d float array, got a {kind}")
     with np.errstate(over="ignore", invalid="ignore"):
         a = a.astype(np.float32)
@@ -121,7 +143,9 @@ def check_classifier(w, b, in_dim: int, n_classes: int) -> tuple:
     """Check the classifier: float, finite, bounded, W (in_dim, n_classes) and b (n_classes,); float32 pair."""
     w, b = check_float_array(w, "clf_W", 2), check_float_array(b, "clf_b", 1)
     if w.shape != (in_dim, n_classes) or b.shape != (n_classes,):
-        raise ValueError(f"classifier shapes {w.shape} and {b.shape} do not fit {in_dim} inputs and {n_classes} classes")
+        raise ValueError(
+            f"classifier shapes {w.shape} and {b.shape} do not fit {in_dim} inputs and {n_classes} classes"
+        )
     return w, b
 
 
@@ -137,8 +161,16 @@ def load_head(path) -> HeadSpec:
         cfg = json.loads(str(raw))
     except (ValueError, RecursionError) as e:
         raise ValueError(f"config is not valid JSON ({type(e).__name__})") from None
-    if not isinstance(cfg, dict) or cfg.get("format") != HEAD_FORMAT or cfg.get("format_version") != HEAD_FORMAT_VERSION:
-        got = (cfg.get("format"), cfg.get("format_version")) if isinstance(cfg, dict) else (None, None)
+    if (
+        not isinstance(cfg, dict)
+        or cfg.get("format") != HEAD_FORMAT
+        or cfg.get("format_version") != HEAD_FORMAT_VERSION
+    ):
+        got = (
+            (cfg.get("format"), cfg.get("format_version"))
+            if isinstance(cfg, dict)
+            else (None, None)
+        )
         raise ValueError(f"unknown head format {str(got[0])[:40]!r} v{str(got[1])[:20]}")
     layers = cfg.get("layers")
     if not isinstance(layers, list) or not all(isinstance(l, dict) for l in layers):
@@ -146,11 +178,15 @@ def load_head(path) -> HeadSpec:
     missing = [k for i in range(len(layers)) for k in (f"W{i}", f"b{i}") if k not in arrays]
     if missing:
         raise ValueError(f"config lists {len(layers)} layers but {missing[0]} is missing")
-    weights = check_layers([(arrays[f"W{i}"], arrays[f"b{i}"]) for i in range(len(layers))],
-                           [l.get("activation") for l in layers])
+    weights = check_layers(
+        [(arrays[f"W{i}"], arrays[f"b{i}"]) for i in range(len(layers))],
+        [l.get("activation") for l in layers],
+    )
     for i, (l, (w, _)) in enumerate(zip(layers, weights)):
         if l.get("units") != w.shape[1]:
-            raise ValueError(f"config.layers[{i}].units is {str(l.get('units'))[:20]}, W{i} has {w.shape[1]}")
+            raise ValueError(
+                f"config.layers[{i}].units is {str(l.get('units'))[:20]}, W{i} has {w.shape[1]}"
+            )
     adaptation = check_adaptation(cfg.get("adaptation", {}))
     return HeadSpec(weights, [l["activation"] for l in layers], adaptation)
 
@@ -170,7 +206,9 @@ def hidden_forward(weights, activations, e):
 def prototype_classifier(h, y, n_classes, scale):
     """Classifier weights from class means of ``h``: logits = -scale*|h - c|^2 up to a per-row constant."""
     protos = np.stack([h[y == k].mean(axis=0) for k in range(n_classes)])
-    return (2.0 * scale * protos.T).astype(np.float32), (-scale * np.sum(protos**2, axis=1)).astype(np.float32)
+    return (2.0 * scale * protos.T).astype(np.float32), (-scale * np.sum(protos**2, axis=1)).astype(
+        np.float32
+    )
 
 
 def softmax(logits):
@@ -220,18 +258,24 @@ def _classifier_grads(h, y, wc, bc):
     gw, gb = np.zeros_like(wc), np.zeros_like(bc)
     gh = np.empty((n, wc.shape[0]), np.float32)
     for s in range(0, n, rows):
-        hb = h[s:s + rows]
+        hb = h[s : s + rows]
         g = _softmax_rows(hb, wc, bc)
-        g[np.arange(len(hb)), y[s:s + rows]] -= 1.0
+        g[np.arange(len(hb)), y[s : s + rows]] -= 1.0
         g /= n
         gw += hb.T @ g
         gb += g.sum(axis=0)
-        gh[s:s + rows] = g @ wc.T
+        gh[s : s + rows] = g @ wc.T
     return gw, gb, gh
 
 
-def adapt(spec: HeadSpec, embeddings: np.ndarray, labels: np.ndarray, n_classes: int | None = None,
-          steps: int | None = None, lr: float | None = None) -> AdaptedHead:
+def adapt(
+    spec: HeadSpec,
+    embeddings: np.ndarray,
+    labels: np.ndarray,
+    n_classes: int | None = None,
+    steps: int | None = None,
+    lr: float | None = None,
+) -> AdaptedHead:
     """Fit the head to a support set: prototype init, then full-batch gradient descent on cross-entropy.
 
     ``embeddings``: (n, d) float; ``labels``: (n,) ints in [0, n_classes). Deterministic (no sampling).
@@ -241,7 +285,9 @@ def adapt(spec: HeadSpec, embeddings: np.ndarray, labels: np.ndarray, n_classes:
     e = np.asarray(embeddings, dtype=np.float32)
     y = np.asarray(labels).astype(np.int64)
     if e.ndim != 2 or len(e) == 0:
-        raise ValueError(f"support embeddings must be a non-empty (n, d) array, got shape {e.shape}")
+        raise ValueError(
+            f"support embeddings must be a non-empty (n, d) array, got shape {e.shape}"
+        )
     if not np.all(np.isfinite(e)):
         raise ValueError("support embeddings contain NaN or infinite values")
     if y.shape != (len(e),):
@@ -252,8 +298,12 @@ def adapt(spec: HeadSpec, embeddings: np.ndarray, labels: np.ndarray, n_classes:
     counts = np.bincount(y, minlength=n_classes)
     if not counts.all():
         missing = np.flatnonzero(counts == 0)
-        raise ValueError(f"{len(missing)} classes have no support examples (first: {missing[:5].tolist()})")
-    ad = check_adaptation({**spec.adaptation, **{k: v for k, v in (("steps", steps), ("lr", lr)) if v is not None}})
+        raise ValueError(
+            f"{len(missing)} classes have no support examples (first: {missing[:5].tolist()})"
+        )
+    ad = check_adaptation(
+        {**spec.adaptation, **{k: v for k, v in (("steps", steps), ("lr", lr)) if v is not None}}
+    )
     steps, lr, scale = ad["steps"], ad["lr"], ad["scale"]
     adapt_hidden = ad["adapt"] == "head"
 
@@ -277,8 +327,10 @@ def adapt(spec: HeadSpec, embeddings: np.ndarray, labels: np.ndarray, n_classes:
                     gh = gprev
     head = AdaptedHead(weights, acts, (wc.astype(np.float32), bc.astype(np.float32)))
     if not all(np.all(np.isfinite(a)) for pair in [*weights, head.classifier] for a in pair):
-        raise ValueError(f"the head diverged (non-finite weights after {steps} steps at lr {lr:g}); "
-                         "the adaptation settings do not suit these embeddings")
+        raise ValueError(
+            f"the head diverged (non-finite weights after {steps} steps at lr {lr:g}); "
+            "the adaptation settings do not suit these embeddings"
+        )
     return head
 
 
@@ -294,8 +346,15 @@ def _top_only(p: np.ndarray) -> np.ndarray:
     return w
 
 
-def refine(head: AdaptedHead, support: np.ndarray, labels: np.ndarray, queries: np.ndarray, scale: float,
-           iterations: int = 3, cover: float = COVER) -> AdaptedHead:
+def refine(
+    head: AdaptedHead,
+    support: np.ndarray,
+    labels: np.ndarray,
+    queries: np.ndarray,
+    scale: float,
+    iterations: int = 3,
+    cover: float = COVER,
+) -> AdaptedHead:
     """Transductive refinement over a batch of queries (soft k-means, Ren et al. 2018): each prototype
     becomes the mean of its support outputs and the queries weighted by their class probabilities.
 
@@ -320,6 +379,9 @@ def refine(head: AdaptedHead, support: np.ndarray, labels: np.ndarray, queries: 
     for _ in range(int(iterations)):
         q = p if soft else _top_only(p)
         protos = (sums + q.T @ hq) / (counts + q.sum(axis=0))[:, None]
-        w, b = (2.0 * scale * protos.T).astype(np.float32), (-scale * np.sum(protos**2, axis=1)).astype(np.float32)
+        w, b = (
+            (2.0 * scale * protos.T).astype(np.float32),
+            (-scale * np.sum(protos**2, axis=1)).astype(np.float32),
+        )
         p = softmax(hq @ w + b)
     return AdaptedHead(head.weights, head.activations, (w, b))

@@ -17,6 +17,7 @@ input size) first, so large photos stay cheap. Decoding peaks at two copies of t
 numpy's: 4 bytes per pixel each for color, 1 for gray, 2 or 4 for 16-bit), plus a conversion copy for
 palette/CMYK/alpha modes; resizing then adds a few MiB (``preprocess`` works tile by tile).
 """
+
 from __future__ import annotations
 
 import io
@@ -31,13 +32,30 @@ from metalite.common.errors import one_line
 from .errors import InputError, MissingExtraError
 from .preprocess import BACKGROUND, to_model_input
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm", ".pnm")
+IMAGE_EXTENSIONS = (
+    ".png",
+    ".jpg",
+    ".jpeg",
+    ".bmp",
+    ".gif",
+    ".tif",
+    ".tiff",
+    ".webp",
+    ".pgm",
+    ".ppm",
+    ".pnm",
+)
 MAX_IMAGE_PIXELS = 4096 * 4096
 DRAFT_FACTOR = 4
 _CHANNELS = (1, 3, 4)
 _ALPHA_MODES = ("LA", "La", "PA", "RGBA", "RGBa")
 _COLOR_MODES = ("RGB", "RGBX", "CMYK", "YCbCr", "LAB", "HSV")
-_KEYED_MODES = ("P", "L", "RGB", "1")  # modes whose transparency Pillow keeps in info["transparency"]
+_KEYED_MODES = (
+    "P",
+    "L",
+    "RGB",
+    "1",
+)  # modes whose transparency Pillow keeps in info["transparency"]
 
 
 def max_image_pixels() -> int:
@@ -60,18 +78,22 @@ def _as_array(im, dtype=None) -> np.ndarray:
         band = np.asarray(im.crop((0, y, w, min(h, y + rows))), dtype=dtype)
         if out is None:
             out = np.empty((h, *band.shape[1:]), band.dtype)
-        out[y:y + len(band)] = band
+        out[y : y + len(band)] = band
     return out if out is not None else np.asarray(im, dtype=dtype)
 
 
 def _decode(im, p, min_size) -> np.ndarray:
     if min_size is not None and im.format == "JPEG":
-        im.draft(None, (int(min_size[1]), int(min_size[0])))  # DCT-domain downscale, never below min_size
+        im.draft(
+            None, (int(min_size[1]), int(min_size[0]))
+        )  # DCT-domain downscale, never below min_size
     w, h = im.size
     budget = max_image_pixels()
     if w * h > budget:
-        raise InputError(f"{p}: {w}x{h} image ({w * h:,} pixels) exceeds the decoding budget of {budget:,} pixels "
-                         "(set METALITE_MAX_IMAGE_PIXELS to raise it)")
+        raise InputError(
+            f"{p}: {w}x{h} image ({w * h:,} pixels) exceeds the decoding budget of {budget:,} pixels "
+            "(set METALITE_MAX_IMAGE_PIXELS to raise it)"
+        )
     im.load()
     mode = im.mode
     if mode.startswith("I;16"):
@@ -124,14 +146,18 @@ def _open_decode(source, name, min_size) -> np.ndarray:
         raise MissingExtraError("pillow", "images") from None
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # DecompressionBombWarning and friends: we apply our own budget
+            warnings.simplefilter(
+                "ignore"
+            )  # DecompressionBombWarning and friends: we apply our own budget
             with Image.open(source) as im:
                 return _decode(im, name, min_size)
     except InputError:
         raise
     except Image.DecompressionBombError:
-        raise InputError(f"{name}: image exceeds the decoding budget of {max_image_pixels():,} pixels "
-                         "(set METALITE_MAX_IMAGE_PIXELS to raise it)") from None
+        raise InputError(
+            f"{name}: image exceeds the decoding budget of {max_image_pixels():,} pixels "
+            "(set METALITE_MAX_IMAGE_PIXELS to raise it)"
+        ) from None
     except Exception as e:
         raise InputError(f"{name}: cannot decode image ({one_line(e)[:200]})") from None
 
@@ -143,7 +169,9 @@ def is_path(x) -> bool:
 
 def _check_array(a: np.ndarray, what: str) -> np.ndarray:
     if a.dtype == object or a.dtype.kind not in "biuf":
-        raise InputError(f"{what}: unsupported dtype {a.dtype}; pass uint8 or uint16 pixels, or floats")
+        raise InputError(
+            f"{what}: unsupported dtype {a.dtype}; pass uint8 or uint16 pixels, or floats"
+        )
     return a
 
 
@@ -154,14 +182,21 @@ def _single(a: np.ndarray, what: str) -> np.ndarray:
     if a.ndim == 3 and a.shape[-1] in _CHANNELS:
         return a[None]
     if a.ndim == 3 and a.shape[-1] <= 4:
-        raise InputError(f"{what} has {a.shape[-1]} channels (shape {a.shape}); expected 1 (gray), 3 (RGB) or 4 (RGBA)")
+        raise InputError(
+            f"{what} has {a.shape[-1]} channels (shape {a.shape}); expected 1 (gray), 3 (RGB) or 4 (RGBA)"
+        )
     raise InputError(f"{what} has shape {a.shape}; expected (H, W) or (H, W, C)")
 
 
 def _to_input(batch: np.ndarray, size, pre: dict, what: str) -> np.ndarray:
     if min(batch.shape[1:3]) < 1:
         raise InputError(f"{what} is empty (shape {batch.shape})")
-    invert, (lo, hi), channels, background = pre["invert"], pre["range"], pre["channels"], pre["background"]
+    invert, (lo, hi), channels, background = (
+        pre["invert"],
+        pre["range"],
+        pre["channels"],
+        pre["background"],
+    )
     try:
         x = to_model_input(batch, size, invert=invert, channels=channels, background=background)
     except (ValueError, MemoryError) as e:
@@ -186,8 +221,12 @@ def as_model_input(images, input_shape, preprocess: dict | None = None) -> np.nd
     """
     pre = preprocess or {}
     channels = int(input_shape[2]) if len(input_shape) > 2 else 1
-    settings = {"invert": bool(pre.get("invert", True)), "range": tuple(float(v) for v in pre.get("range", (0.0, 1.0))),
-                "channels": channels, "background": tuple(pre.get("background", BACKGROUND))}
+    settings = {
+        "invert": bool(pre.get("invert", True)),
+        "range": tuple(float(v) for v in pre.get("range", (0.0, 1.0))),
+        "channels": channels,
+        "background": tuple(pre.get("background", BACKGROUND)),
+    }
     size = (int(input_shape[0]), int(input_shape[1]))
     draft = (DRAFT_FACTOR * size[0], DRAFT_FACTOR * size[1])
 
@@ -197,12 +236,16 @@ def as_model_input(images, input_shape, preprocess: dict | None = None) -> np.nd
         a = _check_array(images, "image array")
         if a.ndim == 4:
             if a.shape[-1] not in _CHANNELS:
-                raise InputError(f"image batch has {a.shape[-1]} channels (shape {a.shape}); expected 1, 3 or 4")
+                raise InputError(
+                    f"image batch has {a.shape[-1]} channels (shape {a.shape}); expected 1, 3 or 4"
+                )
             batch = a
         elif a.ndim == 3 and a.shape[-1] > 4:
             if channels == 3 and a.shape[0] in _CHANNELS[1:]:
-                raise InputError(f"image array of shape {a.shape} looks channel-first; this RGB model takes (H, W, 3) "
-                                 "(np.moveaxis(a, 0, -1)), or pass gray images as a list")
+                raise InputError(
+                    f"image array of shape {a.shape} looks channel-first; this RGB model takes (H, W, 3) "
+                    "(np.moveaxis(a, 0, -1)), or pass gray images as a list"
+                )
             batch = a
         else:
             batch = _single(a, "image")
@@ -210,7 +253,9 @@ def as_model_input(images, input_shape, preprocess: dict | None = None) -> np.nd
             raise InputError("no images given (empty array)")
         return _to_input(batch, size, settings, "image array")
     if not isinstance(images, (list, tuple)):
-        raise InputError(f"images must be a path, a numpy array or a list of them, got {type(images).__name__}")
+        raise InputError(
+            f"images must be a path, a numpy array or a list of them, got {type(images).__name__}"
+        )
     if len(images) == 0:
         raise InputError("no images given (empty list)")
     parts = []

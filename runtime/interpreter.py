@@ -10,6 +10,7 @@ where it takes int8 (ai-edge-litert, tf.lite), else one made by ``metalite.runti
 switched on (tflite-runtime 2.14, whose default delegate is float-only). ``METALITE_XNNPACK=0`` keeps
 the interpreter's defaults. ``Acceleration`` records what was chosen and why; ``describe`` says it in words.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -28,8 +29,16 @@ from .nativelog import native_stderr_to_log
 
 BACKENDS = ("ai_edge_litert", "tflite_runtime", "tensorflow")
 DELEGATES = ("auto", "cpu", "edgetpu")
-EDGETPU_LIBRARY = {"Linux": "libedgetpu.so.1", "Darwin": "libedgetpu.1.dylib", "Windows": "edgetpu.dll"}
-DISTRIBUTIONS = {"ai_edge_litert": "ai-edge-litert", "tflite_runtime": "tflite-runtime", "tensorflow": "tensorflow"}
+EDGETPU_LIBRARY = {
+    "Linux": "libedgetpu.so.1",
+    "Darwin": "libedgetpu.1.dylib",
+    "Windows": "edgetpu.dll",
+}
+DISTRIBUTIONS = {
+    "ai_edge_litert": "ai-edge-litert",
+    "tflite_runtime": "tflite-runtime",
+    "tensorflow": "tensorflow",
+}
 log = logging.getLogger("metalite.runtime")
 
 
@@ -85,11 +94,23 @@ def _import_backend(name: str, why: str) -> Backend:
     with native_stderr_to_log():  # a TensorFlow import prints absl notices on fd 2
         if name == "tensorflow":
             tf = importlib.import_module("tensorflow")
-            return Backend(name, tf.lite.Interpreter, tf.lite.experimental.load_delegate,
-                           getattr(tf.lite.experimental, "OpResolverType", None), _version(name), why)
+            return Backend(
+                name,
+                tf.lite.Interpreter,
+                tf.lite.experimental.load_delegate,
+                getattr(tf.lite.experimental, "OpResolverType", None),
+                _version(name),
+                why,
+            )
         mod = importlib.import_module(f"{name}.interpreter")
-    return Backend(name, mod.Interpreter, mod.load_delegate, getattr(mod, "OpResolverType", None),
-                   _version(name), why)
+    return Backend(
+        name,
+        mod.Interpreter,
+        mod.load_delegate,
+        getattr(mod, "OpResolverType", None),
+        _version(name),
+        why,
+    )
 
 
 def get_backend(name: str | None = None) -> Backend:
@@ -105,16 +126,26 @@ def get_backend(name: str | None = None) -> Backend:
     """
     name = name or os.environ.get("METALITE_TFLITE") or None
     if name is not None and name not in BACKENDS:
-        raise InterpreterNotFoundError(f"unknown interpreter {name!r}; choose one of {', '.join(BACKENDS)}")
+        raise InterpreterNotFoundError(
+            f"unknown interpreter {name!r}; choose one of {', '.join(BACKENDS)}"
+        )
     key = name or "*"
     if key in _backend_cache:
         return _backend_cache[key]
     errors, missing = [], []
     for cand in [name] if name else BACKENDS:
         if name:
-            why = f"METALITE_TFLITE={name}" if name == os.environ.get("METALITE_TFLITE") else f"{name} requested"
+            why = (
+                f"METALITE_TFLITE={name}"
+                if name == os.environ.get("METALITE_TFLITE")
+                else f"{name} requested"
+            )
         else:
-            why = "first installed of " + ", ".join(BACKENDS) + (f"; not installed: {', '.join(missing)}" if missing else "")
+            why = (
+                "first installed of "
+                + ", ".join(BACKENDS)
+                + (f"; not installed: {', '.join(missing)}" if missing else "")
+            )
         try:
             backend = _import_backend(cand, why)
         except ImportError as e:
@@ -125,7 +156,8 @@ def get_backend(name: str | None = None) -> Backend:
         return backend
     raise InterpreterNotFoundError(
         "no TFLite interpreter found: pip install ai-edge-litert (or tflite-runtime with numpy<2); tried "
-        + "; ".join(errors))
+        + "; ".join(errors)
+    )
 
 
 def edgetpu_library() -> str:
@@ -145,7 +177,11 @@ def _delegated(interp) -> str:
     if not nodes:
         return "no"
     # one delegate node reading the model's input and writing its output has taken every op in between
-    one = len(nodes) == 1 and ins <= {int(i) for i in nodes[0]["inputs"]} and outs <= {int(i) for i in nodes[0]["outputs"]}
+    one = (
+        len(nodes) == 1
+        and ins <= {int(i) for i in nodes[0]["inputs"]}
+        and outs <= {int(i) for i in nodes[0]["outputs"]}
+    )
     return "whole graph" if one else "partial"
 
 
@@ -159,7 +195,9 @@ def _cpu_plan(backend: Backend, num_threads) -> tuple:
     if delegate is None or backend.OpResolverType is None:
         return {}, None, f"the interpreter's default ({why})"
     # the default delegate would be applied on top otherwise; ours already covers float and int8
-    kwargs = {"experimental_op_resolver_type": backend.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES}
+    kwargs = {
+        "experimental_op_resolver_type": backend.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+    }
     return kwargs, delegate, f"enabled by metalite ({why})"
 
 
@@ -180,12 +218,19 @@ def _create(backend: Backend, model_path, kwargs: dict):
             interp = backend.Interpreter(model_path=str(model_path), **kwargs)
             interp.allocate_tensors()
     except Exception as e:
-        raise BundleError(f"{name}: the {backend.name} interpreter cannot load it ({one_line(e)})") from None
+        raise BundleError(
+            f"{name}: the {backend.name} interpreter cannot load it ({one_line(e)})"
+        ) from None
     return interp
 
 
-def open_model(model_path, num_threads: int | None = None, delegates: list | None = None,
-               backend: Backend | None = None, device: str = "cpu") -> tuple:
+def open_model(
+    model_path,
+    num_threads: int | None = None,
+    delegates: list | None = None,
+    backend: Backend | None = None,
+    device: str = "cpu",
+) -> tuple:
     """Create an interpreter for one .tflite file, allocate its tensors, and say how it runs.
 
     Args:
@@ -214,23 +259,48 @@ def open_model(model_path, num_threads: int | None = None, delegates: list | Non
             extra, xnn, int8 = _cpu_plan(backend, num_threads)
             if xnn is not None:
                 try:
-                    interp = _create(backend, model_path, {**kwargs, **extra, "experimental_delegates": [xnn]})
-                except BundleError as e:  # the model is checked again below, with the interpreter's defaults
+                    interp = _create(
+                        backend, model_path, {**kwargs, **extra, "experimental_delegates": [xnn]}
+                    )
+                except (
+                    BundleError
+                ) as e:  # the model is checked again below, with the interpreter's defaults
                     int8 = f"the interpreter's default (the int8 XNNPACK delegate failed: {e})"
                     xnn = None
         if delegates or xnn is None:
             interp = _create(backend, model_path, kwargs)
     delegated = _delegated(interp)
-    kind = "edgetpu" if device == "edgetpu" else ("xnnpack" if delegated not in ("no", "unknown") else
-                                                  "none" if delegated == "no" else "unknown")
-    acc = Acceleration(backend.name, backend.version, device, os.path.basename(str(model_path)), kind, delegated,
-                       int8, backend.why)
+    kind = (
+        "edgetpu"
+        if device == "edgetpu"
+        else (
+            "xnnpack"
+            if delegated not in ("no", "unknown")
+            else "none"
+            if delegated == "no"
+            else "unknown"
+        )
+    )
+    acc = Acceleration(
+        backend.name,
+        backend.version,
+        device,
+        os.path.basename(str(model_path)),
+        kind,
+        delegated,
+        int8,
+        backend.why,
+    )
     log.info("%s", describe(acc))
     return interp, acc
 
 
-def make_interpreter(model_path, num_threads: int | None = None, delegates: list | None = None,
-                     backend: Backend | None = None):
+def make_interpreter(
+    model_path,
+    num_threads: int | None = None,
+    delegates: list | None = None,
+    backend: Backend | None = None,
+):
     """``open_model(...)[0]``: an allocated interpreter for one .tflite file (see ``open_model``)."""
     return open_model(model_path, num_threads, delegates, backend)[0]
 
@@ -244,11 +314,15 @@ def describe(acc: Acceleration) -> str:
         how = f"built-in kernels, no delegate (XNNPACK int8 path: {acc.xnnpack_int8})"
     else:
         how = f"{acc.delegate} delegate ({acc.delegated})"
-    return (f"{acc.model}: {acc.interpreter} {acc.version or '(version unknown)'} on {where}, {how}; "
-            f"interpreter chosen as {acc.why}")
+    return (
+        f"{acc.model}: {acc.interpreter} {acc.version or '(version unknown)'} on {where}, {how}; "
+        f"interpreter chosen as {acc.why}"
+    )
 
 
-def open_backbone(bundle, num_threads: int | None = None, delegate: str = "auto", backend: Backend | None = None):
+def open_backbone(
+    bundle, num_threads: int | None = None, delegate: str = "auto", backend: Backend | None = None
+):
     """Open the bundle's backbone on the Edge TPU when possible/requested, else on the CPU.
 
     Args:
@@ -278,12 +352,17 @@ def open_backbone(bundle, num_threads: int | None = None, delegate: str = "auto"
             except Exception as e:
                 problem = f"the Edge TPU runtime {lib} could not be loaded ({one_line(e)}); install libedgetpu1-std"
             else:
-                interp, acc = open_model(bundle.edgetpu_path, num_threads, [tpu], backend, device="edgetpu")
+                interp, acc = open_model(
+                    bundle.edgetpu_path, num_threads, [tpu], backend, device="edgetpu"
+                )
                 return interp, "edgetpu", acc
         if delegate == "edgetpu":
             raise DelegateError(f"delegate='edgetpu': {problem}")
         if bundle.edgetpu_path is not None:
-            warnings.warn(f"{problem}; running {os.path.basename(str(bundle.backbone_path))} on the CPU",
-                          EdgeTPUFallbackWarning, stacklevel=3)
+            warnings.warn(
+                f"{problem}; running {os.path.basename(str(bundle.backbone_path))} on the CPU",
+                EdgeTPUFallbackWarning,
+                stacklevel=3,
+            )
     interp, acc = open_model(bundle.backbone_path, num_threads, None, backend)
     return interp, "cpu", acc

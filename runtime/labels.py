@@ -5,6 +5,7 @@ plain ``int``/``str`` (so labels compare, hash and save as the user expects), su
 (enums) become their plain value. Floats, ``None``, tuples, bytes and the rest are refused when a class
 is learned (``fit``/``add_class``), not later when the state is saved.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -17,7 +18,7 @@ LABEL_TYPES = (str, int)
 def short_repr(x, limit: int = 60) -> str:
     """``repr(x)`` cut to about ``limit`` characters (labels may be arbitrarily long)."""
     r = repr(x)
-    return r if len(r) <= limit else r[:limit - 1] + "…"
+    return r if len(r) <= limit else r[: limit - 1] + "…"
 
 
 def normalize_label(label):
@@ -29,12 +30,16 @@ def normalize_label(label):
     if isinstance(label, np.generic):
         label = label.item()
     if isinstance(label, bool):
-        raise InputError(f"label {label!r} is a bool; labels must be str or int (True would be the same class as 1)")
+        raise InputError(
+            f"label {label!r} is a bool; labels must be str or int (True would be the same class as 1)"
+        )
     if isinstance(label, str):
         return str.__str__(label)
     if isinstance(label, int):
         return int(label)
-    raise InputError(f"label {short_repr(label)} is a {type(label).__name__}; labels must be str or int")
+    raise InputError(
+        f"label {short_repr(label)} is a {type(label).__name__}; labels must be str or int"
+    )
 
 
 def preview(labels, k: int = 5) -> str:

@@ -10,6 +10,7 @@ and text from elsewhere shown on a terminal.
   next to a verified bundle (a bundle listing ``state.npz`` would have its verified file overwritten).
 - ``terminal_safe(text)`` shows device-supplied text with control characters escaped.
 """
+
 from __future__ import annotations
 
 import re
@@ -29,15 +30,19 @@ def class_name_problem(name) -> str | None:
         return "a class name must not be only blanks"
     if not name.isprintable():
         bad = next(c for c in name if not c.isprintable())
-        return f"a class name must be printable; it holds {ascii(bad)} at position {name.index(bad)}"
+        return (
+            f"a class name must be printable; it holds {ascii(bad)} at position {name.index(bad)}"
+        )
     return None
 
 
 def bundle_file_problem(name) -> str | None:
     """Why ``name`` cannot be the name of a file in a bundle, or None if it can."""
     if not isinstance(name, str) or not _BUNDLE_FILE.fullmatch(name):
-        return (f"bundle file name {terminal_safe(str(name))[:80]!r} is not 1-128 letters, digits, '.', '_' or '-' "
-                "(not starting with '.')")
+        return (
+            f"bundle file name {terminal_safe(str(name))[:80]!r} is not 1-128 letters, digits, '.', '_' or '-' "
+            "(not starting with '.')"
+        )
     if name in RESERVED_FILE_NAMES:
         return f"bundle file name {name!r} is reserved for the device home ({', '.join(sorted(RESERVED_FILE_NAMES))})"
     return None

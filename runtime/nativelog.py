@@ -6,6 +6,7 @@ straight to file descriptor 2, past Python's ``sys.stderr``; ``TF_CPP_MIN_LOG_LE
 temporary file around the native calls; afterwards informational lines go to the ``metalite.runtime``
 logger (shown by ``metalite adapt/predict --verbose``) and every other line is written back to stderr.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -19,7 +20,9 @@ log = logging.getLogger("metalite.runtime")
 
 # TFLite's minimal logger ("INFO: ..."), absl's info lines ("I0000 00:00:..." from a TensorFlow import)
 # and absl's one-time notice about its own initialisation.
-_CHATTER = re.compile(r"^(INFO: |VERBOSE: |I\d{4} \d\d:\d\d:\d\d|WARNING: All log messages before absl::InitializeLog)")
+_CHATTER = re.compile(
+    r"^(INFO: |VERBOSE: |I\d{4} \d\d:\d\d:\d\d|WARNING: All log messages before absl::InitializeLog)"
+)
 
 
 def is_chatter(line: str) -> bool:

@@ -4,6 +4,7 @@ Our writers (``save_head``, ``save_state``) store members uncompressed, so a fil
 expand to more than ``MAX_EXPANSION`` times its size (beyond 1 MiB) is a zip bomb and is refused
 before anything is decompressed.
 """
+
 from __future__ import annotations
 
 import os

@@ -17,6 +17,7 @@ are made of. A query farther than ``threshold`` is answered ``UNKNOWN``. How the
 
 Pure numpy (and ``statistics.NormalDist``); the device and ``metalite evaluate --open-set`` compute the same.
 """
+
 from __future__ import annotations
 
 import math
@@ -32,7 +33,10 @@ MAX_RATE = 0.5
 # alphabets the figures are reported on (scripts/open_set_study.py --alphabets val, docs/open_set.md):
 LOG_SPREAD_PRIOR = 0.45  # std of log leave-one-out distances within a class
 PRIOR_WEIGHT = 4.0  # pseudo-observations of LOG_SPREAD_PRIOR
-ONE_SHOT_RATIO = (-1.70, 0.71)  # mean, std of log(query distance / median nearest-prototype distance), 1-shot
+ONE_SHOT_RATIO = (
+    -1.70,
+    0.71,
+)  # mean, std of log(query distance / median nearest-prototype distance), 1-shot
 RULES = ("leave-one-out", "nearest-class", "none")
 
 
@@ -44,10 +48,17 @@ def check_rate(unknown) -> float | None:
     if isinstance(unknown, str):
         if unknown == "auto":
             return DEFAULT_RATE
-        raise ValueError(f"unknown must be None, 'auto' or a rate in (0, {MAX_RATE:g}], got {unknown[:40]!r}")
-    if isinstance(unknown, (bool, np.bool_)) or not isinstance(unknown, numbers.Real) or not (
-            math.isfinite(unknown) and 0 < unknown <= MAX_RATE):
-        raise ValueError(f"unknown must be None, 'auto' or a rate in (0, {MAX_RATE:g}], got {unknown!r}"[:200])
+        raise ValueError(
+            f"unknown must be None, 'auto' or a rate in (0, {MAX_RATE:g}], got {unknown[:40]!r}"
+        )
+    if (
+        isinstance(unknown, (bool, np.bool_))
+        or not isinstance(unknown, numbers.Real)
+        or not (math.isfinite(unknown) and 0 < unknown <= MAX_RATE)
+    ):
+        raise ValueError(
+            f"unknown must be None, 'auto' or a rate in (0, {MAX_RATE:g}], got {unknown!r}"[:200]
+        )
     return float(unknown)
 
 
@@ -59,7 +70,11 @@ def prototypes(hidden: list) -> np.ndarray:
 def nearest_distance(h: np.ndarray, protos: np.ndarray) -> np.ndarray:
     """(n,) squared distance of each head output to its nearest prototype (O(n*C) memory: call in blocks)."""
     h = np.asarray(h, np.float32)
-    d = np.sum(h * h, axis=1)[:, None] - 2.0 * (h @ protos.T) + np.sum(protos * protos, axis=1)[None]
+    d = (
+        np.sum(h * h, axis=1)[:, None]
+        - 2.0 * (h @ protos.T)
+        + np.sum(protos * protos, axis=1)[None]
+    )
     return np.maximum(d.min(axis=1), 0.0)
 
 
@@ -71,7 +86,7 @@ def leave_one_out(hidden: list) -> np.ndarray:
         if n < 2:
             continue
         others = (h.sum(axis=0)[None] - h) / (n - 1)
-        out.append(np.sum((h - others) ** 2, axis=1) * ((n + 1) * (n - 1) / n ** 2))
+        out.append(np.sum((h - others) ** 2, axis=1) * ((n + 1) * (n - 1) / n**2))
     return np.concatenate(out) if out else np.zeros(0)
 
 
@@ -87,16 +102,28 @@ def calibrate(hidden: list, rate: float) -> dict:
         logs = np.log(np.maximum(loo, 1e-12))
         m = len(np.unique(loo))
         var = float(logs.var(ddof=1)) if m > 1 else 0.0
-        spread = math.sqrt(((m - 1) * var + PRIOR_WEIGHT * LOG_SPREAD_PRIOR ** 2) / (m - 1 + PRIOR_WEIGHT))
+        spread = math.sqrt(
+            ((m - 1) * var + PRIOR_WEIGHT * LOG_SPREAD_PRIOR**2) / (m - 1 + PRIOR_WEIGHT)
+        )
         threshold = math.exp(float(logs.mean()) + z * spread * math.sqrt(1.0 + 2.0 / m))
-        return {"rate": rate, "threshold": threshold, "rule": "leave-one-out", "samples": int(len(loo))}
+        return {
+            "rate": rate,
+            "threshold": threshold,
+            "rule": "leave-one-out",
+            "samples": int(len(loo)),
+        }
     if len(hidden) >= 2:
         p = prototypes(hidden).astype(np.float64)
         d = np.sum((p[:, None] - p[None]) ** 2, axis=-1)
         np.fill_diagonal(d, np.inf)
         scale = float(np.median(d.min(axis=1)))
         threshold = scale * math.exp(ONE_SHOT_RATIO[0] + z * ONE_SHOT_RATIO[1])
-        return {"rate": rate, "threshold": threshold, "rule": "nearest-class", "samples": len(hidden)}
+        return {
+            "rate": rate,
+            "threshold": threshold,
+            "rule": "nearest-class",
+            "samples": len(hidden),
+        }
     return {"rate": rate, "threshold": None, "rule": "none", "samples": 0}
 
 
@@ -109,12 +136,22 @@ def check_setting(unknown) -> dict | None:
     rate, t = check_rate(unknown.get("rate")), unknown.get("threshold")
     if rate is None:
         raise ValueError("'unknown.rate' is missing")
-    if (t is None) != (unknown["rule"] == "none") or (t is not None and not (
-            isinstance(t, numbers.Real) and not isinstance(t, bool) and math.isfinite(t) and t >= 0)):
+    if (t is None) != (unknown["rule"] == "none") or (
+        t is not None
+        and not (
+            isinstance(t, numbers.Real) and not isinstance(t, bool) and math.isfinite(t) and t >= 0
+        )
+    ):
         raise ValueError(f"'unknown.threshold' {str(t)[:30]} does not fit rule {unknown['rule']!r}")
     samples = unknown.get("samples", 0)
-    return {"rate": rate, "threshold": None if t is None else float(t), "rule": unknown["rule"],
-            "samples": int(samples) if isinstance(samples, int) and not isinstance(samples, bool) else 0}
+    return {
+        "rate": rate,
+        "threshold": None if t is None else float(t),
+        "rule": unknown["rule"],
+        "samples": int(samples)
+        if isinstance(samples, int) and not isinstance(samples, bool)
+        else 0,
+    }
 
 
 def describe(setting: dict | None) -> str:
@@ -123,5 +160,7 @@ def describe(setting: dict | None) -> str:
         return "off"
     if setting["threshold"] is None:
         return f"on (target {100 * setting['rate']:g}%) but uncalibrated: one class with one image refuses nothing"
-    return (f"threshold {setting['threshold']:.4g} ({setting['rule']}, {setting['samples']} "
-            f"{'distances' if setting['rule'] == 'leave-one-out' else 'classes'}, target {100 * setting['rate']:g}%)")
+    return (
+        f"threshold {setting['threshold']:.4g} ({setting['rule']}, {setting['samples']} "
+        f"{'distances' if setting['rule'] == 'leave-one-out' else 'classes'}, target {100 * setting['rate']:g}%)"
+    )

@@ -1,4 +1,5 @@
 """``plural(n, noun)``: "1 class", "2 classes" — counts in every message the kit prints."""
+
 from __future__ import annotations
 
 

@@ -14,6 +14,7 @@ either way, so shifted or warped-in pixels are background for both kinds of mode
 - resize: area resampling. Images larger than ``TILE`` pixels on a side are resampled tile by tile,
   so the extra memory stays a few MiB whatever the image size.
 """
+
 from __future__ import annotations
 
 import functools
@@ -65,7 +66,9 @@ def resize_area(images: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.einsum("ij,...jk,lk->...il", rh, images, rw, optimize=True).astype(np.float32)
 
 
-def _resize_tiled(img: np.ndarray, size: tuple[int, int], to_pixels_fn, channels: int = 0) -> np.ndarray:
+def _resize_tiled(
+    img: np.ndarray, size: tuple[int, int], to_pixels_fn, channels: int = 0
+) -> np.ndarray:
     """Area-resample one image (H, W[, C]) tile by tile; ``to_pixels_fn`` maps a tile to float32 pixels
     (rows, cols), or (rows, cols, channels) when ``channels`` > 0 (then the result is (h, w, channels))."""
     n_h, n_w = img.shape[:2]
@@ -74,7 +77,7 @@ def _resize_tiled(img: np.ndarray, size: tuple[int, int], to_pixels_fn, channels
         rh = _area_columns(n_h, size[0], r0, min(n_h, r0 + TILE))
         for c0 in range(0, n_w, TILE):
             rw = _area_columns(n_w, size[1], c0, min(n_w, c0 + TILE))
-            tile = to_pixels_fn(img[r0:r0 + TILE, c0:c0 + TILE])
+            tile = to_pixels_fn(img[r0 : r0 + TILE, c0 : c0 + TILE])
             if channels:
                 for c in range(channels):
                     out[..., c] += rh @ tile[..., c] @ rw.T
@@ -134,14 +137,18 @@ def pixel_scale(x: np.ndarray) -> float:
             raise ValueError("images contain NaN or infinite values")
         scale = PAPER if hi <= 1.0 else 1.0
         if lo * scale < -_SLACK or hi * scale > PAPER + _SLACK:
-            raise ValueError(f"float pixel values span [{float(lo):.4g}, {float(hi):.4g}]; expected [0, 1] "
-                             "(1 = paper) or [0, 255]")
+            raise ValueError(
+                f"float pixel values span [{float(lo):.4g}, {float(hi):.4g}]; expected [0, 1] "
+                "(1 = paper) or [0, 255]"
+            )
         return scale
     if x.dtype == np.uint16:
         return 1.0 / 257.0
     if lo < 0 or hi > 255:
-        raise ValueError(f"{x.dtype} pixel values span [{int(lo)}, {int(hi)}]; expected 0..255 "
-                         "(use uint16 for 16-bit data)")
+        raise ValueError(
+            f"{x.dtype} pixel values span [{int(lo)}, {int(hi)}]; expected 0..255 "
+            "(use uint16 for 16-bit data)"
+        )
     return 1.0
 
 
@@ -151,23 +158,33 @@ def _tile_converter(scale: float, channels: int, background):
         if scale != 1.0:
             t = t.astype(np.float32) * np.float32(scale)
         return to_gray(t[None])[0] if channels == 1 else to_rgb(t[None], background)[0]
+
     return convert
 
 
 def _resize_rgb(x: np.ndarray, size: tuple[int, int], background) -> np.ndarray:
     """(N, H, W[, C]) pixels -> (N, h, w, 3) float32 pixels, channel by channel."""
-    rgb = np.moveaxis(to_rgb(x, background), -1, 1)  # (N, 3, H, W): resize_area works on the last two axes
+    rgb = np.moveaxis(
+        to_rgb(x, background), -1, 1
+    )  # (N, 3, H, W): resize_area works on the last two axes
     return np.ascontiguousarray(np.moveaxis(resize_area(rgb, size), 1, -1))
 
 
 @functools.lru_cache(maxsize=2)
 def _gray_uint8_table(invert: bool) -> np.ndarray:
     """float32 (256,): the model input of each uint8 gray pixel value, computed by the general steps."""
-    return _convert(np.arange(256, dtype=np.uint8).reshape(1, 16, 16), (16, 16), invert, 1, BACKGROUND).ravel()
+    return _convert(
+        np.arange(256, dtype=np.uint8).reshape(1, 16, 16), (16, 16), invert, 1, BACKGROUND
+    ).ravel()
 
 
-def to_model_input(images: np.ndarray, size: tuple[int, int], invert: bool = True, channels: int = 1,
-                   background=BACKGROUND) -> np.ndarray:
+def to_model_input(
+    images: np.ndarray,
+    size: tuple[int, int],
+    invert: bool = True,
+    channels: int = 1,
+    background=BACKGROUND,
+) -> np.ndarray:
     """Image arrays (N, H, W[, C]) -> float32 (N, h, w, ``channels``) in [0, 1], ink = 1 when ``invert``.
 
     Pixel scale and channels as in the module docstring; raises ValueError for values out of range.
@@ -175,15 +192,21 @@ def to_model_input(images: np.ndarray, size: tuple[int, int], invert: bool = Tru
     if channels not in CHANNELS:
         raise ValueError(f"a model takes 1 (gray) or 3 (RGB) channels, not {channels}")
     x = np.asarray(images)
-    if (channels == 1 and x.dtype == np.uint8 and x.shape[1:3] == tuple(size)
-            and (x.ndim == 3 or (x.ndim == 4 and x.shape[3] == 1))):
+    if (
+        channels == 1
+        and x.dtype == np.uint8
+        and x.shape[1:3] == tuple(size)
+        and (x.ndim == 3 or (x.ndim == 4 and x.shape[3] == 1))
+    ):
         # gray pixels already at the model's size: every step is per pixel, so a 256-entry table gives the
         # same floats as the steps below (at batch 1 their ten numpy calls cost as much as quantizing)
         return _gray_uint8_table(bool(invert))[x.reshape(x.shape[:3])][..., None]
     return _convert(x, size, invert, channels, background)
 
 
-def _convert(x: np.ndarray, size: tuple[int, int], invert: bool, channels: int, background) -> np.ndarray:
+def _convert(
+    x: np.ndarray, size: tuple[int, int], invert: bool, channels: int, background
+) -> np.ndarray:
     """``to_model_input`` step by step: pixel scale, channels, area resize, clip, invert."""
     if x.dtype.kind == "b":
         x = x.astype(np.uint8) * np.uint8(255)
@@ -191,18 +214,29 @@ def _convert(x: np.ndarray, size: tuple[int, int], invert: bool, channels: int, 
     if x.ndim not in (3, 4):
         raise ValueError(f"expected images of shape (N, H, W) or (N, H, W, C), got {x.shape}")
     if x.ndim == 4 and x.shape[-1] not in (1, 3, 4):
-        raise ValueError(f"images have {x.shape[-1]} channels; expected 1 (gray), 3 (RGB) or 4 (RGBA)")
+        raise ValueError(
+            f"images have {x.shape[-1]} channels; expected 1 (gray), 3 (RGB) or 4 (RGBA)"
+        )
     if max(x.shape[1:3]) > TILE:
         convert = _tile_converter(scale, channels, background)
-        out = np.stack([_resize_tiled(img, size, convert, 0 if channels == 1 else channels) for img in x]) / 255.0
+        out = (
+            np.stack(
+                [_resize_tiled(img, size, convert, 0 if channels == 1 else channels) for img in x]
+            )
+            / 255.0
+        )
     else:
         if x.dtype.kind == "f" and scale != 1.0:
             x = x * 255.0
         elif scale != 1.0:
             x = x.astype(np.float32) * np.float32(scale)
-        out = (resize_area(to_gray(x), size) if channels == 1 else _resize_rgb(x, size, background)) / 255.0
+        out = (
+            resize_area(to_gray(x), size) if channels == 1 else _resize_rgb(x, size, background)
+        ) / 255.0
     out = out.astype(np.float32, copy=False)
-    np.maximum(out, np.float32(0.0), out=out)  # clipped in place (ufuncs: np.clip's dispatch costs more at batch 1)
+    np.maximum(
+        out, np.float32(0.0), out=out
+    )  # clipped in place (ufuncs: np.clip's dispatch costs more at batch 1)
     np.minimum(out, np.float32(1.0), out=out)
     if invert:
         np.subtract(np.float32(1.0), out, out=out)
@@ -228,7 +262,13 @@ def to_pixels(x: np.ndarray, invert: bool = True, value_range=(0.0, 1.0)) -> np.
 # What ``to_model_input`` does, as recorded in a model's config.json and a bundle's manifest ("preprocess"):
 # gray (color "L"), or RGB in that order with alpha composited onto "background".
 SETTINGS = {"color": "L", "resize": "area", "invert": True, "range": [0.0, 1.0]}
-RGB_SETTINGS = {"color": "RGB", "resize": "area", "invert": True, "range": [0.0, 1.0], "background": list(BACKGROUND)}
+RGB_SETTINGS = {
+    "color": "RGB",
+    "resize": "area",
+    "invert": True,
+    "range": [0.0, 1.0],
+    "background": list(BACKGROUND),
+}
 COLOR_CHANNELS = {"L": 1, "RGB": 3}
 
 

@@ -30,6 +30,7 @@ point to, refuses to replace anything but a regular file (a ``StateError`` here)
 the replaced file's mode and owner, and a crash leaves the old file or the new one, never half of one;
 temporaries of crashed saves are removed by the next save to the same name.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -105,7 +106,9 @@ def save_state(path, state: State) -> None:
     """
     for c in state.classes:
         if type(c) not in (str, int):
-            raise StateError(f"cannot save label {short_repr(c)} ({type(c).__name__}): labels must be str or int")
+            raise StateError(
+                f"cannot save label {short_repr(c)} ({type(c).__name__}): labels must be str or int"
+            )
     head = state.head
     arrays = {
         "support": np.asarray(state.support, np.float32),
@@ -119,8 +122,10 @@ def save_state(path, state: State) -> None:
     if state.images is not None:
         images = np.asarray(state.images)
         if not _images_ok(images, len(arrays["support"])):
-            raise StateError(f"support images must be uint8 (n, H, W) or (n, H, W, 3) with n = "
-                             f"{len(arrays['support'])} support rows, got {images.dtype} {images.shape}")
+            raise StateError(
+                f"support images must be uint8 (n, H, W) or (n, H, W, 3) with n = "
+                f"{len(arrays['support'])} support rows, got {images.dtype} {images.shape}"
+            )
         arrays["images"] = images
     color = "images" in arrays and arrays["images"].ndim == 4
     meta = {
@@ -150,7 +155,9 @@ def save_state(path, state: State) -> None:
     except FileRefusedError as e:
         raise StateError(str(e)) from None
     except OSError as e:
-        raise OSError(e.errno, f"cannot save state to {path}: {e.strerror or e}", str(path)) from None
+        raise OSError(
+            e.errno, f"cannot save state to {path}: {e.strerror or e}", str(path)
+        ) from None
 
 
 def _read_meta(p: Path, arrays: dict) -> dict:
@@ -166,9 +173,13 @@ def _read_meta(p: Path, arrays: dict) -> dict:
     if not isinstance(meta, dict) or meta.get("format") != STATE_FORMAT:
         fmt = meta.get("format") if isinstance(meta, dict) else None
         raise StateError(f"{p}: not a metalite state file (format {short_repr(fmt, 40)})")
-    if meta.get("format_version") not in STATE_FORMAT_VERSIONS or isinstance(meta.get("format_version"), bool):
-        raise StateError(f"{p}: state format_version {short_repr(meta.get('format_version'), 20)} is not supported "
-                         f"(this runtime reads {', '.join(map(str, STATE_FORMAT_VERSIONS))})")
+    if meta.get("format_version") not in STATE_FORMAT_VERSIONS or isinstance(
+        meta.get("format_version"), bool
+    ):
+        raise StateError(
+            f"{p}: state format_version {short_repr(meta.get('format_version'), 20)} is not supported "
+            f"(this runtime reads {', '.join(map(str, STATE_FORMAT_VERSIONS))})"
+        )
     return meta
 
 
@@ -178,7 +189,9 @@ def _check_classes(classes) -> list:
         raise ValueError("'classes' must be a non-empty list of labels")
     for c in classes:
         if type(c) not in (str, int):
-            raise ValueError(f"label {short_repr(c, 40)} is a {type(c).__name__}; labels are str or int")
+            raise ValueError(
+                f"label {short_repr(c, 40)} is a {type(c).__name__}; labels are str or int"
+            )
     if len(set(classes)) != len(classes):
         raise ValueError("'classes' has duplicate labels")
     return [normalize_label(c) for c in classes]
@@ -188,7 +201,11 @@ def _check_support(arrays: dict, n_classes: int):
     """(support float32 (n, D), support_labels int64 (n,)) with every class present; ValueError otherwise."""
     support = check_float_array(arrays.get("support"), "support", 2)
     labels = arrays.get("support_labels")
-    if not isinstance(labels, np.ndarray) or labels.dtype.kind not in "iu" or labels.shape != (len(support),):
+    if (
+        not isinstance(labels, np.ndarray)
+        or labels.dtype.kind not in "iu"
+        or labels.shape != (len(support),)
+    ):
         raise ValueError(f"support_labels must be {len(support)} integers")
     labels = labels.astype(np.int64)
     if len(labels) and (labels.min() < 0 or labels.max() >= n_classes):
@@ -206,12 +223,18 @@ def _check_head(meta: dict, arrays: dict, in_dim: int, n_classes: int) -> Adapte
     missing = [k for k in missing if k not in arrays]
     if missing:
         raise ValueError(f"array {missing[0]} is missing")
-    weights = check_layers([(arrays[f"W{i}"], arrays[f"b{i}"]) for i in range(n_layers)], acts, in_dim)
+    weights = check_layers(
+        [(arrays[f"W{i}"], arrays[f"b{i}"]) for i in range(n_layers)], acts, in_dim
+    )
     last = weights[-1][0].shape[1] if weights else in_dim
-    return AdaptedHead(weights, list(acts), check_classifier(arrays["clf_W"], arrays["clf_b"], last, n_classes))
+    return AdaptedHead(
+        weights, list(acts), check_classifier(arrays["clf_W"], arrays["clf_b"], last, n_classes)
+    )
 
 
-def load_state(path, bundle_manifest_sha256: str | None = None, embedding_dim: int | None = None) -> State:
+def load_state(
+    path, bundle_manifest_sha256: str | None = None, embedding_dim: int | None = None
+) -> State:
     """Read a state file written by ``save_state`` and check every part of it.
 
     Args:
@@ -230,15 +253,19 @@ def load_state(path, bundle_manifest_sha256: str | None = None, embedding_dim: i
     try:
         arrays = read_npz(p)
     except (ValueError, OSError) as e:
-        raise StateError(f"{p}: not a readable metalite state file, truncated or corrupt ({one_line(e)[:160]})") from None
+        raise StateError(
+            f"{p}: not a readable metalite state file, truncated or corrupt ({one_line(e)[:160]})"
+        ) from None
     meta = _read_meta(p, arrays)
     if _arrays_digest(arrays) != meta.get("arrays_sha256"):
         raise StateError(f"{p}: checksum mismatch; the state file is corrupt")
     want = bundle_manifest_sha256
     have = meta.get("bundle_manifest_sha256")
     if want is not None and have != want:
-        raise StateError(f"{p}: adapted with a different bundle (manifest sha256 {str(have)[:12]}…, "
-                         f"this bundle {want[:12]}…); adapt again with this bundle")
+        raise StateError(
+            f"{p}: adapted with a different bundle (manifest sha256 {str(have)[:12]}…, "
+            f"this bundle {want[:12]}…); adapt again with this bundle"
+        )
     try:
         classes = _check_classes(meta.get("classes"))
         support, labels = _check_support(arrays, len(classes))
@@ -248,10 +275,14 @@ def load_state(path, bundle_manifest_sha256: str | None = None, embedding_dim: i
             raise ValueError("'adaptation' must be an object")
         images = arrays.get("images")
         if images is not None and not _images_ok(images, len(support)):
-            raise ValueError(f"support images {images.dtype} {images.shape} for {len(support)} support rows")
+            raise ValueError(
+                f"support images {images.dtype} {images.shape} for {len(support)} support rows"
+            )
         unknown = check_setting(meta.get("unknown"))
     except (ValueError, InputError) as e:
         raise StateError(f"{p}: inconsistent state file ({e})") from None
     if embedding_dim is not None and support.shape[1] != embedding_dim:
-        raise StateError(f"{p}: embeddings have size {support.shape[1]}, the bundle's backbone gives {embedding_dim}")
+        raise StateError(
+            f"{p}: embeddings have size {support.shape[1]}, the bundle's backbone gives {embedding_dim}"
+        )
     return State(str(have), classes, support, labels, head, dict(adaptation), images, unknown)

@@ -5,19 +5,27 @@ copies steadies both the prototypes and the queries (on held-out Omniglot alphab
 one-shot error by about a fifth, docs/accuracy.md). Costs ``1 + copies`` backbone runs per image.
 Pure numpy: the device and ``metalite evaluate`` compute exactly the same thing.
 """
+
 from __future__ import annotations
 
 import numpy as np
 
 ONE_BATCH_BYTES = 4 << 20  # model input up to this size (with its copies) is embedded in one call
 # copies -> (row, col) shifts of the extra copies; 4 = the four neighbours, 8 = with diagonals
-SHIFTS = {0: [], 4: [(1, 0), (-1, 0), (0, 1), (0, -1)],
-          8: [(1, 0), (-1, 0), (0, 1), (0, -1), (1, 1), (1, -1), (-1, 1), (-1, -1)]}
+SHIFTS = {
+    0: [],
+    4: [(1, 0), (-1, 0), (0, 1), (0, -1)],
+    8: [(1, 0), (-1, 0), (0, 1), (0, -1), (1, 1), (1, -1), (-1, 1), (-1, -1)],
+}
 
 
 def check_copies(copies) -> int:
     """``copies`` as an int if it is one of SHIFTS' keys; ValueError naming the allowed values otherwise."""
-    if isinstance(copies, bool) or not isinstance(copies, (int, np.integer)) or int(copies) not in SHIFTS:
+    if (
+        isinstance(copies, bool)
+        or not isinstance(copies, (int, np.integer))
+        or int(copies) not in SHIFTS
+    ):
         raise ValueError(f"shift copies must be one of {sorted(SHIFTS)}, got {copies!r}")
     return int(copies)
 
@@ -26,8 +34,9 @@ def shifted(x: np.ndarray, dy: int, dx: int) -> np.ndarray:
     """Model input (N, H, W, C) moved by (dy, dx) pixels; uncovered pixels are 0 (paper)."""
     out = np.zeros_like(x)
     h, w = x.shape[1:3]
-    out[:, max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = \
-        x[:, max(-dy, 0):h + min(-dy, 0), max(-dx, 0):w + min(-dx, 0)]
+    out[:, max(dy, 0) : h + min(dy, 0), max(dx, 0) : w + min(dx, 0)] = x[
+        :, max(-dy, 0) : h + min(-dy, 0), max(-dx, 0) : w + min(-dx, 0)
+    ]
     return out
 
 

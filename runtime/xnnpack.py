@@ -9,6 +9,7 @@ The options struct changed layout between TFLite versions (a ``runtime_flags`` f
 so the flag is written where tflite-runtime 2.14 keeps it (the uint32 after ``num_threads``) and accepted
 only if ``TfLiteXNNPackDelegateGetFlags`` then reports exactly the default flags plus QS8.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -17,10 +18,16 @@ import importlib
 import sys
 
 QS8 = 0x1  # TFLITE_XNNPACK_DELEGATE_FLAG_QS8: signed int8 (per-channel) operators
-_OPTIONS_BYTES = 256  # larger than any version's TfLiteXNNPackDelegateOptions; returned in memory on every ABI
+_OPTIONS_BYTES = (
+    256  # larger than any version's TfLiteXNNPackDelegateOptions; returned in memory on every ABI
+)
 _FLAGS_OFFSET = 4  # int32 num_threads, then uint32 flags (TFLite 2.10 - 2.17 layout)
-_SYMBOLS = ("TfLiteXNNPackDelegateOptionsDefault", "TfLiteXNNPackDelegateCreate",
-            "TfLiteXNNPackDelegateDelete", "TfLiteXNNPackDelegateGetFlags")
+_SYMBOLS = (
+    "TfLiteXNNPackDelegateOptionsDefault",
+    "TfLiteXNNPackDelegateCreate",
+    "TfLiteXNNPackDelegateDelete",
+    "TfLiteXNNPackDelegateGetFlags",
+)
 # The module of each interpreter package whose shared library exports the XNNPACK C API.
 WRAPPER_MODULES = {"tflite_runtime": "tflite_runtime._pywrap_tensorflow_interpreter_wrapper"}
 
@@ -29,7 +36,7 @@ class _Options(ctypes.Structure):
     _fields_ = [("raw", ctypes.c_uint8 * _OPTIONS_BYTES)]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _library(backend_name: str):
     """The interpreter's own shared library (already loaded by its package) with the XNNPACK C API, or None."""
     mod_name = WRAPPER_MODULES.get(backend_name)
@@ -37,7 +44,9 @@ def _library(backend_name: str):
         return None
     try:
         mod = sys.modules.get(mod_name) or importlib.import_module(mod_name)
-        lib = ctypes.CDLL(mod.__file__)  # the same handle the package holds: dlopen of a loaded file
+        lib = ctypes.CDLL(
+            mod.__file__
+        )  # the same handle the package holds: dlopen of a loaded file
     except (ImportError, OSError, AttributeError):
         return None
     if not all(hasattr(lib, s) for s in _SYMBOLS):
@@ -72,13 +81,15 @@ class XNNPackDelegate:
             self._ptr = None
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def default_flags(backend_name: str) -> int | None:
     """The flags of the backend's default XNNPACK delegate, or None if its library doesn't export the C API."""
     lib = _library(backend_name)
     if lib is None:
         return None
-    probe = lib.TfLiteXNNPackDelegateCreate(None)  # NULL options = the build's defaults, layout-independent
+    probe = lib.TfLiteXNNPackDelegateCreate(
+        None
+    )  # NULL options = the build's defaults, layout-independent
     if not probe:
         return None
     try:
@@ -102,7 +113,9 @@ def int8_delegate(backend_name: str, num_threads: int | None) -> tuple:
     if base & QS8:
         return None, "the default XNNPACK delegate already runs int8"
     opts = lib.TfLiteXNNPackDelegateOptionsDefault()
-    threads = int(num_threads) if num_threads and int(num_threads) > 1 else 0  # no thread pool for 1 thread
+    threads = (
+        int(num_threads) if num_threads and int(num_threads) > 1 else 0
+    )  # no thread pool for 1 thread
     ctypes.c_int32.from_buffer(opts, 0).value = threads
     flags = ctypes.c_uint32.from_buffer(opts, _FLAGS_OFFSET)
     flags.value = flags.value | QS8
@@ -113,4 +126,6 @@ def int8_delegate(backend_name: str, num_threads: int | None) -> tuple:
     if got != base | QS8:
         lib.TfLiteXNNPackDelegateDelete(ptr)
         return None, f"unexpected XNNPACK options layout (flags {got:#x}, expected {base | QS8:#x})"
-    return XNNPackDelegate(lib, ptr, got), "the default XNNPACK delegate of this build is float-only"
+    return XNNPackDelegate(
+        lib, ptr, got
+    ), "the default XNNPACK delegate of this build is float-only"

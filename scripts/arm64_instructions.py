@@ -12,6 +12,7 @@ log goes through a FIFO and only its lines are counted. Runs with 0 and N invoke
 are subtracted, leaving N invokes' instructions. Instruction counts, not time: a real A72's cycles per
 instruction differ between kernels. Slow (minutes per run: Python starts under emulation, logging).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,7 +26,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 INSIDE = "/tmp/metalite-arm64-instructions"
-WORKER = '''
+WORKER = """
 import sys, numpy as np
 from metalite.runtime.interpreter import open_model
 interp, acc = open_model(sys.argv[1], num_threads=1)
@@ -42,11 +43,20 @@ if sys.argv[2] == "probe":  # where the library sits after exactly these imports
 for _ in range(int(sys.argv[2])):
     interp.invoke()
 print(acc.interpreter, acc.version, acc.delegate, acc.delegated, acc.xnnpack_int8, sep="|")
-'''
+"""
+
+
 def _library_range(run, rootfs: Path, site: str, model: str) -> tuple:
     """The interpreter library's address range in the worker (the same imports, no logging)."""
-    p = subprocess.run(["setarch", "-R"] + run(["python3", f"{INSIDE}/worker.py", f"{INSIDE}/{model}", "probe"],
-                                                {"PYTHONPATH": site}), capture_output=True, text=True, check=True)
+    p = subprocess.run(
+        ["setarch", "-R"]
+        + run(
+            ["python3", f"{INSIDE}/worker.py", f"{INSIDE}/{model}", "probe"], {"PYTHONPATH": site}
+        ),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     so, base = p.stdout.split()
     return int(base), int(base) + (rootfs / so.lstrip("/")).stat().st_size
 
@@ -68,10 +78,19 @@ def _count(run, site: str, work: Path, model: str, invokes: int, lib: tuple) -> 
 
     th = threading.Thread(target=reader)
     th.start()
-    env = {"PYTHONPATH": site, "QEMU_LOG": "exec,nochain", "QEMU_SINGLESTEP": "1",
-           "QEMU_DFILTER": f"{lib[0]:#x}..{lib[1]:#x}", "QEMU_LOG_FILENAME": f"{INSIDE}/log-{invokes}.fifo"}
-    p = subprocess.run(["setarch", "-R"] + run(["python3", f"{INSIDE}/worker.py", f"{INSIDE}/{model}",
-                                                str(invokes)], env), capture_output=True, text=True)
+    env = {
+        "PYTHONPATH": site,
+        "QEMU_LOG": "exec,nochain",
+        "QEMU_SINGLESTEP": "1",
+        "QEMU_DFILTER": f"{lib[0]:#x}..{lib[1]:#x}",
+        "QEMU_LOG_FILENAME": f"{INSIDE}/log-{invokes}.fifo",
+    }
+    p = subprocess.run(
+        ["setarch", "-R"]
+        + run(["python3", f"{INSIDE}/worker.py", f"{INSIDE}/{model}", str(invokes)], env),
+        capture_output=True,
+        text=True,
+    )
     th.join()
     if p.returncode != 0:
         raise SystemExit(f"{model}: the arm64 worker failed: {p.stderr.strip()[-300:]}")
@@ -92,8 +111,10 @@ def main(argv=None) -> int:
     work = rootfs / INSIDE.lstrip("/")
     work.mkdir(parents=True, exist_ok=True)
     (work / "worker.py").write_text(WORKER)
-    print(f"Emulated {envs.EMULATED_CPU['qemu']} ({how}), instructions inside the tflite-runtime library, "
-          f"batch 1, 1 thread, {a.invokes} invokes after a first one:\n")
+    print(
+        f"Emulated {envs.EMULATED_CPU['qemu']} ({how}), instructions inside the tflite-runtime library, "
+        f"batch 1, 1 thread, {a.invokes} invokes after a first one:\n"
+    )
     print("| bundle | M instructions per invoke | acceleration |\n|---|---|---|")
     totals = {}
     for b in a.bundles:
@@ -101,12 +122,17 @@ def main(argv=None) -> int:
         shutil.copy(b / "backbone.tflite", work / name)
         lib = _library_range(run, rootfs, site, name)
         with ThreadPoolExecutor(2) as ex:  # the two runs at once: counts do not depend on load
-            (base, _), (n, acc) = ex.map(lambda k: _count(run, site, work, name, k, lib), (0, a.invokes))
+            (base, _), (n, acc) = ex.map(
+                lambda k, name=name, lib=lib: _count(run, site, work, name, k, lib), (0, a.invokes)
+            )
         totals[str(b)] = (n - base) / a.invokes
         print(f"| `{b}` | {totals[str(b)] / 1e6:.3f} | {acc} |", flush=True)
     if len(totals) > 1:
         first = next(iter(totals.values()))
-        print("\nRatios to the first bundle: " + ", ".join(f"`{k}` {first / v:.2f}×" for k, v in totals.items()))
+        print(
+            "\nRatios to the first bundle: "
+            + ", ".join(f"`{k}` {first / v:.2f}×" for k, v in totals.items())
+        )
     return 0
 
 

@@ -9,6 +9,7 @@ bundles; the median per call of each round, then the median over rounds. Peak RS
 ``metalite.bench.memory.memory_section`` (a child process importing only ``metalite.runtime``).
 Prints JSON, with the load average before and after and the CPU model.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,10 +45,12 @@ def main(argv=None) -> int:
     from metalite.runtime import FewShotClassifier
 
     img = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
-    clfs = {b: FewShotClassifier(b, num_threads=1, delegate="cpu", cache_size=0) for b in args.bundles}
+    clfs = {
+        b: FewShotClassifier(b, num_threads=1, delegate="cpu", cache_size=0) for b in args.bundles
+    }
     load_before = os.getloadavg()
     rounds = {b: [] for b in clfs}
-    for b, clf in clfs.items():
+    for clf in clfs.values():
         clf.embed(img)  # warm-up
     for _ in range(args.rounds):
         for b, clf in clfs.items():
@@ -57,13 +60,22 @@ def main(argv=None) -> int:
                 clf.embed(img)
                 times.append(time.perf_counter() - t)
             rounds[b].append(statistics.median(times))
-    out = {"cpu": cpu_model(), "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
-           "python": sys.version.split()[0], "bundles": {}}
+    out = {
+        "cpu": cpu_model(),
+        "loadavg_before": load_before,
+        "loadavg_after": os.getloadavg(),
+        "python": sys.version.split()[0],
+        "bundles": {},
+    }
     for b, clf in clfs.items():
-        out["bundles"][b] = {"backend": clf.backend, "tta": clf.tta, "input_shape": list(clf.bundle.input_shape),
-                             "backbone_bytes": clf.bundle.backbone_path.stat().st_size,
-                             "ms_per_image_median": 1000 * statistics.median(rounds[b]),
-                             "ms_per_image_rounds": [round(1000 * r, 4) for r in rounds[b]]}
+        out["bundles"][b] = {
+            "backend": clf.backend,
+            "tta": clf.tta,
+            "input_shape": list(clf.bundle.input_shape),
+            "backbone_bytes": clf.bundle.backbone_path.stat().st_size,
+            "ms_per_image_median": 1000 * statistics.median(rounds[b]),
+            "ms_per_image_rounds": [round(1000 * r, 4) for r in rounds[b]],
+        }
     if not args.no_memory:
         from metalite.bench.memory import memory_section
 

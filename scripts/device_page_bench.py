@@ -17,6 +17,7 @@ device home running the bundle. Every server is taught the same 5 Greek characte
 Prints a Markdown table: medians over all calls, the server's own model time, and the server's peak RSS
 (VmHWM from /proc after all rounds) and RSS after start-up.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -72,15 +73,19 @@ def uploads(drawing: bytes, n: int) -> dict:
         big = np.asarray(Image.fromarray(glyph).resize((side, side)), np.float32)
         paper = np.full((h, w), 235.0, np.float32) + rng.normal(0, 6, (h, w)).astype(np.float32)
         top, left = (h - side) // 2, (w - side) // 2
-        paper[top:top + side, left:left + side] = np.minimum(paper[top:top + side, left:left + side], big)
+        paper[top : top + side, left : left + side] = np.minimum(
+            paper[top : top + side, left : left + side], big
+        )
         rgb = np.repeat(np.clip(paper, 0, 255).astype(np.uint8)[..., None], 3, axis=2)
         return rgb
 
     out = {"drawing": [], "camera": [], "photo": []}
-    for i in range(n):
-        a = np.roll(glyph, tuple(rng.integers(-2, 3, 2)), axis=(0, 1))  # moved by up to 2 pixels, and a speck
+    for _ in range(n):
+        a = np.roll(
+            glyph, tuple(rng.integers(-2, 3, 2)), axis=(0, 1)
+        )  # moved by up to 2 pixels, and a speck
         r, c = rng.integers(0, 12, 2)
-        a[r:r + 3, c:c + 3] = 0
+        a[r : r + 3, c : c + 3] = 0
         out["drawing"].append(encode(a, "PNG"))
         out["camera"].append(encode(sheet(640, 480), "JPEG"))
         out["photo"].append(encode(sheet(4032, 3024), "JPEG"))
@@ -96,9 +101,22 @@ class Server:
         # the home layout a sync (or 'metalite device install') leaves: versions/1 + current.json
         shutil.copytree(bundle, home / "versions" / "1")
         (home / "current.json").write_text(json.dumps({"version": 1}))
-        self.proc = subprocess.Popen([python, "-c", "from metalite.tools.cli import main; main()", "device", "serve",
-                                      "--home", str(home), "--port", "0"], stderr=subprocess.PIPE, text=True,
-                                     env=dict(os.environ, **env))
+        self.proc = subprocess.Popen(
+            [
+                python,
+                "-c",
+                "from metalite.tools.cli import main; main()",
+                "device",
+                "serve",
+                "--home",
+                str(home),
+                "--port",
+                "0",
+            ],
+            stderr=subprocess.PIPE,
+            text=True,
+            env=dict(os.environ, **env),
+        )
         self.lines = []
         for line in self.proc.stderr:
             self.lines.append(line.rstrip())
@@ -115,7 +133,9 @@ class Server:
 
     def _request(self, method: str, path: str, body=None):
         headers = {"Content-Type": "application/json", "X-CSRF-Token": getattr(self, "csrf", "")}
-        self.conn.request(method, path, body=None if body is None else json.dumps(body), headers=headers)
+        self.conn.request(
+            method, path, body=None if body is None else json.dumps(body), headers=headers
+        )
         r = self.conn.getresponse()
         return r.status, r.read().decode()
 
@@ -141,7 +161,7 @@ class Server:
 
 
 def _worker(spec: str) -> tuple:
-    """"LABEL=PYTHON[,ENV=VALUE...]" -> (label, python, env)."""
+    """ "LABEL=PYTHON[,ENV=VALUE...]" -> (label, python, env)."""
     label, _, rest = spec.partition("=")
     python, *pairs = rest.split(",")
     return label, python, dict(p.split("=", 1) for p in pairs)
@@ -156,16 +176,21 @@ def main() -> None:
     ap.add_argument("bundle", type=Path)
     ap.add_argument("--worker", action="append", default=[], metavar="LABEL=PYTHON[,ENV=VALUE...]")
     ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--calls", type=int, default=10, help="uploads of each kind per server and round")
+    ap.add_argument(
+        "--calls", type=int, default=10, help="uploads of each kind per server and round"
+    )
     args = ap.parse_args()
     workers = [_worker(w) for w in args.worker]
     if not workers:
         import envs
 
         tflite, litert = str(envs.runtime_venv("tflite")), str(envs.runtime_venv("litert"))
-        workers = [("tflite-runtime 2.14 + numpy<2", tflite, {}), ("ai-edge-litert + numpy 2", litert, {}),
-                   ("tflite-runtime 2.14, OPENBLAS_NUM_THREADS=1", tflite, {"OPENBLAS_NUM_THREADS": "1"}),
-                   ("ai-edge-litert, OPENBLAS_NUM_THREADS=1", litert, {"OPENBLAS_NUM_THREADS": "1"})]
+        workers = [
+            ("tflite-runtime 2.14 + numpy<2", tflite, {}),
+            ("ai-edge-litert + numpy 2", litert, {}),
+            ("tflite-runtime 2.14, OPENBLAS_NUM_THREADS=1", tflite, {"OPENBLAS_NUM_THREADS": "1"}),
+            ("ai-edge-litert, OPENBLAS_NUM_THREADS=1", litert, {"OPENBLAS_NUM_THREADS": "1"}),
+        ]
     drawings = greek_drawings()
     characters = sorted(drawings)[:5]
     kinds = uploads(drawings[characters[0]][5], args.calls)
@@ -176,8 +201,15 @@ def main() -> None:
         try:
             for s in servers:
                 for c in characters:
-                    s.post("/api/teach", {"label": c, "images": [image(f"{c}_{i}.png", d)
-                                                                 for i, d in enumerate(drawings[c][:3])]})
+                    s.post(
+                        "/api/teach",
+                        {
+                            "label": c,
+                            "images": [
+                                image(f"{c}_{i}.png", d) for i, d in enumerate(drawings[c][:3])
+                            ],
+                        },
+                    )
             for _ in range(args.rounds):
                 for s in servers:
                     for kind, variants in kinds.items():
@@ -193,12 +225,16 @@ def main() -> None:
         finally:
             for s in servers:
                 s.stop()
-    print("| server | upload | median bytes | upload to answer, median ms | in the server ms | peak RSS MiB | RSS after start MiB |")
+    print(
+        "| server | upload | median bytes | upload to answer, median ms | in the server ms | peak RSS MiB | RSS after start MiB |"
+    )
     print("|---|---|---|---|---|---|---|")
     for label, _, _ in workers:
         for kind, variants in kinds.items():
-            print(f"| {label} | {kind} | {int(statistics.median(map(len, variants))):,} | {statistics.median(times[(label, kind)]):.1f} | "
-                  f"{statistics.median(model[(label, kind)]):.1f} | {mem[label]['VmHWM']:.1f} | {start[label]:.1f} |")
+            print(
+                f"| {label} | {kind} | {int(statistics.median(map(len, variants))):,} | {statistics.median(times[(label, kind)]):.1f} | "
+                f"{statistics.median(model[(label, kind)]):.1f} | {mem[label]['VmHWM']:.1f} | {start[label]:.1f} |"
+            )
     for label, line in backbone.items():
         print(f"\n{label}: {line}")
 

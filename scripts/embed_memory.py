@@ -7,11 +7,11 @@ embed two images, reset the peak (``/proc/self/clear_refs`` = 5), embed the uint
 (cache off), report ``VmHWM - VmRSS(before)``. ``unblocked`` converts the whole array first, as before issue 22.
 Linux only.
 """
+
 import argparse
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 BUNDLE = Path(__file__).resolve().parents[1] / "models" / "omniglot"
@@ -49,9 +49,20 @@ def main():
     a = ap.parse_args()
     for _ in range(a.repeat):
         for mode in ("blocked", "unblocked"):
-            out = subprocess.run([sys.executable, "-c", CHILD, str(a.n), str(a.side), mode, str(BUNDLE)],
-                                 capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
-            print(json.dumps({**json.loads(out), "load": open("/proc/loadavg").read().split()[:3]}), flush=True)
+            out = (
+                subprocess.run(
+                    [sys.executable, "-c", CHILD, str(a.n), str(a.side), mode, str(BUNDLE)],
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                )
+                .stdout.strip()
+                .splitlines()[-1]
+            )
+            print(
+                json.dumps({**json.loads(out), "load": open("/proc/loadavg").read().split()[:3]}),
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

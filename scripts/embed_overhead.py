@@ -11,6 +11,7 @@ interpreter runs in the calling thread, and a busy machine's preemptions are lef
 invoke, tta 8 / tta 0) are taken within each round, then the median over rounds. Prints Markdown naming the
 processor (``bench/machine.py``) and the load average.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -54,10 +55,16 @@ def variants(bundle: Path) -> dict:
 
     tta8 = FewShotClassifier(str(bundle), num_threads=1, delegate="cpu", cache_size=0, tta=8)
     tta8.embed(img)
-    return {"invoke": it.invoke, "set_tensor+invoke+get_tensor": set_invoke_get,
-            "as_model_input": lambda: as_model_input(img, clf.bundle.input_shape, clf.bundle.preprocess),
-            "Embedder (quantize, invoke, dequantize)": lambda: e(x), "embed": lambda: clf.embed(img),
-            "embed, tta 8": lambda: tta8.embed(img)}
+    return {
+        "invoke": it.invoke,
+        "set_tensor+invoke+get_tensor": set_invoke_get,
+        "as_model_input": lambda: as_model_input(
+            img, clf.bundle.input_shape, clf.bundle.preprocess
+        ),
+        "Embedder (quantize, invoke, dequantize)": lambda: e(x),
+        "embed": lambda: clf.embed(img),
+        "embed, tta 8": lambda: tta8.embed(img),
+    }
 
 
 def measure(bundle: Path, rounds: int, calls: int, seed: int = 0) -> dict:
@@ -69,12 +76,21 @@ def measure(bundle: Path, rounds: int, calls: int, seed: int = 0) -> dict:
         rng.shuffle(order)
         for k in order:
             times[k].append(_per_call_ms(fns[k], calls))
+
     def ratio(a, b):
         r = [x / y for x, y in zip(times[a], times[b])]
-        return {"median": float(np.median(r)), "q1": float(np.percentile(r, 25)), "q3": float(np.percentile(r, 75))}
+        return {
+            "median": float(np.median(r)),
+            "q1": float(np.percentile(r, 25)),
+            "q3": float(np.percentile(r, 75)),
+        }
 
-    return {"median_ms": {k: float(np.median(v)) for k, v in times.items()}, "times_ms": times,
-            "embed_over_invoke": ratio("embed", "invoke"), "tta8_over_tta0": ratio("embed, tta 8", "embed")}
+    return {
+        "median_ms": {k: float(np.median(v)) for k, v in times.items()},
+        "times_ms": times,
+        "embed_over_invoke": ratio("embed", "invoke"),
+        "tta8_over_tta0": ratio("embed, tta 8", "embed"),
+    }
 
 
 def main(argv=None) -> int:
@@ -90,21 +106,41 @@ def main(argv=None) -> int:
     res = {str(b): measure(b, a.rounds, a.calls) for b in a.bundles}
     load1 = os.getloadavg()
     m = machine_info()
-    print(f"Batch 1, 1 thread, tta 0, no cache, on {processor_text(m)}; load average "
-          f"{'/'.join(f'{v:.2f}' for v in load0)} before, {'/'.join(f'{v:.2f}' for v in load1)} after; "
-          f"{a.rounds} interleaved rounds of {a.calls} calls, CPU time of the calling thread, medians.\n")
+    print(
+        f"Batch 1, 1 thread, tta 0, no cache, on {processor_text(m)}; load average "
+        f"{'/'.join(f'{v:.2f}' for v in load0)} before, {'/'.join(f'{v:.2f}' for v in load1)} after; "
+        f"{a.rounds} interleaved rounds of {a.calls} calls, CPU time of the calling thread, medians.\n"
+    )
     names = list(next(iter(res.values()))["median_ms"])
-    print("| bundle | " + " | ".join(f"{n} ms" for n in names) + " | embed / invoke (IQR) | tta 8 / tta 0 |")
+    print(
+        "| bundle | "
+        + " | ".join(f"{n} ms" for n in names)
+        + " | embed / invoke (IQR) | tta 8 / tta 0 |"
+    )
     print("|---|" + "---|" * (len(names) + 2))
     for b, r in res.items():
         q, t = r["embed_over_invoke"], r["tta8_over_tta0"]
-        print(f"| `{b}` | " + " | ".join(f"{r['median_ms'][n]:.4f}" for n in names)
-              + f" | {q['median']:.2f}× ({q['q1']:.2f}–{q['q3']:.2f}) | {t['median']:.2f}× |")
+        print(
+            f"| `{b}` | "
+            + " | ".join(f"{r['median_ms'][n]:.4f}" for n in names)
+            + f" | {q['median']:.2f}× ({q['q1']:.2f}–{q['q3']:.2f}) | {t['median']:.2f}× |"
+        )
     if a.json:
         from metalite.common.files import atomic_write_text
 
-        atomic_write_text(a.json, json.dumps({"machine": m, "loadavg": [load0, load1], "rounds": a.rounds,
-                                              "calls": a.calls, "results": res}, indent=1))
+        atomic_write_text(
+            a.json,
+            json.dumps(
+                {
+                    "machine": m,
+                    "loadavg": [load0, load1],
+                    "rounds": a.rounds,
+                    "calls": a.calls,
+                    "results": res,
+                },
+                indent=1,
+            ),
+        )
     return 0
 
 

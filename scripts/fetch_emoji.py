@@ -12,6 +12,7 @@ and Facebook's images are not free and are never used. Every image is composited
 artists are left out (cross-artist one-shot needs two). OpenMoji ships SVG only: ``rsvg-convert``
 (Debian ``librsvg2-bin``) renders it; without it the tree has two artists. Needs npm and Pillow; idempotent.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,13 +28,18 @@ from pathlib import Path
 
 from PIL import Image
 
-PACKAGES = {"google": "emoji-datasource-google@16.0.0", "twitter": "emoji-datasource-twitter@16.0.0",
-            "openmoji": "openmoji@17.0.0"}
+PACKAGES = {
+    "google": "emoji-datasource-google@16.0.0",
+    "twitter": "emoji-datasource-twitter@16.0.0",
+    "openmoji": "openmoji@17.0.0",
+}
 ARTISTS = {"google": 1, "twitter": 2, "openmoji": 3}
-LICENSES = {"google": "Google Noto Color Emoji, Apache License 2.0 (https://github.com/googlefonts/noto-emoji)",
-            "twitter": "Twitter Twemoji, CC-BY 4.0 (https://github.com/jdecked/twemoji), "
-                       "graphics by Twitter, Inc and other contributors",
-            "openmoji": "OpenMoji, CC-BY-SA 4.0 (https://openmoji.org), the open-source emoji and icon project"}
+LICENSES = {
+    "google": "Google Noto Color Emoji, Apache License 2.0 (https://github.com/googlefonts/noto-emoji)",
+    "twitter": "Twitter Twemoji, CC-BY 4.0 (https://github.com/jdecked/twemoji), "
+    "graphics by Twitter, Inc and other contributors",
+    "openmoji": "OpenMoji, CC-BY-SA 4.0 (https://openmoji.org), the open-source emoji and icon project",
+}
 BACKGROUND = (255, 255, 255)
 
 
@@ -48,7 +54,11 @@ def npm_pack(spec: str, dest: Path) -> Path:
     tgz = dest / f"{name}-{version}.tgz"
     if not tgz.is_file():
         dest.mkdir(parents=True, exist_ok=True)
-        subprocess.run(["npm", "pack", spec, "--pack-destination", str(dest)], check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(
+            ["npm", "pack", spec, "--pack-destination", str(dest)],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
     return tgz
 
 
@@ -63,7 +73,9 @@ def composite(raw: bytes, size: int) -> Image.Image:
         return out
 
 
-_GRID = re.compile(rb'<g id="grid"\s*/>|<g id="grid">.*?</g>', re.S)  # OpenMoji's design guides, not the emoji
+_GRID = re.compile(
+    rb'<g id="grid"\s*/>|<g id="grid">.*?</g>', re.S
+)  # OpenMoji's design guides, not the emoji
 
 
 def render_svg(svg: bytes, size: int) -> bytes | None:
@@ -71,8 +83,12 @@ def render_svg(svg: bytes, size: int) -> bytes | None:
     when rsvg-convert is missing or fails."""
     svg = _GRID.sub(b"", svg)
     try:
-        got = subprocess.run(["rsvg-convert", "-w", str(size), "-h", str(size), "-f", "png"], input=svg,
-                             capture_output=True, timeout=60)
+        got = subprocess.run(
+            ["rsvg-convert", "-w", str(size), "-h", str(size), "-f", "png"],
+            input=svg,
+            capture_output=True,
+            timeout=60,
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
     return got.stdout if got.returncode == 0 and got.stdout else None
@@ -102,7 +118,9 @@ def build(root: Path, size: int, say=print) -> Path:
         "google": _members(tarballs["google"], "package/img/google/64/", ".png"),
         "twitter": _members(tarballs["twitter"], "package/img/twitter/64/", ".png"),
     }
-    svgs = {k[:-4].upper(): v for k, v in _members(tarballs["openmoji"], "package/src/", ".svg").items()}
+    svgs = {
+        k[:-4].upper(): v for k, v in _members(tarballs["openmoji"], "package/src/", ".svg").items()
+    }
     have_rsvg = shutil.which("rsvg-convert") is not None
     if not have_rsvg:
         say("rsvg-convert not found (apt-get install librsvg2-bin): OpenMoji left out")
@@ -134,9 +152,19 @@ def build(root: Path, size: int, say=print) -> Path:
         counts["images"] += len(images)
         if (i + 1) % 200 == 0:
             say(f"{i + 1}/{len(emoji)} concepts")
-    (tmp / "credits.json").write_text(json.dumps({"artists": {f"{ARTISTS[k]:02d}": {"set": k, "license": v}
-                                                              for k, v in LICENSES.items()},
-                                                  "packages": PACKAGES, "size": size, "counts": counts}, indent=1))
+    (tmp / "credits.json").write_text(
+        json.dumps(
+            {
+                "artists": {
+                    f"{ARTISTS[k]:02d}": {"set": k, "license": v} for k, v in LICENSES.items()
+                },
+                "packages": PACKAGES,
+                "size": size,
+                "counts": counts,
+            },
+            indent=1,
+        )
+    )
     shutil.rmtree(out, ignore_errors=True)
     os.replace(tmp, out)
     say(f"wrote {out}: {json.dumps(counts)}")
@@ -145,7 +173,9 @@ def build(root: Path, size: int, say=print) -> Path:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--root", type=Path, default=default_root(), help="cache folder (default %(default)s)")
+    ap.add_argument(
+        "--root", type=Path, default=default_root(), help="cache folder (default %(default)s)"
+    )
     ap.add_argument("--size", type=int, default=64, help="side of the stored images in pixels")
     args = ap.parse_args(argv)
     build(args.root.expanduser(), args.size)

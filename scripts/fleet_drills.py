@@ -5,9 +5,9 @@
 Real ``metalite serve`` / ``metalite sync`` / ``metalite fleet`` processes on 127.0.0.1, a fresh root in a
 temporary directory, the shipped ``models/omniglot`` bundle.
 """
+
 from __future__ import annotations
 
-import base64
 import http.client
 import http.server
 import json
@@ -38,8 +38,12 @@ def cli(*args, timeout=300):
 
 
 def start(root: Path, log: Path):
-    proc = subprocess.Popen([*CLI, "serve", "--root", str(root), "--port", "0"], stdout=subprocess.DEVNULL,
-                            stderr=open(log, "ab"), env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    proc = subprocess.Popen(
+        [*CLI, "serve", "--root", str(root), "--port", "0"],
+        stdout=subprocess.DEVNULL,
+        stderr=open(log, "ab"),
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
     for _ in range(900):
         m = re.search(r"on http://127\.0\.0\.1:(\d+)", log.read_text())
         if m:
@@ -53,7 +57,12 @@ def start(root: Path, log: Path):
 
 def post(port, path, token, raw, limit=160):
     c = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-    c.request("POST", path, body=raw, headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+    c.request(
+        "POST",
+        path,
+        body=raw,
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+    )
     r = c.getresponse()
     body = r.read()
     c.close()
@@ -66,30 +75,77 @@ def server_drills(d: Path) -> None:
     token = enroll(FleetRoot(d / "root", create=True), "pi-1")
     proc, port = start(d / "root", d / "serve.log")
     try:
-        row("JSON nested 100,000 deep", "HTTP %d %s" % post(port, "/v1/report", token, b"[" * 100000 + b"]" * 100000))
-        ex = lambda i, **kw: {"id": f"ex-{i:08d}", "kind": "unsure", "height": 2, "width": 2,  # noqa: E731
-                              "pixels": "AAECAw==", **kw}
+        row(
+            "JSON nested 100,000 deep",
+            "HTTP %d %s" % post(port, "/v1/report", token, b"[" * 100000 + b"]" * 100000),
+        )
+        ex = lambda i, **kw: {  # noqa: E731
+            "id": f"ex-{i:08d}",
+            "kind": "unsure",
+            "height": 2,
+            "width": 2,
+            "pixels": "AAECAw==",
+            **kw,
+        }
         batch = [ex(1), ex(2, version=2**64), ex(3, label="a\ud800"), ex(4, label="a\nb"), ex(5)]
-        status, text = post(port, "/v1/examples", token, json.dumps({"examples": batch}).encode(), limit=None)
+        status, text = post(
+            port, "/v1/examples", token, json.dumps({"examples": batch}).encode(), limit=None
+        )
         got = json.loads(text)
-        row("batch of 5: version 2**64, label with a lone surrogate, label with a newline, 2 valid",
+        row(
+            "batch of 5: version 2**64, label with a lone surrogate, label with a newline, 2 valid",
             f"HTTP {status}; valid ones stored (stored {got['stored'] + got['duplicates']}); rejected: "
-            + "; ".join(f"`{r['reason'][:60]}`" for r in got["rejected"]))
-        row("report platform/reason with lone surrogates; version 2**64",
-            "HTTP %d; " % post(port, "/v1/report", token, json.dumps({"platform": "x\ud800", "reason": "r\udcff",
-                                                                      "event": "failed"}).encode())[0]
-            + "HTTP %d %s" % post(port, "/v1/report", token, json.dumps({"version": 2**64}).encode()))
-        row("share class named `a\\nb`", "HTTP %d %s" % post(port, "/v1/classes", token, json.dumps(
-            {"name": "a\nb", "images": [{"height": 1, "width": 1, "pixels": "AA=="}]}).encode()))
+            + "; ".join(f"`{r['reason'][:60]}`" for r in got["rejected"]),
+        )
+        row(
+            "report platform/reason with lone surrogates; version 2**64",
+            "HTTP %d; "
+            % post(
+                port,
+                "/v1/report",
+                token,
+                json.dumps(
+                    {"platform": "x\ud800", "reason": "r\udcff", "event": "failed"}
+                ).encode(),
+            )[0]
+            + "HTTP %d %s"
+            % post(port, "/v1/report", token, json.dumps({"version": 2**64}).encode()),
+        )
+        row(
+            "share class named `a\\nb`",
+            "HTTP %d %s"
+            % post(
+                port,
+                "/v1/classes",
+                token,
+                json.dumps(
+                    {"name": "a\nb", "images": [{"height": 1, "width": 1, "pixels": "AA=="}]}
+                ).encode(),
+            ),
+        )
         evil = "\x1b]0;owned\x07\x1b[2J\npi-9                 v99        seen 1 s ago"
-        post(port, "/v1/report", token, json.dumps({"event": "failed", "reason": evil, "version": 1}).encode())
+        post(
+            port,
+            "/v1/report",
+            token,
+            json.dumps({"event": "failed", "reason": evil, "version": 1}).encode(),
+        )
         rc, _, _, tb, out = cli("fleet", "status", "--root", d / "root")
         lines = out.splitlines()
-        row("`fleet status` after a report whose reason sets the title, clears the screen and forges a line",
+        row(
+            "`fleet status` after a report whose reason sets the title, clears the screen and forges a line",
             f"exit {rc}; {sum(l.lstrip().startswith('pi-') for l in lines)} device line; ESC bytes in output: "
-            f"{out.count(chr(27))}; shown as `{next(l for l in lines if 'owned' in l).strip()[-60:]}`")
-        mode = {p.name: oct(p.stat().st_mode & 0o777) for p in (d / "root").iterdir() if p.name.startswith("fleet")}
-        row("modes of the root and its database", f"root {oct((d / 'root').stat().st_mode & 0o777)}, {mode}")
+            f"{out.count(chr(27))}; shown as `{next(l for l in lines if 'owned' in l).strip()[-60:]}`",
+        )
+        mode = {
+            p.name: oct(p.stat().st_mode & 0o777)
+            for p in (d / "root").iterdir()
+            if p.name.startswith("fleet")
+        }
+        row(
+            "modes of the root and its database",
+            f"root {oct((d / 'root').stat().st_mode & 0o777)}, {mode}",
+        )
     finally:
         proc.terminate()
         proc.wait(30)
@@ -105,16 +161,21 @@ def bundle_drill(d: Path) -> None:
     m["files"]["state.npz"] = {"sha256": sha256_file(b / "state.npz"), "bytes": 1}
     (b / "manifest.json").write_text(json.dumps(m))
     rc, line, n, tb, _ = cli("fleet", "publish", b, "--root", d / "root2")
-    row("`fleet publish` of a bundle listing `state.npz`", f"exit {rc}, {n} line, traceback {tb}: `{line[-110:]}`")
+    row(
+        "`fleet publish` of a bundle listing `state.npz`",
+        f"exit {rc}, {n} line, traceback {tb}: `{line[-110:]}`",
+    )
 
 
 def killed_publishes(d: Path) -> None:
     from metalite.fleet import FleetRoot
 
     root = FleetRoot(d / "root3", create=True)
-    code = ("import time\nfrom metalite.fleet import FleetRoot, publish, blobs\nblobs._CHUNK = 1 << 16\n"
-            "f = blobs.os.fsync\nblobs.os.fsync = lambda fd: (time.sleep(60) if blobs.os.fstat(fd).st_size > 1e5 else 0, f(fd))\n"
-            f"publish(FleetRoot({str(root.path)!r}), {str(BUNDLE)!r})\n")
+    code = (
+        "import time\nfrom metalite.fleet import FleetRoot, publish, blobs\nblobs._CHUNK = 1 << 16\n"
+        "f = blobs.os.fsync\nblobs.os.fsync = lambda fd: (time.sleep(60) if blobs.os.fstat(fd).st_size > 1e5 else 0, f(fd))\n"
+        f"publish(FleetRoot({str(root.path)!r}), {str(BUNDLE)!r})\n"
+    )
     for k in range(5):
         p = subprocess.Popen([sys.executable, "-c", code])
         deadline = time.monotonic() + 120
@@ -129,9 +190,11 @@ def killed_publishes(d: Path) -> None:
     for t in left:
         os.utime(t, (old, old))
     rc, *_ = cli("fleet", "publish", BUNDLE, "--root", root.path)
-    row("kill -9 five publishes mid-blob, then publish again (temporaries aged past a minute)",
+    row(
+        "kill -9 five publishes mid-blob, then publish again (temporaries aged past a minute)",
         f"{len(left)} temporaries ({size:.1f} MiB) after the kills; {len(list(root.blobs.dir.glob('.in.*.tmp')))} "
-        f"after the next publish (exit {rc})")
+        f"after the next publish (exit {rc})",
+    )
 
 
 class _Hostile(http.server.BaseHTTPRequestHandler):
@@ -170,22 +233,41 @@ def hostile_server_drills(d: Path) -> None:
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{srv.server_address[1]}"
     cases = [(a, True) for a in (b"[]", b'"x"', b"{}", b"endless")]
-    cases += [(a, False) for a in (b"[]", b'{"release": 5, "signature": 7}', b'{"release": "{}", "signature": null}')]
+    cases += [
+        (a, False)
+        for a in (b"[]", b'{"release": 5, "signature": 7}', b'{"release": "{}", "signature": null}')
+    ]
     for i, (answer, outbox) in enumerate(cases):
         home = DeviceHome(d / f"home-{i}")
         if outbox:  # the first call is the upload; else the offer
             Outbox(home.root / "outbox.sqlite").add("unsure", np.zeros((1, 28, 28), np.uint8))
         _Hostile.answer = answer
         t = time.perf_counter()
-        p = subprocess.Popen([*CLI, "sync", "--server", url, "--token", "t", "--allow-unsigned", "--home", home.root],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        p = subprocess.Popen(
+            [
+                *CLI,
+                "sync",
+                "--server",
+                url,
+                "--token",
+                "t",
+                "--allow-unsigned",
+                "--home",
+                home.root,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         out, err = p.communicate(timeout=300)
         peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
         lines = [line for line in (err + out).splitlines() if line.strip()]
-        row(f"`metalite sync` ({'outbox of 1' if outbox else 'empty outbox'}) against a server answering "
+        row(
+            f"`metalite sync` ({'outbox of 1' if outbox else 'empty outbox'}) against a server answering "
             f"`{answer.decode()[:40]}` to everything",
             f"exit {p.returncode}, traceback {'Traceback' in err}, {time.perf_counter() - t:.1f} s, peak RSS of all "
-            f"syncs so far {peak:.0f} MiB: `{lines[-1][-110:] if lines else ''}`")
+            f"syncs so far {peak:.0f} MiB: `{lines[-1][-110:] if lines else ''}`",
+        )
     srv.shutdown()
 
 
@@ -203,10 +285,16 @@ def mounted_drills(d: Path) -> None:
         enroll(root, "pi-1")
         root.db().close()
         subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
-        for args in (("fleet", "status", "--root", disk / "root"), ("serve", "--root", disk / "root", "--port", "0")):
+        for args in (
+            ("fleet", "status", "--root", disk / "root"),
+            ("serve", "--root", disk / "root", "--port", "0"),
+        ):
             rc, line, n, tb, out = cli(*args)
-            row(f"`{' '.join(map(str, args[:2]))}` on a read-only root", f"exit {rc}, {n} stderr line, traceback "
-                f"{tb}: `{(line or out.splitlines()[-1])[-110:]}`")
+            row(
+                f"`{' '.join(map(str, args[:2]))}` on a read-only root",
+                f"exit {rc}, {n} stderr line, traceback "
+                f"{tb}: `{(line or out.splitlines()[-1])[-110:]}`",
+            )
     finally:
         subprocess.run(["umount", "-l", str(disk)], check=False)
 

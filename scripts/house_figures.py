@@ -8,6 +8,7 @@ every thread, started after the CLI is imported): what a reader following the ca
 ``models/omniglot`` two classes of the Omniglot fixture; ``fleet update`` fine-tunes a tiny model trained here
 on the fixture (20 episodes) on Korean drawings a device sent, with the quickest gate the options allow.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -77,21 +78,27 @@ def wire_functions() -> list:
                 continue
             for node in ast.walk(ast.parse(p.read_text())):
                 if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and any(
-                        isinstance(n, ast.Attribute) and n.attr in ("b64encode", "b64decode") for n in ast.walk(node)):
+                    isinstance(n, ast.Attribute) and n.attr in ("b64encode", "b64decode")
+                    for n in ast.walk(node)
+                ):
                     hits.append(f"{rel}:{node.lineno} {node.name}")
     return hits
 
 
 def concept_hits() -> dict:
     """Every hit of each pattern in product code and in the device tests' environment builders."""
-    out, files_of = {"wire image encoders/decoders": wire_functions()}, {**product_files(),
-                                                                        "device_tests": [REPO / "device_tests" / "envs.py"]}
+    out, files_of = (
+        {"wire image encoders/decoders": wire_functions()},
+        {**product_files(), "device_tests": [REPO / "device_tests" / "envs.py"]},
+    )
     for name, pattern in CONCEPTS.items():
         rx, hits = re.compile(pattern, re.M), []
         for files in files_of.values():
             for p in files:
                 for m in rx.finditer(p.read_text()):
-                    hits.append(f"{p.relative_to(REPO).as_posix()}:{p.read_text()[:m.start()].count(chr(10)) + 1}")
+                    hits.append(
+                        f"{p.relative_to(REPO).as_posix()}:{p.read_text()[: m.start()].count(chr(10)) + 1}"
+                    )
         out[name] = hits
     return out
 
@@ -107,7 +114,9 @@ class Trace:
         if event == "call" and frame.f_code.co_filename not in self._seen:
             name = frame.f_code.co_filename
             self._seen.add(name)
-            real = os.path.realpath(name)  # an installed copy may reach the checkout through symlinks
+            real = os.path.realpath(
+                name
+            )  # an installed copy may reach the checkout through symlinks
             if real.startswith(self._roots):
                 self.files.add(Path(real).relative_to(REPO.resolve()).as_posix())
 
@@ -147,7 +156,18 @@ def trace_adapt(tmp: Path, main) -> set:
         for i, png in enumerate(pngs):
             (support / c / f"{i}.png").write_bytes(png)
     with Trace() as t:
-        _run(main, ["adapt", REPO / "models" / "omniglot", support, "--out", tmp / "state.npz", "--delegate", "cpu"])
+        _run(
+            main,
+            [
+                "adapt",
+                REPO / "models" / "omniglot",
+                support,
+                "--out",
+                tmp / "state.npz",
+                "--delegate",
+                "cpu",
+            ],
+        )
     return t.files
 
 
@@ -162,9 +182,17 @@ def trace_fleet_update(tmp: Path, main) -> set:
     from metalite.training.trainer import train
 
     data = f"omniglot:{FIXTURE / 'mini1.zip'},{FIXTURE / 'mini2.zip'}"
-    tiny = {"data": data, "backbone": {"kind": "conv4", "filters": 8, "embedding_dim": 16},
-            "head": {"hidden": [16], "activation": "linear"}, "ways": 5, "queries": 3, "steps": 20, "val_every": 20,
-            "val_episodes": 10, "checkpoint_every": 20}
+    tiny = {
+        "data": data,
+        "backbone": {"kind": "conv4", "filters": 8, "embedding_dim": 16},
+        "head": {"hidden": [16], "activation": "linear"},
+        "ways": 5,
+        "queries": 3,
+        "steps": 20,
+        "val_every": 20,
+        "val_episodes": 10,
+        "checkpoint_every": 20,
+    }
     train(tmp / "model", tiny, log=lambda m: None)
     _run(main, ["export", tmp / "model", "--out", tmp / "bundle"])
     fleet = FleetRoot(tmp / "root", create=True)
@@ -176,12 +204,39 @@ def trace_fleet_update(tmp: Path, main) -> set:
         for i, png in enumerate(pngs):
             img = Image.open(io.BytesIO(png)).convert("L").resize((28, 28), Image.BOX)
             px = np.asarray(img, np.uint8)
-            batch.append({"id": f"ex-{c}-{i:02d}", "kind": "support", "label": c, "height": 28, "width": 28,
-                          "pixels": base64.b64encode(px.tobytes()).decode()})
+            batch.append(
+                {
+                    "id": f"ex-{c}-{i:02d}",
+                    "kind": "support",
+                    "label": c,
+                    "height": 28,
+                    "width": 28,
+                    "pixels": base64.b64encode(px.tobytes()).decode(),
+                }
+            )
     ingest(fleet, dev, batch)
     with Trace() as t:
-        _run(main, ["fleet", "update", "--root", tmp / "root", "--steps", "2", "--replay", "2", "--ways", "3",
-                    "--episodes", "10", "--unseen-classes", "10", "--max-drop", "1"])
+        _run(
+            main,
+            [
+                "fleet",
+                "update",
+                "--root",
+                tmp / "root",
+                "--steps",
+                "2",
+                "--replay",
+                "2",
+                "--ways",
+                "3",
+                "--episodes",
+                "10",
+                "--unseen-classes",
+                "10",
+                "--max-drop",
+                "1",
+            ],
+        )
     return t.files
 
 
@@ -194,13 +249,18 @@ def _by_folder(files: set) -> str:
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--paths", action="store_true", help="trace metalite adapt and metalite fleet update")
+    ap.add_argument(
+        "--paths", action="store_true", help="trace metalite adapt and metalite fleet update"
+    )
     ap.add_argument("--list", action="store_true", help="list the files and the concept hits")
     a = ap.parse_args(argv)
     rows, total = per_folder()
     print(f"product files: {total}")
     for folder, n, lines, bench in rows:
-        print(f"  {folder:10s} {n:3d} files {lines:6d} lines" + (f" ({bench} bench*.py)" if bench else ""))
+        print(
+            f"  {folder:10s} {n:3d} files {lines:6d} lines"
+            + (f" ({bench} bench*.py)" if bench else "")
+        )
     fn, mod = longest()
     print(f"longest function: {fn[0]} lines ({fn[1]}); longest module: {mod[0]} lines ({mod[1]})")
     for name, hits in concept_hits().items():
@@ -212,8 +272,10 @@ def main(argv=None) -> None:
             for name, fn_ in (("adapt", trace_adapt), ("fleet update", trace_fleet_update)):
                 (Path(td) / name).mkdir()
                 files = fn_(Path(td) / name, cli)
-                print(f"metalite {name}: {len(files)} files ({_by_folder(files)})"
-                      + (f"\n    {' '.join(sorted(files))}" if a.list else ""))
+                print(
+                    f"metalite {name}: {len(files)} files ({_by_folder(files)})"
+                    + (f"\n    {' '.join(sorted(files))}" if a.list else "")
+                )
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ real device syncs (10 outbox examples each) one after another, and reports how m
 time, and how long until a sync succeeds when the first ones were refused (the idle clients are cut
 after the header timeout). Prints one JSON line per count.
 """
+
 import argparse
 import json
 import os
@@ -27,8 +28,12 @@ from metalite.runtime.sync import DeviceHome, Outbox, sync
 
 def start(root: Path, log: Path):
     err = open(log, "ab")
-    proc = subprocess.Popen([sys.executable, "-m", "metalite.tools.cli", "serve", "--root", str(root), "--port", "0"],
-                            stdout=subprocess.DEVNULL, stderr=err, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "metalite.tools.cli", "serve", "--root", str(root), "--port", "0"],
+        stdout=subprocess.DEVNULL,
+        stderr=err,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
     for _ in range(600):
         m = re.search(r"on http://127\.0\.0\.1:(\d+)", log.read_text())
         if m:
@@ -60,8 +65,17 @@ def main():
     tokens = [enroll(FleetRoot(d / "root", create=True), f"dev{i}") for i in range(a.devices)]
     proc, port = start(d / "root", d / "serve.log")
     url = f"http://127.0.0.1:{port}"
-    print(json.dumps({"cpu": next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if "model name" in l),
-                      "load": open("/proc/loadavg").read().split()[:3]}), flush=True)
+    print(
+        json.dumps(
+            {
+                "cpu": next(
+                    l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if "model name" in l
+                ),
+                "load": open("/proc/loadavg").read().split()[:3],
+            }
+        ),
+        flush=True,
+    )
     try:
         for run, n in enumerate(int(c) for c in a.counts.split(",")):
             t = time.perf_counter()
@@ -69,7 +83,9 @@ def main():
             opened = time.perf_counter() - t
             results = [one_sync(d / f"r{run}", i, url, tok) for i, tok in enumerate(tokens)]
             recovered = None
-            if not all(ok for ok, _ in results):  # wait for the header timeout to cut the idle clients
+            if not all(
+                ok for ok, _ in results
+            ):  # wait for the header timeout to cut the idle clients
                 t1 = time.perf_counter()
                 for k in range(60):
                     if one_sync(d / f"r{run}-retry{k}", 0, url, tokens[0])[0]:
@@ -86,11 +102,21 @@ def main():
                 except OSError:
                     pass
                 s.close()
-            print(json.dumps({"idle_clients": n, "opened_s": round(opened, 2),
-                              "syncs_ok": sum(ok for ok, _ in results), "syncs": len(results),
-                              "sync_s": [round(s, 2) for _, s in results], "recovered_after_s": recovered and
-                              round(recovered, 1), "idle_still_open_at_end": still,
-                              "load": open("/proc/loadavg").read().split()[:3]}), flush=True)
+            print(
+                json.dumps(
+                    {
+                        "idle_clients": n,
+                        "opened_s": round(opened, 2),
+                        "syncs_ok": sum(ok for ok, _ in results),
+                        "syncs": len(results),
+                        "sync_s": [round(s, 2) for _, s in results],
+                        "recovered_after_s": recovered and round(recovered, 1),
+                        "idle_still_open_at_end": still,
+                        "load": open("/proc/loadavg").read().split()[:3],
+                    }
+                ),
+                flush=True,
+            )
             time.sleep(12)  # let the server close whatever is left
     finally:
         proc.terminate()

@@ -9,6 +9,7 @@ machine moves with its load; these counts do not. Caveat: valgrind emulates up t
 its AVX2 kernels under it, not the AVX-512/VNNI ones it uses natively on such a CPU: the counts describe
 that code path (the kernel names in the table say which). Needs ``valgrind`` (apt-get install valgrind).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,11 +40,27 @@ def count(model: Path, invokes: int, workdir: Path) -> tuple:
     out = workdir / f"{model.parent.name}.callgrind"
     script = workdir / "worker.py"
     script.write_text(WORKER)
-    subprocess.run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", f"--toggle-collect={TOGGLE}",
-                    sys.executable, str(script), str(model), str(invokes)],
-                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    text = subprocess.run(["callgrind_annotate", "--threshold=100", str(out)], check=True, capture_output=True,
-                          text=True).stdout
+    subprocess.run(
+        [
+            "valgrind",
+            "--tool=callgrind",
+            f"--callgrind-out-file={out}",
+            f"--toggle-collect={TOGGLE}",
+            sys.executable,
+            str(script),
+            str(model),
+            str(invokes),
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    text = subprocess.run(
+        ["callgrind_annotate", "--threshold=100", str(out)],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     total, funcs = None, []
     for line in text.splitlines():
         m = re.match(r"\s*([\d,]+)\s+(?:\([^)]*\)\s+)?\S*PROGRAM TOTALS", line)
@@ -54,7 +71,9 @@ def count(model: Path, invokes: int, workdir: Path) -> tuple:
         if m and total is not None:
             funcs.append((int(m.group(1).replace(",", "")) / invokes, m.group(3).strip()))
     if not total:
-        raise SystemExit(f"{model}: callgrind collected nothing inside {TOGGLE} (symbol not found?)")
+        raise SystemExit(
+            f"{model}: callgrind collected nothing inside {TOGGLE} (symbol not found?)"
+        )
     return total, funcs
 
 
@@ -68,8 +87,10 @@ def main(argv=None) -> int:
         raise SystemExit("valgrind not found: apt-get install valgrind")
     from metalite.bench.machine import machine_info, processor_text
 
-    print(f"Instructions per invoke (callgrind, inside {TOGGLE}, {a.invokes} invokes, batch 1, 1 thread), "
-          f"host {processor_text(machine_info())}; valgrind exposes at most AVX2 to the program.\n")
+    print(
+        f"Instructions per invoke (callgrind, inside {TOGGLE}, {a.invokes} invokes, batch 1, 1 thread), "
+        f"host {processor_text(machine_info())}; valgrind exposes at most AVX2 to the program.\n"
+    )
     totals = {}
     with tempfile.TemporaryDirectory() as td:
         for b in a.bundles:
@@ -77,12 +98,15 @@ def main(argv=None) -> int:
             totals[str(b)] = total
             print(f"**{b}**: {total / 1e6:.3f} M instructions per invoke\n")
             print("| M instr. | share | function |\n|---|---|---|")
-            for n, name in funcs[:a.top]:
+            for n, name in funcs[: a.top]:
                 print(f"| {n / 1e6:.3f} | {n / total:.0%} | `{name[:110]}` |")
             print()
     if len(totals) > 1:
         first = next(iter(totals.values()))
-        print("Ratios to the first bundle: " + ", ".join(f"`{k}` {first / v:.2f}×" for k, v in totals.items()))
+        print(
+            "Ratios to the first bundle: "
+            + ", ".join(f"`{k}` {first / v:.2f}×" for k, v in totals.items())
+        )
     return 0
 
 

@@ -13,6 +13,7 @@ table gives medians over rounds of the per-call time, the increment each op adds
 multiply-accumulates. An op's increment near zero with many MACs, or a large one with few, is what this
 is for. Prints Markdown with the processor line of ``bench/machine.py`` and the load average.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,7 +43,9 @@ def _op_names(model) -> list:
     out = []
     for op in model.subgraphs[0].operators:
         code = model.operatorCodes[op.opcodeIndex]
-        out.append(names.get(max(code.builtinCode, code.deprecatedBuiltinCode), str(code.builtinCode)))
+        out.append(
+            names.get(max(code.builtinCode, code.deprecatedBuiltinCode), str(code.builtinCode))
+        )
     return out
 
 
@@ -69,7 +72,11 @@ def cuts(tflite: Path, out_dir: Path) -> list:
     schema = _schema()
     model = schema.ModelT.InitFromPackedBuf(bytearray(tflite.read_bytes()), 0)
     for tensor in model.subgraphs[0].tensors:  # batch 1 everywhere: what a device runs
-        if tensor.shapeSignature is not None and len(tensor.shapeSignature) and tensor.shapeSignature[0] == -1:
+        if (
+            tensor.shapeSignature is not None
+            and len(tensor.shapeSignature)
+            and tensor.shapeSignature[0] == -1
+        ):
             tensor.shapeSignature[0] = 1
             tensor.shape[0] = 1
     names, res = _op_names(model), []
@@ -90,7 +97,9 @@ def cuts(tflite: Path, out_dir: Path) -> list:
         g.outputs = [g.operators[-1].outputs[0]]
         path = out_dir / f"{tflite.parent.name}-{k:02d}.tflite"
         path.write_bytes(_pack(m))
-        res.append((path, names[k - 1], _macs(model, model.subgraphs[0].operators[k - 1], names[k - 1])))
+        res.append(
+            (path, names[k - 1], _macs(model, model.subgraphs[0].operators[k - 1], names[k - 1]))
+        )
     return res
 
 
@@ -101,8 +110,11 @@ def _open(path: Path, delegate: bool):
         interp = open_model(path, num_threads=1)[0]
     else:
         b = get_backend()
-        interp = b.Interpreter(model_path=str(path), num_threads=1,
-                               experimental_op_resolver_type=b.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+        interp = b.Interpreter(
+            model_path=str(path),
+            num_threads=1,
+            experimental_op_resolver_type=b.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
+        )
         interp.allocate_tensors()
     d = interp.get_input_details()[0]
     if int(d["shape"][0]) != 1:
@@ -151,13 +163,17 @@ def main(argv=None) -> int:
         load1 = os.getloadavg()
     med = {key: float(np.median(v)) for key, v in times.items()}
     m = machine_info()
-    print(f"Per-invoke CPU time, batch 1, 1 thread, on {processor_text(m)}; load average "
-          f"{'/'.join(f'{v:.2f}' for v in load0)} before, {'/'.join(f'{v:.2f}' for v in load1)} after; "
-          f"{a.rounds} interleaved rounds of {a.calls} calls, medians.\n")
+    print(
+        f"Per-invoke CPU time, batch 1, 1 thread, on {processor_text(m)}; load average "
+        f"{'/'.join(f'{v:.2f}' for v in load0)} before, {'/'.join(f'{v:.2f}' for v in load1)} after; "
+        f"{a.rounds} interleaved rounds of {a.calls} calls, medians.\n"
+    )
     rows = []
     for b in a.bundles:
         n = max(k for (name, k) in meta if name == b.name)
-        print(f"**{b}** (shipped, dynamic batch resized to 1: {med[(b.name, 'shipped', 'xnnpack')]:.4f} ms)\n")
+        print(
+            f"**{b}** (shipped, dynamic batch resized to 1: {med[(b.name, 'shipped', 'xnnpack')]:.4f} ms)\n"
+        )
         print("| ops up to | op | MMACs | XNNPACK ms | + this op | built-in ms | + this op |")
         print("|---|---|---|---|---|---|---|")
         prev = {"xnnpack": 0.0, "builtin": 0.0}
@@ -166,20 +182,50 @@ def main(argv=None) -> int:
             x, c = med[(b.name, k, "xnnpack")], med[(b.name, k, "builtin")]
             if k == 0:  # not a prefix: the fixed cost, shown on its own
                 print(f"| (fixed) | {name} | 0 | {x:.4f} | | {c:.4f} | |")
-                rows.append({"bundle": str(b), "ops": 0, "op": name, "macs": 0, "xnnpack_ms": x, "builtin_ms": c})
+                rows.append(
+                    {
+                        "bundle": str(b),
+                        "ops": 0,
+                        "op": name,
+                        "macs": 0,
+                        "xnnpack_ms": x,
+                        "builtin_ms": c,
+                    }
+                )
                 continue
-            print(f"| {k} | {name} | {macs / 1e6:.2f} | {x:.4f} | {x - prev['xnnpack']:+.4f} | {c:.4f} | "
-                  f"{c - prev['builtin']:+.4f} |")
-            rows.append({"bundle": str(b), "ops": k, "op": name, "macs": macs, "xnnpack_ms": x, "builtin_ms": c})
+            print(
+                f"| {k} | {name} | {macs / 1e6:.2f} | {x:.4f} | {x - prev['xnnpack']:+.4f} | {c:.4f} | "
+                f"{c - prev['builtin']:+.4f} |"
+            )
+            rows.append(
+                {
+                    "bundle": str(b),
+                    "ops": k,
+                    "op": name,
+                    "macs": macs,
+                    "xnnpack_ms": x,
+                    "builtin_ms": c,
+                }
+            )
             prev = {"xnnpack": x, "builtin": c}
         print()
     if a.json:
         from metalite.common.files import atomic_write_text
 
-        atomic_write_text(a.json, json.dumps({"machine": m, "loadavg": [load0, load1], "rounds": a.rounds,
-                                              "calls": a.calls, "rows": rows,
-                                              "shipped_ms": {b.name: med[(b.name, "shipped", "xnnpack")]
-                                                             for b in a.bundles}}, indent=1))
+        atomic_write_text(
+            a.json,
+            json.dumps(
+                {
+                    "machine": m,
+                    "loadavg": [load0, load1],
+                    "rounds": a.rounds,
+                    "calls": a.calls,
+                    "rows": rows,
+                    "shipped_ms": {b.name: med[(b.name, "shipped", "xnnpack")] for b in a.bundles},
+                },
+                indent=1,
+            ),
+        )
     return 0
 
 

@@ -9,6 +9,7 @@ constants were measured. ``val``: the validation split (for a bundle trained on 
 split, which leaves no unseen training alphabets). ``heldout``: the test split (``HELDOUT_SPLIT``), minus --skip.
 Embeddings come from the runtime (int8, the bundle's shift averaging), distances in the head's output space.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,13 +35,17 @@ def load(bundle: str, data: Path, which: str, skip: list):
     if which == "unseen":
         ds = load_data(f"omniglot:{data}", 28, "train")
         spec = clf.bundle.manifest.get("training", {}).get("data", "")
-        seen = set().union(*[_alphabets_of(data.parent / f) for f in spec.partition(":")[2].split(",") if f])
+        seen = set().union(
+            *[_alphabets_of(data.parent / f) for f in spec.partition(":")[2].split(",") if f]
+        )
         skip = sorted(set(skip) | seen)
     else:
         ds = load_data(f"omniglot:{data}", 28, "val" if which == "val" else HELDOUT_SPLIT)
     ds = ds.subset([c for c in range(ds.num_classes) if ds.groups[c] not in set(skip)])
     if ds.num_classes < 12:
-        raise SystemExit(f"only {ds.num_classes} classes left on these alphabets; choose other --alphabets")
+        raise SystemExit(
+            f"only {ds.num_classes} classes left on these alphabets; choose other --alphabets"
+        )
     h = hidden_forward(clf.head_spec.weights, clf.head_spec.activations, clf.embed(ds.images))[-1]
     return ds, h.astype(np.float64)
 
@@ -60,7 +65,10 @@ def constants(ds, h) -> dict:
         for k, q in enumerate(picks):
             ratios += list(np.log(((h[q[1:6]] - p[k]) ** 2).sum(-1) / scale))
     r = np.array(ratios)
-    return {"log_loo_spread": round(spread, 3), "one_shot_ratio": [round(float(r.mean()), 3), round(float(r.std()), 3)]}
+    return {
+        "log_loo_spread": round(spread, 3),
+        "one_shot_ratio": [round(float(r.mean()), 3), round(float(r.std()), 3)],
+    }
 
 
 def candidates(hidden: list, rate: float) -> dict:
@@ -71,7 +79,9 @@ def candidates(hidden: list, rate: float) -> dict:
         out["loo empirical quantile"] = float(np.quantile(loo, 1 - rate))
         out["loo per-class max"] = None  # filled per class below
         nu = 64.0  # scaled chi-square with the embedding's 64 degrees of freedom (Wilson-Hilferty)
-        out["loo scaled chi2(64)"] = float(loo.mean() * (1 - 2 / (9 * nu) + z * np.sqrt(2 / (9 * nu))) ** 3)
+        out["loo scaled chi2(64)"] = float(
+            loo.mean() * (1 - 2 / (9 * nu) + z * np.sqrt(2 / (9 * nu))) ** 3
+        )
     out["chosen (runtime.openset)"] = openset.calibrate(hidden, rate)["threshold"]
     return out
 
@@ -86,8 +96,10 @@ def study(ds, h, rate: float, episodes: int) -> list:
             cls = rng.choice(ds.num_classes, 2 * ways if ways > 1 else 6, replace=False)
             picks = [rng.permutation(idx[c]) for c in cls]
             hidden = [h[p[:shots]] for p in picks[:ways]]
-            known = np.concatenate([p[shots:shots + q] for p in picks[:ways]])
-            unknown = np.concatenate([p[:q] for p in picks[ways:]])[:ways * q if ways > 1 else 5 * q]
+            known = np.concatenate([p[shots : shots + q] for p in picks[:ways]])
+            unknown = np.concatenate([p[:q] for p in picks[ways:]])[
+                : ways * q if ways > 1 else 5 * q
+            ]
             yk = np.repeat(np.arange(ways), q)
             protos = openset.prototypes(hidden).astype(np.float64)
             dk = ((h[known][:, None] - protos[None]) ** 2).sum(-1)
@@ -98,8 +110,12 @@ def study(ds, h, rate: float, episodes: int) -> list:
                 aur["max softmax"].append(auroc(msp(du), msp(dk)))
             right = dk.argmin(1) == yk
             th = candidates(hidden, rate)
-            if "loo per-class max" in th:  # a class's own largest leave-one-out distance (no pooling)
-                per = np.array([openset.leave_one_out([x]).max() if len(x) > 1 else np.inf for x in hidden])
+            if (
+                "loo per-class max" in th
+            ):  # a class's own largest leave-one-out distance (no pooling)
+                per = np.array(
+                    [openset.leave_one_out([x]).max() if len(x) > 1 else np.inf for x in hidden]
+                )
                 th["loo per-class max"] = per
             for name, t in th.items():
                 if t is None:
@@ -111,10 +127,21 @@ def study(ds, h, rate: float, episodes: int) -> list:
                 g[1].append(np.mean(dk.min(1) > tk))
                 g[2].append(np.mean(du.min(1) > tu))
         for name, (acc, frr, rej) in got.items():
-            rows.append({"setting": f"{ways}-way {shots}-shot", "rule": name, "known_accuracy": round(np.mean(acc), 4),
-                         "false_rejection": round(np.mean(frr), 4), "unknown_rejected": round(np.mean(rej), 4)})
-        rows.append({"setting": f"{ways}-way {shots}-shot", "auroc": {k: round(float(np.mean(v)), 4)
-                                                                     for k, v in aur.items() if v}})
+            rows.append(
+                {
+                    "setting": f"{ways}-way {shots}-shot",
+                    "rule": name,
+                    "known_accuracy": round(np.mean(acc), 4),
+                    "false_rejection": round(np.mean(frr), 4),
+                    "unknown_rejected": round(np.mean(rej), 4),
+                }
+            )
+        rows.append(
+            {
+                "setting": f"{ways}-way {shots}-shot",
+                "auroc": {k: round(float(np.mean(v)), 4) for k, v in aur.items() if v},
+            }
+        )
     return rows
 
 
@@ -128,7 +155,11 @@ def main():
     ap.add_argument("--episodes", type=int, default=300)
     a = ap.parse_args()
     ds, h = load(a.bundle, a.data, a.alphabets, [s for s in a.skip.split(",") if s])
-    print(json.dumps({"alphabets": sorted(set(ds.groups)), "classes": ds.num_classes, **constants(ds, h)}))
+    print(
+        json.dumps(
+            {"alphabets": sorted(set(ds.groups)), "classes": ds.num_classes, **constants(ds, h)}
+        )
+    )
     for row in study(ds, h, a.rate, a.episodes):
         print(json.dumps(row))
 

@@ -9,6 +9,7 @@ as support; queries: 15 drawings of one class / 15 of two classes (8 + 7) / one 
 classes / one of each class (Lake's runs) / 15 of each class. The same episodes for every method. "before"
 is ``refine(..., cover=0)``: soft weights always, as before issue 22.
 """
+
 import argparse
 import json
 import time
@@ -22,7 +23,14 @@ from metalite.training.datasets import load_data
 
 BUNDLE = Path(__file__).resolve().parents[1] / "models" / "omniglot"
 UNSEEN = {"Arcadian", "Asomtavruli_(Georgian)", "Cyrillic", "Hebrew", "Mkhedruli_(Georgian)"}
-SCENARIOS = ("one class x15", "two classes 8+7", "18 classes x1", "10 classes x1", "20 classes x1", "20 classes x15")
+SCENARIOS = (
+    "one class x15",
+    "two classes 8+7",
+    "18 classes x1",
+    "10 classes x1",
+    "20 classes x1",
+    "20 classes x15",
+)
 
 
 def queries(name: str, pool: list):
@@ -61,14 +69,24 @@ def main():
             q, truth = queries(s, pool)
             total[s] += len(q)
             for m, cover in methods.items():
-                h = head if cover is None else headlib.refine(head, emb[sup], np.arange(20), emb[q], scale, cover=cover)
+                h = (
+                    head
+                    if cover is None
+                    else headlib.refine(head, emb[sup], np.arange(20), emb[q], scale, cover=cover)
+                )
                 right[(s, m)] += int((h.logits(emb[q]).argmax(1) == truth).sum())
-    print(f"{len(classes)} characters of {', '.join(sorted(UNSEEN))}; {a.episodes} episodes; "
-          f"{time.perf_counter() - t0:.0f} s; load {open('/proc/loadavg').read().split()[:3]}")
+    print(
+        f"{len(classes)} characters of {', '.join(sorted(UNSEEN))}; {a.episodes} episodes; "
+        f"{time.perf_counter() - t0:.0f} s; load {open('/proc/loadavg').read().split()[:3]}"
+    )
     print("| queries | " + " | ".join(methods) + " |")
     print("|---|" + "---|" * len(methods))
     for s in SCENARIOS:
-        print(f"| {s} | " + " | ".join(f"{100 * right[(s, m)] / total[s]:.1f}%" for m in methods) + " |")
+        print(
+            f"| {s} | "
+            + " | ".join(f"{100 * right[(s, m)] / total[s]:.1f}%" for m in methods)
+            + " |"
+        )
     print(json.dumps({s: {m: right[(s, m)] / total[s] for m in methods} for s in SCENARIOS}))
 
 

@@ -1,6 +1,8 @@
 """Helpers of the fleet tests: tiny real bundles, a real ``metalite serve`` subprocess, a cutting TCP proxy."""
+
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import re
@@ -16,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from test_runtime import SIZE, N_SHAPES, _rewrite_manifest, shapes
+from runtime_kit import N_SHAPES, SIZE, rewrite_manifest, shapes
 
 SERVER_START_TIMEOUT = 90  # seconds; 2 shared, loaded cores
 # scale 3: confidences spread over 0.4-1.0 on the test shapes (unsure ones exist); 5 steps as a trained head would
@@ -32,8 +34,14 @@ def _write(out: Path, model, dim: int, seed: int) -> Path:
     rng = np.random.default_rng(seed)
     w = (np.eye(dim) + 0.1 * rng.standard_normal((dim, dim))).astype(np.float32)
     spec = headlib.HeadSpec([(w, np.zeros(dim, np.float32))], ["linear"], dict(HEAD_ADAPTATION))
-    return write_bundle(out, model, spec, to_model_input(imgs, (SIZE, SIZE)), {"training": {"algorithm": "test"}},
-                        progress=False)
+    return write_bundle(
+        out,
+        model,
+        spec,
+        to_model_input(imgs, (SIZE, SIZE)),
+        {"training": {"algorithm": "test"}},
+        progress=False,
+    )
 
 
 def build_bundles(d: Path) -> dict:
@@ -43,11 +51,15 @@ def build_bundles(d: Path) -> dict:
     embeddings, v1's followed by a fixed 16->24 isometry (orthonormal rows), so it separates the test
     shapes exactly as well as v1 and an update must re-embed the images. bad: v2 with a useless head.
     """
-    from metalite.training.models import build_backbone
     from metalite.export.tfcompat import keras
+    from metalite.training.models import build_backbone
 
-    base = build_backbone({"kind": "conv4", "filters": 16, "embedding_dim": 16}, input_shape=(SIZE, SIZE, 1))
-    rng = np.random.default_rng(1)  # Glorot-uniform kernels from numpy: the same bundle whatever ran before
+    base = build_backbone(
+        {"kind": "conv4", "filters": 16, "embedding_dim": 16}, input_shape=(SIZE, SIZE, 1)
+    )
+    rng = np.random.default_rng(
+        1
+    )  # Glorot-uniform kernels from numpy: the same bundle whatever ran before
     for w in base.weights:
         if "kernel" in w.name:
             fan_in, fan_out = int(np.prod(w.shape[:-1])), int(w.shape[-1])
@@ -55,9 +67,15 @@ def build_bundles(d: Path) -> dict:
             w.assign(rng.uniform(-limit, limit, tuple(w.shape)).astype(np.float32))
     q, _ = np.linalg.qr(np.random.default_rng(1).standard_normal((24, 16)))
     inp = keras.Input((SIZE, SIZE, 1))
-    lift = keras.layers.Dense(24, use_bias=False, kernel_initializer=keras.initializers.Constant(q.T), trainable=False)
+    lift = keras.layers.Dense(
+        24, use_bias=False, kernel_initializer=keras.initializers.Constant(q.T), trainable=False
+    )
     v2 = _write(d / "v2", keras.Model(inp, lift(base(inp))), 24, seed=1)
-    return {"v1": _write(d / "v1", base, 16, seed=0), "v2": v2, "bad": broken_head_bundle(v2, d / "bad")}
+    return {
+        "v1": _write(d / "v1", base, 16, seed=0),
+        "v2": v2,
+        "bad": broken_head_bundle(v2, d / "bad"),
+    }
 
 
 _BUNDLES: dict = {}
@@ -78,7 +96,7 @@ def broken_head_bundle(src: Path, out: Path) -> Path:
     spec = headlib.load_head(out / "head.npz")
     spec.weights = [(np.zeros_like(w), np.zeros_like(b)) for w, b in spec.weights]
     headlib.save_head(spec, str(out / "head.npz"))
-    _rewrite_manifest(out, lambda m: None)
+    rewrite_manifest(out, lambda m: None)
     return out
 
 
@@ -99,19 +117,37 @@ class Server:
     """``metalite serve --root ROOT`` in a subprocess on 127.0.0.1 (a free port, kept across restarts)."""
 
     def __init__(self, root: Path, log: Path, args=()):
-        self.root, self.log, self.port, self.proc, self.args = Path(root), Path(log), 0, None, list(args)
+        self.root, self.log, self.port, self.proc, self.args = (
+            Path(root),
+            Path(log),
+            0,
+            None,
+            list(args),
+        )
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self) -> "Server":
+    def start(self) -> Server:
         offset = self.log.stat().st_size if self.log.exists() else 0
         with open(self.log, "ab") as err:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "metalite.tools.cli", "serve", "--root", str(self.root),
-                 "--port", str(self.port), *self.args], stdout=subprocess.DEVNULL, stderr=err,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                [
+                    sys.executable,
+                    "-m",
+                    "metalite.tools.cli",
+                    "serve",
+                    "--root",
+                    str(self.root),
+                    "--port",
+                    str(self.port),
+                    *self.args,
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
         deadline = time.monotonic() + SERVER_START_TIMEOUT
         while time.monotonic() < deadline:
             text = self.log.read_bytes()[offset:].decode("utf-8", "replace")
@@ -120,7 +156,9 @@ class Server:
                 self.port = int(m.group(1))
                 return self
             if self.proc.poll() is not None:
-                raise RuntimeError(f"metalite serve exited with {self.proc.returncode}: {text[-2000:]}")
+                raise RuntimeError(
+                    f"metalite serve exited with {self.proc.returncode}: {text[-2000:]}"
+                )
             time.sleep(0.1)
         raise RuntimeError(f"metalite serve did not come up: {self.log.read_text()[-2000:]}")
 
@@ -170,7 +208,7 @@ class CuttingProxy:
 
         def forward():
             try:
-                while (data := client.recv(65536)):
+                while data := client.recv(65536):
                     upstream.sendall(data)
             except OSError:
                 pass
@@ -194,3 +232,20 @@ class CuttingProxy:
 
     def close(self) -> None:
         self.sock.close()
+
+
+def request(srv, method, path, body=None, token=None, raw=None, timeout=30):
+    """(status, decoded JSON or raw bytes) of one request to the server."""
+    conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=timeout)
+    data = raw if raw is not None else None if body is None else json.dumps(body).encode()
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    conn.request(method, path, body=data, headers=headers)
+    resp = conn.getresponse()
+    out = resp.read()
+    conn.close()
+    try:
+        return resp.status, json.loads(out)
+    except ValueError:
+        return resp.status, out

@@ -1,5 +1,6 @@
 """Helpers for the device page tests: a home running the shipped Omniglot bundle, Greek drawings from the
 fixture, a real server on a free port in a thread, plain HTTP calls, and Debian's chromium via Playwright."""
+
 from __future__ import annotations
 
 import contextlib
@@ -11,17 +12,26 @@ import threading
 import zipfile
 from pathlib import Path
 
-from runtime_kit import SHIPPED
-from test_sync import installed_home
+from repo_paths import REPO
+from runtime_kit import SHIPPED, installed_home
 
 from metalite.runtime.webui import PageServer, Teacher
 
-REPO = Path(__file__).resolve().parents[1]
 MINI = REPO / "tests" / "data" / "omniglot" / "mini2.zip"
 CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
-FAKE_CAMERA = ("--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream")  # chromium's test pattern
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+FAKE_CAMERA = (
+    "--use-fake-device-for-media-stream",
+    "--use-fake-ui-for-media-stream",
+)  # chromium's test pattern
 
 
 def omniglot_home(path: Path):
@@ -61,7 +71,9 @@ def serving(home, host: str = "127.0.0.1", **kwargs):
         thread.join(10)
 
 
-def call(server, method: str, path: str, body=None, headers=None, raw: bytes | None = None) -> tuple:
+def call(
+    server, method: str, path: str, body=None, headers=None, raw: bytes | None = None
+) -> tuple:
     """One HTTP request to ``server`` over 127.0.0.1: ``(status, parsed JSON or text)``."""
     conn = http.client.HTTPConnection("127.0.0.1", server.server_address[1], timeout=60)
     data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
@@ -100,8 +112,9 @@ def chromium(*extra_args: str):
     if not CHROMIUM.exists() or shutil.which(str(CHROMIUM)) is None:
         pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium; .ci/run installs it)")
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS + list(extra_args),
-                                    headless=True)
+        browser = p.chromium.launch(
+            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS + list(extra_args), headless=True
+        )
         try:
             yield browser
         finally:

@@ -3,11 +3,21 @@
 Command modules import TensorFlow only inside their commands, so ``metalite adapt``/``predict``
 start fast and work on a device with no TensorFlow.
 """
+
 from __future__ import annotations
 
 import click
 
-from . import cli_bench, cli_compress, cli_device, cli_export, cli_fleet, cli_package, cli_runtime, cli_train
+from . import (
+    cli_bench,
+    cli_compress,
+    cli_device,
+    cli_export,
+    cli_fleet,
+    cli_package,
+    cli_runtime,
+    cli_train,
+)
 from .clikit import verbose_option
 
 
@@ -26,7 +36,16 @@ def main():
     """
 
 
-for _module in (cli_train, cli_compress, cli_export, cli_runtime, cli_bench, cli_fleet, cli_device, cli_package):
+for _module in (
+    cli_train,
+    cli_compress,
+    cli_export,
+    cli_runtime,
+    cli_bench,
+    cli_fleet,
+    cli_device,
+    cli_package,
+):
     _module.register(main)
 
 

@@ -1,4 +1,5 @@
 """``metalite bench`` (workstation). TensorFlow is imported inside the command only."""
+
 from __future__ import annotations
 
 import click
@@ -8,20 +9,46 @@ from .clikit import fail_cleanly, verbose_option
 
 @click.command("bench")
 @click.argument("bundle", type=click.Path(exists=True))
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="directory for report.json, report.md, plots")
-@click.option("--quick", is_flag=True, help="fewer episodes, runs and settings: a few minutes, for CI")
-@click.option("--model", "models", multiple=True, type=click.Path(exists=True, file_okay=False),
-              help="model directories of the bundle, repeatable: the float one (float Keras, float TFLite and "
-                   "unpruned int8 baselines) and the compressed one (pruned float). Without them those variants "
-                   "are listed as not measured, with the reason")
-@click.option("--pareto", "pareto", multiple=True, type=click.Path(exists=True),
-              help="another bundle of the same model (e.g. another --structured fraction), repeatable: held-out "
-                   "error vs ms/image and bytes for BUNDLE and these, timed interleaved")
-@click.option("--data", default=None, help="dataset spec to evaluate on (its held-out test classes; default: the "
-              "built-in glyphs when the bundle was trained on them, else required)")
-@click.option("--readme-section", "readme", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="instead of benchmarking, rewrite the bench section of this README from BUNDLE/report.json "
-                   "(BUNDLE is then a bench output directory or report.json)")
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="directory for report.json, report.md, plots",
+)
+@click.option(
+    "--quick", is_flag=True, help="fewer episodes, runs and settings: a few minutes, for CI"
+)
+@click.option(
+    "--model",
+    "models",
+    multiple=True,
+    type=click.Path(exists=True, file_okay=False),
+    help="model directories of the bundle, repeatable: the float one (float Keras, float TFLite and "
+    "unpruned int8 baselines) and the compressed one (pruned float). Without them those variants "
+    "are listed as not measured, with the reason",
+)
+@click.option(
+    "--pareto",
+    "pareto",
+    multiple=True,
+    type=click.Path(exists=True),
+    help="another bundle of the same model (e.g. another --structured fraction), repeatable: held-out "
+    "error vs ms/image and bytes for BUNDLE and these, timed interleaved",
+)
+@click.option(
+    "--data",
+    default=None,
+    help="dataset spec to evaluate on (its held-out test classes; default: the "
+    "built-in glyphs when the bundle was trained on them, else required)",
+)
+@click.option(
+    "--readme-section",
+    "readme",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="instead of benchmarking, rewrite the bench section of this README from BUNDLE/report.json "
+    "(BUNDLE is then a bench output directory or report.json)",
+)
 @verbose_option
 @fail_cleanly
 def bench_cmd(bundle, out, quick, models, pareto, data, readme):
@@ -63,15 +90,21 @@ def bench_cmd(bundle, out, quick, models, pareto, data, readme):
         click.echo(f"warning: {h['busy_warning']}")
     for ref, what in (("float_tflite", "float TFLite"), ("int8_tflite", "unpruned int8")):
         if h.get(f"speedup_vs_{ref}_b1"):
-            click.echo(f"{h['shipped_label']} vs {what} (batch 1, 1 thread, within rounds): "
-                       f"{h[f'speedup_vs_{ref}_b1']:.2f}x faster")
+            click.echo(
+                f"{h['shipped_label']} vs {what} (batch 1, 1 thread, within rounds): "
+                f"{h[f'speedup_vs_{ref}_b1']:.2f}x faster"
+            )
     if h.get("float_tflite_over_int8_size"):
-        click.echo(f"{h['shipped_label']} vs float TFLite size: {h['float_tflite_over_int8_size']:.1f}x smaller")
+        click.echo(
+            f"{h['shipped_label']} vs float TFLite size: {h['float_tflite_over_int8_size']:.1f}x smaller"
+        )
     best = h.get("pareto_best")
     if best:
-        click.echo(f"pareto: {best['label']} vs {best['reference']}: {best['speedup_b1']:.2f}x faster at "
-                   f"{100 * best['error_diff']:+.2f} pt {best['protocol']} error"
-                   + ("" if best["meets_goal"] else " (no bundle meets the goal)"))
+        click.echo(
+            f"pareto: {best['label']} vs {best['reference']}: {best['speedup_b1']:.2f}x faster at "
+            f"{100 * best['error_diff']:+.2f} pt {best['protocol']} error"
+            + ("" if best["meets_goal"] else " (no bundle meets the goal)")
+        )
 
 
 def register(group) -> None:

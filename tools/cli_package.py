@@ -1,4 +1,5 @@
 """``metalite package``: the folder a user copies to a device (``device_package``). No TensorFlow."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,11 +11,19 @@ from .clikit import console_progress, fail_cleanly
 
 @click.command("package")
 @click.argument("bundle", type=click.Path(exists=True, path_type=Path))
-@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="The folder to write (replaced if it exists); copy it to the device with scp -r.")
-@click.option("--wheel", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-              help="Use this metalite wheel instead of building one from the source tree (needed when metalite "
-                   "itself was installed from a wheel).")
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="The folder to write (replaced if it exists); copy it to the device with scp -r.",
+)
+@click.option(
+    "--wheel",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Use this metalite wheel instead of building one from the source tree (needed when metalite "
+    "itself was installed from a wheel).",
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress lines.")
 @fail_cleanly
 def package_cmd(bundle, out, wheel, quiet):

@@ -4,6 +4,7 @@
 click and ``metalite.runtime`` (never TensorFlow), so they run on a device with just tflite-runtime or
 ai-edge-litert; ``python -m metalite.tools.cli_runtime`` runs them without the rest of the CLI.
 """
+
 from __future__ import annotations
 
 import json
@@ -38,9 +39,11 @@ class UnknownSetting(click.ParamType):
             self.fail(f"{value!r}: {e}" if value != "auto" else str(e), param, ctx)
 
 
-UNKNOWN_HELP = ("Answer '<unknown>' for images far from every learned class: auto (target: 1% of images of the "
-                "learned classes refused), a target rate such as 0.05, or off. The threshold is calibrated from the "
-                "support set (docs/open_set.md)")
+UNKNOWN_HELP = (
+    "Answer '<unknown>' for images far from every learned class: auto (target: 1% of images of the "
+    "learned classes refused), a target rate such as 0.05, or off. The threshold is calibrated from the "
+    "support set (docs/open_set.md)"
+)
 
 
 def support_folders(support_dir: Path) -> dict:
@@ -53,11 +56,14 @@ def support_folders(support_dir: Path) -> dict:
     classes = {}
     for name, images in class_folders(support_dir):
         if not images:
-            raise click.ClickException(f"class folder {support_dir / name} has no images "
-                                       f"({', '.join(IMAGE_EXTENSIONS)})")
+            raise click.ClickException(
+                f"class folder {support_dir / name} has no images ({', '.join(IMAGE_EXTENSIONS)})"
+            )
         classes[name] = images
     if not classes:
-        raise click.ClickException(f"{support_dir} has no class folders (expected SUPPORT_DIR/<class>/<images>)")
+        raise click.ClickException(
+            f"{support_dir} has no class folders (expected SUPPORT_DIR/<class>/<images>)"
+        )
     return classes
 
 
@@ -74,12 +80,29 @@ def _classifier(bundle, threads, delegate, state=None, unknown=None):
 @click.command("adapt")
 @click.argument("bundle", type=click.Path(exists=True, path_type=Path))
 @click.argument("support_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--out", "out", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="Where to write the adapted state (.npz), atomically.")
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="Interpreter CPU threads.")
-@click.option("--delegate", type=DELEGATE_CHOICE, default="auto", show_default=True,
-              help="Edge TPU if available (auto), CPU only, or require the Edge TPU.")
-@click.option("--unknown", type=UnknownSetting(), default=None, help=UNKNOWN_HELP + "; kept in the state [off].")
+@click.option(
+    "--out",
+    "out",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Where to write the adapted state (.npz), atomically.",
+)
+@click.option(
+    "--threads", type=click.IntRange(min=1), default=None, help="Interpreter CPU threads."
+)
+@click.option(
+    "--delegate",
+    type=DELEGATE_CHOICE,
+    default="auto",
+    show_default=True,
+    help="Edge TPU if available (auto), CPU only, or require the Edge TPU.",
+)
+@click.option(
+    "--unknown",
+    type=UnknownSetting(),
+    default=None,
+    help=UNKNOWN_HELP + "; kept in the state [off].",
+)
 @verbose_option
 @fail_cleanly
 def adapt_cmd(bundle, support_dir, out, threads, delegate, unknown):
@@ -93,8 +116,10 @@ def adapt_cmd(bundle, support_dir, out, threads, delegate, unknown):
         out.parent.mkdir(parents=True, exist_ok=True)
     clf.save(out)
     n = sum(len(v) for v in classes.values())
-    click.echo(f"adapted {plural(len(classes), 'class')} from {plural(n, 'image')} in {dt:.2f} s on {clf.device} "
-               f"({clf.backend}, delegate {clf.acceleration.delegate}); state written to {out}")
+    click.echo(
+        f"adapted {plural(len(classes), 'class')} from {plural(n, 'image')} in {dt:.2f} s on {clf.device} "
+        f"({clf.backend}, delegate {clf.acceleration.delegate}); state written to {out}"
+    )
     if clf.unknown is not None:
         from metalite.runtime.openset import describe
 
@@ -117,7 +142,12 @@ def prediction_rows(images, results, classes, refused=None) -> list:
             rows.append({"image": str(path), "label": None, "confidence": None, "error": msg})
         else:
             k = int(np.argmax(res))
-            row = {"image": str(path), "label": classes[k], "confidence": round(float(res[k]), 6), "error": None}
+            row = {
+                "image": str(path),
+                "label": classes[k],
+                "confidence": round(float(res[k]), 6),
+                "error": None,
+            }
             if refused is not None:
                 row.update(label=UNKNOWN if refused[i] else classes[k], nearest=classes[k])
             rows.append(row)
@@ -144,17 +174,34 @@ def emit_rows(rows: list, as_json: bool) -> int:
 @click.command("predict")
 @click.argument("bundle", type=click.Path(exists=True, path_type=Path))
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--state", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="State file written by 'metalite adapt'.")
-@click.option("--json", "as_json", is_flag=True,
-              help="Print a JSON list of {image, label, confidence, error} instead of text lines.")
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="Interpreter CPU threads.")
+@click.option(
+    "--state",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="State file written by 'metalite adapt'.",
+)
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print a JSON list of {image, label, confidence, error} instead of text lines.",
+)
+@click.option(
+    "--threads", type=click.IntRange(min=1), default=None, help="Interpreter CPU threads."
+)
 @click.option("--delegate", type=DELEGATE_CHOICE, default="auto", show_default=True)
-@click.option("--transductive", is_flag=True,
-              help="Refine the class prototypes over all IMAGEs given before classifying them (more accurate on a "
-                   "batch of images of the learned classes; each answer then depends on the others).")
-@click.option("--unknown", type=UnknownSetting(), default=None,
-              help=UNKNOWN_HELP + " [the state's setting, from adapt --unknown; else off].")
+@click.option(
+    "--transductive",
+    is_flag=True,
+    help="Refine the class prototypes over all IMAGEs given before classifying them (more accurate on a "
+    "batch of images of the learned classes; each answer then depends on the others).",
+)
+@click.option(
+    "--unknown",
+    type=UnknownSetting(),
+    default=None,
+    help=UNKNOWN_HELP + " [the state's setting, from adapt --unknown; else off].",
+)
 @verbose_option
 @fail_cleanly
 def predict_cmd(bundle, images, state, as_json, threads, delegate, transductive, unknown):
@@ -169,7 +216,10 @@ def predict_cmd(bundle, images, state, as_json, threads, delegate, transductive,
     clf = _classifier(bundle, threads, delegate, state, unknown)
     paths = [str(p) for p in images]
     results = clf.predict_proba_each(paths, transductive=transductive)
-    if emit_rows(prediction_rows(images, results, clf.classes, open_set_answers(clf, paths, results)), as_json):
+    if emit_rows(
+        prediction_rows(images, results, clf.classes, open_set_answers(clf, paths, results)),
+        as_json,
+    ):
         sys.exit(1)
 
 

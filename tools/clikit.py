@@ -2,6 +2,7 @@
 
 Light on purpose (click and ``metalite.runtime.errors`` only): the device commands use it too.
 """
+
 from __future__ import annotations
 
 import functools
@@ -22,6 +23,7 @@ def fail_cleanly(fn):
 
     The exit code is 1, or the error's own ``exit_code`` (130 for a training run stopped by Ctrl-C).
     """
+
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
@@ -31,12 +33,15 @@ def fail_cleanly(fn):
             err.exit_code = getattr(e, "exit_code", 1)
             raise err from None
         except OSError as e:
-            raise click.ClickException(f"{e.filename or ''}: {e.strerror or e}".lstrip(": ")) from None
+            raise click.ClickException(
+                f"{e.filename or ''}: {e.strerror or e}".lstrip(": ")
+            ) from None
         except ImportError as e:
             needed = missing_extra(e)
             if needed is None:
                 raise
             raise click.ClickException(str(needed)) from None
+
     return wrapper
 
 
@@ -45,7 +50,9 @@ def need(module: str, extra: str) -> None:
     try:
         __import__(module)
     except ImportError:
-        raise click.ClickException(str(MissingExtraError(EXTRA_OF_MODULE.get(module, (module,))[0], extra))) from None
+        raise click.ClickException(
+            str(MissingExtraError(EXTRA_OF_MODULE.get(module, (module,))[0], extra))
+        ) from None
 
 
 def _runtime_log(verbose: bool) -> None:
@@ -63,17 +70,28 @@ def _runtime_log(verbose: bool) -> None:
 
 def _set_verbose(ctx, param, value):
     if value:
-        os.environ["METALITE_VERBOSE"] = "1"  # read when TensorFlow is imported (metalite.export.tfcompat)
-    _runtime_log(bool(os.environ.get("METALITE_VERBOSE")))  # a group-level --verbose holds for the command
+        os.environ["METALITE_VERBOSE"] = (
+            "1"  # read when TensorFlow is imported (metalite.export.tfcompat)
+        )
+    _runtime_log(
+        bool(os.environ.get("METALITE_VERBOSE"))
+    )  # a group-level --verbose holds for the command
     return value
 
 
 def verbose_option(fn):
     """``--verbose``/``-v``: show what TensorFlow, its converter and the interpreter library print, and which
     interpreter and delegate run the backbone and why (all hidden by default)."""
-    return click.option("--verbose", "-v", is_flag=True, expose_value=False, is_eager=True, callback=_set_verbose,
-                        help="show TensorFlow's and the interpreter library's own output, and which interpreter "
-                             "and delegate run the backbone and why (hidden by default)")(fn)
+    return click.option(
+        "--verbose",
+        "-v",
+        is_flag=True,
+        expose_value=False,
+        is_eager=True,
+        callback=_set_verbose,
+        help="show TensorFlow's and the interpreter library's own output, and which interpreter "
+        "and delegate run the backbone and why (hidden by default)",
+    )(fn)
 
 
 def console_progress(quiet: bool = False):

@@ -12,6 +12,7 @@ The wheel is built from the source tree this metalite runs from (a checkout or a
 a copy of what a build reads, so the checkout gets no ``build/`` or ``*.egg-info``; a metalite installed
 from a wheel passes that wheel (``wheel=``) instead. The folder appears complete or not at all.
 """
+
 from __future__ import annotations
 
 import os
@@ -45,27 +46,49 @@ def source_root() -> Path | None:
 
 def package_folders(root: Path) -> list:
     """The folders that install as ``metalite.<name>``, from setup.py's ``package_dir``."""
-    return sorted(set(re.findall(r'"metalite\.[a-z_.]+":\s*"([a-z_]+)"', (root / "setup.py").read_text())))
+    return sorted(
+        set(re.findall(r'"metalite\.[a-z_.]+":\s*"([a-z_]+)"', (root / "setup.py").read_text()))
+    )
 
 
 def build_wheel(out_dir: Path, root: Path | None = None) -> Path:
     """Build the metalite wheel into ``out_dir`` from a copy of the source tree; returns the wheel's path."""
-    root, out_dir = root or source_root(), Path(out_dir).resolve()  # pip runs in the copy: no relative paths
+    root, out_dir = (
+        root or source_root(),
+        Path(out_dir).resolve(),
+    )  # pip runs in the copy: no relative paths
     if root is None:
-        raise PackageError("this metalite was installed from a wheel, so there is no source tree to build one "
-                           "from; pass the wheel with --wheel (or run from a checkout)")
+        raise PackageError(
+            "this metalite was installed from a wheel, so there is no source tree to build one "
+            "from; pass the wheel with --wheel (or run from a checkout)"
+        )
     with tempfile.TemporaryDirectory(prefix="metalite-src-") as tmp:
         src = Path(tmp)
         for name in ("setup.py", "pyproject.toml", "README.md"):
             shutil.copy2(root / name, src / name)
         for folder in package_folders(root):
-            shutil.copytree(root / folder, src / folder, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-        cmd = [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
-               "--disable-pip-version-check", "-w", str(out_dir), str(src)]
+            shutil.copytree(
+                root / folder, src / folder, ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
+            )
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--disable-pip-version-check",
+            "-w",
+            str(out_dir),
+            str(src),
+        ]
         p = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp)
         if p.returncode != 0:
             tail = (p.stderr or p.stdout).strip().splitlines()[-1:] or ["no output"]
-            raise PackageError(f"building the wheel failed (pip wheel, exit {p.returncode}): {tail[0]}")
+            raise PackageError(
+                f"building the wheel failed (pip wheel, exit {p.returncode}): {tail[0]}"
+            )
     wheels = sorted(Path(out_dir).glob("metalite-*.whl"))
     if len(wheels) != 1:
         raise PackageError(f"pip wheel left {len(wheels)} metalite wheels in {out_dir}, expected 1")
@@ -95,7 +118,9 @@ def package(bundle_dir, out, wheel=None, progress=None) -> Path:
     bundle = open_bundle(bundle_dir)
     out = Path(out)
     if wheel is not None and not _WHEEL.match(Path(wheel).name):
-        raise PackageError(f"{wheel}: not a metalite wheel (expected metalite-VERSION-py3-none-any.whl)")
+        raise PackageError(
+            f"{wheel}: not a metalite wheel (expected metalite-VERSION-py3-none-any.whl)"
+        )
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.new-", dir=out.parent))
     umask = os.umask(0)
@@ -119,6 +144,8 @@ def package(bundle_dir, out, wheel=None, progress=None) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
-    say(f"{out}: {size / 1024:.0f} KiB in {sum(1 for p in out.rglob('*') if p.is_file())} files, "
-        f"bundle manifest sha256 {bundle.manifest_sha256[:12]}")
+    say(
+        f"{out}: {size / 1024:.0f} KiB in {sum(1 for p in out.rglob('*') if p.is_file())} files, "
+        f"bundle manifest sha256 {bundle.manifest_sha256[:12]}"
+    )
     return out

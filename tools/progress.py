@@ -5,6 +5,7 @@ click progress bar with a status text; anywhere else (a CI log, ``2> file``) a t
 starts, then at most every ``interval`` seconds and when it ends (``label: 120/300 (40%) loss 0.53 |
 12 s, about 18 s left``), so a log never falls silent during a long step.
 """
+
 from __future__ import annotations
 
 import sys
@@ -24,8 +25,14 @@ def _seconds(s: float) -> str:
 class _BarTask(Task):
     def __init__(self, owner, label, total, done):
         self.owner, self.status = owner, ""
-        self.bar = click.progressbar(length=max(total, 1), label=label, file=owner.stream, show_pos=True,
-                                     show_eta=True, item_show_func=lambda _: self.status)
+        self.bar = click.progressbar(
+            length=max(total, 1),
+            label=label,
+            file=owner.stream,
+            show_pos=True,
+            show_eta=True,
+            item_show_func=lambda _: self.status,
+        )
         self.bar.__enter__()
         self.bar.update(done)
         owner.active = self
@@ -44,7 +51,9 @@ class _LogTask(Task):
     def __init__(self, owner, label, total, done):
         self.owner, self.label, self.total, self.done = owner, label, total, done
         self.t0 = time.monotonic()
-        self.first = None  # (time, done) after the first unit: warm-up (tracing, caches) is not the pace
+        self.first = (
+            None  # (time, done) after the first unit: warm-up (tracing, caches) is not the pace
+        )
         self.last, self.status, self.closed = self.t0, "", False
         owner.log(f"{label}: {done}/{total}" + (" (resumed)" if done else ""))
 
@@ -62,7 +71,11 @@ class _LogTask(Task):
         elapsed, pct = now - self.t0, 100.0 * self.done / max(self.total, 1)
         t1, d1 = self.first or (now, self.done)
         rate = (self.done - d1) / (now - t1) if now > t1 else 0.0
-        left = f", about {_seconds((self.total - self.done) / rate)} left" if rate > 0 and self.done < self.total else ""
+        left = (
+            f", about {_seconds((self.total - self.done) / rate)} left"
+            if rate > 0 and self.done < self.total
+            else ""
+        )
         status = f" {self.status}" if self.status else ""
         return f"{self.label}: {self.done}/{self.total} ({pct:.0f}%){status} | {_seconds(elapsed)}{left}"
 

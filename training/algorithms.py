@@ -11,6 +11,7 @@ touches and how the outer update is formed:
 - ``reptile`` (Nichol et al. 2018): inner SGD on the task; the outer step moves the weights toward
   the adapted ones, ``theta += eps * (theta' - theta)``.
 """
+
 from __future__ import annotations
 
 from metalite.export.tfcompat import keras, tf
@@ -19,10 +20,30 @@ from .settings import ALGORITHMS, DEFAULT_HPARAMS
 
 # What the device does after training with each algorithm (head.npz "adaptation").
 DEVICE_ADAPTATION = {
-    "protonet": lambda hp: {"steps": 0, "lr": hp["inner_lr"], "scale": hp["scale"], "adapt": "head"},
-    "anil": lambda hp: {"steps": hp["inner_steps"], "lr": hp["inner_lr"], "scale": hp["scale"], "adapt": "head"},
-    "fomaml": lambda hp: {"steps": hp["inner_steps"], "lr": hp["inner_lr"], "scale": hp["scale"], "adapt": "head"},
-    "reptile": lambda hp: {"steps": hp["inner_steps"], "lr": hp["inner_lr"], "scale": hp["scale"], "adapt": "head"},
+    "protonet": lambda hp: {
+        "steps": 0,
+        "lr": hp["inner_lr"],
+        "scale": hp["scale"],
+        "adapt": "head",
+    },
+    "anil": lambda hp: {
+        "steps": hp["inner_steps"],
+        "lr": hp["inner_lr"],
+        "scale": hp["scale"],
+        "adapt": "head",
+    },
+    "fomaml": lambda hp: {
+        "steps": hp["inner_steps"],
+        "lr": hp["inner_lr"],
+        "scale": hp["scale"],
+        "adapt": "head",
+    },
+    "reptile": lambda hp: {
+        "steps": hp["inner_steps"],
+        "lr": hp["inner_lr"],
+        "scale": hp["scale"],
+        "adapt": "head",
+    },
 }
 
 
@@ -46,7 +67,9 @@ def _xent(logits, y):
 
 
 def _acc(logits, y):
-    return tf.reduce_mean(tf.cast(tf.equal(tf.argmax(logits, 1, output_type=tf.int32), y), tf.float32))
+    return tf.reduce_mean(
+        tf.cast(tf.equal(tf.argmax(logits, 1, output_type=tf.int32), y), tf.float32)
+    )
 
 
 class MetaLearner:
@@ -62,8 +85,11 @@ class MetaLearner:
         self.backbone, self.head = backbone, head
         self.hp = {**DEFAULT_HPARAMS[self.name], **(hparams or {})}
         self.aux_loss = aux_loss
-        self.optimizer = keras.optimizers.Adam(self.hp["lr"]) if self.name != "reptile" else \
-            keras.optimizers.SGD(self.hp["lr"])
+        self.optimizer = (
+            keras.optimizers.Adam(self.hp["lr"])
+            if self.name != "reptile"
+            else keras.optimizers.SGD(self.hp["lr"])
+        )
         self._fn = None
 
     @property
@@ -135,7 +161,9 @@ class ANIL(ProtoNet):
 
     def query_loss(self, xs, ys, xq, yq, ways):
         e, n = self._embed(xs, xq)
-        fast = self.adapt_head(e[:n], ys, ways, [tf.identity(v) for v in self.head.trainable_variables])
+        fast = self.adapt_head(
+            e[:n], ys, ways, [tf.identity(v) for v in self.head.trainable_variables]
+        )
         logits = tf.matmul(_hidden(self.head, fast[:-2], e[n:]), fast[-2]) + fast[-1]
         loss = _xent(logits, yq)
         if self.aux_loss is not None:
@@ -190,8 +218,9 @@ class FOMAML(_InnerLoopLearner):
         with tf.GradientTape() as tape:
             loss, logits = self._task_loss(xq, yq, w, b)
             if self.aux_loss is not None:
-                loss = loss + self.aux_loss(self.backbone(tf.concat([xs, xq], 0), training=True),
-                                            tf.concat([xs, xq], 0))
+                loss = loss + self.aux_loss(
+                    self.backbone(tf.concat([xs, xq], 0), training=True), tf.concat([xs, xq], 0)
+                )
         grads = tape.gradient(loss, self.variables)  # first order: gradient at the adapted weights
         self._restore()
         self.optimizer.apply_gradients(zip(grads, self.variables))

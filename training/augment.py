@@ -10,16 +10,28 @@ degrees), ``saturation`` and ``brightness`` (relative changes) and ``background`
 tinted towards a random colour by up to this fraction; background is what is near-white). Colour changes
 come first, in pixel space, then the affine warp, so warped-in pixels are still the (untinted) paper.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
-NONE = {"shift": 0.0, "rotate": 0.0, "scale": 0.0, "shear": 0.0, "stroke": 0.0,
-        "hue": 0.0, "saturation": 0.0, "brightness": 0.0, "background": 0.0}
+NONE = {
+    "shift": 0.0,
+    "rotate": 0.0,
+    "scale": 0.0,
+    "shear": 0.0,
+    "stroke": 0.0,
+    "hue": 0.0,
+    "saturation": 0.0,
+    "brightness": 0.0,
+    "background": 0.0,
+}
 COLOR_KEYS = ("hue", "saturation", "brightness", "background")
-_BG_CUT = 0.08  # model-input level (0 = white) below which a pixel counts as background, fading out above
+_BG_CUT = (
+    0.08  # model-input level (0 = white) below which a pixel counts as background, fading out above
+)
 # metalite train's default: measured on held-out Omniglot alphabets (docs/accuracy.md)
 DEFAULT = {"shift": 2.0, "rotate": 10.0, "scale": 0.1, "shear": 0.2, "stroke": 0.5}
 
@@ -71,9 +83,13 @@ class Augment:
             rgb = rgb + weight * tint
         gray = (rgb @ np.array([0.299, 0.587, 0.114], np.float32))[..., None]
         if self.saturation:
-            rgb = gray + (rgb - gray) * (1.0 + rng.uniform(-self.saturation, self.saturation, (n, 1, 1, 1)))
+            rgb = gray + (rgb - gray) * (
+                1.0 + rng.uniform(-self.saturation, self.saturation, (n, 1, 1, 1))
+            )
         if self.hue:
-            rgb = gray + np.einsum("nhwc,ndc->nhwd", rgb - gray, _hue_rotations(rng.uniform(-self.hue, self.hue, n)))
+            rgb = gray + np.einsum(
+                "nhwc,ndc->nhwd", rgb - gray, _hue_rotations(rng.uniform(-self.hue, self.hue, n))
+            )
         if self.brightness:
             rgb = rgb * (1.0 + rng.uniform(-self.brightness, self.brightness, (n, 1, 1, 1)))
         return (1.0 - np.clip(rgb, 0.0, 1.0)).astype(np.float32)
@@ -85,7 +101,12 @@ class Augment:
         ty, tx = u(self.shift), u(self.shift)
         cos, sin = np.cos(theta), np.sin(theta)
         # forward map A = R(theta) @ Shear(sh) * s; sample the input at A^-1 (out - c - t) + c
-        a = np.stack([np.stack([cos, -sin + cos * sh], -1), np.stack([sin, cos + sin * sh], -1)], -2) * s[:, None, None]
+        a = (
+            np.stack(
+                [np.stack([cos, -sin + cos * sh], -1), np.stack([sin, cos + sin * sh], -1)], -2
+            )
+            * s[:, None, None]
+        )
         inv = np.linalg.inv(a)
         c = (np.array(hw, np.float64) - 1) / 2
         offset = c - np.einsum("nij,nj->ni", inv, c + np.stack([ty, tx], -1))
@@ -110,10 +131,17 @@ def warp_affine(x: np.ndarray, m: np.ndarray) -> np.ndarray:
     src = m @ grid  # (N, 2, HW)
     r0, c0 = np.floor(src[:, 0]).astype(np.int64), np.floor(src[:, 1]).astype(np.int64)
     fr, fc = (src[:, 0] - r0)[..., None], (src[:, 1] - c0)[..., None]
-    padded = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))  # a zero border: out-of-range taps read paper
+    padded = np.pad(
+        x, ((0, 0), (1, 1), (1, 1), (0, 0))
+    )  # a zero border: out-of-range taps read paper
     flat = padded.reshape(n, -1, c)
     out = np.zeros((n, h * w, c), np.float32)
-    for dr, dc, wgt in ((0, 0, (1 - fr) * (1 - fc)), (0, 1, (1 - fr) * fc), (1, 0, fr * (1 - fc)), (1, 1, fr * fc)):
+    for dr, dc, wgt in (
+        (0, 0, (1 - fr) * (1 - fc)),
+        (0, 1, (1 - fr) * fc),
+        (1, 0, fr * (1 - fc)),
+        (1, 1, fr * fc),
+    ):
         rr = np.clip(r0 + dr + 1, 0, h + 1)
         cc = np.clip(c0 + dc + 1, 0, w + 1)
         idx = rr * (w + 2) + cc
@@ -125,7 +153,7 @@ def stroke_width(x: np.ndarray, amount: np.ndarray) -> np.ndarray:
     """Thicken (amount > 0) or thin (< 0) strokes: blend each image with its 3x3 max (min) filter."""
     p = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="edge")
     h, w = x.shape[1:3]
-    taps = [p[:, i:i + h, j:j + w] for i in range(3) for j in range(3)]
+    taps = [p[:, i : i + h, j : j + w] for i in range(3) for j in range(3)]
     grow, shrink = np.max(taps, axis=0), np.min(taps, axis=0)
     a = np.asarray(amount, np.float32)[:, None, None, None]
     return np.where(a >= 0, (1 - a) * x + a * grow, (1 + a) * x - a * shrink).astype(np.float32)

@@ -8,6 +8,7 @@ answers the same episodes (``episodes``), which makes the comparison paired:
 - ``histogram_features``: a joint colour histogram of the non-background pixels, nearest neighbour by L1;
 - a bundle, through ``FewShotClassifier`` (``scripts/emoji_eval.py``).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -19,7 +20,9 @@ from .errors import DataError
 from .evaluate import mean_ci95
 
 HIST_BINS = 8  # per channel: 8 x 8 x 8 joint bins
-BACKGROUND_LEVEL = 240  # a pixel with every channel above this is background, left out of the histogram
+BACKGROUND_LEVEL = (
+    240  # a pixel with every channel above this is background, left out of the histogram
+)
 
 
 def episodes(data: FewShotData, ways: int, n: int, seed: int = 0, drawers=None) -> list:
@@ -39,7 +42,9 @@ def episodes(data: FewShotData, ways: int, n: int, seed: int = 0, drawers=None) 
                 if len(shared) >= ways:
                     pairs[(a, b)] = np.array(shared)
     if not pairs:
-        raise DataError(f"{data.spec or 'data'}: no two drawers share {ways} classes for cross-drawer episodes")
+        raise DataError(
+            f"{data.spec or 'data'}: no two drawers share {ways} classes for cross-drawer episodes"
+        )
     rng = np.random.default_rng(seed)
     keys = sorted(pairs)
     out = []
@@ -55,8 +60,11 @@ def episodes(data: FewShotData, ways: int, n: int, seed: int = 0, drawers=None) 
 def pixel_features(data: FewShotData, size: int = 28) -> np.ndarray:
     """(N, size*size*C) float32 pixels in [0, 1] at ``size`` px (area resampled)."""
     x = data.images.astype(np.float32)
-    x = resize_area(x, (size, size)) if x.ndim == 3 else np.moveaxis(resize_area(np.moveaxis(x, -1, 1), (size, size)),
-                                                                      1, -1)
+    x = (
+        resize_area(x, (size, size))
+        if x.ndim == 3
+        else np.moveaxis(resize_area(np.moveaxis(x, -1, 1), (size, size)), 1, -1)
+    )
     return (x / 255.0).reshape(len(x), -1)
 
 
@@ -76,13 +84,15 @@ def histogram_features(data: FewShotData, bins: int = HIST_BINS) -> np.ndarray:
 
 def nearest_neighbour(features: np.ndarray, metric: str = "l2"):
     """classify(support, query) -> predicted support position per query, by the nearest support feature."""
+
     def classify(s_idx, q_idx):
         s, q = features[s_idx], features[q_idx]
         if metric == "l1":
             d = np.abs(q[:, None, :] - s[None, :, :]).sum(-1)
         else:
-            d = (q ** 2).sum(1)[:, None] - 2 * q @ s.T + (s ** 2).sum(1)[None]
+            d = (q**2).sum(1)[:, None] - 2 * q @ s.T + (s**2).sum(1)[None]
         return d.argmin(1)
+
     return classify
 
 
@@ -93,11 +103,21 @@ def score(classify, data: FewShotData, eps: list) -> dict:
     for s_idx, q_idx in eps:
         right = np.asarray(classify(s_idx, q_idx)) == np.arange(len(q_idx))
         accs.append(float(right.mean()))
-        pairs.setdefault(f"{int(data.drawers[s_idx[0]])}->{int(data.drawers[q_idx[0]])}", []).append(accs[-1])
+        pairs.setdefault(
+            f"{int(data.drawers[s_idx[0]])}->{int(data.drawers[q_idx[0]])}", []
+        ).append(accs[-1])
         for qi, ok in zip(q_idx, right):
             g = data.groups[int(data.labels[qi])]
             per.setdefault(g, []).append(bool(ok))
     mean, ci = mean_ci95(accs)
-    return {"mean": mean, "ci95": ci, "episodes": len(eps),
-            "per_category": {g: {"mean": float(np.mean(v)), "queries": len(v)} for g, v in sorted(per.items())},
-            "per_drawer_pair": {k: {"mean": float(np.mean(v)), "episodes": len(v)} for k, v in sorted(pairs.items())}}
+    return {
+        "mean": mean,
+        "ci95": ci,
+        "episodes": len(eps),
+        "per_category": {
+            g: {"mean": float(np.mean(v)), "queries": len(v)} for g, v in sorted(per.items())
+        },
+        "per_drawer_pair": {
+            k: {"mean": float(np.mean(v)), "episodes": len(v)} for k, v in sorted(pairs.items())
+        },
+    }

@@ -6,6 +6,7 @@ Omniglot's drawings; on photos the stroke operation smears texture and training 
 train without it unless ``--augment`` says otherwise. Colour images train a colour model unless ``--channels 1``
 asks for gray, which drops colour with a warning; images much larger than the input are said to lose detail.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -18,7 +19,9 @@ from .augment import DEFAULT, NONE
 
 SAMPLE = 48  # files read (a few per class): enough to tell ink from photos, fast on any folder
 BACKGROUND_TOLERANCE = 24  # gray levels around an image's border value that count as its background
-INK_BACKGROUND = 0.75  # background covering this much of an image: ink on paper (Omniglot ~0.9, photos 0.1-0.6)
+INK_BACKGROUND = (
+    0.75  # background covering this much of an image: ink on paper (Omniglot ~0.9, photos 0.1-0.6)
+)
 COLOUR_CHROMA = 12.0  # mean |R-G| + |G-B| above this: a colour image
 LARGE = 4  # images more than LARGE times the input size on their short side "lose detail"
 
@@ -39,18 +42,25 @@ class Survey:
     def describe(self, image_size: int) -> str:
         """One line: what the data looks like and what training does with it."""
         what = "ink on paper" if self.kind == "ink" else "photos"
-        aug = "the drawing augmentation (--augment to change)" if self.kind == "ink" else \
-            "no augmentation (the drawing augmentation does not fit photos; --augment to set one)"
+        aug = (
+            "the drawing augmentation (--augment to change)"
+            if self.kind == "ink"
+            else "no augmentation (the drawing augmentation does not fit photos; --augment to set one)"
+        )
         return f"{what} ({self.files} images sampled, median {self.side} px): training with {aug}"
 
     def warnings(self, image_size: int, channels=None) -> list:
         out = []
         if self.colour > 0 and channels == 1:
-            out.append(f"{100 * self.colour:.0f}% of the sampled images are in colour; --channels 1 makes the model "
-                       "see gray only, so colour is dropped")
+            out.append(
+                f"{100 * self.colour:.0f}% of the sampled images are in colour; --channels 1 makes the model "
+                "see gray only, so colour is dropped"
+            )
         if self.side > LARGE * image_size:
-            out.append(f"images are about {self.side} px and the model sees {image_size} px: detail finer than "
-                       f"1/{image_size} of an image is lost (--image-size to change)")
+            out.append(
+                f"images are about {self.side} px and the model sees {image_size} px: detail finer than "
+                f"1/{image_size} of an image is lost (--image-size to change)"
+            )
         return out
 
 
@@ -93,4 +103,9 @@ def survey(root) -> Survey | None:
         ink.append(_is_ink(rgb.mean(-1)))
     if not ink:
         return None
-    return Survey("ink" if np.mean(ink) >= 0.5 else "photo", float(np.mean(colour)), int(np.median(sides)), len(ink))
+    return Survey(
+        "ink" if np.mean(ink) >= 0.5 else "photo",
+        float(np.mean(colour)),
+        int(np.median(sides)),
+        len(ink),
+    )

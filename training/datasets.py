@@ -11,6 +11,7 @@ any image has a pixel whose channels differ (an RGB file of gray content stays g
 colour; glyphs and Omniglot are gray. ``channels=1`` or ``3`` forces either (a gray model measured on
 colour data sees the luma, as on the device).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -34,9 +35,15 @@ SPLITS = ("train", "val", "test", "all")
 # Every measurement after training (evaluate, compress, export, bench) reports on these classes; training
 # validates on "val". For folder data they are the same classes (the user brings a separate test set).
 HELDOUT_SPLIT = "test"
-SPLIT_NAMES = {"train": "training classes", "val": "validation classes", "test": "held-out test classes",
-               "all": "all classes"}
-CACHE_VERSION = 4  # 3: colour images kept, transparency composited like the device; 4: every image extension
+SPLIT_NAMES = {
+    "train": "training classes",
+    "val": "validation classes",
+    "test": "held-out test classes",
+    "all": "all classes",
+}
+CACHE_VERSION = (
+    4  # 3: colour images kept, transparency composited like the device; 4: every image extension
+)
 # Lake et al.'s one-shot runs take 20 characters from one alphabet: Omniglot test alphabets need as many.
 LAKE_WAYS = 20
 # emoji: categories never trained on (the held-out test concepts), and the least concepts a val category needs
@@ -64,7 +71,7 @@ class FewShotData:
         order = np.argsort(self.labels, kind="stable")
         counts = np.bincount(self.labels, minlength=len(self.class_names))
         starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-        self._index = [order[s:s + c] for s, c in zip(starts, counts)]
+        self._index = [order[s : s + c] for s, c in zip(starts, counts)]
 
     @property
     def num_classes(self) -> int:
@@ -87,14 +94,20 @@ class FewShotData:
         x = 1.0 - self.images.astype(np.float32) / 255.0
         return x[..., None] if x.ndim == 3 else x
 
-    def subset(self, classes) -> "FewShotData":
+    def subset(self, classes) -> FewShotData:
         """A FewShotData with only ``classes`` (indices), relabelled 0..len-1."""
         classes = list(classes)
         idx = np.concatenate([self._index[c] for c in classes]) if classes else np.zeros(0, int)
         remap = np.full(self.num_classes, -1)
         remap[classes] = np.arange(len(classes))
-        return FewShotData(self.images[idx], remap[self.labels[idx]], [self.class_names[c] for c in classes],
-                           [self.groups[c] for c in classes], self.spec, self.drawers[idx])
+        return FewShotData(
+            self.images[idx],
+            remap[self.labels[idx]],
+            [self.class_names[c] for c in classes],
+            [self.groups[c] for c in classes],
+            self.spec,
+            self.drawers[idx],
+        )
 
 
 def _decode(raw: bytes, where: str) -> np.ndarray:
@@ -119,7 +132,9 @@ def _to_size(pixels: np.ndarray, size: int) -> np.ndarray:
 
 
 def _is_color(img: np.ndarray) -> bool:
-    return img.ndim == 3 and bool(np.any(img[..., 0] != img[..., 1]) or np.any(img[..., 1] != img[..., 2]))
+    return img.ndim == 3 and bool(
+        np.any(img[..., 0] != img[..., 1]) or np.any(img[..., 1] != img[..., 2])
+    )
 
 
 def _stack(images: list, channels: int) -> np.ndarray:
@@ -128,8 +143,14 @@ def _stack(images: list, channels: int) -> np.ndarray:
     if channels == 0:
         channels = 3 if any(_is_color(im) for im in images) else 1
     if channels == 1:
-        return np.stack([im if im.ndim == 2 else np.clip(np.rint(to_gray(im[None])[0]), 0, 255).astype(np.uint8)
-                         for im in images])
+        return np.stack(
+            [
+                im
+                if im.ndim == 2
+                else np.clip(np.rint(to_gray(im[None])[0]), 0, 255).astype(np.uint8)
+                for im in images
+            ]
+        )
     return np.stack([im if im.ndim == 3 else np.repeat(im[..., None], 3, axis=-1) for im in images])
 
 
@@ -176,7 +197,11 @@ def _omniglot_items(path: Path):
         with zf:
             for name in sorted(zf.namelist()):
                 parts = name.rstrip("/").split("/")
-                if name.lower().endswith(IMAGE_EXTENSIONS) and len(parts) >= 3 and not parts[-1].startswith("."):
+                if (
+                    name.lower().endswith(IMAGE_EXTENSIONS)
+                    and len(parts) >= 3
+                    and not parts[-1].startswith(".")
+                ):
                     yield parts[-3], parts[-2], f"{path}:{name}", zf.read(name)
     else:
         for f in sorted(path.rglob("*")):
@@ -188,7 +213,9 @@ def _omniglot_items(path: Path):
 def _folder_items(path: Path):
     for name, files in class_folders(path):
         if not files:
-            raise DataError(f"{path / name}: class folder has no images ({', '.join(IMAGE_EXTENSIONS)})")
+            raise DataError(
+                f"{path / name}: class folder has no images ({', '.join(IMAGE_EXTENSIONS)})"
+            )
         for f in files:
             yield "", name, str(f), f.read_bytes()
 
@@ -209,7 +236,9 @@ def _load_cached(kind: str, paths, size: int, items_fn, channels: int = 0) -> Fe
         try:
             with np.load(cache, allow_pickle=False) as z:
                 meta = json.loads(str(z["meta"]))
-                return FewShotData(z["images"], z["labels"], meta["names"], meta["groups"], drawers=z["drawers"])
+                return FewShotData(
+                    z["images"], z["labels"], meta["names"], meta["groups"], drawers=z["drawers"]
+                )
         except Exception:
             pass  # a damaged cache is rebuilt
     imgs, labs, names, groups, drawers, seen, pos = [], [], [], [], [], set(), {}
@@ -224,23 +253,44 @@ def _load_cached(kind: str, paths, size: int, items_fn, channels: int = 0) -> Fe
         labs += [pos[nm[i]] for i in lab]
         imgs += im
         drawers += dr
-    data = FewShotData(_stack(imgs, channels), np.array(labs), names, groups, drawers=np.array(drawers, np.int16))
+    data = FewShotData(
+        _stack(imgs, channels), np.array(labs), names, groups, drawers=np.array(drawers, np.int16)
+    )
     cache.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(cache, lambda f: np.savez(f, images=data.images, labels=data.labels, drawers=data.drawers,
-                                           meta=np.array(json.dumps({"names": names, "groups": groups}))))
+    atomic_write(
+        cache,
+        lambda f: np.savez(
+            f,
+            images=data.images,
+            labels=data.labels,
+            drawers=data.drawers,
+            meta=np.array(json.dumps({"names": names, "groups": groups})),
+        ),
+    )
     return data
 
 
 def rotate_classes(data: FewShotData) -> FewShotData:
     """Add 90/180/270-degree rotations of every class as new classes (Omniglot practice, Santoro et al. 2016)."""
-    imgs, labs, names, groups = [data.images], [data.labels], list(data.class_names), list(data.groups)
+    imgs, labs, names, groups = (
+        [data.images],
+        [data.labels],
+        list(data.class_names),
+        list(data.groups),
+    )
     for k in (1, 2, 3):
         imgs.append(np.rot90(data.images, k, axes=(1, 2)))
         labs.append(data.labels + k * data.num_classes)
         names += [f"{n}@rot{90 * k}" for n in data.class_names]
         groups += [f"{g}@rot{90 * k}" for g in data.groups]
-    return FewShotData(np.ascontiguousarray(np.concatenate(imgs)), np.concatenate(labs), names, groups, data.spec,
-                       np.tile(data.drawers, 4))
+    return FewShotData(
+        np.ascontiguousarray(np.concatenate(imgs)),
+        np.concatenate(labs),
+        names,
+        groups,
+        data.spec,
+        np.tile(data.drawers, 4),
+    )
 
 
 def _split_classes(data: FewShotData, split: str, seed: int = 0, kind: str = "glyphs") -> list:
@@ -268,11 +318,17 @@ def _split_classes(data: FewShotData, split: str, seed: int = 0, kind: str = "gl
     units = list(np.random.default_rng(seed).permutation(sorted(set(base))))
     n = len(units)
     n_val = max(1, int(round(0.15 * n)))
-    if kind == "folder" and n >= 2 * MIN_SPLIT_CLASSES:  # validation runs 2-way episodes: it needs 2 classes
+    if (
+        kind == "folder" and n >= 2 * MIN_SPLIT_CLASSES
+    ):  # validation runs 2-way episodes: it needs 2 classes
         n_val = max(n_val, MIN_SPLIT_CLASSES)
-    n_test = {"glyphs": max(1, int(round(0.15 * n))), "omniglot": max(1, int(round(0.25 * n)))}.get(kind, 0)
+    n_test = {"glyphs": max(1, int(round(0.15 * n))), "omniglot": max(1, int(round(0.25 * n)))}.get(
+        kind, 0
+    )
     if n - n_val - n_test < 1:
-        raise DataError(f"{data.spec or 'data'}: too few classes/groups ({n}) to split off held-out classes")
+        raise DataError(
+            f"{data.spec or 'data'}: too few classes/groups ({n}) to split off held-out classes"
+        )
     if kind == "omniglot":
         size = {u: base.count(u) for u in units}
         lake = [u for u in units if size[u] >= LAKE_WAYS]
@@ -280,7 +336,11 @@ def _split_classes(data: FewShotData, split: str, seed: int = 0, kind: str = "gl
         rest = sorted((u for u in units if u not in test), key=lambda u: (size[u], u))
         parts = {"test": test, "val": rest[:n_val], "train": rest[n_val:]}
     else:
-        parts = {"val": units[:n_val], "test": units[n_val:n_val + n_test], "train": units[n_val + n_test:]}
+        parts = {
+            "val": units[:n_val],
+            "test": units[n_val : n_val + n_test],
+            "train": units[n_val + n_test :],
+        }
         if not n_test:
             parts["test"] = parts["val"]
     chosen = set(parts[split])
@@ -300,7 +360,9 @@ def emoji_split(groups) -> dict:
     val = (big or rest)[:1]
     train = [g for g in rest if g not in val]
     if not train or not val:
-        raise DataError(f"emoji data has categories {sorted(size)}: too few to split off validation and test")
+        raise DataError(
+            f"emoji data has categories {sorted(size)}: too few to split off validation and test"
+        )
     return {"train": sorted(train), "val": val, "test": test}
 
 
@@ -316,7 +378,11 @@ def portable_spec(spec: str) -> str:
 def spec_with_dirs(portable: str) -> str:
     """``omniglot:a.zip,b.zip`` -> ``omniglot:DIR/a.zip,DIR/b.zip``: the --data to pass for a bundle's recorded data."""
     kind, sep, rest = (portable or "").partition(":")
-    return portable if not sep else f"{kind}:" + ",".join(f"DIR/{Path(p).name}" for p in rest.split(",") if p)
+    return (
+        portable
+        if not sep
+        else f"{kind}:" + ",".join(f"DIR/{Path(p).name}" for p in rest.split(",") if p)
+    )
 
 
 def describe_split(spec: str, split: str) -> str:
@@ -362,8 +428,13 @@ def folder_counts(spec: str, split: str) -> np.ndarray | None:
     if not names:
         return np.zeros(0, int)
     counts = np.array(list(names.values()), int)
-    shell = FewShotData(np.zeros((int(counts.sum()), 1, 1), np.uint8), np.repeat(np.arange(len(counts)), counts),
-                        list(names), [""] * len(names), spec)
+    shell = FewShotData(
+        np.zeros((int(counts.sum()), 1, 1), np.uint8),
+        np.repeat(np.arange(len(counts)), counts),
+        list(names),
+        [""] * len(names),
+        spec,
+    )
     return shell.counts()[_split_classes(shell, split, 0, kind)] if counts.sum() else counts
 
 
@@ -379,13 +450,21 @@ def check_folder_fits(spec: str, ways, shots: int, queries: int, val_shots: int 
     usable = int((train >= need).sum())
     if usable < max(MIN_SPLIT_CLASSES, int(ways or 0)):
         wanted = f"--ways {ways}" if ways else f"the {MIN_SPLIT_CLASSES} an episode needs"
-        hint = f"; {layout}" if len(train) + len(val) < 2 * MIN_SPLIT_CLASSES or usable < MIN_SPLIT_CLASSES else ""
-        raise DataError(f"{spec}: {plural(usable, 'training class')} (of {len(train)}) with at least {need} images "
-                        f"(--shots {shots} + --queries {queries}), fewer than {wanted}{hint}")
+        hint = (
+            f"; {layout}"
+            if len(train) + len(val) < 2 * MIN_SPLIT_CLASSES or usable < MIN_SPLIT_CLASSES
+            else ""
+        )
+        raise DataError(
+            f"{spec}: {plural(usable, 'training class')} (of {len(train)}) with at least {need} images "
+            f"(--shots {shots} + --queries {queries}), fewer than {wanted}{hint}"
+        )
     usable = int((val >= val_shots + 1).sum())
     if usable < MIN_SPLIT_CLASSES:
-        raise DataError(f"{spec}: {plural(usable, 'validation class')} (of {len(val)}) with {val_shots + 1} images "
-                        f"or more; 2-way validation episodes need {MIN_SPLIT_CLASSES}; {layout}")
+        raise DataError(
+            f"{spec}: {plural(usable, 'validation class')} (of {len(val)}) with {val_shots + 1} images "
+            f"or more; 2-way validation episodes need {MIN_SPLIT_CLASSES}; {layout}"
+        )
 
 
 def parse_spec(spec: str):
@@ -395,8 +474,10 @@ def parse_spec(spec: str):
         return spec, []
     kind, sep, rest = spec.partition(":")
     if not sep or kind not in ("omniglot", "folder", "emoji") or not rest:
-        raise DataError(f"unknown data spec {spec!r}; use glyphs, digits, omniglot:PATH[,PATH], folder:PATH or "
-                        "emoji:PATH (scripts/fetch_emoji.py builds one)")
+        raise DataError(
+            f"unknown data spec {spec!r}; use glyphs, digits, omniglot:PATH[,PATH], folder:PATH or "
+            "emoji:PATH (scripts/fetch_emoji.py builds one)"
+        )
     paths = [Path(p).expanduser() for p in rest.split(",") if p]
     for p in paths:
         if not p.exists():
@@ -406,8 +487,15 @@ def parse_spec(spec: str):
     return kind, paths
 
 
-def load_data(spec: str, image_size: int = 28, split: str = "all", rotations: bool = False,
-              seed: int = 0, progress=None, channels: int | None = None) -> FewShotData:
+def load_data(
+    spec: str,
+    image_size: int = 28,
+    split: str = "all",
+    rotations: bool = False,
+    seed: int = 0,
+    progress=None,
+    channels: int | None = None,
+) -> FewShotData:
     """Load a dataset spec at ``image_size`` and keep the classes of ``split`` (train/val/test/all).
 
     Rotations (omniglot) are added after splitting, so a rotated copy never crosses a split. ``channels``:
@@ -425,16 +513,26 @@ def load_data(spec: str, image_size: int = 28, split: str = "all", rotations: bo
         imgs, names, groups = load_glyphs(image_size=image_size, progress=progress)
         c, s = imgs.shape[:2]
         imgs = imgs.reshape(c * s, image_size, image_size)
-        data = FewShotData(imgs if want != 3 else np.repeat(imgs[..., None], 3, axis=-1),
-                           np.repeat(np.arange(c), s), list(names), list(groups))
+        data = FewShotData(
+            imgs if want != 3 else np.repeat(imgs[..., None], 3, axis=-1),
+            np.repeat(np.arange(c), s),
+            list(names),
+            list(groups),
+        )
     elif kind == "digits":
         from .digits import load_digits_images
 
         imgs, labels, names = load_digits_images(image_size)
-        data = FewShotData(imgs if want != 3 else np.repeat(imgs[..., None], 3, axis=-1), labels, names,
-                           ["digits"] * len(names))
+        data = FewShotData(
+            imgs if want != 3 else np.repeat(imgs[..., None], 3, axis=-1),
+            labels,
+            names,
+            ["digits"] * len(names),
+        )
     elif kind == "folder" and split != "all" and _presplit(paths):
-        sub = split if (paths[0] / split).is_dir() else "val"  # test: the val folder unless a test folder exists
+        sub = (
+            split if (paths[0] / split).is_dir() else "val"
+        )  # test: the val folder unless a test folder exists
         data = _load_cached("folder", [paths[0] / sub], image_size, _folder_items, want)
         data.spec = spec
         return rotate_classes(data) if rotations else data

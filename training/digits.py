@@ -5,6 +5,7 @@ Alpaydin & Kaynak 1998; shipped inside scikit-learn, BSD licence: nothing is dow
 turned into the datasets' convention (paper = 255, dark ink), framed by ``PAD`` pixels of paper so it
 sits inside the frame as an Omniglot drawing does, and area-resized to the model's input size.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -21,7 +22,9 @@ def load_digits_images(image_size: int):
     try:
         from sklearn.datasets import load_digits
     except ImportError:
-        raise DataError("--data digits needs scikit-learn: pip install 'metalite[digits]'") from None
+        raise DataError(
+            "--data digits needs scikit-learn: pip install 'metalite[digits]'"
+        ) from None
     d = load_digits()
     ink = np.asarray(d.images, np.float64) / 16.0  # 0 = paper, 1 = full ink
     paper = 255.0 * (1.0 - np.pad(ink, ((0, 0), (PAD, PAD), (PAD, PAD))))

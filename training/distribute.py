@@ -14,6 +14,7 @@ replicas' ones, so all workers' sampler states agree and any worker's checkpoint
 Only learners with a differentiable ``query_loss`` (protonet, anil) are supported: fomaml and reptile
 run eager inner loops that move the shared weights themselves, which mirrored variables forbid.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -44,7 +45,8 @@ def make_strategy(name: str):
     if name == "multiworker":
         # AUTO: ring collectives between CPU hosts, NCCL where workers have GPUs.
         options = tf.distribute.experimental.CommunicationOptions(
-            implementation=tf.distribute.experimental.CommunicationImplementation.AUTO)
+            implementation=tf.distribute.experimental.CommunicationImplementation.AUTO
+        )
         return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
     raise StrategyError(f"unknown strategy {name!r}; choose one of {', '.join(STRATEGIES)}")
 
@@ -102,8 +104,10 @@ def describe(strategy) -> str:
     role = f", {task_type} {task_id}{' (chief)' if chief else ''}" if task_type else ""
     cluster = os.environ.get("TF_CONFIG")
     workers = len(json.loads(cluster).get("cluster", {}).get("worker", [])) if cluster else 1
-    return (f"strategy {type(strategy).__name__}: {strategy.num_replicas_in_sync} replica(s), "
-            f"{workers} worker(s), local devices {', '.join(devices) or 'default'}{role}")
+    return (
+        f"strategy {type(strategy).__name__}: {strategy.num_replicas_in_sync} replica(s), "
+        f"{workers} worker(s), local devices {', '.join(devices) or 'default'}{role}"
+    )
 
 
 class DistributedLearner:
@@ -128,10 +132,18 @@ class DistributedLearner:
         if len(episodes) != self.replicas:
             raise ValueError(f"{len(episodes)} episodes for {self.replicas} replicas")
         ways = int(episodes[0].ways)
-        tensors = [(tf.constant(e.support_x), tf.constant(e.support_y, tf.int32),
-                    tf.constant(e.query_x), tf.constant(e.query_y, tf.int32)) for e in episodes]
+        tensors = [
+            (
+                tf.constant(e.support_x),
+                tf.constant(e.support_y, tf.int32),
+                tf.constant(e.query_x),
+                tf.constant(e.query_y, tf.int32),
+            )
+            for e in episodes
+        ]
         inputs = self.strategy.experimental_distribute_values_from_function(
-            lambda ctx: tensors[ctx.replica_id_in_sync_group])
+            lambda ctx: tensors[ctx.replica_id_in_sync_group]
+        )
         if ways not in self._fns:
             self._fns[ways] = tf.function(lambda batch: self._distributed_step(batch, ways))
         loss, acc = self._fns[ways](inputs)
@@ -140,7 +152,9 @@ class DistributedLearner:
     def _distributed_step(self, inputs, ways):
         loss, acc = self.strategy.run(self._replica_step, args=(*inputs, ways))
         mean = tf.distribute.ReduceOp.MEAN
-        return self.strategy.reduce(mean, loss, axis=None), self.strategy.reduce(mean, acc, axis=None)
+        return self.strategy.reduce(mean, loss, axis=None), self.strategy.reduce(
+            mean, acc, axis=None
+        )
 
     def _replica_step(self, xs, ys, xq, yq, ways):
         grads, loss, acc = self.learner.compute_gradients(xs, ys, xq, yq, ways)
@@ -150,5 +164,7 @@ class DistributedLearner:
         summed = ctx.all_reduce(tf.distribute.ReduceOp.SUM, grads)
         grads = [g / tf.cast(ctx.num_replicas_in_sync, g.dtype) for g in summed]
         # Already reduced: the optimizer must not all-reduce (sum) them again.
-        self.learner.optimizer.apply_gradients(zip(grads, variables), skip_gradients_aggregation=True)
+        self.learner.optimizer.apply_gradients(
+            zip(grads, variables), skip_gradients_aggregation=True
+        )
         return loss, acc

@@ -5,6 +5,7 @@ and query (N*Q, H, W, 1). ``EpisodeSampler`` draws them from a ``FewShotData``, 
 all N classes from one group (Omniglot's within-alphabet episodes, the harder setting) for a fraction
 of the episodes, and optionally distorting every image (``metalite.training.augment``).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -25,7 +26,9 @@ class Episode:
     classes: np.ndarray  # dataset class indices, in label order
 
 
-def check_episode_fits(data: FewShotData, ways: int, shots: int, queries: int, within_group: bool = False):
+def check_episode_fits(
+    data: FewShotData, ways: int, shots: int, queries: int, within_group: bool = False
+):
     """Raise DataError if ``data`` cannot supply N-way (K+Q)-image episodes."""
     if ways < 2:
         raise DataError(f"--ways must be at least 2, got {ways}")
@@ -35,15 +38,19 @@ def check_episode_fits(data: FewShotData, ways: int, shots: int, queries: int, w
     usable = np.flatnonzero(data.counts() >= need)
     if len(usable) < ways:
         few = int((data.counts() < need).sum())
-        raise DataError(f"{data.spec or 'data'}: {len(usable)} classes have at least {need} images "
-                        f"(--shots {shots} + --queries {queries}), fewer than --ways {ways}"
-                        + (f" ({few} classes have fewer images)" if few else ""))
+        raise DataError(
+            f"{data.spec or 'data'}: {len(usable)} classes have at least {need} images "
+            f"(--shots {shots} + --queries {queries}), fewer than --ways {ways}"
+            + (f" ({few} classes have fewer images)" if few else "")
+        )
     if within_group:
         sizes = {}
         for c in usable:
             sizes[data.groups[c]] = sizes.get(data.groups[c], 0) + 1
         if max(sizes.values()) < ways:
-            raise DataError(f"no alphabet has {ways} classes with {need} images for within-alphabet episodes")
+            raise DataError(
+                f"no alphabet has {ways} classes with {need} images for within-alphabet episodes"
+            )
     return usable
 
 
@@ -54,8 +61,16 @@ class EpisodeSampler:
     ``augment``: distortion applied to every image of ``sample()`` (``sample_indices`` is unaffected).
     """
 
-    def __init__(self, data: FewShotData, ways: int, shots: int, queries: int, seed: int = 0,
-                 within_group: float = 0.0, augment: Augment | None = None):
+    def __init__(
+        self,
+        data: FewShotData,
+        ways: int,
+        shots: int,
+        queries: int,
+        seed: int = 0,
+        within_group: float = 0.0,
+        augment: Augment | None = None,
+    ):
         self.data, self.ways, self.shots, self.queries = data, ways, shots, queries
         self.within_group = float(within_group)
         if not 0.0 <= self.within_group <= 1.0:
@@ -83,16 +98,18 @@ class EpisodeSampler:
                 pool.extend(self.rng.permutation(self._by_group[groups[g]]))
                 if len(pool) >= self.ways:
                     break
-            return np.array(pool[:self.ways])
+            return np.array(pool[: self.ways])
         return self.rng.choice(self.usable, self.ways, replace=False)
 
     def _pick(self):
         classes = self._classes()
         s_idx, q_idx = [], []
         for c in classes:
-            pick = self.rng.choice(self.data.indices_of(c), self.shots + self.queries, replace=False)
-            s_idx.append(pick[:self.shots])
-            q_idx.append(pick[self.shots:])
+            pick = self.rng.choice(
+                self.data.indices_of(c), self.shots + self.queries, replace=False
+            )
+            s_idx.append(pick[: self.shots])
+            q_idx.append(pick[self.shots :])
         return classes, np.concatenate(s_idx), np.concatenate(q_idx)
 
     def sample(self) -> Episode:
@@ -101,7 +118,14 @@ class EpisodeSampler:
         sx, qx = self._inputs[s_idx], self._inputs[q_idx]
         if self.augment is not None and self.augment.active:
             sx, qx = self.augment(self.rng, sx), self.augment(self.rng, qx)
-        return Episode(sx, np.repeat(labels, self.shots), qx, np.repeat(labels, self.queries), self.ways, classes)
+        return Episode(
+            sx,
+            np.repeat(labels, self.shots),
+            qx,
+            np.repeat(labels, self.queries),
+            self.ways,
+            classes,
+        )
 
     def sample_indices(self):
         """(support image indices, query image indices) of one episode, labels as in ``sample``."""

@@ -4,6 +4,7 @@ They belong to the runtime's family (``metalite.runtime.errors.MetaliteError``: 
 all) and to the builtin that fits, so ``except ValueError`` keeps working. The CLI shows any of them as
 one line, no traceback (``metalite.tools.clikit.fail_cleanly``).
 """
+
 from __future__ import annotations
 
 from metalite.common.errors import MetaliteError

@@ -9,6 +9,7 @@ handwritten characters. Images follow DESIGN.md "Images": uint8, 255 = paper, 0 
 with ``metalite.runtime.preprocess.resize_area``. Results are deterministic per seed (each class has
 its own RNG seeded from (seed, code point)) and cached as npz.
 """
+
 from __future__ import annotations
 
 import functools
@@ -36,25 +37,63 @@ _DEDUP_THRESHOLD = 0.012  # ``_shape_distances`` below which two classes count a
 # draws its canonical (deduplication) bitmap. STIXNonUni (private use) and STIXSiz* (big delimiters)
 # add nothing; Computer Modern fonts use TeX encodings and contribute via their glyph names.
 FONTS = (
-    "DejaVuSans", "DejaVuSans-Bold", "DejaVuSans-Oblique", "DejaVuSans-BoldOblique",
-    "DejaVuSerif", "DejaVuSerif-Bold", "DejaVuSerif-Italic", "DejaVuSerif-BoldItalic",
-    "DejaVuSansMono", "DejaVuSansMono-Bold", "DejaVuSansMono-Oblique", "DejaVuSansMono-BoldOblique",
-    "STIXGeneral", "STIXGeneralBol", "STIXGeneralItalic", "STIXGeneralBolIta",
-    "cmr10", "cmb10", "cmss10", "cmti10", "cmtt10", "cmmi10", "cmsy10",
+    "DejaVuSans",
+    "DejaVuSans-Bold",
+    "DejaVuSans-Oblique",
+    "DejaVuSans-BoldOblique",
+    "DejaVuSerif",
+    "DejaVuSerif-Bold",
+    "DejaVuSerif-Italic",
+    "DejaVuSerif-BoldItalic",
+    "DejaVuSansMono",
+    "DejaVuSansMono-Bold",
+    "DejaVuSansMono-Oblique",
+    "DejaVuSansMono-BoldOblique",
+    "STIXGeneral",
+    "STIXGeneralBol",
+    "STIXGeneralItalic",
+    "STIXGeneralBolIta",
+    "cmr10",
+    "cmb10",
+    "cmss10",
+    "cmti10",
+    "cmtt10",
+    "cmmi10",
+    "cmsy10",
 )
 
 # (first, last, group): the Unicode ranges classes are drawn from, grouped like Omniglot alphabets.
 BLOCKS = (
-    (0x0021, 0x007E, "Latin"), (0x00A1, 0x024F, "Latin"), (0x0250, 0x02AF, "IPA"),
-    (0x0370, 0x03FF, "Greek"), (0x0400, 0x052F, "Cyrillic"), (0x0531, 0x058A, "Armenian"),
-    (0x05D0, 0x05EA, "Hebrew"), (0x0621, 0x064A, "Arabic"), (0x07C0, 0x07FF, "NKo"),
-    (0x0E81, 0x0EDF, "Lao"), (0x10A0, 0x10FF, "Georgian"), (0x1400, 0x167F, "Canadian Syllabics"),
-    (0x1680, 0x169F, "Ogham"), (0x16A0, 0x16FF, "Runic"), (0x20A0, 0x20CF, "Currency"),
-    (0x2100, 0x218F, "Letterlike"), (0x2190, 0x21FF, "Arrows"), (0x2200, 0x22FF, "Math"),
-    (0x2300, 0x23FF, "Technical"), (0x2500, 0x257F, "Box Drawing"), (0x25A0, 0x25FF, "Geometric Shapes"),
-    (0x2600, 0x26FF, "Symbols"), (0x2700, 0x27BF, "Dingbats"), (0x27C0, 0x27EF, "Math"),
-    (0x27F0, 0x27FF, "Arrows"), (0x2900, 0x297F, "Arrows"), (0x2980, 0x2AFF, "Math"),
-    (0x2B00, 0x2BFF, "Symbols"), (0x2C00, 0x2C5F, "Glagolitic"), (0x2D30, 0x2D7F, "Tifinagh"),
+    (0x0021, 0x007E, "Latin"),
+    (0x00A1, 0x024F, "Latin"),
+    (0x0250, 0x02AF, "IPA"),
+    (0x0370, 0x03FF, "Greek"),
+    (0x0400, 0x052F, "Cyrillic"),
+    (0x0531, 0x058A, "Armenian"),
+    (0x05D0, 0x05EA, "Hebrew"),
+    (0x0621, 0x064A, "Arabic"),
+    (0x07C0, 0x07FF, "NKo"),
+    (0x0E81, 0x0EDF, "Lao"),
+    (0x10A0, 0x10FF, "Georgian"),
+    (0x1400, 0x167F, "Canadian Syllabics"),
+    (0x1680, 0x169F, "Ogham"),
+    (0x16A0, 0x16FF, "Runic"),
+    (0x20A0, 0x20CF, "Currency"),
+    (0x2100, 0x218F, "Letterlike"),
+    (0x2190, 0x21FF, "Arrows"),
+    (0x2200, 0x22FF, "Math"),
+    (0x2300, 0x23FF, "Technical"),
+    (0x2500, 0x257F, "Box Drawing"),
+    (0x25A0, 0x25FF, "Geometric Shapes"),
+    (0x2600, 0x26FF, "Symbols"),
+    (0x2700, 0x27BF, "Dingbats"),
+    (0x27C0, 0x27EF, "Math"),
+    (0x27F0, 0x27FF, "Arrows"),
+    (0x2900, 0x297F, "Arrows"),
+    (0x2980, 0x2AFF, "Math"),
+    (0x2B00, 0x2BFF, "Symbols"),
+    (0x2C00, 0x2C5F, "Glagolitic"),
+    (0x2D30, 0x2D7F, "Tifinagh"),
     (0x10330, 0x1034F, "Gothic"),
 )
 
@@ -76,7 +115,7 @@ def _group(cp: int, block_group: str) -> str:
     return block_group
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _font_tables() -> dict:
     """{font: {code point: character to type}} for glyphs each font really has (non-empty, not .notdef).
 
@@ -88,7 +127,9 @@ def _font_tables() -> dict:
     from fontTools import agl
     from fontTools.ttLib import TTFont
 
-    logging.getLogger("fontTools.ttLib.tables._h_e_a_d").setLevel(logging.ERROR)  # TeX fonts: odd dates
+    logging.getLogger("fontTools.ttLib.tables._h_e_a_d").setLevel(
+        logging.ERROR
+    )  # TeX fonts: odd dates
 
     wanted = set()
     for lo, hi, _ in BLOCKS:
@@ -113,7 +154,7 @@ def _font_tables() -> dict:
     return tables
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _pil_font(name: str, size: int):
     from PIL import ImageFont
 
@@ -137,8 +178,15 @@ def _raster(font: str, char: str, canvas: int) -> np.ndarray | None:
     return ink if ink.sum() >= 2.0 else None
 
 
-def _warp(sources: np.ndarray, sizes: np.ndarray, which: np.ndarray, inv: np.ndarray, offset: np.ndarray,
-          disp: np.ndarray | None, canvas: int) -> np.ndarray:
+def _warp(
+    sources: np.ndarray,
+    sizes: np.ndarray,
+    which: np.ndarray,
+    inv: np.ndarray,
+    offset: np.ndarray,
+    disp: np.ndarray | None,
+    canvas: int,
+) -> np.ndarray:
     """Bilinear sampling of N warped glyphs at once -> (N, canvas, canvas) ink.
 
     ``sources`` (K, Hmax + 2, Wmax + 2) holds glyph k at [1:1+h, 1:1+w] (``sizes[k]`` = (h, w)), zero
@@ -172,7 +220,7 @@ def _stack(rasters: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     sizes = np.array([r.shape for r in rasters], dtype=np.intp)
     sources = np.zeros((len(rasters), sizes[:, 0].max() + 2, sizes[:, 1].max() + 2), np.float32)
     for k, r in enumerate(rasters):
-        sources[k, 1:1 + r.shape[0], 1:1 + r.shape[1]] = r
+        sources[k, 1 : 1 + r.shape[0], 1 : 1 + r.shape[1]] = r
     return sources, sizes
 
 
@@ -259,12 +307,12 @@ def _canonical(cp: int, fonts: tuple[str, ...], tables: dict) -> np.ndarray | No
 def _shape_distances(feats: np.ndarray) -> np.ndarray:
     """Pairwise |a - b|^2 / (|a|^2 + |b|^2) of flattened bitmaps: 0 = identical, 1 = no shared ink."""
     feats = feats.astype(np.float64)
-    sq = (feats ** 2).sum(1)
+    sq = (feats**2).sum(1)
     denom = sq[:, None] + sq[None, :] + 1e-9
     return np.maximum(denom - 2 * feats @ feats.T, 0.0) / denom
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def glyph_classes() -> tuple[tuple[int, str, tuple[str, ...]], ...]:
     """The deduplicated classes: (code point, group, fonts that have the glyph), in code point order.
 
@@ -296,11 +344,13 @@ def glyph_classes() -> tuple[tuple[int, str, tuple[str, ...]], ...]:
 
 
 def class_name(cp: int) -> str:
-    """"U+0041 LATIN CAPITAL LETTER A" (the character itself when Unicode has no name for it)."""
+    """ "U+0041 LATIN CAPITAL LETTER A" (the character itself when Unicode has no name for it)."""
     return f"U+{cp:04X} {unicodedata.name(chr(cp), chr(cp))}"
 
 
-def _render_class(cp: int, fonts: tuple[str, ...], samples: int, seed: int, canvas: int) -> np.ndarray:
+def _render_class(
+    cp: int, fonts: tuple[str, ...], samples: int, seed: int, canvas: int
+) -> np.ndarray:
     """(samples, canvas, canvas) float ink in [0, 1] for one class, from an RNG seeded by (seed, cp).
 
     Per sample: a random font having the glyph, fit to the canvas, then a random affine (rotation
@@ -312,7 +362,9 @@ def _render_class(cp: int, fonts: tuple[str, ...], samples: int, seed: int, canv
     font_choice = rng.integers(len(fonts), size=samples)
     rot = np.deg2rad(rng.uniform(-10, 10, size=samples))
     shear = rng.uniform(-0.15, 0.15, size=samples)
-    zoom = rng.uniform(0.8, 1.08, size=(samples, 1)) * np.exp(rng.uniform(-0.06, 0.06, size=(samples, 2)))
+    zoom = rng.uniform(0.8, 1.08, size=(samples, 1)) * np.exp(
+        rng.uniform(-0.06, 0.06, size=(samples, 2))
+    )
     shift = rng.uniform(-0.07, 0.07, size=(samples, 2)) * canvas
     noise = rng.uniform(-1, 1, size=(samples, 2, canvas, canvas)).astype(np.float32)
     amount = rng.uniform(0.01, 0.03, size=samples) * canvas  # RMS displacement, px
@@ -338,7 +390,7 @@ def _render_class(cp: int, fonts: tuple[str, ...], samples: int, seed: int, canv
     offset = sizes[which] / 2 - np.einsum("nij,nj->ni", inv, canvas / 2 + shift)
 
     disp = gaussian_smooth(noise, 0.09 * canvas)
-    rms = np.sqrt((disp ** 2).mean(axis=(1, 2, 3)))
+    rms = np.sqrt((disp**2).mean(axis=(1, 2, 3)))
     disp *= (amount / (rms + 1e-8)).astype(np.float32)[:, None, None, None]
     ink = _warp(sources, sizes, which, inv, offset, disp, canvas)
     return np.clip(_stroke(ink, delta), 0.0, 1.0)
@@ -351,8 +403,9 @@ def _to_pixels(ink: np.ndarray, image_size: int) -> np.ndarray:
     return np.clip(np.rint(small), 0, 255).astype(np.uint8)
 
 
-def _render(classes, image_size: int = 28, samples_per_class: int = 20, seed: int = 0,
-            progress=None) -> np.ndarray:
+def _render(
+    classes, image_size: int = 28, samples_per_class: int = 20, seed: int = 0, progress=None
+) -> np.ndarray:
     """Render ``classes`` (items of ``glyph_classes()``) -> uint8 (C, S, size, size); no caching.
 
     ``progress``: a ``metalite.common.progress.Progress`` told about every class rendered.
@@ -360,8 +413,10 @@ def _render(classes, image_size: int = 28, samples_per_class: int = 20, seed: in
     canvas = max(CANVAS, image_size)
     images = np.empty((len(classes), samples_per_class, image_size, image_size), np.uint8)
     with as_progress(progress).task("rendering glyphs", len(classes)) as task:
-        for k, (cp, _group_, fonts) in enumerate(classes):
-            images[k] = _to_pixels(_render_class(cp, fonts, samples_per_class, seed, canvas), image_size)
+        for k, (cp, _, fonts) in enumerate(classes):
+            images[k] = _to_pixels(
+                _render_class(cp, fonts, samples_per_class, seed, canvas), image_size
+            )
             task.advance(1)
     return images
 
@@ -372,28 +427,42 @@ def _cache_key(image_size: int, samples_per_class: int, seed: int) -> str:
     import PIL
     from PIL import features
 
-    spec = {"recipe": RECIPE_VERSION, "image_size": image_size, "samples": samples_per_class, "seed": seed,
-            "matplotlib": matplotlib.__version__, "pillow": PIL.__version__,
-            "freetype": features.version("freetype2"), "numpy": np.__version__.split(".")[0]}
+    spec = {
+        "recipe": RECIPE_VERSION,
+        "image_size": image_size,
+        "samples": samples_per_class,
+        "seed": seed,
+        "matplotlib": matplotlib.__version__,
+        "pillow": PIL.__version__,
+        "freetype": features.version("freetype2"),
+        "numpy": np.__version__.split(".")[0],
+    }
     digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
     return f"glyphs-r{RECIPE_VERSION}-{image_size}px-{samples_per_class}s-seed{seed}-{digest}.npz"
 
 
-def load_glyphs(image_size: int = 28, samples_per_class: int = 20, seed: int = 0, cache_dir=None,
-                progress=None):
+def load_glyphs(
+    image_size: int = 28, samples_per_class: int = 20, seed: int = 0, cache_dir=None, progress=None
+):
     """-> (images uint8 (C, S, H, W), class_names list[str] (e.g. "U+0041 LATIN CAPITAL LETTER A"), groups list[str])
 
     Renders every class of ``glyph_classes()`` once and caches the result as npz under ``cache_dir``
     (default ``metalite.common.files.cache_root("glyphs")``), written atomically.
     """
     if image_size < 1 or samples_per_class < 1:
-        raise ValueError(f"image_size and samples_per_class must be >= 1, got {image_size}, {samples_per_class}")
+        raise ValueError(
+            f"image_size and samples_per_class must be >= 1, got {image_size}, {samples_per_class}"
+        )
     root = Path(cache_dir) if cache_dir is not None else cache_root("glyphs")
     path = root / _cache_key(image_size, samples_per_class, seed)
     if path.exists():
         try:
             with np.load(path, allow_pickle=False) as z:
-                return z["images"], [str(s) for s in z["class_names"]], [str(s) for s in z["groups"]]
+                return (
+                    z["images"],
+                    [str(s) for s in z["class_names"]],
+                    [str(s) for s in z["groups"]],
+                )
         except (OSError, ValueError, KeyError):
             pass  # corrupt or foreign file: render again and overwrite it
     as_progress(progress).log(f"rendering the glyph dataset once (cached in {root})")
@@ -403,7 +472,12 @@ def load_glyphs(image_size: int = 28, samples_per_class: int = 20, seed: int = 0
     groups = [g for _, g, _ in classes]
     try:
         root.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, lambda f: np.savez(f, images=images, class_names=np.array(names), groups=np.array(groups)))
+        atomic_write(
+            path,
+            lambda f: np.savez(
+                f, images=images, class_names=np.array(names), groups=np.array(groups)
+            ),
+        )
     except OSError as e:  # a read-only cache must not stop training
         warnings.warn(f"could not cache glyphs in {root}: {e}", RuntimeWarning, stacklevel=2)
     return images, names, groups

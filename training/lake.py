@@ -11,6 +11,7 @@ runs).
 ``lake_error`` scores any ``classify(support_idx, labels, query_idx) -> predicted labels`` over them, so
 the same runs grade a Keras model directory and a bundle through the device runtime.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -33,8 +34,13 @@ def lake_alphabets(data: FewShotData, ways: int = LAKE_WAYS) -> list:
 PAIRINGS = ("character", "run")
 
 
-def lake_runs(data: FewShotData, runs: int = DEFAULT_RUNS, ways: int = LAKE_WAYS, seed: int = 0,
-              pairing: str = "character") -> list:
+def lake_runs(
+    data: FewShotData,
+    runs: int = DEFAULT_RUNS,
+    ways: int = LAKE_WAYS,
+    seed: int = 0,
+    pairing: str = "character",
+) -> list:
     """``runs`` (alphabet, support_idx, query_idx) triples; alphabets taken in turn, characters at random,
     and two distinct drawers at random for each character or (``pairing="run"``) for the whole run, among
     the people who drew every character of the run. Raises DataError when no alphabet fits."""
@@ -42,10 +48,14 @@ def lake_runs(data: FewShotData, runs: int = DEFAULT_RUNS, ways: int = LAKE_WAYS
         raise DataError(f"unknown drawer pairing {pairing!r}; choose one of {', '.join(PAIRINGS)}")
     alphabets = lake_alphabets(data, ways)
     if not alphabets:
-        raise DataError(f"{data.spec or 'data'}: no alphabet has {ways} characters drawn by at least two "
-                        f"people (Lake runs need Omniglot-style CCCC_DD.png file names)")
+        raise DataError(
+            f"{data.spec or 'data'}: no alphabet has {ways} characters drawn by at least two "
+            f"people (Lake runs need Omniglot-style CCCC_DD.png file names)"
+        )
     rng = np.random.default_rng(seed)
-    by_alphabet = {g: [c for c in range(data.num_classes) if data.groups[c] == g] for g in alphabets}
+    by_alphabet = {
+        g: [c for c in range(data.num_classes) if data.groups[c] == g] for g in alphabets
+    }
     out = []
     for r in range(runs):
         g = alphabets[r % len(alphabets)]
@@ -55,7 +65,11 @@ def lake_runs(data: FewShotData, runs: int = DEFAULT_RUNS, ways: int = LAKE_WAYS
         for c in chars:
             idx = data.indices_of(c)
             drawers = data.drawers[idx]
-            a, b = pair if pair is not None else rng.choice(np.unique(drawers[drawers >= 0]), 2, replace=False)
+            a, b = (
+                pair
+                if pair is not None
+                else rng.choice(np.unique(drawers[drawers >= 0]), 2, replace=False)
+            )
             s_idx.append(rng.choice(idx[drawers == a]))
             q_idx.append(rng.choice(idx[drawers == b]))
         out.append((g, np.array(s_idx), np.array(q_idx)))
@@ -69,8 +83,10 @@ def _run_drawers(data: FewShotData, chars: list, rng) -> tuple:
         d = set(int(x) for x in data.drawers[data.indices_of(c)]) - {-1}
         common = d if common is None else common & d
     if len(common) < 2:
-        raise DataError("pairing 'run' needs two people who drew every character of a run; "
-                        "this alphabet has fewer (use pairing 'character')")
+        raise DataError(
+            "pairing 'run' needs two people who drew every character of a run; "
+            "this alphabet has fewer (use pairing 'character')"
+        )
     a, b = rng.choice(sorted(common), 2, replace=False)
     return int(a), int(b)
 
@@ -94,14 +110,24 @@ def lake_error(classify, runs: list, progress=None) -> dict:
     by_alphabet = {g: round(float(np.mean(e)), 4) for g, e in sorted(per.items())}
     means = np.array(list(by_alphabet.values()))
     worst = max(by_alphabet, key=by_alphabet.get)
-    return {"protocol": "lake", "error": mean, "ci95": ci, "runs": len(runs), "ways": len(runs[0][1]),
-            "alphabets": by_alphabet,
-            "alphabets_ci95": {g: round(mean_ci95(e)[1], 4) for g, e in sorted(per.items())},
-            "alphabet_mean": float(means.mean()), "alphabet_sd": float(means.std(ddof=1)) if len(means) > 1 else 0.0,
-            "worst_alphabet": worst, "worst_error": by_alphabet[worst]}
+    return {
+        "protocol": "lake",
+        "error": mean,
+        "ci95": ci,
+        "runs": len(runs),
+        "ways": len(runs[0][1]),
+        "alphabets": by_alphabet,
+        "alphabets_ci95": {g: round(mean_ci95(e)[1], 4) for g, e in sorted(per.items())},
+        "alphabet_mean": float(means.mean()),
+        "alphabet_sd": float(means.std(ddof=1)) if len(means) > 1 else 0.0,
+        "worst_alphabet": worst,
+        "worst_error": by_alphabet[worst],
+    }
 
 
-def embedding_classifier(emb: np.ndarray, spec, steps: int | None = None, transductive: bool = False):
+def embedding_classifier(
+    emb: np.ndarray, spec, steps: int | None = None, transductive: bool = False
+):
     """classify() for ``lake_error`` from precomputed embeddings of every image (a model directory's
     Keras backbone), adapting the head exactly as ``metalite.runtime.head`` does on the device."""
     from metalite.runtime.head import adapt, refine
@@ -111,13 +137,16 @@ def embedding_classifier(emb: np.ndarray, spec, steps: int | None = None, transd
         if transductive:
             head = refine(head, emb[s_idx], labels, emb[q_idx], float(spec.adaptation["scale"]))
         return head.logits(emb[q_idx]).argmax(1)
+
     return classify
 
 
 def runtime_classifier(clf, images: np.ndarray, transductive: bool = False):
     """classify() for ``lake_error`` through the device runtime: ``clf.fit`` on the support drawings,
     ``clf.predict`` on the queries (``clf`` a ``FewShotClassifier``, ``images`` uint8 pixels, paper = 255)."""
+
     def classify(s_idx, labels, q_idx):
         clf.fit(images[s_idx], list(labels))
         return clf.predict(images[q_idx], transductive=transductive)
+
     return classify

@@ -6,6 +6,7 @@ averages of loss and query accuracy are updated, hooks run ``after_step``, progr
 ``run_episodes`` returns the mean loss/accuracy of the last 10% of its steps and the moving averages.
 A KeyboardInterrupt leaves the loop between or inside a step and is the caller's to handle.
 """
+
 from __future__ import annotations
 
 import math
@@ -57,8 +58,18 @@ class Hooks:
         return averages.status()
 
 
-def run_episodes(learner, sampler, steps: int, lr: float, *, start: int = 0, hooks: Hooks | None = None,
-                 update=None, progress=None, label: str = "meta-training") -> dict:
+def run_episodes(
+    learner,
+    sampler,
+    steps: int,
+    lr: float,
+    *,
+    start: int = 0,
+    hooks: Hooks | None = None,
+    update=None,
+    progress=None,
+    label: str = "meta-training",
+) -> dict:
     """Steps ``start`` .. ``steps - 1`` of episodic meta-learning with ``learner`` on ``sampler``'s episodes.
 
     ``update(sampler) -> {"loss", "acc"}`` makes one outer update (default: ``learner.train_step`` on one
@@ -77,7 +88,11 @@ def run_episodes(learner, sampler, steps: int, lr: float, *, start: int = 0, hoo
             averages.update(metrics)
             hooks.after_step(step + 1, metrics, averages)
             task.advance(1, hooks.status(averages))
-    tail = history[-max(1, len(history) // 10):]
-    return {"loss": float(np.mean([m["loss"] for m in tail])) if tail else float("nan"),
-            "acc": float(np.mean([m["acc"] for m in tail])) if tail else float("nan"),
-            "ema_loss": averages.loss, "ema_acc": averages.acc, "steps": len(history)}
+    tail = history[-max(1, len(history) // 10) :]
+    return {
+        "loss": float(np.mean([m["loss"] for m in tail])) if tail else float("nan"),
+        "acc": float(np.mean([m["acc"] for m in tail])) if tail else float("nan"),
+        "ema_loss": averages.loss,
+        "ema_acc": averages.acc,
+        "steps": len(history),
+    }

@@ -10,6 +10,7 @@ zeros). For "pqat", ``backbone.weights.h5`` holds the weights of the ``quantize_
 is rebuilt deterministically: float backbone from the config, pruned weights (PQAT derives its sparsity
 masks from their exact zeros when ``quantize_apply`` builds the model), ``quantize_pqat``, QAT weights.
 """
+
 from __future__ import annotations
 
 import json
@@ -35,7 +36,11 @@ def versions() -> dict:
 
     from metalite.export.tfcompat import tf
 
-    out = {"python": platform.python_version(), "numpy": np.__version__, "tensorflow": tf.__version__}
+    out = {
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "tensorflow": tf.__version__,
+    }
     try:
         from importlib.metadata import version
 
@@ -53,7 +58,9 @@ def head_spec_from_keras(head, activation: str, adaptation: dict) -> HeadSpec:
     return HeadSpec(weights, [activation] * len(weights), dict(adaptation))
 
 
-def save_model_dir(out: Path, config: dict, backbone, head_spec: HeadSpec, extra_files=None) -> Path:
+def save_model_dir(
+    out: Path, config: dict, backbone, head_spec: HeadSpec, extra_files=None
+) -> Path:
     """Write config.json, backbone.weights.h5 and head.npz into ``out`` (replacing it at the end).
 
     ``extra_files``: {name: source path} copied in too (e.g. a report). Checkpoints already in ``out``
@@ -82,16 +89,27 @@ def meta_from_config(cfg: dict) -> dict:
     """Manifest training/compression/accuracy sections from a model directory's config.json."""
     from metalite.training.datasets import describe_split, portable_spec
 
-    training = {"algorithm": cfg.get("algorithm"), "data": portable_spec(cfg.get("data")), **cfg.get("train", {}),
-                "backbone": cfg.get("backbone"), "seed": cfg.get("seed")}
-    compression = {"stage": cfg.get("stage", "float"), "pqat": cfg.get("stage") == "pqat",
-                   **cfg.get("compression", {})}
+    training = {
+        "algorithm": cfg.get("algorithm"),
+        "data": portable_spec(cfg.get("data")),
+        **cfg.get("train", {}),
+        "backbone": cfg.get("backbone"),
+        "seed": cfg.get("seed"),
+    }
+    compression = {
+        "stage": cfg.get("stage", "float"),
+        "pqat": cfg.get("stage") == "pqat",
+        **cfg.get("compression", {}),
+    }
     accuracy = {}
     val = (cfg.get("metrics") or {}).get("val")
     if isinstance(val, dict) and "mean" in val:
         key = f"{val.get('ways', '?')}way{val.get('shots', '?')}shot"
-        accuracy[key] = {**val, "data": describe_split(cfg.get("data"), "val"),
-                         "measured": "Keras model during training"}
+        accuracy[key] = {
+            **val,
+            "data": describe_split(cfg.get("data"), "val"),
+            "measured": "Keras model during training",
+        }
     for k, v in (cfg.get("metrics") or {}).items():
         if k not in ("val", "step", "history") and isinstance(v, dict) and "mean" in v:
             accuracy[k] = v
@@ -111,7 +129,9 @@ def read_config(path) -> dict:
     except (ValueError, UnicodeDecodeError) as e:
         raise ModelDirError(f"{cfg_file}: corrupt JSON ({e})") from None
     if cfg.get("format") != MODEL_FORMAT:
-        raise ModelDirError(f"{cfg_file}: not a metalite model config (format={cfg.get('format')!r})")
+        raise ModelDirError(
+            f"{cfg_file}: not a metalite model config (format={cfg.get('format')!r})"
+        )
     if cfg.get("format_version") != MODEL_FORMAT_VERSION:
         raise ModelDirError(f"{cfg_file}: unsupported format_version {cfg.get('format_version')!r}")
     return cfg
@@ -133,7 +153,9 @@ def load_model_dir(path):
     cfg = read_config(path)
     stage = cfg.get("stage", "float")
     if stage not in STAGES:
-        raise ModelDirError(f"{path / 'config.json'}: unknown stage {stage!r} (expected float, pruned or pqat)")
+        raise ModelDirError(
+            f"{path / 'config.json'}: unknown stage {stage!r} (expected float, pruned or pqat)"
+        )
     backbone, _ = build_from_config(cfg)
     load_weights(backbone, path / ("backbone.weights.h5" if stage == "float" else PRUNED_WEIGHTS))
     if stage == "pqat":
@@ -173,7 +195,9 @@ def load_weights(model, path: Path) -> None:
     try:
         model.load_weights(str(path))
     except Exception as e:
-        raise ModelDirError(f"{path}: cannot load weights ({type(e).__name__}: {str(e)[:120]})") from None
+        raise ModelDirError(
+            f"{path}: cannot load weights ({type(e).__name__}: {str(e)[:120]})"
+        ) from None
 
 
 def load_head_checked(path: Path) -> HeadSpec:

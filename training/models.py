@@ -4,6 +4,7 @@
 ``build_head(cfg, embedding_dim)`` returns the hidden Dense layers as a keras Sequential. The
 per-task classifier is not a layer: it is built from prototypes (``metalite.runtime.head``).
 """
+
 from __future__ import annotations
 
 from metalite.export.tfcompat import keras
@@ -37,8 +38,10 @@ def conv_widths(cfg: dict) -> list:
         return plan
     widths = [int(w) for w in widths]
     if len(widths) != len(plan) or min(widths) < 1 or widths[-1] != d:
-        raise ValueError(f"backbone widths {widths} do not fit a {cfg['kind']} with embedding_dim {d} "
-                         f"(expected {len(plan)} positive widths ending in {d})")
+        raise ValueError(
+            f"backbone widths {widths} do not fit a {cfg['kind']} with embedding_dim {d} "
+            f"(expected {len(plan)} positive widths ending in {d})"
+        )
     return widths
 
 
@@ -53,13 +56,17 @@ def _conv4(inp, widths):
 def _dsconv(inp, widths):
     """Stem conv stride 2, then depthwise-separable blocks: every op (CONV_2D, DEPTHWISE_CONV_2D, ReLU6 folded,
     AVERAGE_POOL_2D, RESHAPE) maps onto the Edge TPU when quantized to int8 with static shapes."""
-    x = keras.layers.Conv2D(widths[0], 3, strides=2, padding="same", use_bias=False, name="stem_conv")(inp)
+    x = keras.layers.Conv2D(
+        widths[0], 3, strides=2, padding="same", use_bias=False, name="stem_conv"
+    )(inp)
     x = keras.layers.BatchNormalization(momentum=BN_MOMENTUM, name="stem_bn")(x)
     x = keras.layers.ReLU(6.0, name="stem_relu")(x)
     plan = list(zip(widths[1:], (1, 2, 1, 2)))
     for i, (f, s) in enumerate(plan):
         n = f"ds{i + 1}"
-        x = keras.layers.DepthwiseConv2D(3, strides=s, padding="same", use_bias=False, name=f"{n}_dw")(x)
+        x = keras.layers.DepthwiseConv2D(
+            3, strides=s, padding="same", use_bias=False, name=f"{n}_dw"
+        )(x)
         x = keras.layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{n}_dwbn")(x)
         x = keras.layers.ReLU(6.0, name=f"{n}_dwrelu")(x)
         x = keras.layers.Conv2D(f, 1, use_bias=False, name=f"{n}_pw")(x)
@@ -68,7 +75,7 @@ def _dsconv(inp, widths):
     return x
 
 
-def build_backbone(cfg: dict, input_shape=(28, 28, 1)) -> "keras.Model":
+def build_backbone(cfg: dict, input_shape=(28, 28, 1)) -> keras.Model:
     """Backbone from ``cfg`` ({"kind", "filters", "embedding_dim"}, optional "widths"); output is a flat embedding."""
     cfg = {**DEFAULT_BACKBONE, **(cfg or {})}
     if cfg["kind"] not in BACKBONES:
@@ -83,11 +90,13 @@ def build_backbone(cfg: dict, input_shape=(28, 28, 1)) -> "keras.Model":
     return keras.Model(inp, x, name=f"backbone_{cfg['kind']}")
 
 
-def build_head(cfg: dict, embedding_dim: int) -> "keras.Sequential":
+def build_head(cfg: dict, embedding_dim: int) -> keras.Sequential:
     """The meta-learned hidden Dense layers of the head (may be empty)."""
     cfg = {**DEFAULT_HEAD, **(cfg or {})}
-    layers = [keras.layers.Dense(int(u), activation=cfg["activation"], name=f"head_dense{i}")
-              for i, u in enumerate(cfg["hidden"])]
+    layers = [
+        keras.layers.Dense(int(u), activation=cfg["activation"], name=f"head_dense{i}")
+        for i, u in enumerate(cfg["hidden"])
+    ]
     head = keras.Sequential(layers, name="head")
     head.build((None, int(embedding_dim)))
     return head

@@ -9,6 +9,7 @@
   quantization): what ``backbone.tflite`` approximates, in float32.
 - ``weight_report``: per weight tensor of a plain backbone, its size and exact-zero sparsity.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -19,8 +20,9 @@ PRUNABLE = ("Conv2D", "DepthwiseConv2D", "Dense")
 
 
 def _tfmot():
-    from metalite.export.tfcompat import tf  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TF-MOT imports keras)
     import tensorflow_model_optimization as tfmot
+
+    from metalite.export.tfcompat import tf  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TF-MOT imports keras)
 
     return tfmot
 
@@ -42,8 +44,9 @@ def pruning_schedule(sparsity: float, steps: int):
     end = max(1, (2 * steps) // 3)
     freq = max(1, end // 10)
     end = max(freq, (end // freq) * freq)
-    return tfmot.sparsity.keras.PolynomialDecay(0.0, float(sparsity), begin_step=0, end_step=end,
-                                                 power=3, frequency=freq)
+    return tfmot.sparsity.keras.PolynomialDecay(
+        0.0, float(sparsity), begin_step=0, end_step=end, power=3, frequency=freq
+    )
 
 
 def prune_wrap(backbone, sparsity: float, steps: int):
@@ -68,7 +71,9 @@ def prune_wrap(backbone, sparsity: float, steps: int):
 
 def _prune_wrappers(model):
     _tfmot()
-    from tensorflow_model_optimization.python.core.sparsity.keras.pruning_wrapper import PruneLowMagnitude
+    from tensorflow_model_optimization.python.core.sparsity.keras.pruning_wrapper import (
+        PruneLowMagnitude,
+    )
 
     return [l for l in model.layers if isinstance(l, PruneLowMagnitude)]
 
@@ -131,8 +136,14 @@ def float_twin(qat_model, float_backbone):
     for target in float_backbone.layers:
         if not target.weights:
             continue
-        wrapper = qat_model.get_layer(f"quant_{target.name}")  # QuantizeWrapper: owns the layer's weights
-        own = {w.name.split(":")[0]: w.numpy() for w in wrapper.weights if w.name.startswith(f"{target.name}/")}
+        wrapper = qat_model.get_layer(
+            f"quant_{target.name}"
+        )  # QuantizeWrapper: owns the layer's weights
+        own = {
+            w.name.split(":")[0]: w.numpy()
+            for w in wrapper.weights
+            if w.name.startswith(f"{target.name}/")
+        }
         if target.name in kernels:
             own[f"{target.name}/{_kernel_names(target)[0]}"] = kernels[target.name]
         target.set_weights([own[w.name.split(":")[0]] for w in target.weights])
@@ -147,7 +158,15 @@ def weight_report(float_backbone) -> list:
         for w in layer.weights:
             a = w.numpy()
             short = w.name.split("/")[-1].split(":")[0]
-            rows.append({"name": f"{layer.name}/{short}", "shape": list(a.shape), "weights": int(a.size),
-                         "zeros": int(np.sum(a == 0)), "sparsity": float(np.mean(a == 0)) if a.size else 0.0,
-                         "pruned": short in prunable, "trainable": bool(w.trainable)})
+            rows.append(
+                {
+                    "name": f"{layer.name}/{short}",
+                    "shape": list(a.shape),
+                    "weights": int(a.size),
+                    "zeros": int(np.sum(a == 0)),
+                    "sparsity": float(np.mean(a == 0)) if a.size else 0.0,
+                    "pruned": short in prunable,
+                    "trainable": bool(w.trainable),
+                }
+            )
     return rows

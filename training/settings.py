@@ -8,6 +8,7 @@ data (augmentation, rotations); a resumed run keeps the settings saved in its ru
 grow, ``strategy`` may change). ``ways`` left unset is decided once the training data is loaded
 (``default_ways``). The CLI takes its choices and defaults from here.
 """
+
 from __future__ import annotations
 
 import json
@@ -43,8 +44,10 @@ def check_supported(strategy: str, algorithm: str) -> None:
     if strategy not in STRATEGIES:
         raise StrategyError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
     if strategy != "default" and algorithm not in SUPPORTED_ALGORITHMS:
-        raise StrategyError(f"--strategy {strategy} supports {' and '.join(SUPPORTED_ALGORITHMS)} only: {algorithm} "
-                            f"runs an eager inner loop that moves the shared weights; use --strategy default")
+        raise StrategyError(
+            f"--strategy {strategy} supports {' and '.join(SUPPORTED_ALGORITHMS)} only: {algorithm} "
+            f"runs an eager inner loop that moves the shared weights; use --strategy default"
+        )
 
 
 def hparams_of(algorithm: str, hparams: dict | None = None) -> dict:
@@ -52,7 +55,7 @@ def hparams_of(algorithm: str, hparams: dict | None = None) -> dict:
     return {**DEFAULT_HPARAMS[algorithm], **(hparams or {})}
 
 
-def resolve(out, settings, resume: bool = False) -> "TrainSettings":
+def resolve(out, settings, resume: bool = False) -> TrainSettings:
     """``settings`` (a ``TrainSettings`` or a dict of its fields, None values meaning the default) with what
     depends on the data filled in, or the run saved in ``out`` for ``resume`` (``steps`` and ``strategy`` of
     ``settings`` may override it)."""
@@ -65,11 +68,17 @@ def resolve(out, settings, resume: bool = False) -> "TrainSettings":
             saved = TrainSettings.from_json(json.loads(run_file.read_text()))
         except ValueError as e:
             raise ModelDirError(f"{run_file}: corrupt JSON ({e})") from None
-        return replace(saved, steps=max(given.get("steps") or 0, saved.steps),
-                       **({"strategy": given["strategy"]} if given.get("strategy") else {}))
+        return replace(
+            saved,
+            steps=max(given.get("steps") or 0, saved.steps),
+            **({"strategy": given["strategy"]} if given.get("strategy") else {}),
+        )
     s = TrainSettings(**{k: v for k, v in given.items() if v is not None})
-    return replace(s, augment=default_augment(s.data) if s.augment is None else s.augment,
-                   rotations=parse_spec(s.data)[0] == "omniglot" if s.rotations is None else s.rotations)
+    return replace(
+        s,
+        augment=default_augment(s.data) if s.augment is None else s.augment,
+        rotations=parse_spec(s.data)[0] == "omniglot" if s.rotations is None else s.rotations,
+    )
 
 
 def default_augment(spec: str) -> dict:
@@ -80,7 +89,7 @@ def default_augment(spec: str) -> dict:
     return found.augment() if found is not None else dict(DEFAULT_AUGMENT)
 
 
-def default_ways(s: "TrainSettings", train_data) -> int:
+def default_ways(s: TrainSettings, train_data) -> int:
     """``s.ways``, or when unset as many training classes as can fill an episode, at most MAX_DEFAULT_WAYS."""
     if s.ways is not None:
         return int(s.ways)
@@ -88,8 +97,17 @@ def default_ways(s: "TrainSettings", train_data) -> int:
 
 
 BACKBONES = ("conv4", "dsconv")
-COUNTS = ("image_size", "shots", "queries", "steps", "val_every", "val_episodes", "val_ways", "val_shots",
-          "checkpoint_every")  # each at least 1
+COUNTS = (
+    "image_size",
+    "shots",
+    "queries",
+    "steps",
+    "val_every",
+    "val_episodes",
+    "val_ways",
+    "val_shots",
+    "checkpoint_every",
+)  # each at least 1
 
 
 DEFAULT_BACKBONE = {"kind": "conv4", "filters": 64, "embedding_dim": 64}
@@ -140,13 +158,19 @@ class TrainSettings:
     checkpoint_every: int = 1000
     strategy: str = "default"
     channels: int | None = None
-    split_seed: int = 0  # which classes (alphabets) are held out: another seed is another fold of the same data
-    init: str | None = None  # a float model directory a fine-tuning run starts from (``metalite fleet update``)
+    split_seed: int = (
+        0  # which classes (alphabets) are held out: another seed is another fold of the same data
+    )
+    init: str | None = (
+        None  # a float model directory a fine-tuning run starts from (``metalite fleet update``)
+    )
 
     def __post_init__(self):
         parse_spec(self.data)  # DataError naming the spec
         if self.algorithm not in ALGORITHMS:
-            raise SettingsError(f"unknown algorithm {self.algorithm!r}; choose one of {', '.join(ALGORITHMS)}")
+            raise SettingsError(
+                f"unknown algorithm {self.algorithm!r}; choose one of {', '.join(ALGORITHMS)}"
+            )
         check_supported(self.strategy, self.algorithm)
         if self.augment is not None:
             try:
@@ -166,18 +190,26 @@ class TrainSettings:
             raise SettingsError(f"--ways must be an integer of at least 2, got {self.ways!r}")
         for key in ("seed", "split_seed"):
             if not _is_int(getattr(self, key)):
-                raise SettingsError(f"--{key.replace('_', '-')} must be an integer, got {getattr(self, key)!r}")
+                raise SettingsError(
+                    f"--{key.replace('_', '-')} must be an integer, got {getattr(self, key)!r}"
+                )
         if isinstance(self.within_alphabet, bool):  # older runs stored a bool
             object.__setattr__(self, "within_alphabet", float(self.within_alphabet))
         if not (isinstance(self.within_alphabet, (int, float)) and 0 <= self.within_alphabet <= 1):
-            raise SettingsError(f"--within-alphabet must be a fraction in [0, 1], got {self.within_alphabet!r}")
+            raise SettingsError(
+                f"--within-alphabet must be a fraction in [0, 1], got {self.within_alphabet!r}"
+            )
         object.__setattr__(self, "within_alphabet", float(self.within_alphabet))
         if self.rotations not in (None, True, False):
             raise SettingsError(f"rotations must be true, false or null, got {self.rotations!r}")
         self._check_model()
-        if not isinstance(self.hparams, dict) or set(self.hparams) - set(DEFAULT_HPARAMS[self.algorithm]):
-            raise SettingsError(f"hparams {self.hparams!r}: {self.algorithm} takes "
-                                f"{', '.join(DEFAULT_HPARAMS[self.algorithm])}")
+        if not isinstance(self.hparams, dict) or set(self.hparams) - set(
+            DEFAULT_HPARAMS[self.algorithm]
+        ):
+            raise SettingsError(
+                f"hparams {self.hparams!r}: {self.algorithm} takes "
+                f"{', '.join(DEFAULT_HPARAMS[self.algorithm])}"
+            )
 
     def _check_model(self) -> None:
         """Backbone and head configs: what they give is checked, what they leave out takes the defaults."""
@@ -186,12 +218,16 @@ class TrainSettings:
             raise SettingsError(f"backbone {b!r}: kind must be one of {', '.join(BACKBONES)}")
         for key in ("filters", "embedding_dim"):
             if key in b and not (_is_int(b[key]) and b[key] >= 1):
-                raise SettingsError(f"backbone {key} must be an integer of at least 1, got {b[key]!r}")
+                raise SettingsError(
+                    f"backbone {key} must be an integer of at least 1, got {b[key]!r}"
+                )
         hidden = h.get("hidden", DEFAULT_HEAD["hidden"]) if isinstance(h, dict) else None
         if not isinstance(hidden, list) or not all(_is_int(u) and u >= 1 for u in hidden):
             raise SettingsError(f"head {h!r}: hidden must be a list of widths of at least 1")
         if h.get("activation", DEFAULT_HEAD["activation"]) not in ACTIVATIONS:
-            raise SettingsError(f"head activation {h.get('activation')!r}; choose one of {', '.join(ACTIVATIONS)}")
+            raise SettingsError(
+                f"head activation {h.get('activation')!r}; choose one of {', '.join(ACTIVATIONS)}"
+            )
 
     def __getitem__(self, key: str):
         """``s["steps"]`` reads like ``s.steps`` (a run's settings were a dict before they had a type)."""
@@ -199,7 +235,7 @@ class TrainSettings:
             raise KeyError(key)
         return getattr(self, key)
 
-    def replace(self, **changes) -> "TrainSettings":
+    def replace(self, **changes) -> TrainSettings:
         """A copy with ``changes``, checked again."""
         return replace(self, **changes)
 
@@ -213,13 +249,15 @@ class TrainSettings:
         return json.loads(json.dumps(asdict(self)))
 
     @classmethod
-    def from_json(cls, d: dict) -> "TrainSettings":
+    def from_json(cls, d: dict) -> TrainSettings:
         """The settings ``to_json`` wrote (fields it lacks take their defaults: older run files)."""
         if not isinstance(d, dict):
             raise SettingsError(f"run settings must be a JSON object, got {type(d).__name__}")
         unknown = sorted(set(d) - _FIELDS)
         if unknown:
-            raise SettingsError(f"unknown run settings {', '.join(unknown)}; known: {', '.join(sorted(_FIELDS))}")
+            raise SettingsError(
+                f"unknown run settings {', '.join(unknown)}; known: {', '.join(sorted(_FIELDS))}"
+            )
         return cls(**d)
 
 
@@ -235,4 +273,7 @@ def check_out(out, resume: bool = False, overwrite: bool = True) -> None:
         return
     refusal = replace_refusal(out, overwrite, "config.json", "model directory")
     if refusal:
-        raise ModelDirError(refusal + ("" if overwrite or "--force" not in refusal else " (or --resume to continue it)"))
+        raise ModelDirError(
+            refusal
+            + ("" if overwrite or "--force" not in refusal else " (or --resume to continue it)")
+        )

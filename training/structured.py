@@ -31,6 +31,7 @@ conv4 with 38 or 40 filters per layer is exactly as fast as with 48 (1.6x over 6
 time moves in steps of 16 channels, so ``multiple`` (``--structured-multiple``, default 16) rounds every
 kept count to the nearest multiple; fewer filters than that would cost accuracy and buy no time.
 """
+
 from __future__ import annotations
 
 import math
@@ -56,7 +57,9 @@ class Group:
     conv: str
     bn: str | None
     width: int
-    consumers: list = field(default_factory=list)  # (layer name, kind) with kind "dw", "dwbn" or "conv"
+    consumers: list = field(
+        default_factory=list
+    )  # (layer name, kind) with kind "dw", "dwbn" or "conv"
 
 
 def channel_groups(backbone) -> list:
@@ -77,8 +80,10 @@ def channel_groups(backbone) -> list:
             else:
                 g.consumers.append((layer.name, "dwbn"))
         elif kind in ("Dense", "Conv1D", "Conv3D", "SeparableConv2D", "Add", "Concatenate"):
-            raise StructuredError(f"structured pruning handles chains of Conv2D/DepthwiseConv2D/BatchNorm; "
-                                  f"layer {layer.name} is a {kind}")
+            raise StructuredError(
+                f"structured pruning handles chains of Conv2D/DepthwiseConv2D/BatchNorm; "
+                f"layer {layer.name} is a {kind}"
+            )
     if len(groups) < 2:
         raise StructuredError("the backbone has fewer than two conv layers: nothing to thin")
     return groups
@@ -92,7 +97,9 @@ def filter_scores(backbone, groups, score: str) -> list:
     for g in groups[:-1]:
         if score == "bn":
             if g.bn is None:
-                raise StructuredError(f"{g.conv} has no BatchNorm after it: score 'bn' needs one (use 'l1')")
+                raise StructuredError(
+                    f"{g.conv} has no BatchNorm after it: score 'bn' needs one (use 'l1')"
+                )
             s = np.abs(backbone.get_layer(g.bn).gamma.numpy())
         else:
             k = backbone.get_layer(g.conv).kernel.numpy()
@@ -107,10 +114,13 @@ def parse_fractions(value) -> list | float:
     try:
         out = [float(v) for v in items]
     except ValueError:
-        raise StructuredError(f"--structured must be a fraction or a comma-separated list of them, got {value!r}") \
-            from None
+        raise StructuredError(
+            f"--structured must be a fraction or a comma-separated list of them, got {value!r}"
+        ) from None
     if not out or any(not 0.0 <= f < 1.0 or math.isnan(f) for f in out):
-        raise StructuredError(f"--structured must be in [0, 1) (fraction of filters removed), got {value}")
+        raise StructuredError(
+            f"--structured must be in [0, 1) (fraction of filters removed), got {value}"
+        )
     return out[0] if len(out) == 1 and not isinstance(value, (list, tuple)) else out
 
 
@@ -148,7 +158,9 @@ def _global_counts(scores: list, fraction: float) -> list:
     keep_total = max(sum(floor), int(round(total * (1.0 - fraction))))
     counts = list(floor)
     # the best filters beyond each group's floor, ranked together
-    extra = sorted(((r[j], gi) for gi, r in enumerate(rel) for j in np.argsort(-r)[floor[gi]:]), reverse=True)
+    extra = sorted(
+        ((r[j], gi) for gi, r in enumerate(rel) for j in np.argsort(-r)[floor[gi] :]), reverse=True
+    )
     for _, gi in extra[: keep_total - sum(floor)]:
         counts[gi] += 1
     return counts
@@ -190,11 +202,21 @@ def recalibrate_bn(backbone, images, batch: int = 128, rounds: int = 40, seed: i
     rng = np.random.default_rng(seed)
     x = np.asarray(images, np.float32)
     for _ in range(rounds):
-        backbone(tf.constant(x[rng.choice(len(x), min(batch, len(x)), replace=False)]), training=True)
+        backbone(
+            tf.constant(x[rng.choice(len(x), min(batch, len(x)), replace=False)]), training=True
+        )
 
 
-def thin_backbone(backbone, backbone_cfg: dict, input_shape, fraction: float, score: str = "l1",
-                  scope: str = "layer", calibration=None, multiple: int = 1):
+def thin_backbone(
+    backbone,
+    backbone_cfg: dict,
+    input_shape,
+    fraction: float,
+    score: str = "l1",
+    scope: str = "layer",
+    calibration=None,
+    multiple: int = 1,
+):
     """(thinner backbone with the kept filters' weights, its backbone config with ``widths``, summary).
 
     ``fraction`` of the filters of every conv layer but the embedding layer is removed (a list: one
@@ -206,7 +228,9 @@ def thin_backbone(backbone, backbone_cfg: dict, input_shape, fraction: float, sc
     groups = channel_groups(backbone)
     before = [g.width for g in groups]
     if before != conv_widths(backbone_cfg):
-        raise StructuredError(f"backbone widths {before} do not match its config {conv_widths(backbone_cfg)}")
+        raise StructuredError(
+            f"backbone widths {before} do not match its config {conv_widths(backbone_cfg)}"
+        )
     scores = filter_scores(backbone, groups, score)
     keep = select_filters(scores, fraction, scope, multiple)
     widths = [len(k) for k in keep] + [before[-1]]
@@ -216,8 +240,15 @@ def thin_backbone(backbone, backbone_cfg: dict, input_shape, fraction: float, sc
     if calibration is not None and widths != before:
         recalibrate_bn(thin, calibration)
     removed = int(sum(before) - sum(widths))
-    summary = {"fraction": removed / sum(before[:-1]), "requested": fraction, "score": score, "scope": scope,
-               "multiple": int(multiple),
-               "widths_before": before, "widths": widths, "filters_removed": removed,
-               "filters_prunable": int(sum(before[:-1]))}
+    summary = {
+        "fraction": removed / sum(before[:-1]),
+        "requested": fraction,
+        "score": score,
+        "scope": scope,
+        "multiple": int(multiple),
+        "widths_before": before,
+        "widths": widths,
+        "filters_removed": removed,
+        "filters_prunable": int(sum(before[:-1])),
+    }
     return thin, cfg, summary

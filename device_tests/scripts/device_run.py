@@ -10,6 +10,7 @@ Writes OUT/result.json (labels, timings, peak memory, interpreter, TF check, sta
 OUT/result.npz (probabilities and embeddings of the query images) and, unless --skip-extras, OUT/state.npz
 (the saved state).
 """
+
 import argparse
 import json
 import os
@@ -49,18 +50,29 @@ def tf_check():
 
     return {
         "tensorflow_importable": importlib.util.find_spec("tensorflow") is not None,
-        "tf_modules_loaded": sorted(m for m in sys.modules if m == "tensorflow" or m.startswith("tensorflow.")
-                                    or m == "keras" or m.startswith("keras.") or m == "tf_keras"),
+        "tf_modules_loaded": sorted(
+            m
+            for m in sys.modules
+            if m == "tensorflow"
+            or m.startswith("tensorflow.")
+            or m == "keras"
+            or m.startswith("keras.")
+            or m == "tf_keras"
+        ),
     }
 
 
 def run_cli(argv, env=None):
     exe = os.path.join(os.path.dirname(sys.executable), "metalite")
     t = time.perf_counter()
-    p = subprocess.run([exe] + argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True,
-                       env=env)
-    return {"argv": argv, "returncode": p.returncode, "stdout": p.stdout, "stderr": p.stderr,
-            "seconds": time.perf_counter() - t}
+    p = subprocess.run([exe] + argv, capture_output=True, text=True, env=env)
+    return {
+        "argv": argv,
+        "returncode": p.returncode,
+        "stdout": p.stdout,
+        "stderr": p.stderr,
+        "seconds": time.perf_counter() - t,
+    }
 
 
 def main():
@@ -70,8 +82,12 @@ def main():
     ap.add_argument("--out", required=True)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--delegate", default="cpu")
-    ap.add_argument("--cli-task", default=None, help="task folder (support/, query/) for the CLI round")
-    ap.add_argument("--skip-extras", action="store_true", help="only fit + predict (memory profiles)")
+    ap.add_argument(
+        "--cli-task", default=None, help="task folder (support/, query/) for the CLI round"
+    )
+    ap.add_argument(
+        "--skip-extras", action="store_true", help="only fit + predict (memory profiles)"
+    )
     a = ap.parse_args()
     os.makedirs(a.out, exist_ok=True)
     res = {"python": sys.version.split()[0], "machine": platform.machine(), "argv": sys.argv[1:]}
@@ -94,7 +110,7 @@ def main():
         t = time.perf_counter()
         clf = FewShotClassifier(a.bundle, num_threads=a.threads, delegate=a.delegate)
         res["open_seconds"] = time.perf_counter() - t
-    res["warnings"] = ["%s: %s" % (w.category.__name__, w.message) for w in caught]
+    res["warnings"] = [f"{w.category.__name__}: {w.message}" for w in caught]
     res["backend"], res["device"] = clf.backend, clf.device
     res["acceleration"] = clf.acceleration.as_dict()
     try:
@@ -118,7 +134,10 @@ def main():
     res["classes"] = clf.classes
     proba = clf.predict_proba(qx)
     pred = clf.predict(qx)
-    assert proba.shape == (len(qx), len(set(sy))) and proba.dtype == np.float32, (proba.shape, proba.dtype)
+    assert proba.shape == (len(qx), len(set(sy))) and proba.dtype == np.float32, (
+        proba.shape,
+        proba.dtype,
+    )
     assert np.allclose(proba.sum(axis=1), 1.0, atol=1e-4)
     assert pred == [clf.classes[i] for i in proba.argmax(axis=1)]
     res["pred"] = pred
@@ -163,17 +182,27 @@ def main():
         predict = run_cli(["predict", a.bundle, "--state", st] + paths + ["--json"])
         verbose = run_cli(["predict", a.bundle, "--state", st, paths[0], "--verbose"])
         # the API on the same files (decoded by Pillow, like the CLI does)
-        res["api_pred_from_files"] = FewShotClassifier.load(a.bundle, st, num_threads=a.threads,
-                                                            delegate=a.delegate).predict(paths) \
-            if adapt["returncode"] == 0 and os.path.exists(st) else None
+        res["api_pred_from_files"] = (
+            FewShotClassifier.load(
+                a.bundle, st, num_threads=a.threads, delegate=a.delegate
+            ).predict(paths)
+            if adapt["returncode"] == 0 and os.path.exists(st)
+            else None
+        )
         res["cli"] = {"adapt": adapt, "predict": predict, "verbose": verbose, "paths": paths}
 
     res["total_seconds"] = time.perf_counter() - t_start
     np.savez(os.path.join(a.out, "result.npz"), proba=proba, embeddings=emb)
     with open(os.path.join(a.out, "result.json"), "w") as f:
         json.dump(res, f, indent=1)
-    print(json.dumps({k: res[k] for k in ("machine", "backend", "device", "ms_per_image", "peak_rss_mb",
-                                          "accuracy")}))
+    print(
+        json.dumps(
+            {
+                k: res[k]
+                for k in ("machine", "backend", "device", "ms_per_image", "peak_rss_mb", "accuracy")
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

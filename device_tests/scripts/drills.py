@@ -1,10 +1,11 @@
 """Failure drills on the device (plain python: numpy + metalite.runtime). One JSON line per command.
 
-    python drills.py open BUNDLE                      # open a (possibly broken) bundle
-    python drills.py save BUNDLE TASK STATE [EXTRA]   # fit (+EXTRA more classes), save; report errors
-    python drills.py load BUNDLE TASK STATE           # load a state, predict the queries
-    python drills.py save-loop BUNDLE TASK STATE      # add a class and save, forever (to be killed)
+python drills.py open BUNDLE                      # open a (possibly broken) bundle
+python drills.py save BUNDLE TASK STATE [EXTRA]   # fit (+EXTRA more classes), save; report errors
+python drills.py load BUNDLE TASK STATE           # load a state, predict the queries
+python drills.py save-loop BUNDLE TASK STATE      # add a class and save, forever (to be killed)
 """
+
 import json
 import sys
 import traceback
@@ -15,9 +16,15 @@ from metalite.runtime import FewShotClassifier, MetaliteError
 
 
 def error(e):
-    return {"ok": False, "error_type": type(e).__name__, "message": str(e), "errno": getattr(e, "errno", None),
-            "is_metalite_error": isinstance(e, MetaliteError), "is_oserror": isinstance(e, OSError),
-            "traceback_depth": len(traceback.extract_tb(e.__traceback__))}
+    return {
+        "ok": False,
+        "error_type": type(e).__name__,
+        "message": str(e),
+        "errno": getattr(e, "errno", None),
+        "is_metalite_error": isinstance(e, MetaliteError),
+        "is_oserror": isinstance(e, OSError),
+        "traceback_depth": len(traceback.extract_tb(e.__traceback__)),
+    }
 
 
 def task(path):
@@ -37,8 +44,10 @@ def main():
         sx, sy, qx = task(sys.argv[3])
         extra = int(sys.argv[5]) if len(sys.argv) > 5 else 0
         clf = FewShotClassifier(bundle, num_threads=1, delegate="cpu").fit(sx, sy)
-        for i in range(extra):  # more classes -> a bigger state file (support embeddings are stored)
-            clf.add_class(f"extra{i:03d}", qx[i % len(qx):i % len(qx) + 5])
+        for i in range(
+            extra
+        ):  # more classes -> a bigger state file (support embeddings are stored)
+            clf.add_class(f"extra{i:03d}", qx[i % len(qx) : i % len(qx) + 5])
         try:
             clf.save(sys.argv[4])
             out = {"ok": True, "classes": clf.classes, "proba": clf.predict_proba(qx).tolist()}
@@ -56,7 +65,7 @@ def main():
         clf = FewShotClassifier(bundle, num_threads=1, delegate="cpu").fit(sx, sy)
         i = 0
         while True:
-            clf.add_class(f"extra{i:03d}", qx[i % len(qx):i % len(qx) + 1])
+            clf.add_class(f"extra{i:03d}", qx[i % len(qx) : i % len(qx) + 1])
             clf.save(sys.argv[4])
             print(f"saved {i}", flush=True)
             i += 1

@@ -5,6 +5,7 @@
 TPU_BUNDLE carries backbone_edgetpu.tflite; libedgetpu is simply not installed (nothing is faked).
 Prints one JSON object with what each delegate setting did.
 """
+
 import ctypes.util
 import json
 import sys
@@ -21,19 +22,34 @@ def attempt(bundle, delegate):
         try:
             clf = FewShotClassifier(bundle, num_threads=2, delegate=delegate)
         except Exception as e:
-            return None, {"error_type": type(e).__name__, "message": str(e),
-                          "is_delegate_error": isinstance(e, DelegateError),
-                          "is_metalite_error": isinstance(e, MetaliteError),
-                          "warnings": [str(w.message) for w in caught]}
-    return clf, {"device": clf.device, "warnings": [
-        {"category": w.category.__name__, "message": str(w.message),
-         "is_fallback": issubclass(w.category, EdgeTPUFallbackWarning)} for w in caught]}
+            return None, {
+                "error_type": type(e).__name__,
+                "message": str(e),
+                "is_delegate_error": isinstance(e, DelegateError),
+                "is_metalite_error": isinstance(e, MetaliteError),
+                "warnings": [str(w.message) for w in caught],
+            }
+    return clf, {
+        "device": clf.device,
+        "warnings": [
+            {
+                "category": w.category.__name__,
+                "message": str(w.message),
+                "is_fallback": issubclass(w.category, EdgeTPUFallbackWarning),
+            }
+            for w in caught
+        ],
+    }
 
 
 def main():
     tpu, plain, task_path = sys.argv[1:4]
     task = np.load(task_path)
-    sx, sy, qx = task["support_images"], [str(s) for s in task["support_labels"]], task["query_images"]
+    sx, sy, qx = (
+        task["support_images"],
+        [str(s) for s in task["support_labels"]],
+        task["query_images"],
+    )
     out = {"libedgetpu_found": ctypes.util.find_library("edgetpu")}
     for name, bundle in (("tpu", tpu), ("plain", plain)):
         for delegate in ("auto", "cpu", "edgetpu"):

@@ -13,11 +13,18 @@
 Signatures are checked with ``cryptography`` (extra ``sync``), imported only then. docs/fleet.md has the
 flow, the home layout, the HTTP API and the security model.
 """
+
 from .agent import SyncResult, sync, upload_outbox
 from .classes import fetch_class, pull_class, share_class, shared_classes
 from .client import FleetClient
-from .errors import (BadAnswerError, ServerBusyError, ServerRefusedError, ServerUnreachableError, SyncError,
-                     UpdateRefusedError)
+from .errors import (
+    BadAnswerError,
+    ServerBusyError,
+    ServerRefusedError,
+    ServerUnreachableError,
+    SyncError,
+    UpdateRefusedError,
+)
 from .health import support_accuracy
 from .home import DeviceHome
 from .install import install_bundle
@@ -27,8 +34,27 @@ from .reporting import ReportingClassifier
 from .update import UpdateResult, apply_offer
 
 __all__ = [
-    "sync", "SyncResult", "upload_outbox", "share_class", "shared_classes", "fetch_class", "pull_class", "FleetClient", "DeviceHome", "Outbox", "ReportingClassifier",
-    "apply_offer", "UpdateResult", "install_bundle", "support_accuracy", "parse_public_key", "verify_release",
-    "SyncError", "ServerUnreachableError", "ServerRefusedError", "ServerBusyError", "BadAnswerError",
+    "sync",
+    "SyncResult",
+    "upload_outbox",
+    "share_class",
+    "shared_classes",
+    "fetch_class",
+    "pull_class",
+    "FleetClient",
+    "DeviceHome",
+    "Outbox",
+    "ReportingClassifier",
+    "apply_offer",
+    "UpdateResult",
+    "install_bundle",
+    "support_accuracy",
+    "parse_public_key",
+    "verify_release",
+    "SyncError",
+    "ServerUnreachableError",
+    "ServerRefusedError",
+    "ServerBusyError",
+    "BadAnswerError",
     "UpdateRefusedError",
 ]

@@ -3,6 +3,7 @@
 ``sync(home, server, token, public_key)`` is what ``metalite sync`` runs (from cron or a systemd timer).
 An unreachable server is not an error: the outbox stays as it is and the result says ``offline``.
 """
+
 from __future__ import annotations
 
 import platform
@@ -53,7 +54,9 @@ def _wire(example: dict) -> dict:
     return e
 
 
-def upload_outbox(outbox: Outbox, client: FleetClient, batch: int = UPLOAD_BATCH, say=None) -> tuple:
+def upload_outbox(
+    outbox: Outbox, client: FleetClient, batch: int = UPLOAD_BATCH, say=None
+) -> tuple:
     """Send the outbox in batches, oldest first; each batch leaves the outbox once the server acknowledged it.
 
     Returns:
@@ -71,7 +74,9 @@ def upload_outbox(outbox: Outbox, client: FleetClient, batch: int = UPLOAD_BATCH
         except ServerRefusedError as e:
             if e.status != 413 or batch == 1:
                 raise
-            batch = max(1, batch // 2)  # a server with a smaller body limit: smaller batches, not a stuck outbox
+            batch = max(
+                1, batch // 2
+            )  # a server with a smaller body limit: smaller batches, not a stuck outbox
             continue
         ids, n_stored, n_dup = answers.upload(answer, [r["id"] for r in rows])
         outbox.remove(ids)
@@ -98,19 +103,42 @@ def queue_support(home: DeviceHome, outbox: Outbox) -> int:
     return outbox.add_support(st.images, [st.classes[i] for i in st.support_labels], home.version)
 
 
-def _report(client: FleetClient, home: DeviceHome, result: UpdateResult | None, pending: int) -> None:
+def _report(
+    client: FleetClient, home: DeviceHome, result: UpdateResult | None, pending: int
+) -> None:
     cur_state = home.state_path() if home.version is not None else None
-    body = {"version": home.version, "pending": pending, "has_state": bool(cur_state and cur_state.is_file()),
-            "platform": f"{platform.system()} {platform.machine()} python {platform.python_version()}"}
+    body = {
+        "version": home.version,
+        "pending": pending,
+        "has_state": bool(cur_state and cur_state.is_file()),
+        "platform": f"{platform.system()} {platform.machine()} python {platform.python_version()}",
+    }
     if result is not None and result.status != "current":
-        body.update(event=result.status, offered=result.offered, reason=result.reason, health=result.health,
-                    seconds=result.seconds)
+        body.update(
+            event=result.status,
+            offered=result.offered,
+            reason=result.reason,
+            health=result.health,
+            seconds=result.seconds,
+        )
     client.call("POST", "/v1/report", body)
 
 
-def sync(home, server: str, token: str, public_key: bytes | None = None, allow_unsigned: bool = False,
-         allow_older: bool = False, max_drop: float | None = None, upload: bool = True, update: bool = True,
-         share_support: bool | None = None, delegate: str = "auto", timeout: float = 30.0, say=None) -> SyncResult:
+def sync(
+    home,
+    server: str,
+    token: str,
+    public_key: bytes | None = None,
+    allow_unsigned: bool = False,
+    allow_older: bool = False,
+    max_drop: float | None = None,
+    upload: bool = True,
+    update: bool = True,
+    share_support: bool | None = None,
+    delegate: str = "auto",
+    timeout: float = 30.0,
+    say=None,
+) -> SyncResult:
     """Sync one device home with the server.
 
     Args:
@@ -148,11 +176,22 @@ def sync(home, server: str, token: str, public_key: bytes | None = None, allow_u
             if update:
                 offer = client.call("GET", "/v1/releases/latest", missing_ok=True)
                 if offer is not None:  # apply_offer checks its shape (a bad one is refused, exit 3)
-                    result.update = apply_offer(home, client, offer, public_key, allow_unsigned, allow_older,
-                                                drop, delegate, say)
+                    result.update = apply_offer(
+                        home,
+                        client,
+                        offer,
+                        public_key,
+                        allow_unsigned,
+                        allow_older,
+                        drop,
+                        delegate,
+                        say,
+                    )
             result.pending = outbox.pending()
             _report(client, home, result.update, result.pending)
-        except ServerUnreachableError as e:  # also ServerBusyError (disk full, busy): try again next sync
+        except (
+            ServerUnreachableError
+        ) as e:  # also ServerBusyError (disk full, busy): try again next sync
             say(str(e))
             result.offline = True
             result.pending = outbox.pending()

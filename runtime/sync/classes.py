@@ -10,6 +10,7 @@ Images travel, not embeddings, so a class shared from one bundle version works o
 embeds them with its running backbone and adds the class through ``add_class`` (the same path as a class
 taught on the device). No TensorFlow, no retraining.
 """
+
 from __future__ import annotations
 
 import urllib.parse
@@ -23,7 +24,9 @@ from .errors import BadAnswerError, SyncError
 from .home import DeviceHome
 from .wire import WireError, decode_image, encode_image
 
-MAX_CLASS_ANSWER = 8 << 20  # bytes: a class of at most 2**21 pixels in base64 JSON (fleet.classes.MAX_CLASS_PIXELS)
+MAX_CLASS_ANSWER = (
+    8 << 20
+)  # bytes: a class of at most 2**21 pixels in base64 JSON (fleet.classes.MAX_CLASS_PIXELS)
 
 
 def _home(home) -> DeviceHome:
@@ -40,9 +43,13 @@ def class_images(home, name: str) -> np.ndarray:
         raise SyncError("this device has no learned classes yet (no saved state)")
     st = load_state(home.state_path())
     if name not in st.classes:
-        raise SyncError(f"this device has no class {short_repr(name)} (it has {len(st.classes)} classes)")
+        raise SyncError(
+            f"this device has no class {short_repr(name)} (it has {len(st.classes)} classes)"
+        )
     if st.images is None:
-        raise SyncError("the state keeps no support images (state format 1); teach the class again to share it")
+        raise SyncError(
+            "the state keeps no support images (state format 1); teach the class again to share it"
+        )
     return st.images[np.asarray(st.support_labels) == st.classes.index(name)]
 
 
@@ -60,8 +67,11 @@ def share_class(home, client, name: str, replace: bool = False) -> dict:
         raise SyncError(f"class {short_repr(name)} cannot be shared: {problem}")
     imgs = class_images(home, name)
     wire = [encode_image(i) for i in imgs]
-    return client.call("POST", "/v1/classes", {"name": name, "images": wire, "version": _home(home).version,
-                                               "replace": bool(replace)})
+    return client.call(
+        "POST",
+        "/v1/classes",
+        {"name": name, "images": wire, "version": _home(home).version, "replace": bool(replace)},
+    )
 
 
 def shared_classes(client) -> list:
@@ -75,17 +85,25 @@ def fetch_class(client, name: str):
     problem = class_name_problem(name)
     if problem:
         raise SyncError(f"no shared class can be named {short_repr(name)}: {problem}")
-    got = answers.shared_class(client.call("GET", "/v1/classes/" + urllib.parse.quote(name, safe=""),
-                                           max_bytes=MAX_CLASS_ANSWER), name)
+    got = answers.shared_class(
+        client.call(
+            "GET", "/v1/classes/" + urllib.parse.quote(name, safe=""), max_bytes=MAX_CLASS_ANSWER
+        ),
+        name,
+    )
     imgs = []
     for i, img in enumerate(got):
         try:
             imgs.append(decode_image(img))
         except WireError as e:
-            raise BadAnswerError(f"shared class {short_repr(name)}: image {i} is malformed ({e})") from None
+            raise BadAnswerError(
+                f"shared class {short_repr(name)}: image {i} is malformed ({e})"
+            ) from None
     if not imgs:
         raise SyncError(f"shared class {short_repr(name)} has no images")
-    return imgs if len({im.shape for im in imgs}) > 1 else np.stack(imgs)  # sizes differ: a list, as sent
+    return (
+        imgs if len({im.shape for im in imgs}) > 1 else np.stack(imgs)
+    )  # sizes differ: a list, as sent
 
 
 def pull_class(home, client, name: str, replace: bool = False, delegate: str = "auto") -> dict:
@@ -101,11 +119,17 @@ def pull_class(home, client, name: str, replace: bool = False, delegate: str = "
     clf = home.classifier(delegate=delegate)
     if name in clf.classes:
         if not replace:
-            raise SyncError(f"this device already has a class {short_repr(name)}; pass replace to use the shared one")
-        clf.remove_class(name)  # in memory only: the state on disk changes once, below, or not at all
+            raise SyncError(
+                f"this device already has a class {short_repr(name)}; pass replace to use the shared one"
+            )
+        clf.remove_class(
+            name
+        )  # in memory only: the state on disk changes once, below, or not at all
     clf.add_class(name, list(imgs))
     kept = clf.support_images()[name]  # the pixels the state keeps (resized if the bundles differ)
-    if kept is not None:  # on the server already: not to be sent again as this device's support images
+    if (
+        kept is not None
+    ):  # on the server already: not to be sent again as this device's support images
         home.outbox().mark_shared(kept, [name] * len(kept))
     home.save(clf)
     return {"name": name, "images": len(imgs), "classes": len(clf.classes)}

@@ -6,6 +6,7 @@ with the server's one-line reason), ``BadAnswerError`` (an answer that is too lo
 callers' checks, of the wrong shape) or, for downloads, ``UpdateRefusedError`` (truncated, too long or
 wrong sha256). Every read is bounded by what the answer can legitimately be.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -19,13 +20,27 @@ import urllib.request
 from pathlib import Path
 
 from ..names import terminal_safe
-from .errors import (BadAnswerError, ServerBusyError, ServerRefusedError, ServerUnreachableError, SyncError,
-                     UpdateRefusedError)
+from .errors import (
+    BadAnswerError,
+    ServerBusyError,
+    ServerRefusedError,
+    ServerUnreachableError,
+    SyncError,
+    UpdateRefusedError,
+)
 
 _CHUNK = 1 << 16
-MAX_ANSWER = 1 << 20  # bytes of a JSON answer unless the call says more (a shared class: ``classes.MAX_CLASS_ANSWER``)
+MAX_ANSWER = (
+    1 << 20
+)  # bytes of a JSON answer unless the call says more (a shared class: ``classes.MAX_CLASS_ANSWER``)
 _BUSY = (502, 503, 504, 507)  # the server cannot take it now: try again at the next sync
-_NETWORK_ERRORS = (urllib.error.URLError, http.client.HTTPException, ConnectionError, socket.timeout, TimeoutError)
+_NETWORK_ERRORS = (
+    urllib.error.URLError,
+    http.client.HTTPException,
+    ConnectionError,
+    socket.timeout,
+    TimeoutError,
+)
 
 
 def _detail(err: urllib.error.HTTPError) -> str:
@@ -71,13 +86,22 @@ class FleetClient:
             reason = getattr(e, "reason", None) or e
             raise ServerUnreachableError(f"cannot reach {self.server} ({reason})") from None
 
-    def call(self, method: str, path: str, payload=None, missing_ok: bool = False, max_bytes: int = MAX_ANSWER):
+    def call(
+        self,
+        method: str,
+        path: str,
+        payload=None,
+        missing_ok: bool = False,
+        max_bytes: int = MAX_ANSWER,
+    ):
         """Send JSON (or nothing), return the decoded JSON answer; None for HTTP 404 if ``missing_ok``.
 
         An answer longer than ``max_bytes``, not JSON or nested too deeply is a ``BadAnswerError``: a hostile
         or broken server costs at most ``max_bytes`` of memory.
         """
-        body = None if payload is None else json.dumps(payload, separators=(",", ":")).encode("utf-8")
+        body = (
+            None if payload is None else json.dumps(payload, separators=(",", ":")).encode("utf-8")
+        )
         try:
             with self._open(method, path, body) as resp:
                 data = resp.read(max_bytes + 1)
@@ -88,7 +112,9 @@ class FleetClient:
         except _NETWORK_ERRORS as e:
             raise ServerUnreachableError(f"{method} {path}: connection cut ({e})") from None
         if len(data) > max_bytes:
-            raise BadAnswerError(f"{method} {path}: the server's answer is longer than {max_bytes} bytes; ignored")
+            raise BadAnswerError(
+                f"{method} {path}: the server's answer is longer than {max_bytes} bytes; ignored"
+            )
         try:
             return json.loads(data.decode("utf-8")) if data else None
         except (UnicodeDecodeError, ValueError, RecursionError):
@@ -108,30 +134,45 @@ class FleetClient:
             with self._open("GET", path) as resp, open(dest, "wb") as f:
                 length = resp.headers.get("Content-Length")
                 if length is not None and length.isdigit() and int(length) != expected_bytes:
-                    raise UpdateRefusedError(f"{dest.name}: the server sends {length} bytes, the signed release says "
-                                             f"{expected_bytes}; refused")
+                    raise UpdateRefusedError(
+                        f"{dest.name}: the server sends {length} bytes, the signed release says "
+                        f"{expected_bytes}; refused"
+                    )
                 while True:
                     try:
                         block = resp.read(min(_CHUNK, expected_bytes - n + 1))
-                    except (http.client.IncompleteRead, ConnectionError, socket.timeout, TimeoutError) as e:
-                        raise UpdateRefusedError(f"{dest.name}: download cut after {n} of {expected_bytes} bytes "
-                                                 f"({type(e).__name__}); refused") from None
+                    except (
+                        http.client.IncompleteRead,
+                        ConnectionError,
+                        socket.timeout,
+                        TimeoutError,
+                    ) as e:
+                        raise UpdateRefusedError(
+                            f"{dest.name}: download cut after {n} of {expected_bytes} bytes "
+                            f"({type(e).__name__}); refused"
+                        ) from None
                     if not block:
                         break
                     n += len(block)
                     if n > expected_bytes:
-                        raise UpdateRefusedError(f"{dest.name}: server sent more than the signed {expected_bytes} "
-                                                 "bytes; refused")
+                        raise UpdateRefusedError(
+                            f"{dest.name}: server sent more than the signed {expected_bytes} "
+                            "bytes; refused"
+                        )
                     h.update(block)
                     f.write(block)
                 f.flush()
                 os.fsync(f.fileno())
             if n != expected_bytes:
-                raise UpdateRefusedError(f"{dest.name}: truncated download ({n} of {expected_bytes} bytes, the "
-                                         "connection ended early); refused")
+                raise UpdateRefusedError(
+                    f"{dest.name}: truncated download ({n} of {expected_bytes} bytes, the "
+                    "connection ended early); refused"
+                )
             if h.hexdigest() != expected_sha256:
-                raise UpdateRefusedError(f"{dest.name}: sha256 {h.hexdigest()[:12]}… does not match the signed "
-                                         f"{expected_sha256[:12]}…; refused")
+                raise UpdateRefusedError(
+                    f"{dest.name}: sha256 {h.hexdigest()[:12]}… does not match the signed "
+                    f"{expected_sha256[:12]}…; refused"
+                )
         except BaseException:
             dest.unlink(missing_ok=True)
             raise

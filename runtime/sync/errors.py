@@ -1,4 +1,5 @@
 """Errors of ``metalite.runtime.sync``; each is a ``MetaliteError`` with a one-line message."""
+
 from __future__ import annotations
 
 from metalite.common.errors import MetaliteError

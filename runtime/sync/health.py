@@ -5,6 +5,7 @@ and must classify the held-out one. With only one image per class there is nothi
 check then asks the head adapted on the whole set to classify that set. Above ``max_queries`` images
 an evenly spread subset is held out, so the check stays bounded on large support sets.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -36,5 +37,5 @@ def support_accuracy(spec: headlib.HeadSpec, support: dict, max_queries: int = 2
     for i in held:
         keep = np.arange(len(y)) != i
         head = headlib.adapt(spec, emb[keep], y[keep], len(classes))
-        right += int(head.logits(emb[i:i + 1]).argmax() == y[i])
+        right += int(head.logits(emb[i : i + 1]).argmax() == y[i])
     return right / held.size, "leave-one-out", int(held.size)

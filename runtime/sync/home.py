@@ -16,6 +16,7 @@ Layout (docs/fleet.md)::
       tmp/                  downloads and re-embedding in progress; emptied by each sync
       .lock, .sync.lock     flock files: state writes vs. switches; one sync at a time
 """
+
 from __future__ import annotations
 
 import json
@@ -23,8 +24,8 @@ import os
 import shutil
 import sqlite3
 import tempfile
-import warnings
 import time
+import warnings
 from pathlib import Path
 
 from metalite.common.files import atomic_write, fsync_dir
@@ -33,7 +34,12 @@ from metalite.common.locks import file_lock
 from .errors import SyncError
 from .outbox import Outbox, OutboxUnavailableWarning, UnavailableOutbox
 
-DEFAULTS = {"threshold": 0.6, "outbox_capacity": 1000, "max_accuracy_drop": 0.1, "share_support": True}
+DEFAULTS = {
+    "threshold": 0.6,
+    "outbox_capacity": 1000,
+    "max_accuracy_drop": 0.1,
+    "share_support": True,
+}
 STATE_FILE = "state.npz"
 HOME_FORMAT = "metalite-home"
 HOME_FORMAT_VERSION = 1  # of the layout above, recorded in current.json (docs/versions.md)
@@ -65,7 +71,9 @@ class DeviceHome:
             raise SyncError(f"cannot create the device home {self.root}: {e.strerror}") from None
         try:
             self.states.mkdir(exist_ok=True)
-        except OSError:  # a read-only home made before issue 22: its states are still read from versions/
+        except (
+            OSError
+        ):  # a read-only home made before issue 22: its states are still read from versions/
             pass
         self._outbox: Outbox | None = None
 
@@ -81,9 +89,14 @@ class DeviceHome:
             raise SyncError(f"{p}: unreadable ({e}); remove it and sync again") from None
         if not isinstance(cur, dict) or not isinstance(cur.get("version"), int):
             raise SyncError(f"{p}: not a version pointer; remove it and sync again")
-        if cur.get("format", HOME_FORMAT) != HOME_FORMAT or cur.get("format_version", 1) != HOME_FORMAT_VERSION:
-            raise SyncError(f"{p}: device home format {str(cur.get('format_version'))[:20]} is not supported by this "
-                            f"metalite (it reads {HOME_FORMAT_VERSION}); upgrade metalite")
+        if (
+            cur.get("format", HOME_FORMAT) != HOME_FORMAT
+            or cur.get("format_version", 1) != HOME_FORMAT_VERSION
+        ):
+            raise SyncError(
+                f"{p}: device home format {str(cur.get('format_version'))[:20]} is not supported by this "
+                f"metalite (it reads {HOME_FORMAT_VERSION}); upgrade metalite"
+            )
         return cur
 
     @property
@@ -96,8 +109,10 @@ class DeviceHome:
         """Directory of ``version`` (default: the running one)."""
         v = self.version if version is None else version
         if v is None:
-            raise SyncError(f"{self.root} has no bundle yet; "
-                            "run 'metalite device install BUNDLE' or 'metalite sync' first")
+            raise SyncError(
+                f"{self.root} has no bundle yet; "
+                "run 'metalite device install BUNDLE' or 'metalite sync' first"
+            )
         return self.versions / str(v)
 
     def state_path(self, version: int | None = None) -> Path:
@@ -130,12 +145,17 @@ class DeviceHome:
             try:
                 self._outbox = Outbox(path, capacity=int(self.config()["outbox_capacity"]))
             except (sqlite3.Error, OSError) as e:
-                reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}".rstrip(": ")
+                reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}".rstrip(
+                    ": "
+                )
                 if _read_only(self.root):
                     reason = f"read-only file system; {reason}"
                 self._outbox = UnavailableOutbox(path, reason)
-                warnings.warn(f"outbox {path} cannot be written ({reason}); predictions go on, nothing is recorded",
-                              OutboxUnavailableWarning, stacklevel=2)
+                warnings.warn(
+                    f"outbox {path} cannot be written ({reason}); predictions go on, nothing is recorded",
+                    OutboxUnavailableWarning,
+                    stacklevel=2,
+                )
         return self._outbox
 
     # ------------------------------------------------------------------ classifier
@@ -146,8 +166,14 @@ class DeviceHome:
         version, cfg = self.version, self.config()
         bdir = self.bundle_dir(version)
         outbox = self.outbox()
-        opts = dict(outbox=outbox if outbox.writable else None, threshold=float(cfg["threshold"]), version=version,
-                    num_threads=num_threads, delegate=delegate, **kwargs)
+        opts = dict(
+            outbox=outbox if outbox.writable else None,
+            threshold=float(cfg["threshold"]),
+            version=version,
+            num_threads=num_threads,
+            delegate=delegate,
+            **kwargs,
+        )
         state = self.state_path(version)
         if state.is_file():
             return ReportingClassifier.load(bdir, state, **opts)
@@ -157,12 +183,16 @@ class DeviceHome:
         """Save ``clf``'s state as the running version's state (refused if a switch happened meanwhile)."""
         with self.lock():
             if getattr(clf, "version", None) != self.version:
-                raise SyncError(f"the home switched to v{self.version} while this classifier runs "
-                                f"v{getattr(clf, 'version', None)}; open it again with home.classifier()")
+                raise SyncError(
+                    f"the home switched to v{self.version} while this classifier runs "
+                    f"v{getattr(clf, 'version', None)}; open it again with home.classifier()"
+                )
             legacy = self.bundle_dir() / STATE_FILE
             self.states.mkdir(exist_ok=True)
             clf.save(self._state_file())
-            if legacy.is_file():  # moved out of the verified directory (a home made before issue 22)
+            if (
+                legacy.is_file()
+            ):  # moved out of the verified directory (a home made before issue 22)
                 legacy.unlink()
 
     # ------------------------------------------------------------------ switching
@@ -172,8 +202,11 @@ class DeviceHome:
 
     def sync_lock(self):
         """Context manager held for a whole sync; a second concurrent sync fails at once."""
-        return file_lock(self.root / ".sync.lock", blocking=False,
-                         busy=SyncError(f"{self.root}: another sync is running"))
+        return file_lock(
+            self.root / ".sync.lock",
+            blocking=False,
+            busy=SyncError(f"{self.root}: another sync is running"),
+        )
 
     def staging(self, version: int) -> Path:
         """A fresh directory under ``tmp/`` to assemble ``version`` in."""
@@ -184,7 +217,9 @@ class DeviceHome:
         for p in self.tmp.iterdir():
             shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
 
-    def install(self, staging: Path, version: int, manifest_sha256: str, state: Path | None = None) -> None:
+    def install(
+        self, staging: Path, version: int, manifest_sha256: str, state: Path | None = None
+    ) -> None:
         """Move a complete staging directory to ``versions/<version>`` (and the carried ``state`` file, if any,
         to ``states/<version>.npz``) and point ``current.json`` at it.
 
@@ -202,14 +237,23 @@ class DeviceHome:
         if state is not None:
             os.replace(state, dest)
         else:
-            dest.unlink(missing_ok=True)  # a state left from an earlier install of this number is not this one's
+            dest.unlink(
+                missing_ok=True
+            )  # a state left from an earlier install of this number is not this one's
         fsync_dir(self.states)
         os.rename(staging, target)
         fsync_dir(self.versions)
-        pointer = {"format": HOME_FORMAT, "format_version": HOME_FORMAT_VERSION, "version": int(version),
-                   "manifest_sha256": manifest_sha256, "previous": previous,
-                   "switched": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-        atomic_write(self.root / "current.json", lambda f: f.write(json.dumps(pointer, indent=2).encode()))
+        pointer = {
+            "format": HOME_FORMAT,
+            "format_version": HOME_FORMAT_VERSION,
+            "version": int(version),
+            "manifest_sha256": manifest_sha256,
+            "previous": previous,
+            "switched": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        atomic_write(
+            self.root / "current.json", lambda f: f.write(json.dumps(pointer, indent=2).encode())
+        )
         self._prune(keep={int(version), previous})
 
     def _prune(self, keep: set) -> None:

@@ -6,6 +6,7 @@ a fleet update is (``update.switch_to``): the running classes are re-embedded by
 the same health check, and the switch is one atomic replace of ``current.json``. Versions count up from the
 running one; installing the bundle that already runs changes nothing.
 """
+
 from __future__ import annotations
 
 import json
@@ -20,7 +21,9 @@ from ..bundle import MANIFEST, open_bundle
 from .home import DeviceHome
 from .update import switch_to
 
-INSTALLED_FILE = "installed.json"  # in versions/N/ of a local install, where a synced one has release.json
+INSTALLED_FILE = (
+    "installed.json"  # in versions/N/ of a local install, where a synced one has release.json
+)
 
 
 def _copy_bundle(bundle, staging: Path) -> None:
@@ -29,7 +32,9 @@ def _copy_bundle(bundle, staging: Path) -> None:
         shutil.copyfile(bundle.root / name, staging / name)
 
 
-def install_bundle(home, bundle_dir, progress=None, max_drop: float | None = None, delegate: str = "auto") -> int:
+def install_bundle(
+    home, bundle_dir, progress=None, max_drop: float | None = None, delegate: str = "auto"
+) -> int:
     """Install the bundle at ``bundle_dir`` (a directory or .zip) as the next version of ``home``; return it.
 
     Args:
@@ -59,16 +64,28 @@ def install_bundle(home, bundle_dir, progress=None, max_drop: float | None = Non
         version = 1 if cur is None else cur["version"] + 1
         staging = home.staging(version)
         try:
-            say(f"copying {bundle_dir} ({len(bundle.files) + 1} files) into {home.root} as v{version}")
+            say(
+                f"copying {bundle_dir} ({len(bundle.files) + 1} files) into {home.root} as v{version}"
+            )
             _copy_bundle(bundle, staging)
             open_bundle(staging)  # the copy, checked against the manifest again
-            atomic_write_text(staging / INSTALLED_FILE, json.dumps(
-                {"source": str(bundle_dir), "manifest_sha256": bundle.manifest_sha256,
-                 "installed": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, indent=2))
+            atomic_write_text(
+                staging / INSTALLED_FILE,
+                json.dumps(
+                    {
+                        "source": str(bundle_dir),
+                        "manifest_sha256": bundle.manifest_sha256,
+                        "installed": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                    },
+                    indent=2,
+                ),
+            )
             switch_to(home, staging, version, bundle.manifest_sha256, drop, delegate, say, {})
         finally:
             if staging.exists():
                 shutil.rmtree(staging, ignore_errors=True)
-            staging.parent.joinpath(f"{staging.name}.npz").unlink(missing_ok=True)  # a carried state not installed
+            staging.parent.joinpath(f"{staging.name}.npz").unlink(
+                missing_ok=True
+            )  # a carried state not installed
     say(f"v{version} installed and running" + (f" (was v{cur['version']})" if cur else ""))
     return version

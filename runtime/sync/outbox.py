@@ -19,6 +19,7 @@ rows for ``BATCH_WAIT`` = 50 ms before each commit). Queued rows reach the datab
 Durability of committed rows: WAL with ``synchronous=NORMAL``; a crash or kill of the process loses
 nothing, a power cut may lose the last commits. ``durable=True`` (``synchronous=FULL``) fsyncs each commit.
 """
+
 from __future__ import annotations
 
 import atexit
@@ -62,10 +63,12 @@ def _json_or_none(v):
 
 def _support_id(label, img: np.ndarray) -> str:
     """A support image's outbox id, from its label and pixels: the same image is queued once."""
-    return "s" + hashlib.sha256(_json_or_none(label).encode() + b"\0" + img.tobytes()).hexdigest()[:40]
+    return (
+        "s" + hashlib.sha256(_json_or_none(label).encode() + b"\0" + img.tobytes()).hexdigest()[:40]
+    )
 
 
-_OPEN: "weakref.WeakSet" = weakref.WeakSet()
+_OPEN: weakref.WeakSet = weakref.WeakSet()
 
 
 @atexit.register
@@ -106,15 +109,28 @@ class Outbox:
         self._busy = self._closed = False
         self._writer: threading.Thread | None = None
         self.write_errors = 0
-        self._prefix, self._count = uuid.uuid4().hex[:22], 0  # ids: random per opening + a counter (cheap, unique)
-        self._db = sqlite3.connect(str(self.path), timeout=30.0, isolation_level=None, check_same_thread=False)
+        self._prefix, self._count = (
+            uuid.uuid4().hex[:22],
+            0,
+        )  # ids: random per opening + a counter (cheap, unique)
+        self._db = sqlite3.connect(
+            str(self.path), timeout=30.0, isolation_level=None, check_same_thread=False
+        )
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
         self._db.executescript(_SCHEMA)
         _OPEN.add(self)
 
-    def add(self, kind: str, pixels: np.ndarray, labels=None, predicted=None, confidences=None,
-            version: int | None = None, wait: bool = True) -> list:
+    def add(
+        self,
+        kind: str,
+        pixels: np.ndarray,
+        labels=None,
+        predicted=None,
+        confidences=None,
+        version: int | None = None,
+        wait: bool = True,
+    ) -> list:
         """Queue examples; with ``wait`` they (and everything queued before) are committed on return.
 
         Args:
@@ -136,23 +152,31 @@ class Outbox:
         labels = [None] * n if labels is None else list(labels)
         predicted = [None] * n if predicted is None else list(predicted)
         confidences = [None] * n if confidences is None else [float(c) for c in confidences]
-        data = [(_json_or_none(labels[i]), _json_or_none(predicted[i]), confidences[i], px[i].tobytes())
-                for i in range(n)]
+        data = [
+            (_json_or_none(labels[i]), _json_or_none(predicted[i]), confidences[i], px[i].tobytes())
+            for i in range(n)
+        ]
         with self._cv:
             if self._closed:
                 raise sqlite3.ProgrammingError(f"{self.path}: the outbox is closed")
             ids = [f"{self._prefix}{self._count + i:010x}" for i in range(n)]
             self._count += n
-            rows = [(ids[i], kind, lab, pred, conf, version, now, h, w, pix)
-                    for i, (lab, pred, conf, pix) in enumerate(data)]
+            rows = [
+                (ids[i], kind, lab, pred, conf, version, now, h, w, pix)
+                for i, (lab, pred, conf, pix) in enumerate(data)
+            ]
             if not wait:
                 self._queue.extend(rows)
                 self._cv.notify()
                 if self._writer is None:
-                    self._writer = threading.Thread(target=self._write_queued, name="metalite-outbox", daemon=True)
+                    self._writer = threading.Thread(
+                        target=self._write_queued, name="metalite-outbox", daemon=True
+                    )
                     self._writer.start()
                 return ids
-        with self._lock:  # the writer takes and commits its batch under this lock too: the order is kept
+        with (
+            self._lock
+        ):  # the writer takes and commits its batch under this lock too: the order is kept
             with self._cv:
                 rows, self._queue = self._queue + rows, []
             self._insert(rows)
@@ -167,24 +191,49 @@ class Outbox:
         """
         px = np.ascontiguousarray(pixels, np.uint8)
         if not _image_batch(px) or len(px) != len(labels):
-            raise ValueError(f"pixels must be (n, H, W) or (n, H, W, 3) with one label each, got {px.shape} and "
-                             f"{len(labels)} labels")
+            raise ValueError(
+                f"pixels must be (n, H, W) or (n, H, W, 3) with one label each, got {px.shape} and "
+                f"{len(labels)} labels"
+            )
         now, rows = time.time(), []
         for img, lab in zip(px, labels):
             label, rid = _json_or_none(lab), _support_id(lab, img)
-            rows.append((rid, "support", label, None, None, version, now, img.shape[0], img.shape[1], img.tobytes()))
+            rows.append(
+                (
+                    rid,
+                    "support",
+                    label,
+                    None,
+                    None,
+                    version,
+                    now,
+                    img.shape[0],
+                    img.shape[1],
+                    img.tobytes(),
+                )
+            )
         self.flush()
         with self._lock, transaction(self._db):
-            new = [r for r in rows if self._db.execute("INSERT OR IGNORE INTO shared VALUES (?)", (r[0],)).rowcount]
-            self._db.executemany("INSERT OR IGNORE INTO examples (id, kind, label, predicted, confidence, version, "
-                                 "created, height, width, pixels) VALUES (?,?,?,?,?,?,?,?,?,?)", new)
+            new = [
+                r
+                for r in rows
+                if self._db.execute("INSERT OR IGNORE INTO shared VALUES (?)", (r[0],)).rowcount
+            ]
+            self._db.executemany(
+                "INSERT OR IGNORE INTO examples (id, kind, label, predicted, confidence, version, "
+                "created, height, width, pixels) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                new,
+            )
             self._trim()
         return len(new)
 
     def mark_shared(self, pixels: np.ndarray, labels: list) -> None:
         """Remember support images as sent, so ``add_support`` never queues them: a class pulled from the
         fleet's library is on the server already, sent by the device that taught it."""
-        ids = [(_support_id(lab, img),) for img, lab in zip(np.ascontiguousarray(pixels, np.uint8), labels)]
+        ids = [
+            (_support_id(lab, img),)
+            for img, lab in zip(np.ascontiguousarray(pixels, np.uint8), labels)
+        ]
         self.flush()
         with self._lock, transaction(self._db):
             self._db.executemany("INSERT OR IGNORE INTO shared VALUES (?)", ids)
@@ -192,8 +241,11 @@ class Outbox:
     def _insert(self, rows: list) -> None:
         """Commit ``rows`` in one transaction; call with ``self._lock`` held."""
         with transaction(self._db):
-            self._db.executemany("INSERT INTO examples (id, kind, label, predicted, confidence, version, created, "
-                                 "height, width, pixels) VALUES (?,?,?,?,?,?,?,?,?,?)", rows)
+            self._db.executemany(
+                "INSERT INTO examples (id, kind, label, predicted, confidence, version, created, "
+                "height, width, pixels) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                rows,
+            )
             self._trim()
 
     def _write_queued(self) -> None:
@@ -217,7 +269,9 @@ class Outbox:
                 first = self.write_errors == 0
                 self.write_errors += len(batch)
                 if first:
-                    warnings.warn(f"outbox {self.path}: cannot store examples ({e})", RuntimeWarning)
+                    warnings.warn(
+                        f"outbox {self.path}: cannot store examples ({e})", RuntimeWarning
+                    )
             finally:
                 with self._cv:
                     self._busy = False
@@ -230,7 +284,9 @@ class Outbox:
                 self._cv.wait()
 
     def _trim(self) -> None:
-        span = self._db.execute("SELECT coalesce(max(seq) - min(seq) + 1, 0) FROM examples").fetchone()[0]
+        span = self._db.execute(
+            "SELECT coalesce(max(seq) - min(seq) + 1, 0) FROM examples"
+        ).fetchone()[0]
         if span <= self.capacity:  # count(*) <= span: nothing to trim, and no full count needed
             return
         excess = self._db.execute("SELECT count(*) FROM examples").fetchone()[0] - self.capacity
@@ -238,12 +294,18 @@ class Outbox:
         for where in (f"WHERE kind IN ({', '.join(repr(k) for k in FIRST_DROPPED)})", ""):
             if excess - dropped <= 0:
                 break
-            cur = self._db.execute(f"DELETE FROM examples WHERE seq IN (SELECT seq FROM examples {where} "
-                                   "ORDER BY seq LIMIT ?)", (excess - dropped,))
+            cur = self._db.execute(
+                f"DELETE FROM examples WHERE seq IN (SELECT seq FROM examples {where} "
+                "ORDER BY seq LIMIT ?)",
+                (excess - dropped,),
+            )
             dropped += cur.rowcount
         if dropped:
-            self._db.execute("INSERT INTO counters VALUES ('dropped', ?) ON CONFLICT(name) "
-                             "DO UPDATE SET value = value + excluded.value", (dropped,))
+            self._db.execute(
+                "INSERT INTO counters VALUES ('dropped', ?) ON CONFLICT(name) "
+                "DO UPDATE SET value = value + excluded.value",
+                (dropped,),
+            )
 
     def pending(self) -> int:
         """Number of examples waiting for upload (queued ones are committed first)."""
@@ -255,7 +317,9 @@ class Outbox:
         """{kind: examples waiting} (queued ones are committed first)."""
         self.flush()
         with self._lock:
-            return dict(self._db.execute("SELECT kind, count(*) FROM examples GROUP BY kind").fetchall())
+            return dict(
+                self._db.execute("SELECT kind, count(*) FROM examples GROUP BY kind").fetchall()
+            )
 
     @property
     def dropped(self) -> int:
@@ -270,10 +334,24 @@ class Outbox:
         height, width, pixels: bytes); queued ones are committed first."""
         self.flush()
         with self._lock:
-            cur = self._db.execute("SELECT id, kind, label, predicted, confidence, version, created, height, width, "
-                                   "pixels FROM examples ORDER BY seq LIMIT ?", (int(n),))
+            cur = self._db.execute(
+                "SELECT id, kind, label, predicted, confidence, version, created, height, width, "
+                "pixels FROM examples ORDER BY seq LIMIT ?",
+                (int(n),),
+            )
             rows = cur.fetchall()
-        keys = ("id", "kind", "label", "predicted", "confidence", "version", "created", "height", "width", "pixels")
+        keys = (
+            "id",
+            "kind",
+            "label",
+            "predicted",
+            "confidence",
+            "version",
+            "created",
+            "height",
+            "width",
+            "pixels",
+        )
         out = []
         for r in rows:
             d = dict(zip(keys, r))
@@ -286,7 +364,9 @@ class Outbox:
         """Delete the examples with these ids (acknowledged by the server); returns how many were deleted."""
         ids = list(ids)
         with self._lock, transaction(self._db):
-            n = sum(self._db.execute("DELETE FROM examples WHERE id = ?", (i,)).rowcount for i in ids)
+            n = sum(
+                self._db.execute("DELETE FROM examples WHERE id = ?", (i,)).rowcount for i in ids
+            )
         return n
 
     def close(self) -> None:

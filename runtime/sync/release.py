@@ -11,6 +11,7 @@ The server signs these exact bytes with its Ed25519 key; the device verifies the
 it received (no re-serialisation), then downloads every file by its sha256 and checks size and hash.
 ``cryptography`` is imported only to verify a signature, so the runtime works without it otherwise.
 """
+
 from __future__ import annotations
 
 import json
@@ -31,11 +32,22 @@ def is_sha256(text) -> bool:
     return isinstance(text, str) and bool(_HEX64.match(text))
 
 
-def make_release(version: int, manifest_sha256: str, files: dict, created: str, note: str = "") -> bytes:
+def make_release(
+    version: int, manifest_sha256: str, files: dict, created: str, note: str = ""
+) -> bytes:
     """The canonical bytes of a release document (what the server signs)."""
-    doc = {"format": RELEASE_FORMAT, "format_version": RELEASE_FORMAT_VERSION, "version": int(version),
-           "manifest_sha256": manifest_sha256, "created": created, "note": note,
-           "files": {name: {"sha256": f["sha256"], "bytes": int(f["bytes"])} for name, f in sorted(files.items())}}
+    doc = {
+        "format": RELEASE_FORMAT,
+        "format_version": RELEASE_FORMAT_VERSION,
+        "version": int(version),
+        "manifest_sha256": manifest_sha256,
+        "created": created,
+        "note": note,
+        "files": {
+            name: {"sha256": f["sha256"], "bytes": int(f["bytes"])}
+            for name, f in sorted(files.items())
+        },
+    }
     return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode("utf-8")
 
 
@@ -53,7 +65,9 @@ def parse_public_key(text) -> bytes:
         except OSError as e:
             raise SyncError(f"{p}: cannot read the public key ({e.strerror})") from None
     if not re.fullmatch(r"[0-9a-fA-F]{64}", s):
-        raise SyncError(f"public key must be 64 hex digits (as 'metalite serve' prints it) or a file holding them, got {str(text)[:40]!r}")
+        raise SyncError(
+            f"public key must be 64 hex digits (as 'metalite serve' prints it) or a file holding them, got {str(text)[:40]!r}"
+        )
     return bytes.fromhex(s)
 
 
@@ -62,7 +76,9 @@ def _check_signature(data: bytes, signature: str, public_key: bytes) -> None:
         from cryptography.exceptions import InvalidSignature
         from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
     except ImportError:
-        raise SyncError(str(MissingExtraError("cryptography", "sync"))) from None  # a SyncError, as documented
+        raise SyncError(
+            str(MissingExtraError("cryptography", "sync"))
+        ) from None  # a SyncError, as documented
     try:
         sig = bytes.fromhex(signature)
     except (TypeError, ValueError):
@@ -70,32 +86,55 @@ def _check_signature(data: bytes, signature: str, public_key: bytes) -> None:
     try:
         Ed25519PublicKey.from_public_bytes(public_key).verify(sig, data)
     except InvalidSignature:
-        raise UpdateRefusedError("the release signature does not match the server's public key; refused") from None
+        raise UpdateRefusedError(
+            "the release signature does not match the server's public key; refused"
+        ) from None
 
 
 def _check_fields(doc) -> dict:
     if not isinstance(doc, dict) or doc.get("format") != RELEASE_FORMAT:
         raise UpdateRefusedError("not a metalite release document; refused")
     if doc.get("format_version") != RELEASE_FORMAT_VERSION:
-        raise UpdateRefusedError(f"release format_version {doc.get('format_version')!r} is not supported; upgrade metalite")
+        raise UpdateRefusedError(
+            f"release format_version {doc.get('format_version')!r} is not supported; upgrade metalite"
+        )
     version, files = doc.get("version"), doc.get("files")
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:
         raise UpdateRefusedError(f"release version {version!r} is not a positive integer; refused")
-    if not is_sha256(doc.get("manifest_sha256")) or not isinstance(files, dict) or "manifest.json" not in files:
-        raise UpdateRefusedError(f"release v{version} is incomplete (manifest sha256 or file list); refused")
+    if (
+        not is_sha256(doc.get("manifest_sha256"))
+        or not isinstance(files, dict)
+        or "manifest.json" not in files
+    ):
+        raise UpdateRefusedError(
+            f"release v{version} is incomplete (manifest sha256 or file list); refused"
+        )
     for name, f in files.items():
         problem = None if name == "manifest.json" else bundle_file_problem(name)
         if problem:
-            raise UpdateRefusedError(f"release v{version}: bad file entry {terminal_safe(name)[:80]!r}: {problem}; refused")
-        if not isinstance(f, dict) or not is_sha256(f.get("sha256")) or isinstance(f.get("bytes"), bool) \
-                or not isinstance(f.get("bytes"), int) or f["bytes"] < 0:
-            raise UpdateRefusedError(f"release v{version}: bad file entry {terminal_safe(name)[:80]!r}; refused")
+            raise UpdateRefusedError(
+                f"release v{version}: bad file entry {terminal_safe(name)[:80]!r}: {problem}; refused"
+            )
+        if (
+            not isinstance(f, dict)
+            or not is_sha256(f.get("sha256"))
+            or isinstance(f.get("bytes"), bool)
+            or not isinstance(f.get("bytes"), int)
+            or f["bytes"] < 0
+        ):
+            raise UpdateRefusedError(
+                f"release v{version}: bad file entry {terminal_safe(name)[:80]!r}; refused"
+            )
     if files["manifest.json"]["sha256"] != doc["manifest_sha256"]:
-        raise UpdateRefusedError(f"release v{version}: manifest.json hash differs from manifest_sha256; refused")
+        raise UpdateRefusedError(
+            f"release v{version}: manifest.json hash differs from manifest_sha256; refused"
+        )
     return doc
 
 
-def verify_release(data: bytes, signature: str | None, public_key: bytes | None, allow_unsigned: bool = False) -> dict:
+def verify_release(
+    data: bytes, signature: str | None, public_key: bytes | None, allow_unsigned: bool = False
+) -> dict:
     """Check a release's signature and fields; return the parsed document.
 
     Args:
@@ -109,10 +148,14 @@ def verify_release(data: bytes, signature: str | None, public_key: bytes | None,
     """
     if not allow_unsigned:
         if public_key is None:
-            raise UpdateRefusedError("no server public key given (--pubkey); refusing unverified updates "
-                                     "(--allow-unsigned accepts them)")
+            raise UpdateRefusedError(
+                "no server public key given (--pubkey); refusing unverified updates "
+                "(--allow-unsigned accepts them)"
+            )
         if not signature:
-            raise UpdateRefusedError("the release is unsigned; refused (--allow-unsigned accepts it)")
+            raise UpdateRefusedError(
+                "the release is unsigned; refused (--allow-unsigned accepts it)"
+            )
         _check_signature(data, signature, public_key)
     try:
         doc = json.loads(data.decode("utf-8"))

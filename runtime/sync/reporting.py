@@ -6,6 +6,7 @@ the learned classes goes as ``unknown`` instead (what the fleet keeps meeting, n
 wait for a commit); ``correct(image, label)`` records a user's correction, committed before it returns
 (and, by default, learns from it). ``metalite.runtime.sync.sync`` uploads the outbox when the server is reachable.
 """
+
 from __future__ import annotations
 
 import sqlite3
@@ -32,33 +33,55 @@ class ReportingClassifier(FewShotClassifier):
       outbox_errors: examples that could not be recorded (disk full, ...); predict never fails for them.
     """
 
-    def __init__(self, bundle_dir, outbox=None, threshold: float = 0.6, version: int | None = None, **kwargs):
+    def __init__(
+        self, bundle_dir, outbox=None, threshold: float = 0.6, version: int | None = None, **kwargs
+    ):
         super().__init__(bundle_dir, **kwargs)
         self.outbox, self.threshold, self.version = outbox, float(threshold), version
         self.outbox_errors = 0
 
-    def _record(self, kind: str, x: np.ndarray, rows, labels, predicted, confidences, wait: bool) -> None:
+    def _record(
+        self, kind: str, x: np.ndarray, rows, labels, predicted, confidences, wait: bool
+    ) -> None:
         try:
-            self.outbox.add(kind, self._pixels(x[rows]), labels, predicted, confidences, self.version, wait=wait)
+            self.outbox.add(
+                kind, self._pixels(x[rows]), labels, predicted, confidences, self.version, wait=wait
+            )
         except (sqlite3.Error, OSError) as e:
             first = self.outbox_errors == 0
             self.outbox_errors += len(rows)
             if first:
-                warnings.warn(f"outbox: cannot record examples ({e}); predictions go on", RuntimeWarning)
+                warnings.warn(
+                    f"outbox: cannot record examples ({e}); predictions go on", RuntimeWarning
+                )
 
-    def _keep_unsure(self, x: np.ndarray, confidence: np.ndarray, best: np.ndarray, refused=None) -> None:
+    def _keep_unsure(
+        self, x: np.ndarray, confidence: np.ndarray, best: np.ndarray, refused=None
+    ) -> None:
         refused = np.zeros(len(x), bool) if refused is None else refused
-        for kind, rows in (("unsure", np.flatnonzero((confidence < self.threshold) & ~refused)),
-                           ("unknown", np.flatnonzero(refused))):
+        for kind, rows in (
+            ("unsure", np.flatnonzero((confidence < self.threshold) & ~refused)),
+            ("unknown", np.flatnonzero(refused)),
+        ):
             if rows.size:
-                self._record(kind, x, rows, None, [self._classes[k] for k in best[rows]], confidence[rows], wait=False)
+                self._record(
+                    kind,
+                    x,
+                    rows,
+                    None,
+                    [self._classes[k] for k in best[rows]],
+                    confidence[rows],
+                    wait=False,
+                )
 
     def predict_proba(self, images, transductive: bool = False) -> np.ndarray:
         """As ``FewShotClassifier.predict_proba`` (same numbers); rows below ``threshold`` go to the outbox as
         ``unsure``, images the open-set rule refuses as ``unknown``."""
         x = as_model_input(images, self.bundle.input_shape, self.bundle.preprocess)
         emb = self._embed_input(x)
-        proba = self._head_for("predict_proba", emb, transductive).predict_proba(emb).astype(np.float32)
+        proba = (
+            self._head_for("predict_proba", emb, transductive).predict_proba(emb).astype(np.float32)
+        )
         if self.outbox is not None:
             self._keep_unsure(x, proba.max(axis=1), proba.argmax(axis=1), self._refused(emb))
         return proba
@@ -77,7 +100,7 @@ class ReportingClassifier(FewShotClassifier):
                 self._keep_unsure(x, 1.0 / total, best, refused)
         return [UNKNOWN if r else self._classes[k] for k, r in zip(best, refused)]
 
-    def correct(self, images, label, learn: bool = True) -> "ReportingClassifier":
+    def correct(self, images, label, learn: bool = True) -> ReportingClassifier:
         """Record that ``images`` show ``label`` (a user's correction) and, if ``learn``, add them to its class.
 
         Args:
@@ -94,7 +117,15 @@ class ReportingClassifier(FewShotClassifier):
             predicted = [self._classes[k] for k in proba.argmax(axis=1)]
             confidences = proba.max(axis=1)
         if self.outbox is not None:
-            self._record("correction", x, np.arange(len(x)), [label] * len(x), predicted, confidences, wait=True)
+            self._record(
+                "correction",
+                x,
+                np.arange(len(x)),
+                [label] * len(x),
+                predicted,
+                confidences,
+                wait=True,
+            )
         if learn:
             self.add_class(label, self._pixels(x))
         return self

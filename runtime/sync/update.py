@@ -8,6 +8,7 @@ threshold recalibrated, if the device uses one) -> leave-one-out
 accuracy on the support set not more than ``max_drop`` below the running version's -> the state saved
 next to the new bundle -> ``DeviceHome.install`` (rename + atomic pointer replace).
 """
+
 from __future__ import annotations
 
 import json
@@ -63,32 +64,58 @@ def _carry_state(home: DeviceHome, staging, max_drop: float, delegate: str, say)
     running = open_bundle(home.bundle_dir(), verify=False)
     st = load_state(home.state_path(), running.manifest_sha256)
     if st.images is None:
-        raise UpdateRefusedError("the running state keeps no support images (state format 1); "
-                                 "adapt again so an update can carry the classes")
+        raise UpdateRefusedError(
+            "the running state keeps no support images (state format 1); "
+            "adapt again so an update can carry the classes"
+        )
     rows = {c: st.support_labels == i for i, c in enumerate(st.classes)}
-    say(f"re-embedding {plural(len(st.images), 'support image')} of {plural(len(st.classes), 'class')} "
-        "with the new backbone")
+    say(
+        f"re-embedding {plural(len(st.images), 'support image')} of {plural(len(st.classes), 'class')} "
+        "with the new backbone"
+    )
     # the open-set threshold is recalibrated on the new embeddings, at the rate the device chose
     unknown = None if st.unknown is None else st.unknown["rate"]
-    new = FewShotClassifier(staging, delegate=delegate, unknown=unknown).fit({c: st.images[m] for c, m in rows.items()})
-    before = support_accuracy(headlib.load_head(running.head_path), {c: st.support[m] for c, m in rows.items()})
+    new = FewShotClassifier(staging, delegate=delegate, unknown=unknown).fit(
+        {c: st.images[m] for c, m in rows.items()}
+    )
+    before = support_accuracy(
+        headlib.load_head(running.head_path), {c: st.support[m] for c, m in rows.items()}
+    )
     after = support_accuracy(new.head_spec, new.support_embeddings())
     # the support set is what a sync shares with the fleet: a bundle from `fleet update` may have trained on
     # these very images, so this check guards against breakage, not a measure of accuracy on new drawings
-    health = {"before": before[0], "after": after[0], "method": after[1], "images": after[2],
-              "classes": len(st.classes), "measures": TRAINING_DATA}
-    say(f"health check ({after[1]}, {plural(after[2], 'image')}; {TRAINING_DATA}): accuracy {before[0]:.3f} -> "
-        f"{after[0]:.3f}")
+    health = {
+        "before": before[0],
+        "after": after[0],
+        "method": after[1],
+        "images": after[2],
+        "classes": len(st.classes),
+        "measures": TRAINING_DATA,
+    }
+    say(
+        f"health check ({after[1]}, {plural(after[2], 'image')}; {TRAINING_DATA}): accuracy {before[0]:.3f} -> "
+        f"{after[0]:.3f}"
+    )
     if after[0] < before[0] - max_drop - 1e-9:
-        raise UpdateRefusedError(f"health check failed: {after[1]} accuracy on the support set would drop from "
-                                 f"{before[0]:.3f} to {after[0]:.3f} (allowed drop {max_drop:.3f})")
+        raise UpdateRefusedError(
+            f"health check failed: {after[1]} accuracy on the support set would drop from "
+            f"{before[0]:.3f} to {after[0]:.3f} (allowed drop {max_drop:.3f})"
+        )
     out = staging.parent / f"{staging.name}.npz"
     new.save(out)
     return health, out
 
 
-def switch_to(home: DeviceHome, staging, version: int, manifest_sha256: str, max_drop: float, delegate: str,
-              say, seconds: dict) -> dict:
+def switch_to(
+    home: DeviceHome,
+    staging,
+    version: int,
+    manifest_sha256: str,
+    max_drop: float,
+    delegate: str,
+    say,
+    seconds: dict,
+) -> dict:
     """Carry the running classes to the verified bundle in ``staging`` and make it ``version``; returns the health.
 
     The one switch of a device home, shared by ``apply_offer`` (a fleet release) and ``install_bundle``
@@ -108,10 +135,14 @@ def _stage(client, doc: dict, offer: dict, staging, seconds: dict, say):
     """Download and verify the release's files into ``staging``; returns the opened bundle."""
     t = time.perf_counter()
     total = sum(f["bytes"] for f in doc["files"].values())
-    say(f"downloading v{doc['version']}: {plural(len(doc['files']), 'file')}, {total / 1024:.0f} KiB")
+    say(
+        f"downloading v{doc['version']}: {plural(len(doc['files']), 'file')}, {total / 1024:.0f} KiB"
+    )
     for name, f in doc["files"].items():
         client.download(f"/v1/blobs/{f['sha256']}", staging / name, f["bytes"], f["sha256"])
-    (staging / "release.json").write_bytes(offer["release"].encode("utf-8", "replace"))  # the verified bytes
+    (staging / "release.json").write_bytes(
+        offer["release"].encode("utf-8", "replace")
+    )  # the verified bytes
     (staging / "release.sig").write_bytes((offer.get("signature") or "").encode("utf-8", "replace"))
     seconds["download"] = time.perf_counter() - t
     t = time.perf_counter()
@@ -122,8 +153,17 @@ def _stage(client, doc: dict, offer: dict, staging, seconds: dict, say):
     return bundle
 
 
-def apply_offer(home: DeviceHome, client, offer: dict, public_key: bytes | None, allow_unsigned: bool = False,
-                allow_older: bool = False, max_drop: float = 0.1, delegate: str = "auto", say=None) -> UpdateResult:
+def apply_offer(
+    home: DeviceHome,
+    client,
+    offer: dict,
+    public_key: bytes | None,
+    allow_unsigned: bool = False,
+    allow_older: bool = False,
+    max_drop: float = 0.1,
+    delegate: str = "auto",
+    say=None,
+) -> UpdateResult:
     """Install the release ``offer`` (``GET /v1/releases/latest``'s answer) if it is newer and passes every check.
 
     Args:
@@ -139,21 +179,33 @@ def apply_offer(home: DeviceHome, client, offer: dict, public_key: bytes | None,
     t0, seconds, running = time.perf_counter(), {}, home.version
     try:
         offer = answers.offer(offer)
-        doc = verify_release(offer["release"].encode("utf-8", "replace"), offer.get("signature"), public_key,
-                             allow_unsigned)
+        doc = verify_release(
+            offer["release"].encode("utf-8", "replace"),
+            offer.get("signature"),
+            public_key,
+            allow_unsigned,
+        )
     except (UpdateRefusedError, BadAnswerError) as e:
         offered = offer.get("version") if isinstance(offer, dict) else None
-        return UpdateResult("refused", offered if isinstance(offered, int) else None, running, str(e))
+        return UpdateResult(
+            "refused", offered if isinstance(offered, int) else None, running, str(e)
+        )
     version = doc["version"]
     if version == running:
         return UpdateResult("current", version, running)
     if running is not None and version < running and not allow_older:
-        return UpdateResult("refused", version, running,
-                            f"v{version} is older than the running v{running}; refused (--allow-older accepts it)")
+        return UpdateResult(
+            "refused",
+            version,
+            running,
+            f"v{version} is older than the running v{running}; refused (--allow-older accepts it)",
+        )
     staging = home.staging(version)
     try:
         _stage(client, doc, offer, staging, seconds, say)
-        health = switch_to(home, staging, version, doc["manifest_sha256"], max_drop, delegate, say, seconds)
+        health = switch_to(
+            home, staging, version, doc["manifest_sha256"], max_drop, delegate, say, seconds
+        )
     except (UpdateRefusedError, BundleError) as e:  # the offer itself is bad
         return UpdateResult("refused", version, running, str(e), seconds=seconds)
     except (MetaliteError, OSError) as e:
@@ -163,15 +215,19 @@ def apply_offer(home: DeviceHome, client, offer: dict, public_key: bytes | None,
             shutil.rmtree(staging, ignore_errors=True)
         staging.parent.joinpath(f"{staging.name}.npz").unlink(missing_ok=True)
     seconds["total"] = time.perf_counter() - t0
-    say(f"switched to v{version} (was {'v' + str(running) if running is not None else 'nothing'}) "
-        f"in {seconds['total']:.2f} s")
+    say(
+        f"switched to v{version} (was {'v' + str(running) if running is not None else 'nothing'}) "
+        f"in {seconds['total']:.2f} s"
+    )
     return UpdateResult("switched", version, version, health=health, seconds=seconds)
 
 
 def describe(result: UpdateResult) -> str:
     """One line for logs and the server report."""
     if result.status == "switched":
-        return f"switched to v{result.offered}" + (f" ({json.dumps(result.health)})" if result.health else "")
+        return f"switched to v{result.offered}" + (
+            f" ({json.dumps(result.health)})" if result.health else ""
+        )
     if result.status == "current":
         return f"v{result.running} is current"
     return f"v{result.offered} {result.status}: {result.reason}"

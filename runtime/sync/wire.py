@@ -6,6 +6,7 @@ class library's images use it both ways. ``decode_image`` is the one check of it
 device: sizes and channels must be genuine integers (``True`` is not 1), the pixels real base64 of exactly
 height * width * channels bytes.
 """
+
 from __future__ import annotations
 
 import base64
@@ -26,8 +27,12 @@ class WireError(MetaliteError, ValueError):
 def encode_image(img: np.ndarray) -> dict:
     """uint8 (H, W) gray or (H, W, 3) RGB -> the wire format."""
     img = np.ascontiguousarray(img, np.uint8)
-    return {"height": int(img.shape[0]), "width": int(img.shape[1]), "channels": 1 if img.ndim == 2 else 3,
-            "pixels": base64.b64encode(img.tobytes()).decode("ascii")}
+    return {
+        "height": int(img.shape[0]),
+        "width": int(img.shape[1]),
+        "channels": 1 if img.ndim == 2 else 3,
+        "pixels": base64.b64encode(img.tobytes()).decode("ascii"),
+    }
 
 
 def decode_image(d, max_side: int = MAX_SIDE) -> np.ndarray:
@@ -46,6 +51,8 @@ def decode_image(d, max_side: int = MAX_SIDE) -> np.ndarray:
     except (binascii.Error, ValueError):
         raise WireError("pixels must be base64") from None
     if len(px) != h * w * c:
-        raise WireError(f"pixels hold {len(px)} bytes, expected height*width*channels = {h * w * c}")
+        raise WireError(
+            f"pixels hold {len(px)} bytes, expected height*width*channels = {h * w * c}"
+        )
     px = np.frombuffer(px, np.uint8)
     return px.reshape(h, w) if c == 1 else px.reshape(h, w, 3)

@@ -10,10 +10,22 @@
 Teach classes from a phone's camera or files, recognize, correct (to the outbox), rename and remove;
 docs/device_page.md has the page, the security model and how to use the camera from a phone.
 """
+
 from .access import Access, is_loopback
 from .server import MAX_BODY, PageServer, lan_address
-from .tls import WebError, self_signed, tls_context
 from .teacher import Teacher
+from .tls import WebError, self_signed, tls_context
 from .watch import Watcher
 
-__all__ = ["Access", "is_loopback", "MAX_BODY", "PageServer", "lan_address", "WebError", "self_signed", "tls_context", "Teacher", "Watcher"]
+__all__ = [
+    "Access",
+    "is_loopback",
+    "MAX_BODY",
+    "PageServer",
+    "lan_address",
+    "WebError",
+    "self_signed",
+    "tls_context",
+    "Teacher",
+    "Watcher",
+]

@@ -8,6 +8,7 @@
   and is refused when the browser says it comes from another site (``Origin``, ``Sec-Fetch-Site``). A
   cross-site form cannot set that header, and a cross-site script cannot read the page that holds it.
 """
+
 from __future__ import annotations
 
 import hmac
@@ -35,7 +36,7 @@ def new_token() -> str:
 def _hostname(host_header: str) -> str:
     h = host_header.strip().lower()
     if h.startswith("["):
-        return h[:h.find("]") + 1] if "]" in h else h
+        return h[: h.find("]") + 1] if "]" in h else h
     return h.rsplit(":", 1)[0] if h.count(":") == 1 else h
 
 
@@ -64,13 +65,19 @@ class Access:
         if not path.startswith("/api/"):
             return None
         if self.needs_token and not _same(headers.get("X-Metalite-Token", ""), self.token):
-            return 401, "access token missing or wrong: use the token printed when the server started"
+            return (
+                401,
+                "access token missing or wrong: use the token printed when the server started",
+            )
         if method == "GET":
             return None
         if headers.get("Sec-Fetch-Site", "same-origin") not in ("same-origin", "none"):
             return 403, "cross-site request refused"
         origin = headers.get("Origin")
-        if origin is not None and origin.split("://", 1)[-1].lower() != headers.get("Host", "").lower():
+        if (
+            origin is not None
+            and origin.split("://", 1)[-1].lower() != headers.get("Host", "").lower()
+        ):
             return 403, "request from another origin refused"
         if not _same(headers.get("X-CSRF-Token", ""), self.csrf):
             return 403, "CSRF token missing or stale: reload the page"

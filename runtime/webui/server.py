@@ -12,6 +12,7 @@ Errors are ``{"error": "one line"}`` with a 4xx status. Bodies are limited to ``
 beyond; a body up to ``DRAIN_LIMIT`` is read and dropped first so the browser sees the answer instead of
 a reset connection); images are decoded within the runtime's pixel budget. ``access.py`` has the rules.
 """
+
 from __future__ import annotations
 
 import base64
@@ -34,7 +35,9 @@ log = logging.getLogger("metalite.runtime.webui")
 
 MAX_BODY = 16 << 20  # bytes per request (a phone photo is 2-5 MB, base64 adds a third)
 DRAIN_LIMIT = 128 << 20  # an oversized body up to this is read and dropped before answering 413
-BODIES = 2  # request bodies held in memory at once (others wait): memory stays bounded with many clients
+BODIES = (
+    2  # request bodies held in memory at once (others wait): memory stays bounded with many clients
+)
 MIN_TOKEN = 8  # characters of a token given with --token
 PAGE = Path(__file__).with_name("page.html")
 
@@ -53,16 +56,26 @@ class PageServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, address, teacher, token: str | None = None, max_body: int = MAX_BODY,
-                 tls: ssl.SSLContext | None = None):
+    def __init__(
+        self,
+        address,
+        teacher,
+        token: str | None = None,
+        max_body: int = MAX_BODY,
+        tls: ssl.SSLContext | None = None,
+    ):
         try:
             super().__init__(address, Handler)
         except OSError as e:
-            raise WebError(f"cannot listen on {address[0]}:{address[1]}: {e.strerror or e}") from None
+            raise WebError(
+                f"cannot listen on {address[0]}:{address[1]}: {e.strerror or e}"
+            ) from None
         if tls is not None:
             self.socket = tls.wrap_socket(self.socket, server_side=True)
         if token is not None and len(token) < MIN_TOKEN:
-            raise WebError(f"the access token must have at least {MIN_TOKEN} characters (a short PIN can be guessed)")
+            raise WebError(
+                f"the access token must have at least {MIN_TOKEN} characters (a short PIN can be guessed)"
+            )
         self.teacher, self.max_body, self.https = teacher, int(max_body), tls is not None
         self.access = Access(address[0], token)
         self.bodies = threading.BoundedSemaphore(BODIES)
@@ -103,12 +116,16 @@ class Handler(BaseHTTPRequestHandler):
 
     server: PageServer
     timeout = 60  # seconds a client may stall mid-request
-    disable_nagle_algorithm = True  # headers and body are two writes: Nagle + delayed ACK would add 40 ms
+    disable_nagle_algorithm = (
+        True  # headers and body are two writes: Nagle + delayed ACK would add 40 ms
+    )
     server_version = "metalite-device"
     protocol_version = "HTTP/1.1"  # keep-alive: every answer has a Content-Length
     sys_version = ""
 
-    def log_message(self, fmt, *args) -> None:  # http.server prints to stderr; the library logs instead
+    def log_message(
+        self, fmt, *args
+    ) -> None:  # http.server prints to stderr; the library logs instead
         log.info("%s %s", self.address_string(), fmt % args)
 
     # ------------------------------------------------------------------ plumbing
@@ -141,13 +158,18 @@ class Handler(BaseHTTPRequestHandler):
         if n > limit:
             self.close_connection = True
             left = n if n <= DRAIN_LIMIT else 0
-            while left > 0:  # read it (and drop it) so the browser gets the answer, not a reset connection
+            while (
+                left > 0
+            ):  # read it (and drop it) so the browser gets the answer, not a reset connection
                 chunk = self.rfile.read(min(left, 1 << 20))
                 if not chunk:
                     break
                 left -= len(chunk)
-            raise _Refused(413, f"upload of {int(length) / 2**20:.1f} MiB is larger than the "
-                                f"{limit / 2**20:.0f} MiB allowed per request")
+            raise _Refused(
+                413,
+                f"upload of {int(length) / 2**20:.1f} MiB is larger than the "
+                f"{limit / 2**20:.0f} MiB allowed per request",
+            )
         try:
             body = json.loads(self.rfile.read(n))
         except ValueError:
@@ -172,17 +194,32 @@ class Handler(BaseHTTPRequestHandler):
         path = self.path.split("?")[0]
         if path in ("/", "/index.html"):
             nonce = secrets.token_urlsafe(12)
-            page = (self.server.page.replace("__CSRF__", self.server.access.csrf)
-                    .replace("__NEEDS_TOKEN__", "true" if self.server.access.needs_token else "false")
-                    .replace("__MAX_BODY__", str(self.server.max_body)).replace("__NONCE__", nonce))
-            csp = (f"default-src 'none'; script-src 'nonce-{nonce}'; style-src 'nonce-{nonce}'; img-src data: blob:; "
-                   "media-src blob: mediastream:; connect-src 'self'; base-uri 'none'; form-action 'none'; "
-                   "frame-ancestors 'none'")
-            self._send(200, page.encode(), "text/html; charset=utf-8",
-                       {"Content-Security-Policy": csp, "X-Frame-Options": "DENY"})
+            page = (
+                self.server.page.replace("__CSRF__", self.server.access.csrf)
+                .replace("__NEEDS_TOKEN__", "true" if self.server.access.needs_token else "false")
+                .replace("__MAX_BODY__", str(self.server.max_body))
+                .replace("__NONCE__", nonce)
+            )
+            csp = (
+                f"default-src 'none'; script-src 'nonce-{nonce}'; style-src 'nonce-{nonce}'; img-src data: blob:; "
+                "media-src blob: mediastream:; connect-src 'self'; base-uri 'none'; form-action 'none'; "
+                "frame-ancestors 'none'"
+            )
+            self._send(
+                200,
+                page.encode(),
+                "text/html; charset=utf-8",
+                {"Content-Security-Policy": csp, "X-Frame-Options": "DENY"},
+            )
         elif path == "/api/status":
-            self._run(lambda t, _: dict(t.status(), needs_token=self.server.access.needs_token,
-                                        max_body=self.server.max_body), body=False)
+            self._run(
+                lambda t, _: dict(
+                    t.status(),
+                    needs_token=self.server.access.needs_token,
+                    max_body=self.server.max_body,
+                ),
+                body=False,
+            )
         elif path == "/favicon.ico":
             self._send(204, b"", "image/x-icon")
         else:
@@ -227,7 +264,7 @@ class Handler(BaseHTTPRequestHandler):
 def _image(item, what: str) -> tuple:
     """``{"name": N, "data": BASE64}`` (or a data: URL) -> (name, bytes)."""
     if not isinstance(item, dict) or not isinstance(item.get("data"), str):
-        raise _Refused(400, f"{what}: expected {{\"name\": ..., \"data\": base64}}")
+        raise _Refused(400, f'{what}: expected {{"name": ..., "data": base64}}')
     name = str(item.get("name") or what)[:100]
     data = item["data"]
     if data.startswith("data:"):
@@ -244,8 +281,10 @@ def _image(item, what: str) -> tuple:
 def _teach(t, body):
     images = body.get("images")
     if not isinstance(images, list):
-        raise _Refused(400, "teach needs \"images\": a list")
-    return t.teach(body.get("label"), [_image(item, f"image {i + 1}") for i, item in enumerate(images)])
+        raise _Refused(400, 'teach needs "images": a list')
+    return t.teach(
+        body.get("label"), [_image(item, f"image {i + 1}") for i, item in enumerate(images)]
+    )
 
 
 ROUTES = {

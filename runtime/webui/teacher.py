@@ -7,6 +7,7 @@ the save fails, the classifier is opened again from the home, so memory never ru
 Recognized images are kept (as the model's 28x28 input pixels, a few hundred bytes each) for the last
 ``RECENT`` answers, so a correction names an answer instead of uploading the image again.
 """
+
 from __future__ import annotations
 
 import base64
@@ -18,7 +19,7 @@ from collections import OrderedDict
 import numpy as np
 
 from ..errors import InputError, UnknownClassError
-from ..images import as_model_input, read_image_bytes, DRAFT_FACTOR
+from ..images import DRAFT_FACTOR, as_model_input, read_image_bytes
 from ..interpreter import describe
 from ..labels import normalize_label, short_repr
 from ..preprocess import to_pixels
@@ -56,7 +57,9 @@ class Teacher:
         b = self.clf.bundle
         size = (DRAFT_FACTOR * b.input_shape[0], DRAFT_FACTOR * b.input_shape[1])
         x = as_model_input(read_image_bytes(data, name, size), b.input_shape, b.preprocess)
-        return to_pixels(x, bool(b.preprocess.get("invert", True)), b.preprocess.get("range", (0.0, 1.0)))
+        return to_pixels(
+            x, bool(b.preprocess.get("invert", True)), b.preprocess.get("range", (0.0, 1.0))
+        )
 
     def _change(self, apply) -> None:
         """Run ``apply(clf)`` and save the state; on any failure reopen the classifier from the saved state."""
@@ -82,15 +85,27 @@ class Teacher:
             classes = []
             for label in clf.classes:
                 kept, n = images.get(label), len(embedded[label])
-                thumbs = [] if kept is None else [base64.b64encode(p.tobytes()).decode() for p in kept[-THUMBNAILS:]]
+                thumbs = (
+                    []
+                    if kept is None
+                    else [base64.b64encode(p.tobytes()).decode() for p in kept[-THUMBNAILS:]]
+                )
                 classes.append({"label": label, "count": n, "thumbnails": thumbs})
             h, w = clf.bundle.input_shape[:2]
-            return {"version": clf.version, "created": m.get("created"), "metalite_version": m.get("metalite_version"),
-                    "accuracy": _accuracy_lines(m.get("accuracy") or {}), "acceleration": describe(clf.acceleration),
-                    "backbone": _backbone_line(clf.acceleration),
-                    "interpreter": clf.acceleration.interpreter, "delegate": clf.acceleration.delegate,
-                    "device": clf.device, "thumbnail_size": [h, w], "classes": classes,
-                    "outbox": self.home.outbox().pending()}
+            return {
+                "version": clf.version,
+                "created": m.get("created"),
+                "metalite_version": m.get("metalite_version"),
+                "accuracy": _accuracy_lines(m.get("accuracy") or {}),
+                "acceleration": describe(clf.acceleration),
+                "backbone": _backbone_line(clf.acceleration),
+                "interpreter": clf.acceleration.interpreter,
+                "delegate": clf.acceleration.delegate,
+                "device": clf.device,
+                "thumbnail_size": [h, w],
+                "classes": classes,
+                "outbox": self.home.outbox().pending(),
+            }
 
     # ------------------------------------------------------------------ operations
     def teach(self, label, images: list) -> dict:
@@ -119,8 +134,15 @@ class Teacher:
             self._recent[answer_id] = pixels
             while len(self._recent) > RECENT:
                 self._recent.popitem(last=False)
-            return {"id": answer_id, "ms": round(ms, 2), "thumbnail": base64.b64encode(pixels.tobytes()).decode(),
-                    "top": [{"label": clf.classes[k], "confidence": round(float(proba[k]), 4)} for k in order]}
+            return {
+                "id": answer_id,
+                "ms": round(ms, 2),
+                "thumbnail": base64.b64encode(pixels.tobytes()).decode(),
+                "top": [
+                    {"label": clf.classes[k], "confidence": round(float(proba[k]), 4)}
+                    for k in order
+                ],
+            }
 
     def correct(self, answer_id, label) -> dict:
         """Record that answer ``answer_id`` shows ``label`` (to the outbox as a correction) and learn it."""
@@ -129,7 +151,9 @@ class Teacher:
             self._current()
             pixels = self._recent.get(answer_id) if isinstance(answer_id, int) else None
             if pixels is None:
-                raise InputError(f"no recent answer {str(answer_id)[:20]}: recognize the image again")
+                raise InputError(
+                    f"no recent answer {str(answer_id)[:20]}: recognize the image again"
+                )
             self._change(lambda clf: clf.correct(pixels, label))
             del self._recent[answer_id]
             return {"label": label, "outbox": self.home.outbox().pending()}
@@ -158,8 +182,15 @@ class Teacher:
                 raise InputError("nothing learned yet: teach a class first")
             proba = clf.predict_proba([str(path)])[0]
             order = np.argsort(-proba)[:TOP]
-            top = [{"label": clf.classes[k], "confidence": round(float(proba[k]), 4)} for k in order]
-            return {"label": top[0]["label"], "confidence": top[0]["confidence"], "top": top, "version": clf.version}
+            top = [
+                {"label": clf.classes[k], "confidence": round(float(proba[k]), 4)} for k in order
+            ]
+            return {
+                "label": top[0]["label"],
+                "confidence": top[0]["confidence"],
+                "top": top,
+                "version": clf.version,
+            }
 
 
 def _label(value):
@@ -190,9 +221,11 @@ def _accuracy_lines(acc: dict) -> list:
         if not isinstance(r, dict):
             continue
         if isinstance(r.get("error"), (int, float)):
-            lines.append(f"{key}: {100 * r['error']:.2f}% error ± {100 * r.get('ci95', 0):.2f}, {r.get('runs', '?')} runs")
+            lines.append(
+                f"{key}: {100 * r['error']:.2f}% error ± {100 * r.get('ci95', 0):.2f}, {r.get('runs', '?')} runs"
+            )
         elif isinstance(r.get("mean"), (int, float)):
             data = str(r.get("data", ""))
-            where = data[data.rfind("(") + 1:].rstrip(")") if "(" in data else data
+            where = data[data.rfind("(") + 1 :].rstrip(")") if "(" in data else data
             lines.append(f"{key}: {100 * r['mean']:.1f}% ± {100 * r.get('ci95', 0):.1f} ({where})")
     return lines

@@ -4,6 +4,7 @@
 ``openssl`` command (on Raspberry Pi OS and Debian by default) and reuses it, so a phone accepts the same
 certificate warning only once.
 """
+
 from __future__ import annotations
 
 import ipaddress
@@ -39,13 +40,31 @@ def self_signed(folder, names) -> tuple:
         return cert, key
     openssl = shutil.which("openssl")
     if openssl is None:
-        raise WebError("--self-signed needs the openssl command (apt install openssl), or pass --tls-cert/--tls-key")
+        raise WebError(
+            "--self-signed needs the openssl command (apt install openssl), or pass --tls-cert/--tls-key"
+        )
     folder.mkdir(parents=True, exist_ok=True)
     names = [n for n in dict.fromkeys(names) if n and n not in ("0.0.0.0", "::")]
     alt = ",".join(f"IP:{n.strip('[]')}" if _is_ip(n) else f"DNS:{n}" for n in names)
     tmp_cert, tmp_key = folder / ".cert.pem.tmp", folder / ".key.pem.tmp"
-    cmd = [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "825", "-subj", "/CN=metalite device",
-           "-addext", f"subjectAltName={alt}", "-keyout", str(tmp_key), "-out", str(tmp_cert)]
+    cmd = [
+        openssl,
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "825",
+        "-subj",
+        "/CN=metalite device",
+        "-addext",
+        f"subjectAltName={alt}",
+        "-keyout",
+        str(tmp_key),
+        "-out",
+        str(tmp_cert),
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
         last = (done.stderr.strip().splitlines() or ["no message"])[-1]

@@ -6,6 +6,7 @@ it is left alone), hidden files and names without an image extension are skipped
 used gives a line with ``"error"`` and the watch goes on. A file written again under the same name (a
 camera's ``latest.jpg``) is a new image. Names are remembered only while their file is there.
 """
+
 from __future__ import annotations
 
 import json
@@ -30,12 +31,19 @@ class Watcher:
     """
 
     def __init__(self, teacher, folder, out, interval: float = 0.5):
-        self.teacher, self.folder, self.out, self.interval = teacher, Path(folder), out, float(interval)
+        self.teacher, self.folder, self.out, self.interval = (
+            teacher,
+            Path(folder),
+            out,
+            float(interval),
+        )
         self._pending: dict = {}  # name -> (size, mtime_ns) at the last poll, until it stops changing
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.classified = 0
-        self._done: dict = self._listing() or {}  # name -> (size, mtime_ns) classified; those there at start too
+        self._done: dict = (
+            self._listing() or {}
+        )  # name -> (size, mtime_ns) classified; those there at start too
 
     def _listing(self) -> dict | None:
         """{name: (size, mtime_ns)} of the image files in the folder, or None if it cannot be read now."""
@@ -66,7 +74,9 @@ class Watcher:
         for name, sig in sorted(listing.items()):
             if self._done.get(name) == sig:
                 continue  # classified (or there at start) and unchanged since
-            if self._pending.get(name) != sig:  # new, rewritten, or still growing: look again next poll
+            if (
+                self._pending.get(name) != sig
+            ):  # new, rewritten, or still growing: look again next poll
                 self._pending[name] = sig
                 continue
             del self._pending[name]
@@ -92,7 +102,7 @@ class Watcher:
         while not self._stop.wait(self.interval):
             self.poll()
 
-    def start(self) -> "Watcher":
+    def start(self) -> Watcher:
         """Poll in a background thread until ``stop``."""
         self._thread = threading.Thread(target=self._run, name="metalite-watch", daemon=True)
         self._thread.start()

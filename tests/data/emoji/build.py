@@ -5,6 +5,7 @@
 Copies the concepts in ``PICK`` (README.md), every artist's rendering, shrunk to 32 px, into this folder in
 the ``emoji:`` layout ``CATEGORY/UNIFIED/UNIFIED_AA.png`` (AA: 01 Noto, 02 Twemoji, 03 OpenMoji).
 """
+
 import sys
 from pathlib import Path
 
@@ -31,7 +32,9 @@ def main(src: Path) -> None:
             out.mkdir(parents=True, exist_ok=True)
             for f in files:
                 with Image.open(f) as im:
-                    im.convert("RGB").resize((SIZE, SIZE), Image.Resampling.LANCZOS).save(out / f.name, optimize=True)
+                    im.convert("RGB").resize((SIZE, SIZE), Image.Resampling.LANCZOS).save(
+                        out / f.name, optimize=True
+                    )
 
 
 if __name__ == "__main__":

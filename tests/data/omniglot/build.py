@@ -8,17 +8,22 @@ What is picked (README.md): Greek, 20 characters x 20 drawers (the one alphabet 
 20-way runs, so it becomes the held-out test alphabet), and 6 characters x 6 drawers of four more
 alphabets; mini2 repeats Greek's first 6 x 6 drawings, as small2 repeats small1's Greek and Latin.
 """
+
 import sys
 import zipfile
 from pathlib import Path
 
 PICK = {  # zip -> [(source zip, alphabet, characters, drawers)]
-    "mini1": [("images_background_small1.zip", "Greek", 20, 20),
-              ("images_background_small1.zip", "Balinese", 6, 6),
-              ("images_background_small1.zip", "Korean", 6, 6)],
-    "mini2": [("images_background_small1.zip", "Greek", 6, 6),
-              ("images_background_small2.zip", "Sanskrit", 6, 6),
-              ("images_background_small2.zip", "Tagalog", 6, 6)],
+    "mini1": [
+        ("images_background_small1.zip", "Greek", 20, 20),
+        ("images_background_small1.zip", "Balinese", 6, 6),
+        ("images_background_small1.zip", "Korean", 6, 6),
+    ],
+    "mini2": [
+        ("images_background_small1.zip", "Greek", 6, 6),
+        ("images_background_small2.zip", "Sanskrit", 6, 6),
+        ("images_background_small2.zip", "Tagalog", 6, 6),
+    ],
 }
 
 
@@ -40,8 +45,10 @@ def main(source_dir: str) -> None:
             for src_name, alphabet, characters, drawers in picks:
                 with zipfile.ZipFile(Path(source_dir) / src_name) as src:
                     for char, file_name, data in members(src, alphabet, characters, drawers):
-                        info = zipfile.ZipInfo(f"images_background_{out}/{alphabet}/{char}/{file_name}",
-                                               date_time=(1980, 1, 1, 0, 0, 0))
+                        info = zipfile.ZipInfo(
+                            f"images_background_{out}/{alphabet}/{char}/{file_name}",
+                            date_time=(1980, 1, 1, 0, 0, 0),
+                        )
                         zf.writestr(info, data)
         print(f"{out}.zip: {(here / f'{out}.zip').stat().st_size} bytes")
 
