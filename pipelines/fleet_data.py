@@ -89,6 +89,9 @@ def write_fleet_data(root, data: Path, last_seq: int, size: int) -> dict:
             else:
                 yield "", ex
 
+    data.mkdir(
+        parents=True, exist_ok=True
+    )  # written even when nothing is labelled: the caller says too few
     items, counts = [], {"train": 0, "holdout": 0, "skipped": 0, "duplicates": 0}
     for d, ex in distinct():
         if d:

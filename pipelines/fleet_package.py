@@ -44,14 +44,27 @@ def _thinning(base_backbone: dict, widths) -> list | None:
     return [(b - w) / b for b, w in zip(before[:-1], widths[:-1])]
 
 
-def compress_export(work: Path, cfg: dict, recipe: dict, say, progress) -> Path:
-    """The fine-tuned float model packaged like the release (``recipe``): compressed the same way, then exported."""
+def compress_export(
+    work: Path,
+    cfg: dict,
+    recipe: dict,
+    say,
+    progress,
+    lr_scale: float = 1.0,
+    freeze_bn: bool = True,
+) -> Path:
+    """The fine-tuned float model packaged like the release (``recipe``): compressed the same way (on the fleet's
+    data, so at ``lr_scale`` of the model's learning rate, its BatchNorm kept if ``freeze_bn``), then exported."""
     from metalite.export.bundle import write_bundle
     from metalite.training.compress import compress
     from metalite.training.datasets import load_data, representative_inputs
     from metalite.training.modeldir import load_model_dir, meta_from_config
+    from metalite.training.settings import hparams_of
 
     thin = _thinning(cfg["backbone"], recipe["widths"])
+    lr = lr_scale * float(
+        hparams_of(cfg["algorithm"], (cfg.get("train") or {}).get("hparams") or {})["lr"]
+    )
     if recipe["pqat"] or recipe["sparsity"] > 0 or thin:
         if (work / "pqat").exists() and not (work / "pqat" / "config.json").is_file():
             shutil.rmtree(work / "pqat")
@@ -78,6 +91,8 @@ def compress_export(work: Path, cfg: dict, recipe: dict, say, progress) -> Path:
                 structured=thin or 0.0,
                 structured_steps=recipe["structured_steps"] if thin else None,
                 structured_multiple=1,
+                freeze_bn=freeze_bn,
+                lr=lr,
             )
         source = work / "pqat"
     else:

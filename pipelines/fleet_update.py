@@ -48,6 +48,7 @@ from .fleet_gate import (
 from .fleet_package import compress_export, keep_float_model, release_recipe
 
 KEEP_REJECTED = 3  # rejected candidates kept under updates/rejected/ (the newest)
+BATCHNORM = ("keep", "adapt")  # what fine-tuning does with the model's BatchNorm statistics
 RECIPE_KEYS = (
     "tta",
     "pqat",
@@ -68,7 +69,14 @@ class UpdateOptions:
       model_dir: float model to start from (None: the one kept with the current release).
       candidate: a bundle to gate instead of training one (the fine-tuning steps are skipped);
         candidate_model: its float model directory (None: ``model/`` beside a kept rejected candidate).
-      steps, strategy, lr_scale: the fine-tuning run (``lr_scale`` times the model's learning rate).
+      steps, strategy, lr_scale: the fine-tuning run (``lr_scale`` times the model's learning rate; its
+        compression too, on the fleet's data).
+      batchnorm: "keep" the model's BatchNorm statistics while fine-tuning and compressing (a few fleet classes
+        must not replace what all its training data set), or "adapt" them to the fleet's episodes (a model
+        trained briefly, whose statistics are worth less).
+      data: the data spec of the float model's original data on this machine (replayed classes, validation,
+        the no-damage check's test classes) [its config's, which names the paths it was trained with];
+        recorded, with absolute paths, in the float model a published update keeps.
       replay, val_classes: original training classes replayed / validation classes for model selection.
       recipe: overrides of the release's packaging (``release_recipe`` keys; None values keep the release's).
       ways, episodes, unseen: the paired N-way 1-shot episodes on (at most ``unseen``) classes no one trained on.
@@ -83,7 +91,9 @@ class UpdateOptions:
     strategy: str | None = None
     replay: int = 300
     val_classes: int = 50
-    lr_scale: float = 0.3
+    lr_scale: float = 0.03  # docs/fleet.md: what larger ones cost a well-trained model
+    batchnorm: str = "keep"
+    data: str | None = None
     recipe: dict = field(default_factory=dict)
     ways: int = UNSEEN_WAYS
     episodes: int = UNSEEN_EPISODES
@@ -113,6 +123,14 @@ class UpdateOptions:
             raise FleetError(
                 f"update option max_drop must be a number in [0, 1], got {self.max_drop!r}"
             )
+        if self.batchnorm not in BATCHNORM:
+            raise FleetError(
+                f"update option batchnorm must be one of {', '.join(BATCHNORM)}, got {self.batchnorm!r}"
+            )
+        if self.data is not None and not (isinstance(self.data, str) and self.data.strip()):
+            raise FleetError(
+                f"update option data must be a data spec such as 'omniglot:PATH', got {self.data!r}"
+            )
         unknown = sorted(set(self.recipe) - set(RECIPE_KEYS))
         if unknown:
             raise FleetError(
@@ -133,7 +151,7 @@ def _fine_tune(work: Path, cfg: dict, opts: UpdateOptions, say, progress) -> Non
     data = load_data(f"folder:{work / 'data'}", int(cfg["input"]["shape"][0]), "train")
     tr = cfg.get("train", {})
     shots = int(tr.get("shots") or 1)
-    usable = int((data.counts() >= shots + 2).sum())
+    usable = int((data.counts() >= shots + 1).sum())  # one query: a class of two images takes part
     hparams = dict(tr.get("hparams") or {})
     if "lr" in hparams:
         hparams["lr"] = float(hparams["lr"]) * opts.lr_scale
@@ -144,7 +162,7 @@ def _fine_tune(work: Path, cfg: dict, opts: UpdateOptions, say, progress) -> Non
         head=cfg["head"],
         image_size=int(cfg["input"]["shape"][0]),
         shots=shots,
-        queries=2,
+        queries=1,
         ways=max(2, min(int(tr.get("ways") or 20), usable)),
         steps=opts.steps,
         seed=int(cfg.get("seed", 0)),
@@ -157,11 +175,17 @@ def _fine_tune(work: Path, cfg: dict, opts: UpdateOptions, say, progress) -> Non
         checkpoint_every=max(1, opts.steps // 4),
         strategy=opts.strategy or TrainSettings.strategy,
         init=str(work / "base"),
+        freeze_bn=opts.batchnorm == "keep",
     )
     resume = (work / "float" / "checkpoints" / "run.json").is_file()
+    fleet = [
+        n for c, n in zip(data.class_names, data.counts()) if c.startswith("fleet-")
+    ]  # images per class
+    fit = sum(n >= shots + 1 for n in fleet)
     say(
         ("resuming" if resume else "starting")
-        + f" fine-tuning: {plural(opts.steps, 'step')} on {plural(data.num_classes, 'class')}"
+        + f" fine-tuning: {plural(opts.steps, 'step')} on {plural(data.num_classes, 'class')} ({fit} of the fleet's "
+        f"{len(fleet)} have the {shots + 1} training images an episode needs)"
     )
     train(work / "float", settings, resume=resume, progress=progress, log=say)
 
@@ -187,8 +211,11 @@ def _save_plan(work: Path, plan: dict) -> None:
 
 
 def _prepare(root, work: Path, plan: dict, opts: UpdateOptions, say) -> dict:
-    """Base model, current bundle and data (each step once, recorded in the plan)."""
+    """Base model, current bundle and data (each step once, recorded in the plan); ``opts.data`` replaces the
+    base's data spec (where this machine has the model's original data)."""
     from metalite.fleet import export_bundle, export_model
+    from metalite.training.datasets import absolute_spec, parse_spec
+    from metalite.training.errors import DataError
     from metalite.training.modeldir import read_config
 
     if "base" not in plan["done"]:
@@ -208,6 +235,15 @@ def _prepare(root, work: Path, plan: dict, opts: UpdateOptions, say) -> dict:
         raise ValueError(
             f"{work / 'base'}: the update starts from a float model, this one is {cfg['stage']!r}"
         )
+    if opts.data is not None:  # a model's config names its data as the training machine had it
+        cfg["data"] = absolute_spec(opts.data)
+    else:
+        try:
+            parse_spec(cfg["data"])
+        except DataError as e:
+            raise DataError(
+                f"the float model's data: {e} (--data: where this machine has it)"
+            ) from None
     if "data" not in plan["done"]:
         shutil.rmtree(work / "data", ignore_errors=True)
         size = int(cfg["input"]["shape"][0])
@@ -358,7 +394,9 @@ def _run(root, base: int, opts: UpdateOptions, say, progress, t0: float) -> dict
             _fine_tune(work, cfg, opts, say, progress)
             plan["done"].append("train")
             _save_plan(work, plan)
-        candidate = compress_export(work, cfg, recipe, say, progress)
+        candidate = compress_export(
+            work, cfg, recipe, say, progress, opts.lr_scale, opts.batchnorm == "keep"
+        )
         float_model = keep_float_model(work, cfg, recipe, plan, work / "release_model")
     m = _evaluate(work, plan, Path(candidate), cfg, opts, say)
     m["recipe"] = recipe

@@ -184,6 +184,14 @@ def publish_cmd(bundle, root, model_dir, note):
     help="Float model directory to start from [the one kept with the current release].",
 )
 @click.option(
+    "--data",
+    "data_spec",
+    default=None,
+    metavar="SPEC",
+    help="Where this machine has the float model's original data (replayed and validation classes, "
+    "the no-damage check's test classes), as for 'metalite train' [the paths its config names].",
+)
+@click.option(
     "--candidate",
     type=click.Path(exists=True, file_okay=False, path_type=Path),
     default=None,
@@ -222,7 +230,16 @@ def publish_cmd(bundle, root, model_dir, note):
     type=click.FloatRange(min=0, min_open=True),
     default=UPDATE.lr_scale,
     show_default=True,
-    help="Fine-tuning learning rate as a fraction of the model's.",
+    help="Fine-tuning learning rate as a fraction of the model's (its compression's too).",
+)
+@click.option(
+    "--batchnorm",
+    type=click.Choice(["keep", "adapt"]),
+    default=UPDATE.batchnorm,
+    show_default=True,
+    help="keep the model's BatchNorm statistics while fine-tuning and compressing (a few fleet classes must "
+    "not replace what all its training data set), or adapt them to the fleet's episodes (a briefly "
+    "trained model).",
 )
 @click.option(
     "--tta",
@@ -282,12 +299,14 @@ def publish_cmd(bundle, root, model_dir, note):
 def update_cmd(
     root,
     model_dir,
+    data_spec,
     candidate,
     candidate_model,
     steps,
     strategy,
     replay,
     lr_scale,
+    batchnorm,
     tta,
     sparsity,
     prune_steps,
@@ -335,6 +354,8 @@ def update_cmd(
         unseen=unseen_classes,
         max_drop=max_drop,
         keep_rejected=keep_rejected,
+        data=data_spec,
+        batchnorm=batchnorm,
     )
     r = update(_open(root), options, say=say, progress=console_progress())
     if as_json:

@@ -34,6 +34,7 @@ from .modeldir import (
     read_config,
     save_model_dir,
 )
+from .models import freeze_batchnorm, thaw
 from .pruning import PruningSchedule, finish_pruning, prune_wrap, quantize_pqat, weight_report
 from .settings import hparams_of
 from .structured import parse_fractions, thin_backbone
@@ -480,9 +481,13 @@ def compress(
     structured_steps=None,
     structured_multiple=16,
     overwrite=True,
+    freeze_bn=False,
 ) -> dict:
     """Thin (``structured``), prune (``sparsity``) and PQAT the float model in ``model_dir``; write the
     compressed model directory ``out`` (an existing one is replaced only if ``overwrite``: the CLI's ``--force``).
+
+    ``freeze_bn``: pruning and PQAT keep the BatchNorm statistics and scales as they are after thinning
+    (``models.freeze_batchnorm``), for episodes of a few classes that should not replace them.
 
     ``progress``: a ``metalite.common.progress.Progress`` (None: silent); ``log`` overrides its news lines.
     Returns the report (also saved as ``out/compression_report.json``)."""
@@ -546,8 +551,10 @@ def compress(
             p, student, student_head, head_spec, train_data, sampler, lr, aux, stages, progress
         )
     fits = {"prune": None, "qat": None}
+    frozen = freeze_batchnorm(student) if freeze_bn else []
     if p.sparsity > 0:
         wrapped = prune_wrap(student, p.sparsity, p.prune_steps)
+        frozen += freeze_batchnorm(wrapped) if freeze_bn else []
         fits["prune"] = _finetune(
             p,
             wrapped,
@@ -567,9 +574,11 @@ def compress(
     layers, final, final_spec = weight_report(student), student, head_spec()
     tmp = Path(tempfile.mkdtemp(prefix=".compress."))
     try:
+        thaw(frozen)
         student.save_weights(str(tmp / PRUNED_WEIGHTS))
         if p.qat:
             final = quantize_pqat(student)
+            frozen = freeze_batchnorm(final) if freeze_bn else []
             fits["qat"] = _finetune(
                 p, final, student_head, sampler, p.qat_steps, lr * QAT_LR, "PQAT", aux, progress
             )
@@ -582,6 +591,7 @@ def compress(
         )
         report = _report(p, layers, tflite, stages, fits, lr, time.time() - t0, thinned)
         atomic_write_text(tmp / REPORT, json.dumps(report, indent=2, default=float))
+        thaw(frozen)
         save_model_dir(
             p.out,
             _config(p, report),

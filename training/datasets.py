@@ -375,6 +375,13 @@ def portable_spec(spec: str) -> str:
     return f"{kind}:" + ",".join(Path(p).name for p in rest.split(",") if p)
 
 
+def absolute_spec(spec: str) -> str:
+    """``spec`` with every path absolute (and checked to exist): what a model directory kept for later runs
+    records, so they find its data whatever their working directory."""
+    kind, paths = parse_spec(spec)
+    return spec.strip() if not paths else f"{kind}:" + ",".join(str(p.resolve()) for p in paths)
+
+
 def spec_with_dirs(portable: str) -> str:
     """``omniglot:a.zip,b.zip`` -> ``omniglot:DIR/a.zip,DIR/b.zip``: the --data to pass for a bundle's recorded data."""
     kind, sep, rest = (portable or "").partition(":")

@@ -100,3 +100,27 @@ def build_head(cfg: dict, embedding_dim: int) -> keras.Sequential:
     head = keras.Sequential(layers, name="head")
     head.build((None, int(embedding_dim)))
     return head
+
+
+def freeze_batchnorm(model) -> list:
+    """Run every BatchNormalization layer of ``model`` (also one inside a quantization or pruning wrapper) in
+    inference mode, its statistics fixed, and keep its scale and offset (except inside a quantization wrapper,
+    which hands them to the optimizer itself); returns the layers. Fine-tuning on a few classes would otherwise
+    replace statistics learnt from many within ~30 steps (``BN_MOMENTUM``), which costs classes no one
+    fine-tuned on more than the weights' drift (docs/fleet.md)."""
+    frozen = []
+    for layer in model.layers:
+        inner = getattr(layer, "layer", layer)
+        if isinstance(inner, keras.layers.BatchNormalization):
+            inner.trainable = (
+                False  # a non-trainable BatchNormalization runs in inference mode (tf.keras 2)
+            )
+            frozen.append(inner)
+    return frozen
+
+
+def thaw(layers) -> None:
+    """Make ``layers`` trainable again before their model is saved: a quantization wrapper lists a frozen
+    layer's weights in another order, which a model rebuilt from its config could not load."""
+    for layer in layers:
+        layer.trainable = True

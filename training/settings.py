@@ -164,6 +164,9 @@ class TrainSettings:
     init: str | None = (
         None  # a float model directory a fine-tuning run starts from (``metalite fleet update``)
     )
+    freeze_bn: bool = (
+        False  # keep the init model's BatchNorm layers as they are (``models.freeze_batchnorm``)
+    )
 
     def __post_init__(self):
         parse_spec(self.data)  # DataError naming the spec
@@ -200,6 +203,8 @@ class TrainSettings:
                 f"--within-alphabet must be a fraction in [0, 1], got {self.within_alphabet!r}"
             )
         object.__setattr__(self, "within_alphabet", float(self.within_alphabet))
+        if not isinstance(self.freeze_bn, bool):
+            raise SettingsError(f"freeze_bn must be true or false, got {self.freeze_bn!r}")
         if self.rotations not in (None, True, False):
             raise SettingsError(f"rotations must be true, false or null, got {self.rotations!r}")
         self._check_model()

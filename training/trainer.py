@@ -37,6 +37,7 @@ from .errors import Interrupted, ModelDirError
 from .evaluate import embed_all, episode_settings, evaluate_embeddings, keras_embed_fn
 from .loop import Averages, Hooks, run_episodes
 from .modeldir import build_from_config, head_spec_from_keras, read_config, save_model_dir, versions
+from .models import freeze_batchnorm
 
 VAL_SEED = 1234  # the same validation episodes at every validation
 
@@ -153,6 +154,8 @@ class TrainingRun(Hooks):
             self.strategy.scope()
         ):  # variables, optimizer and learner of a distributed run live in the strategy
             self.backbone, self.head = build_from_config(cfg)
+            if s.freeze_bn:
+                freeze_batchnorm(self.backbone)
             self.learner = make_learner(s.algorithm, self.backbone, self.head, self.hparams)
         self.stepper = (
             DistributedLearner(self.learner, self.strategy) if s.strategy != "default" else None

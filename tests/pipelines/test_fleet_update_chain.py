@@ -134,6 +134,44 @@ def test_examples_are_deduplicated_and_held_out_per_class_and_device(tmp_path):
     )
 
 
+def test_a_fleet_with_no_labelled_example_is_told_so(tmp_path):
+    """Only unsure predictions arrived (no label to train on): one line saying so, not a missing work file."""
+    repo = REPO
+    fleet = FleetRoot(tmp_path / "root", create=True)
+    publish(fleet, repo / "models" / "glyphs", model_dir=repo / "models" / "float" / "glyphs")
+    _send(fleet, "pi-a", [("a-u0", "unsure", None, np.full((28, 28), 255, np.uint8))])
+    r = CliRunner().invoke(main, ["fleet", "update", "--root", str(fleet.path)])
+    assert r.exit_code == 1 and "too few labelled examples from the fleet" in r.output, r.output
+    assert "No such file" not in r.output
+
+
+def test_a_float_model_whose_data_is_elsewhere_is_told_where_to_look(tmp_path, monkeypatch):
+    """The shipped float model names its data by the path it was trained with (relative to that checkout): where
+    that path is missing the update says so and names ``--data`` (the e2e test on the shipped bundle passes it)."""
+    repo = REPO
+    monkeypatch.chdir(
+        tmp_path
+    )  # the relative path in models/float/omniglot's config leads nowhere from here
+    fleet = FleetRoot(tmp_path / "root", create=True)
+    publish(fleet, repo / "models" / "omniglot", model_dir=repo / "models" / "float" / "omniglot")
+    ink = np.full((28, 28), 255, np.uint8)
+    ink[10:18, 10:18] = 0
+    _send(
+        fleet,
+        "pi-a",
+        [("a-s0", "support", "box", ink), ("a-s1", "support", "box", ink[::-1].copy())],
+    )
+    r = CliRunner().invoke(main, ["fleet", "update", "--root", str(fleet.path)])
+    assert (
+        r.exit_code == 1 and "the float model's data: " in r.output and "no such file" in r.output
+    ), r.output
+    assert "(--data: where this machine has it)" in r.output, r.output
+    r = CliRunner().invoke(
+        main, ["fleet", "update", "--root", str(fleet.path), "--data", "omniglot:nowhere.zip"]
+    )
+    assert r.exit_code == 1 and "nowhere.zip: no such file or directory" in r.output, r.output
+
+
 def test_the_recipe_is_read_from_the_release_and_can_be_overridden():
     from metalite.pipelines.fleet_package import _thinning, release_recipe
 

@@ -105,6 +105,7 @@ def test_update_fine_tunes_on_what_devices_sent_and_devices_get_better(base, tmp
         assert {k for k, _ in kinds} >= {"support", "correction"}, kinds
 
         t0 = time.time()
+        # the tiny model trained 150 episodes: its BatchNorm statistics are worth re-estimating on the fleet's
         r = CliRunner().invoke(
             main,
             [
@@ -118,6 +119,8 @@ def test_update_fine_tunes_on_what_devices_sent_and_devices_get_better(base, tmp
                 "5",
                 "--lr-scale",
                 "1",
+                "--batchnorm",
+                "adapt",
                 "--episodes",
                 "200",
                 "--max-drop",

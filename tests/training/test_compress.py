@@ -413,3 +413,38 @@ def test_structured_pruning_composes_with_sparsity_pqat_and_int8(env, tmp_path):
         "widths [4, 4, 4, 8]" in res.output
         and "fine-tuned 3 (structured) + 6 (pruning) + 2 (QAT) steps" in res.output
     )
+
+
+def test_freeze_bn_keeps_the_batchnorm_through_pruning_and_pqat_and_the_model_loads(env, tmp_path):
+    """``compress(freeze_bn=True)``: the compressed model's BatchNorm statistics are the float model's (without
+    it PQAT's episodes move them; scale and offset learn in PQAT either way, the quantization wrapper trains
+    them), and it loads back (frozen layers are saved as built)."""
+    from metalite.training.compress import compress
+    from metalite.training.modeldir import load_model_dir
+
+    def bn(
+        model,
+    ):  # {block1_bn/moving_mean:0: values, ...}: the BatchNorm statistics, wrapped or not
+        names = ("moving_mean:0", "moving_variance:0")
+        return {w.name: w.numpy() for w in model.weights if w.name.endswith(names)}
+
+    _, float_bb, _ = load_model_dir(env["float"])
+    for freeze in (True, False):
+        out = tmp_path / f"pqat-{freeze}"
+        compress(
+            env["float"],
+            out,
+            sparsity=0.5,
+            prune_steps=4,
+            qat_steps=4,
+            episodes=5,
+            eval_ways=(5,),
+            int8_check=False,
+            progress=False,
+            log=lambda m: None,
+            freeze_bn=freeze,
+        )
+        _, q, _ = load_model_dir(out)
+        got, want = bn(q), bn(float_bb)
+        assert sorted(got) == sorted(want) and len(want) == 8, (sorted(got), sorted(want))
+        assert all(np.array_equal(got[n], want[n]) for n in want) == freeze, freeze

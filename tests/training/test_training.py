@@ -328,6 +328,36 @@ def test_train_writes_a_model_dir_and_resumes(folder, tmp_path):
 
 
 @pytest.mark.slow
+def test_fine_tuning_with_freeze_bn_keeps_the_init_models_batchnorm(folder, tmp_path):
+    """``init`` + ``freeze_bn``: convolutions learn, every BatchNorm statistic and scale stays the init model's
+    (without it the statistics follow the fine-tuning episodes)."""
+    from metalite.training.modeldir import load_model_dir
+    from metalite.training.trainer import train
+
+    def weights(model_dir):
+        _, bb, _ = load_model_dir(model_dir)
+        return {w.name: w.numpy() for w in bb.weights}
+
+    train(tmp_path / "base", _settings(folder), progress=False, log=lambda m: None)
+    base = weights(tmp_path / "base")
+    for freeze in (True, False):
+        out = tmp_path / f"tuned-{freeze}"
+        train(
+            out,
+            _settings(folder, init=str(tmp_path / "base"), freeze_bn=freeze, seed=1),
+            progress=False,
+            log=lambda m: None,
+        )
+        tuned = weights(out)
+        bn = [n for n in base if "_bn/" in n]
+        assert len(bn) == 16  # gamma, beta, moving mean and variance of 4 conv blocks
+        assert all(np.array_equal(base[n], tuned[n]) for n in bn) == freeze, freeze
+        assert not any(np.array_equal(base[n], tuned[n]) for n in base if n.endswith("kernel:0")), (
+            freeze
+        )
+
+
+@pytest.mark.slow
 def test_ctrl_c_leaves_checkpoint_and_usable_model(folder, tmp_path, monkeypatch):
     from metalite.training import algorithms
     from metalite.training.modeldir import load_model_dir
