@@ -239,6 +239,13 @@ def _compression_lines(c: dict) -> list:
         return ["compression: none (float model, quantized to int8 after training)"]
     steps = c.get("steps") or {}
     what, done = [], []
+    if steps.get("distill"):
+        shifts = c.get("distill_shifts") or 0
+        what.append(
+            "distilled fine-tuning first"
+            + (f", the teacher averaged over {shifts} shifts" if shifts else "")
+        )
+        done.append(f"{steps['distill']} (distillation)")
     st = c.get("structured") or {}
     if st:
         what.append(

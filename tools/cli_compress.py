@@ -105,6 +105,21 @@ def _fractions(ctx, param, value):
     help="mse: student embeddings match the float model's (measured best on Omniglot); kl: episode prototype logits at T=4; cosine",
 )
 @click.option(
+    "--distill-shifts",
+    type=click.Choice(["0", "4", "8"]),
+    default="0",
+    show_default=True,
+    help="the teacher's target is its embedding averaged over the image and this many one-pixel shifts "
+    "(the runtime's tta): a student exported with --tta 0 learns what shift averaging gives",
+)
+@click.option(
+    "--distill-steps",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="episodes of distilled fine-tuning of the float model before pruning and PQAT (needs --distill)",
+)
+@click.option(
     "--ways", type=int, default=None, help="classes per fine-tuning episode [default: as trained]"
 )
 @click.option(
@@ -140,6 +155,8 @@ def compress_cmd(
     no_qat,
     distill,
     distill_loss,
+    distill_shifts,
+    distill_steps,
     ways,
     shots,
     queries,
@@ -151,6 +168,7 @@ def compress_cmd(
     """Prune MODEL (a float model from `metalite train`) and quantization-aware fine-tune it.
 
     \b
+    0. with --distill-steps N: N episodes of distilled fine-tuning of the float model first;
     1. with --structured F: remove F of the filters of every conv layer (but the embedding layer),
        rebuild a thinner backbone and fine-tune it episodically;
     2. magnitude pruning of every Conv2D/DepthwiseConv2D/Dense kernel to --sparsity, fine-tuned
@@ -183,6 +201,8 @@ def compress_cmd(
         structured_steps=structured_steps,
         structured_multiple=structured_multiple,
         overwrite=force,
+        distill_shifts=int(distill_shifts),
+        distill_steps=distill_steps,
     )
     plan(model, out, **args)  # bad input fails here, before TensorFlow is imported
     report = compress(model, out, progress=console_progress(), **args)

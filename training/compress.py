@@ -116,6 +116,12 @@ class Plan:
     structured_scope: str = "layer"
     structured_steps: int = 600
     structured_multiple: int = 16
+    distill_shifts: int = (
+        0  # the teacher's target: its embedding averaged over this many one-pixel shifts too
+    )
+    distill_steps: int = (
+        0  # episodes of distilled fine-tuning of the float student before pruning and PQAT
+    )
 
     @property
     def stage(self) -> str:
@@ -152,13 +158,17 @@ def plan(
     structured_steps=None,
     structured_multiple=16,
     overwrite=True,
+    distill_shifts=0,
+    distill_steps=0,
 ) -> Plan:
     """Check the arguments and the input model; CompressError/ModelDirError naming the problem."""
+    from metalite.runtime.tta import SHIFTS
+
     sparsity = check_sparsity(sparsity)
     thin = _check_structured(
         structured, structured_score, structured_scope, structured_steps, structured_multiple
     )
-    if sparsity == 0 and not qat and not _removes_filters(thin[0]):
+    if sparsity == 0 and not qat and not _removes_filters(thin[0]) and not distill_steps:
         raise CompressError("nothing to do: --sparsity 0, no --structured and --no-qat")
     model_dir, out = Path(model_dir), Path(out)
     cfg = read_config(model_dir)
@@ -177,6 +187,17 @@ def plan(
         raise CompressError(
             f"unknown distillation loss {distill_loss!r}; choose one of {', '.join(DISTILL_LOSSES)}"
         )
+    if (distill_shifts or distill_steps) and not distill:
+        raise CompressError(
+            "--distill-shifts and --distill-steps need --distill (they say what the teacher teaches)"
+        )
+    if isinstance(distill_shifts, bool) or distill_shifts not in SHIFTS:
+        raise CompressError(
+            f"--distill-shifts must be one of {', '.join(map(str, sorted(SHIFTS)))}, "
+            f"got {distill_shifts!r}"
+        )
+    if isinstance(distill_steps, bool) or not isinstance(distill_steps, int) or distill_steps < 0:
+        raise CompressError(f"--distill-steps must be an integer >= 0, got {distill_steps!r}")
     if lr is not None and not float(lr) > 0:
         raise CompressError(f"--lr must be positive, got {lr}")
     train = cfg.get("train", {})
@@ -197,6 +218,8 @@ def plan(
         int(episodes),
         tuple(eval_ways),
         *thin,
+        distill_shifts=int(distill_shifts),
+        distill_steps=int(distill_steps),
     )
 
 
@@ -418,6 +441,7 @@ def _report(
             "seed": p.seed,
         },
         "steps": {
+            **({"distill": p.distill_steps} if p.distill_steps else {}),
             "structured": p.structured_steps if p.thinning else 0,
             "prune": p.prune_steps if p.sparsity else 0,
             "qat": p.qat_steps if p.qat else 0,
@@ -437,6 +461,7 @@ def _config(p: Plan, report: dict) -> dict:
         "sparsity": p.sparsity,
         "pqat": p.qat,
         "distill": p.distill,
+        **({"distill_shifts": p.distill_shifts} if p.distill_shifts else {}),
         "structured": report.get("structured"),
         "steps": report["steps"],
         "finetune": {k: report["finetune"][k] for k in ("ways", "shots", "queries", "lr", "seed")},
@@ -444,7 +469,9 @@ def _config(p: Plan, report: dict) -> dict:
         "stages": stages,
         "source": p.model_dir.name,
     }
-    final = next(k for k in ("int8_tflite", "pqat", "pruned", "structured") if k in stages)
+    final = next(
+        k for k in ("int8_tflite", "pqat", "pruned", "structured", "distilled") if k in stages
+    )
     metrics = dict(cfg.get("metrics") or {})
     for k, v in stages[final].items():
         metrics[k] = {
@@ -482,12 +509,18 @@ def compress(
     structured_multiple=16,
     overwrite=True,
     freeze_bn=False,
+    distill_shifts=0,
+    distill_steps=0,
 ) -> dict:
     """Thin (``structured``), prune (``sparsity``) and PQAT the float model in ``model_dir``; write the
     compressed model directory ``out`` (an existing one is replaced only if ``overwrite``: the CLI's ``--force``).
 
     ``freeze_bn``: pruning and PQAT keep the BatchNorm statistics and scales as they are after thinning
     (``models.freeze_batchnorm``), for episodes of a few classes that should not replace them.
+
+    ``distill_steps``: first that many episodes of distilled fine-tuning of the float student, toward the
+    teacher's embedding averaged over ``distill_shifts`` one-pixel shifts (a bundle exported with tta 0 then
+    gets near the teacher's tta accuracy in one backbone run per image).
 
     ``progress``: a ``metalite.common.progress.Progress`` (None: silent); ``log`` overrides its news lines.
     Returns the report (also saved as ``out/compression_report.json``)."""
@@ -514,6 +547,8 @@ def compress(
         structured_steps,
         structured_multiple,
         overwrite,
+        distill_shifts,
+        distill_steps,
     )
     progress = as_progress(progress)
     log = log or progress.log
@@ -542,15 +577,29 @@ def compress(
             p.ways,
             p.shots,
             float(_hparams(p)["scale"]),
+            shifts=p.distill_shifts,
         )
     )
 
+    fits = {"distill": None, "prune": None, "qat": None}
+    if p.distill_steps:
+        fits["distill"] = _finetune(
+            p,
+            student,
+            student_head,
+            sampler,
+            p.distill_steps,
+            lr,
+            f"distil (teacher over {p.distill_shifts} shifts)",
+            aux,
+            progress,
+        )
+        stages.measure("distilled", "distilled", head_spec(), student)
     thinned = None
     if p.thinning:
         student, thinned = _thin(
             p, student, student_head, head_spec, train_data, sampler, lr, aux, stages, progress
         )
-    fits = {"prune": None, "qat": None}
     frozen = freeze_batchnorm(student) if freeze_bn else []
     if p.sparsity > 0:
         wrapped = prune_wrap(student, p.sparsity, p.prune_steps)

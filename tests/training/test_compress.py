@@ -448,3 +448,92 @@ def test_freeze_bn_keeps_the_batchnorm_through_pruning_and_pqat_and_the_model_lo
         got, want = bn(q), bn(float_bb)
         assert sorted(got) == sorted(want) and len(want) == 8, (sorted(got), sorted(want))
         assert all(np.array_equal(got[n], want[n]) for n in want) == freeze, freeze
+
+
+def test_the_distillation_teacher_shifts_images_as_the_runtime_does():
+    """``distill.shift_images`` (TensorFlow, inside the training step) moves pixels exactly as
+    ``runtime.tta.shifted`` (numpy, on the device), for every shift the runtime averages over."""
+    from metalite.export.tfcompat import tf
+    from metalite.runtime.tta import SHIFTS, shifted
+    from metalite.training.distill import shift_images
+
+    x = np.random.default_rng(0).random((3, 7, 5, 2)).astype(np.float32)
+    for dy, dx in SHIFTS[8]:
+        got = shift_images(tf.constant(x), dy, dx).numpy()
+        assert np.array_equal(got, shifted(x, dy, dx)), (dy, dx)
+        assert not np.array_equal(got, x)
+
+
+def test_distilling_the_shift_average_fine_tunes_first_and_is_recorded(env, tmp_path):
+    """``--distill --distill-shifts 8 --distill-steps N``: a distilled fine-tuning stage on the float model
+    (its own accuracy row), recorded in the config and shown by ``inspect``; the teacher's target is its
+    embedding averaged over the image and its 8 shifts, which a student exported with tta 0 then matches
+    in one backbone run (the loss is zero for the teacher itself only without shifts)."""
+    from metalite.export.tfcompat import tf
+    from metalite.runtime.tta import shift_average
+    from metalite.tools.cli import main
+    from metalite.training.distill import make_distill_loss
+    from metalite.training.modeldir import load_model_dir
+
+    _, teacher, _ = load_model_dir(env["float"])
+    x = np.random.default_rng(1).random((6, 28, 28, 1)).astype(np.float32)
+    e = teacher(x, training=False)
+    for shifts in (0, 8):
+        aux = make_distill_loss("mse", teacher, None, None, 3, 3, 1, 1.0, shifts=shifts)
+        target = shift_average(lambda b: teacher(b, training=False).numpy(), x, shifts)
+        want = np.mean((e.numpy() - target) ** 2) / np.mean(target**2)
+        assert float(aux(e, tf.constant(x))) == pytest.approx(want, rel=1e-4, abs=1e-7), shifts
+        assert (want == 0) == (shifts == 0)
+
+    out = tmp_path / "sd"
+    r = CliRunner().invoke(
+        main,
+        [
+            "compress",
+            str(env["float"]),
+            "--out",
+            str(out),
+            "--sparsity",
+            "0",
+            "--distill",
+            "--distill-shifts",
+            "8",
+            "--distill-steps",
+            "4",
+            "--qat-steps",
+            "2",
+            "--episodes",
+            "5",
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    assert "distilled" in r.output
+    cfg = json.loads((out / "config.json").read_text())
+    assert (
+        cfg["compression"]["distill_shifts"] == 8 and cfg["compression"]["steps"]["distill"] == 4
+    ), cfg["compression"]
+    assert "distilled" in cfg["compression"]["stages"]
+    from metalite.export.inspect import (
+        _compression_lines,  # what ``inspect`` prints of a bundle made from it
+    )
+
+    shown = "\n".join(_compression_lines({"stage": cfg["stage"], **cfg["compression"]}))
+    assert (
+        "2 (QAT)" in shown and "4 (distillation)" in shown and "averaged over 8 shifts" in shown
+    ), shown
+    r = CliRunner().invoke(
+        main,
+        [
+            "compress",
+            str(env["float"]),
+            "--out",
+            str(tmp_path / "x"),
+            "--sparsity",
+            "0",
+            "--distill-steps",
+            "4",
+        ],
+    )
+    assert r.exit_code != 0 and "need --distill" in r.output and not (tmp_path / "x").exists(), (
+        r.output
+    )
