@@ -17,7 +17,8 @@ from click.testing import CliRunner
 from fleetkit import Server
 from repo_paths import DATA
 
-from metalite.fleet import FleetRoot, export_model, list_releases
+from metalite.fleet import FleetRoot, export_bundle, export_model, list_releases
+from metalite.pipelines.fleet_gate import paired_unseen
 from metalite.runtime.sync import parse_public_key
 from metalite.tools.cli import main
 
@@ -52,7 +53,8 @@ def test_update_with_defaults_helps_the_devices_does_no_damage_and_chains(tmp_pa
     on two devices, 2 drawings taught on each), check 3 more drawings per character and correct what is wrong.
     ``fleet update`` with its defaults, plus ``--data`` (the shipped float model names its data by the path of
     the machine it was trained on), publishes a candidate that gets more of the drawings of 6 people no device
-    saw right (no device loses one), and whose paired 20-way 1-shot accuracy on Hebrew (an alphabet no one sent nor trained on) is not
+    saw right (no device loses more than 1%), that does not do worse on the fleet's characters in paired
+    20-way 1-shot episodes on those drawings, and whose paired 20-way 1-shot accuracy on Hebrew (an alphabet no one sent nor trained on) is not
     below the current one's by more than its CI. The devices check 2 more drawings each and a second update
     chains from the first's float model, without ``--data``; its 300 fine-tuning and 150 QAT steps are cut to
     30 and 15 (``SECOND``): the default run takes 3.1 min on 2 idle cores, two would not fit the suite's
@@ -100,11 +102,19 @@ def test_update_with_defaults_helps_the_devices_does_no_damage_and_chains(tmp_pa
         ]
         after = [fs.held_correct(d, data) for d in devices]
         print(f"held-out drawings right per device: before {before}, after {after}")
-        # a model this well trained gains little here (measured: 416 -> 417 of 432); what must hold is that no
-        # device loses a drawing it had right (scripts/fleet_update_study.py measures the gain at full scale)
-        assert _pooled(after) >= _pooled(before) and all(
-            a[0] >= b[0] for a, b in zip(after, before)
+        # a model this well trained gains little on its devices (measured here: 416 -> 417 of 432 held-out
+        # drawings; at full scale, scripts/fleet_update_study.py: 603 -> 604 of 648, one device -1, and +0.27 pt
+        # paired 20-way 1-shot on the fleet's characters): what must hold is that the devices do not lose
+        # (at most 1% of a device's drawings: one drawing, the noise of one fine-tuning run) and that the
+        # fleet's characters are not worse in paired episodes on drawings no one uploaded
+        assert _pooled(after) >= _pooled(before) - 0.01 and all(
+            a[0] >= b[0] - 0.01 * b[1] for a, b in zip(after, before)
         ), (before, after)
+        classes = sorted({c for d in devices for c in d.classes})
+        old, new = (export_bundle(fleet, v, tmp_path / f"bundle-v{v}") for v in (1, 2))
+        f = paired_unseen([old, new], fs.held_data(data, classes), 20, 600, seed=1)
+        print(f"fleet characters, held-out drawings, 20-way 1-shot: {f}")
+        assert f["classes"] == len(classes) == 36 and f["diff"] >= -f["ci95"], f
 
         for d in devices:
             fs.check(d, data, 1)
