@@ -3,7 +3,7 @@ the table in docs/fleet.md ("On the shipped Omniglot model").
 
     python scripts/fleet_update_study.py ../shared/data/omniglot/images_background.zip --out /tmp/fleet-study
 
-The scenario of ``tests/test_fleet_update_shipped.py`` (``tests/fleet_scenario.py``) on the full background zip:
+The scenario of ``tests/scenarios/test_fleet_update_shipped.py`` (``tests/fleet_scenario.py``) on the full background zip:
 three devices, each taught ``--characters`` characters of each of two of its held-out alphabets (Arcadian,
 Early Aramaic, Sanskrit), 2 drawings per character, checking 3 more and correcting the wrong answers, upload
 through a real ``metalite serve``; ``fleet update --data omniglot:ZIP`` (the model's original data: 300 replayed

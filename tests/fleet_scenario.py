@@ -1,5 +1,5 @@
 """A fleet learning alphabets the shipped ``models/omniglot`` never saw: the scenario of
-``tests/test_fleet_update_shipped.py`` and, at full scale, of ``scripts/fleet_update_study.py``.
+``tests/scenarios/test_fleet_update_shipped.py`` and, at full scale, of ``scripts/fleet_update_study.py``.
 
 Three devices sync the release and are each taught the same characters of two held-out alphabets (device k:
 alphabets k and k+1, so every character is on two devices, as when a class is learnt in two places); their
