@@ -69,8 +69,8 @@ class UpdateOptions:
       model_dir: float model to start from (None: the one kept with the current release).
       candidate: a bundle to gate instead of training one (the fine-tuning steps are skipped);
         candidate_model: its float model directory (None: ``model/`` beside a kept rejected candidate).
-      steps, strategy, lr_scale: the fine-tuning run (``lr_scale`` times the model's learning rate; its
-        compression too, on the fleet's data).
+      steps, strategy, lr_scale, queries: the fine-tuning run (``lr_scale`` times the model's learning rate;
+        its compression too, on the fleet's data; ``queries`` per class and episode).
       batchnorm: "keep" the model's BatchNorm statistics while fine-tuning and compressing (a few fleet classes
         must not replace what all its training data set), or "adapt" them to the fleet's episodes (a model
         trained briefly, whose statistics are worth less).
@@ -93,6 +93,9 @@ class UpdateOptions:
     val_classes: int = 50
     lr_scale: float = 0.03  # docs/fleet.md: what larger ones cost a well-trained model
     batchnorm: str = "keep"
+    queries: int = (
+        1  # per class per fine-tuning episode: 1 lets a fleet class of two images take part
+    )
     data: str | None = None
     recipe: dict = field(default_factory=dict)
     ways: int = UNSEEN_WAYS
@@ -106,6 +109,7 @@ class UpdateOptions:
 
         least = {
             "steps": 1,
+            "queries": 1,
             "replay": 0,
             "val_classes": 0,
             "ways": 2,
@@ -151,7 +155,7 @@ def _fine_tune(work: Path, cfg: dict, opts: UpdateOptions, say, progress) -> Non
     data = load_data(f"folder:{work / 'data'}", int(cfg["input"]["shape"][0]), "train")
     tr = cfg.get("train", {})
     shots = int(tr.get("shots") or 1)
-    usable = int((data.counts() >= shots + 1).sum())  # one query: a class of two images takes part
+    usable = int((data.counts() >= shots + opts.queries).sum())
     hparams = dict(tr.get("hparams") or {})
     if "lr" in hparams:
         hparams["lr"] = float(hparams["lr"]) * opts.lr_scale
@@ -162,7 +166,7 @@ def _fine_tune(work: Path, cfg: dict, opts: UpdateOptions, say, progress) -> Non
         head=cfg["head"],
         image_size=int(cfg["input"]["shape"][0]),
         shots=shots,
-        queries=1,
+        queries=opts.queries,
         ways=max(2, min(int(tr.get("ways") or 20), usable)),
         steps=opts.steps,
         seed=int(cfg.get("seed", 0)),
@@ -181,11 +185,11 @@ def _fine_tune(work: Path, cfg: dict, opts: UpdateOptions, say, progress) -> Non
     fleet = [
         n for c, n in zip(data.class_names, data.counts()) if c.startswith("fleet-")
     ]  # images per class
-    fit = sum(n >= shots + 1 for n in fleet)
+    fit = sum(n >= shots + opts.queries for n in fleet)
     say(
         ("resuming" if resume else "starting")
         + f" fine-tuning: {plural(opts.steps, 'step')} on {plural(data.num_classes, 'class')} ({fit} of the fleet's "
-        f"{len(fleet)} have the {shots + 1} training images an episode needs)"
+        f"{len(fleet)} have the {shots + opts.queries} training images an episode needs)"
     )
     train(work / "float", settings, resume=resume, progress=progress, log=say)
 

@@ -233,6 +233,13 @@ def publish_cmd(bundle, root, model_dir, note):
     help="Fine-tuning learning rate as a fraction of the model's (its compression's too).",
 )
 @click.option(
+    "--queries",
+    type=click.IntRange(min=1),
+    default=UPDATE.queries,
+    show_default=True,
+    help="Query images per class in each fine-tuning episode (1: a fleet class of two images takes part).",
+)
+@click.option(
     "--batchnorm",
     type=click.Choice(["keep", "adapt"]),
     default=UPDATE.batchnorm,
@@ -306,6 +313,7 @@ def update_cmd(
     strategy,
     replay,
     lr_scale,
+    queries,
     batchnorm,
     tta,
     sparsity,
@@ -356,6 +364,7 @@ def update_cmd(
         keep_rejected=keep_rejected,
         data=data_spec,
         batchnorm=batchnorm,
+        queries=queries,
     )
     r = update(_open(root), options, say=say, progress=console_progress())
     if as_json:

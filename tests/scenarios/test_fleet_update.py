@@ -106,6 +106,7 @@ def test_update_fine_tunes_on_what_devices_sent_and_devices_get_better(base, tmp
 
         t0 = time.time()
         # the tiny model trained 150 episodes: its BatchNorm statistics are worth re-estimating on the fleet's
+        # episodes, and its classes have the images for two queries each
         r = CliRunner().invoke(
             main,
             [
@@ -121,6 +122,8 @@ def test_update_fine_tunes_on_what_devices_sent_and_devices_get_better(base, tmp
                 "1",
                 "--batchnorm",
                 "adapt",
+                "--queries",
+                "2",
                 "--episodes",
                 "200",
                 "--max-drop",
