@@ -93,9 +93,8 @@ class UpdateOptions:
     val_classes: int = 50
     lr_scale: float = 0.03  # docs/fleet.md: what larger ones cost a well-trained model
     batchnorm: str = "keep"
-    queries: int = (
-        1  # per class per fine-tuning episode: 1 lets a fleet class of two images take part
-    )
+    # per class and fine-tuning episode: 1 lets a fleet class of two images take part
+    queries: int = 1
     data: str | None = None
     recipe: dict = field(default_factory=dict)
     ways: int = UNSEEN_WAYS
@@ -182,9 +181,8 @@ def _fine_tune(work: Path, cfg: dict, opts: UpdateOptions, say, progress) -> Non
         freeze_bn=opts.batchnorm == "keep",
     )
     resume = (work / "float" / "checkpoints" / "run.json").is_file()
-    fleet = [
-        n for c, n in zip(data.class_names, data.counts()) if c.startswith("fleet-")
-    ]  # images per class
+    # images per fleet class (replayed classes are orig-NNNNN)
+    fleet = [n for c, n in zip(data.class_names, data.counts()) if c.startswith("fleet-")]
     fit = sum(n >= shots + opts.queries for n in fleet)
     say(
         ("resuming" if resume else "starting")

@@ -112,9 +112,8 @@ def freeze_batchnorm(model) -> list:
     for layer in model.layers:
         inner = getattr(layer, "layer", layer)
         if isinstance(inner, keras.layers.BatchNormalization):
-            inner.trainable = (
-                False  # a non-trainable BatchNormalization runs in inference mode (tf.keras 2)
-            )
+            # a non-trainable BatchNormalization runs in inference mode (tf.keras 2)
+            inner.trainable = False
             frozen.append(inner)
     return frozen
 

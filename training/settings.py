@@ -164,9 +164,8 @@ class TrainSettings:
     init: str | None = (
         None  # a float model directory a fine-tuning run starts from (``metalite fleet update``)
     )
-    freeze_bn: bool = (
-        False  # keep the init model's BatchNorm layers as they are (``models.freeze_batchnorm``)
-    )
+    # keep the init model's BatchNorm layers as they are (``models.freeze_batchnorm``)
+    freeze_bn: bool = False
 
     def __post_init__(self):
         parse_spec(self.data)  # DataError naming the spec
