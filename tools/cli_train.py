@@ -10,6 +10,7 @@ from metalite.training.settings import (
     ALGORITHMS,
     BACKBONES,
     MAX_DEFAULT_WAYS,
+    POOLS,
     STRATEGIES,
     TrainSettings,
 )
@@ -57,6 +58,15 @@ DATA_HELP = (
     default=TRAIN.backbone["embedding_dim"],
     show_default=True,
     help="size of the embedding",
+)
+@click.option(
+    "--pool",
+    type=click.Choice(POOLS),
+    default=TRAIN.backbone.get("pool", "valid"),
+    show_default=True,
+    help="conv4's max-pool padding: valid is the classic network (at 28 px it drops the last row and "
+    "column of odd maps, so the embedding sees part of the last map); same keeps them and averages "
+    "the last map",
 )
 @click.option(
     "--head-hidden",
@@ -184,6 +194,7 @@ def train_cmd(
     backbone,
     filters,
     embedding_dim,
+    pool,
     head_hidden,
     image_size,
     ways,
@@ -245,7 +256,12 @@ def train_cmd(
         "strategy": strategy,
         "split_seed": split_seed,
         "init": init,
-        "backbone": {"kind": backbone, "filters": filters, "embedding_dim": embedding_dim},
+        "backbone": {
+            "kind": backbone,
+            "filters": filters,
+            "embedding_dim": embedding_dim,
+            **({"pool": pool} if backbone == "conv4" and pool != "valid" else {}),
+        },
         "head": {"hidden": hidden, "activation": "linear"},
     }
     if resume:

@@ -9,20 +9,18 @@ from __future__ import annotations
 
 from metalite.export.tfcompat import keras
 
-from .settings import BACKBONES, DEFAULT_BACKBONE, DEFAULT_HEAD
+from .settings import BACKBONES, DEFAULT_BACKBONE, DEFAULT_HEAD, POOLS
 
 # PyTorch-style BN momentum (0.1 there = 0.9 here): moving statistics catch up within ~50 steps,
 # so short meta-training runs evaluate (inference-mode BN, as on the device) on the right statistics.
 BN_MOMENTUM = 0.9
 
 
-def _conv_block(x, filters, name, pool=True):
+def _conv_block(x, filters, name, pool="valid"):
     x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv")(x)
     x = keras.layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_bn")(x)
     x = keras.layers.ReLU(name=f"{name}_relu")(x)
-    if pool:
-        x = keras.layers.MaxPool2D(2, name=f"{name}_pool")(x)
-    return x
+    return keras.layers.MaxPool2D(2, padding=pool, name=f"{name}_pool")(x)
 
 
 def conv_widths(cfg: dict) -> list:
@@ -45,11 +43,16 @@ def conv_widths(cfg: dict) -> list:
     return widths
 
 
-def _conv4(inp, widths):
-    """4 x [conv 3x3, BN, ReLU, max-pool 2x2]: the standard few-shot baseline (Vinyals et al. 2016)."""
+def _conv4(inp, widths, pool="valid"):
+    """4 x [conv 3x3, BN, ReLU, max-pool 2x2]: the standard few-shot baseline (Vinyals et al. 2016).
+
+    ``pool="valid"`` is the classic network: at 28 px the pools drop the last row and column of odd-sized
+    maps (7 -> 3 -> 1), so the embedding sees only the top-left 2 x 2 of the last 3 x 3 map and moves
+    with one-pixel shifts. ``"same"`` keeps every row (28 -> 14 -> 7 -> 4 -> 2) and the last map is
+    averaged."""
     x = inp
     for i, w in enumerate(widths):
-        x = _conv_block(x, w, f"block{i + 1}")
+        x = _conv_block(x, w, f"block{i + 1}", pool)
     return x
 
 
@@ -76,12 +79,18 @@ def _dsconv(inp, widths):
 
 
 def build_backbone(cfg: dict, input_shape=(28, 28, 1)) -> keras.Model:
-    """Backbone from ``cfg`` ({"kind", "filters", "embedding_dim"}, optional "widths"); output is a flat embedding."""
+    """Backbone from ``cfg`` ({"kind", "filters", "embedding_dim"}, optional "widths", conv4's "pool");
+    output is a flat embedding."""
     cfg = {**DEFAULT_BACKBONE, **(cfg or {})}
     if cfg["kind"] not in BACKBONES:
         raise ValueError(f"unknown backbone {cfg['kind']!r}; choose one of {', '.join(BACKBONES)}")
     inp = keras.Input(shape=tuple(input_shape), name="image")
-    x = (_conv4 if cfg["kind"] == "conv4" else _dsconv)(inp, conv_widths(cfg))
+    if cfg.get("pool", "valid") not in POOLS:
+        raise ValueError(f"unknown pool padding {cfg['pool']!r}; choose one of {', '.join(POOLS)}")
+    if cfg["kind"] == "conv4":
+        x = _conv4(inp, conv_widths(cfg), cfg.get("pool", "valid"))
+    else:
+        x = _dsconv(inp, conv_widths(cfg))
     h, w = x.shape[1], x.shape[2]
     if (h, w) != (1, 1):
         # AVERAGE_POOL_2D with a static window keeps the embedding size fixed for any input size.

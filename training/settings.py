@@ -97,6 +97,7 @@ def default_ways(s: TrainSettings, train_data) -> int:
 
 
 BACKBONES = ("conv4", "dsconv")
+POOLS = ("valid", "same")  # conv4 max-pool padding (models._conv4)
 COUNTS = (
     "image_size",
     "shots",
@@ -220,6 +221,8 @@ class TrainSettings:
         b, h = self.backbone, self.head
         if not isinstance(b, dict) or b.get("kind", DEFAULT_BACKBONE["kind"]) not in BACKBONES:
             raise SettingsError(f"backbone {b!r}: kind must be one of {', '.join(BACKBONES)}")
+        if b.get("pool", "valid") not in POOLS:
+            raise SettingsError(f"backbone pool {b['pool']!r}: must be one of {', '.join(POOLS)}")
         for key in ("filters", "embedding_dim"):
             if key in b and not (_is_int(b[key]) and b[key] >= 1):
                 raise SettingsError(
